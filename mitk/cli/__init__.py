@@ -1,0 +1,74 @@
+"""The ``mitk`` command line. Each verb group lives in its own module; heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from mitk import __version__
+from mitk.cli import info, plugins_cmd, tasks
+from mitk.cli.common import STATE
+from mitk.errors import MitkError
+
+app = typer.Typer(
+    name="mitk",
+    help="Classify, detect, segment and register NIfTI and DICOM volumes with MONAI plugins.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mitk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print less to stderr.")] = False,
+) -> None:
+    """mitk: medical image analysis from one command line. Exit status: 0 ok, 1 failure, 2 usage error,
+    3 partial batch failure."""
+    STATE.debug = STATE.debug or debug
+    STATE.quiet = quiet
+
+
+app.add_typer(plugins_cmd.app, name="plugins")
+app.command("info")(info.info)
+tasks.add_task_commands(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI, turning expected errors into one line on stderr and an exit status."""
+    import click
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("mitk: interrupted\n")
+        sys.exit(130)
+    except MitkError as error:
+        if STATE.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"mitk: error: {error}\n")
+        sys.exit(error.exit_code)
+    except Exception as error:  # an unexpected failure: still one line unless --debug
+        if STATE.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"mitk: internal error: {type(error).__name__}: {error} (run with --debug for details)\n")
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,93 @@
+"""What every command shares: global state, output to humans (stderr) and scripts (stdout JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mitk.errors import UsageError
+
+
+@dataclass
+class GlobalState:
+    debug: bool = os.environ.get("MITK_DEBUG", "") not in ("", "0")
+    quiet: bool = False
+
+
+STATE = GlobalState()
+
+# ---------------------------------------------------------------------------------------------------
+# Reusable option types (Annotated, as Typer recommends)
+# ---------------------------------------------------------------------------------------------------
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (messages go to "
+                                                          "stderr).")]
+PluginOption = Annotated[str | None, typer.Option("--plugin", "-p", help="Plugin to use (see `mitk plugins list`).")]
+WeightsOption = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint file (.safetensors); "
+                                                    "its plugin is used when --plugin is omitted.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="Override a plugin setting (value parsed as JSON, else text; dots reach nested keys). Repeatable.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+SeriesOption = Annotated[str | None, typer.Option("--series", help="DICOM series to use: index or "
+                                                                  "SeriesInstanceUID (see `mitk info DIR`).")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+SkipExistingOption = Annotated[bool, typer.Option("--skip-existing",
+                                                  help="Skip inputs whose output exists (status 'skipped').")]
+ManifestOption = Annotated[Path | None, typer.Option("--manifest", help="Append one JSON line per input to "
+                                                     "this file as each finishes.")]
+
+BATCH_EPILOG = ("Exit status: 0 all inputs succeeded; 1 failure; 2 usage error; "
+                "3 partial (some inputs failed, the others were written).")
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    """A message for the human at the terminal (stderr)."""
+    if not STATE.quiet:
+        stderr_console().print(message)
+
+
+def emit_json(document: Any) -> None:
+    """The one JSON document a command prints on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
+    """``["a=1", "net.channels=[8,16]"]`` → ``{"a": 1, "net": {"channels": [8, 16]}}``."""
+    settings: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = settings
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return settings

@@ -1,0 +1,98 @@
+"""``mitk info``: geometry and intensity summary of an image, or the series in a DICOM folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mitk.cli.common import JsonOption, SeriesOption, emit_json
+
+
+def describe_image(image: Any) -> dict[str, Any]:
+    import numpy as np
+
+    array = image.array
+    finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+    document: dict[str, Any] = {
+        "path": str(image.path) if image.path else None,
+        "format": image.meta.get("format"),
+        "shape": list(image.shape),
+        "spacing": [round(s, 6) for s in image.spacing],
+        "orientation": image.orientation,
+        "affine": [[round(float(v), 6) for v in row] for row in image.affine],
+        "affine_space": "RAS",
+        "dtype": str(array.dtype),
+        "min": float(finite.min()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
+    }
+    header = image.meta.get("nifti_header")
+    if header is not None:
+        document["qform_code"] = int(header["qform_code"])
+        document["sform_code"] = int(header["sform_code"])
+    dicom = image.meta.get("dicom_summary")
+    if dicom:
+        document["dicom"] = dicom
+    return document
+
+
+def info(
+    path: Annotated[Path, typer.Argument(help="A NIfTI file, DICOM file, DICOM folder or zip.")],
+    series: SeriesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Shape, spacing, orientation code (e.g. RAS, LPS), affine, dtype and intensity range of an image.
+
+    For a DICOM folder holding several series, lists them (index, UID, modality, description, slices,
+    size, spacing, orientation); pick one with --series.
+    """
+    from mitk.io.reader import load_image, looks_like_dicom
+
+    if looks_like_dicom(path) and series is None and (path.is_dir() or path.suffix.lower() == ".zip"):
+        from mitk.io.dicom import list_series
+
+        listing = list_series(path)
+        if len(listing.series) != 1:
+            _print_series(listing, as_json)
+            return
+    document = describe_image(load_image(path, series=series))
+    if as_json:
+        emit_json(document)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in document.items():
+        if key == "affine":
+            value = "\n".join("  ".join(f"{v:10.4f}" for v in row) for row in value)
+        elif isinstance(value, list):
+            value = " × ".join(str(v) for v in value) if key in ("shape", "spacing") else str(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _print_series(listing: Any, as_json: bool) -> None:
+    rows = [s.to_dict() for s in listing.series]
+    if as_json:
+        emit_json({"path": str(listing.path), "series": rows, "skipped_files": listing.skipped_files})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{listing.path}: {len(rows)} series", box=None)
+    for column in ("index", "uid", "modality", "description", "slices", "size", "spacing", "orientation",
+                   "volume"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in ("index", "uid", "modality", "description", "slices",
+                                                       "size", "spacing", "orientation", "volume")))
+    console = Console()
+    console.print(table)
+    if listing.skipped_files:
+        console.print(f"{listing.skipped_files} non-DICOM file(s) skipped")

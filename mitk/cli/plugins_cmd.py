@@ -1,0 +1,81 @@
+"""``mitk plugins``: list and describe installed plugins without importing torch or monai."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from mitk.cli.common import JsonOption, emit_json, stderr_console
+
+app = typer.Typer(help="List and inspect installed plugins.", no_args_is_help=True)
+
+
+def _rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from mitk.plugin_manager import get_registry
+
+    registry = get_registry()
+    plugins = [
+        {"name": e.name, "task": e.task.value, "version": e.version, "distribution": e.distribution,
+         "status": "ok", "summary": e.summary, "source": e.source}
+        for e in registry
+    ]
+    broken = [
+        {"name": b.source, "task": None, "version": b.version, "distribution": b.distribution,
+         "status": "broken", "summary": b.reason, "source": b.source}
+        for b in registry.broken
+    ]
+    return plugins, broken
+
+
+@app.command("list")
+def list_plugins(as_json: JsonOption = False) -> None:
+    """List plugins: name, task, version, distribution and status (broken ones with the reason)."""
+    plugins, broken = _rows()
+    if as_json:
+        emit_json({"plugins": plugins + broken})
+        return
+    from rich.table import Table
+
+    table = Table(title=None, box=None, pad_edge=False)
+    for column in ("name", "task", "version", "distribution", "status", "summary"):
+        table.add_column(column, overflow="fold")
+    for row in plugins + broken:
+        status = "[green]ok[/]" if row["status"] == "ok" else "[red]broken[/]"
+        table.add_row(row["name"], row["task"] or "-", row["version"] or "-", row["distribution"] or "-",
+                      status, row["summary"])
+    from rich.console import Console
+
+    Console().print(table)
+    if broken:
+        stderr_console().print(f"[yellow]{len(broken)} plugin source(s) failed to load; "
+                               "set MITK_PLUGINS_STRICT=1 to make this an error.[/]")
+
+
+@app.command("info")
+def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_json: JsonOption = False) -> None:
+    """Describe one plugin: task, origin, default settings and labels (imports the plugin)."""
+    from mitk.plugin_manager import get_registry
+
+    entry = get_registry().get(name)
+    plugin = entry.load()
+    config = plugin.default_config()
+    document = {
+        "name": entry.name, "task": entry.task.value, "version": entry.version,
+        "distribution": entry.distribution, "source": entry.source, "summary": entry.summary,
+        "needs_weights": bool(getattr(plugin, "needs_weights", True)),
+        "trainable": bool(getattr(plugin, "trainable", True)),
+        "config": config,
+    }
+    if as_json:
+        emit_json(document)
+        return
+    import json
+
+    from rich.console import Console
+
+    console = Console()
+    for key in ("name", "task", "version", "distribution", "source", "summary", "needs_weights", "trainable"):
+        console.print(f"[bold]{key}[/]: {document[key]}")
+    console.print("[bold]config[/] (change with --set KEY=VALUE):")
+    console.print(json.dumps(config, indent=2, default=str), markup=False)

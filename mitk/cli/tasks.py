@@ -1,0 +1,234 @@
+"""The task verbs: ``mitk segment``, ``classify``, ``detect`` and ``register``. One batch contract for all."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mitk.cli.common import (
+    BATCH_EPILOG,
+    STATE,
+    DeviceOption,
+    JsonOption,
+    ManifestOption,
+    OverwriteOption,
+    PluginOption,
+    SeriesOption,
+    SetOption,
+    SkipExistingOption,
+    WeightsOption,
+    emit_json,
+    parse_settings,
+    stderr_console,
+)
+from mitk.errors import UsageError
+
+InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, DICOM files/folders/zips, "
+                                                          "folders of NIfTI files, or quoted globs.")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input only).")]
+OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-d", help="Directory for outputs, "
+                                                      "named <input>_<suffix>.")]
+AllowResampleOption = Annotated[bool, typer.Option("--allow-resample", help="Resample irregular DICOM series "
+                                                   "onto a regular grid instead of refusing them.")]
+
+
+def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callable[[Any], Any], *,
+                   plugin: str | None, weights: Path | None, settings: list[str] | None, device: str,
+                   as_json: bool, manifest: Path | None) -> None:
+    """Expand inputs, load the model once, run every case, report, and exit with the batch status."""
+    from mitk.io.inputs import expand_inputs
+    from mitk.runner.batch import run_batch
+
+    cases = expand_inputs(inputs)
+    if not cases:
+        raise UsageError("no inputs given")
+    policy.check_batch(len(cases))
+    overrides = parse_settings(settings)
+
+    from mitk.runner.model import load_model
+
+    model = load_model(task, plugin, weights, overrides, device)
+    process = build_job(model)
+    console = stderr_console()
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(manifest.open("a", encoding="utf-8")) if manifest else None
+        progress = _progress(console, len(cases), task, stack)
+        report = run_batch(
+            cases, process, manifest=handle, debug=STATE.debug,
+            on_record=lambda record: _on_record(console, record, progress),
+            log_error=lambda text: console.print(text, markup=False),
+        )
+    document = {"task": task, "plugin": model.name, "plugin_version": model.version,
+                "weights": str(weights) if weights else None, "device": str(model.device),
+                "summary": report.summary(), "exit_code": report.exit_code,
+                "cases": [r.to_dict() for r in report.records]}
+    if as_json:
+        emit_json(document)
+    elif not STATE.quiet:
+        summary = report.summary()
+        console.print(f"{task}: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed "
+                      f"of {summary['total']}")
+    raise typer.Exit(report.exit_code)
+
+
+def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) -> Any:
+    if STATE.quiet or not console.is_terminal or total < 2:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    stack.enter_context(progress)
+    progress.add_task(task, total=total)
+    return progress
+
+
+def _on_record(console: Any, record: Any, progress: Any) -> None:
+    if record.status == "failed":
+        console.print(f"[red]failed[/] {record.error}", markup=True, highlight=False)
+    elif not STATE.quiet:
+        target = f" → {record.output}" if record.output else ""
+        console.print(f"[green]{record.status}[/] {record.input}{target} ({record.seconds:.1f} s)")
+    if progress is not None:
+        progress.advance(progress.task_ids[0])
+
+
+def _policy(output: Path | None, output_dir: Path | None, overwrite: bool, skip_existing: bool) -> Any:
+    from mitk.runner.outputs import OutputPolicy
+
+    return OutputPolicy(output=output, output_dir=output_dir, overwrite=overwrite, skip_existing=skip_existing)
+
+
+def segment(
+    inputs: InputsArgument,
+    plugin: PluginOption = None,
+    weights: WeightsOption = None,
+    output: OutputOption = None,
+    output_dir: OutputDirOption = None,
+    output_format: Annotated[str, typer.Option("--format", help="nifti (default) or dicom-seg (DICOM input "
+                                               "only).")] = "nifti",
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write per-label probability "
+                                                "maps (<out>_prob.nii.gz).")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Also write per-label statistics (<out>_stats.csv).")]
+    = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write an overlay preview "
+                                          "(<out>_preview.png).")] = False,
+    series: SeriesOption = None,
+    allow_resample: AllowResampleOption = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="Apply the DICOM PS3.15 basic profile to "
+                                             "DICOM outputs.")] = False,
+    settings: SetOption = None,
+    device: DeviceOption = "auto",
+    overwrite: OverwriteOption = False,
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz)."""
+    if output_format not in ("nifti", "dicom-seg"):
+        raise UsageError(f"--format must be nifti or dicom-seg, not {output_format!r}")
+    policy = _policy(output, output_dir, overwrite, skip_existing)
+
+    def build(model: Any) -> Any:
+        from mitk.runner.segment import make_segment_job
+
+        return make_segment_job(model, policy, probabilities=probabilities, stats=stats, preview=preview,
+                                output_format=output_format, series=series, allow_resample=allow_resample,
+                                deidentify=deidentify)
+
+    run_task_batch("segment", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
+                   device=device, as_json=as_json, manifest=manifest)
+
+
+def classify(
+    inputs: InputsArgument,
+    plugin: PluginOption = None,
+    weights: WeightsOption = None,
+    output: OutputOption = None,
+    output_dir: OutputDirOption = None,
+    series: SeriesOption = None,
+    allow_resample: AllowResampleOption = False,
+    settings: SetOption = None,
+    device: DeviceOption = "auto",
+    overwrite: OverwriteOption = False,
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Classify images: per-class probabilities and the predicted class (optionally <input>_class.json)."""
+    policy = _policy(output, output_dir, overwrite, skip_existing)
+
+    def build(model: Any) -> Any:
+        from mitk.runner.classify import make_classify_job
+
+        return make_classify_job(model, policy, series=series, allow_resample=allow_resample)
+
+    run_task_batch("classify", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
+                   device=device, as_json=as_json, manifest=manifest)
+
+
+def detect(
+    inputs: InputsArgument,
+    plugin: PluginOption = None,
+    weights: WeightsOption = None,
+    output: OutputOption = None,
+    output_dir: OutputDirOption = None,
+    series: SeriesOption = None,
+    allow_resample: AllowResampleOption = False,
+    settings: SetOption = None,
+    device: DeviceOption = "auto",
+    overwrite: OverwriteOption = False,
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Detect objects: boxes in voxel indices and RAS millimetres with scores (optionally <input>_boxes.json)."""
+    policy = _policy(output, output_dir, overwrite, skip_existing)
+
+    def build(model: Any) -> Any:
+        from mitk.runner.detect import make_detect_job
+
+        return make_detect_job(model, policy, series=series, allow_resample=allow_resample)
+
+    run_task_batch("detect", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
+                   device=device, as_json=as_json, manifest=manifest)
+
+
+def register(
+    fixed: Annotated[Path, typer.Argument(help="Fixed image: the grid the output lives on.")],
+    moving: Annotated[list[str], typer.Argument(help="Moving image(s) to align to the fixed one.")],
+    plugin: PluginOption = None,
+    weights: WeightsOption = None,
+    output: OutputOption = None,
+    output_dir: OutputDirOption = None,
+    transform: Annotated[Path | None, typer.Option("--transform", help="Write the transform: .json (RAS and "
+                                                   "LPS matrices) or .tfm (ITK, LPS).")] = None,
+    series: SeriesOption = None,
+    settings: SetOption = None,
+    device: DeviceOption = "auto",
+    overwrite: OverwriteOption = False,
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register moving images to a fixed image; write each moving image resampled on the fixed grid."""
+    policy = _policy(output, output_dir, overwrite, skip_existing)
+    if transform is not None and len(moving) > 1:
+        raise UsageError("--transform names one file; give one moving image")
+
+    def build(model: Any) -> Any:
+        from mitk.runner.register import make_register_job
+
+        return make_register_job(model, policy, fixed, transform=transform, series=series)
+
+    run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
+                   device=device, as_json=as_json, manifest=manifest)
+
+
+def add_task_commands(app: typer.Typer) -> None:
+    for command in (segment, classify, detect, register):
+        app.command(command.__name__, epilog=BATCH_EPILOG, rich_help_panel="Tasks")(command)

@@ -1,0 +1,44 @@
+"""Every hook a mitk plugin can implement, in one module.
+
+A plugin is a module (or object) with functions decorated by :data:`mitk.hookimpl`, made known through
+the ``mitk.plugins`` entry-point group::
+
+    [project.entry-points."mitk.plugins"]
+    my_plugin = "my_package.plugin"
+
+Hooks receive a registry object and store *factories* in it, never built models: registering must stay
+cheap and must not import torch or monai. Hooks evolve only by adding arguments; an implementation may
+accept a subset of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from mitk import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from mitk.registry import PluginRegistrar
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+# -------------------------------------------------------------------------------------------------
+# Task plugins
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def mitk_register_plugins(register: PluginRegistrar) -> None:
+    """Register task plugins: segmenters, classifiers, detectors and registration methods.
+
+    Call ``register(name, task=..., factory=..., summary=...)`` once per plugin. ``factory`` is a
+    zero-argument callable, or a ``"package.module:attribute"`` string, that returns an instance of the
+    task's plugin class (:mod:`mitk.tasks`); it is called only when the plugin is used.
+
+    :param register: the registrar; see :class:`mitk.registry.PluginRegistrar`.
+
+    .. versionadded:: 0.1
+    """

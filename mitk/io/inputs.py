@@ -1,0 +1,72 @@
+"""Expanding command-line inputs (files, directories, globs) into cases, and naming their outputs."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitk.errors import UsageError
+from mitk.io.atomic import split_suffix
+
+NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input of a batch: a NIfTI file, a DICOM file, or a DICOM folder or zip."""
+
+    path: Path
+
+    @property
+    def stem(self) -> str:
+        """Base name for outputs: the file name without its image suffix."""
+        return split_suffix(self.path)[0] if self.path.is_file() else self.path.name
+
+
+def _nifti_files(directory: Path) -> list[Path]:
+    found: set[Path] = set()
+    for pattern in NIFTI_PATTERNS:
+        found.update(p for p in directory.rglob(pattern) if p.is_file() and not p.name.startswith("."))
+    return sorted(found)
+
+
+def expand_inputs(arguments: list[str] | tuple[str, ...]) -> list[Case]:
+    """Turn arguments into cases, in order, without duplicates.
+
+    A directory holding NIfTI files stands for those files; any other directory is one DICOM input.
+    An argument that does not exist but contains ``*``, ``?`` or ``[`` is expanded as a glob. Paths that
+    do not exist are kept, so that the batch reports them as failed cases.
+    """
+    cases: list[Case] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            cases.append(Case(path))
+
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            nifti = _nifti_files(path)
+            if nifti:
+                for file in nifti:
+                    add(file)
+            else:
+                add(path)
+        elif not path.exists() and any(ch in argument for ch in "*?["):
+            matches = sorted(glob.glob(argument, recursive=True))
+            if not matches:
+                raise UsageError(f"no files match {argument!r}")
+            for match in matches:
+                add(Path(match))
+        else:
+            add(path)
+    return cases
+
+
+def output_for(case: Case, output_dir: Path, suffix: str, extension: str = ".nii.gz") -> Path:
+    """Predictable output name: ``DIR/<input stem><suffix><extension>``, e.g. ``DIR/ct_seg.nii.gz``."""
+    return output_dir / f"{case.stem}{suffix}{extension}"

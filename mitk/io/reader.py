@@ -1,0 +1,61 @@
+"""One entry point for reading any supported image: NIfTI files, DICOM files, folders and zips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mitk.errors import InputError
+from mitk.io.nifti import is_nifti, read_nifti
+from mitk.types import Image
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip")
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A directory, a zip, a ``.dcm`` file, or any file with the ``DICM`` preamble marker."""
+    if path.is_dir() or path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def load_image(path: str | Path, series: str | None = None, allow_resample: bool = False) -> Image:
+    """Read an image from ``path``; ``series`` picks one series of a multi-series DICOM input."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or directory", path)
+    if is_nifti(path):
+        return read_nifti(path)
+    if looks_like_dicom(path):
+        from mitk.io.dicom import read_dicom
+
+        return read_dicom(path, series=series, allow_resample=allow_resample)
+    raise InputError("not a NIfTI (.nii, .nii.gz) or DICOM image", path)
+
+
+def require_volume(image: Image, channels: bool = False) -> Image:
+    """Check that ``image`` is a finite 3-D volume (trailing singleton axes are dropped)."""
+    array = image.array
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 and not (channels and array.ndim == 4):
+        raise InputError(f"expected a 3-D volume, got {array.ndim}-D data of shape {array.shape}", image.path)
+    if min(array.shape[:3]) < 1:
+        raise InputError(f"empty volume of shape {array.shape}", image.path)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise InputError(f"{bad} voxels are NaN or infinite", image.path)
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"unsupported voxel type {array.dtype}", image.path)
+    image.array = array
+    return image

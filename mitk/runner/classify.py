@@ -1,0 +1,58 @@
+"""Classification: one image in, per-class probabilities out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mitk.runner.model import LoadedModel
+from mitk.runner.segment import to_meta_tensor
+from mitk.tasks import ClassificationPlugin
+from mitk.types import ClassificationResult, Image
+
+
+class ClassificationRunner:
+    def __init__(self, model: LoadedModel) -> None:
+        if not isinstance(model.plugin, ClassificationPlugin):
+            raise TypeError("ClassificationRunner needs a classification plugin")
+        self.model = model
+        self.plugin: ClassificationPlugin = model.plugin
+        self.class_names = self.plugin.class_names(model.config)
+        self.preprocess = self.plugin.inference_transforms(model.config)
+
+    @torch.inference_mode()
+    def __call__(self, image: Image) -> ClassificationResult:
+        data = self.preprocess({"image": to_meta_tensor(image)})
+        batch = data["image"].as_tensor().unsqueeze(0).to(self.model.device)
+        assert self.model.network is not None
+        logits = self.model.network(batch).float()
+        probabilities = torch.softmax(logits.reshape(1, -1), dim=1)[0].cpu().tolist()
+        names = self.class_names or [str(i) for i in range(len(probabilities))]
+        return ClassificationResult(class_names=names, probabilities=probabilities)
+
+
+def make_classify_job(model: LoadedModel, policy: Any, *, series: str | None = None,
+                      allow_resample: bool = False) -> Any:
+    import json
+
+    from mitk.io.atomic import atomic_path
+    from mitk.io.reader import load_image, require_volume
+    from mitk.runner.batch import CaseOutcome
+
+    runner = ClassificationRunner(model)
+
+    def process(case: Any) -> CaseOutcome:
+        target = None
+        if policy.output is not None or policy.output_dir is not None:
+            target = policy.target(case, "_class", ".json")
+            if policy.should_skip(target, case):
+                return CaseOutcome(output=target, skipped=True)
+        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample), channels=True)
+        details = runner(image).to_dict()
+        if target is not None:
+            with atomic_path(target, overwrite=policy.overwrite) as temporary:
+                temporary.write_text(json.dumps({"input": str(case.path), **details}, indent=2))
+        return CaseOutcome(output=target, details=details)
+
+    return process

@@ -1,0 +1,96 @@
+"""Resolve plugin + checkpoint + user overrides into a ready model, once per command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mitk.checkpoint import Checkpoint, load_checkpoint
+from mitk.errors import CheckpointError, PluginError, UsageError
+from mitk.plugin_manager import get_registry
+from mitk.tasks import TaskPlugin
+from mitk.enums import Task
+
+
+@dataclass
+class LoadedModel:
+    """A plugin with its resolved configuration and (if it has one) its network in eval mode."""
+
+    name: str
+    task: Task
+    plugin: TaskPlugin
+    config: dict[str, Any]
+    network: torch.nn.Module | None
+    device: torch.device
+    version: str | None = None
+    checkpoint: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` (default) picks CUDA when available, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"invalid --device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but CUDA is not available")
+    return resolved
+
+
+def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
+               overrides: dict[str, Any] | None = None, device: str | None = None) -> LoadedModel:
+    """Load the plugin named by ``plugin`` or by the checkpoint, apply the weights, and return it."""
+    task = Task(task)
+    checkpoint: Checkpoint | None = load_checkpoint(weights) if weights else None
+    if checkpoint is not None and checkpoint.self_describing:
+        if checkpoint.task != task.value:
+            raise CheckpointError(f"checkpoint is for the {checkpoint.task} task, not {task.value}", weights)
+        if plugin and plugin != checkpoint.plugin:
+            raise CheckpointError(f"checkpoint was trained with plugin {checkpoint.plugin!r}, "
+                                  f"not {plugin!r} (omit --plugin to use it)", weights)
+        plugin = checkpoint.plugin
+    if not plugin:
+        raise UsageError("--plugin is required (or give --weights with a mitk checkpoint)")
+    entry = get_registry().get(plugin, task)
+    instance: TaskPlugin = entry.load()
+    config = instance.resolve_config(checkpoint.config if checkpoint else None, overrides)
+    resolved = resolve_device(device)
+    network = None
+    if checkpoint is None and instance.needs_weights:
+        raise PluginError(f"plugin {plugin!r} needs trained weights: give --weights FILE "
+                          f"(train one with `mitk train {task.value} --plugin {plugin}`)")
+    try:
+        network = instance.network(config)
+    except NotImplementedError:
+        network = None
+    if checkpoint is not None:
+        if network is None:
+            raise CheckpointError(f"plugin {plugin!r} has no network to load weights into", weights)
+        missing, unexpected = _compatible(network, checkpoint.state_dict)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights do not fit plugin {plugin!r}'s network ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]})", weights)
+        network.load_state_dict(checkpoint.state_dict, strict=True)
+    if network is not None:
+        network = network.to(resolved).eval()
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+    return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=network,
+                       device=resolved, version=entry.version,
+                       checkpoint=Path(weights) if weights else None,
+                       metrics=checkpoint.metrics if checkpoint else {})
+
+
+def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    unexpected += [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    return missing, unexpected

@@ -1,0 +1,50 @@
+"""Where each case's outputs go, decided before any compute so that refusals are cheap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitk.errors import OutputExistsError, UsageError
+from mitk.io.atomic import check_output, split_suffix
+from mitk.io.inputs import Case, output_for
+
+
+@dataclass
+class OutputPolicy:
+    """``-o FILE`` (one input), ``--output-dir DIR``, or beside each input; plus overwrite rules."""
+
+    output: Path | None = None
+    output_dir: Path | None = None
+    overwrite: bool = False
+    skip_existing: bool = False
+
+    def check_batch(self, n_inputs: int) -> None:
+        if self.output is not None and self.output_dir is not None:
+            raise UsageError("give either -o/--output or --output-dir, not both")
+        if self.output is not None and n_inputs > 1:
+            raise UsageError(f"-o/--output names one file but {n_inputs} inputs were given; use --output-dir")
+        if self.overwrite and self.skip_existing:
+            raise UsageError("--overwrite and --skip-existing contradict each other")
+
+    def target(self, case: Case, suffix: str, extension: str) -> Path:
+        if self.output is not None:
+            return self.output
+        directory = self.output_dir if self.output_dir is not None else case.path.parent
+        return output_for(case, directory, suffix, extension)
+
+    def should_skip(self, target: Path, case: Case) -> bool:
+        """True when ``--skip-existing`` applies; raises when writing would overwrite without leave."""
+        if target.exists() and self.skip_existing:
+            return True
+        if target.exists() and not self.overwrite:
+            raise OutputExistsError("output exists already (use --overwrite to replace it, or --skip-existing)",
+                                    target)
+        check_output(target, self.overwrite, inputs=(case.path,))
+        return False
+
+
+def sibling(target: Path, suffix: str, extension: str) -> Path:
+    """A companion file next to ``target``: ``ct_seg.nii.gz`` → ``ct_seg<suffix><extension>``."""
+    stem, _ = split_suffix(target)
+    return target.with_name(f"{stem}{suffix}{extension}")

@@ -1,0 +1,95 @@
+"""Registration: a fixed and a moving image in; a transform and the moving image on the fixed grid out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mitk.runner.model import LoadedModel
+from mitk.tasks import RegistrationPlugin
+from mitk.types import Image, RegistrationResult, ras_to_lps
+
+
+def warp(moving: Image, fixed: Image, matrix: np.ndarray | None, displacement: np.ndarray | None = None,
+         mode: str = "bilinear") -> np.ndarray:
+    """Sample ``moving`` at ``matrix @ x + displacement`` for every fixed-grid world point ``x``."""
+    shape = fixed.spatial_shape
+    grids = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape), indexing="ij")
+    voxels = torch.stack([*grids, torch.ones(shape, dtype=torch.float64)], dim=-1).reshape(-1, 4)
+    world_matrix = np.asarray(matrix if matrix is not None else np.eye(4), float) @ fixed.affine
+    points = voxels @ torch.as_tensor(world_matrix.T)
+    if displacement is not None:
+        points[:, :3] += torch.as_tensor(np.asarray(displacement, float).reshape(-1, 3))
+    moving_voxels = (points @ torch.as_tensor(np.linalg.inv(moving.affine).T))[:, :3]
+    size = torch.tensor(moving.spatial_shape, dtype=torch.float64)
+    normalised = 2 * moving_voxels / (size - 1).clamp(min=1) - 1  # align_corners=True convention
+    grid = normalised.flip(-1).reshape(1, *shape, 3).float()  # grid_sample wants (x=k, y=j, z=i)
+    source = torch.as_tensor(np.asarray(moving.array, dtype=np.float32))[None, None]
+    warped = torch.nn.functional.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return warped[0, 0].numpy()
+
+
+class RegistrationRunner:
+    def __init__(self, model: LoadedModel) -> None:
+        if not isinstance(model.plugin, RegistrationPlugin):
+            raise TypeError("RegistrationRunner needs a registration plugin")
+        self.model = model
+        self.plugin: RegistrationPlugin = model.plugin
+
+    def __call__(self, fixed: Image, moving: Image) -> RegistrationResult:
+        matrix, displacement = self.plugin.register(fixed, moving, self.model.network, self.model.config)
+        array = warp(moving, fixed, matrix, displacement)
+        if moving.array.dtype.kind in "iu":
+            array = np.rint(array).astype(moving.array.dtype)
+        warped = Image(array=array, affine=fixed.affine, path=None, meta=dict(fixed.meta))
+        return RegistrationResult(warped=warped, matrix=matrix, displacement=displacement)
+
+
+def write_transform(result: RegistrationResult, path: Path) -> None:
+    """``.json`` (RAS and LPS matrices), ``.tfm``/``.txt`` (ITK AffineTransform, LPS); fields as NIfTI."""
+    if result.matrix is None:
+        raise ValueError("this registration produced no matrix")
+    matrix = np.asarray(result.matrix, float)
+    lps = ras_to_lps(ras_to_lps(matrix).T).T  # conjugate: F @ M @ F
+    if path.suffix.lower() in (".tfm", ".txt"):
+        linear = " ".join(f"{v:.10g}" for v in lps[:3, :3].ravel())
+        translation = " ".join(f"{v:.10g}" for v in lps[:3, 3])
+        path.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+                        f"Parameters: {linear} {translation}\nFixedParameters: 0 0 0\n")
+    else:
+        path.write_text(json.dumps({
+            "description": "maps fixed-image world points to moving-image world points (mm)",
+            "matrix_ras": matrix.tolist(), "matrix_lps": lps.tolist()}, indent=2))
+
+
+def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, transform: Path | None = None,
+                      series: str | None = None) -> Any:
+    from mitk.io.atomic import atomic_path
+    from mitk.io.nifti import write_nifti
+    from mitk.io.reader import load_image, require_volume
+    from mitk.runner.batch import CaseOutcome
+
+    runner = RegistrationRunner(model)
+    fixed = require_volume(load_image(fixed_path, series=series))
+
+    def process(case: Any) -> CaseOutcome:
+        target = policy.target(case, "_warped", ".nii.gz")
+        if policy.should_skip(target, case):
+            return CaseOutcome(output=target, skipped=True)
+        moving = require_volume(load_image(case.path, series=series))
+        result = runner(fixed, moving)
+        with atomic_path(target, overwrite=policy.overwrite) as temporary:
+            write_nifti(result.warped.array, temporary, like=fixed, description=f"mitk {model.name} warped")
+        details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
+                                   **result.metrics}
+        if transform is not None:
+            with atomic_path(transform, overwrite=policy.overwrite) as temporary:
+                write_transform(result, temporary)
+            details["transform"] = str(transform)
+        return CaseOutcome(output=target, details=details)
+
+    return process

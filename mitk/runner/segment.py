@@ -1,0 +1,135 @@
+"""Segmentation: one image in, a label map on the input's exact grid out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mitk.runner.geometry import to_input_grid
+from mitk.runner.model import LoadedModel
+from mitk.tasks import SegmentationPlugin
+from mitk.types import Image, SegmentationResult
+
+
+def to_meta_tensor(image: Image) -> Any:
+    """The image as a channel-first float32 MONAI ``MetaTensor`` carrying its RAS affine."""
+    from monai.data import MetaTensor
+
+    array = image.array if image.array.ndim == 4 else image.array[..., None]
+    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0), dtype=np.float32))
+    return MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64))
+
+
+def label_dtype(max_label: int) -> np.dtype[Any]:
+    return np.dtype(np.uint8 if max_label < 256 else np.uint16)
+
+
+class SegmentationRunner:
+    """Applies a loaded segmentation model to images, one at a time, with the model loaded once."""
+
+    def __init__(self, model: LoadedModel, probabilities: bool = False) -> None:
+        if not isinstance(model.plugin, SegmentationPlugin):
+            raise TypeError("SegmentationRunner needs a segmentation plugin")
+        self.model = model
+        self.plugin: SegmentationPlugin = model.plugin
+        self.config = model.config
+        self.labels = self.plugin.labels(self.config)
+        self.keep_probabilities = probabilities
+        self.preprocess = self.plugin.inference_transforms(self.config)
+        self.inferer = self.plugin.inferer(self.config)
+        self.postprocess = self.plugin.postprocess(self.config)
+
+    @torch.inference_mode()
+    def __call__(self, image: Image) -> SegmentationResult:
+        data = self.preprocess({"image": to_meta_tensor(image)})
+        network_input = data["image"]
+        source_affine = np.asarray(network_input.affine, dtype=np.float64)
+        batch = network_input.as_tensor().unsqueeze(0).to(self.model.device)
+        network = self.model.network
+        assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
+        logits = self.inferer(batch, network)
+        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
+        del logits, batch
+        probabilities = to_input_grid(probabilities, source_affine, image.affine, image.spatial_shape)
+        label_map = torch.argmax(probabilities, dim=0, keepdim=True)
+        if self.postprocess is not None:
+            label_map = self.postprocess(label_map)
+        labels = np.asarray(label_map[0].cpu().numpy(), dtype=label_dtype(max(self.labels)))
+        result = SegmentationResult(label_map=labels, affine=image.affine, labels=dict(self.labels))
+        if self.keep_probabilities:
+            result.probabilities = np.ascontiguousarray(np.moveaxis(probabilities.numpy(), 0, -1))
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The per-case job used by `mitk segment`
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_stats_csv(rows: list[dict[str, Any]], path: Any) -> None:
+    import csv
+
+    columns = ["label", "name", "voxels", "volume_ml", "mean_intensity"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = False, stats: bool = False,
+                     preview: bool = False, output_format: str = "nifti", series: str | None = None,
+                     allow_resample: bool = False, deidentify: bool = False) -> Any:
+    """Return ``process(case) -> CaseOutcome`` for the batch runner."""
+    from mitk.io.atomic import atomic_path
+    from mitk.io.nifti import write_nifti
+    from mitk.io.reader import load_image, require_volume
+    from mitk.runner.batch import CaseOutcome
+    from mitk.runner.outputs import sibling
+
+    runner = SegmentationRunner(model, probabilities=probabilities)
+    extension = ".dcm" if output_format == "dicom-seg" else ".nii.gz"
+
+    def process(case: Any) -> CaseOutcome:
+        target = policy.target(case, "_seg", extension)
+        if policy.should_skip(target, case):
+            return CaseOutcome(output=target, skipped=True)
+        companions = {}
+        if probabilities:
+            companions["probabilities"] = sibling(target, "_prob", ".nii.gz")
+        if stats:
+            companions["stats"] = sibling(target, "_stats", ".csv")
+        if preview:
+            companions["preview"] = sibling(target, "_preview", ".png")
+        for path in companions.values():
+            policy.should_skip(path, case)
+        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
+        result = runner(image)
+        rows = result.statistics(image)
+        if output_format == "dicom-seg":
+            from mitk.io.dicom.seg import write_dicom_seg
+
+            with atomic_path(target, overwrite=policy.overwrite) as temporary:
+                write_dicom_seg(result, image, temporary, plugin_name=model.name, deidentify=deidentify)
+        else:
+            with atomic_path(target, overwrite=policy.overwrite) as temporary:
+                write_nifti(result.label_map, temporary, like=image, intent="label",
+                            description=f"mitk {model.name} labels")
+        if "probabilities" in companions and result.probabilities is not None:
+            with atomic_path(companions["probabilities"], overwrite=policy.overwrite) as temporary:
+                write_nifti(result.probabilities.astype(np.float32), temporary, like=image,
+                            description=f"mitk {model.name} probabilities")
+        if "stats" in companions:
+            with atomic_path(companions["stats"], overwrite=policy.overwrite) as temporary:
+                write_stats_csv(rows, temporary)
+        if "preview" in companions:
+            from mitk.preview import save_overlay_png
+
+            with atomic_path(companions["preview"], overwrite=policy.overwrite) as temporary:
+                save_overlay_png(image, result.label_map, result.labels, temporary)
+        details: dict[str, Any] = {"labels": rows, "shape": list(image.spatial_shape),
+                                   **{k: str(v) for k, v in companions.items()}}
+        return CaseOutcome(output=target, details=details)
+
+    return process

@@ -1,0 +1,147 @@
+"""The task interfaces: what a plugin hands the runner for each of the four tasks.
+
+A plugin subclasses one of these and overrides the pieces it supplies. Every method takes the plugin's
+resolved ``config`` (its :meth:`TaskPlugin.default_config`, updated by a checkpoint and by the user)
+and returns MONAI objects: dictionary transforms, an ``nn.Module``, an ``Inferer``, metrics. The core
+runner (:mod:`mitk.runner`) does the loading, the loop, the inversion back to the input's grid and the
+writing; plugins never touch files or command-line flags.
+
+Dictionary transforms see the keys ``"image"`` (and ``"label"`` in training), channel first, as MONAI
+``MetaTensor`` objects whose affine is RAS+ (the NIfTI convention), so spatial transforms keep track of
+the geometry the runner needs to invert them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mitk.enums import Task
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from mitk.types import Image
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def merge_config(base: Mapping[str, Any], *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``base`` updated recursively by each override (``None`` values in overrides are ignored)."""
+    merged = copy.deepcopy(dict(base))
+    for override in overrides:
+        for key, value in (override or {}).items():
+            if value is None:
+                continue
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = merge_config(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class TaskPlugin:
+    """Base of all task plugins."""
+
+    task: ClassVar[Task]
+    needs_weights: ClassVar[bool] = True
+    """False for classical methods that run without a checkpoint."""
+    trainable: ClassVar[bool] = True
+
+    def default_config(self) -> dict[str, Any]:
+        """Hyperparameters and preprocessing parameters, JSON-serialisable; saved in checkpoints."""
+        return {}
+
+    def resolve_config(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        return merge_config(self.default_config(), *overrides)
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        """Build the (untrained) network."""
+        raise NotImplementedError(f"{type(self).__name__} has no network")
+
+    def inference_transforms(self, config: dict[str, Any]) -> Transform:
+        """Preprocessing applied to ``{"image": ...}`` before the network."""
+        raise NotImplementedError
+
+    def training_transforms(self, config: dict[str, Any]) -> Transform:
+        """Preprocessing plus augmentation for training samples."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained")
+
+    def validation_transforms(self, config: dict[str, Any]) -> Transform:
+        """Preprocessing for validation samples (no augmentation)."""
+        return self.training_transforms(config)
+
+    def loss(self, config: dict[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained")
+
+    def metrics(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Named MONAI metrics (``CumulativeIterationMetric`` instances) used in validation."""
+        return {}
+
+
+class SegmentationPlugin(TaskPlugin):
+    """Produces a label map: network logits with one channel per label, background first."""
+
+    task = Task.SEGMENT
+
+    def labels(self, config: dict[str, Any]) -> dict[int, str]:
+        """Label value → name, background (0) included."""
+        raw = config.get("labels") or {0: "background", 1: "foreground"}
+        return {int(k): str(v) for k, v in raw.items()}
+
+    def inferer(self, config: dict[str, Any]) -> Any:
+        """A MONAI ``Inferer`` (e.g. ``SlidingWindowInferer``) that runs the network on a batch."""
+        from monai.inferers import SimpleInferer
+
+        return SimpleInferer()
+
+    def postprocess(self, config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
+        return None
+
+
+class ClassificationPlugin(TaskPlugin):
+    """Produces per-class probabilities for a whole image."""
+
+    task = Task.CLASSIFY
+
+    def class_names(self, config: dict[str, Any]) -> list[str]:
+        return list(config.get("class_names") or [])
+
+
+class DetectionPlugin(TaskPlugin):
+    """Produces boxes. :meth:`detect` works on the preprocessed image, in its voxel coordinates."""
+
+    task = Task.DETECT
+
+    def labels(self, config: dict[str, Any]) -> dict[int, str]:
+        raw = config.get("labels") or {1: "object"}
+        return {int(k): str(v) for k, v in raw.items()}
+
+    def detect(self, image: torch.Tensor, model: torch.nn.Module | None, config: dict[str, Any]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(boxes, scores, labels)``; boxes are ``(i0, j0, k0, i1, j1, k1)`` voxel indices of
+        ``image`` (channel first, no batch axis)."""
+        raise NotImplementedError
+
+
+class RegistrationPlugin(TaskPlugin):
+    """Aligns a moving image to a fixed one."""
+
+    task = Task.REGISTER
+
+    def register(self, fixed: Image, moving: Image, model: torch.nn.Module | None, config: dict[str, Any]
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Return ``(matrix, displacement)``: a 4×4 fixed-world → moving-world matrix (RAS mm) and/or a
+        displacement field ``(I, J, K, 3)`` in mm on the fixed grid, either may be ``None``."""
+        raise NotImplementedError
+
+
+PLUGIN_BASES: dict[Task, type[TaskPlugin]] = {
+    Task.SEGMENT: SegmentationPlugin,
+    Task.CLASSIFY: ClassificationPlugin,
+    Task.DETECT: DetectionPlugin,
+    Task.REGISTER: RegistrationPlugin,
+}

@@ -1,0 +1,229 @@
+"""Images and the typed results of the four tasks.
+
+Everything here is plain numpy: a result carries its geometry (a 4×4 voxel-to-world affine in RAS+
+millimetres, the NIfTI convention) so that it can be written back onto the input's exact grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mitk.enums import Task
+
+FloatArray = npt.NDArray[np.floating[Any]]
+IntArray = npt.NDArray[np.integer[Any]]
+
+__all__ = [
+    "ClassificationResult", "DetectionResult", "Image", "RegistrationResult", "SegmentationResult", "Task",
+]
+
+_AXIS_CODES = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def orientation_code(affine: npt.ArrayLike) -> str:
+    """Return the axis code of an affine, e.g. ``"RAS"`` or ``"LPS"``: where each voxel axis points.
+
+    For oblique affines each voxel axis is named after the world axis it is closest to.
+    """
+    matrix = np.asarray(affine, dtype=float)[:3, :3]
+    codes = []
+    used: set[int] = set()
+    # Assign the strongest components first so that two voxel axes never claim one world axis.
+    order = np.argsort(-np.max(np.abs(matrix), axis=0))
+    chosen: dict[int, str] = {}
+    for voxel_axis in order:
+        column = np.abs(matrix[:, voxel_axis]).copy()
+        for world_axis in used:
+            column[world_axis] = -1.0
+        world_axis = int(np.argmax(column))
+        used.add(world_axis)
+        sign = matrix[world_axis, voxel_axis] >= 0
+        chosen[int(voxel_axis)] = _AXIS_CODES[world_axis][int(sign)]
+    for voxel_axis in range(3):
+        codes.append(chosen[voxel_axis])
+    return "".join(codes)
+
+
+def voxel_spacing(affine: npt.ArrayLike) -> tuple[float, float, float]:
+    """Length in mm of one step along each voxel axis."""
+    matrix = np.asarray(affine, dtype=float)[:3, :3]
+    s0, s1, s2 = np.linalg.norm(matrix, axis=0)
+    return float(s0), float(s1), float(s2)
+
+
+def ras_to_lps(affine: npt.ArrayLike) -> FloatArray:
+    """Convert a voxel-to-RAS affine into voxel-to-LPS (DICOM/ITK world), or back: the map is its own inverse."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ np.asarray(affine, dtype=float)
+
+
+@dataclass
+class Image:
+    """A voxel array and its place in the world.
+
+    ``array`` has the spatial axes first (i, j, k), then optional channels or time.
+    ``affine`` maps voxel indices (i, j, k, 1) to RAS+ world coordinates in millimetres.
+    ``meta`` holds format-specific details a writer needs to reproduce the source exactly
+    (``"nifti_header"`` for NIfTI; ``"dicom"`` for DICOM series), never patient identity in logs.
+    """
+
+    array: np.ndarray
+    affine: FloatArray
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[:3]
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return voxel_spacing(self.affine)
+
+    @property
+    def orientation(self) -> str:
+        return orientation_code(self.affine)
+
+    @property
+    def name(self) -> str:
+        """A display name: the file name, never anything read from inside the file."""
+        return self.path.name if self.path is not None else "<memory>"
+
+
+@dataclass
+class SegmentationResult:
+    """An integer label map on the input's exact voxel grid, with label names."""
+
+    label_map: IntArray
+    affine: FloatArray
+    labels: dict[int, str]
+    probabilities: FloatArray | None = None
+    """Optional per-class probabilities, channel last, on the same grid."""
+
+    def statistics(self, image: Image | None = None) -> list[dict[str, Any]]:
+        """Per-label voxel count, volume in mL and (given the image) mean intensity."""
+        voxel_ml = abs(float(np.linalg.det(np.asarray(self.affine)[:3, :3]))) / 1000.0
+        counts = np.bincount(self.label_map.ravel().astype(np.int64), minlength=max(self.labels, default=0) + 1)
+        intensity = None
+        if image is not None and image.array.shape[:3] == self.label_map.shape:
+            values = np.asarray(image.array[..., 0] if image.array.ndim > 3 else image.array, dtype=np.float64)
+            intensity = np.bincount(self.label_map.ravel().astype(np.int64), weights=values.ravel(),
+                                    minlength=counts.size)
+        rows = []
+        for value, name in sorted(self.labels.items()):
+            if value == 0:
+                continue
+            count = int(counts[value]) if value < counts.size else 0
+            row: dict[str, Any] = {"label": value, "name": name, "voxels": count,
+                                   "volume_ml": round(count * voxel_ml, 4)}
+            if intensity is not None:
+                row["mean_intensity"] = round(float(intensity[value] / count), 4) if count else None
+            rows.append(row)
+        return rows
+
+
+@dataclass
+class ClassificationResult:
+    """Per-class probabilities for one image."""
+
+    class_names: list[str]
+    probabilities: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != len(self.probabilities):
+            raise ValueError("class_names and probabilities differ in length")
+
+    @property
+    def predicted_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def predicted(self) -> str:
+        return self.class_names[self.predicted_index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predicted": self.predicted,
+            "probabilities": {n: round(float(p), 6) for n, p in zip(self.class_names, self.probabilities)},
+        }
+
+
+@dataclass
+class DetectionResult:
+    """Axis-aligned boxes, in voxel indices and in world millimetres.
+
+    ``boxes_voxel`` rows are ``(i0, j0, k0, i1, j1, k1)`` (inclusive start, exclusive end).
+    ``boxes_world`` rows are ``(x0, y0, z0, x1, y1, z1)`` in ``coordinate_system`` (``"RAS"``), the
+    min and max corner of the box's extent in the world.
+    """
+
+    boxes_voxel: FloatArray
+    affine: FloatArray
+    scores: FloatArray
+    labels: IntArray
+    label_names: dict[int, str]
+    coordinate_system: str = "RAS"
+
+    @property
+    def boxes_world(self) -> FloatArray:
+        boxes = np.asarray(self.boxes_voxel, dtype=float).reshape(-1, 6)
+        out = np.zeros_like(boxes)
+        for n, box in enumerate(boxes):
+            # Voxel centres run from start to end-1; the box's extent reaches half a voxel beyond.
+            lo, hi = box[:3] - 0.5, box[3:] - 0.5
+            corners = np.array([[c0, c1, c2, 1.0] for c0 in (lo[0], hi[0]) for c1 in (lo[1], hi[1])
+                                for c2 in (lo[2], hi[2])])
+            world = (np.asarray(self.affine) @ corners.T).T[:, :3]
+            out[n, :3], out[n, 3:] = world.min(axis=0), world.max(axis=0)
+        if self.coordinate_system == "LPS":
+            out = out * np.array([-1, -1, 1, -1, -1, 1])
+            out = out[:, [3, 4, 2, 0, 1, 5]]
+        return out
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        world = self.boxes_world
+        return [
+            {
+                "label": int(label),
+                "name": self.label_names.get(int(label), str(int(label))),
+                "score": round(float(score), 6),
+                "box_voxel": [float(v) for v in box],
+                "box_world_mm": [round(float(v), 4) for v in wbox],
+                "coordinate_system": self.coordinate_system,
+            }
+            for box, wbox, score, label in zip(np.asarray(self.boxes_voxel).reshape(-1, 6), world,
+                                               self.scores, self.labels)
+        ]
+
+
+@dataclass
+class RegistrationResult:
+    """A fixed←moving transform and the moving image resampled onto the fixed grid.
+
+    ``matrix`` maps fixed-image world points (RAS mm) to moving-image world points, so that
+    ``warped(x) = moving(matrix @ x)``. ``displacement`` (optional, shape ``(I, J, K, 3)``, RAS mm) is
+    added after the matrix, per fixed voxel.
+    """
+
+    warped: Image
+    matrix: FloatArray | None = None
+    displacement: FloatArray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
