@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitk.errors import PluginError
 from mitk.enums import Task
+from mitk.errors import PluginError
 
 Factory = Callable[[], Any] | str
 

@@ -87,8 +87,9 @@ class Image:
         return tuple(int(n) for n in self.array.shape)
 
     @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return self.shape[:3]
+    def spatial_shape(self) -> tuple[int, int, int]:
+        i, j, k = (*self.shape, 1, 1)[:3]
+        return i, j, k
 
     @property
     def ndim(self) -> int:
@@ -162,7 +163,7 @@ class ClassificationResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "predicted": self.predicted,
-            "probabilities": {n: round(float(p), 6) for n, p in zip(self.class_names, self.probabilities)},
+            "probabilities": {n: round(float(p), 6) for n, p in zip(self.class_names, self.probabilities, strict=True)},
         }
 
 
@@ -210,7 +211,7 @@ class DetectionResult:
                 "coordinate_system": self.coordinate_system,
             }
             for box, wbox, score, label in zip(np.asarray(self.boxes_voxel).reshape(-1, 6), world,
-                                               self.scores, self.labels)
+                                               self.scores, self.labels, strict=True)
         ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import nibabel as nib
@@ -15,10 +16,11 @@ from mitk.types import Image
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
+_gzip: ModuleType
 try:  # ISA-L decompresses gzip two to three times faster than zlib
     from isal import igzip as _gzip
 except ImportError:  # pragma: no cover - optional speed-up
-    _gzip = gzip  # type: ignore[no-redef]
+    _gzip = gzip
 
 
 def is_nifti(path: Path) -> bool:
@@ -47,7 +49,7 @@ def read_nifti(path: str | Path) -> Image:
     try:
         if path.name.lower().endswith(".gz"):
             raw = _decompress(path, path.read_bytes())
-            image = nib.Nifti1Image.from_bytes(raw) if _is_nifti1(raw) else nib.Nifti2Image.from_bytes(raw)
+            image: Any = nib.Nifti1Image.from_bytes(raw) if _is_nifti1(raw) else nib.Nifti2Image.from_bytes(raw)
             array = _array_from_buffer(image, raw, path)
         else:
             image = nib.load(path)
@@ -55,7 +57,7 @@ def read_nifti(path: str | Path) -> Image:
     except InputError:
         raise
     except Exception as error:
-        raise InputError(f"not a readable NIfTI image ({type(error).__name__}: {error})", path) from None
+        raise InputError(f"not a readable NIfTI image ({_one_line(error)})", path) from None
     header = image.header
     return Image(array=array, affine=image.affine, path=path, meta={"nifti_header": header, "format": "nifti"})
 
@@ -76,9 +78,11 @@ def _array_from_buffer(image: Any, raw: bytes, path: Path) -> np.ndarray:
     if len(raw) < needed:
         raise InputError(f"truncated NIfTI data ({len(raw)} of {needed} bytes)", path)
     array = np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order="F")
-    slope, inter = header.get_slope_inter()
-    if slope is not None and (slope != 1 or (inter or 0) != 0):
-        array = array.astype(np.float32) * np.float32(slope) + np.float32(inter or 0)
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy when it loads an image.
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    if slope != 1 or inter != 0:
+        array = array.astype(np.float32) * np.float32(slope) + np.float32(inter)
     elif not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return array
@@ -96,7 +100,12 @@ def read_header(path: str | Path) -> Any:
     except FileNotFoundError:
         raise InputError("no such file", path) from None
     except Exception as error:
-        raise InputError(f"not a readable NIfTI image ({type(error).__name__}: {error})", path) from None
+        raise InputError(f"not a readable NIfTI image ({_one_line(error)})", path) from None
+
+
+def _one_line(error: Exception) -> str:
+    """``Type: message`` with the message's whitespace (newlines included) collapsed."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def write_nifti(array: np.ndarray, path: str | Path, like: Image, dtype: Any = None,

@@ -100,6 +100,8 @@ def run_batch(
             record.output = error.path
         except MitkError as error:
             record.status, record.error = "failed", _with_path(str(error), case.path)
+            if debug and log_error is not None:
+                log_error(traceback.format_exc())
         except Exception as error:
             record.status = "failed"
             record.error = _with_path(f"internal error: {type(error).__name__}: {error}", case.path)

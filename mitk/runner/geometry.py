@@ -49,7 +49,7 @@ def to_input_grid(values: torch.Tensor, source_affine: np.ndarray, target_affine
         return out.flip(flip_dims) if flip_dims else out
     from monai.transforms import SpatialResample
 
-    resample = SpatialResample(mode=mode, padding_mode="border", align_corners=True, dtype=torch.float32)
+    resample = SpatialResample(mode=mode, padding_mode="border", align_corners=True, dtype=np.float32)
     from monai.data import MetaTensor
 
     src = values if isinstance(values, MetaTensor) else MetaTensor(values)

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from mitk.checkpoint import Checkpoint, load_checkpoint
+from mitk.enums import Task
 from mitk.errors import CheckpointError, PluginError, UsageError
 from mitk.plugin_manager import get_registry
 from mitk.tasks import TaskPlugin
-from mitk.enums import Task
 
 
 @dataclass

@@ -52,7 +52,7 @@ class SegmentationRunner:
         logits = self.inferer(batch, network)
         probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
         del logits, batch
-        probabilities = to_input_grid(probabilities, source_affine, image.affine, image.spatial_shape)
+        probabilities = to_input_grid(probabilities, source_affine, image.affine, image.spatial_shape[:3])
         label_map = torch.argmax(probabilities, dim=0, keepdim=True)
         if self.postprocess is not None:
             label_map = self.postprocess(label_map)

@@ -1,0 +1,73 @@
+"""Shared fixtures: real images from ../shared/data and installed packages, skipped cleanly when absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MITK_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def brain_mr() -> Path:
+    """Real MR brain (256×256×25, LAS) from pyradiomics."""
+    return shared_file("pyradiomics", "brain1_image.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def brain_mr_label() -> Path:
+    return shared_file("pyradiomics", "brain1_label.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def lung_ct() -> Path:
+    """Real CT chest (512×512×48) from pyradiomics."""
+    return shared_file("pyradiomics", "lung1_image.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def lung_ct_label() -> Path:
+    return shared_file("pyradiomics", "lung1_label.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def anatomical_t1() -> Path:
+    """nibabel's bundled real T1 (33×41×25 at 2 mm)."""
+    import nibabel
+
+    return Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
+
+
+@pytest.fixture(scope="session")
+def mni_t1_2mm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nilearn's MNI152 T1 template at 2 mm, written as NIfTI (ships with nilearn, no download)."""
+    datasets = pytest.importorskip("nilearn.datasets")
+    path = tmp_path_factory.mktemp("mni") / "mni152_t1_2mm.nii.gz"
+    datasets.load_mni152_template(resolution=2).to_filename(path)
+    return path
+
+
+def run_mitk(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess, as a user or a shell script would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mitk", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def mitk_cli():
+    """``mitk_cli("segment", ...)`` runs mitk in a subprocess and returns the CompletedProcess."""
+    return run_mitk
