@@ -99,7 +99,10 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
     for plugin in extra_plugins:
         manager.register(plugin)
 
-    for impl in manager.hook.mitk_register_plugins.get_hookimpls():
+    # Built-ins register first, so that a third-party plugin cannot take a built-in's name.
+    impls = sorted(manager.hook.mitk_register_plugins.get_hookimpls(),
+                   key=lambda impl: origins.get(impl.plugin_name, (None, None))[0] != BUILTIN_DISTRIBUTION)
+    for impl in impls:
         distribution, version = origins.get(impl.plugin_name, (None, None))
         source = impl.plugin_name
         registrar = PluginRegistrar(registry, source, distribution, version)

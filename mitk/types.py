@@ -31,6 +31,8 @@ def orientation_code(affine: npt.ArrayLike) -> str:
     For oblique affines each voxel axis is named after the world axis it is closest to.
     """
     matrix = np.asarray(affine, dtype=float)[:3, :3]
+    lengths = np.linalg.norm(matrix, axis=0)
+    matrix = matrix / np.where(lengths > 0, lengths, 1.0)  # directions only: voxel size must not matter
     codes = []
     used: set[int] = set()
     # Assign the strongest components first so that two voxel axes never claim one world axis.
