@@ -54,10 +54,17 @@ def atomic_path(target: str | os.PathLike[str], overwrite: bool = False,
         yield temporary
         if not overwrite and target.exists():  # appeared while we were writing
             raise OutputExistsError("output exists already (use --overwrite to replace it)", target)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str, overwrite: bool = False) -> Path:

@@ -10,6 +10,8 @@ from mitk.errors import UsageError
 from mitk.io.atomic import split_suffix
 
 NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+DERIVED_SUFFIXES = ("_seg", "_prob", "_warped")
+"""Stems mitk gives its image outputs; inside a folder, ``a_seg.nii.gz`` beside ``a.nii.gz`` is an output."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,21 @@ class Case:
 
 
 def _nifti_files(directory: Path) -> list[Path]:
+    """NIfTI files below ``directory``, without mitk's own outputs written beside their inputs earlier."""
     found: set[Path] = set()
     for pattern in NIFTI_PATTERNS:
         found.update(p for p in directory.rglob(pattern) if p.is_file() and not p.name.startswith("."))
-    return sorted(found)
+    return sorted(p for p in found if not _is_derived(p, found))
+
+
+def _is_derived(path: Path, siblings: set[Path]) -> bool:
+    stem, suffix = split_suffix(path)
+    for marker in DERIVED_SUFFIXES:
+        if stem.endswith(marker):
+            original = stem[: -len(marker)]
+            if any(path.with_name(original + ext) in siblings for ext in (suffix, ".nii", ".nii.gz")):
+                return True
+    return False
 
 
 def expand_inputs(arguments: list[str] | tuple[str, ...]) -> list[Case]:

@@ -1,0 +1,193 @@
+"""A small, real-anatomy segmentation training set in Medical Segmentation Decathlon form, made offline.
+
+Every case is nilearn's MNI152 T1 template (2 mm, skull-stripped, shipped inside the package) seen
+through its own random affine — rotation up to 15°, scaling ±10 % per axis, translation — on a coarse
+grid stored in a random axis order, with a smooth multiplicative bias field, a gamma contrast change and
+Rician noise. The label map goes through the same transform: each class's mask (brain; or grey and
+white matter) is interpolated linearly and the most likely class kept, so image and label agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitk.errors import OutputExistsError, UsageError
+from mitk.io.atomic import atomic_path, write_text_atomic
+from mitk.types import Image
+
+TASK_LABELS: dict[str, dict[int, str]] = {
+    "brain": {0: "background", 1: "brain"},
+    "tissue": {0: "background", 1: "grey matter", 2: "white matter"},
+}
+FIELD_OF_VIEW_MM = 216.0
+"""Side of the cubic field of view; ``--size`` voxels span it (48 voxels: 4.5 mm)."""
+MAX_ROTATION_DEG = 15.0
+MAX_SCALE = 0.10
+MAX_TRANSLATION_MM = 6.0
+
+
+@dataclass
+class Atlas:
+    """The template image and per-class probability maps (background first) on its grid."""
+
+    image: np.ndarray
+    classes: np.ndarray
+    affine: np.ndarray
+    centre: np.ndarray
+    """World (RAS mm) centre of the brain mask: cases are framed around it."""
+
+
+@functools.lru_cache(maxsize=2)
+def load_atlas(task: str) -> Atlas:
+    """Read the MNI152 template and the task's masks from nilearn's package data (no network; cached)."""
+    if task not in TASK_LABELS:
+        raise UsageError(f"unknown sample task {task!r}; choose from {', '.join(TASK_LABELS)}")
+    from nilearn import datasets
+
+    template = datasets.load_mni152_template(resolution=2)
+    image = np.asarray(template.get_fdata(dtype=np.float32))
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata(dtype=np.float32))
+    if task == "brain":
+        foreground = [brain]
+    else:
+        grey = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(dtype=np.float32))
+        white = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(dtype=np.float32))
+        foreground = [np.clip(grey, 0, 1) * brain, np.clip(white, 0, 1) * brain]
+    background = np.clip(1.0 - np.sum(foreground, axis=0), 0.0, 1.0)
+    classes = np.stack([background, *foreground]).astype(np.float32)
+    affine = np.asarray(template.affine, dtype=np.float64)
+    centre_voxel = np.argwhere(brain > 0.5).mean(axis=0)
+    centre = (affine @ np.append(centre_voxel, 1.0))[:3]
+    return Atlas(image=image, classes=classes, affine=affine, centre=centre)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+
+
+def random_geometry(atlas: Atlas, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A case grid (RAS-ordered affine) and the matrix taking case world points to template world points."""
+    spacing = FIELD_OF_VIEW_MM / size * rng.uniform(0.95, 1.05, size=3)
+    scanner_centre = rng.uniform(-40.0, 40.0, size=3)  # where the head sits in this case's world
+    grid = np.diag([*spacing, 1.0])
+    grid[:3, 3] = scanner_centre - spacing * (size - 1) / 2.0
+    linear = _rotation(rng) @ np.diag(rng.uniform(1 - MAX_SCALE, 1 + MAX_SCALE, size=3))
+    template_from_case = np.eye(4)
+    template_from_case[:3, :3] = linear
+    shift = rng.uniform(-MAX_TRANSLATION_MM, MAX_TRANSLATION_MM, size=3)
+    template_from_case[:3, 3] = atlas.centre + shift - linear @ scanner_centre
+    return grid, template_from_case
+
+
+def _resample(volume: np.ndarray, voxel_from_voxel: np.ndarray, size: int) -> np.ndarray:
+    from scipy.ndimage import affine_transform
+
+    return affine_transform(volume, voxel_from_voxel[:3, :3], offset=voxel_from_voxel[:3, 3],
+                            output_shape=(size, size, size), order=1, mode="constant", cval=0.0)
+
+
+def _bias_field(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth multiplicative field: exp of a random second-order polynomial, within about ±30 %."""
+    axis = np.linspace(-1.0, 1.0, size)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    terms = [x, y, z, x * y, x * z, y * z, x * x, y * y, z * z]
+    log_field = sum(c * t for c, t in zip(rng.normal(0.0, 0.08, size=len(terms)), terms, strict=True))
+    return np.exp(np.asarray(log_field, dtype=np.float64))
+
+
+def make_case(atlas: Atlas, size: int, rng: np.random.Generator) -> tuple[Image, np.ndarray, np.ndarray]:
+    """One case: the image (int16, random stored axis order), its label map on the same grid (uint8), and
+    the 4×4 matrix from this case's world to the template's world (RAS mm)."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+    grid, template_from_case = random_geometry(atlas, size, rng)
+    voxel_map = np.linalg.solve(atlas.affine, template_from_case @ grid)
+    intensity = np.clip(_resample(atlas.image, voxel_map, size), 0.0, None)
+    probabilities = np.stack([_resample(c, voxel_map, size) for c in atlas.classes[1:]])
+    background = 1.0 - probabilities.sum(axis=0)
+    labels = np.argmax(np.concatenate([background[None], probabilities]), axis=0).astype(np.uint8)
+
+    intensity = intensity / max(float(intensity.max()), 1e-6)
+    intensity = intensity ** math.exp(rng.uniform(-0.3, 0.3))  # contrast (gamma)
+    intensity = intensity * _bias_field(size, rng) * rng.uniform(600.0, 1200.0)
+    sigma = rng.uniform(0.02, 0.04) * float(np.percentile(intensity[labels > 0], 90)) if labels.any() else 10.0
+    real = intensity + rng.normal(0.0, sigma, intensity.shape)
+    imaginary = rng.normal(0.0, sigma, intensity.shape)
+    intensity = np.sqrt(real * real + imaginary * imaginary)  # Rician magnitude noise
+
+    # Store the axes in a random order and direction, so the affine (not the array) carries the anatomy.
+    orientation = np.column_stack([rng.permutation(3), rng.choice([-1, 1], size=3)]).astype(float)
+    affine = grid @ inv_ornt_aff(orientation, (size, size, size))
+    stored = np.clip(np.rint(apply_orientation(intensity, orientation)), 0, np.iinfo(np.int16).max)
+    image = Image(array=np.ascontiguousarray(stored.astype(np.int16)), affine=affine)
+    label_map = np.ascontiguousarray(apply_orientation(labels, orientation).astype(np.uint8))
+    return image, label_map, template_from_case
+
+
+def split_counts(cases: int) -> tuple[int, int, int]:
+    """(training, validation, test): about one sixth each for validation and test, at least one each."""
+    if cases < 3:
+        raise UsageError(f"--cases must be at least 3 (training, validation and test), not {cases}")
+    held_out = max(1, round(cases / 6))
+    return cases - 2 * held_out, held_out, held_out
+
+
+def make_segmentation_sample(output_dir: str | Path, cases: int = 12, size: int = 48, seed: int = 0,
+                             task: str = "brain", overwrite: bool = False) -> Path:
+    """Write ``imagesTr``/``labelsTr`` (training and validation), ``imagesTs``/``labelsTs`` (test) and
+    ``dataset.json``; return the path of ``dataset.json``. The same seed gives byte-identical files."""
+    from mitk.io.nifti import write_nifti
+
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, not {seed}")
+    n_training, n_validation, n_test = split_counts(cases)
+    output_dir = Path(output_dir)
+    dataset_path = output_dir / "dataset.json"
+    if dataset_path.exists() and not overwrite:
+        raise OutputExistsError("a sample exists already (use --overwrite to replace it)", dataset_path)
+    atlas = load_atlas(task)
+    labels = TASK_LABELS[task]
+    lists: dict[str, list[dict[str, str]]] = {"training": [], "validation": [], "test": []}
+    transforms: dict[str, list[list[float]]] = {}
+    for index in range(cases):
+        name = f"case_{index:03d}"
+        split = "training" if index < n_training else "validation" if index < n_training + n_validation else "test"
+        folder = "Ts" if split == "test" else "Tr"
+        rng = np.random.default_rng([seed, index])  # each case depends only on (seed, index)
+        image, label_map, template_from_case = make_case(atlas, size, rng)
+        entry = {"image": f"./images{folder}/{name}.nii.gz", "label": f"./labels{folder}/{name}.nii.gz"}
+        with atomic_path(output_dir / entry["image"], overwrite=overwrite) as temporary:
+            write_nifti(image.array, temporary, like=image, description="mitk sample MNI152 T1")
+        with atomic_path(output_dir / entry["label"], overwrite=overwrite) as temporary:
+            write_nifti(label_map, temporary, like=image, intent="label", description=f"mitk sample {task} labels")
+        lists[split].append(entry)
+        transforms[name] = np.round(template_from_case, 10).tolist()
+    document: dict[str, Any] = {
+        "name": f"mitk-sample-{task}",
+        "description": f"{task} segmentation on the MNI152 T1 template under random affines (mitk sample)",
+        "reference": "MNI152 template shipped with nilearn",
+        "tensorImageSize": "3D",
+        "modality": {"0": "MRI"},
+        "labels": {str(value): name for value, name in labels.items()},
+        "numTraining": n_training + n_validation,
+        "numTest": n_test,
+        **lists,
+        "mitk_sample": {"task": task, "seed": seed, "size": size,
+                        "template_from_case": transforms,
+                        "template_from_case_note": "4x4 maps each case's world (RAS mm) to MNI152 world"},
+    }
+    write_text_atomic(dataset_path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
+    return dataset_path

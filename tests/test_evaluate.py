@@ -1,0 +1,258 @@
+"""`mitk evaluate segment`: metrics against hand and brute-force values, pairing, grids, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.ndimage import binary_erosion
+from scipy.spatial.distance import cdist
+from typer.testing import CliRunner
+
+from mitk.cli import app
+from mitk.errors import GeometryError, UsageError
+from mitk.evaluation.segmentation import Pair, evaluate_files, evaluate_pair, json_number, pair_files, summarise
+
+
+def load_nifti(path: Path) -> Any:
+    """``nibabel.load``, typed loosely (its stubs name a base class without affine or dataobj)."""
+    return nib.load(path)
+
+
+SPACING = (2.0, 1.0, 3.0)
+
+
+def cube(shape: tuple[int, int, int], start: tuple[int, int, int], side: int = 10) -> np.ndarray:
+    array = np.zeros(shape, dtype=np.int64)
+    array[tuple(slice(s, s + side) for s in start)] = 1
+    return array
+
+
+def brute_force_surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...],
+                                tolerance: float) -> dict[str, float]:
+    """The documented definitions, computed directly: surface = voxels removed by a 6-connected erosion."""
+
+    def surface_points(mask: np.ndarray) -> np.ndarray:
+        return np.argwhere(mask & ~binary_erosion(mask)) * np.asarray(spacing)
+
+    distances = cdist(surface_points(pred), surface_points(ref))
+    pred_to_ref, ref_to_pred = distances.min(axis=1), distances.min(axis=0)
+    pooled = np.concatenate([pred_to_ref, ref_to_pred])
+    return {
+        "hd95_mm": max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)),
+        "asd_mm": pooled.mean(),
+        "surface_dice": float(np.mean(pooled <= tolerance)),
+    }
+
+
+def test_offset_cubes_dice_and_iou_by_hand() -> None:
+    ref = cube((20, 20, 20), (5, 5, 5))
+    pred = cube((20, 20, 20), (7, 5, 5))  # shifted 2 voxels along i: overlap 8×10×10 = 800 voxels
+    scores = evaluate_pair(pred, ref, SPACING, [1], tolerance=2.0)[1]
+    assert scores["dice"] == pytest.approx(2 * 800 / 2000, abs=1e-6)
+    assert scores["iou"] == pytest.approx(800 / 1200, abs=1e-6)
+    assert scores["reference_volume_ml"] == pytest.approx(1000 * 6.0 / 1000)
+    assert scores["predicted_volume_ml"] == pytest.approx(6.0)
+    # The farthest any surface voxel is from the other surface: 2 voxels × 2 mm along i.
+    assert 0 < scores["hd95_mm"] <= 4.0 + 1e-6
+
+
+@pytest.mark.parametrize(("shift", "tolerance"), [((2, 0, 0), 2.0), ((0, 3, 1), 1.5), ((1, -2, 2), 4.0)])
+def test_surface_metrics_match_brute_force_with_anisotropic_spacing(shift: tuple[int, int, int],
+                                                                    tolerance: float) -> None:
+    ref = cube((24, 24, 24), (6, 6, 6))
+    ref[6:10, 6:16, 12:16] = 0  # a notch, so that distances are not all alike
+    pred = np.roll(ref, shift, axis=(0, 1, 2))
+    scores = evaluate_pair(pred, ref, SPACING, [1], tolerance=tolerance)[1]
+    expected = brute_force_surface_metrics(pred == 1, ref == 1, SPACING, tolerance)
+    assert scores["hd95_mm"] == pytest.approx(expected["hd95_mm"], rel=1e-5)
+    assert scores["asd_mm"] == pytest.approx(expected["asd_mm"], rel=1e-5)
+    assert scores["surface_dice"] == pytest.approx(expected["surface_dice"], abs=1e-6)
+    overlap = np.count_nonzero((pred == 1) & (ref == 1))
+    assert scores["dice"] == pytest.approx(2 * overlap / (2 * np.count_nonzero(ref)), abs=1e-6)
+
+
+def test_spacing_scales_distances() -> None:
+    ref = cube((20, 20, 20), (5, 5, 5))
+    pred = cube((20, 20, 20), (7, 5, 5))
+    unit = evaluate_pair(pred, ref, (1.0, 1.0, 1.0), [1])[1]
+    doubled = evaluate_pair(pred, ref, (2.0, 2.0, 2.0), [1])[1]
+    assert doubled["hd95_mm"] == pytest.approx(2 * unit["hd95_mm"], rel=1e-6)
+    assert doubled["asd_mm"] == pytest.approx(2 * unit["asd_mm"], rel=1e-6)
+    assert doubled["reference_volume_ml"] == pytest.approx(8 * unit["reference_volume_ml"])
+
+
+def test_empty_masks_are_explicit() -> None:
+    ref = cube((16, 16, 16), (3, 3, 3), side=6)
+    pred = np.zeros_like(ref)
+    scores = evaluate_pair(pred, ref, SPACING, [1, 2], tolerance=2.0)
+    assert scores[1]["dice"] == 0.0 and scores[1]["surface_dice"] == 0.0
+    assert math.isinf(scores[1]["hd95_mm"]) and math.isinf(scores[1]["asd_mm"])
+    assert json_number(scores[1]["hd95_mm"]) is None
+    assert scores[2] == {"dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "asd_mm": 0.0, "surface_dice": 1.0,
+                         "reference_volume_ml": 0.0, "predicted_volume_ml": 0.0}
+    # Without --labels only labels present in either map are scored.
+    assert list(evaluate_pair(pred, ref, SPACING)) == [1]
+    summary = summarise([scores, evaluate_pair(ref, ref, SPACING, [1, 2])])
+    assert summary[1]["dice"] == {"mean": 0.5, "std": 0.5, "median": 0.5, "n": 2}
+    assert summary[1]["hd95_mm"]["n"] == 1 and summary[1]["hd95_mm"]["mean"] == 0.0  # inf left out
+
+
+def test_labels_scored_separately() -> None:
+    ref = cube((20, 20, 20), (2, 2, 2), side=6) + 2 * cube((20, 20, 20), (11, 11, 11), side=6)
+    pred = ref.copy()
+    pred[pred == 2] = 0
+    scores = evaluate_pair(pred, ref, SPACING)
+    assert scores[1]["dice"] == pytest.approx(1.0) and scores[1]["hd95_mm"] == 0.0
+    assert scores[2]["dice"] == 0.0
+
+
+def test_pairing_rule(tmp_path: Path) -> None:
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred_dir.mkdir()
+    ref_dir.mkdir()
+    for name in ("a_seg.nii.gz", "a_seg_prob.nii.gz", "b.nii.gz", "c_seg.nii.gz", "notes.txt"):
+        (pred_dir / name).touch()
+    for name in ("a.nii.gz", "a_label.nii.gz", "b.nii.gz", "d_label.nii"):
+        (ref_dir / name).touch()
+    pairing = pair_files(pred_dir, ref_dir)
+    assert [(p.case, p.prediction.name, p.reference.name) for p in pairing.pairs] == [
+        ("a", "a_seg.nii.gz", "a_label.nii.gz"), ("b", "b.nii.gz", "b.nii.gz")]
+    assert [p.name for p in pairing.unpaired_predictions] == ["c_seg.nii.gz"]
+    assert sorted(p.name for p in pairing.unpaired_references) == ["a.nii.gz", "d_label.nii"]
+    with pytest.raises(UsageError, match="both"):
+        pair_files(pred_dir / "a_seg.nii.gz", ref_dir)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real data: the pyradiomics brain tumour label as reference
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_like(array: np.ndarray, reference: Path, path: Path, affine: np.ndarray | None = None) -> Path:
+    source = load_nifti(reference)
+    image = nib.Nifti1Image(array.astype(np.uint8), source.affine if affine is None else affine)
+    nib.save(image, path)
+    return path
+
+
+def shrunk_and_shifted(label: np.ndarray) -> np.ndarray:
+    """The reference eroded by one voxel in-plane (slices are 6.5 mm thick) and shifted 2 voxels along i."""
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[:, :, 1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    return np.roll(binary_erosion(label > 0, structure=in_plane), 2, axis=0).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tumour_case(brain_mr_label: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    pred_dir, ref_dir = root / "pred", root / "ref"
+    pred_dir.mkdir()
+    ref_dir.mkdir()
+    reference = shutil.copy(brain_mr_label, ref_dir / "brain1_label.nii.gz")
+    label = np.asanyarray(load_nifti(brain_mr_label).dataobj)
+    prediction = write_like(shrunk_and_shifted(label), brain_mr_label, pred_dir / "brain1_seg.nii.gz")
+    return {"root": root, "pred_dir": pred_dir, "ref_dir": ref_dir, "reference": Path(reference),
+            "prediction": prediction}
+
+
+def test_cli_end_to_end_on_real_label(tumour_case: dict[str, Path], mitk_cli) -> None:
+    csv_path = tumour_case["root"] / "scores.csv"
+    done = mitk_cli("evaluate", "segment", "--pred", str(tumour_case["pred_dir"]), "--ref",
+                    str(tumour_case["ref_dir"]), "--json", "--csv", str(csv_path), "--tolerance", "1.5")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    (case,) = document["cases"]
+    assert case["status"] == "ok" and case["case"] == "brain1" and case["resampled"] is False
+    (row,) = case["labels"]
+
+    reference = load_nifti(tumour_case["reference"])
+    ref = np.asanyarray(reference.dataobj) > 0
+    pred = np.asanyarray(load_nifti(tumour_case["prediction"]).dataobj) > 0
+    spacing = tuple(float(s) for s in np.linalg.norm(reference.affine[:3, :3], axis=0))
+    overlap = np.count_nonzero(pred & ref)
+    dice = 2 * overlap / (np.count_nonzero(pred) + np.count_nonzero(ref))
+    assert 0.3 < dice < 0.95
+    assert row["dice"] == pytest.approx(dice, abs=1e-5)
+    assert row["iou"] == pytest.approx(overlap / np.count_nonzero(pred | ref), abs=1e-5)
+    expected = brute_force_surface_metrics(pred, ref, spacing, 1.5)
+    assert row["hd95_mm"] == pytest.approx(expected["hd95_mm"], rel=1e-4)
+    assert row["asd_mm"] == pytest.approx(expected["asd_mm"], rel=1e-4)
+    assert row["surface_dice"] == pytest.approx(expected["surface_dice"], abs=1e-5)
+    voxel_ml = abs(np.linalg.det(reference.affine[:3, :3])) / 1000
+    assert row["reference_volume_ml"] == pytest.approx(np.count_nonzero(ref) * voxel_ml, rel=1e-5)
+    assert document["summary"]["1"]["dice"]["mean"] == pytest.approx(dice, abs=1e-5)
+    assert document["exit_code"] == 0
+
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and rows[0]["case"] == "brain1"
+    assert float(rows[0]["dice"]) == pytest.approx(dice, abs=1e-5)
+
+
+def test_cli_table_csv_refusal_and_partial_failure(tumour_case: dict[str, Path], tmp_path: Path) -> None:
+    pred_dir = tmp_path / "pred"
+    shutil.copytree(tumour_case["pred_dir"], pred_dir)
+    shutil.copy(tumour_case["prediction"], pred_dir / "other_seg.nii.gz")  # no reference for this one
+    csv_path = tmp_path / "scores.csv"
+    csv_path.write_text("keep me")
+    runner = CliRunner()
+    args = ["evaluate", "segment", "--pred", str(pred_dir), "--ref", str(tumour_case["ref_dir"])]
+    refused = runner.invoke(app, [*args, "--csv", str(csv_path)])
+    assert refused.exit_code != 0 and csv_path.read_text() == "keep me"
+
+    result = runner.invoke(app, [*args, "--csv", str(csv_path), "--overwrite"])
+    assert result.exit_code == 3, result.output  # one pair scored, one prediction unpaired
+    assert "brain1" in result.stdout and "mean" in result.stdout
+    assert "other_seg.nii.gz" in result.stderr and "no reference" in result.stderr
+    assert csv_path.read_text().startswith("case,prediction,reference,label,dice")
+
+
+def test_mismatched_grid_is_refused_or_resampled(tumour_case: dict[str, Path], tmp_path: Path) -> None:
+    reference = load_nifti(tumour_case["reference"])
+    label = np.asanyarray(reference.dataobj).astype(np.uint8)
+    # The same labels stored in RAS order (axis 0 flipped), cropped in-plane so the grids differ in
+    # shape and origin; the crop cuts through nothing but background.
+    found = np.argwhere(label > 0)
+    lo, hi = found.min(axis=0)[:2] - 5, found.max(axis=0)[:2] + 6
+    flipped = label[::-1, :, :]
+    start_i = label.shape[0] - hi[0]
+    cropped = flipped[start_i: label.shape[0] - lo[0], lo[1]:hi[1], :]
+    to_flipped = np.eye(4)
+    to_flipped[0, 0], to_flipped[0, 3] = -1, label.shape[0] - 1
+    shift = np.eye(4)
+    shift[:3, 3] = [start_i, lo[1], 0]
+    affine = reference.affine @ to_flipped @ shift
+    prediction = write_like(cropped, tumour_case["reference"], tmp_path / "brain1_seg.nii.gz", affine=affine)
+    pair = Pair("brain1", prediction, tumour_case["reference"])
+
+    with pytest.raises(GeometryError) as error:
+        evaluate_files(pair)
+    assert str(prediction) in str(error.value) and str(tumour_case["reference"]) in str(error.value)
+    assert "--resample-pred" in str(error.value)
+
+    scores = evaluate_files(pair, resample_pred=True)
+    assert scores["resampled"] is True
+    assert scores["scores"][1]["dice"] == pytest.approx(1.0) and scores["scores"][1]["hd95_mm"] == 0.0
+
+    # A crop that cuts the lesion: outside the prediction's field of view reads background.
+    half = cropped.copy()
+    half[: half.shape[0] // 2] = 0
+    partial = write_like(half[half.shape[0] // 2:], tumour_case["reference"], tmp_path / "half_seg.nii.gz",
+                         affine=affine @ np.array([[1, 0, 0, half.shape[0] // 2], [0, 1, 0, 0], [0, 0, 1, 0],
+                                                   [0, 0, 0, 1]]))
+    scores = evaluate_files(Pair("half", partial, tumour_case["reference"]), resample_pred=True)["scores"][1]
+    kept = np.count_nonzero(half)
+    assert scores["predicted_volume_ml"] == pytest.approx(kept * abs(np.linalg.det(reference.affine[:3, :3])) / 1000)
+
+    result = CliRunner().invoke(app, ["evaluate", "segment", "--pred", str(prediction), "--ref",
+                                      str(tumour_case["reference"])])
+    assert result.exit_code == 1
+    assert "not on one grid" in result.stderr and "Traceback" not in result.output
