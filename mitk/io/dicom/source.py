@@ -23,3 +23,5 @@ class DicomSource:
     modality: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     """Non-identifying acquisition parameters (modality, manufacturer, spacing, kVp, TR/TE...)."""
+    archive: Path | None = None
+    """The zip archive the files came from; ``files`` are then member names inside it."""

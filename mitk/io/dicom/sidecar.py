@@ -1,0 +1,128 @@
+"""A non-identifying summary of a DICOM series, and the JSON sidecar ``mitk convert`` writes beside a NIfTI.
+
+Only attributes on an explicit allow-list are copied: acquisition and equipment parameters (modality,
+manufacturer, kVp, TR/TE...). Nothing that identifies a patient, a visit or a site is ever included:
+no names, IDs, dates, times, UIDs, institution, station or device serial number, no free-text comments.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from mitk.io.atomic import atomic_path
+
+# DICOM keywords copied as they are (numbers become floats or ints, lists stay lists).
+ACQUISITION_KEYWORDS = (
+    "Modality", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "ProtocolName",
+    "BodyPartExamined", "ImageType", "PatientPosition", "SliceThickness", "SpacingBetweenSlices",
+    # CT
+    "KVP", "XRayTubeCurrent", "ExposureTime", "Exposure", "ConvolutionKernel", "FilterType",
+    "SpiralPitchFactor", "CTDIvol", "ReconstructionDiameter", "RescaleType",
+    # MR
+    "MagneticFieldStrength", "RepetitionTime", "EchoTime", "EffectiveEchoTime", "InversionTime",
+    "FlipAngle", "EchoTrainLength", "ScanningSequence", "SequenceVariant", "ScanOptions",
+    "MRAcquisitionType", "SequenceName", "PulseSequenceName", "PixelBandwidth", "ImagingFrequency",
+    "ReceiveCoilName", "PercentPhaseFieldOfView", "InPlanePhaseEncodingDirection",
+    "ParallelReductionFactorInPlane", "DiffusionBValue",
+    # PET / NM
+    "Units", "DecayCorrection", "AttenuationCorrectionMethod", "ReconstructionMethod",
+    # Pixels
+    "PhotometricInterpretation", "BitsStored", "SamplesPerPixel",
+)
+FORBIDDEN_KEYWORDS = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
+    "PatientWeight", "PatientSize", "PatientAddress", "OtherPatientIDs", "OtherPatientNames",
+    "AccessionNumber", "InstitutionName", "InstitutionAddress", "StationName", "DeviceSerialNumber",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "StudyID", "ImageComments",
+})
+_FUNCTIONAL_DEPTH = 3
+
+
+def summarize(header: Dataset, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Allow-listed acquisition parameters of ``header`` (looked up in enhanced functional groups too)."""
+    summary: dict[str, Any] = {}
+    for keyword in ACQUISITION_KEYWORDS:
+        if keyword in FORBIDDEN_KEYWORDS:  # pragma: no cover - guards edits of the allow-list
+            continue
+        value = _lookup(header, keyword)
+        if value is not None:
+            summary[keyword] = value
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None:
+        summary["TransferSyntax"] = syntax.name
+    sop_class = header.get("SOPClassUID")
+    if sop_class:
+        summary["SOPClass"] = getattr(sop_class, "name", str(sop_class))
+    summary.update(extra or {})
+    return summary
+
+
+def _lookup(header: Dataset, keyword: str) -> Any:
+    value = _plain(header.get(keyword))
+    if value is not None:
+        return value
+    for sequence in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        items = header.get(sequence)
+        if items:
+            value = _search(items[0], keyword, _FUNCTIONAL_DEPTH)
+            if value is not None:
+                return value
+    return None
+
+
+def _search(dataset: Dataset, keyword: str, depth: int) -> Any:
+    value = _plain(dataset.get(keyword))
+    if value is not None or depth == 0:
+        return value
+    for element in dataset:
+        if element.VR == "SQ" and element.value:
+            value = _search(element.value[0], keyword, depth - 1)
+            if value is not None:
+                return value
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of an element value; ``None`` when empty or of a type not summarised."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (bytes, Dataset)) or type(value).__name__ in ("Sequence", "PersonName"):
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        items = [_plain(v) for v in value]
+        return [v for v in items if v is not None] or None
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return int(number) if number.is_integer() and not isinstance(value, float) else round(number, 6)
+    text = str(value).strip()
+    return text or None
+
+
+def sidecar_path(nifti: str | Path) -> Path:
+    """``OUT.nii.gz`` → ``OUT.json``."""
+    nifti = Path(nifti)
+    name = nifti.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return nifti.with_name(name[: -len(suffix)] + ".json")
+    return nifti.with_suffix(".json")
+
+
+def sidecar_document(summary: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's content: the summary, with any forbidden keyword removed as a last guard."""
+    from mitk import __version__
+
+    document = {key: value for key, value in summary.items() if key not in FORBIDDEN_KEYWORDS}
+    document["ConversionSoftware"] = f"mitk {__version__}"
+    return document
+
+
+def write_sidecar(path: str | Path, summary: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write the sidecar JSON atomically."""
+    with atomic_path(path, overwrite=overwrite) as temporary:
+        temporary.write_text(json.dumps(sidecar_document(summary), indent=2) + "\n", encoding="utf-8")
+    return Path(path)
