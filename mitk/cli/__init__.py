@@ -9,7 +9,10 @@ from typing import Annotated
 import typer
 
 from mitk import __version__
+from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
+from mitk.cli import sample as sample_cmd
+from mitk.cli import train as train_cmd
 from mitk.cli.common import STATE
 from mitk.errors import MitkError
 
@@ -45,6 +48,12 @@ def root(
 app.add_typer(plugins_cmd.app, name="plugins")
 app.command("info")(info.info)
 tasks.add_task_commands(app)
+app.add_typer(evaluate_cmd.app, name="evaluate")
+app.add_typer(sample_cmd.app, name="sample")
+app.add_typer(train_cmd.app, name="train")
+from mitk.cli import convert as convert_cmd  # noqa: E402
+
+app.command("convert")(convert_cmd.convert)
 
 
 def main(argv: list[str] | None = None) -> None:

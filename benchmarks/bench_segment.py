@@ -1,0 +1,130 @@
+"""End-to-end segmentation: `mitk segment` vs the plain MONAI script doing the same job, same weights.
+
+Plain script: LoadImaged → EnsureChannelFirstd → Orientationd(RAS) → intensity → sliding_window_inference
+(roi 96³, overlap 0.25, gaussian, sw_batch_size 4) → Invertd → argmax → SaveImaged.
+mitk: the `unet` plugin with the same settings, run through the CLI's code path (load_model → runner → writer).
+Both use a 4.8 M-parameter MONAI UNet with identical (randomly initialised, saved) weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from _harness import SHARED, run_child, save, table
+from bench_nifti_read import make_volume
+
+SETTINGS = {"spacing": None, "orientation": "RAS", "patch_size": [96, 96, 96], "overlap": 0.25,
+            "sw_batch_size": 4, "mode": "gaussian", "labels": {"0": "background", "1": "foreground"}}
+
+PLAIN = """
+import time, numpy as np, torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged,
+                              NormalizeIntensityd, Orientationd, SaveImaged, ScaleIntensityRanged)
+from safetensors.torch import load_file
+t0 = time.perf_counter()
+net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
+           strides=(2, 2, 2, 2), num_res_units=2, norm="instance")
+net.load_state_dict(load_file(CKPT)); net.eval()
+intensity = (ScaleIntensityRanged("image", a_min=-1000, a_max=1000, b_min=0, b_max=1, clip=True) if MODE == "ct"
+             else NormalizeIntensityd("image", nonzero=True, channel_wise=True))
+pre = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS"), intensity])
+data = pre({"image": PATH})
+with torch.no_grad():
+    data["pred"] = sliding_window_inference(data["image"][None], (96, 96, 96), 4, net, overlap=0.25,
+                                            mode="gaussian")[0]
+post = Compose([Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+                AsDiscreted("pred", argmax=True),
+                SaveImaged("pred", output_dir=OUT, output_postfix="seg", separate_folder=False,
+                           output_dtype=np.uint8, resample=False)])
+post(data)
+print("SECONDS=%f" % (time.perf_counter() - t0))
+"""
+
+MITK = """
+import time, json
+t0 = time.perf_counter()
+from pathlib import Path
+from mitk.io.inputs import Case
+from mitk.runner.model import load_model
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.segment import make_segment_job
+settings = json.loads(SETTINGS); settings["intensity"] = {"mode": MODE, "a_min": -1000, "a_max": 1000}
+model = load_model("segment", None, CKPT, settings, "cpu")
+job = make_segment_job(model, OutputPolicy(output=Path(OUT) / "mitk_seg.nii.gz", overwrite=True))
+job(Case(Path(PATH)))
+print("SECONDS=%f" % (time.perf_counter() - t0))
+"""
+
+
+def make_mr_volume(directory: Path) -> Path:
+    """256×256×160 MR from the real MNI152 T1 template (nilearn), interpolated; else brain1 from shared data."""
+    import nibabel as nib
+    import numpy as np
+    from scipy.ndimage import zoom
+
+    try:
+        from nilearn.datasets import load_mni152_template
+
+        image = load_mni152_template(resolution=1)
+        array = np.asanyarray(image.dataobj, dtype=np.float32)
+        affine = image.affine.copy()
+    except ImportError:
+        image = nib.load(SHARED / "pyradiomics" / "brain1_image.nii.gz")
+        array, affine = np.asanyarray(image.dataobj, dtype=np.float32), image.affine.copy()
+    factors = [t / s for t, s in zip((256, 256, 160), array.shape, strict=True)]
+    array = zoom(array, factors, order=1)
+    affine[:3, :3] = affine[:3, :3] @ np.diag([1 / f for f in factors])
+    path = directory / "mr_256x256x160.nii.gz"
+    nib.save(nib.Nifti1Image((array * 1000 / max(array.max(), 1)).astype(np.int16), affine), path)
+    return path
+
+
+def make_checkpoint(directory: Path) -> Path:
+    import torch
+
+    from mitk.checkpoint import save_checkpoint
+    from mitk.plugin_manager import get_registry
+
+    plugin = get_registry().get("unet", "segment").load()
+    config = plugin.resolve_config(SETTINGS)
+    torch.manual_seed(0)
+    network = plugin.network(config)
+    parameters = sum(p.numel() for p in network.parameters())
+    print(f"UNet parameters: {parameters / 1e6:.2f} M")
+    return save_checkpoint(directory / "unet.safetensors", network.state_dict(), task="segment", plugin="unet",
+                           plugin_version=None, config=config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-large", action="store_true", help="only the 256×256×160 case")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        checkpoint = make_checkpoint(directory)
+        volumes = [("256×256×160 MR", make_mr_volume(directory), "mr")]
+        if not args.skip_large:
+            volumes.append(("512×512×300 CT", make_volume(directory), "ct"))
+        for label, path, mode in volumes:
+            values = (f"PATH = {str(path)!r}\nCKPT = {str(checkpoint)!r}\nOUT = {str(directory)!r}\n"
+                      f"MODE = {mode!r}\nSETTINGS = {json.dumps(json.dumps(SETTINGS))}\n")
+            plain = run_child(values + PLAIN, repeats=args.repeats)
+            mine = run_child(values + MITK, repeats=args.repeats)
+            rows.append({"volume": label, "contender": "plain MONAI script", **plain})
+            rows.append({"volume": label, "contender": "mitk segment", **mine,
+                         "time_ratio": round(mine["best_s"] / plain["best_s"], 2),
+                         "rss_ratio": round(mine["peak_rss_mib"] / plain["peak_rss_mib"], 2)})
+    print(table(rows, ["volume", "contender", "best_s", "median_s", "peak_rss_mib", "time_ratio", "rss_ratio"]))
+    save("segment", {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters",
+                     "settings": SETTINGS, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

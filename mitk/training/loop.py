@@ -1,0 +1,350 @@
+"""The one training loop for every task.
+
+The loop owns what all tasks share: seeding, data loaders, the optimiser and its cosine schedule, mixed
+precision on CUDA, validation every N epochs, the best/last checkpoints, the resumable training state and
+the epoch log. What is particular to a task (how a batch becomes a loss, how a validation set becomes
+metrics) lives in a small :class:`TrainingStep` strategy, e.g. :class:`mitk.training.segment.SegmentationStep`.
+
+Files written to the run folder::
+
+    best.safetensors     weights with the best validation score (mitk checkpoint, self-describing)
+    last.safetensors     weights after the latest epoch
+    training_state.pt    optimiser, scaler, epoch, best score and RNG state, for --resume (tensors only)
+    log.csv, log.json    one row per epoch
+    training_curve.png   loss and validation metrics against epoch
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mitk.checkpoint import save_checkpoint, training_state_load, training_state_save
+from mitk.errors import MitkError, UsageError
+from mitk.tasks import TaskPlugin
+from mitk.training.folder import BEST_NAME, LAST_NAME, STATE_NAME
+from mitk.training.log import TrainingLog
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class TrainingOptions:
+    """How to train (not what: that is the plugin's configuration, saved in the checkpoint)."""
+
+    epochs: int = 100
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    val_every: int = 1
+    num_workers: int = 0
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.num_workers < 0:
+            raise UsageError("--num-workers must be 0 or more")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+
+@dataclass
+class ModelSpec:
+    """What the checkpoints describe: the task, the plugin that builds the network, its resolved config."""
+
+    task: str
+    plugin_name: str
+    plugin_version: str | None
+    plugin: TaskPlugin
+    config: dict[str, Any]
+
+
+class TrainingStep(Protocol):
+    """The task-specific part of training."""
+
+    monitor: str
+    """The validation metric to maximise; it picks ``best.safetensors``."""
+
+    def loss(self, network: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """The loss of one training batch (called under autocast when AMP is on)."""
+
+    def validate(self, network: torch.nn.Module, loader: Any, device: torch.device,
+                 autocast: Callable[[], Any]) -> dict[str, float]:
+        """Metrics over the validation set, including :attr:`monitor`."""
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted run stopped: weights from ``last.safetensors`` and ``training_state.pt``."""
+
+    state_dict: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(json.loads(self.state.get("options", "{}")))
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return dict(json.loads(self.state.get("extra", "{}")))
+
+
+@dataclass
+class TrainingRun:
+    """The outcome of :meth:`Trainer.fit`."""
+
+    output_dir: Path
+    best_checkpoint: Path | None
+    monitor: str
+    best_score: float | None
+    best_epoch: int | None
+    epochs_run: int
+    last_epoch: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    network: torch.nn.Module | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+                "last_checkpoint": str(self.output_dir / LAST_NAME), "output_dir": str(self.output_dir),
+                "best_metric": {"name": self.monitor, "epoch": self.best_epoch,
+                                "value": self.best_score if _is_finite(self.best_score) else None},
+                "epochs_run": self.epochs_run, "last_epoch": self.last_epoch, "seconds": round(self.seconds, 3)}
+
+
+@contextlib.contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """Re-raise a :class:`MitkError` that MONAI wrapped in ``RuntimeError("applying transform ...")``."""
+    try:
+        yield
+    except RuntimeError as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, MitkError):
+            cause = cause.__cause__
+        if isinstance(cause, MitkError):
+            raise cause from None
+        raise
+
+
+def _is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def load_resume_point(output_dir: Path) -> ResumePoint:
+    from mitk.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(output_dir / LAST_NAME)
+    state = training_state_load(output_dir / STATE_NAME)
+    if state.get("format") != STATE_FORMAT or "epoch" not in state:
+        raise MitkError("not a mitk training state (format mismatch)", output_dir / STATE_NAME)
+    return ResumePoint(state_dict=checkpoint.state_dict, state=state)
+
+
+def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:
+    """Cosine decay from ``base`` at epoch 1 towards 0 after the last epoch."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+class Trainer:
+    """Fits ``spec``'s network on ``train_dataset`` with ``step``, validating on ``val_dataset``."""
+
+    def __init__(self, spec: ModelSpec, step: TrainingStep, train_dataset: Any, val_dataset: Any,
+                 options: TrainingOptions, output_dir: Path, *, device: torch.device,
+                 extra_state: dict[str, Any] | None = None, console: Any = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.spec = spec
+        self.step = step
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.options = options
+        self.output_dir = Path(output_dir)
+        self.device = device
+        self.extra_state = extra_state or {}
+        self.console = console
+        self.on_epoch = on_epoch
+        self.amp = bool(options.amp and device.type == "cuda")
+        optimizer_settings = dict(spec.config.get("optimizer") or {})
+        self.base_lr = float(optimizer_settings.get("lr", 1e-3))
+        self.weight_decay = float(optimizer_settings.get("weight_decay", 0.0))
+
+    # -- pieces ------------------------------------------------------------------------------------
+
+    def _loaders(self) -> tuple[Any, Any, torch.Generator]:
+        from monai.data import DataLoader
+
+        generator = torch.Generator()
+        generator.manual_seed(self.options.seed)
+        pin = self.device.type == "cuda"
+        train = DataLoader(self.train_dataset, batch_size=self.options.batch_size, shuffle=True,
+                           num_workers=self.options.num_workers, generator=generator, pin_memory=pin,
+                           drop_last=False)
+        val = DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=self.options.num_workers,
+                         pin_memory=pin)
+        return train, val, generator
+
+    def _seed_epoch(self, epoch: int, generator: torch.Generator) -> None:
+        """Seed everything from (seed, epoch), so a resumed run draws what an uninterrupted one would."""
+        from monai.data.utils import set_rnd
+
+        seed = (self.options.seed * 100_003 + epoch) % (2**31)
+        torch.manual_seed(seed)
+        generator.manual_seed(seed)
+        transform = getattr(self.train_dataset, "transform", None)
+        if transform is not None and self.options.num_workers == 0:
+            set_rnd(transform, seed)
+
+    def autocast(self) -> Any:
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _save_weights(self, name: str, network: torch.nn.Module, metrics: dict[str, Any]) -> Path:
+        return save_checkpoint(self.output_dir / name, network.state_dict(), task=self.spec.task,
+                               plugin=self.spec.plugin_name, plugin_version=self.spec.plugin_version,
+                               config=self.spec.config, metrics=metrics, overwrite=True)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def fit(self, resume: ResumePoint | None = None) -> TrainingRun:
+        with unwrapped_errors():
+            return self._fit(resume)
+
+    def _fit(self, resume: ResumePoint | None) -> TrainingRun:
+        from monai.utils import set_determinism
+
+        started = time.perf_counter()
+        options = self.options
+        set_determinism(seed=options.seed)
+        network = self.spec.plugin.network(self.spec.config).to(self.device)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=self.base_lr, weight_decay=self.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        best_score: float | None = None
+        best_epoch: int | None = None
+        start = 1
+        if resume is not None:
+            network.load_state_dict(resume.state_dict, strict=True)
+            optimizer.load_state_dict(resume.state["optimizer"])
+            if self.amp and resume.state.get("scaler"):
+                scaler.load_state_dict(resume.state["scaler"])
+            best_score = resume.state.get("best_score")
+            best_epoch = resume.state.get("best_epoch")
+            start = resume.epoch + 1
+            if start > options.epochs:
+                raise UsageError(f"the run has finished {resume.epoch} epochs already; give a larger --epochs "
+                                 "to continue it")
+        log = TrainingLog.load(self.output_dir, up_to_epoch=start - 1) if resume else TrainingLog(self.output_dir)
+        train_loader, val_loader, generator = self._loaders()
+        if len(train_loader) == 0:
+            raise UsageError("no training batches: the training list is empty")
+        with self._progress() as progress:
+            epoch_task = progress.add_task("epochs", total=options.epochs, completed=start - 1)
+            for epoch in range(start, options.epochs + 1):
+                epoch_started = time.perf_counter()
+                self._seed_epoch(epoch, generator)
+                learning_rate = cosine_learning_rate(self.base_lr, epoch, options.epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate
+                loss = self._train_epoch(network, optimizer, scaler, train_loader, progress, epoch)
+                row: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": learning_rate}
+                metrics: dict[str, Any] = {}
+                if epoch % options.val_every == 0 or epoch == options.epochs:
+                    batches = progress.add_task("validation", total=len(val_loader))
+                    metrics = self.step.validate(network, _advancing(val_loader, progress, batches),
+                                                 self.device, self.autocast)
+                    progress.remove_task(batches)
+                    row.update({f"val_{name}": value for name, value in metrics.items()})
+                    score = metrics.get(self.step.monitor, math.nan)
+                    if best_score is None or (math.isfinite(score) and
+                                              (not math.isfinite(best_score) or score > best_score)):
+                        best_score, best_epoch = float(score), epoch
+                        self._save_weights(BEST_NAME, network, {**metrics, "epoch": epoch})
+                self._save_weights(LAST_NAME, network, {**metrics, "epoch": epoch})
+                training_state_save(self.output_dir / STATE_NAME, {
+                    "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if self.amp else {}, "best_score": best_score,
+                    "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+                    "schedule": {"name": "cosine", "base_lr": self.base_lr, "epochs": options.epochs},
+                    "options": json.dumps(asdict(options)), "extra": json.dumps(self.extra_state)})
+                row["seconds"] = round(time.perf_counter() - epoch_started, 3)
+                log.append(row, plot=bool(metrics) or epoch == options.epochs)
+                progress.advance(epoch_task)
+                if self.on_epoch is not None:
+                    self.on_epoch(row)
+        best = self.output_dir / BEST_NAME
+        return TrainingRun(output_dir=self.output_dir, best_checkpoint=best if best.is_file() else None,
+                           monitor=self.step.monitor, best_score=best_score, best_epoch=best_epoch,
+                           epochs_run=options.epochs - start + 1, last_epoch=options.epochs,
+                           seconds=time.perf_counter() - started, history=list(log.rows), network=network)
+
+    def _train_epoch(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                     loader: Any, progress: Any, epoch: int) -> float:
+        network.train()
+        total, count = 0.0, 0
+        batches = progress.add_task(f"epoch {epoch}", total=len(loader))
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.step.loss(network, batch, self.device)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += float(loss.detach())
+            count += 1
+            progress.advance(batches)
+        progress.remove_task(batches)
+        mean = total / max(count, 1)
+        if not math.isfinite(mean):
+            raise MitkError(f"training diverged: the loss is {mean} in epoch {epoch} (try a lower --lr)")
+        return mean
+
+    def _progress(self) -> Any:
+        """Rich progress bars on stderr, transient; a silent stand-in when not on a terminal."""
+        if self.console is None or not getattr(self.console, "is_terminal", False):
+            return _NoProgress()
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+        return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+
+
+def _advancing(loader: Any, progress: Any, task: Any) -> Iterator[Any]:
+    for batch in loader:
+        yield batch
+        progress.advance(task)
+
+
+class _NoProgress:
+    """The part of ``rich.progress.Progress`` the loop uses, doing nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0) -> int:
+        return 0
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        return None
+
+    def remove_task(self, task: int) -> None:
+        return None

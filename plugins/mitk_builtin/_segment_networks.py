@@ -1,0 +1,328 @@
+"""The MONAI segmentation networks behind ``unet``, ``segresnet`` and ``swinunetr``.
+
+Each plugin hands the core MONAI pieces only: dictionary transforms, a network, a sliding-window
+inferer, the loss and the metrics. The preprocessing (orientation, spacing, intensity) is the same for
+training, validation and inference, and it is recorded in the checkpoint's configuration, so a trained
+checkpoint carries everything ``mitk segment`` needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from mitk.errors import PluginError
+from mitk.tasks import SegmentationPlugin, Transform, merge_config
+
+INTENSITY_MODES = ("ct", "mr", "none")
+METRIC_NAMES = ("dice", "hd95", "surface_dice")
+KEEP = (None, "keep", "none", "")
+RAS_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+"""Axis letters for ``orientation`` codes in the RAS+ world the affines live in."""
+
+
+def normalise_labels(raw: Mapping[Any, Any] | Sequence[str]) -> dict[str, str]:
+    """Labels as ``{"0": "background", "1": ...}``: JSON-ready keys, values 0..N-1 with N ≥ 2."""
+    pairs = dict(enumerate(raw)) if isinstance(raw, Sequence) and not isinstance(raw, str) else raw
+    if not isinstance(pairs, Mapping):
+        raise PluginError(f"labels must map label values to names, got {raw!r}")
+    try:
+        labels = {int(key): str(name) for key, name in pairs.items()}
+    except (TypeError, ValueError):
+        raise PluginError(f"label values must be integers, got {list(pairs)}") from None
+    if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
+        raise PluginError(f"labels must be numbered 0..N-1 with background 0 and at least one more label, "
+                          f"got {sorted(labels)}")
+    return {str(value): labels[value] for value in sorted(labels)}
+
+
+def _triple(value: Any, name: str) -> list[float]:
+    values = [value] * 3 if isinstance(value, (int, float)) else list(value)
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+        raise PluginError(f"{name} must be three positive numbers, got {value!r}")
+    return [float(v) for v in values]
+
+
+def _nonzero(image: torch.Tensor) -> torch.Tensor:
+    """Foreground for CropForegroundd: intensity modes keep background at exactly 0."""
+    return image != 0
+
+
+class MonaiSegmenter(SegmentationPlugin):
+    """Shared preprocessing, augmentation, inference and evaluation; subclasses build the network."""
+
+    size_divisor_name = "the network"
+    min_patch_side = 1
+
+    def network_defaults(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def default_learning_rate(self) -> float:
+        return 1e-3
+
+    def default_config(self) -> dict[str, Any]:
+        return {
+            "labels": {"0": "background", "1": "foreground"},
+            "in_channels": 1,
+            "orientation": "RAS",
+            "spacing": [1.5, 1.5, 1.5],
+            "intensity": {"mode": "mr", "a_min": -1000.0, "a_max": 1000.0},
+            "crop_foreground": False,
+            "patch_size": [96, 96, 96],
+            "samples_per_case": 2,
+            "positive": 1.0,
+            "negative": 1.0,
+            "augmentation": {"flip": 0.5, "rotate90": 0.2, "intensity": 0.5, "scale": 0.1, "shift": 0.1},
+            "sw_batch_size": 4,
+            "overlap": 0.25,
+            "mode": "gaussian",
+            "largest_component": False,
+            "metrics": list(METRIC_NAMES),
+            "surface_tolerance_mm": 2.0,
+            "optimizer": {"lr": self.default_learning_rate(), "weight_decay": 1e-5},
+            "network": self.network_defaults(),
+        }
+
+    def resolve_config(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Merge as usual, except that ``labels`` is replaced whole by the last override that names it."""
+        config = merge_config(self.default_config(), *overrides)
+        labels: Any = self.default_config()["labels"]
+        for override in overrides:
+            if override and override.get("labels"):
+                labels = override["labels"]
+        config["labels"] = normalise_labels(labels)
+        return config
+
+    # -- geometry and sizes ------------------------------------------------------------------------
+
+    def size_divisor(self, config: dict[str, Any]) -> int:
+        """Every patch side must be a multiple of this for the network's down/up-sampling to line up."""
+        return 1
+
+    def patch_size(self, config: dict[str, Any]) -> list[int]:
+        raw = config.get("patch_size")
+        patch = [int(raw)] * 3 if isinstance(raw, int) else [int(v) for v in raw or []]
+        divisor = self.size_divisor(config)
+        if len(patch) != 3 or min(patch) < self.min_patch_side or any(side % divisor for side in patch):
+            least = f" and at least {self.min_patch_side}" if self.min_patch_side > 1 else ""
+            raise PluginError(f"patch_size must be three sides divisible by {divisor}{least} for "
+                              f"{self.size_divisor_name}, got {raw!r}")
+        return patch
+
+    def out_channels(self, config: dict[str, Any]) -> int:
+        return len(self.labels(config))
+
+    # -- transforms --------------------------------------------------------------------------------
+
+    def _preprocessing(self, config: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
+        from monai.transforms import NormalizeIntensityd, Orientationd, ScaleIntensityRanged, Spacingd
+
+        steps: list[Any] = []
+        orientation = config.get("orientation")
+        if orientation not in KEEP:
+            steps.append(Orientationd(keys=keys, axcodes=str(orientation), labels=RAS_AXIS_LABELS))
+        spacing = config.get("spacing")
+        if spacing not in KEEP:
+            modes = ("bilinear", "nearest")[: len(keys)]
+            steps.append(Spacingd(keys=keys, pixdim=_triple(spacing, "spacing"), mode=modes))
+        intensity = dict(config.get("intensity") or {})
+        mode = str(intensity.get("mode", "none")).lower()
+        if mode == "ct":
+            steps.append(ScaleIntensityRanged(keys="image", a_min=float(intensity["a_min"]),
+                                              a_max=float(intensity["a_max"]), b_min=0.0, b_max=1.0,
+                                              clip=True))
+        elif mode == "mr":
+            steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+        elif mode != "none":
+            raise PluginError(f"intensity.mode must be one of {', '.join(INTENSITY_MODES)}, got {mode!r}")
+        return steps
+
+    def inference_transforms(self, config: dict[str, Any]) -> Transform:
+        """Orientation, spacing and intensity only: no crop, so the affine maps straight back."""
+        from monai.transforms import Compose
+
+        return Compose(self._preprocessing(config, ("image",)))
+
+    def validation_transforms(self, config: dict[str, Any]) -> Transform:
+        from monai.transforms import Compose
+
+        return Compose(self._preprocessing(config, ("image", "label")))
+
+    def training_transforms(self, config: dict[str, Any]) -> Transform:
+        from monai.transforms import (
+            Compose,
+            CropForegroundd,
+            RandCropByPosNegLabeld,
+            RandFlipd,
+            RandRotate90d,
+            RandScaleIntensityd,
+            RandShiftIntensityd,
+            SpatialPadd,
+        )
+
+        keys = ("image", "label")
+        patch = self.patch_size(config)
+        augmentation = dict(config.get("augmentation") or {})
+        steps = self._preprocessing(config, keys)
+        if config.get("crop_foreground"):
+            steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=_nonzero, allow_smaller=True))
+        steps += [
+            SpatialPadd(keys=keys, spatial_size=patch),
+            RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch,
+                                   pos=float(config["positive"]), neg=float(config["negative"]),
+                                   num_samples=int(config["samples_per_case"])),
+        ]
+        flip = float(augmentation.get("flip", 0.0))
+        if flip > 0:
+            steps += [RandFlipd(keys=keys, prob=flip, spatial_axis=axis) for axis in range(3)]
+        rotate = float(augmentation.get("rotate90", 0.0))
+        if rotate > 0 and patch[0] == patch[1]:  # a quarter turn in-plane keeps the patch shape
+            steps.append(RandRotate90d(keys=keys, prob=rotate, max_k=3, spatial_axes=(0, 1)))
+        intensity = float(augmentation.get("intensity", 0.0))
+        if intensity > 0:
+            steps += [RandScaleIntensityd(keys="image", factors=float(augmentation.get("scale", 0.1)),
+                                          prob=intensity),
+                      RandShiftIntensityd(keys="image", offsets=float(augmentation.get("shift", 0.1)),
+                                          prob=intensity)]
+        return Compose(steps)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def inferer(self, config: dict[str, Any]) -> Any:
+        from monai.inferers import SlidingWindowInferer
+
+        return SlidingWindowInferer(roi_size=self.patch_size(config), sw_batch_size=int(config["sw_batch_size"]),
+                                    overlap=float(config["overlap"]), mode=str(config["mode"]))
+
+    def postprocess(self, config: dict[str, Any]) -> Any:
+        choice = config.get("largest_component")
+        if not choice:
+            return None
+        from monai.transforms import KeepLargestConnectedComponent
+
+        foreground = [value for value in self.labels(config) if value != 0]
+        applied = foreground if choice is True else [int(v) for v in choice]
+        unknown = sorted(set(applied) - set(foreground))
+        if unknown:
+            raise PluginError(f"largest_component names labels {unknown} that are not foreground labels")
+        return KeepLargestConnectedComponent(applied_labels=applied, independent=True)
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def loss(self, config: dict[str, Any]) -> torch.nn.Module:
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def metrics(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Per-case, per-foreground-class values (``reduction="none"``); the loop averages them."""
+        from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
+
+        names = list(config.get("metrics") or ["dice"])
+        unknown = sorted(set(names) - set(METRIC_NAMES))
+        if unknown:
+            raise PluginError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_NAMES)}")
+        foreground = self.out_channels(config) - 1
+        tolerance = float(config.get("surface_tolerance_mm", 2.0))
+        available = {
+            "dice": lambda: DiceMetric(include_background=False, reduction="none"),
+            "hd95": lambda: HausdorffDistanceMetric(include_background=False, percentile=95,
+                                                    reduction="none"),
+            "surface_dice": lambda: SurfaceDiceMetric(class_thresholds=[tolerance] * foreground,
+                                                      include_background=False, reduction="none"),
+        }
+        return {name: available[name]() for name in ["dice", *[n for n in names if n != "dice"]]}
+
+
+class UNetSegmenter(MonaiSegmenter):
+    """MONAI's residual UNet (Kerfoot et al.)."""
+
+    size_divisor_name = "the UNet (product of strides)"
+
+    def network_defaults(self) -> dict[str, Any]:
+        return {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2,
+                "dropout": 0.0, "norm": "instance"}
+
+    def size_divisor(self, config: dict[str, Any]) -> int:
+        return int(math.prod(int(s) for s in config["network"]["strides"]))
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        from monai.networks.nets import UNet
+
+        settings = config["network"]
+        self.patch_size(config)
+        if len(settings["channels"]) != len(settings["strides"]) + 1:
+            raise PluginError("network.channels needs exactly one more entry than network.strides")
+        return UNet(spatial_dims=3, in_channels=int(config["in_channels"]), out_channels=self.out_channels(config),
+                    channels=tuple(int(c) for c in settings["channels"]),
+                    strides=tuple(int(s) for s in settings["strides"]),
+                    num_res_units=int(settings["num_res_units"]), dropout=float(settings["dropout"]),
+                    norm=settings["norm"])
+
+
+class SegResNetSegmenter(MonaiSegmenter):
+    """MONAI's SegResNet (Myronenko, 2018) without the VAE branch."""
+
+    size_divisor_name = "SegResNet (2 ** (len(blocks_down) - 1))"
+
+    def network_defaults(self) -> dict[str, Any]:
+        return {"init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout": 0.0}
+
+    def default_learning_rate(self) -> float:
+        return 2e-4
+
+    def size_divisor(self, config: dict[str, Any]) -> int:
+        return 2 ** (len(config["network"]["blocks_down"]) - 1)
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        from monai.networks.nets import SegResNet
+
+        settings = config["network"]
+        self.patch_size(config)
+        dropout = float(settings.get("dropout") or 0.0)
+        return SegResNet(spatial_dims=3, in_channels=int(config["in_channels"]),
+                         out_channels=self.out_channels(config), init_filters=int(settings["init_filters"]),
+                         blocks_down=tuple(int(b) for b in settings["blocks_down"]),
+                         blocks_up=tuple(int(b) for b in settings["blocks_up"]),
+                         dropout_prob=dropout or None)
+
+
+class SwinUNETRSegmenter(MonaiSegmenter):
+    """MONAI's SwinUNETR (Hatamizadeh et al., 2022): a Swin transformer encoder with a UNet decoder."""
+
+    size_divisor_name = "SwinUNETR"
+    min_patch_side = 64
+    """At 32 voxels the bottleneck is one voxel, where instance normalisation cannot train."""
+
+    def network_defaults(self) -> dict[str, Any]:
+        return {"feature_size": 24, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24], "drop_rate": 0.0,
+                "attn_drop_rate": 0.0, "dropout_path_rate": 0.0, "use_checkpoint": False, "use_v2": False}
+
+    def default_learning_rate(self) -> float:
+        return 1e-4
+
+    def size_divisor(self, config: dict[str, Any]) -> int:
+        return 32
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        import importlib.util
+
+        if importlib.util.find_spec("einops") is None:
+            raise PluginError("swinunetr needs the einops package: pip install einops")
+        from monai.networks.nets import SwinUNETR
+
+        settings = config["network"]
+        self.patch_size(config)
+        feature_size = int(settings["feature_size"])
+        if feature_size % 12:
+            raise PluginError(f"network.feature_size must be a multiple of 12 for SwinUNETR, got {feature_size}")
+        return SwinUNETR(spatial_dims=3, in_channels=int(config["in_channels"]),
+                         out_channels=self.out_channels(config), feature_size=feature_size,
+                         depths=tuple(int(d) for d in settings["depths"]),
+                         num_heads=tuple(int(h) for h in settings["num_heads"]),
+                         drop_rate=float(settings["drop_rate"]), attn_drop_rate=float(settings["attn_drop_rate"]),
+                         dropout_path_rate=float(settings["dropout_path_rate"]),
+                         use_checkpoint=bool(settings["use_checkpoint"]), use_v2=bool(settings["use_v2"]))
