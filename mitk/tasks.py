@@ -29,12 +29,10 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def merge_config(base: Mapping[str, Any], *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Return ``base`` updated recursively by each override (``None`` values in overrides are ignored)."""
+    """Return ``base`` updated recursively by each override; an explicit ``None`` value replaces too."""
     merged = copy.deepcopy(dict(base))
     for override in overrides:
         for key, value in (override or {}).items():
-            if value is None:
-                continue
             if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
                 merged[key] = merge_config(merged[key], value)
             else:

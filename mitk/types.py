@@ -124,12 +124,21 @@ class SegmentationResult:
     def statistics(self, image: Image | None = None) -> list[dict[str, Any]]:
         """Per-label voxel count, volume in mL and (given the image) mean intensity."""
         voxel_ml = abs(float(np.linalg.det(np.asarray(self.affine)[:3, :3]))) / 1000.0
-        counts = np.bincount(self.label_map.ravel().astype(np.int64), minlength=max(self.labels, default=0) + 1)
+        labels = self.label_map
+        values = None
+        if image is not None and image.array.shape[:3] == labels.shape:
+            values = np.asarray(image.array[..., 0] if image.array.ndim > 3 else image.array)
+            if values.flags.f_contiguous and not labels.flags.f_contiguous:
+                labels = np.asfortranarray(labels)  # same memory order, so ravel(order="K") pairs voxels
+            elif values.flags.c_contiguous and not labels.flags.c_contiguous:
+                labels = np.ascontiguousarray(labels)
+            elif not (values.flags.c_contiguous or values.flags.f_contiguous):
+                values, labels = np.ascontiguousarray(values), np.ascontiguousarray(labels)
+        flat = labels.ravel(order="K")
+        counts = np.bincount(flat, minlength=max(self.labels, default=0) + 1)
         intensity = None
-        if image is not None and image.array.shape[:3] == self.label_map.shape:
-            values = np.asarray(image.array[..., 0] if image.array.ndim > 3 else image.array, dtype=np.float64)
-            intensity = np.bincount(self.label_map.ravel().astype(np.int64), weights=values.ravel(),
-                                    minlength=counts.size)
+        if values is not None:
+            intensity = np.bincount(flat, weights=values.ravel(order="K"), minlength=counts.size)
         rows = []
         for value, name in sorted(self.labels.items()):
             if value == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,14 @@ def run_mitk(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
 def mitk_cli():
     """``mitk_cli("segment", ...)`` runs mitk in a subprocess and returns the CompletedProcess."""
     return run_mitk
+
+
+@pytest.fixture(scope="module")
+def single_threaded_torch() -> Iterator[None]:
+    """Tiny volumes: one torch thread is several times faster than two on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,17 +7,15 @@ machine-readable reports (``--json`` on stdout, ``--manifest`` JSON lines).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import invoke, load
 
 from mitk import hookimpl
 
@@ -26,37 +24,7 @@ BLOBS_SOURCE = ROOT / "plugins" / "mitk-example-blobs" / "src"
 RECORD_KEYS = {"input", "output", "status", "error", "seconds"}
 
 
-def load(path: Path) -> Any:
-    """``nibabel.load``, typed loosely (nibabel's stubs know only the base image class)."""
-    return nib.load(path)
-
-
-def invoke(args: list[str]) -> tuple[int, str, str]:
-    """Run ``mitk.cli.main(args)`` in this process; return (exit status, stdout, stderr)."""
-    from mitk.cli import main
-    from mitk.cli.common import STATE
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            main(args)
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    finally:
-        STATE.debug = STATE.quiet = False
-    return code, stdout.getvalue(), stderr.getvalue()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded_torch() -> Iterator[None]:
-    """Tiny volumes: one torch thread is several times faster than two on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 CUBES = [(slice(5, 9), slice(10, 14), slice(8, 12)), (slice(20, 23), slice(25, 30), slice(15, 18))]

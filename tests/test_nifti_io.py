@@ -8,7 +8,6 @@ follow the anatomy. SimpleITK (LPS world) reads every file as an independent ora
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import invoke, load
 
 from mitk.io.nifti import read_nifti, write_nifti
 
@@ -30,11 +30,6 @@ CODES = [(1, 1), (1, 0), (0, 2), (2, 4)]
 """(qform_code, sform_code) pairs: both, qform only, sform only, different codes."""
 OBLIQUE_ANGLES = [(15.0, 0.0, 0.0), (10.0, -20.0, 30.0), (-35.0, 25.0, 5.0)]
 LPS = np.diag([-1.0, -1.0, 1.0])
-
-
-def load(path: Path) -> Any:
-    """``nibabel.load``, typed loosely (nibabel's stubs know only the base image class)."""
-    return nib.load(path)
 
 
 def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray:
@@ -165,23 +160,6 @@ def test_qform_only_and_sform_only_files_keep_their_codes(t1: tuple[np.ndarray, 
 # -------------------------------------------------------------------------------------------------
 # Through `mitk segment`: the label map lands on the input's grid and follows the anatomy
 # -------------------------------------------------------------------------------------------------
-
-
-def invoke(args: list[str]) -> tuple[int, str, str]:
-    """Run ``mitk.cli.main(args)`` in this process; return (exit status, stdout, stderr)."""
-    from mitk.cli import main
-    from mitk.cli.common import STATE
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            main(args)
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    finally:
-        STATE.debug = STATE.quiet = False
-    return code, stdout.getvalue(), stderr.getvalue()
 
 
 @contextlib.contextmanager

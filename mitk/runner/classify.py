@@ -34,25 +34,8 @@ class ClassificationRunner:
 
 def make_classify_job(model: LoadedModel, policy: Any, *, series: str | None = None,
                       allow_resample: bool = False) -> Any:
-    import json
-
-    from mitk.io.atomic import atomic_path
-    from mitk.io.reader import load_image, require_volume
-    from mitk.runner.batch import CaseOutcome
+    from mitk.runner.outputs import json_record_job
 
     runner = ClassificationRunner(model)
-
-    def process(case: Any) -> CaseOutcome:
-        target = None
-        if policy.output is not None or policy.output_dir is not None:
-            target = policy.target(case, "_class", ".json")
-            if policy.should_skip(target, case):
-                return CaseOutcome(output=target, skipped=True)
-        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample), channels=True)
-        details = runner(image).to_dict()
-        if target is not None:
-            with atomic_path(target, overwrite=policy.overwrite) as temporary:
-                temporary.write_text(json.dumps({"input": str(case.path), **details}, indent=2))
-        return CaseOutcome(output=target, details=details)
-
-    return process
+    return json_record_job(policy, "_class", lambda image: runner(image).to_dict(), series=series,
+                           allow_resample=allow_resample, channels=True)

@@ -48,25 +48,8 @@ class DetectionRunner:
 
 def make_detect_job(model: LoadedModel, policy: Any, *, series: str | None = None,
                     allow_resample: bool = False) -> Any:
-    import json
-
-    from mitk.io.atomic import atomic_path
-    from mitk.io.reader import load_image, require_volume
-    from mitk.runner.batch import CaseOutcome
+    from mitk.runner.outputs import json_record_job
 
     runner = DetectionRunner(model)
-
-    def process(case: Any) -> CaseOutcome:
-        target = None
-        if policy.output is not None or policy.output_dir is not None:
-            target = policy.target(case, "_boxes", ".json")
-            if policy.should_skip(target, case):
-                return CaseOutcome(output=target, skipped=True)
-        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
-        details = {"boxes": runner(image).to_dicts()}
-        if target is not None:
-            with atomic_path(target, overwrite=policy.overwrite) as temporary:
-                temporary.write_text(json.dumps({"input": str(case.path), **details}, indent=2))
-        return CaseOutcome(output=target, details=details)
-
-    return process
+    return json_record_job(policy, "_boxes", lambda image: {"boxes": runner(image).to_dicts()}, series=series,
+                           allow_resample=allow_resample)

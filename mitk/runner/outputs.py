@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mitk.errors import OutputExistsError, UsageError
 from mitk.io.atomic import check_output, split_suffix
@@ -48,3 +50,32 @@ def sibling(target: Path, suffix: str, extension: str) -> Path:
     """A companion file next to ``target``: ``ct_seg.nii.gz`` → ``ct_seg<suffix><extension>``."""
     stem, _ = split_suffix(target)
     return target.with_name(f"{stem}{suffix}{extension}")
+
+
+def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], dict[str, Any]], *,
+                    series: str | None = None, allow_resample: bool = False,
+                    channels: bool = False) -> Callable[[Case], Any]:
+    """A batch job whose result is a JSON record (classify, detect), optionally written to ``<stem><suffix>``.
+
+    Without ``-o``/``--output-dir`` nothing is written: the record goes to the batch report only.
+    """
+    import json
+
+    from mitk.io.atomic import atomic_path
+    from mitk.io.reader import load_image, require_volume
+    from mitk.runner.batch import CaseOutcome
+
+    def process(case: Case) -> CaseOutcome:
+        target = None
+        if policy.output is not None or policy.output_dir is not None:
+            target = policy.target(case, suffix, ".json")
+            if policy.should_skip(target, case):
+                return CaseOutcome(output=target, skipped=True)
+        image = load_image(case.path, series=series, allow_resample=allow_resample)
+        details = compute(require_volume(image, channels=channels))
+        if target is not None:
+            with atomic_path(target, overwrite=policy.overwrite) as temporary:
+                temporary.write_text(json.dumps({"input": str(case.path), **details}, indent=2))
+        return CaseOutcome(output=target, details=details)
+
+    return process

@@ -23,12 +23,12 @@ def warp(moving: Image, fixed: Image, matrix: np.ndarray | None, displacement: n
     world_matrix = np.asarray(matrix if matrix is not None else np.eye(4), float) @ fixed.affine
     points = voxels @ torch.as_tensor(world_matrix.T)
     if displacement is not None:
-        points[:, :3] += torch.as_tensor(np.asarray(displacement, float).reshape(-1, 3))
+        points[:, :3] += torch.from_numpy(np.array(displacement, dtype=float).reshape(-1, 3))  # may be read-only
     moving_voxels = (points @ torch.as_tensor(np.linalg.inv(moving.affine).T))[:, :3]
     size = torch.tensor(moving.spatial_shape, dtype=torch.float64)
     normalised = 2 * moving_voxels / (size - 1).clamp(min=1) - 1  # align_corners=True convention
     grid = normalised.flip(-1).reshape(1, *shape, 3).float()  # grid_sample wants (x=k, y=j, z=i)
-    source = torch.as_tensor(np.asarray(moving.array, dtype=np.float32))[None, None]
+    source = torch.from_numpy(np.array(moving.array, dtype=np.float32))[None, None]  # a copy: inputs may be read-only
     warped = torch.nn.functional.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=True)
     return warped[0, 0].numpy()
 
@@ -68,7 +68,8 @@ def write_transform(result: RegistrationResult, path: Path) -> None:
 
 def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, transform: Path | None = None,
                       series: str | None = None) -> Any:
-    from mitk.io.atomic import atomic_path
+    from mitk.errors import PluginError
+    from mitk.io.atomic import atomic_path, check_output
     from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
     from mitk.runner.batch import CaseOutcome
@@ -80,8 +81,12 @@ def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, tran
         target = policy.target(case, "_warped", ".nii.gz")
         if policy.should_skip(target, case):
             return CaseOutcome(output=target, skipped=True)
+        if transform is not None:  # refuse before any compute or write, as for the image
+            check_output(transform, policy.overwrite, inputs=(case.path, fixed_path))
         moving = require_volume(load_image(case.path, series=series))
         result = runner(fixed, moving)
+        if transform is not None and result.matrix is None:
+            raise PluginError(f"plugin {model.name!r} gave a displacement field only; --transform needs a matrix")
         with atomic_path(target, overwrite=policy.overwrite) as temporary:
             write_nifti(result.warped.array, temporary, like=fixed, description=f"mitk {model.name} warped")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),

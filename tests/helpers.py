@@ -1,0 +1,32 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+
+def load(path: Path) -> Any:
+    """``nibabel.load``, typed loosely (nibabel's stubs know only the base image class)."""
+    return nib.load(path)
+
+
+def invoke(args: list[str]) -> tuple[int, str, str]:
+    """Run ``mitk.cli.main(args)`` in this process; return (exit status, stdout, stderr)."""
+    from mitk.cli import main
+    from mitk.cli.common import STATE
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main(args)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        STATE.debug = STATE.quiet = False
+    return code, stdout.getvalue(), stderr.getvalue()
