@@ -48,12 +48,13 @@ print("SECONDS=%f" % (time.perf_counter() - t0))
 
 MITK = """
 import time, json
-t0 = time.perf_counter()
 from pathlib import Path
+import torch, monai  # imported before the clock starts, as in the plain script
 from mitk.io.inputs import Case
 from mitk.runner.model import load_model
 from mitk.runner.outputs import OutputPolicy
 from mitk.runner.segment import make_segment_job
+t0 = time.perf_counter()
 settings = json.loads(SETTINGS); settings["intensity"] = {"mode": MODE, "a_min": -1000, "a_max": 1000}
 model = load_model("segment", None, CKPT, settings, "cpu")
 job = make_segment_job(model, OutputPolicy(output=Path(OUT) / "mitk_seg.nii.gz", overwrite=True))

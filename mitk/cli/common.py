@@ -74,6 +74,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def plain_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Aligned text columns (no rich: used on start-up-sensitive paths such as ``mitk plugins list``)."""
+    cells = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[n]) for r in cells)]) for n, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
 def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
     """``["a=1", "net.channels=[8,16]"]`` → ``{"a": 1, "net": {"channels": [8, 16]}}``."""
     settings: dict[str, Any] = {}

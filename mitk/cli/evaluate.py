@@ -10,7 +10,9 @@ import typer
 from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, say, stderr_console
 from mitk.errors import UsageError
 
-app = typer.Typer(help="Evaluate predictions against reference label maps.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Evaluate predictions against reference label maps.", no_args_is_help=True)
 
 EPILOG = ("Pairing: same file name, or <case>_seg.nii.gz with <case>_label.nii.gz or <case>.nii.gz. "
           "Exit status: 0 all pairs scored; 1 failure; 2 usage error; 3 some pairs failed.")

@@ -42,7 +42,9 @@ def info(
     series: SeriesOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Shape, spacing, orientation code (e.g. RAS, LPS), affine, dtype and intensity range of an image.
+    """Geometry and intensities of an image: shape, spacing, orientation code, affine, dtype, range.
+
+    The orientation code names where each voxel axis points, e.g. RAS or LPS.
 
     For a DICOM folder holding several series, lists them (index, UID, modality, description, slices,
     size, spacing, orientation); pick one with --series.

@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from mitk.cli.common import JsonOption, emit_json, stderr_console
+from mitk.cli.common import JsonOption, emit_json, plain_table
 
-app = typer.Typer(help="List and inspect installed plugins.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="List and inspect installed plugins.", no_args_is_help=True)
 
 
 def _rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -35,21 +37,10 @@ def list_plugins(as_json: JsonOption = False) -> None:
     if as_json:
         emit_json({"plugins": plugins + broken})
         return
-    from rich.table import Table
-
-    table = Table(title=None, box=None, pad_edge=False)
-    for column in ("name", "task", "version", "distribution", "status", "summary"):
-        table.add_column(column, overflow="fold")
-    for row in plugins + broken:
-        status = "[green]ok[/]" if row["status"] == "ok" else "[red]broken[/]"
-        table.add_row(row["name"], row["task"] or "-", row["version"] or "-", row["distribution"] or "-",
-                      status, row["summary"])
-    from rich.console import Console
-
-    Console().print(table)
+    typer.echo(plain_table(plugins + broken, ["name", "task", "version", "distribution", "status", "summary"]))
     if broken:
-        stderr_console().print(f"[yellow]{len(broken)} plugin source(s) failed to load; "
-                               "set MITK_PLUGINS_STRICT=1 to make this an error.[/]")
+        typer.echo(f"{len(broken)} plugin source(s) failed to load; set MITK_PLUGINS_STRICT=1 to make this an "
+                   "error.", err=True)
 
 
 @app.command("info")

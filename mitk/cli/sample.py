@@ -11,7 +11,9 @@ import typer
 
 from mitk.cli.common import JsonOption, OverwriteOption, emit_json, say
 
-app = typer.Typer(help="Make small sample data sets from real anatomy (no download).", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Make small sample data sets from real anatomy (no download).", no_args_is_help=True)
 
 
 class SampleTask(str, enum.Enum):

@@ -10,8 +10,11 @@ import typer
 from mitk.cli.common import STATE, DeviceOption, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings
 from mitk.errors import UsageError
 
-app = typer.Typer(help="Train a plugin's network (writes best.safetensors for `mitk segment --weights`).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Train a plugin's network (writes best.safetensors for `mitk segment --weights`).",
+    no_args_is_help=True,
+)
 
 TRAIN_EPILOG = ("Writes RUN/best.safetensors (best validation mean Dice), RUN/last.safetensors, "
                 "RUN/training_state.pt (for --resume), RUN/log.csv, RUN/log.json and RUN/training_curve.png.")
