@@ -144,58 +144,48 @@ def segment(
                    device=device, as_json=as_json, manifest=manifest)
 
 
-def classify(
-    inputs: InputsArgument,
-    plugin: PluginOption = None,
-    weights: WeightsOption = None,
-    output: OutputOption = None,
-    output_dir: OutputDirOption = None,
-    series: SeriesOption = None,
-    allow_resample: AllowResampleOption = False,
-    settings: SetOption = None,
-    device: DeviceOption = "auto",
-    overwrite: OverwriteOption = False,
-    skip_existing: SkipExistingOption = False,
-    manifest: ManifestOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Classify images: per-class probabilities and the predicted class (optionally <input>_class.json)."""
-    policy = _policy(output, output_dir, overwrite, skip_existing)
+def _record_command(task: str, job: str, summary: str) -> Callable[..., None]:
+    """A task verb whose per-input result is a JSON record (classify, detect); ``job`` is
+    ``"module:function"`` in :mod:`mitk.runner`, imported only when the command runs."""
 
-    def build(model: Any) -> Any:
-        from mitk.runner.classify import make_classify_job
+    def command(
+        inputs: InputsArgument,
+        plugin: PluginOption = None,
+        weights: WeightsOption = None,
+        output: OutputOption = None,
+        output_dir: OutputDirOption = None,
+        series: SeriesOption = None,
+        allow_resample: AllowResampleOption = False,
+        settings: SetOption = None,
+        device: DeviceOption = "auto",
+        overwrite: OverwriteOption = False,
+        skip_existing: SkipExistingOption = False,
+        manifest: ManifestOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        policy = _policy(output, output_dir, overwrite, skip_existing)
 
-        return make_classify_job(model, policy, series=series, allow_resample=allow_resample)
+        def build(model: Any) -> Any:
+            import importlib
 
-    run_task_batch("classify", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest)
+            module, _, function = job.partition(":")
+            make_job = getattr(importlib.import_module(module), function)
+            return make_job(model, policy, series=series, allow_resample=allow_resample)
+
+        run_task_batch(task, inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
+                       device=device, as_json=as_json, manifest=manifest)
+
+    command.__name__ = task
+    command.__doc__ = summary
+    return command
 
 
-def detect(
-    inputs: InputsArgument,
-    plugin: PluginOption = None,
-    weights: WeightsOption = None,
-    output: OutputOption = None,
-    output_dir: OutputDirOption = None,
-    series: SeriesOption = None,
-    allow_resample: AllowResampleOption = False,
-    settings: SetOption = None,
-    device: DeviceOption = "auto",
-    overwrite: OverwriteOption = False,
-    skip_existing: SkipExistingOption = False,
-    manifest: ManifestOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Detect objects: boxes in voxel indices and RAS millimetres with scores (optionally <input>_boxes.json)."""
-    policy = _policy(output, output_dir, overwrite, skip_existing)
-
-    def build(model: Any) -> Any:
-        from mitk.runner.detect import make_detect_job
-
-        return make_detect_job(model, policy, series=series, allow_resample=allow_resample)
-
-    run_task_batch("detect", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest)
+classify = _record_command(
+    "classify", "mitk.runner.classify:make_classify_job",
+    "Classify images: per-class probabilities and the predicted class (optionally <input>_class.json).")
+detect = _record_command(
+    "detect", "mitk.runner.detect:make_detect_job",
+    "Detect objects: boxes in voxel indices and RAS millimetres with scores (optionally <input>_boxes.json).")
 
 
 def register(
