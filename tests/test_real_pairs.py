@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import run_mitk
 
 pytestmark = pytest.mark.slow
