@@ -135,10 +135,13 @@ class SegmentationResult:
             elif not (values.flags.c_contiguous or values.flags.f_contiguous):
                 values, labels = np.ascontiguousarray(values), np.ascontiguousarray(labels)
         flat = labels.ravel(order="K")
-        counts = np.bincount(flat, minlength=max(self.labels, default=0) + 1)
+        foreground = np.flatnonzero(flat)  # label volumes are mostly background: work on the rest only
+        length = max(max(self.labels, default=0) + 1, 1)
+        counts = np.bincount(flat[foreground], minlength=length)
         intensity = None
         if values is not None:
-            intensity = np.bincount(flat, weights=values.ravel(order="K"), minlength=counts.size)
+            weights = values.ravel(order="K")[foreground]
+            intensity = np.bincount(flat[foreground], weights=weights, minlength=counts.size)
         rows = []
         for value, name in sorted(self.labels.items()):
             if value == 0:

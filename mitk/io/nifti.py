@@ -143,5 +143,9 @@ def write_nifti(array: np.ndarray, path: str | Path, like: Image, dtype: Any = N
     if intent:
         nifti.header.set_intent(intent)
     nifti.header["descrip"] = (description or "mitk").encode()[:79]
-    nib.save(nifti, path)
+    if path.name.lower().endswith(".gz"):
+        # One in-memory serialisation compressed by ISA-L (when installed) beats nibabel's streaming zlib.
+        path.write_bytes(_gzip.compress(nifti.to_bytes(), compresslevel=1))
+    else:
+        nib.save(nifti, path)
     return path

@@ -32,6 +32,13 @@ def _as_axis_permutation(mapping: np.ndarray, source_shape: tuple[int, ...], tar
     return axes, flips
 
 
+def is_axis_permutation(source_affine: np.ndarray, target_affine: np.ndarray, source_shape: tuple[int, ...],
+                        target_shape: tuple[int, ...]) -> bool:
+    """True when the two grids hold the same voxels, only with axes permuted or flipped."""
+    mapping = voxel_map(source_affine, target_affine)
+    return _as_axis_permutation(mapping, tuple(int(n) for n in source_shape), tuple(target_shape)) is not None
+
+
 def to_input_grid(values: torch.Tensor, source_affine: np.ndarray, target_affine: np.ndarray,
                   target_shape: tuple[int, int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resample channel-first ``values`` (C, I, J, K) from the source grid onto the target grid.

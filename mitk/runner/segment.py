@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitk.runner.geometry import to_input_grid
+from mitk.runner.geometry import is_axis_permutation, to_input_grid
 from mitk.runner.model import LoadedModel
 from mitk.tasks import SegmentationPlugin
 from mitk.types import Image, SegmentationResult
@@ -18,7 +18,11 @@ def to_meta_tensor(image: Image) -> Any:
     from monai.data import MetaTensor
 
     array = image.array if image.array.ndim == 4 else image.array[..., None]
-    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0), dtype=np.float32))
+    # Keep the source's memory order (NIfTI is Fortran-ordered): a cast, not a transposing copy.
+    values = np.asarray(array).astype(np.float32, order="K", copy=True)
+    if any(stride < 0 for stride in values.strides):
+        values = np.ascontiguousarray(values)
+    tensor = torch.from_numpy(np.moveaxis(values, -1, 0))
     return MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64))
 
 
@@ -64,17 +68,24 @@ class SegmentationRunner:
         batch = network_input.as_tensor().unsqueeze(0).to(self.model.device)
         network = self.model.network
         assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
-        logits = self.inferer(batch, network)
-        probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
-        del logits, batch
-        probabilities = to_input_grid(probabilities, source_affine, image.affine, image.spatial_shape[:3])
-        label_map = argmax_channels(probabilities)
+        logits = self.inferer(batch, network)[0].float().cpu()
+        del batch
+        grid = image.spatial_shape[:3]
+        if self.keep_probabilities or not is_axis_permutation(source_affine, image.affine, logits.shape[1:], grid):
+            scores = torch.softmax(logits, dim=0)  # probabilities are what gets interpolated or kept
+        else:
+            scores = logits  # an exact axis permutation: the argmax of logits is the argmax of probabilities
+        del logits
+        scores = to_input_grid(scores, source_affine, image.affine, grid)
+        label_map = argmax_channels(scores)
         if self.postprocess is not None:
             label_map = self.postprocess(label_map)
         labels = np.asarray(label_map[0].cpu().numpy(), dtype=label_dtype(max(self.labels)))
+        if image.array.flags.f_contiguous:
+            labels = np.asfortranarray(labels)  # the source's order: statistics pair voxels, writers copy once
         result = SegmentationResult(label_map=labels, affine=image.affine, labels=dict(self.labels))
         if self.keep_probabilities:
-            result.probabilities = np.ascontiguousarray(np.moveaxis(probabilities.numpy(), 0, -1))
+            result.probabilities = np.ascontiguousarray(np.moveaxis(scores.numpy(), 0, -1))
         return result
 
 
