@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 
 
 def load(path: Path) -> Any:
@@ -30,3 +31,12 @@ def invoke(args: list[str]) -> tuple[int, str, str]:
     finally:
         STATE.debug = STATE.quiet = False
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray:
+    """3×3 rotation: about x, then y, then z (degrees)."""
+    x, y, z = np.deg2rad([degrees_x, degrees_y, degrees_z])
+    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    return rz @ ry @ rx

@@ -347,18 +347,8 @@ def test_label_values_the_plugin_does_not_name_are_refused(axial, tmp_path):
 # -- end to end, through the DICOM reader and the CLI -----------------------------------------------
 
 
-def _has_reader() -> bool:
-    try:
-        from mitk.io.dicom import read_dicom  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
-needs_reader = pytest.mark.skipif(not _has_reader(), reason="mitk.io.dicom.read_dicom is not available")
-
-
-@needs_reader
 @pytest.mark.parametrize("orientation", ["axial", "oblique"])
 def test_reader_output_is_what_the_seg_writer_assumes(series_by_orientation, orientation, tmp_path):
     from mitk.io.dicom import read_dicom
@@ -377,7 +367,6 @@ def test_reader_output_is_what_the_seg_writer_assumes(series_by_orientation, ori
                                   SEGMENT_NUMBER[result.label_map].transpose(2, 1, 0))
 
 
-@needs_reader
 def test_cli_segment_writes_a_seg_of_the_threshold_mask(axial, anatomical_t1, mitk_cli, tmp_path):
     """One run, two inputs: the DICOM series gets its SEG; the NIfTI file fails with a one-line reason."""
     from mitk.io.dicom import read_dicom
@@ -405,7 +394,6 @@ def test_cli_segment_writes_a_seg_of_the_threshold_mask(axial, anatomical_t1, mi
         assert not errors, output
 
 
-@needs_reader
 def test_resampled_series_is_refused(anatomical_t1, tmp_path):
     """A series with a missing slice, read with allow_resample, no longer lies on its source slices."""
     from mitk.io.dicom import read_dicom

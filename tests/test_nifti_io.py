@@ -17,7 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import invoke, load
+from helpers import invoke, load, rotation
 
 from mitk.io.nifti import read_nifti, write_nifti
 
@@ -32,12 +32,6 @@ OBLIQUE_ANGLES = [(15.0, 0.0, 0.0), (10.0, -20.0, 30.0), (-35.0, 25.0, 5.0)]
 LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray:
-    x, y, z = np.deg2rad([degrees_x, degrees_y, degrees_z])
-    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
-    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def reorient(data: np.ndarray, affine: np.ndarray, permutation: tuple[int, ...], flips: tuple[bool, ...]

@@ -140,15 +140,6 @@ def test_keep_spares_the_callers_own_descriptors():
 # -- end to end through the CLI --------------------------------------------------------------------
 
 
-def _has_reader() -> bool:
-    try:
-        from mitk.io.dicom import read_dicom  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_reader = pytest.mark.skipif(not _has_reader(), reason="mitk.io.dicom.read_dicom is not available")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +182,6 @@ def _assert_clean_files(directory: Path) -> None:
             assert not canaries_in(data), path
 
 
-@needs_reader
 def test_info_prints_no_identity(dicom_cases, mitk_cli):
     good = dicom_cases[0]
     for folder in dicom_cases:
@@ -202,7 +192,6 @@ def test_info_prints_no_identity(dicom_cases, mitk_cli):
             json.loads(run.stdout)
 
 
-@needs_reader
 def test_segment_dicom_seg_deidentified_carries_no_identity(dicom_cases, mitk_cli, tmp_path):
     out = tmp_path / "out"
     manifest = tmp_path / "manifest.jsonl"
@@ -221,7 +210,6 @@ def test_segment_dicom_seg_deidentified_carries_no_identity(dicom_cases, mitk_cl
         assert seg.Modality == "SEG" and seg.PatientIdentityRemoved == "YES"
 
 
-@needs_reader
 def test_segment_nifti_outputs_carry_no_identity(dicom_cases, mitk_cli, tmp_path):
     out = tmp_path / "out"
     run = mitk_cli("segment", *map(str, dicom_cases), "--plugin", "threshold", "--json", "--output-dir",
@@ -233,7 +221,6 @@ def test_segment_nifti_outputs_carry_no_identity(dicom_cases, mitk_cli, tmp_path
     _assert_clean_files(out)
 
 
-@needs_reader
 def test_identified_seg_keeps_the_patient_module_but_nothing_else_leaks(dicom_cases, tmp_path):
     """Without --deidentify the SEG must repeat the source's patient module (the standard asks for it)."""
     from mitk.io.dicom import read_dicom

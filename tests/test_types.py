@@ -7,6 +7,7 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import rotation
 
 from mitk.types import (
     DetectionResult,
@@ -33,12 +34,6 @@ def axis_affine(permutation: tuple[int, ...], flips: tuple[int, ...],
     return affine
 
 
-def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray:
-    x, y, z = np.deg2rad([degrees_x, degrees_y, degrees_z])
-    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
-    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def test_there_are_48_orientations() -> None:
