@@ -204,6 +204,35 @@ def test_existing_output_needs_overwrite(library: Path, tmp_path: Path) -> None:
     assert load(existing).shape == load(alpha).shape
 
 
+def test_a_case_writes_all_its_files_or_none(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (alpha,) = copy_in(library, tmp_path / "in", "alpha.nii.gz")
+    out = tmp_path / "out"
+
+    def broken_preview(*args: Any) -> None:
+        raise RuntimeError("preview renderer crashed")
+
+    monkeypatch.setattr("mitk.preview.save_overlay_png", broken_preview)
+    code, _, stderr = segment(alpha, "-d", out, "--stats", "--preview")
+    assert code == 1 and "preview renderer crashed" in stderr
+    assert not out.exists() or files_in(out) == []  # neither the label map nor the stats were left behind
+
+
+def test_existing_companion_is_refused_before_any_work(library: Path, tmp_path: Path) -> None:
+    (alpha,) = copy_in(library, tmp_path / "in", "alpha.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    stats = out / "alpha_seg_stats.csv"
+    stats.write_text("kept")
+    for flags in ([], ["--skip-existing"]):
+        code, stdout, _ = segment(alpha, "-d", out, "--stats", "--json", *flags)
+        assert code == 1
+        assert "--overwrite" in json.loads(stdout)["cases"][0]["error"]
+        assert files_in(out) == ["alpha_seg_stats.csv"] and stats.read_text() == "kept"
+    code, _, stderr = segment(alpha, "-d", out, "--stats", "--overwrite")
+    assert code == 0, stderr
+    assert files_in(out) == ["alpha_seg.nii.gz", "alpha_seg_stats.csv"] and stats.read_text() != "kept"
+
+
 def test_never_writes_over_an_input(library: Path, tmp_path: Path) -> None:
     alpha = copy_in(library, tmp_path, "alpha.nii.gz")[0]
     before = alpha.read_bytes()

@@ -45,6 +45,10 @@ class OutputPolicy:
         check_output(target, self.overwrite, inputs=(case.path,))
         return False
 
+    def check_companion(self, path: Path, case: Case) -> None:
+        """A file written beside the main output: it follows ``--overwrite`` only (skipping goes by the main one)."""
+        check_output(path, self.overwrite, inputs=(case.path,))
+
 
 def sibling(target: Path, suffix: str, extension: str) -> Path:
     """A companion file next to ``target``: ``ct_seg.nii.gz`` → ``ct_seg<suffix><extension>``."""

@@ -108,6 +108,9 @@ def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = F
                      preview: bool = False, output_format: str = "nifti", series: str | None = None,
                      allow_resample: bool = False, deidentify: bool = False) -> Any:
     """Return ``process(case) -> CaseOutcome`` for the batch runner."""
+    import contextlib
+    from pathlib import Path
+
     from mitk.io.atomic import atomic_path
     from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
@@ -129,31 +132,31 @@ def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = F
         if preview:
             companions["preview"] = sibling(target, "_preview", ".png")
         for path in companions.values():
-            policy.should_skip(path, case)
+            policy.check_companion(path, case)  # refuse before any compute
         image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
         result = runner(image)
         rows = result.statistics(image)
-        if output_format == "dicom-seg":
-            from mitk.io.dicom.seg import write_dicom_seg
+        # All of a case's files or none: each goes to a temporary file, renamed only when every one is written.
+        with contextlib.ExitStack() as outputs:
+            def temporary(path: Path) -> Path:
+                return outputs.enter_context(atomic_path(path, overwrite=policy.overwrite, inputs=(case.path,)))
 
-            with atomic_path(target, overwrite=policy.overwrite) as temporary:
-                write_dicom_seg(result, image, temporary, plugin_name=model.name, deidentify=deidentify)
-        else:
-            with atomic_path(target, overwrite=policy.overwrite) as temporary:
-                write_nifti(result.label_map, temporary, like=image, intent="label",
+            if output_format == "dicom-seg":
+                from mitk.io.dicom.seg import write_dicom_seg
+
+                write_dicom_seg(result, image, temporary(target), plugin_name=model.name, deidentify=deidentify)
+            else:
+                write_nifti(result.label_map, temporary(target), like=image, intent="label",
                             description=f"mitk {model.name} labels")
-        if "probabilities" in companions and result.probabilities is not None:
-            with atomic_path(companions["probabilities"], overwrite=policy.overwrite) as temporary:
-                write_nifti(result.probabilities.astype(np.float32), temporary, like=image,
-                            description=f"mitk {model.name} probabilities")
-        if "stats" in companions:
-            with atomic_path(companions["stats"], overwrite=policy.overwrite) as temporary:
-                write_stats_csv(rows, temporary)
-        if "preview" in companions:
-            from mitk.preview import save_overlay_png
+            if "probabilities" in companions and result.probabilities is not None:
+                write_nifti(result.probabilities.astype(np.float32), temporary(companions["probabilities"]),
+                            like=image, description=f"mitk {model.name} probabilities")
+            if "stats" in companions:
+                write_stats_csv(rows, temporary(companions["stats"]))
+            if "preview" in companions:
+                from mitk.preview import save_overlay_png
 
-            with atomic_path(companions["preview"], overwrite=policy.overwrite) as temporary:
-                save_overlay_png(image, result.label_map, result.labels, temporary)
+                save_overlay_png(image, result.label_map, result.labels, temporary(companions["preview"]))
         details: dict[str, Any] = {"labels": rows, "shape": list(image.spatial_shape),
                                    **{k: str(v) for k, v in companions.items()}}
         return CaseOutcome(output=target, details=details)
