@@ -9,28 +9,46 @@ from typing import Any
 import numpy as np
 import torch
 
+from mitk.errors import PluginError
 from mitk.runner.model import LoadedModel
 from mitk.tasks import RegistrationPlugin
 from mitk.types import Image, RegistrationResult, ras_to_lps
 
 
 def warp(moving: Image, fixed: Image, matrix: np.ndarray | None, displacement: np.ndarray | None = None,
-         mode: str = "bilinear") -> np.ndarray:
-    """Sample ``moving`` at ``matrix @ x + displacement`` for every fixed-grid world point ``x``."""
+         mode: str = "bilinear", slab_voxels: int = 4_000_000) -> np.ndarray:
+    """Sample ``moving`` at ``matrix @ x + displacement`` for every fixed-grid world point ``x``.
+
+    Works slab by slab along the first fixed axis so that the sampling grid never holds more than about
+    ``slab_voxels`` points (a whole-volume float64 grid of a 512×512×300 CT would take gigabytes).
+    """
     shape = fixed.spatial_shape
-    grids = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape), indexing="ij")
-    voxels = torch.stack([*grids, torch.ones(shape, dtype=torch.float64)], dim=-1).reshape(-1, 4)
     world_matrix = np.asarray(matrix if matrix is not None else np.eye(4), float) @ fixed.affine
-    points = voxels @ torch.as_tensor(world_matrix.T)
+    to_moving_voxels = torch.as_tensor(np.linalg.inv(moving.affine))
+    field = None
     if displacement is not None:
-        points[:, :3] += torch.from_numpy(np.array(displacement, dtype=float).reshape(-1, 3))  # may be read-only
-    moving_voxels = (points @ torch.as_tensor(np.linalg.inv(moving.affine).T))[:, :3]
+        field = np.asarray(displacement, dtype=float)
+        if field.shape != (*shape, 3):
+            raise PluginError(f"displacement field has shape {field.shape}, expected {(*shape, 3)} (fixed grid, mm)")
     size = torch.tensor(moving.spatial_shape, dtype=torch.float64)
-    normalised = 2 * moving_voxels / (size - 1).clamp(min=1) - 1  # align_corners=True convention
-    grid = normalised.flip(-1).reshape(1, *shape, 3).float()  # grid_sample wants (x=k, y=j, z=i)
     source = torch.from_numpy(np.array(moving.array, dtype=np.float32))[None, None]  # a copy: inputs may be read-only
-    warped = torch.nn.functional.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=True)
-    return warped[0, 0].numpy()
+    out = np.empty(shape, dtype=np.float32)
+    step = max(1, slab_voxels // max(1, shape[1] * shape[2]))
+    j, k = torch.meshgrid(torch.arange(shape[1], dtype=torch.float64), torch.arange(shape[2], dtype=torch.float64),
+                          indexing="ij")
+    for start in range(0, shape[0], step):
+        i = torch.arange(start, min(start + step, shape[0]), dtype=torch.float64)
+        voxels = torch.stack([i[:, None, None].expand(-1, *j.shape), j.expand(len(i), -1, -1),
+                              k.expand(len(i), -1, -1), torch.ones(len(i), *j.shape, dtype=torch.float64)], dim=-1)
+        points = voxels.reshape(-1, 4) @ torch.as_tensor(world_matrix.T)
+        if field is not None:
+            points[:, :3] += torch.from_numpy(np.ascontiguousarray(field[start:start + len(i)]).reshape(-1, 3))
+        moving_voxels = (points @ to_moving_voxels.T)[:, :3]
+        normalised = 2 * moving_voxels / (size - 1).clamp(min=1) - 1  # align_corners=True convention
+        grid = normalised.flip(-1).reshape(1, len(i), *j.shape, 3).float()  # grid_sample wants (k, j, i) order
+        sampled = torch.nn.functional.grid_sample(source, grid, mode=mode, padding_mode="zeros", align_corners=True)
+        out[start:start + len(i)] = sampled[0, 0].numpy()
+    return out
 
 
 class RegistrationRunner:
