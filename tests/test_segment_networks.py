@@ -103,6 +103,42 @@ def test_ct_window_scales_to_unit_range(lung_ct):
         unet.inference_transforms(unet.resolve_config({"intensity": {"mode": "pet"}}))
 
 
+def test_mr_zscore_matches_monai_normalize_intensity(brain_mr, mni_t1_2mm):
+    """Same numbers as NormalizeIntensityd(nonzero=True, channel_wise=True) on real MR, in the source's order."""
+    from monai.transforms import NormalizeIntensityd
+
+    from mitk.io.reader import load_image
+    from mitk.runner.segment import to_meta_tensor
+
+    for path in (brain_mr, mni_t1_2mm):
+        tensor = to_meta_tensor(load_image(path))
+        two = MetaTensor(torch.cat([tensor, tensor * 3 + 7 * (tensor != 0)]), affine=tensor.affine)
+        expected = NormalizeIntensityd("image", nonzero=True, channel_wise=True)({"image": two.clone()})["image"]
+        config = plugin("unet").resolve_config({"spacing": None, "orientation": "keep", "intensity": {"mode": "mr"}})
+        got = plugin("unet").inference_transforms(config)({"image": two.clone()})["image"]
+        assert isinstance(got, MetaTensor) and got.dtype == torch.float32
+        torch.testing.assert_close(got.affine, two.affine)
+        assert torch.equal(got == 0, expected == 0)  # background stays exactly zero
+        torch.testing.assert_close(got.as_tensor(), expected.as_tensor(), rtol=1e-4, atol=1e-4)
+        nonzero = got[0][got[0] != 0]
+        assert abs(float(nonzero.mean())) < 1e-4 and abs(float(nonzero.std(unbiased=False)) - 1) < 1e-4
+
+
+def test_mr_zscore_edge_cases():
+    from mitk_builtin._intensity import ZScoreNonzerod
+
+    image = torch.zeros(3, 4, 5, 6)
+    image[1] = 5.0  # constant: deviation 0 divides by 1, so it centres to 0
+    image[2, 1:3, 1:3, 1:3] = torch.arange(8.0).reshape(2, 2, 2) + 1
+    out = ZScoreNonzerod("image")({"image": image.to(torch.int16)})["image"]
+    assert out.dtype == torch.float32
+    assert torch.count_nonzero(out[0]) == 0 and torch.count_nonzero(out[1]) == 0
+    values = out[2, 1:3, 1:3, 1:3].flatten()
+    expected = (torch.arange(8.0) + 1 - 4.5) / torch.arange(8.0).std(unbiased=False)
+    torch.testing.assert_close(values, expected)
+    assert torch.count_nonzero(out[2]) == 8
+
+
 def test_training_transforms_give_patches_on_the_label_grid(brain_mr, brain_mr_label):
     unet = plugin("unet")
     config = unet.resolve_config(TINY_UNET, {"spacing": [2.0, 2.0, 2.0], "samples_per_case": 3,

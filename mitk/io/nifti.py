@@ -145,7 +145,8 @@ def write_nifti(array: np.ndarray, path: str | Path, like: Image, dtype: Any = N
     nifti.header["descrip"] = (description or "mitk").encode()[:79]
     if path.name.lower().endswith(".gz"):
         # One in-memory serialisation compressed by ISA-L (when installed) beats nibabel's streaming zlib.
-        path.write_bytes(_gzip.compress(nifti.to_bytes(), compresslevel=1))
+        # mtime 0: the same image gives the same bytes (reproducible samples, content-addressed storage)
+        path.write_bytes(_gzip.compress(nifti.to_bytes(), compresslevel=1, mtime=0))
     else:
         nib.save(nifti, path)
     return path

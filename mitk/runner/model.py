@@ -12,6 +12,7 @@ from mitk.checkpoint import Checkpoint, load_checkpoint
 from mitk.enums import Task
 from mitk.errors import CheckpointError, PluginError, UsageError
 from mitk.plugin_manager import get_registry
+from mitk.runner.cpu_kernels import apply_cpu_kernels
 from mitk.tasks import TaskPlugin
 
 
@@ -82,6 +83,8 @@ def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
         network = network.to(resolved).eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)
+        if resolved.type == "cpu":
+            apply_cpu_kernels(network)
     return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=network,
                        device=resolved, version=entry.version,
                        checkpoint=Path(weights) if weights else None,

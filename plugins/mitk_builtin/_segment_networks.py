@@ -129,7 +129,9 @@ class MonaiSegmenter(SegmentationPlugin):
     # -- transforms --------------------------------------------------------------------------------
 
     def _preprocessing(self, config: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
-        from monai.transforms import NormalizeIntensityd, Orientationd, ScaleIntensityRanged, Spacingd
+        from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
+
+        from mitk_builtin._intensity import ZScoreNonzerod
 
         steps: list[Any] = []
         orientation = config.get("orientation")
@@ -146,7 +148,7 @@ class MonaiSegmenter(SegmentationPlugin):
                                               a_max=float(intensity["a_max"]), b_min=0.0, b_max=1.0,
                                               clip=True))
         elif mode == "mr":
-            steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+            steps.append(ZScoreNonzerod(keys="image"))
         elif mode != "none":
             raise PluginError(f"intensity.mode must be one of {', '.join(INTENSITY_MODES)}, got {mode!r}")
         return steps
