@@ -15,25 +15,41 @@ RESULTS = Path(__file__).parent / "results"
 SHARED = Path(os.environ.get("MITK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def _child_once(code: str, env: dict[str, str] | None) -> tuple[float, float]:
+    """One fresh Python running ``code`` (which prints ``SECONDS=<float>``): (seconds, peak RSS MiB)."""
+    wrapper = (
+        "import resource, sys\n" + code +
+        "\nprint('PEAK_KB=%d' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+                               env={**os.environ, **(env or {})}, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(completed.stderr[-2000:])
+    values = dict(line.split("=", 1) for line in completed.stdout.splitlines() if "=" in line)
+    return float(values["SECONDS"]), int(values["PEAK_KB"]) / 1024
+
+
+def _summary(times: list[float], peaks: list[float]) -> dict[str, float]:
+    times = sorted(times)
+    return {"best_s": round(times[0], 4), "median_s": round(times[len(times) // 2], 4),
+            "peak_rss_mib": round(max(peaks), 1)}
+
+
 def run_child(code: str, repeats: int = 3, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``code`` in a fresh Python ``repeats`` times. The code must print ``SECONDS=<float>`` for the timed
-    part; returns the best time, the median, and the peak RSS (MiB) of the worst run."""
-    times: list[float] = []
-    peak = 0.0
+    """Run ``code`` in a fresh Python ``repeats`` times; the best time, the median, the worst peak RSS (MiB)."""
+    runs = [_child_once(code, env) for _ in range(repeats)]
+    return _summary([t for t, _ in runs], [p for _, p in runs])
+
+
+def run_interleaved(contenders: dict[str, tuple[str, dict[str, str] | None]],
+                    repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Like ``run_child`` for several contenders, taking turns (A B C A B C …) so that load from other jobs on a
+    shared machine falls on all of them alike."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     for _ in range(repeats):
-        wrapper = (
-            "import resource, sys\n" + code +
-            "\nprint('PEAK_KB=%d' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-        )
-        completed = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
-                                   env={**os.environ, **(env or {})}, check=False)
-        if completed.returncode != 0:
-            raise RuntimeError(completed.stderr[-2000:])
-        values = dict(line.split("=", 1) for line in completed.stdout.splitlines() if "=" in line)
-        times.append(float(values["SECONDS"]))
-        peak = max(peak, int(values["PEAK_KB"]) / 1024)
-    times.sort()
-    return {"best_s": round(times[0], 4), "median_s": round(times[len(times) // 2], 4), "peak_rss_mib": round(peak, 1)}
+        for name, (code, env) in contenders.items():
+            runs[name].append(_child_once(code, env))
+    return {name: _summary([t for t, _ in r], [p for _, p in r]) for name, r in runs.items()}
 
 
 def wall(command: list[str], repeats: int = 5, env: dict[str, str] | None = None) -> dict[str, float]:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_startup.py", "bench_nifti_read.py", "bench_dicom_read.py", "bench_segment.py"]
+BENCHMARKS = ["bench_startup.py", "bench_nifti_read.py", "bench_dicom_read.py", "bench_cpu_kernels.py",
+              "bench_segment.py"]
 
 
 def main() -> int:

@@ -36,6 +36,8 @@ def test_phase_transposed_convolution_matches_torch(kernel, stride, padding, out
         expected, got = layer(x), PhaseConvTranspose(layer)(x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # unbatched input, as torch's layers accept
+        torch.testing.assert_close(PhaseConvTranspose(layer)(x[0]), expected[0], rtol=1e-5, atol=1e-5)
 
 
 def test_channels_last_convolution_matches_and_keeps_the_callers_memory_order():

@@ -49,8 +49,10 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     policy.check_batch(len(cases))
     overrides = parse_settings(settings)
 
+    from mitk.runner.allocator import keep_freed_memory
     from mitk.runner.model import load_model
 
+    keep_freed_memory()
     model = load_model(task, plugin, weights, overrides, device)
     process = build_job(model)
     console = stderr_console()

@@ -118,6 +118,9 @@ def segment(
             text += f", val mean Dice {row['val_mean_dice']:.4f}"
         console.print(f"{text} ({row['seconds']:.1f} s)", markup=False)
 
+    from mitk.runner.allocator import keep_freed_memory
+
+    keep_freed_memory()
     run = train_segmentation(plugin_name=plugin, data=data, output_dir=output_dir, options=options,
                              overrides=overrides, resume=resume, overwrite=overwrite, console=console,
                              on_epoch=on_epoch, on_ready=on_ready)

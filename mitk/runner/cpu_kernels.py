@@ -81,6 +81,8 @@ class PhaseConvTranspose(nn.Module):
         self.source = module  # kept for introspection (``.source.weight``); not used in forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == self.dims + 1:  # unbatched, as torch's layers accept
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         sizes = x.shape[2:]
         out_sizes = [(n - 1) * s - 2 * p + k + op for n, s, p, k, op in
                      zip(sizes, self.stride, self.padding, self.kernel_size, self.output_padding, strict=True)]

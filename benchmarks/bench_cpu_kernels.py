@@ -1,0 +1,75 @@
+"""One UNet forward pass with and without mitk's CPU kernel rewrites, and each rewritten layer on its own.
+
+Same 4.8 M-parameter MONAI UNet as bench_segment.py, a batch of two 96³ windows (what `sw_batch_size="auto"`
+runs on 2 threads). The reference is the untouched network, i.e. PyTorch's default oneDNN kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from _harness import save, table
+from monai.networks.nets import UNet
+
+from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, apply_cpu_kernels
+
+
+def compare(default: Callable[[], object], mine: Callable[[], object], repeats: int) -> dict[str, float]:
+    """Best and median milliseconds of both, interleaved so that a noisy neighbour hits both alike."""
+    default(), mine()  # oneDNN builds its primitives on the first call
+    times: dict[str, list[float]] = {"default": [], "mitk": []}
+    for _ in range(repeats):
+        for key, call in (("default", default), ("mitk", mine)):
+            start = time.perf_counter()
+            call()
+            times[key].append((time.perf_counter() - start) * 1000)
+    row = {f"{key}_{stat.__name__}_ms": round(stat(values), 1) for key, values in times.items()
+           for stat in (min, statistics.median)}
+    row["ratio"] = round(row["mitk_min_ms"] / row["default_min_ms"], 2)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    network = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
+                   strides=(2, 2, 2, 2), num_res_units=2, norm="instance").eval()
+    fast = copy.deepcopy(network)
+    apply_cpu_kernels(fast)
+    x = torch.randn(2, 1, 96, 96, 96)
+    rows = []
+    with torch.inference_mode():
+        reference = network(x)
+        difference = float((fast(x) - reference).abs().max())
+        same_labels = bool(torch.equal(fast(x).argmax(1), reference.argmax(1)))
+        layer_inputs: dict[torch.nn.Module, torch.Tensor] = {}
+        kinds = (PhaseConvTranspose, ChannelsLastConv)
+        rewritten = {name: m for name, m in fast.named_modules() if isinstance(m, kinds)}
+        hooks = [m.register_forward_pre_hook(lambda m, a: layer_inputs.setdefault(m, a[0]))
+                 for m in rewritten.values()]
+        fast(x)
+        for hook in hooks:
+            hook.remove()
+        for name, layer in rewritten.items():
+            original, data = network.get_submodule(name), layer_inputs[layer]
+            timings = compare(partial(original, data), partial(layer, data), args.repeats)
+            rows.append({"what": f"{type(layer).__name__}: {original}", **timings})
+        timings = compare(partial(network, x), partial(fast, x), args.repeats)
+        rows.append({"what": "whole forward pass, 2×1×96³", **timings})
+    print(table(rows, ["what", "default_min_ms", "mitk_min_ms", "default_median_ms", "mitk_median_ms", "ratio"]))
+    print(f"max |logit difference| {difference:.1e}; identical argmax: {same_labels}")
+    save("cpu_kernels", {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters",
+                         "threads": torch.get_num_threads(), "max_logit_difference": difference,
+                         "identical_argmax": same_labels, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

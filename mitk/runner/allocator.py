@@ -1,0 +1,50 @@
+"""Let glibc's malloc keep freed memory for reuse during network work in a CLI process.
+
+A CPU forward pass allocates and frees tens of megabytes per layer. glibc serves such blocks with fresh
+``mmap`` pages and gives them back on ``free``, so every layer pays page faults again (25–30 thousand per
+96³ U-Net window pair, measured); in a virtual machine a fault is expensive. Raising the mmap threshold to
+its 32 MiB maximum and the trim threshold keeps those blocks in the heap for the next layer: 9–12 % off
+``mitk segment`` on a 256×256×160 MR volume, peak RSS unchanged (docs/benchmarks.md). This is the glibc
+version of the jemalloc/tcmalloc advice in PyTorch's CPU performance guides.
+
+Only the command-line entry points call this, never library code; nothing happens off glibc, with
+``MITK_MALLOC_TUNING=0``, or when the user already tunes malloc through ``MALLOC_*`` or ``GLIBC_TUNABLES``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest allowed value on 64-bit systems
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+_done = False
+
+
+def user_tunes_malloc() -> bool:
+    return "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ)
+
+
+def keep_freed_memory() -> bool:
+    """Apply the settings once per process; True when they are in effect."""
+    global _done
+    if _done:
+        return True
+    if os.environ.get("MITK_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError, AttributeError):  # not Linux, or no such name
+        glibc = ""
+    if not glibc.startswith("glibc") or user_tunes_malloc():
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+    return _done
