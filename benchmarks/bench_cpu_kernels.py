@@ -1,4 +1,5 @@
-"""One UNet forward pass with and without mitk's CPU kernel rewrites, and each rewritten layer on its own.
+"""One UNet forward pass with and without mitk's CPU kernel rewrites, and each rewritten layer on its own
+(the UNet's and SegResNet's).
 
 Same 4.8 M-parameter MONAI UNet as bench_segment.py, a batch of two 96³ windows (what `sw_batch_size="auto"`
 runs on 2 threads). The reference is the untouched network, i.e. PyTorch's default oneDNN kernels.
@@ -15,9 +16,9 @@ from functools import partial
 
 import torch
 from _harness import save, table
-from monai.networks.nets import UNet
+from monai.networks.nets import SegResNet, UNet
 
-from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, apply_cpu_kernels
+from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, PointwiseConv, apply_cpu_kernels
 
 
 def compare(default: Callable[[], object], mine: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -35,6 +36,24 @@ def compare(default: Callable[[], object], mine: Callable[[], object], repeats: 
     return row
 
 
+def layer_rows(network: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor, label: str,
+               repeats: int) -> list[dict[str, object]]:
+    """Each rewritten layer against the original, on the input it sees inside the network."""
+    layer_inputs: dict[torch.nn.Module, torch.Tensor] = {}
+    kinds = (PhaseConvTranspose, PointwiseConv, ChannelsLastConv)
+    rewritten = {name: m for name, m in fast.named_modules() if isinstance(m, kinds)}
+    hooks = [m.register_forward_pre_hook(lambda m, a: layer_inputs.setdefault(m, a[0])) for m in rewritten.values()]
+    fast(x)
+    for hook in hooks:
+        hook.remove()
+    rows: list[dict[str, object]] = []
+    for name, layer in rewritten.items():
+        original, data = network.get_submodule(name), layer_inputs[layer]
+        timings = compare(partial(original, data), partial(layer, data), repeats)
+        rows.append({"what": f"{label} {type(layer).__name__}: {original}", **timings})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
@@ -42,31 +61,24 @@ def main() -> None:
     torch.manual_seed(0)
     network = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
                    strides=(2, 2, 2, 2), num_res_units=2, norm="instance").eval()
-    fast = copy.deepcopy(network)
-    apply_cpu_kernels(fast)
+    segresnet = SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=16).eval()
     x = torch.randn(2, 1, 96, 96, 96)
-    rows = []
     with torch.inference_mode():
+        fast = copy.deepcopy(network)
+        apply_cpu_kernels(fast)
         reference = network(x)
         difference = float((fast(x) - reference).abs().max())
         same_labels = bool(torch.equal(fast(x).argmax(1), reference.argmax(1)))
-        layer_inputs: dict[torch.nn.Module, torch.Tensor] = {}
-        kinds = (PhaseConvTranspose, ChannelsLastConv)
-        rewritten = {name: m for name, m in fast.named_modules() if isinstance(m, kinds)}
-        hooks = [m.register_forward_pre_hook(lambda m, a: layer_inputs.setdefault(m, a[0]))
-                 for m in rewritten.values()]
-        fast(x)
-        for hook in hooks:
-            hook.remove()
-        for name, layer in rewritten.items():
-            original, data = network.get_submodule(name), layer_inputs[layer]
-            timings = compare(partial(original, data), partial(layer, data), args.repeats)
-            rows.append({"what": f"{type(layer).__name__}: {original}", **timings})
+        rows = layer_rows(network, fast, x, "UNet", args.repeats)
         timings = compare(partial(network, x), partial(fast, x), args.repeats)
-        rows.append({"what": "whole forward pass, 2×1×96³", **timings})
+        rows.append({"what": "UNet whole forward pass, 2×1×96³", **timings})
+        fast_segresnet = copy.deepcopy(segresnet)
+        apply_cpu_kernels(fast_segresnet)
+        rows += layer_rows(segresnet, fast_segresnet, x, "SegResNet", args.repeats)
     print(table(rows, ["what", "default_min_ms", "mitk_min_ms", "default_median_ms", "mitk_median_ms", "ratio"]))
-    print(f"max |logit difference| {difference:.1e}; identical argmax: {same_labels}")
-    save("cpu_kernels", {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters",
+    print(f"UNet: max |logit difference| {difference:.1e}; identical argmax: {same_labels}")
+    save("cpu_kernels", {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters; "
+                                    "MONAI SegResNet (init_filters 16)",
                          "threads": torch.get_num_threads(), "max_logit_difference": difference,
                          "identical_argmax": same_labels, "rows": rows})
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, apply_cpu_kernels
+from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, PointwiseConv, apply_cpu_kernels
 
 TRANSPOSED = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d]
 
@@ -52,6 +52,34 @@ def test_channels_last_convolution_matches_and_keeps_the_callers_memory_order():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_head_matches_torch(dims, bias):
+    torch.manual_seed(dims)
+    layer = [nn.Conv1d, nn.Conv2d, nn.Conv3d][dims - 1](16, 3, 1, bias=bias).eval()
+    x = torch.randn(2, 16, *(7, 6, 5)[:dims])
+    with torch.no_grad():
+        expected, rewritten = layer(x), PointwiseConv(layer)
+        torch.testing.assert_close(rewritten(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rewritten(x[0]), expected[0], rtol=1e-5, atol=1e-5)
+        if dims > 1:  # a non-contiguous input
+            strided = x.transpose(-1, -2)
+            torch.testing.assert_close(rewritten(strided), layer(strided), rtol=1e-5, atol=1e-5)
+
+
+def test_segresnet_head_rewritten_gives_the_same_logits():
+    from monai.networks.nets import SegResNet
+
+    torch.manual_seed(0)
+    network = SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8).eval()
+    fast = copy.deepcopy(network)
+    assert apply_cpu_kernels(fast) == 1
+    assert any(isinstance(m, PointwiseConv) for m in fast.modules())
+    x = torch.randn(1, 1, 32, 40, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), network(x), rtol=1e-4, atol=1e-4)
+
+
 def unet() -> nn.Module:
     from monai.networks.nets import UNet
 
@@ -76,7 +104,7 @@ def test_unet_rewritten_gives_the_same_logits_and_labels():
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_wide_layers_grouped_layers_and_script_modules_are_left_alone():
-    network = nn.Sequential(nn.ConvTranspose3d(8, 16, 3, 2, 1, 1), nn.Conv3d(16, 2, 1),
+    network = nn.Sequential(nn.ConvTranspose3d(8, 16, 3, 2, 1, 1), nn.Conv3d(16, 8, 1), nn.Conv3d(16, 2, 1, stride=2),
                             nn.Conv3d(4, 4, 3, groups=2), nn.ConvTranspose3d(4, 2, 3, 2, 1, 1, dilation=2))
     assert apply_cpu_kernels(network) == 0
     scripted = torch.jit.script(nn.Sequential(nn.ConvTranspose3d(4, 2, 3, 2, 1, 1)))

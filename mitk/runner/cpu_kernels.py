@@ -6,7 +6,8 @@ remove most of that, measured in ``docs/benchmarks.md``:
 
 * a transposed convolution with few output channels becomes one ordinary convolution that computes every
   stride phase at once (``stride**dims × out_channels`` channels), followed by an interleaving copy;
-* an ordinary convolution with few input and output channels runs in channels-last memory order.
+* a 1×1 convolution to few output channels (a segmentation head) becomes one batched matrix product;
+* any other ordinary convolution with few input and output channels runs in channels-last memory order.
 
 Both compute the same sums as the module they replace (differences at float32 rounding level). They apply to
 inference on CPU only; set ``MITK_CPU_KERNELS=0`` to run the network untouched.
@@ -28,6 +29,7 @@ FEW_CHANNELS = 4
 _CONV: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _ORDINARY = (nn.Conv2d, nn.Conv3d)
+_POINTWISE = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def enabled() -> bool:
@@ -103,6 +105,29 @@ class PhaseConvTranspose(nn.Module):
         return out
 
 
+class PointwiseConv(nn.Module):
+    """A 1×1(×1) convolution to few channels as one batched matrix product (a network's last layer, typically)."""
+
+    def __init__(self, module: nn.modules.conv._ConvNd) -> None:
+        super().__init__()
+        self.conv = module  # kept for introspection; forward uses its weight as a matrix
+        self.out_channels = module.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == self.conv.weight.dim() - 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        weight = self.conv.weight.reshape(self.out_channels, -1)
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        if self.conv.bias is None:
+            out = torch.matmul(weight, flat)
+        else:
+            out = torch.baddbmm(self.conv.bias.view(1, -1, 1).expand(x.shape[0], -1, 1),
+                                weight.expand(x.shape[0], -1, -1), flat)
+        out = out.view(x.shape[0], self.out_channels, *x.shape[2:])
+        return out.squeeze(0) if unbatched else out
+
+
 class ChannelsLastConv(nn.Module):
     """An ordinary convolution run in channels-last order; input and output stay in the caller's order."""
 
@@ -121,6 +146,10 @@ def _rewrite(module: nn.Module) -> nn.Module | None:
     if (plain and isinstance(module, _TRANSPOSED) and module.out_channels <= FEW_CHANNELS
             and all(d == 1 for d in module.dilation) and isinstance(module.padding, tuple)):
         return PhaseConvTranspose(module)
+    if (plain and isinstance(module, _POINTWISE) and module.out_channels <= FEW_CHANNELS
+            and all(k == 1 for k in module.kernel_size) and all(s == 1 for s in module.stride)
+            and module.padding in ("valid", (0,) * len(module.kernel_size))):
+        return PointwiseConv(module)
     if plain and isinstance(module, _ORDINARY) and max(module.in_channels, module.out_channels) <= FEW_CHANNELS:
         return ChannelsLastConv(module)
     return None
@@ -132,7 +161,7 @@ def apply_cpu_kernels(network: nn.Module) -> int:
         return 0
     swapped = 0
     for parent in list(network.modules()):
-        if isinstance(parent, (PhaseConvTranspose, ChannelsLastConv, torch.jit.ScriptModule)):
+        if isinstance(parent, (PhaseConvTranspose, PointwiseConv, ChannelsLastConv, torch.jit.ScriptModule)):
             continue
         for name, child in list(parent.named_children()):
             replacement = _rewrite(child)
