@@ -21,16 +21,13 @@ from typing import Any
 import pluggy
 
 from mitk import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from mitk.env import env_flag
 from mitk.errors import PluginError
 from mitk.registry import BrokenPlugin, PluginRegistrar, Registry
 
 BUILTIN_DISTRIBUTION = "mitk"
 DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks")
 """Built-in plugin modules, used when mitk runs from a source tree without installed entry points."""
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -46,7 +43,7 @@ def _distribution_of(entry_point: metadata.EntryPoint) -> tuple[str | None, str 
 
 def _fail(registry: Registry, broken: BrokenPlugin) -> None:
     registry.broken.append(broken)
-    if _env_flag("MITK_PLUGINS_STRICT"):
+    if env_flag("MITK_PLUGINS_STRICT"):
         raise PluginError(f"plugin {broken.source} is broken: {broken.reason}")
 
 
@@ -61,7 +58,7 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
     manager.add_hookspecs(hookspecs)
     registry = Registry()
     if autoload is None:
-        autoload = not _env_flag("MITK_DISABLE_PLUGIN_AUTOLOAD")
+        autoload = not env_flag("MITK_DISABLE_PLUGIN_AUTOLOAD")
     blocked = {b.strip() for b in os.environ.get("MITK_BLOCK_PLUGINS", "").split(",") if b.strip()}
 
     origins: dict[str, tuple[str | None, str | None]] = {}

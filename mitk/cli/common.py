@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from mitk.env import env_flag
 from mitk.errors import UsageError
 
 
 @dataclass
 class GlobalState:
-    debug: bool = os.environ.get("MITK_DEBUG", "") not in ("", "0")
+    debug: bool = env_flag("MITK_DEBUG")
     quiet: bool = False
 
 

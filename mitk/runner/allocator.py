@@ -3,7 +3,7 @@
 A CPU forward pass allocates and frees tens of megabytes per layer. glibc serves such blocks with fresh
 ``mmap`` pages and gives them back on ``free``, so every layer pays page faults again (25–30 thousand per
 96³ U-Net window pair, measured); in a virtual machine a fault is expensive. Raising the mmap threshold to
-its 32 MiB maximum and the trim threshold keeps those blocks in the heap for the next layer: 9–12 % off
+its 32 MiB maximum and the trim threshold keeps those blocks in the heap for the next layer: 6–12 % off
 ``mitk segment`` on a 256×256×160 MR volume, peak RSS unchanged (docs/benchmarks.md). This is the glibc
 version of the jemalloc/tcmalloc advice in PyTorch's CPU performance guides.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+
+from mitk.env import env_flag
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -33,7 +35,7 @@ def keep_freed_memory() -> bool:
     global _done
     if _done:
         return True
-    if os.environ.get("MITK_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "no", "off"}:
+    if not env_flag("MITK_MALLOC_TUNING", default=True):
         return False
     try:
         glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""

@@ -1,7 +1,7 @@
 """Run a network's few-channel convolutions with CPU kernels that suit them: same maths, same weights.
 
 oneDNN's blocked convolution kernels pad the channel dimension to a vector width, so layers with one to four
-channels at full resolution (the last layers of a U-Net) cost many times their arithmetic. Two exact rewrites
+channels at full resolution (the last layers of a U-Net) cost many times their arithmetic. Three exact rewrites
 remove most of that, measured in ``docs/benchmarks.md``:
 
 * a transposed convolution with few output channels becomes one ordinary convolution that computes every
@@ -9,32 +9,28 @@ remove most of that, measured in ``docs/benchmarks.md``:
 * a 1×1 convolution to few output channels (a segmentation head) becomes one batched matrix product;
 * any other ordinary convolution with few input and output channels runs in channels-last memory order.
 
-Both compute the same sums as the module they replace (differences at float32 rounding level). They apply to
+All compute the same sums as the module they replace (differences at float32 rounding level). They apply to
 inference on CPU only; set ``MITK_CPU_KERNELS=0`` to run the network untouched.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: A layer qualifies when its channels (out for transposed, in and out for ordinary convolutions) are at most this.
+from mitk.env import env_flag
+
+#: A layer qualifies when its channels (out for transposed and 1×1, in and out for other convolutions) are at most this.
 FEW_CHANNELS = 4
 
 _CONV: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _ORDINARY = (nn.Conv2d, nn.Conv3d)
 _POINTWISE = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def enabled() -> bool:
-    """False when the user set ``MITK_CPU_KERNELS=0`` (or ``false``/``no``/``off``)."""
-    return os.environ.get("MITK_CPU_KERNELS", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, int]]]:
@@ -157,7 +153,7 @@ def _rewrite(module: nn.Module) -> nn.Module | None:
 
 def apply_cpu_kernels(network: nn.Module) -> int:
     """Swap qualifying layers of an inference network in place; returns how many were swapped."""
-    if not enabled():
+    if not env_flag("MITK_CPU_KERNELS", default=True):
         return 0
     swapped = 0
     for parent in list(network.modules()):

@@ -4,7 +4,7 @@ The same numbers as MONAI's ``NormalizeIntensityd(nonzero=True, channel_wise=Tru
 deviation, a zero deviation divides by 1, zeros stay zero) without its boolean-mask gathers and scatters:
 the mean is a whole-volume sum (zeros add nothing to it), the deviation the norm of the centred, re-zeroed
 volume (two passes, so no cancellation), and the volume is rescaled in place. On a 256×256×160 MR volume this
-takes about 0.05 s instead of 0.34 s.
+takes about 0.10 s instead of 0.35 s.
 """
 
 from __future__ import annotations
