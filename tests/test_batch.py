@@ -79,9 +79,9 @@ def test_files_folder_and_glob_with_predictable_names(library: Path, tmp_path: P
     inputs = [Path(r["input"]) for r in document["cases"]]
     assert inputs == [single, tmp_path / "folder" / "beta.nii", tmp_path / "folder" / "gamma.nii.gz",
                       tmp_path / "globbed" / "beta.nii"]  # the repeated file counts once
-    # Two inputs named beta.* map to one output name: the second must fail, not overwrite the first.
+    # Two inputs named beta.* map to one output name: the second fails (also under --overwrite), naming the first.
     assert [r["status"] for r in document["cases"]] == ["ok", "ok", "ok", "failed"]
-    assert "exists" in document["cases"][3]["error"]
+    assert "same output" in document["cases"][3]["error"]
     assert files_in(out) == ["alpha_seg.nii.gz", "beta_seg.nii.gz", "gamma_seg.nii.gz"]
     for record in document["cases"][:3]:
         assert set(record) >= RECORD_KEYS and record["error"] is None and record["seconds"] >= 0
@@ -178,6 +178,18 @@ def test_exit_codes(library: Path, tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------------
 # Existing outputs and inputs are never overwritten by accident
 # -------------------------------------------------------------------------------------------------
+
+
+def test_two_inputs_with_one_name_never_share_an_output(library: Path, tmp_path: Path) -> None:
+    [first] = copy_in(library, tmp_path / "a", "alpha.nii.gz")
+    [second] = copy_in(library, tmp_path / "b", "alpha.nii.gz")
+    out = tmp_path / "out"
+    code, stdout, _ = segment(first, second, "-d", out, "--overwrite", "--json")
+    assert code == 3
+    records = json.loads(stdout)["cases"]
+    assert [r["status"] for r in records] == ["ok", "failed"]
+    assert str(first) in records[1]["error"] and "--output-dir" in records[1]["error"]
+    assert files_in(out) == ["alpha_seg.nii.gz"]
 
 
 def test_existing_output_needs_overwrite(library: Path, tmp_path: Path) -> None:

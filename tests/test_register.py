@@ -286,6 +286,21 @@ def test_transform_refusals_leave_no_output(pair: dict[str, Any], tmp_path: Path
     assert transform.read_text() == "a transform someone keeps"
 
 
+def test_output_over_the_fixed_image_is_refused_even_with_overwrite(pair: dict[str, Any], tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed.nii.gz"
+    fixed.write_bytes(pair["fixed"].read_bytes())
+    before = fixed.read_bytes()
+    for target in ("-o", "--transform"):
+        extra = ["-o", str(tmp_path / "w.nii.gz")] if target == "--transform" else []
+        code, stdout, _ = invoke(["register", str(fixed), str(pair["moving"]), "--plugin", "known-affine",
+                                  target, str(fixed), *extra, "--overwrite", "--json"])
+        assert code == 1
+        [record] = json.loads(stdout)["cases"]
+        assert "over the input" in record["error"]
+        assert fixed.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nii.gz"]
+
+
 def test_corrupt_fixed_image_is_one_line(pair: dict[str, Any], tmp_path: Path) -> None:
     raw = pair["fixed"].read_bytes()
     corrupt = tmp_path / "fixed.nii.gz"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ class OutputPolicy:
     output_dir: Path | None = None
     overwrite: bool = False
     skip_existing: bool = False
+    claimed: dict[Path, Path] = field(default_factory=dict, repr=False)
+    """Outputs given out in this run, with the input that owns each: two inputs never share one."""
 
     def check_batch(self, n_inputs: int) -> None:
         if self.output is not None and self.output_dir is not None:
@@ -31,18 +33,26 @@ class OutputPolicy:
 
     def target(self, case: Case, suffix: str, extension: str) -> Path:
         if self.output is not None:
-            return self.output
-        directory = self.output_dir if self.output_dir is not None else case.path.parent
-        return output_for(case, directory, suffix, extension)
+            path = self.output
+        else:
+            directory = self.output_dir if self.output_dir is not None else case.path.parent
+            path = output_for(case, directory, suffix, extension)
+        owner = self.claimed.setdefault(path.resolve(), case.path)
+        if owner != case.path:
+            raise UsageError(f"{owner} in this batch writes the same output (same file name in two folders); "
+                             f"run them with different --output-dir", path)
+        return path
 
-    def should_skip(self, target: Path, case: Case) -> bool:
-        """True when ``--skip-existing`` applies; raises when writing would overwrite without leave."""
-        if target.exists() and self.skip_existing:
+    def should_skip(self, target: Path, case: Case, *, inputs: tuple[Path, ...] = ()) -> bool:
+        """True when ``--skip-existing`` applies; raises when writing would overwrite without leave, or would
+        write over the case's input or any other ``inputs`` (a registration's fixed image)."""
+        if self.skip_existing and target.exists():
             return True
-        if target.exists() and not self.overwrite:
+        try:
+            check_output(target, self.overwrite, inputs=(case.path, *inputs))
+        except OutputExistsError:
             raise OutputExistsError("output exists already (use --overwrite to replace it, or --skip-existing)",
-                                    target)
-        check_output(target, self.overwrite, inputs=(case.path,))
+                                    target) from None
         return False
 
     def check_companion(self, path: Path, case: Case) -> None:
@@ -65,7 +75,7 @@ def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], 
     """
     import json
 
-    from mitk.io.atomic import atomic_path
+    from mitk.io.atomic import write_text_atomic
     from mitk.io.reader import load_image, require_volume
     from mitk.runner.batch import CaseOutcome
 
@@ -78,8 +88,8 @@ def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], 
         image = load_image(case.path, series=series, allow_resample=allow_resample)
         details = compute(require_volume(image, channels=channels))
         if target is not None:
-            with atomic_path(target, overwrite=policy.overwrite) as temporary:
-                temporary.write_text(json.dumps({"input": str(case.path), **details}, indent=2))
+            write_text_atomic(target, json.dumps({"input": str(case.path), **details}, indent=2),
+                              overwrite=policy.overwrite)
         return CaseOutcome(output=target, details=details)
 
     return process

@@ -86,6 +86,8 @@ def write_transform(result: RegistrationResult, path: Path) -> None:
 
 def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, transform: Path | None = None,
                       series: str | None = None) -> Any:
+    import contextlib
+
     from mitk.errors import PluginError
     from mitk.io.atomic import atomic_path, check_output
     from mitk.io.nifti import write_nifti
@@ -97,7 +99,7 @@ def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, tran
 
     def process(case: Any) -> CaseOutcome:
         target = policy.target(case, "_warped", ".nii.gz")
-        if policy.should_skip(target, case):
+        if policy.should_skip(target, case, inputs=(fixed_path,)):
             return CaseOutcome(output=target, skipped=True)
         if transform is not None:  # refuse before any compute or write, as for the image
             check_output(transform, policy.overwrite, inputs=(case.path, fixed_path))
@@ -105,14 +107,16 @@ def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, tran
         result = runner(fixed, moving)
         if transform is not None and result.matrix is None:
             raise PluginError(f"plugin {model.name!r} gave a displacement field only; --transform needs a matrix")
-        with atomic_path(target, overwrite=policy.overwrite) as temporary:
-            write_nifti(result.warped.array, temporary, like=fixed, description=f"mitk {model.name} warped")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
                                    **result.metrics}
-        if transform is not None:
-            with atomic_path(transform, overwrite=policy.overwrite) as temporary:
+        inputs = (case.path, fixed_path)
+        with contextlib.ExitStack() as outputs:  # the warped image and the transform, both or neither
+            warped = outputs.enter_context(atomic_path(target, overwrite=policy.overwrite, inputs=inputs))
+            write_nifti(result.warped.array, warped, like=fixed, description=f"mitk {model.name} warped")
+            if transform is not None:
+                temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.overwrite, inputs=inputs))
                 write_transform(result, temporary)
-            details["transform"] = str(transform)
+                details["transform"] = str(transform)
         return CaseOutcome(output=target, details=details)
 
     return process
