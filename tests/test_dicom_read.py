@@ -294,7 +294,7 @@ def test_mr700_projections_are_listed_not_read_as_a_volume():
         read_dicom(directory)
     message = str(caught.value)
     assert "\n" not in message and all(f"{n}: 1.3.6.1.4.1.5962" in message for n in range(7))
-    assert "MR 'ANGIO Projected from   C' 1 slice" in message
+    assert " MR 1 slice" in message and "ANGIO" not in message  # no free-text description in messages
     single = read_dicom(directory, series="3")
     assert single.shape == (16, 16, 1)
     with pytest.raises(GeometryError, match=r"mixes orientations"):
@@ -344,7 +344,7 @@ def test_several_series_are_listed_and_selected(anatomical_t1, tmp_path):
     assert rows[1]["description"] == "T1 axial" and rows[1]["slices"] == 25 and listing.skipped_files == 1
     assert set(rows[0]) >= {"index", "uid", "modality", "description", "slices", "size", "spacing",
                             "orientation", "volume"}
-    with pytest.raises(UsageError, match=r"2 series found .*0: .* CT 'CT sag' 33 slices; 1: .* MR 'T1 axial'"):
+    with pytest.raises(UsageError, match=r"2 series found .*0: .* CT 33 slices; 1: .* MR 25 slices$"):
         read_dicom(tmp_path)
     assert np.array_equal(read_dicom(tmp_path, series="1").array, mr.expected_array)
     assert np.array_equal(read_dicom(tmp_path, series=ct.series_uid).array, ct.expected_array)

@@ -110,9 +110,10 @@ class SeriesInfo:
                 "kind": self.kind, "problem": self.problem, "split": self.split}
 
     def label(self) -> str:
-        """One-line description for messages: index, UID, modality, description, slices."""
+        """One-line description for errors and logs: index, UID, modality, slices. Never the free-text
+        SeriesDescription, which PS3.15 removes because it can hold a name (``mitk info`` lists it)."""
         return (f"{self.index}: {self.uid or '<no UID>'} {self.modality or '?'} "
-                f"{self.description or ''!r} {self.slices} slice{'s' if self.slices != 1 else ''}")
+                f"{self.slices} slice{'s' if self.slices != 1 else ''}")
 
 
 @dataclass
