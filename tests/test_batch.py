@@ -192,6 +192,15 @@ def test_two_inputs_with_one_name_never_share_an_output(library: Path, tmp_path:
     assert files_in(out) == ["alpha_seg.nii.gz"]
 
 
+def test_unwritable_manifest_is_a_usage_error_before_any_work(library: Path, tmp_path: Path) -> None:
+    [alpha] = copy_in(library, tmp_path / "in", "alpha.nii.gz")
+    manifest = tmp_path / "no" / "such" / "folder" / "runs.jsonl"
+    code, stdout, stderr = segment(alpha, "-d", tmp_path / "out", "--manifest", manifest)
+    assert code == 2 and stdout == ""
+    assert len(stderr.strip().splitlines()) == 1 and "manifest" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_output_needs_overwrite(library: Path, tmp_path: Path) -> None:
     alpha, beta = copy_in(library, tmp_path / "in", "alpha.nii.gz", "beta.nii")
     out = tmp_path / "out"

@@ -52,12 +52,17 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     from mitk.runner.allocator import keep_freed_memory
     from mitk.runner.model import load_model
 
-    keep_freed_memory()
-    model = load_model(task, plugin, weights, overrides, device)
-    process = build_job(model)
-    console = stderr_console()
     with contextlib.ExitStack() as stack:
-        handle = stack.enter_context(manifest.open("a", encoding="utf-8")) if manifest else None
+        handle = None
+        if manifest is not None:  # a bad manifest path fails before the model is loaded
+            try:
+                handle = stack.enter_context(manifest.open("a", encoding="utf-8"))
+            except OSError as error:
+                raise UsageError(f"cannot open the manifest ({error.strerror or error})", manifest) from None
+        keep_freed_memory()
+        model = load_model(task, plugin, weights, overrides, device)
+        process = build_job(model)
+        console = stderr_console()
         progress = _progress(console, len(cases), task, stack)
         report = run_batch(
             cases, process, manifest=handle, debug=STATE.debug,

@@ -44,6 +44,8 @@ def read_nifti(path: str | Path) -> Image:
         size = path.stat().st_size
     except FileNotFoundError:
         raise InputError("no such file", path) from None
+    except OSError as error:  # permission denied, a broken network mount, …
+        raise InputError(f"cannot read ({error.strerror or error})", path) from None
     if size == 0:
         raise InputError("empty file", path)
     try:
@@ -86,21 +88,6 @@ def _array_from_buffer(image: Any, raw: bytes, path: Path) -> np.ndarray:
     elif not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return array
-
-
-def read_header(path: str | Path) -> Any:
-    """Read only the header (fast, for ``mitk info``)."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise InputError("empty file", path)
-        return nib.load(path)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except Exception as error:
-        raise InputError(f"not a readable NIfTI image ({_one_line(error)})", path) from None
 
 
 def _one_line(error: Exception) -> str:

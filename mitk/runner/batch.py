@@ -15,7 +15,6 @@ from mitk.io.inputs import Case
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
 

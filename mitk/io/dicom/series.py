@@ -164,7 +164,7 @@ def _sources(path: Path) -> Iterator[tuple[Path, str | None, bytes | None]]:
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 if not info.is_dir() and not info.filename.startswith("__MACOSX/"):
                     yield path, info.filename, archive.read(info)
-    except (zipfile.BadZipFile, OSError) as error:
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as error:  # also encrypted members
         raise InputError(f"not a readable zip archive ({error})", path) from None
 
 
@@ -256,7 +256,10 @@ def _enhanced_record(dataset: Dataset, file: Path, member: str | None, offset: i
             if group is not None and group.get(sequence):
                 item = group[sequence][0]
                 if keyword in item:
-                    return item.get(keyword)
+                    try:
+                        return item.get(keyword)
+                    except (ValueError, TypeError):  # pydicom could not convert the value: treat as absent
+                        return None
         return None
 
     position = _floats(find("PlanePositionSequence", "ImagePositionPatient"), 3)
@@ -265,9 +268,10 @@ def _enhanced_record(dataset: Dataset, file: Path, member: str | None, offset: i
     slope = find("PixelValueTransformationSequence", "RescaleSlope")
     intercept = find("PixelValueTransformationSequence", "RescaleIntercept")
     top_slope, top_intercept = _rescale(dataset)
+    frame_slope, frame_intercept = _number(slope), _number(intercept)
     ref = FrameRef(file, dataset, member, frame, offset,
-                   float(slope) if slope not in (None, "") else top_slope,
-                   float(intercept) if intercept not in (None, "") else top_intercept, layout)
+                   frame_slope if frame_slope else top_slope,
+                   frame_intercept if frame_intercept is not None else top_intercept, layout)
     keys = {}
     for sequence, keyword in (("FrameContentSequence", "StackID"),
                               ("FrameContentSequence", "TemporalPositionIndex"),

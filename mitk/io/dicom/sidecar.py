@@ -7,13 +7,12 @@ no names, IDs, dates, times, UIDs, institution, station or device serial number,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
-from mitk.io.atomic import atomic_path
+from mitk.io.atomic import split_suffix
 
 # DICOM keywords copied as they are (numbers become floats or ints, lists stay lists).
 ACQUISITION_KEYWORDS = (
@@ -105,11 +104,7 @@ def _plain(value: Any) -> Any:
 def sidecar_path(nifti: str | Path) -> Path:
     """``OUT.nii.gz`` → ``OUT.json``."""
     nifti = Path(nifti)
-    name = nifti.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return nifti.with_name(name[: -len(suffix)] + ".json")
-    return nifti.with_suffix(".json")
+    return nifti.with_name(split_suffix(nifti)[0] + ".json")
 
 
 def sidecar_document(summary: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +114,3 @@ def sidecar_document(summary: dict[str, Any]) -> dict[str, Any]:
     document = {key: value for key, value in summary.items() if key not in FORBIDDEN_KEYWORDS}
     document["ConversionSoftware"] = f"mitk {__version__}"
     return document
-
-
-def write_sidecar(path: str | Path, summary: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write the sidecar JSON atomically."""
-    with atomic_path(path, overwrite=overwrite) as temporary:
-        temporary.write_text(json.dumps(sidecar_document(summary), indent=2) + "\n", encoding="utf-8")
-    return Path(path)

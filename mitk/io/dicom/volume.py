@@ -52,10 +52,6 @@ class StackPlan:
     """Whether ``allow_resample`` can fix ``problem`` (irregular spacing within limits, gantry tilt)."""
     output_slices: int = 0
 
-    @property
-    def regular(self) -> bool:
-        return self.problem is None
-
 
 def plan_stack(positions: np.ndarray, orientation: Sequence[float], pixel_spacing: Sequence[float],
                names: Sequence[str], single_slice_step: float = 1.0) -> StackPlan:
