@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError
-from mitk.io.dicom.pixels import FrameRef, decode_into
+from mitk.io.dicom.pixels import FrameRef
 from mitk.io.dicom.series import SeriesInfo, SeriesListing, SliceRecord, list_series, select_series
 from mitk.io.dicom.sidecar import summarize
 from mitk.io.dicom.source import DicomSource
@@ -74,13 +74,7 @@ def _read_image(info: SeriesInfo, path: Path) -> Image:
     record = info.records[0]
     ref = record.ref
     header = ref.header
-    stored = np.empty(ref.layout.shape, dtype=ref.layout.dtype)
-    decode_into(ref, stored)
-    if float(ref.slope).is_integer() and float(ref.intercept).is_integer():
-        values = stored if (ref.slope, ref.intercept) == (1.0, 0.0) else \
-            (stored.astype(np.int32) * int(ref.slope) + int(ref.intercept))
-    else:
-        values = (stored.astype(np.float64) * ref.slope + ref.intercept).astype(np.float32)
+    values = assemble([ref])[0]  # the same decoding and rescaling (and dtype choice) as a volume's slices
     array = np.swapaxes(values, 0, 1)[:, :, None, ...]  # [row, column(, sample)] -> [column, row, 1(, sample)]
     spacing, source = _image_spacing(record, header)
     affine = ras_to_lps(np.diag([spacing[1], spacing[0], 1.0, 1.0]))
