@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mitk.checkpoint import save_checkpoint, training_state_load, training_state_save
+from mitk.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_state_load, training_state_save
 from mitk.errors import MitkError, UsageError
 from mitk.tasks import TaskPlugin
 from mitk.training.folder import BEST_NAME, LAST_NAME, STATE_NAME
@@ -89,10 +89,15 @@ class TrainingStep(Protocol):
 
 @dataclass
 class ResumePoint:
-    """Where an interrupted run stopped: weights from ``last.safetensors`` and ``training_state.pt``."""
+    """Where an interrupted run stopped: ``last.safetensors`` (weights, task, plugin, config) and
+    ``training_state.pt`` (optimizer, epoch, options)."""
 
-    state_dict: dict[str, torch.Tensor]
+    checkpoint: Checkpoint
     state: dict[str, Any]
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.checkpoint.state_dict
 
     @property
     def epoch(self) -> int:
@@ -149,13 +154,11 @@ def _is_finite(value: float | None) -> bool:
 
 
 def load_resume_point(output_dir: Path) -> ResumePoint:
-    from mitk.checkpoint import load_checkpoint
-
     checkpoint = load_checkpoint(output_dir / LAST_NAME)
     state = training_state_load(output_dir / STATE_NAME)
     if state.get("format") != STATE_FORMAT or "epoch" not in state:
         raise MitkError("not a mitk training state (format mismatch)", output_dir / STATE_NAME)
-    return ResumePoint(state_dict=checkpoint.state_dict, state=state)
+    return ResumePoint(checkpoint=checkpoint, state=state)
 
 
 def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:

@@ -24,7 +24,7 @@ from mitk.training.data import (
     read_datalist,
     tensor_of,
 )
-from mitk.training.folder import LAST_NAME, check_output_dir, prepare_output_dir
+from mitk.training.folder import check_output_dir, prepare_output_dir
 from mitk.training.loop import (
     ModelSpec,
     ResumePoint,
@@ -62,6 +62,7 @@ class SegmentationStep:
         self.inferer = plugin.inferer(config)
         self.postprocess = plugin.postprocess(config)
         self.metrics = plugin.metrics(config)
+        self.spacing_aware = {name for name, metric in self.metrics.items() if _takes_spacing(metric)}
         self.labels = plugin.labels(config)
         self.num_labels = len(self.labels)
 
@@ -92,8 +93,8 @@ class SegmentationStep:
             reference = one_hot(label.round().long(), self.num_labels)
             with warnings.catch_warnings():  # empty prediction or reference: NaN/inf, reported as such
                 warnings.simplefilter("ignore")
-                for metric in self.metrics.values():
-                    if _takes_spacing(metric):
+                for name, metric in self.metrics.items():
+                    if name in self.spacing_aware:
                         metric(y_pred=predicted, y=reference, spacing=list(spacing))
                     else:
                         metric(y_pred=predicted, y=reference)
@@ -128,12 +129,10 @@ def _segmentation_plugin(name: str) -> tuple[SegmentationPlugin, str | None]:
 def _resume(output_dir: Path, plugin_name: str | None, options: dict[str, Any],
             overrides: dict[str, Any] | None) -> tuple[ResumePoint, str, TrainingOptions, dict[str, Any]]:
     """The interrupted run's resume point, plugin, options (updated by ``options``) and config."""
-    from mitk.checkpoint import load_checkpoint
-
     if overrides:
         raise UsageError("a resumed run keeps its settings: drop --set, --labels, --patch-size and --lr")
     point = load_resume_point(output_dir)
-    saved = load_checkpoint(output_dir / LAST_NAME)
+    saved = point.checkpoint
     if saved.task != Task.SEGMENT.value or not saved.plugin:
         raise CheckpointError(f"the run trained a {saved.task} model, not a segmentation", saved.path)
     if plugin_name and plugin_name != saved.plugin:
