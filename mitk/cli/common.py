@@ -41,6 +41,9 @@ SkipExistingOption = Annotated[bool, typer.Option("--skip-existing",
                                                   help="Skip inputs whose output exists (status 'skipped').")]
 ManifestOption = Annotated[Path | None, typer.Option("--manifest", help="Append one JSON line per input to "
                                                      "this file as each finishes.")]
+AllowResampleOption = Annotated[bool, typer.Option(
+    "--allow-resample", help="Resample an irregular or gantry-tilted DICOM series onto a regular grid (with a "
+                             "warning) instead of refusing it.")]
 
 BATCH_EPILOG = ("Exit status: 0 all inputs succeeded; 1 failure; 2 usage error; "
                 "3 partial (some inputs failed, the others were written).")

@@ -7,12 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mitk.cli.common import JsonOption, OverwriteOption, SeriesOption, emit_json, say
+from mitk.cli.common import AllowResampleOption, JsonOption, OverwriteOption, SeriesOption, emit_json, say
 from mitk.errors import UsageError
-
-AllowResampleOption = Annotated[bool, typer.Option(
-    "--allow-resample", help="Resample an irregular or gantry-tilted series onto a regular grid (with a "
-                             "warning) instead of refusing it.")]
 
 
 def convert(

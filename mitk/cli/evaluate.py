@@ -123,15 +123,11 @@ def segment(
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path, overwrite: bool) -> None:
-    import csv
-
     from mitk.io.atomic import atomic_path
+    from mitk.runner.outputs import write_csv
 
-    with atomic_path(path, overwrite=overwrite) as temporary, temporary.open("w", newline="",
-                                                                              encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_path(path, overwrite=overwrite) as temporary:
+        write_csv(rows, temporary, list(COLUMNS))
 
 
 def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[str, Any]]],

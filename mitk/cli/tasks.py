@@ -12,6 +12,7 @@ import typer
 from mitk.cli.common import (
     BATCH_EPILOG,
     STATE,
+    AllowResampleOption,
     DeviceOption,
     JsonOption,
     ManifestOption,
@@ -32,8 +33,6 @@ InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, 
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input only).")]
 OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-d", help="Directory for outputs, "
                                                       "named <input>_<suffix>.")]
-AllowResampleOption = Annotated[bool, typer.Option("--allow-resample", help="Resample irregular DICOM series "
-                                                   "onto a regular grid instead of refusing them.")]
 
 
 def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callable[[Any], Any], *,

@@ -60,6 +60,16 @@ class OutputPolicy:
         check_output(path, self.overwrite, inputs=(case.path,))
 
 
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> None:
+    """Rows as CSV with these columns (extra keys ignored); ``path`` is usually an ``atomic_path`` temporary."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def sibling(target: Path, suffix: str, extension: str) -> Path:
     """A companion file next to ``target``: ``ct_seg.nii.gz`` → ``ct_seg<suffix><extension>``."""
     stem, _ = split_suffix(target)

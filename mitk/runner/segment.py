@@ -94,14 +94,7 @@ class SegmentationRunner:
 # ---------------------------------------------------------------------------------------------------
 
 
-def write_stats_csv(rows: list[dict[str, Any]], path: Any) -> None:
-    import csv
-
-    columns = ["label", "name", "voxels", "volume_ml", "mean_intensity"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+STATS_COLUMNS = ["label", "name", "voxels", "volume_ml", "mean_intensity"]
 
 
 def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = False, stats: bool = False,
@@ -115,7 +108,7 @@ def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = F
     from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
     from mitk.runner.batch import CaseOutcome
-    from mitk.runner.outputs import sibling
+    from mitk.runner.outputs import sibling, write_csv
 
     runner = SegmentationRunner(model, probabilities=probabilities)
     extension = ".dcm" if output_format == "dicom-seg" else ".nii.gz"
@@ -152,7 +145,7 @@ def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = F
                 write_nifti(result.probabilities.astype(np.float32), temporary(companions["probabilities"]),
                             like=image, description=f"mitk {model.name} probabilities")
             if "stats" in companions:
-                write_stats_csv(rows, temporary(companions["stats"]))
+                write_csv(rows, temporary(companions["stats"]), STATS_COLUMNS)
             if "preview" in companions:
                 from mitk.preview import save_overlay_png
 
