@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from mitk.training.recipe import TrainingStep
     from mitk.types import Image
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -77,6 +78,11 @@ class TaskPlugin:
     def metrics(self, config: dict[str, Any]) -> dict[str, Any]:
         """Named MONAI metrics (``CumulativeIterationMetric`` instances) used in validation."""
         return {}
+
+    def training_step(self, config: dict[str, Any]) -> TrainingStep | None:
+        """The plugin's own training step (e.g. a detector whose network returns its losses), or ``None`` for
+        the task recipe's default step (:mod:`mitk.training.recipe`)."""
+        return None
 
 
 class SegmentationPlugin(TaskPlugin):

@@ -19,7 +19,7 @@ import torch
 from mitk.checkpoint import load_checkpoint, training_state_load
 from mitk.errors import CheckpointError, GeometryError, InputError, OutputExistsError, UsageError
 from mitk.training.data import LoadCased, case_name, read_case_image, read_datalist
-from mitk.training.segment import train_segmentation
+from mitk.training.train import train as train_task
 
 LABELS = ["background", "grey matter", "white matter"]
 TINY = {"patch_size": [32, 32, 32], "spacing": [4.0, 4.0, 4.0], "samples_per_case": 2,
@@ -95,7 +95,7 @@ def cases(tmp_path_factory) -> Path:
 def train(data: Path, output_dir: Path, **options):
     overrides = options.pop("overrides", TINY)
     defaults = {"epochs": 2, "batch_size": 2, "seed": 0, "device": "cpu"}
-    return train_segmentation(plugin_name=options.pop("plugin", "unet"), data=data, output_dir=output_dir,
+    return train_task("segment", plugin=options.pop("plugin", "unet"), data=data, output_dir=output_dir,
                               options={**defaults, **options}, overrides=overrides)
 
 
@@ -236,7 +236,7 @@ def test_same_seed_same_losses_and_resume_continues_exactly(cases, trained, tmp_
     assert [row["loss"] for row in first.history] == [trained.history[0]["loss"]]
     other_seed = train(cases / "datalist.json", tmp_path / "seed1", epochs=1, seed=1)
     assert other_seed.history[0]["loss"] != trained.history[0]["loss"]
-    resumed = train_segmentation(plugin_name=None, data=None, output_dir=run, options={"epochs": 2},
+    resumed = train_task("segment", plugin=None, data=None, output_dir=run, options={"epochs": 2},
                                  resume=True)
     assert resumed.epochs_run == 1 and [row["epoch"] for row in resumed.history] == [1, 2]
     assert resumed.history[1]["loss"] == trained.history[1]["loss"]
@@ -249,14 +249,14 @@ def test_run_folder_rules(cases, trained, tmp_path):
     with pytest.raises(OutputExistsError, match=r"--resume .* or --overwrite"):
         train(data, trained.output_dir)
     with pytest.raises(UsageError, match=r"cannot resume: no last\.safetensors"):
-        train_segmentation(plugin_name="unet", data=data, output_dir=tmp_path, options={}, resume=True)
+        train_task("segment", plugin="unet", data=data, output_dir=tmp_path, options={}, resume=True)
     with pytest.raises(UsageError, match="finished 2 epochs"):
-        train_segmentation(plugin_name=None, data=None, output_dir=trained.output_dir, options={}, resume=True)
+        train_task("segment", plugin=None, data=None, output_dir=trained.output_dir, options={}, resume=True)
     with pytest.raises(UsageError, match="keeps its settings"):
-        train_segmentation(plugin_name=None, data=None, output_dir=trained.output_dir, options={"epochs": 3},
+        train_task("segment", plugin=None, data=None, output_dir=trained.output_dir, options={"epochs": 3},
                            overrides={"patch_size": [64, 64, 64]}, resume=True)
     with pytest.raises(CheckpointError, match="trained with plugin 'unet', not 'segresnet'"):
-        train_segmentation(plugin_name="segresnet", data=None, output_dir=trained.output_dir,
+        train_task("segment", plugin="segresnet", data=None, output_dir=trained.output_dir,
                            options={"epochs": 3}, resume=True)
     with pytest.raises(InputError, match="outside the 2 labels"):
         train(data, tmp_path / "two_labels", overrides={**TINY, "labels": ["background", "brain"]})
@@ -318,3 +318,54 @@ def test_cli_trains_and_reports_json(cases, tmp_path, mitk_cli):
     again = mitk_cli(*args)
     assert again.returncode == 1
     assert again.stderr.strip().count("\n") == 0 and "--overwrite" in again.stderr
+
+
+# Losses and validation Dice of this exact run (4 cases, seed 3, 2 epochs, one torch thread) as the
+# segmentation-only trainer of mitk 0.1 (before the task-neutral engine) computed them.
+PRE_ENGINE_HISTORY = [(1.892552137374878, 0.4225332736968994), (1.3646681904792786, 0.46351273357868195)]
+
+
+def test_task_neutral_engine_reproduces_the_segmentation_trainer(tmp_path, single_threaded_torch):
+    root = tmp_path / "cases"
+    build_cases(root, 4)
+    labels = {str(i): name for i, name in enumerate(LABELS)}
+    run = train_task("segment", plugin="unet", data=root, output_dir=tmp_path / "run",
+                     options={"epochs": 2, "batch_size": 2, "seed": 3, "device": "cpu"},
+                     overrides={**TINY, "labels": labels})
+    history = [(row["loss"], row["val_mean_dice"]) for row in run.history]
+    assert history == pytest.approx(PRE_ENGINE_HISTORY, rel=1e-5)
+    assert run.mode == "max" and run.monitor == "mean_dice"
+
+
+def test_cli_resume_keeps_seed_options_and_split(cases, tmp_path, single_threaded_torch):
+    """`--resume` restores every option and the held-out split; flags that contradict the run are refused."""
+    from helpers import invoke
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).symlink_to(cases / sub)
+    run = tmp_path / "run"
+    tiny = ["--set", 'network={"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}',
+            "--set", "spacing=[4,4,4]", "--set", "samples_per_case=1", "--labels", ",".join(LABELS)]
+    code, _, err = invoke(["train", "segment", "--plugin", "unet", "--data", str(folder), "-d", str(run),
+                           "--epochs", "1", "--seed", "7", "--batch-size", "1", "--val-every", "2",
+                           "--val-fraction", "0.4", "--patch-size", "32", "--device", "cpu", "--no-amp", *tiny])
+    assert code == 0, err
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["validation"]) == 2 and len(split["training"]) == 3 and split["held_out"]
+
+    code, _, err = invoke(["train", "segment", "-d", str(run), "--resume", "--epochs", "3", "--seed", "0"])
+    assert code == 2 and "started with --seed 7" in err and "\n" not in err.strip()
+    code, _, err = invoke(["train", "segment", "-d", str(run), "--resume", "--epochs", "3", "--batch-size", "2"])
+    assert code == 2 and "--batch-size 1" in err
+
+    code, _, err = invoke(["train", "segment", "-d", str(run), "--resume", "--epochs", "2", "--seed", "7"])
+    assert code == 0, err
+    options = json.loads(training_state_load(run / "training_state.pt")["options"])
+    assert (options["seed"], options["batch_size"], options["val_every"], options["epochs"]) == (7, 1, 2, 2)
+    assert options["validation_fraction"] == pytest.approx(0.4)
+    assert json.loads((run / "split.json").read_text()) == split
+    rows = json.loads((run / "log.json").read_text())["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(row["val_mean_dice"] is not None for row in rows)  # epoch 1 ended its run; 2 is on the cadence

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from mitk.cli.common import STATE, DeviceOption, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings
+from mitk.cli.common import STATE, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings
 from mitk.errors import UsageError
+from mitk.taskspecs import TaskSpec, iter_tasks
 
 app = typer.Typer(
     rich_markup_mode=None,
-    help="Train a plugin's network (writes best.safetensors for `mitk segment --weights`).",
+    help="Train a plugin's network (writes best.safetensors for `mitk <task> --weights`).",
     no_args_is_help=True,
 )
 
-TRAIN_EPILOG = ("Writes RUN/best.safetensors (best validation mean Dice), RUN/last.safetensors, "
-                "RUN/training_state.pt (for --resume), RUN/log.csv, RUN/log.json and RUN/training_curve.png.")
+TRAIN_EPILOG = ("Writes RUN/best.safetensors (best validation score), RUN/last.safetensors, "
+                "RUN/training_state.pt and RUN/split.json (for --resume), RUN/log.csv, RUN/log.json and "
+                "RUN/training_curve.png.")
 
 
 def parse_patch_size(text: str | None) -> list[int] | None:
@@ -45,86 +48,102 @@ def parse_labels(text: str | None) -> dict[str, str] | None:
     return {str(value): name for value, name in enumerate(names)}
 
 
-@app.command("segment", epilog=TRAIN_EPILOG)
-def segment(
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-d", help="Run folder for checkpoints and "
-                                             "logs (required).")],
-    data: Annotated[Path | None, typer.Option("--data", help="Decathlon datalist JSON, or a folder with "
-                                              "imagesTr/ and labelsTr/ (a resumed run remembers it).")] = None,
-    plugin: Annotated[str | None, typer.Option("--plugin", "-p", help="unet, segresnet or swinunetr (or any "
-                                               "trainable segmentation plugin).")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (passes over the training cases); "
-                                               "default 100.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Cases per batch (each gives "
-                                                   "samples_per_case patches); default 2.")] = None,
-    patch_size: Annotated[str | None, typer.Option("--patch-size", help="Training patch and sliding window, "
-                                                   "e.g. 96 or 96,96,64.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, cosine "
-                                                        "decay); default from the plugin.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (same seed, same run on CPU); "
-                                             "default 0.")] = None,
-    device: DeviceOption = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).")] = True,
-    val_every: Annotated[int | None, typer.Option("--val-every", help="Validate every N epochs (and after "
-                                                  "the last); default 1.")] = None,
-    labels: Annotated[str | None, typer.Option("--labels", help="Names of labels 0..N-1, e.g. "
-                                               "background,liver,tumour.")] = None,
-    settings: SetOption = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")] = False,
-    overwrite: OverwriteOption = False,
-    num_workers: Annotated[int, typer.Option("--num-workers", help="Data-loading worker processes.")] = 0,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep preprocessed cases in memory.")]
-    = True,
-    as_json: JsonOption = False,
-) -> None:
-    """Train a segmentation network: patches for training, sliding-window validation, best checkpoint."""
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite contradict each other")
-    overrides: dict[str, Any] = parse_settings(settings)
-    if patch_size is not None:
-        overrides["patch_size"] = parse_patch_size(patch_size)
-    if labels is not None:
-        overrides["labels"] = parse_labels(labels)
-    if learning_rate is not None:
-        if learning_rate <= 0:
-            raise UsageError("--lr must be positive")
-        overrides.setdefault("optimizer", {})["lr"] = learning_rate
-    options = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device, "amp": amp,
-               "val_every": val_every, "num_workers": num_workers, "cache": cache}
+def _train_command(spec: TaskSpec) -> Callable[..., None]:
+    """``mitk train <task>``: the same flags for every trainable task; the task's recipe does the rest."""
+    task = spec.name
 
-    from mitk.training.folder import check_output_dir
+    def command(
+        output_dir: Annotated[Path, typer.Option("--output-dir", "-d", help="Run folder for checkpoints and "
+                                                 "logs (required).")],
+        data: Annotated[Path | None, typer.Option("--data", help="Datalist JSON, or a folder the task's "
+                                                  "recipe reads (a resumed run remembers it).")] = None,
+        plugin: Annotated[str | None, typer.Option("--plugin", "-p", help="A trainable plugin of this task (see "
+                                                   "`mitk plugins list`).")] = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (passes over the training cases); "
+                                                   "default 100; a resumed run may raise it.")] = None,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Cases per batch; default 2.")]
+        = None,
+        patch_size: Annotated[str | None, typer.Option("--patch-size", help="Training patch (and sliding "
+                                                       "window), e.g. 96 or 96,96,64.")] = None,
+        learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate; default from "
+                                                            "the plugin (optimizer.lr).")] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Random seed (same seed, same run on CPU); "
+                                                 "default 0.")] = None,
+        device: Annotated[str | None, typer.Option("--device", help="auto (default), cpu, cuda or cuda:N.")]
+        = None,
+        amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only; on by "
+                                                 "default).")] = None,
+        val_every: Annotated[int | None, typer.Option("--val-every", help="Validate every N epochs (and after "
+                                                      "the last); default 1.")] = None,
+        val_fraction: Annotated[float | None, typer.Option("--val-fraction", help="Share of the training "
+                                                           "cases held out for validation when the data names "
+                                                           "no validation list; default 0.2.")] = None,
+        labels: Annotated[str | None, typer.Option("--labels", help="Names of labels 0..N-1, e.g. "
+                                                   "background,liver,tumour.")] = None,
+        settings: SetOption = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir with its "
+                                             "saved settings, options and split.")] = False,
+        overwrite: OverwriteOption = False,
+        num_workers: Annotated[int | None, typer.Option("--num-workers", help="Data-loading worker processes; "
+                                                        "default 0.")] = None,
+        cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Keep preprocessed cases in "
+                                                   "memory (default on).")] = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite contradict each other")
+        overrides: dict[str, Any] = parse_settings(settings)
+        if patch_size is not None:
+            overrides["patch_size"] = parse_patch_size(patch_size)
+        if labels is not None:
+            overrides["labels"] = parse_labels(labels)
+        if learning_rate is not None:
+            if learning_rate <= 0:
+                raise UsageError("--lr must be positive")
+            overrides.setdefault("optimizer", {})["lr"] = learning_rate
+        options = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device, "amp": amp,
+                   "val_every": val_every, "validation_fraction": val_fraction, "num_workers": num_workers,
+                   "cache": cache}
 
-    check_output_dir(output_dir, resume, overwrite)  # refuse a bad run folder before loading torch
+        from mitk.training.folder import check_output_dir
 
+        check_output_dir(output_dir, resume, overwrite)  # refuse a bad run folder before loading torch
+        run_training(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
+                     resume=resume, overwrite=overwrite, as_json=as_json)
+
+    command.__name__ = task
+    command.__doc__ = (f"Train a {task} plugin's network on a datalist; the best checkpoint by validation score "
+                       f"is for `mitk {task} --weights`.")
+    return command
+
+
+def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir: Path, options: dict[str, Any],
+                 overrides: dict[str, Any], resume: bool, overwrite: bool, as_json: bool) -> None:
+    """Train, reporting progress to stderr and the outcome as text or JSON."""
     from mitk.cli.common import stderr_console
-    from mitk.training.segment import train_segmentation
+    from mitk.runner.allocator import keep_freed_memory
+    from mitk.training.train import train
 
     console = stderr_console()
     quiet = STATE.quiet
 
-    def on_ready(datalist: Any, config: dict[str, Any]) -> None:
+    def on_ready(line: str) -> None:
         if not quiet:
-            summary = datalist.summary()
-            held = " (held out)" if summary["held_out"] else ""
-            console.print(f"training on {summary['training_cases']} cases, validating on "
-                          f"{summary['validation_cases']}{held}; labels: "
-                          f"{', '.join(config['labels'].values())}")
+            console.print(line, markup=False)
 
     def on_epoch(row: dict[str, Any]) -> None:
         if quiet:
             return
         text = f"epoch {row['epoch']}: loss {row['loss']:.4f}, lr {row['lr']:.2e}"
-        if row.get("val_mean_dice") is not None:
-            text += f", val mean Dice {row['val_mean_dice']:.4f}"
+        monitored = [(k, v) for k, v in row.items() if k.startswith("val_mean_") and v is not None]
+        if monitored:
+            text += ", " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in monitored[:2])
         console.print(f"{text} ({row['seconds']:.1f} s)", markup=False)
 
-    from mitk.runner.allocator import keep_freed_memory
-
     keep_freed_memory()
-    run = train_segmentation(plugin_name=plugin, data=data, output_dir=output_dir, options=options,
-                             overrides=overrides, resume=resume, overwrite=overwrite, console=console,
-                             on_epoch=on_epoch, on_ready=on_ready)
-    document = {"task": "segment", **run.to_dict()}
+    run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
+                resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
+    document = {"task": task, **run.to_dict()}
     if as_json:
         emit_json(document)
     elif not quiet:
@@ -132,3 +151,8 @@ def segment(
         value = "n/a" if best["value"] is None else f"{best['value']:.4f}"
         console.print(f"best {best['name']} {value} at epoch {best['epoch']} → {document['checkpoint']}",
                       markup=False)
+
+
+for _spec in iter_tasks():
+    if _spec.trainable:
+        app.command(_spec.name, epilog=TRAIN_EPILOG)(_train_command(_spec))

@@ -72,7 +72,7 @@ def read_datalist(source: str | Path, seed: int = 0, validation_fraction: float 
     else:
         datalist = _read_decathlon(source)
     for case in datalist.training + datalist.validation:
-        _check_case_paths(case, datalist.source)
+        check_case_paths(case, datalist.source)
     if not datalist.validation:
         datalist.training, datalist.validation = hold_out(datalist.training, seed, validation_fraction,
                                                           datalist.source)
@@ -170,7 +170,8 @@ def _read_folder(folder: Path) -> Datalist:
     return Datalist(source=folder, training=cases, validation=[], labels=names)
 
 
-def _check_case_paths(case: dict[str, Any], source: Path) -> None:
+def check_case_paths(case: dict[str, Any], source: Path) -> None:
+    """Refuse a case without an image and a label, or whose files are missing; name it if unnamed."""
     if not isinstance(case, dict) or "image" not in case or "label" not in case:
         raise InputError(f"every case needs an image and a label, got {case!r}", source)
     images = case["image"] if isinstance(case["image"], list) else [case["image"]]

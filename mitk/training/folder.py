@@ -15,7 +15,8 @@ STATE_NAME = "training_state.pt"
 CSV_NAME = "log.csv"
 JSON_NAME = "log.json"
 CURVE_NAME = "training_curve.png"
-RUN_FILES = (BEST_NAME, LAST_NAME, STATE_NAME, CSV_NAME, JSON_NAME, CURVE_NAME)
+SPLIT_NAME = "split.json"
+RUN_FILES = (BEST_NAME, LAST_NAME, STATE_NAME, CSV_NAME, JSON_NAME, CURVE_NAME, SPLIT_NAME)
 
 
 def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:

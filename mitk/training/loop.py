@@ -3,13 +3,16 @@
 The loop owns what all tasks share: seeding, data loaders, the optimiser and its cosine schedule, mixed
 precision on CUDA, validation every N epochs, the best/last checkpoints, the resumable training state and
 the epoch log. What is particular to a task (how a batch becomes a loss, how a validation set becomes
-metrics) lives in a small :class:`TrainingStep` strategy, e.g. :class:`mitk.training.segment.SegmentationStep`.
+metrics) lives in a small :class:`~mitk.training.recipe.TrainingStep` strategy, e.g.
+:class:`mitk.training.segment.SegmentationStep`. The optimiser and the learning-rate schedule come from the
+plugin's configuration (``optimizer`` and ``schedule``; AdamW with cosine decay unless it says otherwise).
 
 Files written to the run folder::
 
     best.safetensors     weights with the best validation score (mitk checkpoint, self-describing)
     last.safetensors     weights after the latest epoch
-    training_state.pt    optimiser, scaler, epoch, best score and RNG state, for --resume (tensors only)
+    training_state.pt    optimiser, scaler, epoch, best score and options, for --resume (tensors only)
+    split.json           the training and validation cases of the run (a resumed run keeps them)
     log.csv, log.json    one row per epoch
     training_curve.png   loss and validation metrics against epoch
 """
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -32,6 +35,7 @@ from mitk.errors import MitkError, UsageError
 from mitk.tasks import TaskPlugin
 from mitk.training.folder import BEST_NAME, LAST_NAME, STATE_NAME
 from mitk.training.log import TrainingLog
+from mitk.training.recipe import TrainingStep
 
 STATE_FORMAT = 1
 
@@ -48,6 +52,11 @@ class TrainingOptions:
     val_every: int = 1
     num_workers: int = 0
     cache: bool = True
+    validation_fraction: float = 0.2
+    """Share of the training cases held out for validation when the data names no validation list."""
+
+    RUNTIME = ("epochs", "device", "num_workers", "cache")
+    """Options a resumed run may change: they do not change what the run computes (``epochs`` extends it)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_every"):
@@ -55,6 +64,8 @@ class TrainingOptions:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.num_workers < 0:
             raise UsageError("--num-workers must be 0 or more")
+        if not 0.0 < float(self.validation_fraction) < 1.0:
+            raise UsageError("--val-fraction must lie between 0 and 1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingOptions:
@@ -71,20 +82,6 @@ class ModelSpec:
     plugin_version: str | None
     plugin: TaskPlugin
     config: dict[str, Any]
-
-
-class TrainingStep(Protocol):
-    """The task-specific part of training."""
-
-    monitor: str
-    """The validation metric to maximise; it picks ``best.safetensors``."""
-
-    def loss(self, network: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        """The loss of one training batch (called under autocast when AMP is on)."""
-
-    def validate(self, network: torch.nn.Module, loader: Any, device: torch.device,
-                 autocast: Callable[[], Any]) -> dict[str, float]:
-        """Metrics over the validation set, including :attr:`monitor`."""
 
 
 @dataclass
@@ -119,6 +116,7 @@ class TrainingRun:
     output_dir: Path
     best_checkpoint: Path | None
     monitor: str
+    mode: str
     best_score: float | None
     best_epoch: int | None
     epochs_run: int
@@ -130,7 +128,7 @@ class TrainingRun:
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
                 "last_checkpoint": str(self.output_dir / LAST_NAME), "output_dir": str(self.output_dir),
-                "best_metric": {"name": self.monitor, "epoch": self.best_epoch,
+                "best_metric": {"name": self.monitor, "mode": self.mode, "epoch": self.best_epoch,
                                 "value": self.best_score if _is_finite(self.best_score) else None},
                 "epochs_run": self.epochs_run, "last_epoch": self.last_epoch, "seconds": round(self.seconds, 3)}
 
@@ -161,9 +159,60 @@ def load_resume_point(output_dir: Path) -> ResumePoint:
     return ResumePoint(checkpoint=checkpoint, state=state)
 
 
-def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:
-    """Cosine decay from ``base`` at epoch 1 towards 0 after the last epoch."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+def check_optimisation(config: dict[str, Any]) -> None:
+    """Refuse an unknown optimiser or schedule before any data is loaded."""
+    optimizer = str((config.get("optimizer") or {}).get("name", "adamw")).lower()
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
+    schedule = dict(config.get("schedule") or {})
+    name = str(schedule.get("name", "cosine")).lower()
+    if name not in SCHEDULES:
+        raise UsageError(f"schedule.name must be one of {', '.join(SCHEDULES)}, not {name!r}")
+    if int(schedule.get("warmup_epochs", 0)) < 0:
+        raise UsageError("schedule.warmup_epochs must be 0 or more")
+
+
+def build_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW (default), Adam, or SGD with (Nesterov) momentum as nnU-Net trains, from ``optimizer`` settings."""
+    name = str(settings.get("name", "adamw")).lower()
+    lr, weight_decay = float(settings.get("lr", 1e-3)), float(settings.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay,
+                               momentum=float(settings.get("momentum", 0.99)),
+                               nesterov=bool(settings.get("nesterov", True)))
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
+def scheduled_learning_rate(schedule: dict[str, Any], base: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (1-based): optional linear warm-up, then cosine (default) or polynomial
+    (``(1 - t)^power``, nnU-Net's) decay towards 0 after the last epoch, or constant."""
+    warmup = int(schedule.get("warmup_epochs", 0))
+    if epoch <= warmup:
+        return base * epoch / (warmup + 1)
+    name = str(schedule.get("name", "cosine")).lower()
+    progress = (epoch - 1 - warmup) / max(1, epochs - warmup)
+    if name == "constant":
+        return base
+    if name == "poly":
+        return base * (1.0 - progress) ** float(schedule.get("power", 0.9))
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def is_better(score: float, best: float | None, mode: str) -> bool:
+    """True when ``score`` improves on ``best`` in direction ``mode`` (a finite score beats none or NaN)."""
+    if best is None:
+        return True
+    if not math.isfinite(score):
+        return False
+    if not math.isfinite(best):
+        return True
+    return score > best if mode == "max" else score < best
 
 
 class Trainer:
@@ -172,7 +221,8 @@ class Trainer:
     def __init__(self, spec: ModelSpec, step: TrainingStep, train_dataset: Any, val_dataset: Any,
                  options: TrainingOptions, output_dir: Path, *, device: torch.device,
                  extra_state: dict[str, Any] | None = None, console: Any = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 collate: Callable[[list[Any]], Any] | None = None) -> None:
         self.spec = spec
         self.step = step
         self.train_dataset = train_dataset
@@ -183,10 +233,12 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.console = console
         self.on_epoch = on_epoch
+        self.collate = collate
         self.amp = bool(options.amp and device.type == "cuda")
-        optimizer_settings = dict(spec.config.get("optimizer") or {})
-        self.base_lr = float(optimizer_settings.get("lr", 1e-3))
-        self.weight_decay = float(optimizer_settings.get("weight_decay", 0.0))
+        self.optimizer_settings = dict(spec.config.get("optimizer") or {})
+        self.schedule = dict(spec.config.get("schedule") or {})
+        self.base_lr = float(self.optimizer_settings.get("lr", 1e-3))
+        self.mode = getattr(step, "mode", "max")
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -196,11 +248,12 @@ class Trainer:
         generator = torch.Generator()
         generator.manual_seed(self.options.seed)
         pin = self.device.type == "cuda"
+        collate = {"collate_fn": self.collate} if self.collate is not None else {}
         train = DataLoader(self.train_dataset, batch_size=self.options.batch_size, shuffle=True,
                            num_workers=self.options.num_workers, generator=generator, pin_memory=pin,
-                           drop_last=False)
+                           drop_last=False, **collate)
         val = DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=self.options.num_workers,
-                         pin_memory=pin)
+                         pin_memory=pin, **collate)
         return train, val, generator
 
     def _seed_epoch(self, epoch: int, generator: torch.Generator) -> None:
@@ -237,7 +290,7 @@ class Trainer:
         options = self.options
         set_determinism(seed=options.seed)
         network = self.spec.plugin.network(self.spec.config).to(self.device)
-        optimizer = torch.optim.AdamW(network.parameters(), lr=self.base_lr, weight_decay=self.weight_decay)
+        optimizer = build_optimizer(network.parameters(), self.optimizer_settings)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         best_score: float | None = None
         best_epoch: int | None = None
@@ -262,7 +315,7 @@ class Trainer:
             for epoch in range(start, options.epochs + 1):
                 epoch_started = time.perf_counter()
                 self._seed_epoch(epoch, generator)
-                learning_rate = cosine_learning_rate(self.base_lr, epoch, options.epochs)
+                learning_rate = scheduled_learning_rate(self.schedule, self.base_lr, epoch, options.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate
                 loss = self._train_epoch(network, optimizer, scaler, train_loader, progress, epoch)
@@ -274,18 +327,16 @@ class Trainer:
                                                  self.device, self.autocast)
                     progress.remove_task(batches)
                     row.update({f"val_{name}": value for name, value in metrics.items()})
-                    score = metrics.get(self.step.monitor, math.nan)
-                    if best_score is None or (math.isfinite(score) and
-                                              (not math.isfinite(best_score) or score > best_score)):
-                        best_score, best_epoch = float(score), epoch
+                    score = float(metrics.get(self.step.monitor, math.nan))
+                    if is_better(score, best_score, self.mode):
+                        best_score, best_epoch = score, epoch
                         self._save_weights(BEST_NAME, network, {**metrics, "epoch": epoch})
                 self._save_weights(LAST_NAME, network, {**metrics, "epoch": epoch})
                 training_state_save(self.output_dir / STATE_NAME, {
                     "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if self.amp else {}, "best_score": best_score,
-                    "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
-                    "schedule": {"name": "cosine", "base_lr": self.base_lr, "epochs": options.epochs},
-                    "options": json.dumps(asdict(options)), "extra": json.dumps(self.extra_state)})
+                    "best_epoch": best_epoch, "options": json.dumps(asdict(options)),
+                    "extra": json.dumps(self.extra_state)})
                 row["seconds"] = round(time.perf_counter() - epoch_started, 3)
                 log.append(row, plot=bool(metrics) or epoch == options.epochs)
                 progress.advance(epoch_task)
@@ -293,7 +344,7 @@ class Trainer:
                     self.on_epoch(row)
         best = self.output_dir / BEST_NAME
         return TrainingRun(output_dir=self.output_dir, best_checkpoint=best if best.is_file() else None,
-                           monitor=self.step.monitor, best_score=best_score, best_epoch=best_epoch,
+                           monitor=self.step.monitor, mode=self.mode, best_score=best_score, best_epoch=best_epoch,
                            epochs_run=options.epochs - start + 1, last_epoch=options.epochs,
                            seconds=time.perf_counter() - started, history=list(log.rows), network=network)
 
@@ -351,3 +402,28 @@ class _NoProgress:
 
     def remove_task(self, task: int) -> None:
         return None
+
+
+def resumed_options(saved: dict[str, Any], given: dict[str, Any]) -> TrainingOptions:
+    """The interrupted run's options; a flag given again must agree with it, except the runtime ones
+    (:attr:`TrainingOptions.RUNTIME`). ``None`` means "not given"."""
+    known = {f.name for f in fields(TrainingOptions)}
+    merged = {key: value for key, value in saved.items() if key in known}
+    for key, value in given.items():
+        if value is None or key not in known:
+            continue
+        if key in TrainingOptions.RUNTIME or key not in merged:
+            merged[key] = value
+        elif _differs(merged[key], value):
+            flag = "--" + {"validation_fraction": "val-fraction"}.get(key, key.replace("_", "-"))
+            raise UsageError(f"the run was started with {flag} {merged[key]}; a resumed run keeps its settings "
+                             f"(drop {flag})")
+    return TrainingOptions.from_dict(merged)
+
+
+def _differs(saved: Any, given: Any) -> bool:
+    if isinstance(saved, bool) or isinstance(given, bool):
+        return bool(saved) != bool(given)
+    if isinstance(saved, int | float) and isinstance(given, int | float):
+        return not math.isclose(float(saved), float(given))
+    return bool(saved != given)

@@ -1,39 +1,28 @@
-"""Training a segmentation plugin: the segmentation :class:`TrainingStep` and the run's assembly."""
+"""Training a segmentation plugin: the segmentation recipe and its :class:`~mitk.training.recipe.TrainingStep`."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from mitk.enums import Task
-from mitk.errors import CheckpointError, PluginError, UsageError
-from mitk.plugin_manager import get_registry
-from mitk.tasks import SegmentationPlugin
+from mitk.errors import PluginError
+from mitk.tasks import SegmentationPlugin, TaskPlugin
 from mitk.training.data import (
     Datalist,
     LoadCased,
+    check_case_paths,
     first_case_channels,
-    make_dataset,
-    pipeline,
     read_datalist,
     tensor_of,
 )
-from mitk.training.folder import check_output_dir, prepare_output_dir
-from mitk.training.loop import (
-    ModelSpec,
-    ResumePoint,
-    Trainer,
-    TrainingOptions,
-    TrainingRun,
-    load_resume_point,
-    unwrapped_errors,
-)
+from mitk.training.recipe import TrainingRecipe, TrainingStep
 from mitk.types import voxel_spacing
 
 
@@ -56,6 +45,7 @@ class SegmentationStep:
     """
 
     monitor = "mean_dice"
+    mode: Literal["max", "min"] = "max"
 
     def __init__(self, plugin: SegmentationPlugin, config: dict[str, Any]) -> None:
         self.loss_function = plugin.loss(config)
@@ -118,87 +108,32 @@ class SegmentationStep:
         return summary
 
 
-def _segmentation_plugin(name: str) -> tuple[SegmentationPlugin, str | None]:
-    entry = get_registry().get(name, Task.SEGMENT)
-    plugin = entry.load()
-    if not isinstance(plugin, SegmentationPlugin) or not getattr(plugin, "trainable", False):
-        raise PluginError(f"plugin {name!r} cannot be trained (it has no trainable network)")
-    return plugin, entry.version
+class SegmentationRecipe(TrainingRecipe):
+    """Label maps on the image grid: Decathlon datalists or nnU-Net-style folders, Dice as the monitor."""
 
+    task = Task.SEGMENT
 
-def _resume(output_dir: Path, plugin_name: str | None, options: dict[str, Any],
-            overrides: dict[str, Any] | None) -> tuple[ResumePoint, str, TrainingOptions, dict[str, Any]]:
-    """The interrupted run's resume point, plugin, options (updated by ``options``) and config."""
-    if overrides:
-        raise UsageError("a resumed run keeps its settings: drop --set, --labels, --patch-size and --lr")
-    point = load_resume_point(output_dir)
-    saved = point.checkpoint
-    if saved.task != Task.SEGMENT.value or not saved.plugin:
-        raise CheckpointError(f"the run trained a {saved.task} model, not a segmentation", saved.path)
-    if plugin_name and plugin_name != saved.plugin:
-        raise CheckpointError(f"the run was trained with plugin {saved.plugin!r}, not {plugin_name!r}",
-                              saved.path)
-    training_options = TrainingOptions.from_dict({**point.options, **options})
-    if training_options.epochs <= point.epoch:
-        raise UsageError(f"the run has finished {point.epoch} epochs already; give a larger --epochs "
-                         "to continue it")
-    return point, saved.plugin, training_options, saved.config
+    def read_datalist(self, source: Path, *, seed: int, validation_fraction: float) -> Datalist:
+        return read_datalist(source, seed=seed, validation_fraction=validation_fraction)
 
+    def check_case(self, case: Mapping[str, Any], source: Path) -> None:
+        check_case_paths(dict(case), source)
 
-def train_segmentation(*, plugin_name: str | None, data: str | Path | None, output_dir: str | Path,
-                       options: dict[str, Any], overrides: dict[str, Any] | None = None,
-                       resume: bool = False, overwrite: bool = False, console: Any = None,
-                       on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                       on_ready: Callable[[Datalist, dict[str, Any]], None] | None = None) -> TrainingRun:
-    """Train a segmentation plugin on a datalist and write the run folder.
-
-    ``options`` holds :class:`TrainingOptions` fields (``None`` = default, or the saved value when
-    resuming); ``overrides`` the plugin settings (labels, patch_size, network, optimizer.lr, ...).
-    ``on_ready(datalist, config)`` is called once the data is loaded, ``on_epoch(row)`` after each epoch.
-    """
-    from mitk.runner.model import resolve_device
-
-    output_dir = Path(output_dir)
-    check_output_dir(output_dir, resume, overwrite)
-    point: ResumePoint | None = None
-    saved_config: dict[str, Any] | None = None
-    if resume:
-        point, plugin_name, training_options, saved_config = _resume(output_dir, plugin_name, options,
-                                                                     overrides)
-        data = data or point.extra.get("data")
-    else:
-        training_options = TrainingOptions.from_dict(options)
-    if not plugin_name:
-        raise UsageError("--plugin is required (e.g. --plugin unet)")
-    if not data:
-        raise UsageError("--data is required")
-    plugin, version = _segmentation_plugin(plugin_name)
-    datalist = read_datalist(data, seed=training_options.seed)
-    if saved_config is not None:
-        config = plugin.resolve_config(saved_config)
-    else:
+    def found_config(self, datalist: Datalist) -> dict[str, Any]:
         found: dict[str, Any] = {"in_channels": first_case_channels(datalist)}
         if datalist.labels:
             found["labels"] = datalist.labels
-        config = plugin.resolve_config(found, overrides)
-    config["training"] = {k: v for k, v in vars(training_options).items() if k not in ("device", "num_workers")}
-    device = resolve_device(training_options.device)
-    loader = LoadCased(num_labels=len(plugin.labels(config)), in_channels=int(config["in_channels"]))
-    workers = max(1, training_options.num_workers)
-    with unwrapped_errors():
-        if not training_options.cache:  # check every case now, not deep inside a loader worker
-            for case in datalist.training + datalist.validation:
-                loader(case)
-        train_dataset = make_dataset(datalist.training, pipeline(loader, plugin.training_transforms(config)),
-                                     training_options.cache, workers=workers)
-        val_dataset = make_dataset(datalist.validation, pipeline(loader, plugin.validation_transforms(config)),
-                                   training_options.cache, workers=workers)
-    if on_ready is not None:
-        on_ready(datalist, config)
-    prepare_output_dir(output_dir, resume, overwrite)
-    spec = ModelSpec(task=Task.SEGMENT.value, plugin_name=plugin_name, plugin_version=version, plugin=plugin,
-                     config=config)
-    trainer = Trainer(spec, SegmentationStep(plugin, config), train_dataset, val_dataset, training_options,
-                      output_dir, device=device, extra_state={"data": str(Path(data).resolve())},
-                      console=console, on_epoch=on_epoch)
-    return trainer.fit(point)
+        return found
+
+    def case_loader(self, plugin: TaskPlugin, config: dict[str, Any]) -> LoadCased:
+        labels = plugin.labels(config) if isinstance(plugin, SegmentationPlugin) else {}
+        return LoadCased(num_labels=len(labels), in_channels=int(config["in_channels"]))
+
+    def training_step(self, plugin: TaskPlugin, config: dict[str, Any]) -> TrainingStep:
+        if not isinstance(plugin, SegmentationPlugin):
+            raise PluginError(f"{type(plugin).__name__} is not a segmentation plugin")
+        return SegmentationStep(plugin, config)
+
+    def describe(self, datalist: Datalist, config: dict[str, Any]) -> str:
+        labels = ", ".join(str(name) for name in (config.get("labels") or {}).values())
+        return f"{super().describe(datalist, config)}; labels: {labels}"

@@ -1,0 +1,187 @@
+"""``train(task, plugin, data, options)``: the one entry point that trains any task's plugin.
+
+The task's recipe (from the task table) reads the data and supplies the training step; the engine
+(:class:`mitk.training.loop.Trainer`) does the rest. A run folder remembers everything needed to resume it
+exactly: the plugin and its resolved settings (``last.safetensors``), the training options and the data
+source (``training_state.pt``), and the training/validation split (``split.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mitk.enums import Task
+from mitk.errors import CheckpointError, InputError, PluginError, UsageError
+from mitk.io.atomic import write_text_atomic
+from mitk.plugin_manager import get_registry
+from mitk.taskspecs import get_task
+from mitk.training.data import Datalist, make_dataset, pipeline
+from mitk.training.folder import SPLIT_NAME, check_output_dir, prepare_output_dir
+from mitk.training.loop import (
+    ModelSpec,
+    ResumePoint,
+    Trainer,
+    TrainingOptions,
+    TrainingRun,
+    check_optimisation,
+    load_resume_point,
+    resumed_options,
+    unwrapped_errors,
+)
+from mitk.training.recipe import TrainingRecipe
+
+SPLIT_FORMAT = 1
+_NOT_PATHS = ("name",)
+
+
+def train(task: Task | str, *, plugin: str | None, data: str | Path | None, output_dir: str | Path,
+          options: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, resume: bool = False,
+          overwrite: bool = False, console: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          on_ready: Callable[[str], None] | None = None) -> TrainingRun:
+    """Train ``plugin`` for ``task`` on ``data`` and write the run folder ``output_dir``.
+
+    ``options`` holds :class:`~mitk.training.loop.TrainingOptions` fields (``None`` = not given: the default,
+    or the saved value when resuming); ``overrides`` the plugin settings. A resumed run keeps its plugin,
+    settings, options, data and split; flags that contradict them are refused (``epochs``, ``device``,
+    ``num_workers`` and ``cache`` may change). ``on_ready(line)`` reports the data once loaded, ``on_epoch(row)``
+    each epoch.
+    """
+    from mitk.runner.model import resolve_device
+
+    spec = get_task(task)
+    recipe: TrainingRecipe = spec.load_recipe()
+    output_dir = Path(output_dir)
+    given = dict(options or {})
+    check_output_dir(output_dir, resume, overwrite)
+    point: ResumePoint | None = None
+    if resume:
+        point = load_resume_point(output_dir)
+        plugin, data = _resumed_identity(point, spec.name, plugin, data, overrides)
+        training_options = resumed_options(point.options, given)
+        if training_options.epochs <= point.epoch:
+            raise UsageError(f"the run has finished {point.epoch} epochs already; give a larger --epochs "
+                             "to continue it")
+    else:
+        training_options = TrainingOptions.from_dict(given)
+    if not plugin:
+        raise UsageError("--plugin is required (see `mitk plugins list`)")
+    if not data:
+        raise UsageError("--data is required")
+    entry = get_registry().get(plugin, spec.task)
+    instance = entry.load()
+    if not getattr(instance, "trainable", False):
+        raise PluginError(f"plugin {plugin!r} cannot be trained (it has no trainable network)")
+
+    if point is not None:
+        datalist = load_split(output_dir, recipe) or recipe.read_datalist(
+            Path(data), seed=training_options.seed, validation_fraction=training_options.validation_fraction)
+        config = instance.resolve_config(point.checkpoint.config)
+    else:
+        _check_settings(instance, overrides)
+        datalist = recipe.read_datalist(Path(data), seed=training_options.seed,
+                                        validation_fraction=training_options.validation_fraction)
+        config = instance.resolve_config(recipe.found_config(datalist), overrides)
+    check_optimisation(config)
+    config["training"] = {k: v for k, v in vars(training_options).items() if k not in ("device", "num_workers")}
+    device = resolve_device(training_options.device)
+    loader = recipe.case_loader(instance, config)
+    step = instance.training_step(config) or recipe.training_step(instance, config)
+    workers = max(1, training_options.num_workers)
+    with unwrapped_errors():
+        if not training_options.cache:  # check every case now, not deep inside a loader worker
+            for case in datalist.training + datalist.validation:
+                loader(case)
+        train_dataset = make_dataset(datalist.training, pipeline(loader, instance.training_transforms(config)),
+                                     training_options.cache, workers=workers)
+        val_dataset = make_dataset(datalist.validation, pipeline(loader, instance.validation_transforms(config)),
+                                   training_options.cache, workers=workers)
+    if on_ready is not None:
+        on_ready(recipe.describe(datalist, config))
+    prepare_output_dir(output_dir, resume, overwrite)
+    if point is None:
+        save_split(output_dir, datalist)
+    model = ModelSpec(task=spec.name, plugin_name=plugin, plugin_version=entry.version, plugin=instance,
+                      config=config)
+    trainer = Trainer(model, step, train_dataset, val_dataset, training_options, output_dir, device=device,
+                      extra_state={"data": str(Path(data).resolve())}, console=console, on_epoch=on_epoch,
+                      collate=recipe.collate())
+    return trainer.fit(point)
+
+
+def _resumed_identity(point: ResumePoint, task: str, plugin: str | None, data: str | Path | None,
+                      overrides: dict[str, Any] | None) -> tuple[str, str]:
+    """The interrupted run's plugin and data; refuses a different task, plugin, data or settings."""
+    saved = point.checkpoint
+    if overrides:
+        raise UsageError("a resumed run keeps its settings: drop --set, --labels, --patch-size and --lr")
+    if saved.task != task or not saved.plugin:
+        raise CheckpointError(f"the run trained a {saved.task} model, not {task}", saved.path)
+    if plugin and plugin != saved.plugin:
+        raise CheckpointError(f"the run was trained with plugin {saved.plugin!r}, not {plugin!r}", saved.path)
+    saved_data = str(point.extra.get("data") or "")
+    if data and saved_data and Path(data).resolve() != Path(saved_data):
+        raise UsageError(f"the run was trained on {saved_data}; a resumed run keeps its data (drop --data)")
+    if not saved_data:
+        raise CheckpointError("the training state does not name its data", saved.path)
+    return saved.plugin, saved_data
+
+
+def _check_settings(plugin: Any, overrides: dict[str, Any] | None) -> None:
+    """Refuse unknown or mistyped ``--set`` keys (through :mod:`mitk.settings` where available)."""
+    if not overrides:
+        return
+    try:
+        from mitk.settings import check_overrides
+    except ImportError:  # pragma: no cover - settings checks arrive with mitk.settings
+        return
+    check_overrides(plugin, overrides, source="--set")
+
+
+# -------------------------------------------------------------------------------------------------
+# The saved split
+# -------------------------------------------------------------------------------------------------
+
+
+def save_split(output_dir: Path, datalist: Datalist) -> Path:
+    """Write the run's training and validation cases (absolute paths) to ``split.json``."""
+    document = {"format": SPLIT_FORMAT, "source": str(Path(datalist.source).resolve()),
+                "held_out": datalist.held_out, "labels": datalist.labels,
+                "training": [_absolute(case) for case in datalist.training],
+                "validation": [_absolute(case) for case in datalist.validation]}
+    return write_text_atomic(output_dir / SPLIT_NAME, json.dumps(document, indent=2), overwrite=True)
+
+
+def load_split(output_dir: Path, recipe: TrainingRecipe) -> Datalist | None:
+    """The split a run was started with, its cases checked again (their files must still exist); ``None`` for
+    a run folder from before splits were saved (its split is drawn again from the saved seed)."""
+    path = output_dir / SPLIT_NAME
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot resume: unreadable split ({error})", path) from None
+    if not isinstance(document, dict) or document.get("format") != SPLIT_FORMAT:
+        raise InputError("cannot resume: not a mitk split file", path)
+    source = Path(document.get("source") or output_dir)
+    training, validation = list(document.get("training") or []), list(document.get("validation") or [])
+    for case in training + validation:
+        recipe.check_case(case, source)
+    labels = document.get("labels")
+    return Datalist(source=source, training=training, validation=validation,
+                    labels={int(k): str(v) for k, v in labels.items()} if labels else None,
+                    held_out=bool(document.get("held_out")))
+
+
+def _absolute(case: dict[str, Any]) -> dict[str, Any]:
+    def resolve(value: Any) -> Any:
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, str) and Path(value).exists():
+            return str(Path(value).resolve())
+        return value
+
+    return {key: value if key in _NOT_PATHS else resolve(value) for key, value in case.items()}
