@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,7 @@ def first_case_channels(datalist: Datalist) -> int:
     return channel_count(read_case_image(datalist.training[0]["image"]))
 
 
-def pipeline(loader: LoadCased, transform: Any) -> Any:
+def pipeline(loader: Callable[[dict[str, Any]], dict[str, Any]], transform: Any) -> Any:
     """``Compose([loader, *transform])`` flattened, so that caching stops at the first random step."""
     from monai.transforms import Compose
 
