@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 
 from mitk.cli import app
 from mitk.errors import GeometryError, UsageError
-from mitk.evaluation.segmentation import Pair, evaluate_files, evaluate_pair, json_number, pair_files, summarise
+from mitk.evaluation.segmentation import (
+    Pair,
+    empty_masks,
+    evaluate_files,
+    evaluate_pair,
+    json_number,
+    pair_files,
+    summarise,
+)
 
 
 def load_nifti(path: Path) -> Any:
@@ -48,7 +56,7 @@ def brute_force_surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tupl
     return {
         "hd95_mm": max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)),
         "asd_mm": pooled.mean(),
-        "surface_dice": float(np.mean(pooled <= tolerance)),
+        "surface_dice_voxel": float(np.mean(pooled <= tolerance)),
     }
 
 
@@ -74,7 +82,7 @@ def test_surface_metrics_match_brute_force_with_anisotropic_spacing(shift: tuple
     expected = brute_force_surface_metrics(pred == 1, ref == 1, SPACING, tolerance)
     assert scores["hd95_mm"] == pytest.approx(expected["hd95_mm"], rel=1e-5)
     assert scores["asd_mm"] == pytest.approx(expected["asd_mm"], rel=1e-5)
-    assert scores["surface_dice"] == pytest.approx(expected["surface_dice"], abs=1e-6)
+    assert scores["surface_dice_voxel"] == pytest.approx(expected["surface_dice_voxel"], abs=1e-6)
     overlap = np.count_nonzero((pred == 1) & (ref == 1))
     assert scores["dice"] == pytest.approx(2 * overlap / (2 * np.count_nonzero(ref)), abs=1e-6)
 
@@ -93,16 +101,64 @@ def test_empty_masks_are_explicit() -> None:
     ref = cube((16, 16, 16), (3, 3, 3), side=6)
     pred = np.zeros_like(ref)
     scores = evaluate_pair(pred, ref, SPACING, [1, 2], tolerance=2.0)
-    assert scores[1]["dice"] == 0.0 and scores[1]["surface_dice"] == 0.0
-    assert math.isinf(scores[1]["hd95_mm"]) and math.isinf(scores[1]["asd_mm"])
+    assert scores[1]["dice"] == 0.0 and scores[1]["surface_dice_voxel"] == 0.0
+    assert math.isnan(scores[1]["hd95_mm"]) and math.isnan(scores[1]["asd_mm"])  # missed: undefined, not inf
     assert json_number(scores[1]["hd95_mm"]) is None
-    assert scores[2] == {"dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "asd_mm": 0.0, "surface_dice": 1.0,
-                         "reference_volume_ml": 0.0, "predicted_volume_ml": 0.0}
+    assert empty_masks(scores[1]) == "prediction" and empty_masks(scores[2]) == "both"
+    # Both empty: no metric is defined (nnU-Net's convention), only the volumes.
+    assert all(math.isnan(scores[2][m]) for m in ("dice", "iou", "hd95_mm", "asd_mm", "surface_dice_voxel"))
+    assert scores[2]["reference_volume_ml"] == 0.0 and scores[2]["predicted_volume_ml"] == 0.0
     # Without --labels only labels present in either map are scored.
     assert list(evaluate_pair(pred, ref, SPACING)) == [1]
-    summary = summarise([scores, evaluate_pair(ref, ref, SPACING, [1, 2])])
-    assert summary[1]["dice"] == {"mean": 0.5, "std": 0.5, "median": 0.5, "n": 2}
-    assert summary[1]["hd95_mm"]["n"] == 1 and summary[1]["hd95_mm"]["mean"] == 0.0  # inf left out
+
+
+SHAPE = (16, 16, 16)
+DIAGONAL = math.sqrt((16 * 2.0) ** 2 + (16 * 1.0) ** 2 + (16 * 3.0) ** 2)  # field of view of SHAPE at SPACING
+
+
+def four_cases(missing_distance: float | str | None = None) -> list[dict[int, dict[str, float]]]:
+    """Label 1: a perfect case, a missed one, a false positive, and one with the label in neither map."""
+    ref = cube(SHAPE, (3, 3, 3), side=6)
+    empty = np.zeros_like(ref)
+    return [evaluate_pair(a, b, SPACING, [1], missing_distance=missing_distance)  # type: ignore[arg-type]
+            for a, b in ((ref, ref), (empty, ref), (ref, empty), (empty, empty))]
+
+
+def test_summary_counts_cases_and_excludes_both_empty() -> None:
+    summary = summarise(four_cases())[1]
+    assert summary["cases"] == {"scored": 4, "empty_prediction": 1, "empty_reference": 1, "both_empty": 1}
+    # Dice 1, 0, 0 enter; the both-empty case does not (it would add a flattering 1).
+    assert summary["dice"] == {"mean": pytest.approx(1 / 3, abs=1e-6), "std": pytest.approx(math.sqrt(2) / 3, abs=1e-6),
+                               "median": 0.0, "n": 3}
+    assert summary["surface_dice_voxel"]["n"] == 3 and summary["iou"]["mean"] == pytest.approx(1 / 3)
+    # Distances: only the perfect case has one; the two one-empty cases are counted as missing.
+    assert summary["hd95_mm"] == {"mean": 0.0, "std": 0.0, "median": 0.0, "n": 1, "missing": 2, "penalised": 0}
+    assert summary["asd_mm"]["missing"] == 2
+    assert summary["reference_volume_ml"]["n"] == 4  # volumes are defined for every case
+
+
+def test_missing_distance_worst_and_fixed_penalty() -> None:
+    cases = four_cases("worst")
+    assert cases[1][1]["hd95_mm"] == pytest.approx(DIAGONAL) and cases[2][1]["asd_mm"] == pytest.approx(DIAGONAL)
+    assert math.isnan(cases[3][1]["hd95_mm"])  # both empty stays out
+    hd95 = summarise(cases)[1]["hd95_mm"]
+    assert hd95["n"] == 3 and hd95["missing"] == 0 and hd95["penalised"] == 2
+    assert hd95["mean"] == pytest.approx(2 * DIAGONAL / 3, abs=1e-5)
+    fixed = summarise(four_cases(50.0))[1]["asd_mm"]
+    assert fixed["mean"] == pytest.approx(100 / 3, abs=1e-5) and fixed["median"] == 50.0
+    with pytest.raises(ValueError, match="missing_distance"):
+        four_cases(-1.0)
+
+
+def test_surface_dice_counts_boundary_voxels_by_hand() -> None:
+    """Two 4-voxel cubes one voxel apart (1 mm voxels), tolerance 0: each has 56 boundary voxels
+    (64 less the 2×2×2 core), of which 12 + 12 + 12 lie on the other's boundary → 72 / 112."""
+    ref = cube((8, 8, 8), (2, 2, 2), side=4)
+    pred = cube((8, 8, 8), (3, 2, 2), side=4)
+    scores = evaluate_pair(pred, ref, (1.0, 1.0, 1.0), [1], tolerance=0.0)[1]
+    assert "surface_dice" not in scores
+    assert scores["surface_dice_voxel"] == pytest.approx(72 / 112, abs=1e-6)
+    assert scores["dice"] == pytest.approx(2 * 48 / 128)
 
 
 def test_labels_scored_separately() -> None:
@@ -185,7 +241,7 @@ def test_cli_end_to_end_on_real_label(tumour_case: dict[str, Path], mitk_cli) ->
     expected = brute_force_surface_metrics(pred, ref, spacing, 1.5)
     assert row["hd95_mm"] == pytest.approx(expected["hd95_mm"], rel=1e-4)
     assert row["asd_mm"] == pytest.approx(expected["asd_mm"], rel=1e-4)
-    assert row["surface_dice"] == pytest.approx(expected["surface_dice"], abs=1e-5)
+    assert row["surface_dice_voxel"] == pytest.approx(expected["surface_dice_voxel"], abs=1e-5)
     voxel_ml = abs(np.linalg.det(reference.affine[:3, :3])) / 1000
     assert row["reference_volume_ml"] == pytest.approx(np.count_nonzero(ref) * voxel_ml, rel=1e-5)
     assert document["summary"]["1"]["dice"]["mean"] == pytest.approx(dice, abs=1e-5)
@@ -212,7 +268,7 @@ def test_cli_table_csv_refusal_and_partial_failure(tumour_case: dict[str, Path],
     assert result.exit_code == 3, result.output  # one pair scored, one prediction unpaired
     assert "brain1" in result.stdout and "mean" in result.stdout
     assert "other_seg.nii.gz" in result.stderr and "no reference" in result.stderr
-    assert csv_path.read_text().startswith("case,prediction,reference,label,dice")
+    assert csv_path.read_text().startswith("case,prediction,reference,label,empty,dice")
 
 
 def test_mismatched_grid_is_refused_or_resampled(tumour_case: dict[str, Path], tmp_path: Path) -> None:
