@@ -12,6 +12,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import invoke
 from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
 from typer.testing import CliRunner
@@ -312,3 +313,138 @@ def test_mismatched_grid_is_refused_or_resampled(tumour_case: dict[str, Path], t
                                       str(tumour_case["reference"])])
     assert result.exit_code == 1
     assert "not on one grid" in result.stderr and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------------
+# The CLI: what the summary says, and never writing over an input
+# ---------------------------------------------------------------------------------------------------
+
+
+def save_label(array: np.ndarray, path: Path, spacing: tuple[float, float, float] = SPACING) -> Path:
+    nib.save(nib.Nifti1Image(array.astype(np.uint8), np.diag([*spacing, 1.0])), path)
+    return path
+
+
+@pytest.fixture
+def four_case_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """The cases of :func:`four_cases` as files: perfect, missed, false positive, both empty (label 1)."""
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred_dir.mkdir()
+    ref_dir.mkdir()
+    ref = cube(SHAPE, (3, 3, 3), side=6)
+    empty = np.zeros_like(ref)
+    for name, pred, reference in (("a", ref, ref), ("b", empty, ref), ("c", ref, empty), ("d", empty, empty)):
+        save_label(pred, pred_dir / f"{name}_seg.nii.gz")
+        save_label(reference, ref_dir / f"{name}_label.nii.gz")
+    return pred_dir, ref_dir
+
+
+def test_cli_summary_reports_counts_missing_and_penalties(four_case_folders: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    pred_dir, ref_dir = four_case_folders
+    args = ["evaluate", "segment", "--pred", str(pred_dir), "--ref", str(ref_dir), "--labels", "1"]
+    code, stdout, stderr = invoke([*args, "--json", "--summary-csv", str(tmp_path / "summary.csv"),
+                                   "--csv", str(tmp_path / "cases.csv")])
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    assert document["missing_distance"] == "nan" and "both_empty" in document["conventions"]
+    summary = document["summary"]["1"]
+    assert summary["cases"] == {"scored": 4, "empty_prediction": 1, "empty_reference": 1, "both_empty": 1}
+    assert summary["dice"]["n"] == 3 and summary["dice"]["mean"] == pytest.approx(1 / 3, abs=1e-6)
+    assert summary["hd95_mm"] == {"mean": 0.0, "std": 0.0, "median": 0.0, "n": 1, "missing": 2, "penalised": 0}
+    rows = {row["case"]: row for case in document["cases"] for row in case["labels"]}
+    assert [rows[c]["empty"] for c in "abcd"] == ["none", "prediction", "reference", "both"]
+    assert rows["b"]["hd95_mm"] is None and rows["d"]["dice"] is None and rows["b"]["dice"] == 0.0
+
+    with (tmp_path / "summary.csv").open(newline="") as handle:
+        by_metric = {row["metric"]: row for row in csv.DictReader(handle)}
+    assert by_metric["hd95_mm"]["n"] == "1" and by_metric["hd95_mm"]["missing"] == "2"
+    assert by_metric["dice"]["both_empty"] == "1" and by_metric["dice"]["cases"] == "4"
+    assert by_metric["dice"]["missing_distance"] == "nan"
+    with (tmp_path / "cases.csv").open(newline="") as handle:
+        assert [row["empty"] for row in csv.DictReader(handle)] == ["none", "prediction", "reference", "both"]
+
+    # The table says what each mean rests on.
+    code, stdout, _ = invoke(args)
+    assert code == 0
+    assert "4 cases, 1 empty prediction, 1 empty reference, 1 both empty" in " ".join(stdout.split())
+    assert "2 with one mask empty left out" in " ".join(stdout.split())
+
+    code, stdout, _ = invoke([*args, "--json", "--missing-distance", "worst"])
+    document = json.loads(stdout)
+    hd95 = document["summary"]["1"]["hd95_mm"]
+    assert hd95["n"] == 3 and hd95["penalised"] == 2 and hd95["mean"] == pytest.approx(2 * DIAGONAL / 3, abs=1e-5)
+    assert document["cases"][1]["field_of_view_diagonal_mm"] == pytest.approx(DIAGONAL, abs=1e-5)
+    code, stdout, _ = invoke([*args, "--missing-distance", "40"])
+    assert "2 with one mask empty counted as 40 mm" in " ".join(stdout.split())
+
+    code, _, stderr = invoke([*args, "--missing-distance", "far"])
+    assert code == 2 and "--missing-distance" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_cli_real_label_missed_case_with_worst_penalty(brain_mr_label: Path, tmp_path: Path) -> None:
+    reference = load_nifti(brain_mr_label)
+    prediction = write_like(np.zeros(reference.shape, dtype=np.uint8), brain_mr_label, tmp_path / "brain1_seg.nii.gz")
+    args = ["evaluate", "segment", "--pred", str(prediction), "--ref", str(brain_mr_label), "--json"]
+    code, stdout, stderr = invoke(args)
+    assert code == 0, stderr
+    (row,) = json.loads(stdout)["cases"][0]["labels"]
+    assert row["empty"] == "prediction" and row["dice"] == 0.0 and row["hd95_mm"] is None
+
+    code, stdout, _ = invoke([*args, "--missing-distance", "worst"])
+    document = json.loads(stdout)
+    spacing = np.linalg.norm(reference.affine[:3, :3], axis=0)
+    diagonal = float(np.linalg.norm(np.asarray(reference.shape) * spacing))  # 256×256×25 voxels
+    assert document["cases"][0]["labels"][0]["hd95_mm"] == pytest.approx(diagonal, abs=1e-4)
+    assert document["summary"]["1"]["asd_mm"]["penalised"] == 1
+
+
+def test_cli_refuses_to_write_over_any_input(four_case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    pred_dir, ref_dir = four_case_folders
+    prediction, reference = pred_dir / "a_seg.nii.gz", ref_dir / "b_label.nii.gz"
+    symlink = tmp_path / "link.csv"
+    symlink.symlink_to(reference)
+    hard_link = tmp_path / "hard.csv"
+    hard_link.hardlink_to(prediction)
+    before = {path: path.read_bytes() for path in (prediction, reference)}
+    folders = ["--pred", str(pred_dir), "--ref", str(ref_dir)]
+    files = ["--pred", str(prediction), "--ref", str(ref_dir / "a_label.nii.gz")]
+    attempts = [
+        [*folders, "--csv", str(prediction), "--overwrite"],
+        [*folders, "--csv", str(reference)],
+        [*folders, "--csv", str(pred_dir / ".." / "ref" / "b_label.nii.gz"), "--overwrite"],
+        [*folders, "--csv", str(symlink), "--overwrite"],
+        [*folders, "--csv", str(hard_link), "--overwrite"],
+        [*folders, "--summary-csv", str(reference), "--overwrite"],
+        [*files, "--csv", str(ref_dir / "a_label.nii.gz"), "--overwrite"],
+        [*files, "--summary-csv", str(prediction), "--overwrite", "--json"],
+    ]
+    for attempt in attempts:
+        code, stdout, stderr = invoke(["evaluate", "segment", *attempt])
+        assert code == 2, (attempt, stderr)
+        assert "is an input of this command" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert stdout == ""
+    assert all(path.read_bytes() == data for path, data in before.items())
+    assert symlink.is_symlink() and hard_link.stat().st_nlink == 2
+
+    same = tmp_path / "scores.csv"
+    code, _, stderr = invoke(["evaluate", "segment", *files, "--csv", str(same), "--summary-csv", str(same)])
+    assert code == 2 and not same.exists()
+    # A fresh file next to the inputs is fine.
+    code, _, stderr = invoke(["evaluate", "segment", *folders, "--labels", "1", "--csv", str(pred_dir / "s.csv")])
+    assert code == 0, stderr
+    assert (pred_dir / "s.csv").read_text().startswith("case,")
+
+
+def test_files_inside_an_image_folder_are_inputs(tmp_path: Path) -> None:
+    """A DICOM series given as a folder: every file in it is an input, however it is reached."""
+    from mitk.cli.evaluate import input_files, refuse_overwriting_inputs
+
+    series = tmp_path / "series" / "sub"
+    series.mkdir(parents=True)
+    (series / "IM0001").write_bytes(b"dicom")
+    (tmp_path / "alias").symlink_to(tmp_path / "series")
+    inputs = input_files([tmp_path / "series"])
+    with pytest.raises(UsageError, match="is an input"):
+        refuse_overwriting_inputs(tmp_path / "alias" / "sub" / "IM0001", "--csv", inputs)
+    refuse_overwriting_inputs(tmp_path / "series" / "scores.csv", "--csv", inputs)  # a new file is fine
