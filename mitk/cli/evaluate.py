@@ -71,7 +71,8 @@ def refuse_overwriting_inputs(target: Path, option: str, inputs: Iterable[Path])
         except OSError:
             continue
         if same:
-            raise UsageError(f"{option} {target} is an input of this command ({source}); refusing to write over it")
+            alias = "" if str(source) == str(target) else f" (the same file as {source})"
+            raise UsageError(f"{option} {target} is an input of this command{alias}; refusing to write over it")
 
 
 def input_files(paths: Iterable[Path]) -> list[Path]:
@@ -261,10 +262,7 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
     columns = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
                ("surface_dice_voxel", "NSD voxel", 4), ("reference_volume_ml", "Ref mL", 1),
                ("predicted_volume_ml", "Pred mL", 1))
-    caption = "\n".join([f"NSD voxel: fraction of boundary voxels within {tolerance:g} mm of the other boundary; "
-                          "—: undefined (both masks empty, or a distance with one mask empty)",
-                          *summary_notes(summary, missing_distance)])
-    table = Table(box=None, pad_edge=False, caption=caption, caption_justify="left")
+    table = Table(box=None, pad_edge=False)
     table.add_column("case", overflow="fold")
     table.add_column("label", justify="right")
     table.add_column("empty")
@@ -279,4 +277,9 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
     table.add_section()
     for label, stats in summary.items():
         table.add_row("[bold]mean[/]", str(label), "", *cells({m: stats[m]["mean"] for m, _, _ in columns}))
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"NSD voxel: fraction of boundary voxels within {tolerance:g} mm of the other boundary; "
+                  "—: undefined (both masks empty, or a distance with one mask empty)")
+    for note in summary_notes(summary, missing_distance):
+        console.print(note)
