@@ -6,9 +6,18 @@ Definitions (all from :mod:`monai.metrics`, distances on the voxel grid scaled b
 - The surface of a mask is its voxels that a 6-connected erosion removes. For each surface voxel of one
   mask, the distance (mm) to the nearest surface voxel of the other is taken, in both directions.
 - ``hd95_mm``: the larger of the two directed 95th percentiles. ``asd_mm``: the mean of both directions
-  pooled (symmetric). ``surface_dice``: the fraction of both surfaces within ``tolerance`` mm of the other.
-- Both masks empty: Dice, IoU and surface Dice 1, distances 0. One mask empty: Dice, IoU and surface
-  Dice 0, distances infinite (``null`` in JSON).
+  pooled (symmetric). ``surface_dice_voxel``: the fraction of both surfaces' *voxels* within
+  ``tolerance`` mm of the other surface (MONAI's ``compute_surface_dice``; every boundary voxel counts
+  once, unlike the area-weighted surface elements of DeepMind's ``compute_surface_dice_at_tolerance``).
+
+Empty masks (counted by :func:`summarise`):
+
+- Both empty: every metric is NaN and the case is left out of every mean (nnU-Net's convention for
+  Dice; a both-empty 1.0 would flatter a model on labels that are rarely present).
+- One empty: Dice, IoU and surface Dice 0 (they enter the means). HD95 and ASD are undefined: NaN,
+  left out of the means and counted as ``missing``, unless a ``missing_distance`` penalty is given
+  (``"worst"``: the diagonal of the case's field of view in mm; a number: that many mm), which then
+  enters the means and is counted as ``penalised``.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,12 +35,21 @@ from mitk.errors import GeometryError, InputError, UsageError
 from mitk.io.atomic import split_suffix
 from mitk.types import Image, voxel_spacing
 
-METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "surface_dice", "reference_volume_ml", "predicted_volume_ml")
+OVERLAP_METRICS = ("dice", "iou", "surface_dice_voxel")
+DISTANCE_METRICS = ("hd95_mm", "asd_mm")
+VOLUME_METRICS = ("reference_volume_ml", "predicted_volume_ml")
+METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "surface_dice_voxel", *VOLUME_METRICS)
+VOXEL_COUNTS = ("reference_voxels", "predicted_voxels")
+"""Also in each label's scores: what :func:`summarise` counts empty masks from."""
 AFFINE_TOLERANCE = 1e-4
 PREDICTION_SUFFIX = "_seg"
 REFERENCE_SUFFIX = "_label"
 IGNORED_PREDICTION_SUFFIXES = ("_prob",)
 """Companion outputs of ``mitk segment`` (probability maps) that are not label maps."""
+
+MissingDistance = float | Literal["worst"] | None
+"""What HD95 and ASD are when exactly one mask is empty: ``None`` NaN (left out of means), ``"worst"``
+the field-of-view diagonal in mm, or a distance in mm."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -39,18 +57,41 @@ IGNORED_PREDICTION_SUFFIXES = ("_prob",)
 # ---------------------------------------------------------------------------------------------------
 
 
+def field_of_view_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The diagonal of the grid's field of view, √Σ(nᵢ·sᵢ)² in mm: no two voxels are farther apart."""
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True))))
+
+
+def empty_masks(scores: dict[str, float]) -> str:
+    """Which mask of one label is empty: ``"none"``, ``"prediction"``, ``"reference"`` or ``"both"``."""
+    pred_empty, ref_empty = scores["predicted_voxels"] == 0, scores["reference_voxels"] == 0
+    if pred_empty and ref_empty:
+        return "both"
+    return "prediction" if pred_empty else "reference" if ref_empty else "none"
+
+
 def evaluate_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-                  labels: Iterable[int] | None = None, tolerance: float = 2.0) -> dict[int, dict[str, float]]:
+                  labels: Iterable[int] | None = None, tolerance: float = 2.0,
+                  missing_distance: MissingDistance = None) -> dict[int, dict[str, float]]:
     """Metrics for each label of two label maps on one grid: ``{label: {metric: value}}``.
 
-    ``labels`` defaults to every non-zero value found in either map. Values are floats; distances
-    may be ``inf`` when exactly one mask is empty (see the module docstring).
+    ``labels`` defaults to every non-zero value found in either map. Values are floats: the
+    :data:`METRICS` and the :data:`VOXEL_COUNTS`; empty masks give NaN or the ``missing_distance``
+    penalty as the module docstring says.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     if tolerance < 0 or not math.isfinite(tolerance):
         raise ValueError(f"tolerance must be a finite number of mm >= 0, not {tolerance}")
     spacing = tuple(float(s) for s in spacing)
+    if missing_distance is None:
+        penalty = math.nan
+    elif missing_distance == "worst":
+        penalty = field_of_view_diagonal_mm(ref.shape, spacing)
+    elif isinstance(missing_distance, float | int) and math.isfinite(missing_distance) and missing_distance >= 0:
+        penalty = float(missing_distance)
+    else:
+        raise ValueError(f"missing_distance must be None, 'worst' or a number of mm >= 0, not {missing_distance!r}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     if labels is None:
         labels = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
@@ -59,13 +100,15 @@ def evaluate_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         pred_mask, ref_mask = pred == label, ref == label
         pred_count, ref_count = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
         if pred_count == 0 and ref_count == 0:
-            scores = {"dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "asd_mm": 0.0, "surface_dice": 1.0}
+            scores = dict.fromkeys((*OVERLAP_METRICS, *DISTANCE_METRICS), math.nan)
         elif pred_count == 0 or ref_count == 0:
-            scores = {"dice": 0.0, "iou": 0.0, "hd95_mm": math.inf, "asd_mm": math.inf, "surface_dice": 0.0}
+            scores = {**dict.fromkeys(OVERLAP_METRICS, 0.0), **dict.fromkeys(DISTANCE_METRICS, penalty)}
         else:
             scores = _monai_scores(pred_mask, ref_mask, spacing, tolerance)
         scores["reference_volume_ml"] = ref_count * voxel_ml
         scores["predicted_volume_ml"] = pred_count * voxel_ml
+        scores["reference_voxels"] = float(ref_count)
+        scores["predicted_voxels"] = float(pred_count)
         results[int(label)] = scores
     return results
 
@@ -94,33 +137,49 @@ def _monai_scores(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: tuple[fl
                                                         spacing=space)[0, 0]),
             "asd_mm": float(compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
                                                              spacing=space)[0, 0]),
-            "surface_dice": float(compute_surface_dice(y_pred, y, class_thresholds=[tolerance],
-                                                       include_background=True, spacing=space)[0, 0]),
+            # Boundary voxels, not area-weighted surface elements (use_subvoxels=False).
+            "surface_dice_voxel": float(compute_surface_dice(y_pred, y, class_thresholds=[tolerance],
+                                                             include_background=True, spacing=space,
+                                                             use_subvoxels=False)[0, 0]),
         }
 
 
-def summarise(cases: Iterable[dict[int, dict[str, float]]]) -> dict[int, dict[str, dict[str, float | int | None]]]:
-    """Mean, standard deviation and median of each metric per label over cases.
+Summary = dict[int, dict[str, dict[str, float | int | None]]]
 
-    Only finite values enter: a distance that is infinite (one mask empty) is left out, and ``n`` says
-    how many values each statistic rests on.
+
+def summarise(cases: Iterable[dict[int, dict[str, float]]]) -> Summary:
+    """Per label: how many cases and empty masks, and mean, std and median of each metric over cases.
+
+    ``summary[label]["cases"]`` holds ``scored`` (cases in which the label was scored),
+    ``empty_prediction`` (reference has the label, prediction not), ``empty_reference`` (the other way
+    round) and ``both_empty``. ``summary[label][metric]`` holds ``mean``, ``std``, ``median`` and ``n``,
+    the number of cases in them: both-empty cases never enter; for HD95 and ASD, a one-empty case
+    enters only with a penalty (``penalised``), else it is left out (``missing``).
     """
-    values: dict[int, dict[str, list[float]]] = {}
+    per_label: dict[int, list[dict[str, float]]] = {}
     for case in cases:
         for label, scores in case.items():
-            for metric in METRICS:
-                values.setdefault(label, {}).setdefault(metric, []).append(scores[metric])
-    summary: dict[int, dict[str, dict[str, float | int | None]]] = {}
-    for label in sorted(values):
-        summary[label] = {}
-        for metric, series in values[label].items():
-            finite = np.asarray([v for v in series if math.isfinite(v)], dtype=np.float64)
-            summary[label][metric] = {
+            per_label.setdefault(label, []).append(scores)
+    summary: Summary = {}
+    for label in sorted(per_label):
+        scored = per_label[label]
+        empty = [empty_masks(scores) for scores in scored]
+        summary[label] = {"cases": {"scored": len(scored), "empty_prediction": empty.count("prediction"),
+                                    "empty_reference": empty.count("reference"), "both_empty": empty.count("both")}}
+        for metric in METRICS:
+            values = [s[metric] for s, e in zip(scored, empty, strict=True) if e != "both" or metric in VOLUME_METRICS]
+            finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+            stats: dict[str, float | int | None] = {
                 "mean": json_number(finite.mean()) if finite.size else None,
                 "std": json_number(finite.std()) if finite.size else None,
                 "median": json_number(np.median(finite)) if finite.size else None,
                 "n": int(finite.size),
             }
+            if metric in DISTANCE_METRICS:
+                one_empty = [s[metric] for s, e in zip(scored, empty, strict=True) if e in ("prediction", "reference")]
+                stats["missing"] = sum(1 for v in one_empty if not math.isfinite(v))
+                stats["penalised"] = sum(1 for v in one_empty if math.isfinite(v))
+            summary[label][metric] = stats
     return summary
 
 
@@ -246,7 +305,7 @@ def resample_to_reference(pred: Image, ref: Image) -> np.ndarray:
 
 
 def evaluate_files(pair: Pair, labels: Sequence[int] | None = None, tolerance: float = 2.0,
-                   resample_pred: bool = False) -> dict[str, Any]:
+                   resample_pred: bool = False, missing_distance: MissingDistance = None) -> dict[str, Any]:
     """Read one pair, check (or resample) the grid, and compute :func:`evaluate_pair` on it."""
     ref = read_label_map(pair.reference)
     pred = read_label_map(pair.prediction)
@@ -262,5 +321,7 @@ def evaluate_files(pair: Pair, labels: Sequence[int] | None = None, tolerance: f
         resampled = True
     else:
         pred_array = pred.array
-    scores = evaluate_pair(pred_array, ref.array, voxel_spacing(ref.affine), labels, tolerance)
-    return {"scores": scores, "resampled": resampled, "spacing": list(voxel_spacing(ref.affine))}
+    spacing = voxel_spacing(ref.affine)
+    scores = evaluate_pair(pred_array, ref.array, spacing, labels, tolerance, missing_distance)
+    return {"scores": scores, "resampled": resampled, "spacing": list(spacing),
+            "field_of_view_diagonal_mm": field_of_view_diagonal_mm(ref.spatial_shape, spacing)}
