@@ -132,7 +132,13 @@ class DetectionPlugin(TaskPlugin):
 
 
 class RegistrationPlugin(TaskPlugin):
-    """Aligns a moving image to a fixed one."""
+    """Aligns a moving image to a fixed one.
+
+    A classical plugin overrides :meth:`register`. A learned plugin instead supplies a network (and its
+    ``inference_transforms``): the runner resamples the moving image onto the fixed grid, passes both through
+    the transforms (so they share the network grid), asks :meth:`predict_displacement` for a dense displacement
+    in network-grid voxels, and brings it back onto the fixed grid in millimetres.
+    """
 
     task = Task.REGISTER
 
@@ -141,6 +147,22 @@ class RegistrationPlugin(TaskPlugin):
         """Return ``(matrix, displacement)``: a 4×4 fixed-world → moving-world matrix (RAS mm) and/or a
         displacement field ``(I, J, K, 3)`` in mm on the fixed grid, either may be ``None``."""
         raise NotImplementedError
+
+    def predict_displacement(self, network: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor,
+                             config: dict[str, Any]) -> torch.Tensor:
+        """A learned plugin's dense displacement field ``(B, 3, *spatial)`` in voxels of the network grid, for
+        preprocessed ``fixed`` and ``moving`` batches ``(B, C, *spatial)`` on that grid, such that
+        ``warped(p) = moving(p + ddf(p))`` (MONAI ``Warp``'s convention). Default: the network on the
+        channels ``[moving, fixed]``, as MONAI's VoxelMorph and LocalNet take them."""
+        import torch
+
+        displacement: torch.Tensor = network(torch.cat([moving, fixed], dim=1))
+        return displacement
+
+    @classmethod
+    def is_learned(cls) -> bool:
+        """True when the plugin leaves :meth:`register` to the runner's learned path."""
+        return cls.register is RegistrationPlugin.register
 
 
 PLUGIN_BASES: dict[Task, type[TaskPlugin]] = {

@@ -20,6 +20,7 @@ IntArray = npt.NDArray[np.integer[Any]]
 
 __all__ = [
     "ClassificationResult", "DetectionResult", "Image", "RegistrationResult", "SegmentationResult", "Task",
+    "map_box_extents",
 ]
 
 _AXIS_CODES = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -62,6 +63,24 @@ def ras_to_lps(affine: npt.ArrayLike) -> FloatArray:
     """Convert a voxel-to-RAS affine into voxel-to-LPS (DICOM/ITK world), or back: the map is its own inverse."""
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     return flip @ np.asarray(affine, dtype=float)
+
+
+def map_box_extents(boxes: npt.ArrayLike, matrix: npt.ArrayLike) -> FloatArray:
+    """The axis-aligned extents enclosing voxel boxes mapped through a 4×4 ``matrix``.
+
+    ``boxes`` rows are ``(i0, j0, k0, i1, j1, k1)`` voxel indices (inclusive start, exclusive end); a box's
+    extent runs from half a voxel before its first centre to half a voxel after its last, i.e. from
+    ``start - 0.5`` to ``end - 0.5``. Its eight corners go through ``matrix`` (voxel → world, or voxel → other
+    grid's voxel) and the result rows are the ``(min, max)`` of the mapped corners per axis. Every box mapping in
+    mitk goes through here.
+    """
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 6)
+    low, high = boxes[:, :3] - 0.5, boxes[:, 3:] - 0.5
+    choose = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=bool)  # (8, 3)
+    corners = np.where(choose[None], high[:, None, :], low[:, None, :])  # (N, 8, 3)
+    homogeneous = np.concatenate([corners, np.ones((*corners.shape[:2], 1))], axis=-1)
+    mapped = homogeneous @ np.asarray(matrix, dtype=float).T
+    return np.concatenate([mapped[..., :3].min(axis=1), mapped[..., :3].max(axis=1)], axis=1)
 
 
 @dataclass
@@ -199,15 +218,7 @@ class DetectionResult:
 
     @property
     def boxes_world(self) -> FloatArray:
-        boxes = np.asarray(self.boxes_voxel, dtype=float).reshape(-1, 6)
-        out = np.zeros_like(boxes)
-        for n, box in enumerate(boxes):
-            # Voxel centres run from start to end-1; the box's extent reaches half a voxel beyond.
-            lo, hi = box[:3] - 0.5, box[3:] - 0.5
-            corners = np.array([[c0, c1, c2, 1.0] for c0 in (lo[0], hi[0]) for c1 in (lo[1], hi[1])
-                                for c2 in (lo[2], hi[2])])
-            world = (np.asarray(self.affine) @ corners.T).T[:, :3]
-            out[n, :3], out[n, 3:] = world.min(axis=0), world.max(axis=0)
+        out = map_box_extents(self.boxes_voxel, self.affine)
         if self.coordinate_system == "LPS":
             out = out * np.array([-1, -1, 1, -1, -1, 1])
             out = out[:, [3, 4, 2, 0, 1, 5]]

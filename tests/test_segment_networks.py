@@ -29,7 +29,7 @@ def plugin(name: str):
 def brain_tensor(brain_mr) -> MetaTensor:
     """The real brain MR (LAS, 0.78×0.78×6.5 mm) as the runner hands it to the plugin."""
     from mitk.io.reader import load_image
-    from mitk.runner.segment import to_meta_tensor
+    from mitk.runner.tensors import to_meta_tensor
 
     return to_meta_tensor(load_image(brain_mr))
 
@@ -108,7 +108,7 @@ def test_mr_zscore_matches_monai_normalize_intensity(brain_mr, mni_t1_2mm):
     from monai.transforms import NormalizeIntensityd
 
     from mitk.io.reader import load_image
-    from mitk.runner.segment import to_meta_tensor
+    from mitk.runner.tensors import to_meta_tensor
 
     for path in (brain_mr, mni_t1_2mm):
         tensor = to_meta_tensor(load_image(path))

@@ -26,7 +26,9 @@ from mitk.cli.common import (
     parse_settings,
     stderr_console,
 )
+from mitk.enums import Task
 from mitk.errors import UsageError
+from mitk.taskspecs import TaskSpec, get_task, import_part, iter_tasks
 
 InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, DICOM files/folders/zips, "
                                                           "folders of NIfTI files, or quoted globs.")]
@@ -140,8 +142,7 @@ def segment(
     policy = _policy(output, output_dir, overwrite, skip_existing)
 
     def build(model: Any) -> Any:
-        from mitk.runner.segment import make_segment_job
-
+        make_segment_job = import_part(get_task(Task.SEGMENT).job)
         return make_segment_job(model, policy, probabilities=probabilities, stats=stats, preview=preview,
                                 output_format=output_format, series=series, allow_resample=allow_resample,
                                 deidentify=deidentify)
@@ -150,9 +151,10 @@ def segment(
                    device=device, as_json=as_json, manifest=manifest)
 
 
-def _record_command(task: str, job: str, summary: str) -> Callable[..., None]:
-    """A task verb whose per-input result is a JSON record (classify, detect); ``job`` is
-    ``"module:function"`` in :mod:`mitk.runner`, imported only when the command runs."""
+def _record_command(spec: TaskSpec) -> Callable[..., None]:
+    """The verb of a task whose per-input result is a JSON record (classify, detect): the task table's job,
+    imported only when the command runs, with the batch options every verb shares."""
+    task = spec.name
 
     def command(
         inputs: InputsArgument,
@@ -172,26 +174,15 @@ def _record_command(task: str, job: str, summary: str) -> Callable[..., None]:
         policy = _policy(output, output_dir, overwrite, skip_existing)
 
         def build(model: Any) -> Any:
-            import importlib
-
-            module, _, function = job.partition(":")
-            make_job = getattr(importlib.import_module(module), function)
+            make_job = import_part(spec.job)
             return make_job(model, policy, series=series, allow_resample=allow_resample)
 
         run_task_batch(task, inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
                        device=device, as_json=as_json, manifest=manifest)
 
     command.__name__ = task
-    command.__doc__ = summary
+    command.__doc__ = f"{spec.summary} (With -o/--output-dir: <input>{spec.suffix}{spec.extension}.)"
     return command
-
-
-classify = _record_command(
-    "classify", "mitk.runner.classify:make_classify_job",
-    "Classify images: per-class probabilities and the predicted class (optionally <input>_class.json).")
-detect = _record_command(
-    "detect", "mitk.runner.detect:make_detect_job",
-    "Detect objects: boxes in voxel indices and RAS millimetres with scores (optionally <input>_boxes.json).")
 
 
 def register(
@@ -217,14 +208,19 @@ def register(
         raise UsageError("--transform names one file; give one moving image")
 
     def build(model: Any) -> Any:
-        from mitk.runner.register import make_register_job
-
+        make_register_job = import_part(get_task(Task.REGISTER).job)
         return make_register_job(model, policy, fixed, transform=transform, series=series)
 
     run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
                    device=device, as_json=as_json, manifest=manifest)
 
 
+CUSTOM_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.REGISTER: register}
+"""Verbs with options of their own; every other task in the table gets the generic record verb."""
+
+
 def add_task_commands(app: typer.Typer) -> None:
-    for command in (segment, classify, detect, register):
-        app.command(command.__name__, epilog=BATCH_EPILOG, rich_help_panel="Tasks")(command)
+    """One verb per task of the task table."""
+    for spec in iter_tasks():
+        command = CUSTOM_VERBS.get(spec.task) or _record_command(spec)
+        app.command(spec.name, epilog=BATCH_EPILOG, rich_help_panel="Tasks")(command)

@@ -46,6 +46,10 @@ class CaseOutcome:
     skipped: bool = False
 
 
+CaseJob = Callable[[Case], CaseOutcome]
+"""What a task's ``make_job`` returns (see :attr:`mitk.taskspecs.TaskSpec.job`): one case in, its outcome out."""
+
+
 @dataclass
 class BatchReport:
     records: list[CaseRecord] = field(default_factory=list)
@@ -72,7 +76,7 @@ class BatchReport:
 
 def run_batch(
     cases: Iterable[Case],
-    process: Callable[[Case], CaseOutcome],
+    process: CaseJob,
     *,
     on_record: Callable[[CaseRecord], None] | None = None,
     manifest: IO[str] | None = None,

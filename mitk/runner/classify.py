@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from mitk.runner.batch import CaseJob
 from mitk.runner.model import LoadedModel
-from mitk.runner.segment import to_meta_tensor
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tensors import to_meta_tensor
 from mitk.tasks import ClassificationPlugin
 from mitk.types import ClassificationResult, Image
 
@@ -32,8 +32,8 @@ class ClassificationRunner:
         return ClassificationResult(class_names=names, probabilities=probabilities)
 
 
-def make_classify_job(model: LoadedModel, policy: Any, *, series: str | None = None,
-                      allow_resample: bool = False) -> Any:
+def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
+                      allow_resample: bool = False) -> CaseJob:
     from mitk.runner.outputs import json_record_job
 
     runner = ClassificationRunner(model)

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from mitk.runner.batch import CaseJob
 from mitk.runner.geometry import voxel_map
 from mitk.runner.model import LoadedModel
-from mitk.runner.segment import to_meta_tensor
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tensors import to_meta_tensor
 from mitk.tasks import DetectionPlugin
-from mitk.types import DetectionResult, Image
+from mitk.types import DetectionResult, Image, map_box_extents
 
 
 def boxes_to_input_grid(boxes: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
     """Map ``(i0, j0, k0, i1, j1, k1)`` boxes from the network grid to the input grid (enclosing box)."""
-    mapping = voxel_map(target_affine, source_affine)  # source voxel -> target voxel
-    out = np.zeros((len(boxes), 6))
-    for n, box in enumerate(np.asarray(boxes, float).reshape(-1, 6)):
-        lo, hi = box[:3] - 0.5, box[3:] - 0.5  # voxel extent edges
-        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-        mapped = (mapping @ corners.T).T[:, :3]
-        out[n, :3] = mapped.min(axis=0) + 0.5
-        out[n, 3:] = mapped.max(axis=0) + 0.5
-    return out
+    extents = map_box_extents(boxes, voxel_map(target_affine, source_affine))  # source voxel -> target voxel
+    return extents + 0.5  # extent edges back to (inclusive start, exclusive end) indices
 
 
 class DetectionRunner:
@@ -46,8 +39,8 @@ class DetectionRunner:
                                labels=np.asarray(labels, int), label_names=self.labels)
 
 
-def make_detect_job(model: LoadedModel, policy: Any, *, series: str | None = None,
-                    allow_resample: bool = False) -> Any:
+def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
+                    allow_resample: bool = False) -> CaseJob:
     from mitk.runner.outputs import json_record_job
 
     runner = DetectionRunner(model)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitk.errors import OutputExistsError, UsageError
 from mitk.io.atomic import check_output, split_suffix
 from mitk.io.inputs import Case, output_for
+
+if TYPE_CHECKING:
+    from mitk.runner.batch import CaseJob
 
 
 @dataclass
@@ -78,7 +81,7 @@ def sibling(target: Path, suffix: str, extension: str) -> Path:
 
 def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], dict[str, Any]], *,
                     series: str | None = None, allow_resample: bool = False,
-                    channels: bool = False) -> Callable[[Case], Any]:
+                    channels: bool = False) -> CaseJob:
     """A batch job whose result is a JSON record (classify, detect), optionally written to ``<stem><suffix>``.
 
     Without ``-o``/``--output-dir`` nothing is written: the record goes to the batch report only.

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from mitk.errors import PluginError
+from mitk.runner.batch import CaseJob
 from mitk.runner.model import LoadedModel
+from mitk.runner.outputs import OutputPolicy
 from mitk.tasks import RegistrationPlugin
 from mitk.types import Image, RegistrationResult, ras_to_lps
 
@@ -52,19 +54,62 @@ def warp(moving: Image, fixed: Image, matrix: np.ndarray | None, displacement: n
 
 
 class RegistrationRunner:
+    """Aligns moving images to fixed ones with a loaded registration model (classical or learned)."""
+
     def __init__(self, model: LoadedModel) -> None:
         if not isinstance(model.plugin, RegistrationPlugin):
             raise TypeError("RegistrationRunner needs a registration plugin")
         self.model = model
         self.plugin: RegistrationPlugin = model.plugin
+        self.learned = self.plugin.is_learned()
+        if self.learned and model.network is None:
+            raise PluginError(f"plugin {model.name!r} neither overrides register() nor has a network")
+        self.preprocess = self.plugin.inference_transforms(model.config) if self.learned else None
 
     def __call__(self, fixed: Image, moving: Image) -> RegistrationResult:
-        matrix, displacement = self.plugin.register(fixed, moving, self.model.network, self.model.config)
+        matrix: np.ndarray | None
+        displacement: np.ndarray | None
+        if self.learned:
+            matrix, displacement = None, self.learned_displacement(fixed, moving)
+        else:
+            matrix, displacement = self.plugin.register(fixed, moving, self.model.network, self.model.config)
         array = warp(moving, fixed, matrix, displacement)
         if moving.array.dtype.kind in "iu":
             array = np.rint(array).astype(moving.array.dtype)
         warped = Image(array=array, affine=fixed.affine, path=None, meta=dict(fixed.meta))
         return RegistrationResult(warped=warped, matrix=matrix, displacement=displacement)
+
+    @torch.inference_mode()
+    def learned_displacement(self, fixed: Image, moving: Image) -> np.ndarray:
+        """The network's displacement, as ``(I, J, K, 3)`` RAS millimetres on the fixed grid.
+
+        The moving image is first sampled on the fixed grid (world coordinates unchanged), so both pass through
+        the same spatial preprocessing onto one network grid; a displacement of ``d`` network voxels there is
+        ``A[:3, :3] @ d`` millimetres in the world, resampled (trilinear) onto the fixed grid.
+        """
+        from mitk.runner.geometry import to_input_grid
+        from mitk.runner.tensors import network_batch, to_meta_tensor
+
+        assert self.preprocess is not None and self.model.network is not None
+        on_fixed_grid = Image(array=warp(moving, fixed, None), affine=fixed.affine)
+        fixed_input = self.preprocess({"image": to_meta_tensor(fixed)})["image"]
+        moving_input = self.preprocess({"image": to_meta_tensor(on_fixed_grid)})["image"]
+        network_affine = np.asarray(fixed_input.affine, dtype=np.float64)
+        if moving_input.shape != fixed_input.shape or not np.allclose(
+                np.asarray(moving_input.affine, dtype=np.float64), network_affine, atol=1e-4):
+            raise PluginError(f"plugin {self.model.name!r}: its transforms put the fixed and moving images on "
+                              "different grids (use deterministic spatial transforms)")
+        device = self.model.device
+        ddf = self.plugin.predict_displacement(self.model.network, network_batch(fixed_input, device),
+                                               network_batch(moving_input, device), self.model.config)
+        spatial = tuple(int(n) for n in fixed_input.shape[1:])
+        if tuple(ddf.shape) != (1, 3, *spatial):
+            raise PluginError(f"plugin {self.model.name!r} gave a displacement of shape {tuple(ddf.shape)}, "
+                              f"expected {(1, 3, *spatial)}")
+        linear = torch.as_tensor(network_affine[:3, :3], dtype=torch.float32)
+        millimetres = torch.einsum("ij,j...->i...", linear, ddf[0].float().cpu())
+        field = to_input_grid(millimetres, network_affine, fixed.affine, fixed.spatial_shape)
+        return np.ascontiguousarray(np.moveaxis(np.asarray(field, dtype=np.float64), 0, -1))
 
 
 def write_transform(result: RegistrationResult, path: Path) -> None:
@@ -84,8 +129,8 @@ def write_transform(result: RegistrationResult, path: Path) -> None:
             "matrix_ras": matrix.tolist(), "matrix_lps": lps.tolist()}, indent=2))
 
 
-def make_register_job(model: LoadedModel, policy: Any, fixed_path: Path, *, transform: Path | None = None,
-                      series: str | None = None) -> Any:
+def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path, *,
+                      transform: Path | None = None, series: str | None = None) -> CaseJob:
     import contextlib
 
     from mitk.errors import PluginError

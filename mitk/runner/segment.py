@@ -7,23 +7,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mitk.runner.batch import CaseJob
 from mitk.runner.geometry import is_axis_permutation, to_input_grid
 from mitk.runner.model import LoadedModel
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tensors import to_meta_tensor
 from mitk.tasks import SegmentationPlugin
 from mitk.types import Image, SegmentationResult
-
-
-def to_meta_tensor(image: Image) -> Any:
-    """The image as a channel-first float32 MONAI ``MetaTensor`` carrying its RAS affine."""
-    from monai.data import MetaTensor
-
-    array = image.array if image.array.ndim == 4 else image.array[..., None]
-    # Keep the source's memory order (NIfTI is Fortran-ordered): a cast, not a transposing copy.
-    values = np.asarray(array).astype(np.float32, order="K", copy=True)
-    if any(stride < 0 for stride in values.strides):
-        values = np.ascontiguousarray(values)
-    tensor = torch.from_numpy(np.moveaxis(values, -1, 0))
-    return MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64))
 
 
 def argmax_channels(values: torch.Tensor) -> torch.Tensor:
@@ -97,9 +87,9 @@ class SegmentationRunner:
 STATS_COLUMNS = ["label", "name", "voxels", "volume_ml", "mean_intensity"]
 
 
-def make_segment_job(model: LoadedModel, policy: Any, *, probabilities: bool = False, stats: bool = False,
+def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities: bool = False, stats: bool = False,
                      preview: bool = False, output_format: str = "nifti", series: str | None = None,
-                     allow_resample: bool = False, deidentify: bool = False) -> Any:
+                     allow_resample: bool = False, deidentify: bool = False) -> CaseJob:
     """Return ``process(case) -> CaseOutcome`` for the batch runner."""
     import contextlib
     from pathlib import Path

@@ -23,7 +23,7 @@ from mitk.errors import GeometryError, InputError
 from mitk.io.atomic import split_suffix
 from mitk.io.nifti import is_nifti
 from mitk.io.reader import load_image, require_volume
-from mitk.runner.segment import to_meta_tensor
+from mitk.runner.tensors import to_meta_tensor
 from mitk.types import Image
 
 VALIDATION_FRACTION = 0.2
