@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 import typer
 
 from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, say, stderr_console
+from mitk.enums import Task
 from mitk.errors import UsageError
+from mitk.taskspecs import iter_tasks
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -86,7 +88,6 @@ def input_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-@app.command("segment", epilog=EPILOG)
 def segment(
     pred: Annotated[Path, typer.Option("--pred", help="Predicted label map, or a folder of them.")],
     ref: Annotated[Path, typer.Option("--ref", help="Reference label map, or a folder of them.")],
@@ -283,3 +284,11 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
                   "—: undefined (both masks empty, or a distance with one mask empty)")
     for note in summary_notes(summary, missing_distance):
         console.print(note)
+
+
+EVALUATE_VERBS = {Task.SEGMENT: segment}
+"""The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
+
+for _spec in iter_tasks():
+    if _spec.evaluation is not None:
+        app.command(_spec.name, epilog=EPILOG)(EVALUATE_VERBS[_spec.task])
