@@ -6,6 +6,9 @@ SOP class and instance UIDs, study/series/frame-of-reference UIDs, the image pla
 RescaleSlope/RescaleIntercept. The patient module carries canary values (``CANARY_NAME``,
 ``CANARY_ID``...) so that privacy tests can grep every output for them.
 
+:func:`with_unused_high_bits` copies a real file with junk in the bits above BitsStored, which PS3.5
+§8.1.1 lets a writer fill with anything, so that tests can check every decoding path masks them.
+
 ``write_series`` writes whatever geometry the affine says: columns 0 and 1 become the row and column
 directions (ImageOrientationPatient) and spacing, column 2 the step between slice positions. A column 2
 that is not perpendicular to the slice plane therefore writes a gantry-tilted (sheared) series.
@@ -22,11 +25,14 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     MRImageStorage,
     generate_uid,
@@ -185,14 +191,16 @@ def write_series(array: np.ndarray, affine: np.ndarray, directory: str | Path, *
                  drop: tuple[int, ...] = (), enhanced: bool = False, per_frame_orientation: bool = False,
                  series_uid: str | None = None, study_uid: str | None = None, frame_uid: str | None = None,
                  description: str = "mitk factory series", series_number: int = 1, seed: int = 0,
-                 prefix: str = "IM", signed: bool | None = None) -> SyntheticSeries:
+                 prefix: str = "IM", signed: bool | None = None, bits_stored: int = 16,
+                 attributes: dict[str, Any] | None = None) -> SyntheticSeries:
     """Write ``array`` (indexed ``[i, j, k]``, voxel→RAS ``affine``) as a DICOM series in ``directory``.
 
     ``order``: ``"sorted"`` (files named and numbered along k), ``"reversed"`` or ``"shuffled"`` (file names
     and InstanceNumbers follow that order). ``shuffle_instance_numbers`` scrambles InstanceNumber
     independently of positions. ``drop`` leaves out slices (a gap). ``enhanced`` writes one Enhanced
     CT/MR multi-frame file with per-frame PlanePositionSequence (frames in ``order``). ``signed`` sets
-    PixelRepresentation (default: signed for CT and for negative data).
+    PixelRepresentation (default: signed for CT and for negative data); ``bits_stored`` sets BitsStored
+    and HighBit (the stored values must fit). ``attributes`` (keyword → value) are added to every header.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -203,6 +211,10 @@ def write_series(array: np.ndarray, affine: np.ndarray, directory: str | Path, *
     if intercept is None:
         intercept = -1024.0 if modality == "CT" else 0.0
     stored = _stored_values(array, slope, intercept, signed)
+    low, high = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    if stored.size and (int(stored.min()) < low or int(stored.max()) > high):
+        raise ValueError(f"stored values {stored.min()}..{stored.max()} do not fit BitsStored {bits_stored}")
+    header = {"BitsStored": bits_stored, "HighBit": bits_stored - 1, **(attributes or {})}
     values = stored.astype(np.float64) * slope + intercept
     if float(slope).is_integer() and float(intercept).is_integer():
         values = values.astype(np.int32)
@@ -235,7 +247,7 @@ def write_series(array: np.ndarray, affine: np.ndarray, directory: str | Path, *
         path = directory / f"{prefix}_enhanced.dcm"
         _write_enhanced(path, stored, write_order, positions, orientation, pixel_spacing, thickness, modality,
                         slope, intercept, signed, transfer_syntax, study_uid, series_uid, frame_uid,
-                        description, series_number, per_frame_orientation)
+                        description, series_number, per_frame_orientation, header)
         return SyntheticSeries(directory, [path], expected, expected_affine, series_uid)
 
     files: list[Path] = []
@@ -255,6 +267,8 @@ def write_series(array: np.ndarray, affine: np.ndarray, directory: str | Path, *
         ds.RescaleIntercept = format_number_as_ds(float(intercept))
         if modality == "CT":
             ds.RescaleType = "HU"
+        for keyword, value in header.items():
+            setattr(ds, keyword, value)
         path = directory / f"{prefix}{len(files) + 1:05d}.dcm"
         _save(ds, path, np.ascontiguousarray(stored[:, :, k].T), transfer_syntax)
         files.append(path)
@@ -265,7 +279,7 @@ def _write_enhanced(path: Path, stored: np.ndarray, write_order: list[int], posi
                     orientation: list[str], pixel_spacing: list[str], thickness: str, modality: str,
                     slope: float, intercept: float, signed: bool, transfer_syntax: str, study_uid: str,
                     series_uid: str, frame_uid: str, description: str, series_number: int,
-                    per_frame_orientation: bool) -> None:
+                    per_frame_orientation: bool, header: dict[str, Any]) -> None:
     sop_class = EnhancedCTImageStorage if modality == "CT" else EnhancedMRImageStorage
     ds = _base_dataset(modality, sop_class, study_uid, series_uid, frame_uid, description, series_number)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
@@ -321,6 +335,8 @@ def _write_enhanced(path: Path, stored: np.ndarray, write_order: list[int], posi
             frame.PlaneOrientationSequence = Sequence([item])
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
     pixels = np.stack([stored[:, :, k].T for k in write_order])
     _save(ds, path, np.ascontiguousarray(pixels), transfer_syntax)
 
@@ -331,3 +347,33 @@ def series_from_nifti(nifti: str | Path, directory: str | Path, orientation: str
     array, affine = load_nifti(nifti)
     oriented, oriented_affine = orient_volume(array, affine, orientation)
     return write_series(oriented, oriented_affine, directory, **options)  # type: ignore[arg-type]
+
+
+def with_unused_high_bits(source: str | Path, target: str | Path, *, seed: int = 0,
+                          transfer_syntax: str | None = None) -> Path:
+    """Copy the native DICOM file ``source`` to ``target`` with random bits above BitsStored in every value.
+
+    The bits a reader must ignore (BitsStored < BitsAllocated) get junk; the stored values themselves are
+    unchanged. ``transfer_syntax`` re-encodes the copy: a compressed syntax (RLE...) or Explicit VR Big
+    Endian; by default the source's syntax is kept.
+    """
+    dataset = pydicom.dcmread(source)
+    syntax = dataset.file_meta.TransferSyntaxUID
+    allocated, stored = int(dataset.BitsAllocated), int(dataset.BitsStored)
+    if syntax.is_compressed or stored >= allocated:
+        raise ValueError(f"{source}: needs native pixel data with BitsStored < BitsAllocated")
+    dtype = np.dtype(f"u{allocated // 8}").newbyteorder("<" if syntax.is_little_endian else ">")
+    values = np.frombuffer(dataset.PixelData, dtype=dtype).copy()
+    junk = np.random.default_rng(seed).integers(0, 1 << (allocated - stored), size=values.shape)
+    values |= (junk.astype(values.dtype) << stored).astype(values.dtype)
+    target = Path(target)
+    if transfer_syntax == ExplicitVRBigEndian and syntax != ExplicitVRBigEndian:
+        dataset.PixelData = values.astype(values.dtype.newbyteorder(">")).tobytes()
+        dataset.file_meta.TransferSyntaxUID = UID(ExplicitVRBigEndian)
+        dcmwrite(target, dataset, little_endian=False, implicit_vr=False, force_encoding=True)
+        return target
+    dataset.PixelData = values.tobytes()
+    if transfer_syntax is not None and transfer_syntax != syntax:
+        dataset.compress(transfer_syntax, generate_instance_uid=False)
+    dataset.save_as(target)
+    return target

@@ -121,11 +121,11 @@ def test_info_lists_series_without_patient_data(anatomical_t1, tmp_path, mitk_cl
     series_from_nifti(anatomical_t1, tmp_path / "a", "axial", modality="MR", description="T1")
     series_from_nifti(anatomical_t1, tmp_path / "b", "coronal", modality="CT", description="CT")
     (tmp_path / "readme.txt").write_text("not DICOM")
-    result = mitk_cli("info", str(tmp_path), "--json")
+    result = mitk_cli("info", str(tmp_path), "--json", "--include-descriptions")
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     assert listing["skipped_files"] == 1 and len(listing["series"]) == 2
-    assert {row["description"] for row in listing["series"]} == {"T1", "CT"}
+    assert {row["description"] for row in listing["series"]} == {"T1", "CT"}  # asked for
     assert all(row["volume"] and row["slices"] in (25, 41) for row in listing["series"])
     assert_private(result.stdout, result.stderr)
 

@@ -19,9 +19,10 @@ from dicom_factory import (
     load_nifti,
     orient_volume,
     series_from_nifti,
+    with_unused_high_bits,
     write_series,
 )
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from mitk.errors import GeometryError, InputError, MitkError, UsageError
 from mitk.io.dicom import list_series, read_dicom
@@ -308,16 +309,6 @@ def test_whole_test_tree_picks_the_only_volume_and_counts_skipped_files():
     assert read_dicom(DICOMDIR_TESTS).shape == (16, 16, 5)
 
 
-def test_monochrome1_radiograph_is_a_2d_image_like_simpleitk():
-    path = dicom_testfile("RG3_UNCR.dcm")
-    image = read_dicom(path)
-    expected, affine = read_with_simpleitk(path)
-    assert image.shape == (1760, 1760, 1)
-    assert np.array_equal(image.array, expected)  # MONOCHROME1 inverted as ITK does
-    np.testing.assert_allclose(image.affine, affine, atol=1e-6)
-    assert image.meta["dicom_summary"]["monochrome1_inverted"] is True
-
-
 def test_colour_images_keep_a_trailing_channel_axis():
     uncompressed = read_dicom(dicom_testfile("US1_UNCR.dcm"))
     jpeg2000 = read_dicom(dicom_testfile("US1_J2KR.dcm"))
@@ -327,6 +318,89 @@ def test_colour_images_keep_a_trailing_channel_axis():
     assert np.array_equal(uncompressed.array[:, :, 0, :], pixels.transpose(1, 0, 2))
     rgb = read_dicom(dicom_testfile("SC_rgb.dcm"))
     assert rgb.shape == (100, 100, 1, 3) and rgb.spacing[:2] == (1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stored values: unused high bits, MONOCHROME1
+# ---------------------------------------------------------------------------------------------------
+def pydicom_values(path: Path) -> np.ndarray:
+    """pydicom's ``pixel_array`` through RescaleSlope/Intercept, ``[column, row]`` like mitk's 2-D slices."""
+    dataset = pydicom.dcmread(path)
+    values = pydicom.pixels.apply_rescale(dataset.pixel_array, dataset)
+    return np.swapaxes(values, 0, 1)
+
+
+def assert_same_values(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    assert np.array_equal(actual, expected.astype(actual.dtype)), (actual.min(), actual.max(), expected.max())
+
+
+@pytest.mark.filterwarnings("ignore:.*(VR|endian).*")
+@pytest.mark.parametrize(("name", "route"), [
+    ("MR2_UNCR.dcm", "native"),  # 12 of 16 bits, unsigned, read straight from the file
+    ("693_UNCR.dcm", "native"),  # 14 of 16 bits, signed: sign-extended from bit 13
+    ("MR2_UNCR.dcm", "big-endian"),
+    ("RG3_UNCR.dcm", "native"),  # a 2-D radiograph (10 of 16 bits, MONOCHROME1)
+    ("MR2_UNCR.dcm", "zip"),  # a zip member goes through pydicom's pixel_array
+    ("693_UNCR.dcm", "rle"),  # compressed
+])
+def test_unused_high_bits_are_masked_like_pydicom_and_simpleitk(tmp_path, name, route):
+    original = dicom_testfile(name)
+    syntax = {"big-endian": ExplicitVRBigEndian, "rle": RLELossless}.get(route)
+    junk = with_unused_high_bits(original, tmp_path / name, seed=3, transfer_syntax=syntax)
+    stored = pydicom.dcmread(original)
+    raw = pydicom.pixels.pixel_array(pydicom.dcmread(junk), correct_unused_bits=False)
+    assert not np.array_equal(raw, stored.pixel_array)  # the copy really carries junk above BitsStored
+    source = junk
+    if route == "zip":
+        source = tmp_path / "series.zip"
+        with zipfile.ZipFile(source, "w") as archive:
+            archive.write(junk, name)
+    image = read_dicom(source)
+    expected = pydicom_values(original)
+    assert_same_values(image.array[:, :, 0], expected)
+    assert_same_values(image.array[:, :, 0], pydicom_values(junk))
+    oracle, _ = read_with_simpleitk(junk)
+    if stored.PhotometricInterpretation == "MONOCHROME1":  # SimpleITK turns MONOCHROME1 into MONOCHROME2
+        oracle = (1 << int(stored.BitsStored)) - 1 - oracle.astype(np.int64)
+    assert_same_values(image.array, oracle)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_unused_high_bits_are_masked_in_enhanced_multiframe_objects(anatomical_t1, tmp_path, signed):
+    array, affine = orient_volume(*load_nifti(anatomical_t1), "axial")
+    values = array // 16 if signed else np.clip(array, 0, None) // 8  # 12-bit values
+    written = write_series(values, affine, tmp_path / "clean", modality="MR", enhanced=True, signed=signed,
+                           bits_stored=12, order="shuffled")
+    junk = with_unused_high_bits(written.files[0], tmp_path / "junk.dcm", seed=5)
+    image = read_dicom(junk)
+    assert np.array_equal(image.array, written.expected_array)
+    assert np.array_equal(decode_frames(junk), decode_frames(written.files[0]))
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG3_UNCR.dcm"])
+def test_monochrome1_radiographs_keep_their_stored_values(name):
+    """MONOCHROME1 (higher is darker) is not inverted: the values are those pydicom's pixel_array gives,
+    through the rescale; SimpleITK inverts them (2**BitsStored - 1 - value), which is checked too."""
+    path = dicom_testfile(name)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert header.PhotometricInterpretation == "MONOCHROME1"
+    image = read_dicom(path)
+    expected, affine = read_with_simpleitk(path)
+    assert image.shape == expected.shape == (header.Columns, header.Rows, 1)
+    assert_same_values(image.array[:, :, 0], pydicom_values(path))
+    assert_same_values(image.array, (1 << int(header.BitsStored)) - 1 - expected.astype(np.int64))
+    np.testing.assert_allclose(image.affine, affine, atol=1e-6)
+    summary = image.meta["dicom_summary"]
+    assert summary["PhotometricInterpretation"] == "MONOCHROME1" and "monochrome1_inverted" not in summary
+    if name == "RG1_UNCR.dcm":  # PixelSpacing "0.000\\0.000": a real degenerate header, read with 1 mm
+        assert [float(v) for v in header.PixelSpacing] == [0.0, 0.0]
+        assert image.spacing == (1.0, 1.0, 1.0) and summary["spacing_source"] == "unknown (1 mm assumed)"
+
+
+def test_compressed_monochrome1_radiograph_decodes_like_the_native_one():
+    assert np.array_equal(read_dicom(dicom_testfile("RG3_J2KR.dcm")).array,
+                          read_dicom(dicom_testfile("RG3_UNCR.dcm")).array)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,6 +28,13 @@ from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
 
 from mitk.io.dicom.deidentify import ACTIONS, DUMMY_DATE, deidentify_dataset, remap_uid
+from mitk.io.dicom.sidecar import (
+    ACQUISITION_KEYWORDS,
+    DESCRIPTION_KEYWORDS,
+    descriptions,
+    sidecar_document,
+    summarize,
+)
 
 CANARIES = (*CANARY_STRINGS, "CANARY^SECRET", "CANARY-ID-123", "CANARYACC", "19000101")
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -135,6 +142,98 @@ def test_keep_spares_the_callers_own_descriptors():
     assert dataset.SeriesDescription == "mitk threshold segmentation"
     assert "StudyDescription" not in dataset
     assert [i.CodeValue for i in dataset.DeidentificationMethodCodeSequence] == ["113100", "113105"]
+
+
+# -- the summary, the sidecar and mitk info ----------------------------------------------------------
+
+FREE_TEXT = {"SeriesDescription": "CANARY series text", "ProtocolName": "CANARY protocol text",
+             "StudyDescription": "CANARY study text"}
+"""Free text PS3.15 removes: shown only with --include-descriptions."""
+NEVER = {"ImageComments": "CANARY comment", "OperatorsName": "CANARY^OPERATOR",
+         "PerformingPhysicianName": "CANARY^PERFORMER", "InstitutionalDepartmentName": "CANARY DEPARTMENT",
+         "StationName": "CANARYSTATION", "DeviceSerialNumber": "CANARY-SERIAL", "AcquisitionDate": "19020304",
+         "DerivationDescription": "CANARY derivation", "RequestedProcedureDescription": "CANARY request"}
+"""Identifying attributes that never reach any output, --include-descriptions or not."""
+
+
+def test_summary_allow_list_holds_nothing_the_profile_removes(real_ct):
+    assert not set(ACQUISITION_KEYWORDS) & set(ACTIONS)
+    assert set(DESCRIPTION_KEYWORDS) <= set(ACTIONS)  # they are profile attributes, shown only on request
+    for keyword, value in {**FREE_TEXT, **NEVER}.items():
+        setattr(real_ct, keyword, value)
+    summary = summarize(real_ct, {"slices": 1})
+    assert summary["Modality"] == "CT" and summary["KVP"] == 120
+    assert "CANARY" not in json.dumps(summary) and "19020304" not in json.dumps(summary)
+    assert not set(summary) & set(ACTIONS)
+    assert descriptions(real_ct) == FREE_TEXT
+    with_text = {**summary, **descriptions(real_ct), "ImageComments": "CANARY comment"}
+    assert not set(sidecar_document(with_text)) & set(ACTIONS)  # the last guard drops them again
+    assert set(sidecar_document(with_text, include_descriptions=True)) & set(ACTIONS) == set(FREE_TEXT)
+
+
+@pytest.fixture(scope="module")
+def described_study(anatomical_t1, tmp_path_factory) -> Path:
+    """Two series whose headers carry free-text descriptions and other identifying attributes."""
+    root = tmp_path_factory.mktemp("described")
+    attributes = {**FREE_TEXT, **NEVER}
+    series_from_nifti(anatomical_t1, root / "a", "axial", modality="MR", attributes=attributes)
+    series_from_nifti(anatomical_t1, root / "b", "coronal", modality="CT", series_number=2, attributes=attributes)
+    return root
+
+
+@pytest.fixture
+def run_inprocess(capsys, monkeypatch):
+    """Run ``mitk ARGS`` in this process: ``(exit status, stdout, stderr)``; tables are not folded."""
+    from mitk.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+
+    def run(*arguments: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as done:
+            main(list(arguments))
+        captured = capsys.readouterr()
+        return int(done.value.code or 0), captured.out, captured.err
+
+    return run
+
+
+def test_sidecar_and_info_leave_descriptions_out_by_default(described_study, run_inprocess, tmp_path):
+    study = str(described_study)
+    status, out, err = run_inprocess("convert", study, str(tmp_path / "t1.nii.gz"), "--series", "0")
+    assert status == 0, err
+    sidecar = (tmp_path / "t1.json").read_text()
+    assert json.loads(sidecar)["Modality"] == "MR"
+    outputs = [sidecar, out, err]
+    printed = {}
+    for arguments in (("--json",), (), ("--series", "1", "--json"), ("--series", "1")):
+        status, out, err = run_inprocess("info", study, *arguments)
+        assert status == 0, err
+        printed[arguments] = out
+        outputs += [out, err]
+    listing = json.loads(printed[("--json",)])
+    assert len(listing["series"]) == 2 and not any("description" in row for row in listing["series"])
+    assert "description" not in printed[()]
+    assert json.loads(printed[("--series", "1", "--json")])["dicom"]["Modality"] == "CT"
+    for text in outputs:
+        assert not canaries_in(text) and "CANARY" not in text and "19020304" not in text, text
+
+
+def test_include_descriptions_adds_only_the_descriptions(described_study, run_inprocess, tmp_path):
+    study = str(described_study)
+    status, _, err = run_inprocess("convert", study, str(tmp_path / "t1.nii.gz"), "--series", "0",
+                                   "--include-descriptions")
+    assert status == 0, err
+    sidecar = json.loads((tmp_path / "t1.json").read_text())
+    assert {key: sidecar[key] for key in FREE_TEXT} == FREE_TEXT
+    status, listing, _ = run_inprocess("info", study, "--json", "--include-descriptions")
+    assert [row["description"] for row in json.loads(listing)["series"]] == [FREE_TEXT["SeriesDescription"]] * 2
+    status, one, _ = run_inprocess("info", study, "--series", "1", "--json", "--include-descriptions")
+    assert {key: json.loads(one)["dicom"][key] for key in FREE_TEXT} == FREE_TEXT
+    status, table, _ = run_inprocess("info", study, "--include-descriptions")
+    assert "description" in table and FREE_TEXT["SeriesDescription"] in table
+    for text in (json.dumps(sidecar), listing, one, table):
+        assert not any(value in text for value in NEVER.values()), text
+        assert not canaries_in(text.replace("CANARY", "")), text  # patient canaries: never
 
 
 # -- end to end through the CLI --------------------------------------------------------------------

@@ -10,6 +10,11 @@ import typer
 from mitk.cli.common import AllowResampleOption, JsonOption, OverwriteOption, SeriesOption, emit_json, say
 from mitk.errors import UsageError
 
+IncludeDescriptionsOption = Annotated[bool, typer.Option(
+    "--include-descriptions",
+    help="Also write the free-text SeriesDescription, ProtocolName and StudyDescription to OUT.json. Left out "
+         "by default: DICOM PS3.15's de-identification profile removes them, as they can hold a name.")]
+
 
 def convert(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A DICOM file, DICOM folder or zip "
@@ -18,20 +23,22 @@ def convert(
                                                                       "the sidecar is written to OUT.json.")],
     series: SeriesOption = None,
     allow_resample: AllowResampleOption = False,
+    include_descriptions: IncludeDescriptionsOption = False,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Convert a DICOM series to NIfTI with its exact geometry (sform and qform code 1).
 
     Beside OUT.nii.gz, OUT.json records non-identifying acquisition parameters (modality, manufacturer,
-    spacing, kVp, TR/TE...); never patient names, IDs, dates or UIDs. Pick one of several series with
-    --series (see `mitk info DIR`).
+    spacing, kVp, TR/TE...); never patient names, IDs, dates, UIDs, institution or staff, and the
+    free-text descriptions only with --include-descriptions. Pick one of several series with --series
+    (see `mitk info DIR`).
     """
     import contextlib
     import json
 
     from mitk.io.atomic import atomic_path, check_output
-    from mitk.io.dicom.sidecar import sidecar_document, sidecar_path
+    from mitk.io.dicom.sidecar import descriptions, sidecar_document, sidecar_path
     from mitk.io.nifti import is_nifti, write_nifti
     from mitk.io.reader import load_image
 
@@ -44,13 +51,16 @@ def convert(
     summary = image.meta.get("dicom_summary")
     if summary is not None:
         check_output(sidecar, overwrite, inputs)
+        source = image.meta.get("dicom")
+        if include_descriptions and source is not None and source.headers:
+            summary = {**summary, **descriptions(source.headers[0])}
     # Both files are written to temporaries first and renamed only when both succeeded.
     with contextlib.ExitStack() as stack:
         nifti_temporary = stack.enter_context(atomic_path(output, overwrite=overwrite, inputs=inputs))
         if summary is not None:
             sidecar_temporary = stack.enter_context(atomic_path(sidecar, overwrite=overwrite, inputs=inputs))
-            sidecar_temporary.write_text(json.dumps(sidecar_document(summary), indent=2) + "\n",
-                                         encoding="utf-8")
+            content = sidecar_document(summary, include_descriptions)
+            sidecar_temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         write_nifti(image.array, nifti_temporary, like=image)
     document = {
         "input": str(input_path), "output": str(output), "sidecar": str(sidecar) if summary is not None else None,

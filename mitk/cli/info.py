@@ -9,8 +9,18 @@ import typer
 
 from mitk.cli.common import JsonOption, SeriesOption, emit_json
 
+IncludeDescriptionsOption = Annotated[bool, typer.Option(
+    "--include-descriptions",
+    help="Also show the free-text SeriesDescription, ProtocolName and StudyDescription. Left out by default: "
+         "DICOM PS3.15's de-identification profile removes them, as they can hold a name.")]
 
-def describe_image(image: Any) -> dict[str, Any]:
+
+def describe_image(image: Any, include_descriptions: bool = False) -> dict[str, Any]:
+    """Geometry, dtype and range of ``image``; for DICOM, its non-identifying summary.
+
+    The summary's free-text descriptions (SeriesDescription, ProtocolName, StudyDescription) are added
+    only with ``include_descriptions``.
+    """
     import numpy as np
 
     array = image.array
@@ -33,21 +43,29 @@ def describe_image(image: Any) -> dict[str, Any]:
         document["sform_code"] = int(header["sform_code"])
     dicom = image.meta.get("dicom_summary")
     if dicom:
-        document["dicom"] = dicom
+        document["dicom"] = dict(dicom)
+        source = image.meta.get("dicom")
+        if include_descriptions and source is not None and source.headers:
+            from mitk.io.dicom.sidecar import descriptions
+
+            document["dicom"].update(descriptions(source.headers[0]))
     return document
 
 
 def info(
     path: Annotated[Path, typer.Argument(help="A NIfTI file, DICOM file, DICOM folder or zip.")],
     series: SeriesOption = None,
+    include_descriptions: IncludeDescriptionsOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Geometry and intensities of an image: shape, spacing, orientation code, affine, dtype, range.
 
-    The orientation code names where each voxel axis points, e.g. RAS or LPS.
+    The orientation code names where each voxel axis points, e.g. RAS or LPS. For DICOM, adds the
+    non-identifying acquisition parameters (modality, manufacturer, kVp, TR/TE...).
 
-    For a DICOM folder holding several series, lists them (index, UID, modality, description, slices,
-    size, spacing, orientation); pick one with --series.
+    For a DICOM folder holding several series, lists them (index, UID, modality, slices, size, spacing,
+    orientation); pick one with --series. The free-text descriptions appear, in the table and in --json
+    alike, only with --include-descriptions.
     """
     from mitk.io.reader import load_image, looks_like_dicom
 
@@ -56,9 +74,9 @@ def info(
 
         listing = list_series(path)
         if len(listing.series) != 1:
-            _print_series(listing, as_json)
+            _print_series(listing, as_json, include_descriptions)
             return
-    document = describe_image(load_image(path, series=series))
+    document = describe_image(load_image(path, series=series), include_descriptions)
     if as_json:
         emit_json(document)
         return
@@ -79,8 +97,11 @@ def info(
     Console().print(table)
 
 
-def _print_series(listing: Any, as_json: bool) -> None:
+def _print_series(listing: Any, as_json: bool, include_descriptions: bool) -> None:
     rows = [s.to_dict() for s in listing.series]
+    if not include_descriptions:
+        for row in rows:
+            row.pop("description", None)
     if as_json:
         emit_json({"path": str(listing.path), "series": rows, "skipped_files": listing.skipped_files})
         return
@@ -88,12 +109,12 @@ def _print_series(listing: Any, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"{listing.path}: {len(rows)} series", box=None)
-    for column in ("index", "uid", "modality", "description", "slices", "size", "spacing", "orientation",
-                   "volume"):
+    columns = ("index", "uid", "modality", *(("description",) if include_descriptions else ()), "slices", "size",
+               "spacing", "orientation", "volume")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in ("index", "uid", "modality", "description", "slices",
-                                                       "size", "spacing", "orientation", "volume")))
+        table.add_row(*(str(row.get(c) or "") for c in columns))
     console = Console()
     console.print(table)
     if listing.skipped_files:

@@ -34,6 +34,12 @@ def read_dicom(path: str | Path, series: str | int | None = None, allow_resample
     hold one series, or exactly one regular volume. Irregular spacing and gantry tilt are refused with a
     GeometryError unless ``allow_resample`` is true, in which case the stack is resampled onto a regular
     grid (with a logged warning).
+
+    Voxel values are the stored values, with the bits above BitsStored masked (sign-extended where
+    PixelRepresentation is 1, as pydicom's ``pixel_array`` and SimpleITK read them), through
+    RescaleSlope/RescaleIntercept. MONOCHROME1 images (higher is darker) are not inverted: their values
+    stay physical, and ``meta["dicom_summary"]["PhotometricInterpretation"]`` says how to display them
+    (SimpleITK returns ``2**BitsStored - 1 - value`` instead).
     """
     path = Path(path)
     listing = list_series(path)
@@ -110,8 +116,6 @@ def _image(info: SeriesInfo, path: Path, array: np.ndarray, affine: np.ndarray, 
         extra["RescaleSlope"], extra["RescaleIntercept"] = float(refs[0].slope), float(refs[0].intercept)
     if resampled:
         extra["resampled"] = resampled
-    if refs[0].layout.photometric == "MONOCHROME1":
-        extra["monochrome1_inverted"] = True  # values are MONOCHROME2: higher is brighter
     summary = summarize(header, extra)
     source = DicomSource(files=[r.path if r.member is None else Path(r.member) for r in refs],
                          headers=[r.header for r in refs], series_uid=info.uid, frames=frames,

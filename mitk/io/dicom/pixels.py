@@ -4,6 +4,11 @@ Native (uncompressed) little- and big-endian data is read straight from the file
 preallocated array, using the pixel data offset found while reading the header; everything else
 (JPEG, JPEG-LS, JPEG 2000, RLE, deflated files, zip members) goes through ``pydicom.pixels``, whose
 compressed-data decoders come from the pylibjpeg plugins (``pip install "mitk[dicom]"``).
+
+Every path ends in :func:`mask_unused_bits`: the bits above BitsStored, which PS3.5 §8.1.1 lets a writer
+fill with anything, are cleared (unsigned data) or replaced by the sign bit (PixelRepresentation 1), as
+pydicom's ``pixel_array`` and SimpleITK do. Values are never inverted: MONOCHROME1 (higher is darker)
+keeps its stored values, the photometric interpretation only says how to display them.
 """
 
 from __future__ import annotations
@@ -173,7 +178,9 @@ def check_decoder(ref: FrameRef) -> None:
 def decode_into(ref: FrameRef, out: np.ndarray, source: Dataset | None = None) -> None:
     """Write the stored values of ``ref`` into ``out`` (C-contiguous, ``ref.layout``'s shape and dtype).
 
-    ``source`` is an already loaded dataset with pixel data (used for multi-frame files).
+    ``source`` is an already loaded dataset with pixel data (used for multi-frame files). Whichever way
+    the frame is decoded, the bits above BitsStored are masked (see :func:`mask_unused_bits`);
+    MONOCHROME1 values are returned as stored, not inverted.
     """
     if source is None and _fast_path_possible(ref, out):
         _read_native(ref, out)
@@ -182,17 +189,26 @@ def decode_into(ref: FrameRef, out: np.ndarray, source: Dataset | None = None) -
         if values.shape != out.shape:
             raise InputError(f"decoded frame has shape {values.shape}, expected {out.shape}", ref.name)
         out[...] = values
-    _correct_sign(ref.layout, out)
-    if ref.layout.photometric == "MONOCHROME1":
-        invert_monochrome1(ref.layout, out)
+    mask_unused_bits(ref.layout, out)
 
 
-def invert_monochrome1(layout: PixelLayout, out: np.ndarray) -> None:
-    """Turn MONOCHROME1 (higher is darker) into MONOCHROME2 values in place, as ITK/GDCM do."""
+def mask_unused_bits(layout: PixelLayout, out: np.ndarray) -> None:
+    """Ignore the bits of ``out`` above BitsStored, in place, as pydicom's ``pixel_array`` and SimpleITK do.
+
+    Unsigned values keep their low BitsStored bits; signed values (PixelRepresentation 1) are also
+    sign-extended from bit BitsStored - 1. Nothing changes when BitsStored fills the allocated bits.
+    """
+    if out.dtype.kind not in "iu":
+        return
+    width = out.dtype.itemsize * 8
+    stored = layout.bits_stored
+    if not 0 < stored < width:
+        return
     if out.dtype.kind == "u":
-        np.subtract((1 << layout.bits_stored) - 1, out, out=out)
-    elif out.dtype.kind == "i":
-        np.invert(out, out=out)
+        np.bitwise_and(out, out.dtype.type((1 << stored) - 1), out=out)
+    else:
+        np.left_shift(out, width - stored, out=out)
+        np.right_shift(out, width - stored, out=out)
 
 
 def decode_frame(ref: FrameRef, source: Dataset | None = None) -> np.ndarray:
@@ -277,17 +293,6 @@ def _read_native(ref: FrameRef, out: np.ndarray) -> None:
         raise InputError(f"truncated pixel data: {got or 0} of {frame_bytes} bytes", ref.name)
     if big_endian and out.dtype.itemsize > 1:
         out.byteswap(inplace=True)
-
-
-def _correct_sign(layout: PixelLayout, out: np.ndarray) -> None:
-    """Sign-extend signed values stored in fewer bits than allocated (as pydicom does)."""
-    if out.dtype.kind != "i":
-        return
-    stored = layout.bits_stored
-    shift = out.dtype.itemsize * 8 - stored
-    if stored > 0 and shift > 0:
-        np.left_shift(out, shift, out=out)
-        np.right_shift(out, shift, out=out)
 
 
 def _error_text(error: BaseException) -> str:

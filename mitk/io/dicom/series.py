@@ -111,7 +111,8 @@ class SeriesInfo:
 
     def label(self) -> str:
         """One-line description for errors and logs: index, UID, modality, slices. Never the free-text
-        SeriesDescription, which PS3.15 removes because it can hold a name (``mitk info`` lists it)."""
+        SeriesDescription, which PS3.15 removes because it can hold a name (only
+        ``mitk info --include-descriptions`` lists it)."""
         return (f"{self.index}: {self.uid or '<no UID>'} {self.modality or '?'} "
                 f"{self.slices} slice{'s' if self.slices != 1 else ''}")
 

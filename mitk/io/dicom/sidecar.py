@@ -1,8 +1,12 @@
 """A non-identifying summary of a DICOM series, and the JSON sidecar ``mitk convert`` writes beside a NIfTI.
 
 Only attributes on an explicit allow-list are copied: acquisition and equipment parameters (modality,
-manufacturer, kVp, TR/TE...). Nothing that identifies a patient, a visit or a site is ever included:
-no names, IDs, dates, times, UIDs, institution, station or device serial number, no free-text comments.
+manufacturer, kVp, TR/TE...). No attribute that PS3.15's Basic Application Level Confidentiality Profile
+removes or replaces (:data:`~mitk.io.dicom.deidentify.ACTIONS`) is ever included: no names, IDs, dates,
+times, UIDs, institution, station or device serial number, no comments. The free-text descriptions
+(:data:`DESCRIPTION_KEYWORDS`: SeriesDescription, ProtocolName, StudyDescription), which the profile
+removes because they can hold a name, are left out too unless a caller asks for them with
+:func:`descriptions` (``--include-descriptions``).
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from mitk.io.atomic import split_suffix
+from mitk.io.dicom.deidentify import ACTIONS
+
+DESCRIPTION_KEYWORDS = ("SeriesDescription", "ProtocolName", "StudyDescription")
+"""Free text that PS3.15's basic profile removes; copied only on request (:func:`descriptions`)."""
 
 # DICOM keywords copied as they are (numbers become floats or ints, lists stay lists).
 ACQUISITION_KEYWORDS = (
-    "Modality", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "ProtocolName",
-    "BodyPartExamined", "ImageType", "PatientPosition", "SliceThickness", "SpacingBetweenSlices",
+    "Modality", "Manufacturer", "ManufacturerModelName", "BodyPartExamined", "ImageType", "PatientPosition",
+    "SliceThickness", "SpacingBetweenSlices",
     # CT
     "KVP", "XRayTubeCurrent", "ExposureTime", "Exposure", "ConvolutionKernel", "FilterType",
     "SpiralPitchFactor", "CTDIvol", "ReconstructionDiameter", "RescaleType",
@@ -32,17 +40,21 @@ ACQUISITION_KEYWORDS = (
     # Pixels
     "PhotometricInterpretation", "BitsStored", "SamplesPerPixel",
 )
-FORBIDDEN_KEYWORDS = frozenset({
+FORBIDDEN_KEYWORDS = frozenset(ACTIONS) | frozenset({
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
     "PatientWeight", "PatientSize", "PatientAddress", "OtherPatientIDs", "OtherPatientNames",
     "AccessionNumber", "InstitutionName", "InstitutionAddress", "StationName", "DeviceSerialNumber",
     "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "StudyID", "ImageComments",
 })
+"""Never in a summary or sidecar: every attribute the basic profile removes, empties or replaces, and more."""
 _FUNCTIONAL_DEPTH = 3
 
 
 def summarize(header: Dataset, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Allow-listed acquisition parameters of ``header`` (looked up in enhanced functional groups too)."""
+    """Allow-listed acquisition parameters of ``header`` (looked up in enhanced functional groups too).
+
+    Never a description: see :func:`descriptions`.
+    """
     summary: dict[str, Any] = {}
     for keyword in ACQUISITION_KEYWORDS:
         if keyword in FORBIDDEN_KEYWORDS:  # pragma: no cover - guards edits of the allow-list
@@ -58,6 +70,20 @@ def summarize(header: Dataset, extra: dict[str, Any] | None = None) -> dict[str,
         summary["SOPClass"] = getattr(sop_class, "name", str(sop_class))
     summary.update(extra or {})
     return summary
+
+
+def descriptions(header: Dataset) -> dict[str, str]:
+    """The free-text SeriesDescription, ProtocolName and StudyDescription of ``header`` that are present.
+
+    PS3.15's basic profile removes them (a technologist may type a name into them), so mitk shows or
+    writes them only when the user asks (``--include-descriptions``).
+    """
+    found: dict[str, str] = {}
+    for keyword in DESCRIPTION_KEYWORDS:
+        value = _lookup(header, keyword)
+        if value is not None:
+            found[keyword] = value if isinstance(value, str) else str(value)
+    return found
 
 
 def _lookup(header: Dataset, keyword: str) -> Any:
@@ -107,10 +133,14 @@ def sidecar_path(nifti: str | Path) -> Path:
     return nifti.with_name(split_suffix(nifti)[0] + ".json")
 
 
-def sidecar_document(summary: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar's content: the summary, with any forbidden keyword removed as a last guard."""
+def sidecar_document(summary: dict[str, Any], include_descriptions: bool = False) -> dict[str, Any]:
+    """The sidecar's content: the summary, with any forbidden keyword removed as a last guard.
+
+    The descriptions (:data:`DESCRIPTION_KEYWORDS`) pass only with ``include_descriptions``.
+    """
     from mitk import __version__
 
-    document = {key: value for key, value in summary.items() if key not in FORBIDDEN_KEYWORDS}
+    allowed = frozenset(DESCRIPTION_KEYWORDS) if include_descriptions else frozenset()
+    document = {key: value for key, value in summary.items() if key not in FORBIDDEN_KEYWORDS - allowed}
     document["ConversionSoftware"] = f"mitk {__version__}"
     return document

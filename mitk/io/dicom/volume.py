@@ -126,6 +126,9 @@ def _unit(vector: npt.ArrayLike) -> np.ndarray:
 def assemble(refs: Sequence[FrameRef], workers: int | None = None) -> np.ndarray:
     """Decode ``refs`` (in slice order) into one array ``[slice, row, column(, sample)]`` of real values.
 
+    Real values are the stored values (bits above BitsStored masked, MONOCHROME1 not inverted; see
+    :func:`~mitk.io.dicom.pixels.decode_into`) through each slice's RescaleSlope/RescaleIntercept.
+
     Integer results keep an integer dtype (the stored one where the rescaled values fit, else the signed
     type of the same size, else int32); a non-integral RescaleSlope/Intercept gives float32.
     """
