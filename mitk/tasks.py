@@ -41,6 +41,13 @@ def merge_config(base: Mapping[str, Any], *overrides: Mapping[str, Any] | None) 
     return merged
 
 
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.99, "nesterov": True},
+    "schedule": {"name": "cosine", "warmup_epochs": 0, "power": 0.9},
+}
+"""Settings every trainable plugin has (the training engine reads them); a plugin's defaults override them."""
+
+
 class TaskPlugin:
     """Base of all task plugins."""
 
@@ -54,7 +61,9 @@ class TaskPlugin:
         return {}
 
     def resolve_config(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-        return merge_config(self.default_config(), *overrides)
+        """Defaults (with :data:`TRAINING_DEFAULTS` beneath them for trainable plugins), then each override."""
+        base = TRAINING_DEFAULTS if self.trainable else {}
+        return merge_config(base, self.default_config(), *overrides)
 
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         """Build the (untrained) network."""

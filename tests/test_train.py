@@ -369,3 +369,36 @@ def test_cli_resume_keeps_seed_options_and_split(cases, tmp_path, single_threade
     rows = json.loads((run / "log.json").read_text())["epochs"]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(row["val_mean_dice"] is not None for row in rows)  # epoch 1 ended its run; 2 is on the cadence
+
+
+def test_schedules_by_hand() -> None:
+    from mitk.training.loop import scheduled_learning_rate
+
+    assert scheduled_learning_rate({}, 1.0, 1, 4) == 1.0  # cosine starts at the peak
+    assert scheduled_learning_rate({}, 1.0, 3, 4) == pytest.approx(0.5)
+    assert scheduled_learning_rate({"name": "poly", "power": 2}, 1.0, 3, 4) == pytest.approx(0.25)
+    assert scheduled_learning_rate({"name": "constant"}, 0.1, 4, 4) == 0.1
+    warm = {"name": "cosine", "warmup_epochs": 1}
+    assert scheduled_learning_rate(warm, 1.0, 1, 5) == pytest.approx(0.5)
+    assert scheduled_learning_rate(warm, 1.0, 2, 5) == pytest.approx(1.0)
+
+
+def test_best_follows_the_monitor_direction() -> None:
+    from mitk.training.loop import is_better
+
+    assert is_better(0.5, None, "max") and is_better(0.6, 0.5, "max") and not is_better(0.4, 0.5, "max")
+    assert is_better(2.0, 3.0, "min") and not is_better(4.0, 3.0, "min")
+    assert not is_better(math.nan, 3.0, "min") and is_better(1.0, math.nan, "min")
+
+
+def test_sgd_and_poly_come_from_the_plugin_config(cases, tmp_path, single_threaded_torch):
+    run = train(cases / "datalist.json", tmp_path / "sgd", epochs=2,
+                overrides={**TINY, "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                           "schedule": {"name": "poly"}})
+    state = training_state_load(run.output_dir / "training_state.pt")
+    group = state["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and group["nesterov"] is True  # SGD's, absent from AdamW's groups
+    assert [row["lr"] for row in run.history] == pytest.approx([0.01, 0.01 * 0.5 ** 0.9])
+    with pytest.raises(UsageError, match="optimizer.name must be one of"):
+        train(cases / "datalist.json", tmp_path / "bad", overrides={**TINY, "optimizer": {"name": "lbfgs"}})
+    assert not (tmp_path / "bad").exists()
