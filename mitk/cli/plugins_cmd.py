@@ -74,4 +74,4 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
     console.print("[bold]config[/] (change with --set KEY=VALUE):")
     console.print(json.dumps(config, indent=2, default=str), markup=False)
     console.print(f"[bold]missing methods[/]: {', '.join(missing) or 'none'}"
-                  + (f" (a {entry.task.value} plugin must implement them)" if missing else ""))
+                  + (f" (a {entry.task.value} plugin must implement them)" if missing else ""), soft_wrap=True)
