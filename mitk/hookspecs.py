@@ -7,8 +7,12 @@ the ``mitk.plugins`` entry-point group::
     my_plugin = "my_package.plugin"
 
 Hooks receive a registry object and store *factories* in it, never built models: registering must stay
-cheap and must not import torch or monai. Hooks evolve only by adding arguments; an implementation may
-accept a subset of them.
+cheap and must not import torch or monai. Hooks evolve only by adding arguments; an implementation is
+called with only the arguments it declares, so it may accept a subset of them.
+
+A plugin whose hook name is unknown (misspelt), which declares an argument a hook does not pass, or whose
+code raises or tries to end the process is reported as broken and skipped (:mod:`mitk.plugin_manager`);
+mark an implementation of a hook that only newer mitk versions have ``@hookimpl(optionalhook=True)``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def mitk_register_plugins(register: PluginRegistrar) -> None:
 
     Call ``register(name, task=..., factory=..., summary=...)`` once per plugin. ``factory`` is a
     zero-argument callable, or a ``"package.module:attribute"`` string, that returns an instance of the
-    task's plugin class (:mod:`mitk.tasks`); it is called only when the plugin is used.
+    task's plugin base class (``mitk.tasks.PLUGIN_BASES[task]``); it is called only when the plugin is used.
 
     :param register: the registrar; see :class:`mitk.registry.PluginRegistrar`.
 

@@ -8,12 +8,23 @@ Environment variables:
     a plugin that fails to import or register is an error instead of a warning.
 ``MITK_BLOCK_PLUGINS=a,b``
     skip the named entry points (or distributions).
+
+Containment: a plugin that fails to import, declares a hook mitk does not have (a misspelt name), declares an
+argument a hook does not pass, raises in its hook, or tries to end the process (``sys.exit()``) is recorded
+as broken with the reason, and every other plugin keeps working. Hook implementations are called with only the
+arguments they declare, so hooks can gain arguments without breaking older plugins.
+
+Tests make a registry live everywhere with :func:`use_plugins` / :func:`override_registry` (the pytest fixture
+``mitk_plugins`` in :mod:`mitk.testing`).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -23,7 +34,7 @@ import pluggy
 from mitk import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
 from mitk.env import env_flag
 from mitk.errors import PluginError
-from mitk.registry import BrokenPlugin, PluginRegistrar, Registry
+from mitk.registry import BrokenPlugin, PluginRegistrar, Registry, contained, describe
 
 BUILTIN_DISTRIBUTION = "mitk"
 DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks")
@@ -47,12 +58,68 @@ def _fail(registry: Registry, broken: BrokenPlugin) -> None:
         raise PluginError(f"plugin {broken.source} is broken: {broken.reason}")
 
 
+def plugin_name(plugin: Any) -> str:
+    """The name an in-process plugin (a module, class or object) is registered and reported under."""
+    name = getattr(plugin, "__name__", None)
+    return name if isinstance(name, str) else f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+
+
+def _hook_problem(manager: pluggy.PluginManager, plugin: Any) -> str | None:
+    """Why ``plugin``'s hook implementations do not fit mitk's hooks, or ``None`` when they do."""
+    hooks = {name: caller for name, caller in vars(manager.hook).items()
+             if not name.startswith("_") and caller.has_spec()}
+    for attribute in dir(plugin):
+        options = manager.parse_hookimpl_opts(plugin, attribute)
+        if options is None:
+            continue
+        hook_name = options.get("specname") or attribute
+        hook = hooks.get(hook_name)
+        if hook is None or hook.spec is None:
+            if options.get("optionalhook"):
+                continue
+            close = difflib.get_close_matches(hook_name, list(hooks), n=1)
+            return f"unknown hook {hook_name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        impl = pluggy.HookImpl(plugin, "", getattr(plugin, attribute), options)
+        unknown = [argument for argument in impl.argnames if argument not in hook.spec.argnames]
+        if unknown:
+            return (f"{hook_name} declares argument(s) {', '.join(unknown)} that the hook does not pass "
+                    f"(it passes: {', '.join(hook.spec.argnames)})")
+        if impl.wrapper or impl.hookwrapper:
+            return f"{hook_name} is declared as a hook wrapper, which mitk's hooks do not support"
+    return None
+
+
+def _register(manager: pluggy.PluginManager, registry: Registry, plugin: Any, name: str,
+              distribution: str | None, version: str | None, source: str | None = None) -> bool:
+    """Register ``plugin`` under ``name`` if its hooks fit; otherwise record it (as ``source``) as broken."""
+    source = source or name
+    if manager.has_plugin(name):
+        _fail(registry, BrokenPlugin(source, f"the name {name!r} is already taken by another plugin",
+                                     distribution, version))
+        return False
+    try:
+        with contained():
+            problem = _hook_problem(manager, plugin)
+            if problem is None:
+                manager.register(plugin, name=name)
+    except Exception as error:  # pluggy's own validation, or plugin code run by dir()/getattr()
+        if manager.get_plugin(name) is plugin:
+            manager.unregister(name=name)
+        problem = describe(error)
+    if problem is not None:
+        _fail(registry, BrokenPlugin(source, f"invalid hooks: {problem}", distribution, version))
+        return False
+    return True
+
+
 def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = None
                          ) -> tuple[pluggy.PluginManager, Registry]:
     """Load plugin modules, call their registration hooks, and return the manager and the registry.
 
-    A plugin that fails to import or whose hook raises is recorded in ``registry.broken`` and skipped
-    (or raises :class:`PluginError` under ``MITK_PLUGINS_STRICT``).
+    ``extra_plugins`` (modules or objects with hook implementations) are registered in-process after the
+    installed ones. A plugin that fails to import, has hooks mitk does not know, or whose hook raises or
+    exits is recorded in ``registry.broken`` and skipped (or raises :class:`PluginError` under
+    ``MITK_PLUGINS_STRICT``).
     """
     manager = pluggy.PluginManager(PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
@@ -73,15 +140,15 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
             continue
         source = f"{entry_point.name} ({entry_point.value})"
         try:
-            plugin = entry_point.load()
+            with contained():
+                plugin = entry_point.load()
         except Exception as error:  # a broken third-party plugin must not take the host down
-            _fail(registry, BrokenPlugin(source, f"import failed: {type(error).__name__}: {error}",
-                                         distribution, version))
+            _fail(registry, BrokenPlugin(source, f"import failed: {describe(error)}", distribution, version))
             continue
         if manager.is_registered(plugin):
             continue
-        manager.register(plugin, name=entry_point.name)
-        origins[entry_point.name] = (distribution, version)
+        if _register(manager, registry, plugin, entry_point.name, distribution, version, source):
+            origins[entry_point.name] = (distribution, version)
 
     if not builtin_seen:  # running from a source tree: register the built-ins directly
         from mitk import __version__
@@ -90,11 +157,19 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
             short = module_name.rsplit(".", 1)[-1]
             if short in blocked or manager.has_plugin(short):
                 continue
-            manager.register(importlib.import_module(module_name), name=short)
-            origins[short] = (BUILTIN_DISTRIBUTION, __version__)
+            try:
+                with contained():
+                    module = importlib.import_module(module_name)
+            except Exception as error:
+                _fail(registry, BrokenPlugin(module_name, f"import failed: {describe(error)}",
+                                             BUILTIN_DISTRIBUTION, __version__))
+                continue
+            if _register(manager, registry, module, short, BUILTIN_DISTRIBUTION, __version__, module_name):
+                origins[short] = (BUILTIN_DISTRIBUTION, __version__)
 
     for plugin in extra_plugins:
-        manager.register(plugin)
+        if not manager.is_registered(plugin):
+            _register(manager, registry, plugin, plugin_name(plugin), None, None)
 
     # Built-ins register first, so that a third-party plugin cannot take a built-in's name.
     impls = sorted(manager.hook.mitk_register_plugins.get_hookimpls(),
@@ -102,17 +177,51 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
     for impl in impls:
         distribution, version = origins.get(impl.plugin_name, (None, None))
         source = impl.plugin_name
-        registrar = PluginRegistrar(registry, source, distribution, version)
+        arguments = {"register": PluginRegistrar(registry, source, distribution, version)}
         try:
-            impl.function(register=registrar)
+            with contained():  # like pluggy: pass only the arguments the implementation declares
+                impl.function(*(arguments[name] for name in impl.argnames))
         except Exception as error:
-            _fail(registry, BrokenPlugin(source, f"registration failed: {type(error).__name__}: {error}",
-                                         distribution, version))
-    manager.check_pending()
+            _fail(registry, BrokenPlugin(source, f"registration failed: {describe(error)}", distribution, version))
     return manager, registry
 
 
+_overrides: list[Registry] = []
+
+
 @lru_cache(maxsize=1)
-def get_registry() -> Registry:
-    """The process-wide registry, built once."""
+def _installed_registry() -> Registry:
     return build_plugin_manager()[1]
+
+
+def get_registry() -> Registry:
+    """The process-wide registry: the installed plugins, built once, unless a test overrides it."""
+    if _overrides:
+        return _overrides[-1]
+    return _installed_registry()
+
+
+@contextmanager
+def override_registry(registry: Registry) -> Iterator[Registry]:
+    """Make :func:`get_registry` return ``registry`` everywhere in this process until the block ends."""
+    _overrides.append(registry)
+    try:
+        yield registry
+    finally:
+        _overrides.remove(registry)
+
+
+@contextmanager
+def use_plugins(*plugins: Any, autoload: bool = False) -> Iterator[Registry]:
+    """Make the built-ins plus ``plugins`` (modules or objects with hook implementations) the registry every
+    part of mitk uses until the block ends; ``autoload=True`` adds the installed third-party plugins too.
+
+    A given plugin that turns out broken raises :class:`PluginError` with the reason, so a test fails loudly.
+    """
+    registry = build_plugin_manager(extra_plugins=plugins, autoload=autoload)[1]
+    names = {plugin_name(plugin) for plugin in plugins}
+    for broken in registry.broken:
+        if broken.source in names:
+            raise PluginError(f"plugin {broken.source} is broken: {broken.reason}")
+    with override_registry(registry):
+        yield registry

@@ -1,16 +1,90 @@
-"""The plugin registry: names → factories of task plugins, with where each came from."""
+"""The plugin registry: names → factories of task plugins, with where each came from.
+
+Plugin code (an entry point's import, a registration hook, a factory) runs inside :func:`contained`, so a
+plugin that calls ``sys.exit()`` fails like any other broken plugin instead of ending mitk.
+"""
 
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from mitk.enums import Task
 from mitk.errors import PluginError
+from mitk.tasks import PLUGIN_BASES, TaskPlugin
 
 Factory = Callable[[], Any] | str
+
+
+class PluginExit(Exception):
+    """Plugin code tried to end the process: ``sys.exit()``, ``SystemExit``, or a ``KeyboardInterrupt`` of its own."""
+
+
+@contextmanager
+def contained() -> Iterator[None]:
+    """Run plugin code so that it cannot end mitk: ``SystemExit`` becomes :class:`PluginExit`.
+
+    A ``KeyboardInterrupt`` becomes :class:`PluginExit` too when the plugin raised it itself; one caused by a
+    real SIGINT (the user's Ctrl-C) while the code ran still interrupts. A SIGINT handler, installed for the
+    duration, tells the two apart; off the main thread (where no handler can be installed) every
+    ``KeyboardInterrupt`` is taken to be the user's.
+    """
+    interrupted = False
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        interrupted = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    watching = previous is not None
+    if watching:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except SystemExit as error:
+        raise PluginExit(f"SystemExit({error.code!r}): a plugin must not end the process") from None
+    except KeyboardInterrupt:
+        if interrupted or not watching:
+            raise
+        raise PluginExit("KeyboardInterrupt raised by the plugin itself (not by Ctrl-C)") from None
+    finally:
+        if watching:
+            signal.signal(signal.SIGINT, previous)
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` on one line, for broken-plugin reasons and :class:`PluginError` messages."""
+    message = " ".join(str(error).split())
+    if isinstance(error, PluginExit):
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def missing_methods(plugin: TaskPlugin) -> list[str]:
+    """The methods the plugin's task requires (``required_methods``) that it does not override.
+
+    ``network`` is not required of a plugin that runs without weights (``needs_weights = False``).
+    """
+    missing = []
+    for name in plugin.required_methods:
+        if name == "network" and not plugin.needs_weights:
+            continue
+        if name in vars(plugin):
+            continue
+        owner = next((klass for klass in type(plugin).__mro__ if name in vars(klass)), None)
+        if owner is None or owner.__module__ == TaskPlugin.__module__:
+            missing.append(name)
+    return missing
 
 
 @dataclass
@@ -25,25 +99,26 @@ class PluginEntry:
     """The entry point or module that registered it."""
     distribution: str | None = None
     version: str | None = None
-    _instance: Any = field(default=None, repr=False)
+    _instance: TaskPlugin | None = field(default=None, repr=False)
 
-    def load(self) -> Any:
-        """Build (once) and return the plugin object, checking it is for the task it claimed."""
+    def load(self) -> TaskPlugin:
+        """Build (once) and return the plugin object, checking it is an instance of its task's base class."""
         if self._instance is None:
             factory = self.factory
             try:
-                if isinstance(factory, str):
-                    module_name, _, attribute = factory.partition(":")
-                    factory = getattr(importlib.import_module(module_name), attribute)
-                instance = factory()
+                with contained():
+                    if isinstance(factory, str):
+                        module_name, _, attribute = factory.partition(":")
+                        factory = getattr(importlib.import_module(module_name), attribute)
+                    instance = factory()
             except ImportError as error:
-                raise PluginError(f"plugin {self.name!r} could not be loaded: {error}") from error
+                raise PluginError(f"plugin {self.name!r} could not be loaded: {describe(error)}") from error
             except Exception as error:
-                raise PluginError(f"plugin {self.name!r} failed to build: {type(error).__name__}: {error}") \
-                    from error
-            task = getattr(instance, "task", None)
-            if task is not None and Task(task) != self.task:
-                raise PluginError(f"plugin {self.name!r} registered for {self.task.value} but is a {task} plugin")
+                raise PluginError(f"plugin {self.name!r} failed to build: {describe(error)}") from error
+            base = PLUGIN_BASES[self.task]
+            if not isinstance(instance, base):
+                raise PluginError(f"plugin {self.name!r} is registered for the {self.task.value} task but its factory "
+                                  f"returned {type(instance).__qualname__}, not a {base.__module__}.{base.__name__}")
             self._instance = instance
         return self._instance
 

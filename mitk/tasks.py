@@ -52,6 +52,8 @@ class TaskPlugin:
     """Base of all task plugins."""
 
     task: ClassVar[Task]
+    required_methods: ClassVar[tuple[str, ...]] = ()
+    """Methods a plugin of this task must override (``plugins info`` lists the missing ones)."""
     needs_weights: ClassVar[bool] = True
     """False for classical methods that run without a checkpoint."""
     trainable: ClassVar[bool] = True
@@ -98,6 +100,7 @@ class SegmentationPlugin(TaskPlugin):
     """Produces a label map: network logits with one channel per label, background first."""
 
     task = Task.SEGMENT
+    required_methods = ("network", "inference_transforms")
 
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
         """Label value → name, background (0) included."""
@@ -119,6 +122,7 @@ class ClassificationPlugin(TaskPlugin):
     """Produces per-class probabilities for a whole image."""
 
     task = Task.CLASSIFY
+    required_methods = ("network", "inference_transforms")
 
     def class_names(self, config: dict[str, Any]) -> list[str]:
         return list(config.get("class_names") or [])
@@ -128,6 +132,7 @@ class DetectionPlugin(TaskPlugin):
     """Produces boxes. :meth:`detect` works on the preprocessed image, in its voxel coordinates."""
 
     task = Task.DETECT
+    required_methods = ("inference_transforms", "detect")
 
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
         raw = config.get("labels") or {1: "object"}
@@ -150,6 +155,7 @@ class RegistrationPlugin(TaskPlugin):
     """
 
     task = Task.REGISTER
+    required_methods = ("register",)
 
     def register(self, fixed: Image, moving: Image, model: torch.nn.Module | None, config: dict[str, Any]
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mitk.testing import run_mitk
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MITK_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -60,17 +60,9 @@ def mni_t1_2mm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_mitk(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess, as a user or a shell script would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mitk", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
-
-
 @pytest.fixture
 def mitk_cli():
-    """``mitk_cli("segment", ...)`` runs mitk in a subprocess and returns the CompletedProcess."""
+    """``mitk_cli("segment", ...)`` runs mitk in a subprocess (:func:`mitk.testing.run_mitk`)."""
     return run_mitk
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +104,9 @@ def test_outputs_default_to_beside_each_input(library: Path, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def counting_plugin(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+def counting_plugin(mitk_plugins: Callable[..., Any]) -> dict[str, int]:
     """Register ``counting``, a threshold segmenter that counts how often it is built and run."""
     from mitk_builtin._threshold import ThresholdSegmenter
-
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
 
     counts = {"built": 0, "networks": 0, "forwards": 0}
 
@@ -134,8 +132,7 @@ def counting_plugin(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         def mitk_register_plugins(register: Any) -> None:
             register("counting", task="segment", factory=CountingSegmenter)
 
-    _, registry = build_plugin_manager(extra_plugins=(Plugin(),))
-    monkeypatch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    mitk_plugins(Plugin())
     return counts
 
 
@@ -348,15 +345,11 @@ def test_json_on_stdout_and_manifest_lines(library: Path, tmp_path: Path) -> Non
 
 
 @pytest.fixture
-def blobs_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
-
+def blobs_plugin(monkeypatch: pytest.MonkeyPatch, mitk_plugins: Callable[..., Any]) -> None:
     monkeypatch.syspath_prepend(str(BLOBS_SOURCE))
     import mitk_example_blobs
 
-    _, registry = build_plugin_manager(extra_plugins=(mitk_example_blobs,))
-    monkeypatch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    mitk_plugins(mitk_example_blobs)
 
 
 @pytest.mark.usefixtures("blobs_plugin")

@@ -8,6 +8,7 @@ the plugin, its configuration and its weights from that checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,8 @@ def expected_probabilities(path: Path) -> list[float]:
 
 
 @pytest.fixture
-def classifier(monkeypatch: pytest.MonkeyPatch) -> None:
+def classifier(mitk_plugins: Callable[..., Any]) -> None:
     """Register ``mean-intensity`` for this test only."""
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
 
     class Plugin:
         @staticmethod
@@ -64,8 +63,7 @@ def classifier(monkeypatch: pytest.MonkeyPatch) -> None:
         def mitk_register_plugins(register: Any) -> None:
             register(PLUGIN, task="classify", factory=MeanIntensityClassifier)
 
-    _, registry = build_plugin_manager(extra_plugins=(Plugin(),))
-    monkeypatch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    mitk_plugins(Plugin())
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ boxes back through both; SimpleITK gives the world extent independently.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +89,14 @@ def oblique_t1(anatomical_t1: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def detector(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
-
+def detector(mitk_plugins: Callable[..., Any]) -> None:
     class Plugin:
         @staticmethod
         @hookimpl
         def mitk_register_plugins(register: Any) -> None:
             register(PLUGIN, task="detect", factory=BrightCubeDetector)
 
-    _, registry = build_plugin_manager(extra_plugins=(Plugin(),))
-    monkeypatch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    mitk_plugins(Plugin())
 
 
 def sitk_extent(path: Path, box: np.ndarray) -> np.ndarray:

@@ -11,15 +11,23 @@ import ast
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import invoke
 
+from mitk import hookimpl
 from mitk.errors import PluginError
-from mitk.plugin_manager import build_plugin_manager
+from mitk.plugin_manager import build_plugin_manager, get_registry, override_registry, use_plugins
+from mitk.registry import PluginEntry, Registry, contained, missing_methods
+from mitk.tasks import DetectionPlugin, SegmentationPlugin
+from mitk.testing import run_mitk
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKSPECS = ROOT / "mitk" / "hookspecs.py"
@@ -49,6 +57,61 @@ from mitk import hookimpl
 def mitk_register_plugins(register):
     register("threshold", task="segment", factory=lambda: None, summary="an impostor")
 '''
+MISSPELT_HOOK = '''
+from mitk import hookimpl
+
+@hookimpl
+def mitk_register_plugin(register):
+    register("misspelt", task="detect", factory=lambda: None)
+'''
+EXTRA_ARGUMENT = '''
+from mitk import hookimpl
+
+@hookimpl
+def mitk_register_plugins(register, extra):
+    register("greedy", task="detect", factory=lambda: None)
+'''
+EXITS_ON_IMPORT = '''
+import sys
+
+sys.exit(3)
+'''
+EXITS_IN_HOOK = '''
+from mitk import hookimpl
+
+@hookimpl
+def mitk_register_plugins(register):
+    raise SystemExit(3)
+'''
+INTERRUPTS_ON_IMPORT = '''
+raise KeyboardInterrupt
+'''
+BAD_FACTORIES = '''
+from mitk import hookimpl
+from mitk.tasks import DetectionPlugin
+
+
+def interrupt():
+    raise KeyboardInterrupt
+
+
+def exit_three():
+    raise SystemExit(3)
+
+
+class Lazy(DetectionPlugin):
+    """Overrides nothing: ``plugins info`` must name what it lacks."""
+
+
+@hookimpl
+def mitk_register_plugins(register):
+    register("interrupter", task="detect", factory=interrupt, summary="KeyboardInterrupt in its factory")
+    register("quitter", task="detect", factory=exit_three, summary="SystemExit in its factory")
+    register("lazy", task="detect", factory=Lazy, summary="implements nothing")
+'''
+HOSTILE = {"misspelt": MISSPELT_HOOK, "greedy": EXTRA_ARGUMENT, "exits": EXITS_ON_IMPORT,
+           "exits-in-hook": EXITS_IN_HOOK, "interrupts": INTERRUPTS_ON_IMPORT}
+"""Entry point name → module source of plugins that must end up broken, not crash or end mitk."""
 
 
 def make_distribution(site: Path, distribution: str, entry_points: dict[str, str], modules: dict[str, str],
@@ -79,11 +142,21 @@ def site(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     return folder
 
 
-def run_mitk(site: Path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MITK_")}
-    env.update(variables, PYTHONPATH=str(site))
-    return subprocess.run([sys.executable, "-m", "mitk", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+def install_hostile(site: Path) -> None:
+    """Install the :data:`HOSTILE` plugins and ``mitk-bad-factories`` (one distribution each)."""
+    tag = site.parent.name
+    for entry_point, source in HOSTILE.items():
+        module = f"{entry_point.replace('-', '_')}_{tag}"
+        make_distribution(site, f"mitk-{entry_point}", {entry_point: module}, {module: source})
+    module = f"factories_{tag}"
+    make_distribution(site, "mitk-bad-factories", {"factories": module}, {module: BAD_FACTORIES})
+
+
+def run_with_site(site: Path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """:func:`mitk.testing.run_mitk` with ``site`` installed and no ``MITK_*`` switches but ``variables``."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MITK_")}
+    env.update(variables, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    return run_mitk(*args, env=env, timeout=300)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -171,12 +244,193 @@ def test_registrar_rejects_bad_names_and_tasks() -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+# In-process: containment of broken plugins
+# -------------------------------------------------------------------------------------------------
+
+
+def test_hostile_plugins_are_broken_and_the_rest_load(site: Path) -> None:
+    install_hostile(site)
+    _, registry = build_plugin_manager()  # neither raises nor exits
+    assert {"spotter", "threshold", "interrupter", "quitter", "lazy"} <= set(registry.names())
+    assert not {"misspelt", "greedy"} & set(registry.names())
+    reasons = {b.distribution: b.reason for b in registry.broken}
+    assert reasons["mitk-misspelt"] == ("invalid hooks: unknown hook 'mitk_register_plugin' "
+                                        "(did you mean 'mitk_register_plugins'?)")
+    assert reasons["mitk-greedy"] == ("invalid hooks: mitk_register_plugins declares argument(s) extra that the hook "
+                                      "does not pass (it passes: register)")
+    assert reasons["mitk-exits"] == "import failed: SystemExit(3): a plugin must not end the process"
+    assert reasons["mitk-exits-in-hook"] == "registration failed: SystemExit(3): a plugin must not end the process"
+    assert reasons["mitk-interrupts"] == ("import failed: KeyboardInterrupt raised by the plugin itself "
+                                          "(not by Ctrl-C)")
+    assert all("\n" not in reason for reason in reasons.values())
+
+
+def test_strict_mode_names_a_misspelt_hook(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_hostile(site)
+    monkeypatch.setenv("MITK_PLUGINS_STRICT", "1")
+    monkeypatch.setenv("MITK_BLOCK_PLUGINS", "raises,fails,greedy,exits,exits-in-hook,interrupts")
+    with pytest.raises(PluginError, match="did you mean 'mitk_register_plugins'"):
+        build_plugin_manager()
+
+
+def test_hooks_are_called_with_the_arguments_they_declare() -> None:
+    calls: list[str] = []
+
+    class Bare:  # accepts a subset (none) of the hook's arguments: hooks may grow without breaking it
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugins() -> None:
+            calls.append("called")
+
+    _, registry = build_plugin_manager(extra_plugins=(Bare(),), autoload=False)
+    assert calls == ["called"]
+    assert registry.broken == []
+
+
+def test_an_optional_hook_of_a_newer_mitk_is_tolerated() -> None:
+    class FromTheFuture:
+        @staticmethod
+        @hookimpl(optionalhook=True)
+        def mitk_register_everything(register: Any) -> None:
+            raise AssertionError("never called")
+
+    _, registry = build_plugin_manager(extra_plugins=(FromTheFuture(),), autoload=False)
+    assert registry.broken == [] and "threshold" in registry
+
+
+def entry(factory: Any, task: str = "segment") -> PluginEntry:
+    from mitk.enums import Task
+
+    return PluginEntry(name="subject", task=Task(task), factory=factory)
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def exit_partial() -> None:
+    sys.exit(3)
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    (exit_partial, "failed to build: SystemExit(3): a plugin must not end the process"),
+    (raise_keyboard_interrupt, "failed to build: KeyboardInterrupt raised by the plugin itself"),
+])
+def test_a_factory_cannot_end_the_process(factory: Callable[[], Any], message: str) -> None:
+    with pytest.raises(PluginError, match=re.escape(f"plugin 'subject' {message}")):
+        entry(factory).load()
+
+
+def test_a_real_ctrl_c_still_interrupts() -> None:
+    handler = signal.getsignal(signal.SIGINT)
+
+    def user_presses_ctrl_c() -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        entry(user_presses_ctrl_c).load()
+    with pytest.raises(KeyboardInterrupt), contained():
+        signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+@pytest.mark.parametrize(("factory", "built"), [(object, "object"), (lambda: None, "NoneType"),
+                                                ("mitk_example_blobs._detector:BlobDetector", "BlobDetector")])
+def test_load_checks_the_task_base_class(factory: Any, built: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "plugins" / "mitk-example-blobs" / "src"))
+    with pytest.raises(PluginError) as caught:
+        entry(factory, "segment").load()
+    assert str(caught.value) == (f"plugin 'subject' is registered for the segment task but its factory returned "
+                                 f"{built}, not a mitk.tasks.SegmentationPlugin")
+    if built == "BlobDetector":
+        assert entry(factory, "detect").load().task.value == "detect"
+
+
+def test_missing_methods_lists_what_a_plugin_does_not_override() -> None:
+    class NetworkOnly(SegmentationPlugin):
+        def network(self, config: dict[str, Any]) -> Any:
+            return None
+
+    class Classical(SegmentationPlugin):
+        needs_weights = False
+
+        def inference_transforms(self, config: dict[str, Any]) -> Any:
+            return None
+
+    class Subclass(Classical):
+        needs_weights = True
+
+    assert missing_methods(NetworkOnly()) == ["inference_transforms"]
+    assert missing_methods(Classical()) == []  # no weights: no network needed
+    assert missing_methods(Subclass()) == ["network"]  # inherited from a plugin class, not from mitk.tasks
+    assert missing_methods(DetectionPlugin()) == ["inference_transforms", "detect"]
+    assert missing_methods(build_plugin_manager(autoload=False)[1].get("threshold").load()) == []
+
+
+# -------------------------------------------------------------------------------------------------
+# In-process: the fixture that makes a test plugin live everywhere
+# -------------------------------------------------------------------------------------------------
+
+
+class Painter(SegmentationPlugin):
+    needs_weights = False
+
+    def network(self, config: dict[str, Any]) -> Any:
+        return None
+
+    def inference_transforms(self, config: dict[str, Any]) -> Any:
+        return None
+
+
+class PainterPlugin:
+    @staticmethod
+    @hookimpl
+    def mitk_register_plugins(register: Any) -> None:
+        register("painter", task="segment", factory=Painter, summary="a test plugin")
+
+
+def test_mitk_plugins_fixture_makes_a_plugin_live_everywhere(mitk_plugins: Callable[..., Registry]) -> None:
+    import mitk.runner.model
+
+    registry = mitk_plugins(PainterPlugin())
+    assert get_registry() is registry and "painter" in registry and "threshold" in registry
+    assert mitk.runner.model.get_registry() is registry  # the name the runners imported sees it too
+    code, stdout, stderr = invoke(["plugins", "list", "--json"])
+    assert code == 0, stderr
+    assert "painter" in {row["name"] for row in json.loads(stdout)["plugins"]}
+    code, stdout, _ = invoke(["plugins", "info", "painter", "--json"])
+    assert code == 0 and json.loads(stdout)["missing_methods"] == []
+
+
+def test_use_plugins_restores_the_registry_and_rejects_broken_plugins() -> None:
+    installed = get_registry()
+    with use_plugins(PainterPlugin()) as registry:
+        assert get_registry() is registry
+        with override_registry(Registry()) as empty:
+            assert get_registry() is empty
+        assert get_registry() is registry
+    assert get_registry() is installed and "painter" not in installed
+
+    class Misspelt:
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugin(register: Any) -> None: ...
+
+    broken = r"Misspelt is broken: invalid hooks: unknown hook 'mitk_register_plugin'"
+    with pytest.raises(PluginError, match=broken), use_plugins(Misspelt()):
+        pass
+    with pytest.raises(ZeroDivisionError), use_plugins(PainterPlugin()):
+        1 / 0  # noqa: B018
+    assert get_registry() is installed
+
+
+# -------------------------------------------------------------------------------------------------
 # Subprocess: the CLI, as users see it
 # -------------------------------------------------------------------------------------------------
 
 
 def test_plugins_list_json_reports_broken_plugins(site: Path) -> None:
-    result = run_mitk(site, "plugins", "list", "--json")
+    result = run_with_site(site, "plugins", "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = {r["distribution"]: r for r in json.loads(result.stdout)["plugins"] if r["distribution"] != "mitk"}
     assert set(rows) == {"mitk-good", "mitk-hook-raises", "mitk-import-fails"}
@@ -189,18 +443,73 @@ def test_plugins_list_json_reports_broken_plugins(site: Path) -> None:
 
 
 def test_plugins_list_text_and_strict_mode(site: Path) -> None:
-    result = run_mitk(site, "plugins", "list")
+    result = run_with_site(site, "plugins", "list")
     assert result.returncode == 0
     assert "spotter" in result.stdout and "broken" in result.stdout
     assert "MITK_PLUGINS_STRICT" in result.stderr and "Traceback" not in result.stderr
 
-    strict = run_mitk(site, "plugins", "list", MITK_PLUGINS_STRICT="1")
+    strict = run_with_site(site, "plugins", "list", MITK_PLUGINS_STRICT="1")
     assert strict.returncode != 0
     assert strict.stderr.startswith("mitk: error: plugin ") and len(strict.stderr.strip().splitlines()) == 1
     assert "Traceback" not in strict.stderr
 
-    only_builtins = run_mitk(site, "plugins", "list", "--json", MITK_DISABLE_PLUGIN_AUTOLOAD="1")
+    only_builtins = run_with_site(site, "plugins", "list", "--json", MITK_DISABLE_PLUGIN_AUTOLOAD="1")
     assert {r["distribution"] for r in json.loads(only_builtins.stdout)["plugins"]} == {"mitk"}
+
+
+def test_the_cli_works_with_hostile_plugins_installed(site: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    install_hostile(site)
+    listing = run_with_site(site, "plugins", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["distribution"]: r for r in json.loads(listing.stdout)["plugins"]}
+    for entry_point in HOSTILE:
+        assert rows[f"mitk-{entry_point}"]["status"] == "broken", entry_point
+    assert "did you mean 'mitk_register_plugins'" in rows["mitk-misspelt"]["summary"]
+    assert "argument(s) extra" in rows["mitk-greedy"]["summary"]
+    assert "SystemExit(3)" in rows["mitk-exits"]["summary"] and "SystemExit(3)" in rows["mitk-exits-in-hook"]["summary"]
+    assert {rows["mitk-good"]["status"], rows["mitk"]["status"]} == {"ok"}
+
+    info = run_with_site(site, "plugins", "info", "threshold")
+    assert info.returncode == 0, info.stderr
+    assert "missing methods: none" in info.stdout
+
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4), np.eye(4)), scan)
+    segmented = run_with_site(site, "segment", "--plugin", "threshold", str(scan), "-o", str(tmp_path / "mask.nii.gz"))
+    assert segmented.returncode == 0, segmented.stderr
+    assert (tmp_path / "mask.nii.gz").exists()
+
+    # A factory that raises KeyboardInterrupt or SystemExit(3) is a one-line error (exit 1), not "interrupted"
+    # (130) and not mitk's "partial" status (3).
+    interrupted = "KeyboardInterrupt raised by the plugin itself (not by Ctrl-C)"
+    for name, reason, args in (
+            ("interrupter", interrupted, ["detect", "--plugin", "interrupter", str(scan)]),
+            ("interrupter", interrupted, ["plugins", "info", "interrupter"]),
+            ("quitter", "SystemExit(3): a plugin must not end the process", ["plugins", "info", "quitter"])):
+        result = run_with_site(site, *args)
+        assert result.returncode == 1, (args, result.returncode, result.stderr)
+        assert result.stderr == f"mitk: error: plugin {name!r} failed to build: {reason}\n", args
+
+
+def test_plugins_info_of_a_light_plugin_imports_neither_torch_nor_monai(site: Path) -> None:
+    install_hostile(site)
+    code = textwrap.dedent("""
+        import sys
+        from mitk.cli import main
+        try:
+            main(["plugins", "info", "lazy"])
+        except SystemExit as done:
+            assert done.code == 0, done.code
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "monai")), file=sys.stderr)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "missing methods: inference_transforms, detect (a detect plugin must implement them)" in result.stdout
+    assert result.stderr.strip() == "[]"
 
 
 def test_registering_plugins_imports_neither_torch_nor_monai(site: Path) -> None:

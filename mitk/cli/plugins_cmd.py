@@ -45,11 +45,13 @@ def list_plugins(as_json: JsonOption = False) -> None:
 
 @app.command("info")
 def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_json: JsonOption = False) -> None:
-    """Describe one plugin: task, origin, default settings and labels (imports the plugin)."""
+    """Describe one plugin: task, origin, default settings, labels and missing methods (imports the plugin)."""
     from mitk.plugin_manager import get_registry
+    from mitk.registry import missing_methods
 
     entry = get_registry().get(name)
     plugin = entry.load()
+    missing = missing_methods(plugin)
     config = plugin.default_config()
     document = {
         "name": entry.name, "task": entry.task.value, "version": entry.version,
@@ -57,6 +59,7 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
         "needs_weights": bool(getattr(plugin, "needs_weights", True)),
         "trainable": bool(getattr(plugin, "trainable", True)),
         "config": config,
+        "missing_methods": missing,
     }
     if as_json:
         emit_json(document)
@@ -70,3 +73,5 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
         console.print(f"[bold]{key}[/]: {document[key]}")
     console.print("[bold]config[/] (change with --set KEY=VALUE):")
     console.print(json.dumps(config, indent=2, default=str), markup=False)
+    console.print(f"[bold]missing methods[/]: {', '.join(missing) or 'none'}"
+                  + (f" (a {entry.task.value} plugin must implement them)" if missing else ""), soft_wrap=True)
