@@ -40,7 +40,8 @@ def mitk_register_plugins(register: PluginRegistrar) -> None:
 
     Call ``register(name, task=..., factory=..., summary=...)`` once per plugin. ``factory`` is a
     zero-argument callable, or a ``"package.module:attribute"`` string, that returns an instance of the
-    task's plugin base class (``mitk.tasks.PLUGIN_BASES[task]``); it is called only when the plugin is used.
+    task's plugin base class (named in the task table, :data:`mitk.taskspecs.TASKS`); it is called only
+    when the plugin is used.
 
     :param register: the registrar; see :class:`mitk.registry.PluginRegistrar`.
 

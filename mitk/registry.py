@@ -17,7 +17,8 @@ from typing import Any
 
 from mitk.enums import Task
 from mitk.errors import PluginError
-from mitk.tasks import PLUGIN_BASES, TaskPlugin
+from mitk.tasks import TaskPlugin
+from mitk.taskspecs import get_task
 
 Factory = Callable[[], Any] | str
 
@@ -115,7 +116,7 @@ class PluginEntry:
                 raise PluginError(f"plugin {self.name!r} could not be loaded: {describe(error)}") from error
             except Exception as error:
                 raise PluginError(f"plugin {self.name!r} failed to build: {describe(error)}") from error
-            base = PLUGIN_BASES[self.task]
+            base = get_task(self.task).base_class()
             if not isinstance(instance, base):
                 raise PluginError(f"plugin {self.name!r} is registered for the {self.task.value} task but its factory "
                                   f"returned {type(instance).__qualname__}, not a {base.__module__}.{base.__name__}")

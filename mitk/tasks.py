@@ -178,11 +178,3 @@ class RegistrationPlugin(TaskPlugin):
     def is_learned(cls) -> bool:
         """True when the plugin leaves :meth:`register` to the runner's learned path."""
         return cls.register is RegistrationPlugin.register
-
-
-PLUGIN_BASES: dict[Task, type[TaskPlugin]] = {
-    Task.SEGMENT: SegmentationPlugin,
-    Task.CLASSIFY: ClassificationPlugin,
-    Task.DETECT: DetectionPlugin,
-    Task.REGISTER: RegistrationPlugin,
-}

@@ -15,10 +15,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitk.enums import Task
 from mitk.errors import UsageError
+
+if TYPE_CHECKING:
+    from mitk.tasks import TaskPlugin
 
 
 def import_part(reference: str) -> Any:
@@ -68,8 +71,8 @@ class TaskSpec:
     def trainable(self) -> bool:
         return self.recipe is not None
 
-    def base_class(self) -> type:
-        base: type = import_part(self.plugin_base)
+    def base_class(self) -> type[TaskPlugin]:
+        base: type[TaskPlugin] = import_part(self.plugin_base)
         return base
 
     def load_recipe(self) -> Any:

@@ -63,8 +63,7 @@ class ShiftRight(RegistrationPlugin):
 
 @pytest.fixture(scope="module", autouse=True)
 def registration_plugins() -> Iterator[None]:
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
+    from mitk.plugin_manager import use_plugins
 
     class Plugin:
         @staticmethod
@@ -73,9 +72,7 @@ def registration_plugins() -> Iterator[None]:
             register("known-affine", task="register", factory=KnownAffine)
             register("shift-right", task="register", factory=ShiftRight)
 
-    _, registry = build_plugin_manager(extra_plugins=(Plugin(),))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    with use_plugins(Plugin()):
         yield
 
 

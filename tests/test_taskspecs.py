@@ -10,8 +10,8 @@ import typer.main
 from mitk.cli import app
 from mitk.enums import Task
 from mitk.errors import UsageError
-from mitk.taskspecs import TASKS, derived_suffixes, get_task, import_part
 from mitk.tasks import TaskPlugin
+from mitk.taskspecs import TASKS, derived_suffixes, get_task, import_part
 from mitk.training.recipe import TrainingRecipe
 
 

@@ -399,6 +399,6 @@ def test_sgd_and_poly_come_from_the_plugin_config(cases, tmp_path, single_thread
     group = state["optimizer"]["param_groups"][0]
     assert group["momentum"] == 0.9 and group["nesterov"] is True  # SGD's, absent from AdamW's groups
     assert [row["lr"] for row in run.history] == pytest.approx([0.01, 0.01 * 0.5 ** 0.9])
-    with pytest.raises(UsageError, match="optimizer.name must be one of"):
+    with pytest.raises(UsageError, match=r"optimizer\.name must be one of"):
         train(cases / "datalist.json", tmp_path / "bad", overrides={**TINY, "optimizer": {"name": "lbfgs"}})
     assert not (tmp_path / "bad").exists()
