@@ -402,3 +402,40 @@ def test_sgd_and_poly_come_from_the_plugin_config(cases, tmp_path, single_thread
     with pytest.raises(UsageError, match=r"optimizer\.name must be one of"):
         train(cases / "datalist.json", tmp_path / "bad", overrides={**TINY, "optimizer": {"name": "lbfgs"}})
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_plugins_own_step_and_a_minimised_monitor(cases, tmp_path, single_threaded_torch):
+    """A plugin's ``training_step`` replaces the recipe's; best.safetensors follows a monitor to minimise."""
+    from mitk_builtin._segment_networks import UNetSegmenter
+
+    from mitk import hookimpl
+    from mitk.plugin_manager import use_plugins
+    from mitk.training.segment import SegmentationStep
+
+    calls = {"loss": 0}
+
+    class SmallestHD95(SegmentationStep):
+        monitor = "mean_hd95"
+        mode = "min"
+
+        def loss(self, network, batch, device):
+            calls["loss"] += 1
+            return super().loss(network, batch, device)
+
+    class OwnStep(UNetSegmenter):
+        def training_step(self, config):
+            return SmallestHD95(self, config)
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugins(register):
+            register("own-step-unet", task="segment", factory=OwnStep)
+
+    with use_plugins(Plugin()):
+        run = train(cases / "datalist.json", tmp_path / "own", plugin="own-step-unet", epochs=3)
+    assert calls["loss"] == 3 * 2  # 4 training cases in batches of 2, for 3 epochs
+    assert (run.monitor, run.mode) == ("mean_hd95", "min")
+    distances = {row["epoch"]: row["val_mean_hd95"] for row in run.history}
+    assert run.best_epoch == min(distances, key=lambda epoch: distances[epoch])
+    assert load_checkpoint(run.best_checkpoint).metrics["epoch"] == run.best_epoch
