@@ -88,12 +88,17 @@ class _PhaseGeometry:
                     flat = flat * k + t
                 at: tuple[int, ...] = (p, *place)
                 index[at] = flat
-        self.index = index
+        self.index = index.flatten()
 
     def weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """The phase convolution's weight ``[phases*out, in, *span]`` from a transposed one ``[in, out, *kernel]``."""
+        """The phase convolution's weight ``[phases*out, in, *span]`` from a transposed one ``[in, out, *kernel]``.
+
+        One ``index_select`` and one copy, ~50 µs for MONAI UNet's 32→2 layer (whose convolution takes ~10-40 ms),
+        so it is derived on every call rather than cached, and cannot go stale.
+        """
         flat = F.pad(weight.flatten(2), (0, 1))  # [in, out, taps + 1], the last one zero
-        gathered = flat[:, :, self.index.to(weight.device)]  # [in, out, phases, *span]
+        gathered = flat.index_select(2, self.index.to(weight.device))
+        gathered = gathered.unflatten(2, (len(self.phases), *self.span))  # [in, out, phases, *span]
         return gathered.permute(2, 1, 0, *range(3, gathered.dim())).flatten(0, 1).contiguous()
 
 
