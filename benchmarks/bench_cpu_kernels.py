@@ -18,7 +18,7 @@ import torch
 from _harness import save, table
 from monai.networks.nets import SegResNet, UNet
 
-from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, PointwiseConv, apply_cpu_kernels
+from mitk.runner.cpu_kernels import _geometry, apply_cpu_kernels, rewritten
 
 
 def compare(default: Callable[[], object], mine: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -40,18 +40,35 @@ def layer_rows(network: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor,
                repeats: int) -> list[dict[str, object]]:
     """Each rewritten layer against the original, on the input it sees inside the network."""
     layer_inputs: dict[torch.nn.Module, torch.Tensor] = {}
-    kinds = (PhaseConvTranspose, PointwiseConv, ChannelsLastConv)
-    rewritten = {name: m for name, m in fast.named_modules() if isinstance(m, kinds)}
-    hooks = [m.register_forward_pre_hook(lambda m, a: layer_inputs.setdefault(m, a[0])) for m in rewritten.values()]
+    kernels = rewritten(fast)
+    hooks = [kernel.module.register_forward_pre_hook(lambda m, a: layer_inputs.setdefault(m, a[0]))
+             for kernel in kernels.values()]
     fast(x)
     for hook in hooks:
         hook.remove()
     rows: list[dict[str, object]] = []
-    for name, layer in rewritten.items():
-        original, data = network.get_submodule(name), layer_inputs[layer]
-        timings = compare(partial(original, data), partial(layer, data), repeats)
-        rows.append({"what": f"{label} {type(layer).__name__}: {original}", **timings})
+    for name, kernel in kernels.items():
+        original, data = network.get_submodule(name), layer_inputs[kernel.module]
+        timings = compare(partial(original, data), partial(kernel.module, data), repeats)
+        rows.append({"what": f"{label} {kernel.kind}: {original}", **timings})
     return rows
+
+
+def phase_weight_microseconds(network: torch.nn.Module) -> dict[str, float]:
+    """What deriving the phase weight on every call costs, per transposed layer rewritten (µs, best of 200)."""
+    costs: dict[str, float] = {}
+    for name, kernel in rewritten(network).items():
+        if kernel.kind != "phase-transposed":
+            continue
+        module = kernel.module
+        geometry = _geometry(tuple(module.kernel_size), tuple(module.stride), tuple(module.padding))
+        times = []
+        for _ in range(200):
+            start = time.perf_counter()
+            geometry.weight(module.weight)
+            times.append((time.perf_counter() - start) * 1e6)
+        costs[name] = round(min(times), 1)
+    return costs
 
 
 def main() -> None:
@@ -75,12 +92,15 @@ def main() -> None:
         fast_segresnet = copy.deepcopy(segresnet)
         apply_cpu_kernels(fast_segresnet)
         rows += layer_rows(segresnet, fast_segresnet, x, "SegResNet", args.repeats)
+        phase_weight = phase_weight_microseconds(fast)
     print(table(rows, ["what", "default_min_ms", "mitk_min_ms", "default_median_ms", "mitk_median_ms", "ratio"]))
     print(f"UNet: max |logit difference| {difference:.1e}; identical argmax: {same_labels}")
+    print(f"phase weight derived per call, µs: {phase_weight}")
     save("cpu_kernels", {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters; "
                                     "MONAI SegResNet (init_filters 16)",
                          "threads": torch.get_num_threads(), "max_logit_difference": difference,
-                         "identical_argmax": same_labels, "rows": rows})
+                         "identical_argmax": same_labels, "phase_weight_us_per_call": phase_weight,
+                         "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,16 +1,47 @@
-"""CPU kernel rewrites compute what the layers they replace compute, and only where they apply."""
+"""CPU kernel rewrites compute what the layers they replace compute, and only where they apply.
+
+Every comparison is rewritten network vs an untouched copy, within float32 rounding; the awkward cases (subclasses,
+hooks, weight norm, later weight changes, ``output_size``, state dicts) are the ones where an ``isinstance`` module
+swap used to give different outputs, crash or rename keys.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 from torch import nn
 
-from mitk.runner.cpu_kernels import ChannelsLastConv, PhaseConvTranspose, PointwiseConv, apply_cpu_kernels
+from mitk.runner.cpu_kernels import CHANNELS_LAST, PHASE, POINTWISE, apply_cpu_kernels, rewritten
 
 TRANSPOSED = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d]
+CLOSE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def small() -> nn.Sequential:
+    """One layer of each kind: a 8→2 stride-2 transposed convolution, a 2→2 3×3×3 convolution, a 1×1×1 head."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.ConvTranspose3d(8, 2, 3, 2, 1, 1), nn.Conv3d(2, 2, 3, padding=1),
+                         nn.Conv3d(2, 3, 1)).eval()
+
+
+def small_input() -> torch.Tensor:
+    return torch.randn(2, 8, 5, 6, 7, generator=torch.Generator().manual_seed(1))
+
+
+def rewrite_copy(network: nn.Module) -> tuple[nn.Module, int]:
+    fast = copy.deepcopy(network)
+    return fast, apply_cpu_kernels(fast)
+
+
+def assert_same(fast: nn.Module, reference: nn.Module, *args: object, **kwargs: object) -> None:
+    with torch.no_grad():
+        expected, got = reference(*args, **kwargs), fast(*args, **kwargs)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, **CLOSE)
 
 
 @pytest.mark.parametrize(("kernel", "stride", "padding", "output_padding", "size"), [
@@ -31,25 +62,42 @@ def test_phase_transposed_convolution_matches_torch(kernel, stride, padding, out
     torch.manual_seed(dims)
     layer = TRANSPOSED[dims - 1](5, 3, per_dim(kernel), per_dim(stride), per_dim(padding),
                                  per_dim(output_padding), bias=bias).eval()
+    fast, count = rewrite_copy(layer)
+    assert count == 1 and rewritten(fast)[""].kind == PHASE
     x = torch.randn(2, 5, *size[:dims])
-    with torch.no_grad():
-        expected, got = layer(x), PhaseConvTranspose(layer)(x)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():  # unbatched input, as torch's layers accept
-        torch.testing.assert_close(PhaseConvTranspose(layer)(x[0]), expected[0], rtol=1e-5, atol=1e-5)
+    assert_same(fast, layer, x)
+    assert_same(fast, layer, x[0])  # unbatched input, as torch's layers accept
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_transposed_convolution_accepts_output_size(dims):
+    torch.manual_seed(dims)
+    layer = nn.Sequential(TRANSPOSED[dims - 1](5, 2, 3, 2, 1)).eval()  # output_size picks output_padding 0 or 1
+    fast, count = rewrite_copy(layer)
+    assert count == 1
+    layer, fast = layer[0], fast[0]
+    x = torch.randn(2, 5, *(4, 5, 3)[:dims])
+    larger = [2 * n for n in x.shape[2:]]  # (n - 1) * 2 - 2 + 3 + 1
+    assert_same(fast, layer, x, output_size=larger)
+    assert_same(fast, layer, x, output_size=[2, 2, *larger])
+    assert_same(fast, layer, x, [2 * n - 1 for n in x.shape[2:]])  # positionally, the default size
+    assert_same(fast, layer, x[0], output_size=[2, *larger])  # unbatched, with the channel count
+    with pytest.raises(ValueError, match="requested an output size"):
+        fast(x, output_size=[n + 9 for n in larger])
 
 
 def test_channels_last_convolution_matches_and_keeps_the_callers_memory_order():
     torch.manual_seed(0)
     layer = nn.Conv3d(2, 2, 3, padding=1).eval()
-    reference = copy.deepcopy(layer)
+    fast, count = rewrite_copy(layer)
+    assert count == 1 and rewritten(fast)[""].kind == CHANNELS_LAST
     x = torch.randn(2, 2, 9, 10, 11)
     with torch.no_grad():
-        got = ChannelsLastConv(layer)(x)
-        expected = reference(x)
+        got = fast(x)
     assert got.is_contiguous()
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert fast.weight.is_contiguous()  # the layer's own weight is not re-laid out
+    assert_same(fast, layer, x)
+    assert_same(fast, layer, x[0])
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
@@ -57,14 +105,240 @@ def test_channels_last_convolution_matches_and_keeps_the_callers_memory_order():
 def test_pointwise_head_matches_torch(dims, bias):
     torch.manual_seed(dims)
     layer = [nn.Conv1d, nn.Conv2d, nn.Conv3d][dims - 1](16, 3, 1, bias=bias).eval()
+    fast, count = rewrite_copy(layer)
+    assert count == 1 and rewritten(fast)[""].kind == POINTWISE
     x = torch.randn(2, 16, *(7, 6, 5)[:dims])
+    assert_same(fast, layer, x)
+    assert_same(fast, layer, x[0])
+    if dims > 1:  # a non-contiguous input
+        assert_same(fast, layer, x.transpose(-1, -2))
+
+
+def test_the_small_network_gets_one_rewrite_of_each_kind():
+    network = small()
+    fast, count = rewrite_copy(network)
+    assert count == 3
+    assert {name: kernel.kind for name, kernel in rewritten(fast).items()} == {
+        "0": PHASE, "1": CHANNELS_LAST, "2": POINTWISE}
+    assert_same(fast, network, small_input())
+
+
+class WeightStandardisedConv3d(nn.Conv3d):
+    """A third-party convolution: each filter standardised to zero mean, unit variance before use."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        mean = weight.mean(dim=(1, 2, 3, 4), keepdim=True)
+        std = weight.std(dim=(1, 2, 3, 4), keepdim=True) + 1e-5
+        return self._conv_forward(input, (weight - mean) / std, self.bias)
+
+
+def test_a_convolution_subclass_is_left_alone():
+    torch.manual_seed(0)
+    network = nn.Sequential(WeightStandardisedConv3d(2, 2, 3, padding=1), WeightStandardisedConv3d(2, 3, 1)).eval()
+    fast, count = rewrite_copy(network)
+    assert_same(fast, network, torch.randn(1, 2, 6, 5, 4))
+    assert count == 0
+
+
+def test_a_layer_with_a_forward_hook_is_left_alone():
+    network = small()
+    network[0].register_forward_hook(lambda module, args, output: output * 2)
+    fast, count = rewrite_copy(network)
+    assert_same(fast, network, small_input())
+    assert count == 2
+
+
+def test_a_layer_with_a_forward_pre_hook_is_left_alone():
+    network = small()
+    network[2].register_forward_pre_hook(lambda module, args: (args[0] * 3,))
+    fast, count = rewrite_copy(network)
+    assert_same(fast, network, small_input())
+    assert count == 2
+
+
+def test_hooks_added_after_the_rewrite_still_run():
+    network = small()
+    fast = copy.deepcopy(network)
+    layers = list(fast)  # references held from before the rewrite, as a caller's hook code would
+    assert apply_cpu_kernels(fast) == 3
+    for original, kept in zip(network, layers, strict=True):
+        for target in (original, kept):  # the same hooks on the untouched layer and on the rewritten one
+            target.register_forward_pre_hook(lambda module, args: (args[0] + 0.5,))
+            target.register_forward_hook(lambda module, args, output: output * 2)
+    assert_same(fast, network, small_input())
+
+
+@contextmanager
+def global_hooks(pre: Callable[..., object], post: Callable[..., object]) -> Iterator[None]:
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("registered", ["before", "after"])
+def test_global_module_hooks_see_the_same_layers(registered):
+    def pre(module, args):
+        return (args[0] * 0.5,) if isinstance(module, nn.ConvTranspose3d) else None
+
+    def post(module, args, output):
+        return output + 1 if isinstance(module, nn.modules.conv._ConvNd) else None
+
+    network = small()
+    if registered == "before":
+        with global_hooks(pre, post):
+            fast, count = rewrite_copy(network)
+            assert_same(fast, network, small_input())
+            assert count == 3  # module hooks run around the layer, which stays in place
+    else:
+        fast, count = rewrite_copy(network)
+        with global_hooks(pre, post):
+            assert_same(fast, network, small_input())
+        assert count == 3
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+def test_legacy_weight_norm_is_left_alone_and_follows_later_changes():
+    def normalised() -> nn.Sequential:  # built twice: torch cannot deepcopy a legacy weight-normed module
+        network = small()
+        for index in (0, 2):
+            network[index] = torch.nn.utils.weight_norm(network[index])
+        return network
+
+    network, fast = normalised(), normalised()
+    held = [list(network), list(fast)]  # the layers as a caller holds them
+    count = apply_cpu_kernels(fast)
     with torch.no_grad():
-        expected, rewritten = layer(x), PointwiseConv(layer)
-        torch.testing.assert_close(rewritten(x), expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(rewritten(x[0]), expected[0], rtol=1e-5, atol=1e-5)
-        if dims > 1:  # a non-contiguous input
-            strided = x.transpose(-1, -2)
-            torch.testing.assert_close(rewritten(strided), layer(strided), rtol=1e-5, atol=1e-5)
+        for layers in held:
+            layers[0].weight_g.mul_(2)
+            layers[2].weight_g.mul_(-1.5)
+    assert_same(fast, network, small_input())
+    assert count == 1  # only the unnormalised 2→2 convolution
+    assert list(fast.state_dict()) == list(network.state_dict())
+
+
+def test_parametrized_weight_norm_is_left_alone_and_follows_later_changes():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    network = small()
+    for index in (0, 2):
+        network[index] = weight_norm(network[index])
+    fast = copy.deepcopy(network)
+    held = [list(network), list(fast)]  # the layers as a caller holds them
+    count = apply_cpu_kernels(fast)
+    with torch.no_grad():
+        for layers in held:
+            layers[0].parametrizations.weight.original0.mul_(2)
+            layers[2].parametrizations.weight.original0.mul_(-1.5)
+    assert_same(fast, network, small_input())
+    assert count == 1
+    assert list(fast.state_dict()) == list(network.state_dict())
+
+
+def test_in_place_weight_changes_after_the_rewrite_apply():
+    network = small()
+    fast = copy.deepcopy(network)
+    held = [list(network), list(fast)]  # the layers as a caller holds them
+    count = apply_cpu_kernels(fast)
+    with torch.no_grad():
+        for layers in held:
+            for index, layer in enumerate(layers):
+                layer.weight.data.mul_(index - 1.5)
+                layer.bias.data.add_(index + 1)
+    assert_same(fast, network, small_input())
+    assert count == 3
+
+
+def test_state_dict_keys_stay_and_load_state_dict_applies():
+    network = small()
+    before = network.state_dict()
+    fast, count = rewrite_copy(network)
+    assert count == 3
+    after = fast.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[key], before[key]) and after[key].is_contiguous() for key in before)
+    torch.manual_seed(7)
+    other = nn.Sequential(nn.ConvTranspose3d(8, 2, 3, 2, 1, 1), nn.Conv3d(2, 2, 3, padding=1),
+                          nn.Conv3d(2, 3, 1)).eval()
+    fast.load_state_dict(other.state_dict(), strict=True)
+    assert_same(fast, other, small_input())
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular", "replicate"])
+def test_other_padding_modes_are_left_alone(padding_mode):
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv3d(2, 2, 3, padding=1, padding_mode=padding_mode),
+                            nn.Conv3d(2, 2, 1, padding_mode=padding_mode)).eval()
+    fast, count = rewrite_copy(network)
+    assert count == 0
+    assert_same(fast, network, torch.randn(1, 2, 5, 6, 4))
+
+
+def test_grouped_layers_are_left_alone():
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv3d(4, 4, 3, padding=1, groups=2), nn.Conv3d(4, 2, 1, groups=2),
+                            nn.ConvTranspose3d(2, 2, 3, 2, 1, 1, groups=2)).eval()
+    fast, count = rewrite_copy(network)
+    assert count == 0
+    assert_same(fast, network, torch.randn(1, 4, 5, 6, 4))
+
+
+def test_dilated_layers_match_or_are_left_alone():
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv3d(4, 2, 3, padding=2, dilation=2), nn.Conv3d(2, 4, 1, dilation=2),
+                            nn.ConvTranspose3d(4, 2, 3, 2, 1, 1, dilation=2)).eval()
+    fast, count = rewrite_copy(network)
+    # the dilated 4→2 convolution runs channels-last (dilation passed through), the 1×1 one is a matrix product
+    # (dilation means nothing there), the dilated transposed one is left alone
+    assert {name: kernel.kind for name, kernel in rewritten(fast).items()} == {"0": CHANNELS_LAST, "1": POINTWISE}
+    assert count == 2
+    assert_same(fast, network, torch.randn(1, 4, 5, 6, 4))
+
+
+def test_settings_changed_after_the_rewrite_fall_back_to_torch():
+    network = small()
+    fast, _ = rewrite_copy(network)
+    for model in (network, fast):
+        model[1].padding_mode = "reflect"
+        model[0].stride, model[0].output_padding = (2, 1, 2), (1, 0, 1)  # still a phase rewrite, another geometry
+    assert_same(fast, network, small_input())
+    for model in (network, fast):  # an output padding torch refuses is refused as torch does
+        model[0].output_padding = (1, 1, 1)
+        with pytest.raises(RuntimeError, match="output padding must be smaller"):
+            model(small_input())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_wide_layers_and_script_modules_are_left_alone():
+    network = nn.Sequential(nn.ConvTranspose3d(8, 16, 3, 2, 1, 1), nn.Conv3d(16, 8, 1), nn.Conv3d(16, 2, 1, stride=2))
+    assert apply_cpu_kernels(network) == 0
+    torch.manual_seed(0)
+    scripted = torch.jit.script(small())
+    assert apply_cpu_kernels(scripted) == 0
+    holder = nn.Sequential(scripted, nn.Identity())
+    assert apply_cpu_kernels(holder) == 0
+    assert_same(holder, small(), small_input())
+    traced = torch.jit.trace(small(), small_input())
+    assert apply_cpu_kernels(traced) == 0
+
+
+def test_a_rewritten_network_can_be_rewritten_again_and_copied():
+    network = small()
+    fast, count = rewrite_copy(network)
+    assert count == 3
+    assert apply_cpu_kernels(fast) == 0  # idempotent
+    clone = copy.deepcopy(fast)
+    assert all(kernel.module is clone.get_submodule(name) for name, kernel in rewritten(clone).items())
+    with torch.no_grad():
+        clone[0].weight.mul_(3)  # the copy's kernel reads the copy's weight, not the original's
+        network[0].weight.mul_(3)
+    assert_same(clone, network, small_input())
 
 
 def test_segresnet_head_rewritten_gives_the_same_logits():
@@ -74,7 +348,8 @@ def test_segresnet_head_rewritten_gives_the_same_logits():
     network = SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8).eval()
     fast = copy.deepcopy(network)
     assert apply_cpu_kernels(fast) == 1
-    assert any(isinstance(m, PointwiseConv) for m in fast.modules())
+    assert [kernel.kind for kernel in rewritten(fast).values()] == [POINTWISE]
+    assert list(fast.state_dict()) == list(network.state_dict())
     x = torch.randn(1, 1, 32, 40, 24)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), network(x), rtol=1e-4, atol=1e-4)
@@ -92,36 +367,26 @@ def test_unet_rewritten_gives_the_same_logits_and_labels():
     network = unet()
     fast = copy.deepcopy(network)
     assert apply_cpu_kernels(fast) == 2  # the top up-sampling layer and the 2→2 convolution after it
-    kinds = {type(m) for m in fast.modules()}
-    assert {PhaseConvTranspose, ChannelsLastConv} <= kinds
+    assert sorted(kernel.kind for kernel in rewritten(fast).values()) == [CHANNELS_LAST, PHASE]
+    assert list(fast.state_dict()) == list(network.state_dict())
     x = torch.randn(2, 1, 40, 48, 36)
     with torch.inference_mode():
         expected, got = network(x), fast(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.argmax(1), expected.argmax(1))
-    assert apply_cpu_kernels(fast) == 0  # idempotent: wrapped layers are not wrapped again
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
-def test_wide_layers_grouped_layers_and_script_modules_are_left_alone():
-    network = nn.Sequential(nn.ConvTranspose3d(8, 16, 3, 2, 1, 1), nn.Conv3d(16, 8, 1), nn.Conv3d(16, 2, 1, stride=2),
-                            nn.Conv3d(4, 4, 3, groups=2), nn.ConvTranspose3d(4, 2, 3, 2, 1, 1, dilation=2))
-    assert apply_cpu_kernels(network) == 0
-    scripted = torch.jit.script(nn.Sequential(nn.ConvTranspose3d(4, 2, 3, 2, 1, 1)))
-    assert apply_cpu_kernels(scripted) == 0
+    assert apply_cpu_kernels(fast) == 0  # idempotent: rewritten layers are not rewritten again
 
 
 def test_environment_switch_turns_the_rewrites_off(monkeypatch):
     monkeypatch.setenv("MITK_CPU_KERNELS", "0")
     network = unet()
     assert apply_cpu_kernels(network) == 0
-    assert not any(isinstance(m, (PhaseConvTranspose, ChannelsLastConv)) for m in network.modules())
+    assert rewritten(network) == {}
 
 
-def test_load_model_uses_the_rewrites_on_cpu_with_a_checkpoint(tmp_path):
+def _checkpointed_unet(tmp_path):
     from mitk.checkpoint import save_checkpoint
     from mitk.plugin_manager import get_registry
-    from mitk.runner.model import load_model
 
     plugin = get_registry().get("unet", "segment").load()
     config = plugin.resolve_config({"network": {"channels": [8, 16, 32], "strides": [2, 2]},
@@ -130,9 +395,26 @@ def test_load_model_uses_the_rewrites_on_cpu_with_a_checkpoint(tmp_path):
     network = plugin.network(config)
     path = save_checkpoint(tmp_path / "unet.safetensors", network.state_dict(), task="segment", plugin="unet",
                            plugin_version=None, config=config)
+    return plugin, network, path
+
+
+def test_load_model_uses_the_rewrites_on_cpu_with_a_checkpoint(tmp_path):
+    from mitk.runner.model import load_model
+
+    _, network, path = _checkpointed_unet(tmp_path)
     model = load_model("segment", None, path, None, "cpu")
     assert model.network is not None
-    assert any(isinstance(m, PhaseConvTranspose) for m in model.network.modules())
+    assert PHASE in {kernel.kind for kernel in rewritten(model.network).values()}
+    assert list(model.network.state_dict()) == list(network.state_dict())
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(model.network(x), network.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_plugin_can_opt_out(tmp_path, monkeypatch):
+    from mitk.runner.model import load_model
+
+    plugin, _, path = _checkpointed_unet(tmp_path)
+    monkeypatch.setattr(type(plugin), "cpu_kernels", False, raising=False)
+    model = load_model("segment", None, path, None, "cpu")
+    assert model.network is not None and rewritten(model.network) == {}

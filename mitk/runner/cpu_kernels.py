@@ -9,18 +9,35 @@ remove most of that, measured in ``docs/benchmarks.md``:
 * a 1×1 convolution to few output channels (a segmentation head) becomes one batched matrix product;
 * any other ordinary convolution with few input and output channels runs in channels-last memory order.
 
-All compute the same sums as the module they replace (differences at float32 rounding level). They apply to
-inference on CPU only; set ``MITK_CPU_KERNELS=0`` to run the network untouched.
+The rule, which keeps a rewritten network's outputs those of the untouched one up to float32 rounding:
+
+* only layers whose type *is* one of torch's convolutions are rewritten (``type(m) is nn.Conv3d``; no subclass,
+  which may change the maths, e.g. weight standardisation), ungrouped, ``padding_mode="zeros"``, transposed ones
+  undilated, and only while they carry no hook of their own (forward, pre-forward, backward, state-dict or
+  load-state-dict) and no parametrization (``weight_norm``, old and new, is one or the other);
+* the layer stays where it is, the same object with the same parameters: only its ``forward`` is replaced (an
+  instance attribute, :class:`CpuKernel`). ``state_dict`` keys, ``load_state_dict`` and hooks registered later
+  (its own or torch's global module hooks) work as before, since ``nn.Module.__call__`` runs them around it;
+* the kernel reads the layer's weights, bias and settings on every call, so later weight changes (in place,
+  ``load_state_dict``) apply; the transposed convolution's phase weight is gathered from the weight per call
+  (one indexing op, microseconds next to the convolution's milliseconds);
+* ``output_size=`` to a transposed convolution is honoured exactly; a call on a non-CPU tensor, or after the
+  layer's settings changed so that it no longer qualifies, runs torch's own ``forward``.
+
+They apply to inference on CPU only (``load_model``, unless the plugin sets ``cpu_kernels = False``); set
+``MITK_CPU_KERNELS=0`` to run the network untouched.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from mitk.env import env_flag
 
@@ -31,6 +48,12 @@ _CONV: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _ORDINARY = (nn.Conv2d, nn.Conv3d)
 _POINTWISE = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Per-module hook tables; a layer with an entry in any of them is left alone.
+_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                "_load_state_dict_post_hooks")
+
+PHASE, POINTWISE, CHANNELS_LAST = "phase-transposed", "pointwise", "channels-last"
 
 
 def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, int]]]:
@@ -43,125 +66,182 @@ def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, 
             for r in range(stride)]
 
 
-class PhaseConvTranspose(nn.Module):
-    """A zero-padded, ungrouped, undilated transposed convolution computed as one ordinary convolution.
+class _PhaseGeometry:
+    """Where each kernel tap of a transposed convolution lands in the phase convolution's kernel."""
 
-    Each of the ``prod(stride)`` output phases gets its own block of output channels; the blocks are then
-    interleaved into the full-resolution output.
-    """
-
-    def __init__(self, module: nn.modules.conv._ConvTransposeNd) -> None:
-        super().__init__()
-        dims = module.weight.ndim - 2
-        self.dims = dims
-        self.out_channels = module.out_channels
-        self.stride = tuple(int(s) for s in module.stride)
-        self.padding = tuple(int(p) for p in module.padding)
-        self.output_padding = tuple(int(p) for p in module.output_padding)
-        self.kernel_size = tuple(int(k) for k in module.kernel_size)
-        per_dim = [_phase_taps(k, s, p) for k, s, p in zip(self.kernel_size, self.stride, self.padding, strict=True)]
+    def __init__(self, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> None:
+        per_dim = [_phase_taps(k, s, p) for k, s, p in zip(kernel_size, stride, padding, strict=True)]
         self.low = tuple(min(off for phase in taps for off, _ in phase) for taps in per_dim)
         high = tuple(max(off for phase in taps for off, _ in phase) for taps in per_dim)
         self.span = tuple(h - lo + 1 for h, lo in zip(high, self.low, strict=True))
-        self.phases = list(itertools.product(*[range(s) for s in self.stride]))
-        weight = module.weight.detach()  # [in, out, *kernel]
-        kernel = weight.new_zeros(len(self.phases), self.out_channels, module.in_channels, *self.span)
-        for index, phase in enumerate(self.phases):
+        self.phases = list(itertools.product(*[range(s) for s in stride]))
+        taps = 1
+        for k in kernel_size:
+            taps *= k
+        # flat kernel tap per (phase, *span) place; ``taps`` (one past the last) stands for a zero
+        index = torch.full((len(self.phases), *self.span), taps, dtype=torch.long)
+        for p, phase in enumerate(self.phases):
             for combo in itertools.product(*[per_dim[d][r] for d, r in enumerate(phase)]):
                 place = tuple(off - lo for (off, _), lo in zip(combo, self.low, strict=True))
-                taps = tuple(t for _, t in combo)
-                into: tuple[int | slice, ...] = (index, slice(None), slice(None), *place)
-                tap: tuple[int | slice, ...] = (slice(None), slice(None), *taps)
-                kernel[into] = weight[tap].T
-        self.register_buffer("phase_weight", kernel.flatten(0, 1).contiguous(), persistent=False)
-        bias = module.bias.detach().repeat(len(self.phases)) if module.bias is not None else None
-        self.register_buffer("phase_bias", bias, persistent=False)
-        self.source = module  # kept for introspection (``.source.weight``); not used in forward
+                flat = 0
+                for (_, t), k in zip(combo, kernel_size, strict=True):
+                    flat = flat * k + t
+                at: tuple[int, ...] = (p, *place)
+                index[at] = flat
+        self.index = index.flatten()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == self.dims + 1:  # unbatched, as torch's layers accept
-            return self.forward(x.unsqueeze(0)).squeeze(0)
-        sizes = x.shape[2:]
-        out_sizes = [(n - 1) * s - 2 * p + k + op for n, s, p, k, op in
-                     zip(sizes, self.stride, self.padding, self.kernel_size, self.output_padding, strict=True)]
-        counts = [[-(-(o - r) // s) for r in range(s)] for o, s in zip(out_sizes, self.stride, strict=True)]
-        # symmetric padding wide enough for the lowest and the highest input offset any phase reads
-        pad = [max(0, -lo, max(c) + lo + span - 1 - n) for lo, span, c, n in
-               zip(self.low, self.span, counts, sizes, strict=True)]
-        y = _CONV[self.dims](x, self.phase_weight, self.phase_bias, padding=pad)
-        out = y.new_empty(x.shape[0], self.out_channels, *out_sizes)
-        blocks = y.unflatten(1, (len(self.phases), self.out_channels))
-        for index, phase in enumerate(self.phases):
-            starts = [lo + p for lo, p in zip(self.low, pad, strict=True)]
-            source = tuple(slice(st, st + counts[d][r]) for d, (st, r) in enumerate(zip(starts, phase, strict=True)))
-            target = tuple(slice(r, None, s) for r, s in zip(phase, self.stride, strict=True))
-            into: tuple[int | slice, ...] = (slice(None), slice(None), *target)
-            read: tuple[int | slice, ...] = (slice(None), index, slice(None), *source)
-            out[into] = blocks[read]
-        return out
+    def weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The phase convolution's weight ``[phases*out, in, *span]`` from a transposed one ``[in, out, *kernel]``.
+
+        One ``index_select`` and one copy, ~50 µs for MONAI UNet's 32→2 layer (whose convolution takes ~10-40 ms),
+        so it is derived on every call rather than cached, and cannot go stale.
+        """
+        flat = F.pad(weight.flatten(2), (0, 1))  # [in, out, taps + 1], the last one zero
+        gathered = flat.index_select(2, self.index.to(weight.device))
+        gathered = gathered.unflatten(2, (len(self.phases), *self.span))  # [in, out, phases, *span]
+        return gathered.permute(2, 1, 0, *range(3, gathered.dim())).flatten(0, 1).contiguous()
 
 
-class PointwiseConv(nn.Module):
+@functools.lru_cache(maxsize=64)
+def _geometry(kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> _PhaseGeometry:
+    return _PhaseGeometry(kernel_size, stride, padding)
+
+
+def _phase_transposed(module: nn.modules.conv._ConvTransposeNd, x: torch.Tensor,
+                      output_size: list[int] | None) -> torch.Tensor:
+    """``module(x, output_size)`` computed as one ordinary convolution over all stride phases, then interleaved."""
+    dims = module.weight.dim() - 2
+    if x.dim() == dims + 1:  # unbatched, as torch's layers accept
+        if output_size is not None and len(output_size) == dims + 1:
+            output_size = list(output_size)[1:]
+        return _phase_transposed(module, x.unsqueeze(0), output_size).squeeze(0)
+    stride, padding = tuple(int(s) for s in module.stride), tuple(int(p) for p in module.padding)
+    kernel_size = tuple(int(k) for k in module.kernel_size)
+    output_padding = module._output_padding(x, output_size, list(stride), list(padding), list(kernel_size), dims,
+                                            list(module.dilation))
+    geometry = _geometry(kernel_size, stride, padding)
+    out_channels, phases = module.out_channels, len(geometry.phases)
+    sizes = x.shape[2:]
+    out_sizes = [(n - 1) * s - 2 * p + k + op for n, s, p, k, op in
+                 zip(sizes, stride, padding, kernel_size, output_padding, strict=True)]
+    counts = [[-(-(o - r) // s) for r in range(s)] for o, s in zip(out_sizes, stride, strict=True)]
+    # symmetric padding wide enough for the lowest and the highest input offset any phase reads
+    pad = [max(0, -lo, max(c) + lo + span - 1 - n) for lo, span, c, n in
+           zip(geometry.low, geometry.span, counts, sizes, strict=True)]
+    bias = module.bias.repeat(phases) if module.bias is not None else None
+    y = _CONV[dims](x, geometry.weight(module.weight), bias, padding=pad)
+    out = y.new_empty(x.shape[0], out_channels, *out_sizes)
+    blocks = y.unflatten(1, (phases, out_channels))
+    starts = [lo + p for lo, p in zip(geometry.low, pad, strict=True)]
+    for index, phase in enumerate(geometry.phases):
+        source = tuple(slice(st, st + counts[d][r]) for d, (st, r) in enumerate(zip(starts, phase, strict=True)))
+        target = tuple(slice(r, None, s) for r, s in zip(phase, stride, strict=True))
+        into: tuple[int | slice, ...] = (slice(None), slice(None), *target)
+        read: tuple[int | slice, ...] = (slice(None), index, slice(None), *source)
+        out[into] = blocks[read]
+    return out
+
+
+def _pointwise(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """A 1×1(×1) convolution to few channels as one batched matrix product (a network's last layer, typically)."""
-
-    def __init__(self, module: nn.modules.conv._ConvNd) -> None:
-        super().__init__()
-        self.conv = module  # kept for introspection; forward uses its weight as a matrix
-        self.out_channels = module.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unbatched = x.dim() == self.conv.weight.dim() - 1
-        if unbatched:
-            x = x.unsqueeze(0)
-        weight = self.conv.weight.reshape(self.out_channels, -1)
-        flat = x.reshape(x.shape[0], x.shape[1], -1)
-        if self.conv.bias is None:
-            out = torch.matmul(weight, flat)
-        else:
-            out = torch.baddbmm(self.conv.bias.view(1, -1, 1).expand(x.shape[0], -1, 1),
-                                weight.expand(x.shape[0], -1, -1), flat)
-        out = out.view(x.shape[0], self.out_channels, *x.shape[2:])
-        return out.squeeze(0) if unbatched else out
+    unbatched = x.dim() == module.weight.dim() - 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    weight = module.weight.reshape(module.out_channels, -1)
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    if module.bias is None:
+        out = torch.matmul(weight, flat)
+    else:
+        out = torch.baddbmm(module.bias.view(1, -1, 1).expand(x.shape[0], -1, 1),
+                            weight.expand(x.shape[0], -1, -1), flat)
+    out = out.view(x.shape[0], module.out_channels, *x.shape[2:])
+    return out.squeeze(0) if unbatched else out
 
 
-class ChannelsLastConv(nn.Module):
+def _channels_last(module: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """An ordinary convolution run in channels-last order; input and output stay in the caller's order."""
-
-    def __init__(self, module: nn.Conv2d | nn.Conv3d) -> None:
-        super().__init__()
-        self.format = torch.channels_last_3d if module.weight.ndim == 5 else torch.channels_last
-        module.weight.data = module.weight.data.contiguous(memory_format=self.format)
-        self.conv = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.contiguous(memory_format=self.format)).contiguous()
+    layout = torch.channels_last_3d if module.weight.dim() == 5 else torch.channels_last
+    if x.dim() != module.weight.dim():  # unbatched: no channels-last layout for it
+        return module._conv_forward(x, module.weight, module.bias)
+    weight = module.weight.contiguous(memory_format=layout)
+    return module._conv_forward(x.contiguous(memory_format=layout), weight, module.bias).contiguous()
 
 
-def _rewrite(module: nn.Module) -> nn.Module | None:
-    plain = isinstance(module, nn.modules.conv._ConvNd) and module.groups == 1 and module.padding_mode == "zeros"
-    if (plain and isinstance(module, _TRANSPOSED) and module.out_channels <= FEW_CHANNELS
-            and all(d == 1 for d in module.dilation) and isinstance(module.padding, tuple)):
-        return PhaseConvTranspose(module)
-    if (plain and isinstance(module, _POINTWISE) and module.out_channels <= FEW_CHANNELS
-            and all(k == 1 for k in module.kernel_size) and all(s == 1 for s in module.stride)
-            and module.padding in ("valid", (0,) * len(module.kernel_size))):
-        return PointwiseConv(module)
-    if plain and isinstance(module, _ORDINARY) and max(module.in_channels, module.out_channels) <= FEW_CHANNELS:
-        return ChannelsLastConv(module)
+def kernel_kind(module: nn.Module) -> str | None:
+    """Which rewrite suits ``module`` as it is now configured (type and settings only, not hooks), or None."""
+    kind = type(module)
+    if kind not in _TRANSPOSED and kind not in _POINTWISE:
+        return None
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    if module.groups != 1 or module.padding_mode != "zeros":
+        return None
+    if kind in _TRANSPOSED:
+        if (module.out_channels <= FEW_CHANNELS and all(d == 1 for d in module.dilation)
+                and isinstance(module.padding, tuple)
+                and all(op < s for op, s in zip(module.output_padding, module.stride, strict=True))):
+            return PHASE
+        return None
+    if (module.out_channels <= FEW_CHANNELS and all(k == 1 for k in module.kernel_size)
+            and all(s == 1 for s in module.stride) and module.padding in ("valid", (0,) * len(module.kernel_size))):
+        return POINTWISE
+    if kind in _ORDINARY and max(module.in_channels, module.out_channels) <= FEW_CHANNELS:
+        return CHANNELS_LAST
     return None
 
 
+def _untouched(module: nn.Module) -> bool:
+    """No hooks of its own, no parametrization, no ``forward`` set on the instance (by us or anyone else)."""
+    return (not any(getattr(module, table, None) for table in _HOOK_TABLES)
+            and not parametrize.is_parametrized(module) and "forward" not in vars(module))
+
+
+class CpuKernel:
+    """A convolution layer's replacement ``forward``: the CPU kernel for its ``kind``, reading the layer's current
+    weights and settings on each call, or torch's own ``forward`` when the layer no longer qualifies."""
+
+    def __init__(self, module: nn.modules.conv._ConvNd, kind: str) -> None:
+        self.module = module
+        self.kind = kind
+
+    def __call__(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        module = self.module
+        if input.device.type != "cpu" or kernel_kind(module) != self.kind:
+            return self.original(input, output_size)
+        if self.kind == PHASE:
+            assert isinstance(module, nn.modules.conv._ConvTransposeNd)
+            return _phase_transposed(module, input, output_size)
+        if output_size is not None:  # not a parameter of an ordinary convolution: let torch say so
+            return self.original(input, output_size)
+        if self.kind == POINTWISE:
+            return _pointwise(module, input)
+        assert isinstance(module, (nn.Conv2d, nn.Conv3d))
+        return _channels_last(module, input)
+
+    def original(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """The layer's class ``forward`` (torch's), with the arguments the caller gave."""
+        forward = type(self.module).forward
+        if output_size is None:
+            return forward(self.module, input)
+        return forward(self.module, input, output_size)
+
+    def __repr__(self) -> str:
+        return f"CpuKernel({self.kind})"
+
+
+def rewritten(network: nn.Module) -> dict[str, CpuKernel]:
+    """The layers of ``network`` that run a CPU kernel, by qualified name."""
+    return {name: m.forward for name, m in network.named_modules() if isinstance(vars(m).get("forward"), CpuKernel)}
+
+
 def apply_cpu_kernels(network: nn.Module) -> int:
-    """Swap qualifying layers of an inference network in place; returns how many were swapped."""
+    """Give the qualifying layers of an inference network their CPU kernel, in place; returns how many."""
     if not env_flag("MITK_CPU_KERNELS", default=True):
         return 0
     swapped = 0
-    for parent in list(network.modules()):
-        if isinstance(parent, (PhaseConvTranspose, PointwiseConv, ChannelsLastConv, torch.jit.ScriptModule)):
-            continue
-        for name, child in list(parent.named_children()):
-            replacement = _rewrite(child)
-            if replacement is not None:
-                setattr(parent, name, replacement)
-                swapped += 1
+    for module in network.modules():
+        kind = kernel_kind(module)
+        if kind is not None and _untouched(module):
+            assert isinstance(module, nn.modules.conv._ConvNd)
+            module.forward = CpuKernel(module, kind)
+            swapped += 1
     return swapped

@@ -83,7 +83,7 @@ def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
         network = network.to(resolved).eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)
-        if resolved.type == "cpu":
+        if resolved.type == "cpu" and getattr(instance, "cpu_kernels", True):
             apply_cpu_kernels(network)
     return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=network,
                        device=resolved, version=entry.version,
