@@ -72,12 +72,12 @@ def describe(error: BaseException) -> str:
 
 
 def missing_methods(plugin: TaskPlugin) -> list[str]:
-    """The methods the plugin's task requires (``required_methods``) that it does not override.
+    """The methods the plugin's task requires (``plugin.requirements()``) that it does not override.
 
     ``network`` is not required of a plugin that runs without weights (``needs_weights = False``).
     """
     missing = []
-    for name in plugin.required_methods:
+    for name in plugin.requirements():
         if name == "network" and not plugin.needs_weights:
             continue
         if name in vars(plugin):

@@ -57,6 +57,12 @@ class TaskPlugin:
     needs_weights: ClassVar[bool] = True
     """False for classical methods that run without a checkpoint."""
     trainable: ClassVar[bool] = True
+    cpu_kernels: ClassVar[bool] = True
+    """False keeps mitk's exact CPU convolution rewrites (``mitk.runner.cpu_kernels``) off this plugin's network."""
+
+    def requirements(self) -> tuple[str, ...]:
+        """The methods this plugin must override: :attr:`required_methods`, unless its kind needs others."""
+        return self.required_methods
 
     def default_config(self) -> dict[str, Any]:
         """Hyperparameters and preprocessing parameters, JSON-serialisable; saved in checkpoints."""
@@ -156,6 +162,10 @@ class RegistrationPlugin(TaskPlugin):
 
     task = Task.REGISTER
     required_methods = ("register",)
+
+    def requirements(self) -> tuple[str, ...]:
+        """A learned plugin (no ``register`` of its own) needs a network and its transforms instead."""
+        return ("network", "inference_transforms") if self.is_learned() else self.required_methods
 
     def register(self, fixed: Image, moving: Image, model: torch.nn.Module | None, config: dict[str, Any]
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:

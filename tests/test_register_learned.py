@@ -112,3 +112,16 @@ def test_a_plugin_with_neither_register_nor_network_is_refused() -> None:
                         device=torch.device("cpu"))
     with pytest.raises(PluginError, match="neither overrides register"):
         RegistrationRunner(model)
+
+
+def test_a_learned_plugin_lacks_nothing_and_a_bare_one_lacks_register() -> None:
+    from mitk.registry import missing_methods
+
+    assert missing_methods(Learned()) == []
+    assert missing_methods(RegistrationPlugin()) == ["network", "inference_transforms"]
+
+    class Classical(RegistrationPlugin):
+        def register(self, fixed: Any, moving: Any, model: Any, config: Any) -> Any:
+            return None, None
+
+    assert missing_methods(Classical()) == []
