@@ -78,6 +78,19 @@ class TaskPlugin:
         """Named MONAI metrics (``CumulativeIterationMetric`` instances) used in validation."""
         return {}
 
+    def settings_help(self) -> dict[str, str]:
+        """One line describing each setting, by dotted key (``"network.channels"``); shown by
+        ``mitk plugins info NAME``."""
+        return {}
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """Accepted types of the settings whose default does not say (dotted key → types, ``None`` for null).
+
+        A key named here is checked against these types only and nothing below it is checked, so
+        ``{"labels": (dict,)}`` leaves the label names to the user. See :mod:`mitk.settings`.
+        """
+        return {}
+
 
 class SegmentationPlugin(TaskPlugin):
     """Produces a label map: network logits with one channel per label, background first."""

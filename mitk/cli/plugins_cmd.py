@@ -45,18 +45,21 @@ def list_plugins(as_json: JsonOption = False) -> None:
 
 @app.command("info")
 def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_json: JsonOption = False) -> None:
-    """Describe one plugin: task, origin, default settings and labels (imports the plugin)."""
+    """Describe one plugin: task, origin and its settings with their defaults and descriptions (imports the plugin)."""
     from mitk.plugin_manager import get_registry
+    from mitk.settings import describe_settings
 
     entry = get_registry().get(name)
     plugin = entry.load()
     config = plugin.default_config()
+    settings = describe_settings(plugin)
     document = {
         "name": entry.name, "task": entry.task.value, "version": entry.version,
         "distribution": entry.distribution, "source": entry.source, "summary": entry.summary,
         "needs_weights": bool(getattr(plugin, "needs_weights", True)),
         "trainable": bool(getattr(plugin, "trainable", True)),
         "config": config,
+        "settings": settings,
     }
     if as_json:
         emit_json(document)
@@ -68,5 +71,7 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
     console = Console()
     for key in ("name", "task", "version", "distribution", "source", "summary", "needs_weights", "trainable"):
         console.print(f"[bold]{key}[/]: {document[key]}")
-    console.print("[bold]config[/] (change with --set KEY=VALUE):")
-    console.print(json.dumps(config, indent=2, default=str), markup=False)
+    console.print("[bold]settings[/] (change with --set KEY=VALUE):")
+    rows = [{"setting": row["key"], "default": json.dumps(row["default"], default=str),
+             "description": row["help"] or "-"} for row in settings]
+    typer.echo(plain_table(rows, ["setting", "default", "description"]))  # no wrapping: one line a setting
