@@ -211,22 +211,21 @@ def _types_of(default: Any) -> tuple[type, ...]:
 
 
 def _is_one_of(value: Any, kinds: tuple[type, ...]) -> bool:
-    """JSON typing: bool is not a number, an int is a float, any sequence (but text) a list, any mapping a dict."""
-    if not kinds:
-        return True
-    for kind in kinds:
-        if kind is bool or isinstance(value, bool):
-            if kind is bool and isinstance(value, bool):
-                return True
-        elif kind is float and isinstance(value, (int, float)):
-            return True
-        elif kind is list and isinstance(value, Sequence) and not isinstance(value, str):
-            return True
-        elif kind is dict and isinstance(value, Mapping):
-            return True
-        elif isinstance(value, kind):
-            return True
-    return False
+    """JSON typing: no kinds accept anything; see :func:`_fits`."""
+    return not kinds or any(_fits(value, kind) for kind in kinds)
+
+
+def _fits(value: Any, kind: type) -> bool:
+    """A bool is not a number, an int is a float, any sequence but text is a list, any mapping a dict."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is list:
+        return isinstance(value, Sequence) and not isinstance(value, str)
+    if kind is dict:
+        return isinstance(value, Mapping)
+    return isinstance(value, kind)
 
 
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text", list: "a list",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,8 @@ def _build_inference_pieces(instance: TaskPlugin, config: dict[str, Any]) -> Non
         build = getattr(instance, piece, None)
         if build is None:
             continue
-        try:
+        with contextlib.suppress(NotImplementedError):
             build(config)
-        except NotImplementedError:
-            pass
 
 
 def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
