@@ -48,7 +48,7 @@ CORE_KEYS = frozenset({"training"})
 
 NoneType = type(None)
 SETTING_ERRORS = (ValueError, TypeError, AssertionError, KeyError, IndexError, PluginError)
-"""What a plugin's constructors raise when a setting does not fit (besides PluginError, Python's own)."""
+"""What plugins and MONAI raise when they cannot build from a setting."""
 
 
 class SettingsWarning(MitkWarning):

@@ -112,6 +112,10 @@ class SegmentationPlugin(TaskPlugin):
         """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
         return None
 
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """``labels`` is open: its keys are the label values the user chooses."""
+        return {"labels": (dict,)}
+
 
 class ClassificationPlugin(TaskPlugin):
     """Produces per-class probabilities for a whole image."""
@@ -136,6 +140,10 @@ class DetectionPlugin(TaskPlugin):
         """Return ``(boxes, scores, labels)``; boxes are ``(i0, j0, k0, i1, j1, k1)`` voxel indices of
         ``image`` (channel first, no batch axis)."""
         raise NotImplementedError
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """``labels`` is open: its keys are the label values the user chooses."""
+        return {"labels": (dict,)}
 
 
 class RegistrationPlugin(TaskPlugin):

@@ -134,6 +134,23 @@ def test_a_none_default_accepts_anything_and_schema_keys_below_unknown_parents_a
         check_overrides(Open(), {"stem": {"depth": 2}})
 
 
+def test_labels_of_segmentation_and_detection_plugins_are_open() -> None:
+    from mitk.tasks import DetectionPlugin, SegmentationPlugin
+
+    class Segmenter(SegmentationPlugin):
+        def default_config(self) -> dict[str, Any]:
+            return {"labels": {0: "background", 1: "organ"}}
+
+    class Detector(DetectionPlugin):
+        def default_config(self) -> dict[str, Any]:
+            return {"labels": {1: "nodule"}}
+
+    for instance in (Segmenter(), Detector()):
+        check_overrides(instance, {"labels": {"1": "liver", "2": "tumour"}})
+        with pytest.raises(UsageError, match="expects a mapping"):
+            check_overrides(instance, {"labels": "liver"})
+
+
 def test_source_is_named() -> None:
     with pytest.raises(UsageError, match=r"^--labels: plugin 'unet' has no setting"):
         check_overrides(plugin("unet"), {"lables": {}}, source="--labels", name="unet")

@@ -137,7 +137,8 @@ class MonaiSegmenter(SegmentationPlugin):
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
         return {
-            "labels": (dict, list),
+            **super().settings_schema(),
+            "labels": (dict, list),  # a list of names numbers them 0..N-1
             "orientation": (str, None),
             "spacing": (list, float, str, None),
             "patch_size": (list, int),

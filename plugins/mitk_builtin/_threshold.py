@@ -65,7 +65,7 @@ class ThresholdSegmenter(SegmentationPlugin):
         }
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
-        return {"threshold": (float, None), "labels": (dict,)}
+        return {**super().settings_schema(), "threshold": (float, None)}
 
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         threshold = config.get("threshold")

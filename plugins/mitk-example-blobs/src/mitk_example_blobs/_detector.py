@@ -71,7 +71,7 @@ class BlobDetector(DetectionPlugin):
         }
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
-        return {"spacing": (list, None), "labels": (dict,)}
+        return {**super().settings_schema(), "spacing": (list, None)}
 
     def inference_transforms(self, config: dict[str, Any]) -> Transform:
         """Reorient to RAS and, if ``spacing`` (mm) is set, resample; the runner maps boxes back."""
