@@ -45,3 +45,7 @@ class CheckpointError(MitkError):
 
 class GeometryError(InputError):
     """Images do not share a grid, or a DICOM series is not a regular volume."""
+
+
+class MitkWarning(UserWarning):
+    """A warning meant for the user; the command line prints it as one line."""

@@ -47,6 +47,18 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 """Settings every trainable plugin has (the training engine reads them); a plugin's defaults override them."""
 
+TRAINING_HELP: dict[str, str] = {
+    "optimizer.name": "training: adamw, adam, or sgd (momentum, nesterov: nnU-Net's choice)",
+    "optimizer.lr": "training: peak learning rate",
+    "optimizer.weight_decay": "training: weight decay",
+    "optimizer.momentum": "training: SGD momentum (sgd only)",
+    "optimizer.nesterov": "training: Nesterov momentum (sgd only)",
+    "schedule.name": "training: learning rate per epoch: cosine, poly or constant",
+    "schedule.warmup_epochs": "training: epochs of linear warm-up before the schedule",
+    "schedule.power": "training: exponent of the poly schedule",
+}
+"""One line for each of :data:`TRAINING_DEFAULTS`, shown by ``mitk plugins info``."""
+
 
 class TaskPlugin:
     """Base of all task plugins."""
@@ -101,6 +113,19 @@ class TaskPlugin:
         the task recipe's default step (:mod:`mitk.training.recipe`)."""
         return None
 
+    def settings_help(self) -> dict[str, str]:
+        """One line describing each setting, by dotted key (``"network.channels"``); shown by
+        ``mitk plugins info NAME``."""
+        return {}
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """Accepted types of the settings whose default does not say (dotted key → types, ``None`` for null).
+
+        A key named here is checked against these types only and nothing below it is checked, so
+        ``{"labels": (dict,)}`` leaves the label names to the user. See :mod:`mitk.settings`.
+        """
+        return {}
+
 
 class SegmentationPlugin(TaskPlugin):
     """Produces a label map: network logits with one channel per label, background first."""
@@ -122,6 +147,10 @@ class SegmentationPlugin(TaskPlugin):
     def postprocess(self, config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
         return None
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """``labels`` is open: its keys are the label values the user chooses."""
+        return {"labels": (dict,)}
 
 
 class ClassificationPlugin(TaskPlugin):
@@ -149,6 +178,10 @@ class DetectionPlugin(TaskPlugin):
         """Return ``(boxes, scores, labels)``; boxes are ``(i0, j0, k0, i1, j1, k1)`` voxel indices of
         ``image`` (channel first, no batch axis)."""
         raise NotImplementedError
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """``labels`` is open: its keys are the label values the user chooses."""
+        return {"labels": (dict,)}
 
 
 class RegistrationPlugin(TaskPlugin):

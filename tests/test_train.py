@@ -439,3 +439,12 @@ def test_a_plugins_own_step_and_a_minimised_monitor(cases, tmp_path, single_thre
     distances = {row["epoch"]: row["val_mean_hd95"] for row in run.history}
     assert run.best_epoch == min(distances, key=lambda epoch: distances[epoch])
     assert load_checkpoint(run.best_checkpoint).metrics["epoch"] == run.best_epoch
+
+
+def test_train_refuses_a_misspelt_setting_before_reading_data(tmp_path):
+    from helpers import invoke
+
+    code, _, err = invoke(["train", "segment", "--plugin", "unet", "--data", str(tmp_path / "nowhere"),
+                           "-d", str(tmp_path / "run"), "--set", "network.chanels=[4,8]"])
+    assert code == 2 and "did you mean 'network.channels'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

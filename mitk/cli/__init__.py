@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -14,7 +17,7 @@ from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import sample as sample_cmd
 from mitk.cli import train as train_cmd
 from mitk.cli.common import STATE
-from mitk.errors import MitkError
+from mitk.errors import MitkError, MitkWarning
 
 app = typer.Typer(
     name="mitk",
@@ -57,12 +60,31 @@ from mitk.cli import convert as convert_cmd  # noqa: E402
 app.command("convert")(convert_cmd.convert)
 
 
+@contextlib.contextmanager
+def _user_warnings_in_one_line() -> Iterator[None]:
+    """Print a :class:`MitkWarning` as ``mitk: warning: ...`` (other warnings keep Python's format)."""
+    original = warnings.formatwarning
+
+    def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                       line: str | None = None) -> str:
+        if issubclass(category, MitkWarning):
+            return f"mitk: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning expected errors into one line on stderr and an exit status."""
     import click
 
     try:
-        result = app(args=argv, standalone_mode=False)
+        with _user_warnings_in_one_line():
+            result = app(args=argv, standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as error:

@@ -93,13 +93,18 @@ def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+        parts = [part.strip() for part in key.strip().split(".")]
+        if not all(parts):
+            raise UsageError(f"--set {pair}: a key cannot have an empty part (write a.b, not a..b or a.)")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         target = settings
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"--set {pair}: {'.'.join(parts[: depth + 1])} was set to a value already, "
+                                 "so it has no keys to set")
         target[parts[-1]] = value
     return settings

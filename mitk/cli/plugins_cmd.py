@@ -45,14 +45,17 @@ def list_plugins(as_json: JsonOption = False) -> None:
 
 @app.command("info")
 def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_json: JsonOption = False) -> None:
-    """Describe one plugin: task, origin, default settings, labels and missing methods (imports the plugin)."""
+    """Describe one plugin: task, origin, its settings with defaults and descriptions, and missing methods
+    (imports the plugin)."""
     from mitk.plugin_manager import get_registry
     from mitk.registry import missing_methods
+    from mitk.settings import describe_settings
 
     entry = get_registry().get(name)
     plugin = entry.load()
     missing = missing_methods(plugin)
     config = plugin.default_config()
+    settings = describe_settings(plugin)
     document = {
         "name": entry.name, "task": entry.task.value, "version": entry.version,
         "distribution": entry.distribution, "source": entry.source, "summary": entry.summary,
@@ -60,6 +63,7 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
         "trainable": bool(getattr(plugin, "trainable", True)),
         "config": config,
         "missing_methods": missing,
+        "settings": settings,
     }
     if as_json:
         emit_json(document)
@@ -71,7 +75,9 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
     console = Console()
     for key in ("name", "task", "version", "distribution", "source", "summary", "needs_weights", "trainable"):
         console.print(f"[bold]{key}[/]: {document[key]}")
-    console.print("[bold]config[/] (change with --set KEY=VALUE):")
-    console.print(json.dumps(config, indent=2, default=str), markup=False)
+    console.print("[bold]settings[/] (change with --set KEY=VALUE):")
+    rows = [{"setting": row["key"], "default": json.dumps(row["default"], default=str),
+             "description": row["help"] or "-"} for row in settings]
+    typer.echo(plain_table(rows, ["setting", "default", "description"]))  # no wrapping: one line a setting
     console.print(f"[bold]missing methods[/]: {', '.join(missing) or 'none'}"
                   + (f" (a {entry.task.value} plugin must implement them)" if missing else ""), soft_wrap=True)

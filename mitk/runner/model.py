@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ from mitk.enums import Task
 from mitk.errors import CheckpointError, PluginError, UsageError
 from mitk.plugin_manager import get_registry
 from mitk.runner.cpu_kernels import apply_cpu_kernels
+from mitk.settings import check_overrides, check_saved_config, settings_errors
 from mitk.tasks import TaskPlugin
+
+INFERENCE_PIECES = ("inference_transforms", "labels", "class_names", "inferer", "postprocess")
+"""The plugin methods that turn the config into the pieces a task runner uses (those a plugin has)."""
 
 
 @dataclass
@@ -60,16 +65,20 @@ def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
         raise UsageError("--plugin is required (or give --weights with a mitk checkpoint)")
     entry = get_registry().get(plugin, task)
     instance: TaskPlugin = entry.load()
-    config = instance.resolve_config(checkpoint.config if checkpoint else None, overrides)
+    check_overrides(instance, overrides, name=plugin)
+    saved = check_saved_config(instance, checkpoint.config, source=str(weights), name=plugin) if checkpoint else None
     resolved = resolve_device(device)
     network = None
     if checkpoint is None and instance.needs_weights:
         raise PluginError(f"plugin {plugin!r} needs trained weights: give --weights FILE "
                           f"(train one with `mitk train {task.value} --plugin {plugin}`)")
-    try:
-        network = instance.network(config)
-    except NotImplementedError:
-        network = None
+    with settings_errors(plugin, overrides, checkpoint=weights if checkpoint else None):
+        config = instance.resolve_config(saved, overrides)
+        try:
+            network = instance.network(config)
+        except NotImplementedError:
+            network = None
+        _build_inference_pieces(instance, config)
     if checkpoint is not None:
         if network is None:
             raise CheckpointError(f"plugin {plugin!r} has no network to load weights into", weights)
@@ -89,6 +98,16 @@ def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
                        device=resolved, version=entry.version,
                        checkpoint=Path(weights) if weights else None,
                        metrics=checkpoint.metrics if checkpoint else {})
+
+
+def _build_inference_pieces(instance: TaskPlugin, config: dict[str, Any]) -> None:
+    """Build what the task runner will build from ``config``, so that a setting that does not fit fails here."""
+    for piece in INFERENCE_PIECES:
+        build = getattr(instance, piece, None)
+        if build is None:
+            continue
+        with contextlib.suppress(NotImplementedError):
+            build(config)
 
 
 def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

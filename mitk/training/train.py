@@ -80,7 +80,7 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
             Path(data), seed=training_options.seed, validation_fraction=training_options.validation_fraction)
         config = instance.resolve_config(point.checkpoint.config)
     else:
-        _check_settings(instance, overrides)
+        _check_settings(instance, plugin, overrides)
         datalist = recipe.read_datalist(Path(data), seed=training_options.seed,
                                         validation_fraction=training_options.validation_fraction)
         config = instance.resolve_config(recipe.found_config(datalist), overrides)
@@ -129,15 +129,11 @@ def _resumed_identity(point: ResumePoint, task: str, plugin: str | None, data: s
     return saved.plugin, saved_data
 
 
-def _check_settings(plugin: Any, overrides: dict[str, Any] | None) -> None:
-    """Refuse unknown or mistyped ``--set`` keys (through :mod:`mitk.settings` where available)."""
-    if not overrides:
-        return
-    try:
-        from mitk.settings import check_overrides
-    except ImportError:  # pragma: no cover - settings checks arrive with mitk.settings
-        return
-    check_overrides(plugin, overrides, source="--set")
+def _check_settings(plugin: Any, name: str, overrides: dict[str, Any] | None) -> None:
+    """Refuse unknown or mistyped settings before any data is read."""
+    from mitk.settings import check_overrides
+
+    check_overrides(plugin, overrides, source="--set", name=name)
 
 
 # -------------------------------------------------------------------------------------------------

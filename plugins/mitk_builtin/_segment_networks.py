@@ -15,10 +15,12 @@ from typing import Any
 import torch
 
 from mitk.errors import PluginError
-from mitk.tasks import SegmentationPlugin, Transform, merge_config
+from mitk.tasks import SegmentationPlugin, Transform
 
 INTENSITY_MODES = ("ct", "mr", "none")
 METRIC_NAMES = ("dice", "hd95", "surface_dice")
+BLEND_MODES = ("gaussian", "constant")
+"""How MONAI's sliding-window inferer blends overlapping windows."""
 KEEP = (None, "keep", "none", "")
 RAS_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 """Axis letters for ``orientation`` codes in the RAS+ world the affines live in."""
@@ -97,9 +99,56 @@ class MonaiSegmenter(SegmentationPlugin):
             "network": self.network_defaults(),
         }
 
+    def settings_help(self) -> dict[str, str]:
+        return {
+            "labels": "label value → name, background 0 first (a list of names numbers them 0..N-1)",
+            "in_channels": "image channels the network takes (set from the training data)",
+            "orientation": "reorient to these RAS+ axis codes first (e.g. RAS); null or \"keep\": as stored",
+            "spacing": "resample to this voxel size [x, y, z] (mm) first; null or \"keep\": as stored",
+            "intensity.mode": "intensity normalisation: ct (window a_min..a_max to 0..1), mr (z-score of "
+                              "non-zero voxels) or none",
+            "intensity.a_min": "lower end of the CT window (HU)",
+            "intensity.a_max": "upper end of the CT window (HU)",
+            "crop_foreground": "training: crop each case to its non-zero voxels before sampling patches",
+            "patch_size": "network input patch (voxels): training crops and sliding-window size",
+            "samples_per_case": "training: patches sampled from each case per epoch",
+            "positive": "training: relative weight of patches centred on a foreground voxel",
+            "negative": "training: relative weight of patches centred on a background voxel",
+            "augmentation.flip": "training: probability of a flip along each axis",
+            "augmentation.rotate90": "training: probability of an in-plane quarter turn",
+            "augmentation.intensity": "training: probability of intensity scaling and shifting",
+            "augmentation.scale": "training: intensities are scaled by up to 1 ± this",
+            "augmentation.shift": "training: intensities are shifted by up to ± this (normalised units)",
+            "sw_batch_size": "sliding windows per network call; \"auto\": 4 on CUDA, up to 4 CPU threads",
+            "overlap": "sliding-window overlap, 0 to below 1",
+            "mode": "blending of overlapping windows: gaussian or constant",
+            "largest_component": "keep the largest connected component of each foreground label (true) or "
+                                 "of the listed labels",
+            "metrics": f"validation metrics, from {', '.join(METRIC_NAMES)} (dice is always computed)",
+            "surface_tolerance_mm": "tolerance (mm) of surface_dice",
+            "optimizer.lr": "training: peak learning rate",
+            "optimizer.weight_decay": "training: weight decay",
+            **self.network_help(),
+        }
+
+    def network_help(self) -> dict[str, str]:
+        """One line for each ``network.*`` setting."""
+        raise NotImplementedError
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        return {
+            **super().settings_schema(),
+            "labels": (dict, list),  # a list of names numbers them 0..N-1
+            "orientation": (str, None),
+            "spacing": (list, float, str, None),
+            "patch_size": (list, int),
+            "sw_batch_size": (int, str),
+            "largest_component": (bool, list),
+        }
+
     def resolve_config(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         """Merge as usual, except that ``labels`` is replaced whole by the last override that names it."""
-        config = merge_config(self.default_config(), *overrides)
+        config = super().resolve_config(*overrides)
         labels: Any = self.default_config()["labels"]
         for override in overrides:
             if override and override.get("labels"):
@@ -207,8 +256,13 @@ class MonaiSegmenter(SegmentationPlugin):
     def inferer(self, config: dict[str, Any]) -> Any:
         from monai.inferers import SlidingWindowInferer
 
+        overlap, mode = float(config["overlap"]), str(config["mode"])
+        if not 0 <= overlap < 1:
+            raise PluginError(f"overlap must be at least 0 and below 1, got {overlap}")
+        if mode not in BLEND_MODES:
+            raise PluginError(f"mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}")
         return SlidingWindowInferer(roi_size=self.patch_size(config), sw_batch_size=sw_batch_size(config),
-                                    overlap=float(config["overlap"]), mode=str(config["mode"]))
+                                    overlap=overlap, mode=mode)
 
     def postprocess(self, config: dict[str, Any]) -> Any:
         choice = config.get("largest_component")
@@ -259,6 +313,18 @@ class UNetSegmenter(MonaiSegmenter):
         return {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2,
                 "dropout": 0.0, "norm": "instance"}
 
+    def network_help(self) -> dict[str, str]:
+        return {
+            "network.channels": "features at each level, one more entry than strides",
+            "network.strides": "downsampling factor between levels (their product divides patch_size)",
+            "network.num_res_units": "residual units per block (0: plain convolutions)",
+            "network.dropout": "dropout probability",
+            "network.norm": "normalisation layer: instance, batch, group, ...",
+        }
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        return {**super().settings_schema(), "network.norm": (str, list)}
+
     def size_divisor(self, config: dict[str, Any]) -> int:
         return int(math.prod(int(s) for s in config["network"]["strides"]))
 
@@ -286,6 +352,14 @@ class SegResNetSegmenter(MonaiSegmenter):
 
     def default_learning_rate(self) -> float:
         return 2e-4
+
+    def network_help(self) -> dict[str, str]:
+        return {
+            "network.init_filters": "features of the first level (doubled at each level down)",
+            "network.blocks_down": "residual blocks at each encoder level",
+            "network.blocks_up": "residual blocks at each decoder level, one fewer than blocks_down",
+            "network.dropout": "dropout probability (0: none)",
+        }
 
     def size_divisor(self, config: dict[str, Any]) -> int:
         return 2 ** (len(config["network"]["blocks_down"]) - 1)
@@ -316,6 +390,18 @@ class SwinUNETRSegmenter(MonaiSegmenter):
 
     def default_learning_rate(self) -> float:
         return 1e-4
+
+    def network_help(self) -> dict[str, str]:
+        return {
+            "network.feature_size": "embedding features, a multiple of 12",
+            "network.depths": "Swin blocks at each of the four stages",
+            "network.num_heads": "attention heads at each of the four stages",
+            "network.drop_rate": "dropout probability",
+            "network.attn_drop_rate": "attention dropout probability",
+            "network.dropout_path_rate": "stochastic depth rate",
+            "network.use_checkpoint": "gradient checkpointing: less memory, slower training",
+            "network.use_v2": "SwinUNETR v2 (a residual convolution block before each stage)",
+        }
 
     def size_divisor(self, config: dict[str, Any]) -> int:
         return 32

@@ -56,6 +56,17 @@ class ThresholdSegmenter(SegmentationPlugin):
             "labels": {0: "background", 1: "foreground"},
         }
 
+    def settings_help(self) -> dict[str, str]:
+        return {
+            "threshold": "foreground is intensity above this value; null: Otsu's threshold per image",
+            "bins": "histogram bins for Otsu's threshold",
+            "largest_component": "keep only the largest 6-connected foreground component",
+            "labels": "label value → name of the two output labels",
+        }
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        return {**super().settings_schema(), "threshold": (float, None)}
+
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         threshold = config.get("threshold")
         return ThresholdNetwork(float(threshold) if threshold is not None else None, int(config["bins"]))

@@ -59,6 +59,20 @@ class BlobDetector(DetectionPlugin):
             "labels": {1: "blob"},
         }
 
+    def settings_help(self) -> dict[str, str]:
+        return {
+            "sigma_mm": "Gaussian smoothing width (mm) before thresholding",
+            "contrast": "a blob is brighter than this many times the reference percentile",
+            "reference_percentile": "percentile of the smoothed volume that stands for the anatomy",
+            "min_volume_mm3": "blobs smaller than this (mm³) are dropped",
+            "max_blobs": "report at most this many blobs, highest score first",
+            "spacing": "resample to this voxel size [x, y, z] (mm) first; null: keep the image's grid",
+            "labels": "label value → name of the reported boxes",
+        }
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        return {**super().settings_schema(), "spacing": (list, None)}
+
     def inference_transforms(self, config: dict[str, Any]) -> Transform:
         """Reorient to RAS and, if ``spacing`` (mm) is set, resample; the runner maps boxes back."""
         from monai.transforms import Compose, Orientationd, Spacingd
