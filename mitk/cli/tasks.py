@@ -77,19 +77,20 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
             report = run_batch(
                 cases, process, manifest=handle, debug=STATE.debug,
                 on_record=lambda record: _on_record(console, record, progress),
-                log_error=lambda text: console.print(message_text(text)),
+                log_error=lambda text: console.print(text, markup=False, emoji=False),  # a traceback, --debug
             )
         except Interrupted as stop:
             if stop.report is None:
                 raise
             interrupted, report = stop, stop.report
     summary = report.summary()
-    document = {"task": task, "plugin": model.name, "plugin_version": model.version,
-                "weights": str(weights) if weights else None, "device": str(model.device),
-                "summary": summary, "exit_code": report.exit_code,
-                "cases": [r.to_dict() for r in report.records]}
+    exit_code = report.exit_code if interrupted is None else interrupted.exit_code
+    document: dict[str, Any] = {
+        "task": task, "plugin": model.name, "plugin_version": model.version,
+        "weights": str(weights) if weights else None, "device": str(model.device),
+        "summary": summary, "exit_code": exit_code, "cases": [r.to_dict() for r in report.records]}
     if interrupted is not None:
-        document.update(exit_code=interrupted.exit_code, interrupted=report.interrupted, not_done=report.not_done)
+        document.update(interrupted=report.interrupted, not_done=report.not_done)
         console.print(message_text(f"mitk: interrupted ({report.interrupted}): {len(report.not_done)} of "
                                    f"{len(cases)} inputs not done; run again with --skip-existing to finish"))
     if as_json:
@@ -97,7 +98,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     if not STATE.quiet or interrupted is not None:
         console.print(message_text(f"{task}: {summary['ok']} ok, {summary['skipped']} skipped, "
                                    f"{summary['failed']} failed of {summary['total']}"))
-    raise typer.Exit(document["exit_code"])
+    raise typer.Exit(exit_code)
 
 
 def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) -> Any:

@@ -101,7 +101,7 @@ def refuse_inputs(target: str | os.PathLike[str],
     files = inputs if isinstance(inputs, InputFiles) else InputFiles.of(inputs)
     source = files.owner(Path(target))
     if source is not None:
-        raise UsageError(f"refusing to write over the input {source} (pick another output name)", target)
+        raise UsageError(f"refusing to write over the input {source} (pick another output name)", Path(target))
 
 
 def check_name_length(target: Path) -> None:
