@@ -194,7 +194,7 @@ def _run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
         record.status, record.error = "failed", str(error)
         record.output = error.path
     except (MitkError, OSError, MemoryError) as error:
-        record.status, record.error = "failed", _with_path(describe_error(error), case.path)
+        record.status, record.error = "failed", _with_path(describe_error(error), case.path, error)
         if debug and log_error is not None:
             log_error(traceback.format_exc())
     except Exception as error:
@@ -227,14 +227,18 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, (MitkError, OSError, MemoryError)):
         return describe_error(error)
     message = _first_line(str(error))
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 1] + "…"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _first_line(message: str) -> str:
-    line = next((text.strip() for text in message.splitlines() if text.strip()), "")
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
+    return next((text.strip() for text in message.splitlines() if text.strip()), "")
 
 
-def _with_path(message: str, path: Path) -> str:
+def _with_path(message: str, path: Path, error: BaseException | None = None) -> str:
+    """``message`` naming the case's input, unless it names that input or (an OS error) the file concerned."""
     message = _first_line(message) or "failed"
-    return message if str(path) in message else f"{path}: {message}"
+    if str(path) in message or (isinstance(error, OSError) and error.filename is not None):
+        return message
+    return f"{path}: {message}"
