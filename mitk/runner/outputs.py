@@ -14,7 +14,6 @@ from mitk.io.atomic import (
     check_name_length,
     check_output,
     check_writable_folder,
-    refuse_inputs,
     split_suffix,
 )
 from mitk.io.inputs import Case, output_for
@@ -47,11 +46,10 @@ class OutputPolicy:
 
     def prepare(self, cases: list[Case]) -> None:
         """Check the command line against the expanded inputs, before any model is loaded: one output for
-        one input, ``-o`` not an input, and the ``-o``/``--output-dir`` folder writable."""
+        one input, and the ``-o``/``--output-dir`` folder writable. (``-o`` over an input fails its case.)"""
         self.check_batch(len(cases))
         self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs])
         if self.output is not None:
-            refuse_inputs(self.output, self.inputs)
             check_name_length(self.output)
             check_writable_folder(self.output.parent)
         elif self.output_dir is not None:
