@@ -123,7 +123,8 @@ class _SignalLatch:
 def stop_on_signals(handler: Callable[[int, FrameType | None], None] | None = None) -> Iterator[None]:
     """While inside, SIGINT and SIGTERM raise :class:`Interrupted` (or call ``handler``); restored after.
 
-    Outside the main thread signals cannot be caught, and nothing changes.
+    A signal ignored on entry stays ignored; outside the main thread signals cannot be caught, and nothing
+    changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -132,7 +133,9 @@ def stop_on_signals(handler: Callable[[int, FrameType | None], None] | None = No
     def raise_interrupted(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
-    previous = {number: signal.signal(number, handler or raise_interrupted) for number in STOP_SIGNALS}
+    # A shell starts background jobs with SIGINT ignored (Ctrl-C is for the foreground job): keep it so.
+    previous = {number: signal.signal(number, handler or raise_interrupted) for number in STOP_SIGNALS
+                if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         yield
     finally:

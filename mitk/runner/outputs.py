@@ -14,6 +14,7 @@ from mitk.io.atomic import (
     check_name_length,
     check_output,
     check_writable_folder,
+    remove_stale_partials,
     split_suffix,
 )
 from mitk.io.inputs import Case, output_for
@@ -49,13 +50,17 @@ class OutputPolicy:
         one input, and the ``-o``/``--output-dir`` folder writable. (``-o`` over an input fails its case.)"""
         self.check_batch(len(cases))
         self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs])
+        folder = None
         if self.output is not None:
             check_name_length(self.output)
-            check_writable_folder(self.output.parent)
+            folder = self.output.parent
         elif self.output_dir is not None:
             if self.output_dir.exists() and not self.output_dir.is_dir():
                 raise UsageError("--output-dir is a file, not a folder", self.output_dir)
-            check_writable_folder(self.output_dir)
+            folder = self.output_dir
+        if folder is not None:
+            check_writable_folder(folder)
+            remove_stale_partials(folder)  # left by a killed run, even if every case is skipped this time
 
     def inputs_for(self, case: Case, *others: Path) -> InputFiles:
         """What a case's files must never land on: every input of the call, the case's own and ``others``."""
