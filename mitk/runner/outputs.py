@@ -64,7 +64,8 @@ class OutputPolicy:
 
     def inputs_for(self, case: Case, *others: Path) -> InputFiles:
         """What a case's files must never land on: every input of the call, the case's own and ``others``."""
-        return self.inputs + InputFiles.of((case.path, *others))
+        missing = [path for path in (case.path, *others) if self.inputs.owner(path) is None]
+        return self.inputs + InputFiles.of(missing) if missing else self.inputs  # no copy per case
 
     @property
     def companion_overwrite(self) -> bool:
