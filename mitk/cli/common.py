@@ -110,7 +110,8 @@ def library_warnings() -> Iterator[list[str]]:
             if STATE.debug:
                 shown(message, category, filename, lineno, file, line)
             elif _is_mitk_file(filename):
-                sys.stderr.write(f"mitk: warning: {plain(str(message).strip().splitlines()[0])}\n")
+                first_line = (str(message).strip().splitlines() or [category.__name__])[0]
+                sys.stderr.write(f"mitk: warning: {plain(first_line)}\n")
             else:
                 hidden.append(f"{category.__name__}: {message}")
 

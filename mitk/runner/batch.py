@@ -79,6 +79,10 @@ class BatchReport:
         }
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a command cleanly (SIGKILL cannot be caught; its temporary files are cleaned later)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the command; ``report`` holds the cases a batch finished before it."""
 
@@ -141,9 +145,6 @@ def stop_on_signals(handler: Callable[[int, FrameType | None], None] | None = No
     finally:
         for number, old in previous.items():
             signal.signal(number, old if old is not None else signal.SIG_DFL)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_batch(
