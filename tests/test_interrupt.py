@@ -198,3 +198,23 @@ def test_interrupted_single_input_writes_nothing(tmp_path: Path, batch: Path) ->
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 143 and "mitk: interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists() or names(out) == []
+
+
+def test_only_leftovers_of_gone_processes_on_this_host_are_removed(tmp_path: Path) -> None:
+    from mitk.io.atomic import PARTIAL_PATTERN, atomic_path, remove_stale_partials
+
+    with atomic_path(tmp_path / "probe.nii.gz") as temporary:
+        match = PARTIAL_PATTERN.match(temporary.name)
+        assert match is not None and int(match["pid"]) == os.getpid() and len(temporary.name) < 64
+    host = match["host"]
+    other_host = "0" * 6 if host != "0" * 6 else "1" * 6
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    names_kept = [f".mitk-{host}-{os.getpid()}-00000000.partial.nii.gz",  # a run still going (this one)
+                  f".mitk-{other_host}-{dead_pid}-00000000.partial.nii.gz",  # another host (its PIDs are not ours)
+                  f".scan.{dead_pid}.partial.nii.gz", "scan_seg.nii.gz"]  # not mitk's temporary names
+    stale = tmp_path / f".mitk-{host}-{dead_pid}-00000000.partial.csv"
+    for name in [*names_kept, stale.name]:
+        (tmp_path / name).write_text("x")
+    assert remove_stale_partials(tmp_path) == [stale]
+    assert names(tmp_path) == sorted([*names_kept, "probe.nii.gz"])
