@@ -241,14 +241,18 @@ def test_existing_companion_is_refused_before_any_work(library: Path, tmp_path: 
     out.mkdir()
     stats = out / "alpha_seg_stats.csv"
     stats.write_text("kept")
-    for flags in ([], ["--skip-existing"]):
-        code, stdout, _ = segment(alpha, "-d", out, "--stats", "--json", *flags)
-        assert code == 1
-        assert "--overwrite" in json.loads(stdout)["cases"][0]["error"]
-        assert files_in(out) == ["alpha_seg_stats.csv"] and stats.read_text() == "kept"
-    code, _, stderr = segment(alpha, "-d", out, "--stats", "--overwrite")
-    assert code == 0, stderr
-    assert files_in(out) == ["alpha_seg.nii.gz", "alpha_seg_stats.csv"] and stats.read_text() != "kept"
+    code, stdout, _ = segment(alpha, "-d", out, "--stats", "--json")
+    assert code == 1
+    assert "--overwrite" in json.loads(stdout)["cases"][0]["error"]
+    assert files_in(out) == ["alpha_seg_stats.csv"] and stats.read_text() == "kept"
+    # Companions are committed before the label map: without it the case was interrupted, and --skip-existing
+    # (like --overwrite) redoes the whole case.
+    for flags in (["--overwrite"], ["--skip-existing"]):
+        stats.write_text("kept")
+        (out / "alpha_seg.nii.gz").unlink(missing_ok=True)
+        code, _, stderr = segment(alpha, "-d", out, "--stats", *flags)
+        assert code == 0, stderr
+        assert files_in(out) == ["alpha_seg.nii.gz", "alpha_seg_stats.csv"] and stats.read_text() != "kept"
 
 
 def test_never_writes_over_an_input(library: Path, tmp_path: Path) -> None:

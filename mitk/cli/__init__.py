@@ -60,47 +60,48 @@ from mitk.cli import convert as convert_cmd  # noqa: E402
 app.command("convert")(convert_cmd.convert)
 
 
-@contextlib.contextmanager
-def _user_warnings_in_one_line() -> Iterator[None]:
-    """Print a :class:`MitkWarning` as ``mitk: warning: ...`` (other warnings keep Python's format)."""
-    original = warnings.formatwarning
-
-    def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                       line: str | None = None) -> str:
-        if issubclass(category, MitkWarning):
-            return f"mitk: warning: {message}\n"
-        return original(message, category, filename, lineno, line)
-
-    warnings.formatwarning = format_warning
-    try:
-        yield
-    finally:
-        warnings.formatwarning = original
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI, turning expected errors into one line on stderr and an exit status."""
+    """Run the CLI, turning expected errors into one line on stderr and an exit status.
+
+    SIGTERM is handled like Ctrl-C (exit 143 instead of 130); warnings from libraries are hidden unless
+    ``--debug`` and counted in one line at the end.
+    """
     import click
 
+    from mitk.cli.common import library_warnings, plain
+    from mitk.runner.batch import Interrupted, describe_error, stop_on_signals
+
+    def fail(message: str, code: int) -> int:
+        sys.stderr.write(plain(message) + "\n")
+        return code
+
+    hidden: list[str] = []
     try:
-        with _user_warnings_in_one_line():
+        with stop_on_signals(), library_warnings() as hidden:
             result = app(args=argv, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+        code = done.exit_code
     except click.ClickException as error:
         error.show()
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.stderr.write("mitk: interrupted\n")
-        sys.exit(130)
+        code = 2
+    except (click.exceptions.Abort, KeyboardInterrupt) as stop:
+        cause = stop.__cause__ if isinstance(stop, click.exceptions.Abort) else stop
+        code = fail("mitk: interrupted", cause.exit_code if isinstance(cause, Interrupted) else 130)
     except MitkError as error:
         if STATE.debug:
             traceback.print_exc()
-        sys.stderr.write(f"mitk: error: {error}\n")
-        sys.exit(error.exit_code)
+        code = fail(f"mitk: error: {describe_error(error)}", error.exit_code)
+    except (OSError, MemoryError) as error:  # disk full, read-only, name too long, permissions: not a bug
+        if STATE.debug:
+            traceback.print_exc()
+        code = fail(f"mitk: error: {describe_error(error)}", 1)
     except Exception as error:  # an unexpected failure: still one line unless --debug
         if STATE.debug:
             traceback.print_exc()
-        sys.stderr.write(f"mitk: internal error: {type(error).__name__}: {error} (run with --debug for details)\n")
-        sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)
+        code = fail(f"mitk: internal error: {describe_error(error)} (run with --debug for details)", 1)
+    if hidden and not STATE.quiet:
+        kinds = sorted({warning.split(":", 1)[0] for warning in hidden})
+        sys.stderr.write(f"mitk: {len(hidden)} warning(s) from libraries hidden ({', '.join(kinds)}); "
+                         "--debug shows them\n")
+    sys.exit(code)

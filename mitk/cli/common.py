@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from mitk.env import env_flag
-from mitk.errors import UsageError
+from mitk.errors import MitkWarning, UsageError
 
 
 @dataclass
@@ -55,10 +58,73 @@ def stderr_console() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def say(message: str) -> None:
-    """A message for the human at the terminal (stderr)."""
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    character = match.group()
+    code = ord(character)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return _ESCAPES.get(character) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def plain(text: object) -> str:
+    """``text`` fit for a terminal line: control and bidirectional-override characters escaped (``\\n``,
+    ``\\x1b``), bytes of file names that are not UTF-8 shown as ``\\xNN``. Never read as markup."""
+    return _UNPRINTABLE.sub(_escape, str(text))
+
+
+def message_text(message: str, *, label: str | None = None, style: str | None = None) -> Any:
+    """A rich ``Text`` of ``message`` as plain text (brackets stay brackets), after an optional styled
+    ``label`` such as ``failed``."""
+    from rich.text import Text
+
+    text = Text()
+    if label:
+        text.append(label, style=style)
+        text.append(" ")
+    text.append(plain(message))
+    return text
+
+
+def say(message: str, *, label: str | None = None, style: str | None = None) -> None:
+    """A message for the human at the terminal (stderr), printed as plain text (see :func:`message_text`)."""
     if not STATE.quiet:
-        stderr_console().print(message)
+        stderr_console().print(message_text(message, label=label, style=style))
+
+
+@contextlib.contextmanager
+def library_warnings() -> Iterator[list[str]]:
+    """Hide warnings raised by libraries (torch, MONAI, pydicom...) unless ``--debug``; yield the list of the
+    hidden ones, for a one-line summary. mitk's own warnings are shown, one line each."""
+    import warnings
+
+    hidden: list[str] = []
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if STATE.debug:
+                shown(message, category, filename, lineno, file, line)
+            elif issubclass(category, MitkWarning) or _is_mitk_file(filename):
+                first_line = (str(message).strip().splitlines() or [category.__name__])[0]
+                sys.stderr.write(f"mitk: warning: {plain(first_line)}\n")
+            else:
+                hidden.append(f"{category.__name__}: {message}")
+
+        warnings.showwarning = show
+        yield hidden
+
+
+def _is_mitk_file(filename: str) -> bool:
+    package = Path(__file__).resolve().parents[1]
+    try:
+        return Path(filename).resolve().is_relative_to(package)
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def emit_json(document: Any) -> None:

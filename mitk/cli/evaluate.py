@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, say, stderr_console
+from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, message_text, say, stderr_console
 from mitk.enums import Task
 from mitk.errors import UsageError
 from mitk.taskspecs import iter_tasks
@@ -141,7 +141,7 @@ def segment(
     for path, _ in outputs:
         check_output(path, overwrite)
     for path in pairing.unpaired_references:
-        say(f"[yellow]no prediction[/] for reference {path}")
+        say(f"for reference {path}", label="no prediction", style="yellow")
     targets: dict[Path, Pair | None] = {p.prediction: p for p in pairing.pairs}
     targets.update(dict.fromkeys(pairing.unpaired_predictions))
     if not targets:
@@ -157,7 +157,7 @@ def segment(
 
     def on_record(record: Any) -> None:
         if record.status == "failed":
-            console.print(f"[red]failed[/] {record.error}", highlight=False)
+            console.print(message_text(record.error or "failed", label="failed", style="red"))
 
     report = run_batch([Case(path) for path in sorted(targets)], process, debug=STATE.debug,
                        on_record=on_record, log_error=lambda text: console.print(text, markup=False))

@@ -23,6 +23,7 @@ from mitk.cli.common import (
     SkipExistingOption,
     WeightsOption,
     emit_json,
+    message_text,
     parse_settings,
     stderr_console,
 )
@@ -40,14 +41,20 @@ OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-d", help
 def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callable[[Any], Any], *,
                    plugin: str | None, weights: Path | None, settings: list[str] | None, device: str,
                    as_json: bool, manifest: Path | None) -> None:
-    """Expand inputs, load the model once, run every case, report, and exit with the batch status."""
+    """Expand inputs, load the model once, run every case, report, and exit with the batch status.
+
+    Everything the command line can get wrong (output over an input, an unwritable output folder or manifest)
+    is refused before the model loads. SIGINT/SIGTERM stop after dropping the case in progress: the summary
+    (and with ``--json`` the document so far) is printed and the exit status is 130/143.
+    """
+    from mitk.io.atomic import check_name_length, refuse_inputs
     from mitk.io.inputs import expand_inputs
-    from mitk.runner.batch import run_batch
+    from mitk.runner.batch import Interrupted, run_batch
 
     cases = expand_inputs(inputs)
     if not cases:
         raise UsageError("no inputs given")
-    policy.check_batch(len(cases))
+    policy.prepare(cases)
     overrides = parse_settings(settings)
 
     from mitk.runner.allocator import keep_freed_memory
@@ -56,6 +63,8 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     with contextlib.ExitStack() as stack:
         handle = None
         if manifest is not None:  # a bad manifest path fails before the model is loaded
+            refuse_inputs(manifest, policy.inputs)
+            check_name_length(manifest)
             try:
                 handle = stack.enter_context(manifest.open("a", encoding="utf-8"))
             except OSError as error:
@@ -65,22 +74,33 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
         process = build_job(model)
         console = stderr_console()
         progress = _progress(console, len(cases), task, stack)
-        report = run_batch(
-            cases, process, manifest=handle, debug=STATE.debug,
-            on_record=lambda record: _on_record(console, record, progress),
-            log_error=lambda text: console.print(text, markup=False),
-        )
-    document = {"task": task, "plugin": model.name, "plugin_version": model.version,
-                "weights": str(weights) if weights else None, "device": str(model.device),
-                "summary": report.summary(), "exit_code": report.exit_code,
-                "cases": [r.to_dict() for r in report.records]}
+        interrupted: Interrupted | None = None
+        try:
+            report = run_batch(
+                cases, process, manifest=handle, debug=STATE.debug,
+                on_record=lambda record: _on_record(console, record, progress),
+                log_error=lambda text: console.print(text, markup=False, emoji=False),  # a traceback, --debug
+            )
+        except Interrupted as stop:
+            if stop.report is None:
+                raise
+            interrupted, report = stop, stop.report
+    summary = report.summary()
+    exit_code = report.exit_code if interrupted is None else interrupted.exit_code
+    document: dict[str, Any] = {
+        "task": task, "plugin": model.name, "plugin_version": model.version,
+        "weights": str(weights) if weights else None, "device": str(model.device),
+        "summary": summary, "exit_code": exit_code, "cases": [r.to_dict() for r in report.records]}
+    if interrupted is not None:
+        document.update(interrupted=report.interrupted, not_done=report.not_done)
+        console.print(message_text(f"mitk: interrupted ({report.interrupted}): {len(report.not_done)} of "
+                                   f"{len(cases)} inputs not done; run again with --skip-existing to finish"))
     if as_json:
         emit_json(document)
-    elif not STATE.quiet:
-        summary = report.summary()
-        console.print(f"{task}: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed "
-                      f"of {summary['total']}")
-    raise typer.Exit(report.exit_code)
+    if not STATE.quiet or interrupted is not None:
+        console.print(message_text(f"{task}: {summary['ok']} ok, {summary['skipped']} skipped, "
+                                   f"{summary['failed']} failed of {summary['total']}"))
+    raise typer.Exit(exit_code)
 
 
 def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) -> Any:
@@ -96,19 +116,23 @@ def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) 
 
 
 def _on_record(console: Any, record: Any, progress: Any) -> None:
+    """One line per finished input, as plain text: file names are never read as markup."""
     if record.status == "failed":
-        console.print(f"[red]failed[/] {record.error}", markup=True, highlight=False)
+        console.print(message_text(record.error or "failed", label="failed", style="red"))
     elif not STATE.quiet:
         target = f" → {record.output}" if record.output else ""
-        console.print(f"[green]{record.status}[/] {record.input}{target} ({record.seconds:.1f} s)")
+        console.print(message_text(f"{record.input}{target} ({record.seconds:.1f} s)", label=record.status,
+                                   style="green"))
     if progress is not None:
         progress.advance(progress.task_ids[0])
 
 
-def _policy(output: Path | None, output_dir: Path | None, overwrite: bool, skip_existing: bool) -> Any:
+def _policy(output: Path | None, output_dir: Path | None, overwrite: bool, skip_existing: bool,
+            also_inputs: tuple[Path, ...] = ()) -> Any:
     from mitk.runner.outputs import OutputPolicy
 
-    return OutputPolicy(output=output, output_dir=output_dir, overwrite=overwrite, skip_existing=skip_existing)
+    return OutputPolicy(output=output, output_dir=output_dir, overwrite=overwrite, skip_existing=skip_existing,
+                        also_inputs=also_inputs)
 
 
 def segment(
@@ -203,7 +227,7 @@ def register(
     as_json: JsonOption = False,
 ) -> None:
     """Register moving images to a fixed image; write each moving image resampled on the fixed grid."""
-    policy = _policy(output, output_dir, overwrite, skip_existing)
+    policy = _policy(output, output_dir, overwrite, skip_existing, also_inputs=(fixed,))
     if transform is not None and len(moving) > 1:
         raise UsageError("--transform names one file; give one moving image")
 

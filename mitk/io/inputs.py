@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ class Case:
 
     @property
     def stem(self) -> str:
-        """Base name for outputs: the file name without its image suffix."""
-        return split_suffix(self.path)[0] if self.path.is_file() else self.path.name
+        """Base name for outputs: the file name without its image suffix (a folder's name as it is)."""
+        return self.path.name if self.path.is_dir() else split_suffix(self.path)[0]
 
 
 def _nifti_files(directory: Path) -> list[Path]:
@@ -49,13 +50,16 @@ def expand_inputs(arguments: list[str] | tuple[str, ...]) -> list[Case]:
 
     A directory holding NIfTI files stands for those files; any other directory is one DICOM input.
     An argument that does not exist but contains ``*``, ``?`` or ``[`` is expanded as a glob. Paths that
-    do not exist are kept, so that the batch reports them as failed cases.
+    do not exist (or are symlink loops) are kept, so that the batch reports them as failed cases.
     """
     cases: list[Case] = []
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: kept, and reported as one failed case
+            key = Path(os.path.abspath(path))
         if key not in seen:
             seen.add(key)
             cases.append(Case(path))

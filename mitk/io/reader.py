@@ -29,7 +29,7 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
     """Read an image from ``path``; ``series`` picks one series of a multi-series DICOM input."""
     path = Path(path)
     if not path.exists():
-        raise InputError("no such file or directory", path)
+        raise InputError("broken symlink or symlink loop" if path.is_symlink() else "no such file or directory", path)
     if is_nifti(path):
         return read_nifti(path)
     if looks_like_dicom(path):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from mitk.errors import MitkError, OutputExistsError
@@ -53,6 +58,10 @@ CaseJob = Callable[[Case], CaseOutcome]
 @dataclass
 class BatchReport:
     records: list[CaseRecord] = field(default_factory=list)
+    interrupted: str | None = None
+    """The signal that stopped the batch (``SIGINT``, ``SIGTERM``), or None when it ran to the end."""
+    not_done: list[str] = field(default_factory=list)
+    """Inputs not processed because the batch was interrupted (the case in progress was dropped)."""
 
     @property
     def failed(self) -> int:
@@ -74,6 +83,74 @@ class BatchReport:
         }
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a command cleanly (SIGKILL cannot be caught; its temporary files are cleaned later)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the command; ``report`` holds the cases a batch finished before it."""
+
+    def __init__(self, signum: int = signal.SIGINT, report: BatchReport | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.report = report
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class _SignalLatch:
+    """Turns the first SIGINT/SIGTERM into :class:`Interrupted`, or holds it while a record is being kept."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.holding = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            return  # already stopping: a second signal must not break the clean-up of the first
+        self.received = signum
+        if not self.holding:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Finish the enclosed steps, then raise any signal that arrived meanwhile."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
+@contextlib.contextmanager
+def stop_on_signals(handler: Callable[[int, FrameType | None], None] | None = None) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM raise :class:`Interrupted` (or call ``handler``); restored after.
+
+    A signal ignored on entry stays ignored; outside the main thread signals cannot be caught, and nothing
+    changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    # A shell starts background jobs with SIGINT ignored (Ctrl-C is for the foreground job): keep it so.
+    previous = {number: signal.signal(number, handler or raise_interrupted) for number in STOP_SIGNALS
+                if signal.getsignal(number) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old if old is not None else signal.SIG_DFL)
+
+
 def run_batch(
     cases: Iterable[Case],
     process: CaseJob,
@@ -85,41 +162,91 @@ def run_batch(
 ) -> BatchReport:
     """Run ``process`` on every case and collect records.
 
-    Expected failures (:class:`MitkError`) become a one-line error on the record; anything else too, as
-    ``internal error``, with the traceback logged only when ``debug``. ``KeyboardInterrupt`` stops the
-    batch (the writers have already removed any partial file).
+    Expected failures (:class:`MitkError`) and ordinary OS conditions (disk full, read-only, permissions,
+    out of memory) become a one-line error on the record; anything else too, as ``internal error``, with the
+    traceback logged only when ``debug``. SIGINT or SIGTERM (or ``KeyboardInterrupt``) drop the current case
+    (its writers remove their temporary files) and raise :class:`Interrupted` carrying the report so far.
     """
+    pending = list(cases)
     report = BatchReport()
-    for case in cases:
-        started = time.perf_counter()
-        record = CaseRecord(input=str(case.path))
-        try:
-            outcome = process(case)
-            record.output = str(outcome.output) if outcome.output is not None else None
-            record.details = outcome.details
-            record.status = "skipped" if outcome.skipped else "ok"
-        except OutputExistsError as error:
-            record.status, record.error = "failed", str(error)
-            record.output = error.path
-        except MitkError as error:
-            record.status, record.error = "failed", _with_path(str(error), case.path)
-            if debug and log_error is not None:
-                log_error(traceback.format_exc())
-        except Exception as error:
-            record.status = "failed"
-            record.error = _with_path(f"internal error: {type(error).__name__}: {error}", case.path)
-            if debug and log_error is not None:
-                log_error(traceback.format_exc())
-        record.seconds = round(time.perf_counter() - started, 3)
-        report.records.append(record)
-        if manifest is not None:
-            manifest.write(json.dumps(record.to_dict()) + "\n")
-            manifest.flush()
-        if on_record is not None:
-            on_record(record)
+    latch = _SignalLatch()
+    try:
+        with stop_on_signals(latch):
+            for case in pending:
+                record = _run_case(case, process, debug, log_error)
+                with latch.held():  # a record is kept whole: in the report, the manifest and on the screen
+                    report.records.append(record)
+                    if manifest is not None:
+                        manifest.write(json.dumps(record.to_dict()) + "\n")
+                        manifest.flush()
+                    if on_record is not None:
+                        on_record(record)
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+        report.interrupted = signal.Signals(signum).name
+        report.not_done = [str(case.path) for case in pending[len(report.records):]]
+        raise Interrupted(signum, report) from None
     return report
 
 
-def _with_path(message: str, path: Path) -> str:
-    message = message.splitlines()[0] if message else "failed"
-    return message if str(path) in message else f"{path}: {message}"
+def _run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
+              log_error: Callable[[str], None] | None) -> CaseRecord:
+    started = time.perf_counter()
+    record = CaseRecord(input=str(case.path))
+    try:
+        outcome = process(case)
+        record.output = str(outcome.output) if outcome.output is not None else None
+        record.details = outcome.details
+        record.status = "skipped" if outcome.skipped else "ok"
+    except OutputExistsError as error:
+        record.status, record.error = "failed", str(error)
+        record.output = error.path
+    except (MitkError, OSError, MemoryError) as error:
+        record.status, record.error = "failed", _with_path(describe_error(error), case.path, error)
+        if debug and log_error is not None:
+            log_error(traceback.format_exc())
+    except Exception as error:
+        record.status = "failed"
+        record.error = _with_path(f"internal error: {describe_error(error)}", case.path)
+        if debug and log_error is not None:
+            log_error(traceback.format_exc())
+    record.seconds = round(time.perf_counter() - started, 3)
+    return record
+
+
+MESSAGE_LIMIT = 300
+"""Characters kept of a library's message: the first line of a CUDA or pluggy error can run long."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a user: mitk's own message, an OS condition with the file it concerns, or the first line
+    of a library's message (MONAI's "applying transform" wrapper is replaced by the error it wraps)."""
+    if isinstance(error, MitkError):
+        return _first_line(str(error))
+    if isinstance(error, MemoryError):
+        return "out of memory" + (f" ({_first_line(str(error))})" if str(error) else "")
+    if isinstance(error, OSError):
+        reason = error.strerror or _first_line(str(error)) or type(error).__name__
+        names = [name for name in (error.filename, error.filename2) if name is not None]
+        return ": ".join([*map(os.fsdecode, names), reason]) if names else reason
+    while (isinstance(error, RuntimeError) and str(error).startswith("applying transform")
+           and error.__cause__ is not None):
+        error = error.__cause__
+    if isinstance(error, (MitkError, OSError, MemoryError)):
+        return describe_error(error)
+    message = _first_line(str(error))
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 1] + "…"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _first_line(message: str) -> str:
+    return next((text.strip() for text in message.splitlines() if text.strip()), "")
+
+
+def _with_path(message: str, path: Path, error: BaseException | None = None) -> str:
+    """``message`` naming the case's input, unless it names that input or (an OS error) the file concerned."""
+    message = _first_line(message) or "failed"
+    if str(path) in message or (isinstance(error, OSError) and error.filename is not None):
+        return message
+    return f"{path}: {message}"

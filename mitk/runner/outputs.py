@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mitk.errors import OutputExistsError, UsageError
-from mitk.io.atomic import check_output, split_suffix
+from mitk.io.atomic import (
+    NO_INPUTS,
+    InputFiles,
+    check_name_length,
+    check_output,
+    check_writable_folder,
+    remove_stale_partials,
+    split_suffix,
+)
 from mitk.io.inputs import Case, output_for
 
 if TYPE_CHECKING:
@@ -23,8 +31,14 @@ class OutputPolicy:
     output_dir: Path | None = None
     overwrite: bool = False
     skip_existing: bool = False
+    also_inputs: tuple[Path, ...] = ()
+    """Inputs besides the cases (a registration's fixed image): never written over either."""
+    inputs: InputFiles = NO_INPUTS
+    """Every input of the call, set by :meth:`prepare`; no output of any case may land on one of them."""
     claimed: dict[Path, Path] = field(default_factory=dict, repr=False)
     """Outputs given out in this run, with the input that owns each: two inputs never share one."""
+    folders: dict[Path, str | None] = field(default_factory=dict, repr=False)
+    """Output folders probed in this run, with why each cannot be written to (None: it can)."""
 
     def check_batch(self, n_inputs: int) -> None:
         if self.output is not None and self.output_dir is not None:
@@ -33,6 +47,37 @@ class OutputPolicy:
             raise UsageError(f"-o/--output names one file but {n_inputs} inputs were given; use --output-dir")
         if self.overwrite and self.skip_existing:
             raise UsageError("--overwrite and --skip-existing contradict each other")
+
+    def prepare(self, cases: list[Case]) -> None:
+        """Check the command line against the expanded inputs, before any model is loaded: one output for
+        one input, and the ``-o``/``--output-dir`` folder writable. (``-o`` over an input fails its case.)"""
+        self.check_batch(len(cases))
+        self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs])
+        folder = None
+        if self.output is not None:
+            check_name_length(self.output)
+            folder = self.output.parent
+        elif self.output_dir is not None:
+            if self.output_dir.exists() and not self.output_dir.is_dir():
+                raise UsageError("--output-dir is a file, not a folder", self.output_dir)
+            folder = self.output_dir
+        if folder is not None:
+            check_writable_folder(folder)
+            remove_stale_partials(folder)  # left by a killed run, even if every case is skipped this time
+
+    def inputs_for(self, case: Case, *others: Path) -> InputFiles:
+        """What a case's files must never land on: every input of the call, the case's own and ``others``."""
+        missing = [path for path in (case.path, *others) if self.inputs.owner(path) is None]
+        return self.inputs + InputFiles.of(missing) if missing else self.inputs  # no copy per case
+
+    @property
+    def companion_overwrite(self) -> bool:
+        """Whether a case's companion files (statistics, previews, transforms) may replace existing ones.
+
+        With ``--overwrite``, yes. With ``--skip-existing``, a case that is not skipped has no main output, so
+        companions found were left by an interrupted run (the main output is committed last): redo them too.
+        """
+        return self.overwrite or self.skip_existing
 
     def target(self, case: Case, suffix: str, extension: str) -> Path:
         if self.output is not None:
@@ -47,20 +92,35 @@ class OutputPolicy:
         return path
 
     def should_skip(self, target: Path, case: Case, *, inputs: tuple[Path, ...] = ()) -> bool:
-        """True when ``--skip-existing`` applies; raises when writing would overwrite without leave, or would
-        write over the case's input or any other ``inputs`` (a registration's fixed image)."""
+        """True when ``--skip-existing`` applies; raises when writing would overwrite without leave, would
+        write over any input of the call (``inputs``: others, such as a registration's fixed image), or when
+        the output folder cannot be written to."""
         if self.skip_existing and target.exists():
             return True
         try:
-            check_output(target, self.overwrite, inputs=(case.path, *inputs))
+            check_output(target, self.overwrite, inputs=self.inputs_for(case, *inputs))
         except OutputExistsError:
             raise OutputExistsError("output exists already (use --overwrite to replace it, or --skip-existing)",
                                     target) from None
+        self.check_folder(target.parent)
         return False
 
-    def check_companion(self, path: Path, case: Case) -> None:
-        """A file written beside the main output: it follows ``--overwrite`` only (skipping goes by the main one)."""
-        check_output(path, self.overwrite, inputs=(case.path,))
+    def check_companion(self, path: Path, case: Case, *, inputs: tuple[Path, ...] = ()) -> None:
+        """A file written beside the main output: see :attr:`companion_overwrite`."""
+        check_output(path, self.companion_overwrite, inputs=self.inputs_for(case, *inputs))
+
+    def check_folder(self, folder: Path) -> None:
+        """Raise :class:`UsageError` when ``folder`` cannot be written to (probed once per run)."""
+        key = folder.absolute()
+        if key not in self.folders:
+            try:
+                check_writable_folder(folder)
+                self.folders[key] = None
+            except UsageError as error:
+                self.folders[key] = str(error)
+        reason = self.folders[key]
+        if reason is not None:
+            raise UsageError(reason)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> None:
@@ -102,7 +162,7 @@ def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], 
         details = compute(require_volume(image, channels=channels))
         if target is not None:
             write_text_atomic(target, json.dumps({"input": str(case.path), **details}, indent=2),
-                              overwrite=policy.overwrite)
+                              overwrite=policy.overwrite, inputs=policy.inputs_for(case))
         return CaseOutcome(output=target, details=details)
 
     return process

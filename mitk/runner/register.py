@@ -134,7 +134,7 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
     import contextlib
 
     from mitk.errors import PluginError
-    from mitk.io.atomic import atomic_path, check_output
+    from mitk.io.atomic import atomic_path
     from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
     from mitk.runner.batch import CaseOutcome
@@ -147,19 +147,22 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
         if policy.should_skip(target, case, inputs=(fixed_path,)):
             return CaseOutcome(output=target, skipped=True)
         if transform is not None:  # refuse before any compute or write, as for the image
-            check_output(transform, policy.overwrite, inputs=(case.path, fixed_path))
+            policy.check_companion(transform, case, inputs=(fixed_path,))
         moving = require_volume(load_image(case.path, series=series))
         result = runner(fixed, moving)
         if transform is not None and result.matrix is None:
             raise PluginError(f"plugin {model.name!r} gave a displacement field only; --transform needs a matrix")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
                                    **result.metrics}
-        inputs = (case.path, fixed_path)
-        with contextlib.ExitStack() as outputs:  # the warped image and the transform, both or neither
+        inputs = policy.inputs_for(case, fixed_path)
+        # The warped image and the transform, both or neither; the stack commits the warped image last, so that
+        # --skip-existing redoes a case interrupted between the two renames.
+        with contextlib.ExitStack() as outputs:
             warped = outputs.enter_context(atomic_path(target, overwrite=policy.overwrite, inputs=inputs))
             write_nifti(result.warped.array, warped, like=fixed, description=f"mitk {model.name} warped")
             if transform is not None:
-                temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.overwrite, inputs=inputs))
+                temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.companion_overwrite,
+                                                              inputs=inputs))
                 write_transform(result, temporary)
                 details["transform"] = str(transform)
         return CaseOutcome(output=target, details=details)

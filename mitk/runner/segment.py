@@ -120,9 +120,13 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
         result = runner(image)
         rows = result.statistics(image)
         # All of a case's files or none: each goes to a temporary file, renamed only when every one is written.
+        # The stack renames in reverse order, so the label map (entered first) is committed last: after a crash
+        # at any point, a case without its label map is redone by --skip-existing, companions included.
+        inputs = policy.inputs_for(case)
         with contextlib.ExitStack() as outputs:
             def temporary(path: Path) -> Path:
-                return outputs.enter_context(atomic_path(path, overwrite=policy.overwrite, inputs=(case.path,)))
+                overwrite = policy.overwrite if path == target else policy.companion_overwrite
+                return outputs.enter_context(atomic_path(path, overwrite=overwrite, inputs=inputs))
 
             if output_format == "dicom-seg":
                 from mitk.io.dicom.seg import write_dicom_seg
