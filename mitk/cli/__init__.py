@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import traceback
-import warnings
-from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -17,7 +14,7 @@ from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import sample as sample_cmd
 from mitk.cli import train as train_cmd
 from mitk.cli.common import STATE
-from mitk.errors import MitkError, MitkWarning
+from mitk.errors import MitkError
 
 app = typer.Typer(
     name="mitk",
