@@ -57,7 +57,8 @@ def anatomical_t1() -> Path:
 @pytest.fixture(scope="session")
 def mni_t1_2mm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """nilearn's MNI152 T1 template at 2 mm, written as NIfTI (ships with nilearn, no download)."""
-    datasets = pytest.importorskip("nilearn.datasets")
+    from nilearn import datasets  # the test extra installs nilearn (mitk[sample])
+
     path = tmp_path_factory.mktemp("mni") / "mni152_t1_2mm.nii.gz"
     datasets.load_mni152_template(resolution=2).to_filename(path)
     return path

@@ -94,11 +94,13 @@ def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) 
 
 
 def _on_record(console: Any, record: Any, progress: Any) -> None:
+    from rich.markup import escape  # messages and paths keep their brackets, e.g. pip install "mitk[dicom]"
+
     if record.status == "failed":
-        console.print(f"[red]failed[/] {record.error}", markup=True, highlight=False)
+        console.print(f"[red]failed[/] {escape(str(record.error))}", markup=True, highlight=False)
     elif not STATE.quiet:
-        target = f" → {record.output}" if record.output else ""
-        console.print(f"[green]{record.status}[/] {record.input}{target} ({record.seconds:.1f} s)")
+        target = f" → {escape(str(record.output))}" if record.output else ""
+        console.print(f"[green]{record.status}[/] {escape(str(record.input))}{target} ({record.seconds:.1f} s)")
     if progress is not None:
         progress.advance(progress.task_ids[0])
 
@@ -137,6 +139,8 @@ def segment(
     """Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz)."""
     if output_format not in ("nifti", "dicom-seg"):
         raise UsageError(f"--format must be nifti or dicom-seg, not {output_format!r}")
+    from mitk.extras import require_segment_extras  # before the model loads: a missing extra is a usage error
+    require_segment_extras(preview=preview, dicom_seg=output_format == "dicom-seg")
     policy = _policy(output, output_dir, overwrite, skip_existing)
 
     def build(model: Any) -> Any:
