@@ -84,14 +84,19 @@ def test_the_optional_packages_do_not_import(plain_env: dict[str, str]) -> None:
     assert found["numpy"] and found["pydicom"] and found["mitk"]
 
 
-def test_help_plugins_and_info(plain_env: dict[str, str], brain_mr: Path) -> None:
+def test_help_plugins_info_and_convert(plain_env: dict[str, str], brain_mr: Path, tmp_path: Path) -> None:
     assert plain_mitk(plain_env, "--help").returncode == 0
     listed = plain_mitk(plain_env, "plugins", "list")
     assert listed.returncode == 0, listed.stderr
     assert "threshold" in listed.stdout and "unet" in listed.stdout
-    info = plain_mitk(plain_env, "info", brain_mr, "--json")
-    assert info.returncode == 0, info.stderr
-    assert "128" in info.stdout and "Traceback" not in info.stderr
+    for path in (brain_mr, Path(get_testdata_file("CT_small.dcm"))):
+        info = plain_mitk(plain_env, "info", path, "--json")
+        assert info.returncode == 0, info.stderr
+        assert "Traceback" not in info.stderr
+    assert json.loads(info.stdout)  # the DICOM file described as JSON
+    converted = plain_mitk(plain_env, "convert", get_testdata_file("CT_small.dcm"), tmp_path / "ct.nii.gz")
+    assert converted.returncode == 0, converted.stderr
+    assert nib.load(tmp_path / "ct.nii.gz").shape[:2] == (128, 128)
 
 
 def test_segment_nifti_and_uncompressed_dicom_with_threshold(plain_env: dict[str, str], brain_mr: Path,
