@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mitk.extras import require_module
 from mitk.types import Image
 
 LABEL_COLOURS = (
@@ -27,6 +28,11 @@ DPI = 100
 VIEWS = ("axial", "coronal", "sagittal")
 # Letters at the (left, right, top, bottom) edges of each view.
 EDGE_LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
+
+
+def require_preview(feature: str = "--preview") -> None:
+    """Fail with a one-line usage error naming the ``preview`` extra when matplotlib is not installed."""
+    require_module("matplotlib", feature)
 
 
 def label_colour(value: int) -> tuple[float, float, float]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mitk.errors import OutputExistsError, UsageError
+from mitk.extras import require_module
 from mitk.io.atomic import atomic_path, write_text_atomic
 from mitk.types import Image
 
@@ -49,6 +50,7 @@ def load_atlas(task: str) -> Atlas:
     """Read the MNI152 template and the task's masks from nilearn's package data (no network; cached)."""
     if task not in TASK_LABELS:
         raise UsageError(f"unknown sample task {task!r}; choose from {', '.join(TASK_LABELS)}")
+    require_module("nilearn", "mitk sample")
     from nilearn import datasets
 
     template = datasets.load_mni152_template(resolution=2)

@@ -1,4 +1,4 @@
-"""Shared fixtures: real images from ../shared/data and installed packages, skipped cleanly when absent."""
+"""Shared fixtures: real images kept in tests/data (see its README) and installed packages."""
 
 from __future__ import annotations
 
@@ -11,36 +11,39 @@ import pytest
 from mitk.testing import run_mitk
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MITK_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TEST_DATA = ROOT / "tests" / "data"
 
 
-def shared_file(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
+def data_file(name: str) -> Path:
+    """A file of tests/data; missing means a broken checkout, so it fails rather than skips."""
+    path = TEST_DATA / name
+    if not path.is_file():
+        raise FileNotFoundError(f"test data missing from the repository: {path}")
     return path
 
 
 @pytest.fixture(scope="session")
 def brain_mr() -> Path:
-    """Real MR brain (256×256×25, LAS) from pyradiomics."""
-    return shared_file("pyradiomics", "brain1_image.nii.gz")
+    """Real MR brain with a tumour (128×128×25 LAS, 0.78×0.78×6.5 mm), an in-plane crop of pyradiomics brain1."""
+    return data_file("brain1_image.nii.gz")
 
 
 @pytest.fixture(scope="session")
 def brain_mr_label() -> Path:
-    return shared_file("pyradiomics", "brain1_label.nii.gz")
+    """The tumour label of :func:`brain_mr` (1 = tumour), on its grid."""
+    return data_file("brain1_label.nii.gz")
 
 
 @pytest.fixture(scope="session")
 def lung_ct() -> Path:
-    """Real CT chest (512×512×48) from pyradiomics."""
-    return shared_file("pyradiomics", "lung1_image.nii.gz")
+    """Real CT chest with a lesion (128×128×48 LPS, 0.57×0.57×5 mm), an in-plane crop of pyradiomics lung1."""
+    return data_file("lung1_image.nii.gz")
 
 
 @pytest.fixture(scope="session")
 def lung_ct_label() -> Path:
-    return shared_file("pyradiomics", "lung1_label.nii.gz")
+    """The lesion label of :func:`lung_ct` (1 = lesion), on its grid."""
+    return data_file("lung1_label.nii.gz")
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +57,8 @@ def anatomical_t1() -> Path:
 @pytest.fixture(scope="session")
 def mni_t1_2mm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """nilearn's MNI152 T1 template at 2 mm, written as NIfTI (ships with nilearn, no download)."""
-    datasets = pytest.importorskip("nilearn.datasets")
+    from nilearn import datasets  # the test extra installs nilearn (mitk[sample])
+
     path = tmp_path_factory.mktemp("mni") / "mni152_t1_2mm.nii.gz"
     datasets.load_mni152_template(resolution=2).to_filename(path)
     return path

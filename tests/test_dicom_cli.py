@@ -146,7 +146,7 @@ def test_convert_zip_and_2d_colour(anatomical_t1, tmp_path, mitk_cli):
     assert result.returncode == 0, result.stderr
     assert np.array_equal(np.asarray(nib.load(tmp_path / "zip.nii.gz").dataobj), written.expected_array)
 
-    pydicom_data = pytest.importorskip("pydicom.data")
+    from pydicom import data as pydicom_data
     colour = Path(pydicom_data.__file__).parent / "test_files" / "SC_rgb_small_odd.dcm"
     result = mitk_cli("convert", str(colour), str(tmp_path / "rgb.nii.gz"), "--json")
     assert result.returncode == 0, result.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pydicom.pixels
 import pytest
+import SimpleITK as sitk
 from dicom_factory import (
     CANARY_STRINGS,
     ORIENTATIONS,
@@ -22,6 +23,7 @@ from dicom_factory import (
     with_unused_high_bits,
     write_series,
 )
+from pydicom import data as pydicom_data
 from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from mitk.errors import GeometryError, InputError, MitkError, UsageError
@@ -30,25 +32,20 @@ from mitk.io.dicom.pixels import decode_frames
 from mitk.io.dicom.source import DicomSource
 from mitk.types import ras_to_lps
 
-sitk = pytest.importorskip("SimpleITK")
-pydicom_data = pytest.importorskip("pydicom.data")
 TEST_FILES = Path(pydicom_data.__file__).parent / "test_files"
 DICOMDIR_TESTS = TEST_FILES / "dicomdirtests"
 
 
 def dicom_testfile(name: str) -> Path:
-    """A file shipped with pydicom or pydicom-data (never downloaded)."""
+    """A file shipped with pydicom or pydicom-data (never downloaded; the test extra installs pydicom-data)."""
     local = TEST_FILES / name
     if local.exists():
         return local
-    try:
-        import data_store  # pydicom-data's package
+    import data_store  # pydicom-data's package
 
-        path = Path(data_store.__file__).parent / "data" / name
-    except ImportError:
-        pytest.skip("pydicom-data is not installed")
+    path = Path(data_store.__file__).parent / "data" / name
     if not path.exists():
-        pytest.skip(f"{name} is not in the installed pydicom-data")
+        raise FileNotFoundError(f"{name} is in neither pydicom nor pydicom-data")
     return path
 
 
@@ -140,11 +137,9 @@ def test_non_integral_rescale_gives_float32_equal_to_simpleitk(anatomical_t1, tm
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless], ids=lambda s: s.name[:9])
 def test_compressed_series_decode_losslessly(anatomical_t1, tmp_path, syntax):
-    try:
-        written = series_from_nifti(anatomical_t1, tmp_path, "axial", modality="MR", transfer_syntax=syntax,
-                                    order="shuffled")
-    except (RuntimeError, NotImplementedError) as error:  # no encoder installed
-        pytest.skip(f"cannot encode {syntax.name}: {error}")
+    # The test extra installs the encoders: pydicom (RLE), pylibjpeg-openjpeg (JPEG 2000), pyjpegls (JPEG-LS).
+    written = series_from_nifti(anatomical_t1, tmp_path, "axial", modality="MR", transfer_syntax=syntax,
+                                order="shuffled")
     image = read_dicom(tmp_path)
     assert np.array_equal(image.array, written.expected_array)
     assert_matches_simpleitk(tmp_path, image)

@@ -278,7 +278,7 @@ SITK_OBLIQUE = [name for n, name in enumerate(OBLIQUE_CASES) if FORMATS[(n + 1) 
 
 @pytest.mark.parametrize("name", SITK_CASES + SITK_OBLIQUE)
 def test_simpleitk_sees_the_same_geometry(segmented: dict[str, Any], name: str) -> None:
-    sitk = pytest.importorskip("SimpleITK")
+    import SimpleITK as sitk
     source, output = segmented["sources"][name], output_of(segmented, "threshold-ras", name)
     origin, direction, spacing = sitk_geometry(output)
     source_origin, source_direction, source_spacing = sitk_geometry(source)

@@ -15,8 +15,6 @@ from mitk.cli import app
 from mitk.errors import OutputExistsError, UsageError
 from mitk.sample import make_segmentation_sample, split_counts
 
-pytest.importorskip("nilearn")
-
 
 def load_nifti(path: Path) -> Any:
     """``nibabel.load``, typed loosely (its stubs name a base class without affine or dataobj)."""
@@ -88,7 +86,7 @@ def test_same_seed_gives_identical_files(sample: Path, tmp_path: Path) -> None:
 
 def test_images_are_real_anatomy_resampled_back_with_simpleitk(sample: Path) -> None:
     """SimpleITK, an independent reader and resampler, undoes each case's recorded transform."""
-    sitk = pytest.importorskip("SimpleITK")
+    import SimpleITK as sitk
     from nilearn import datasets
 
     template = datasets.load_mni152_template(resolution=2)

@@ -159,8 +159,6 @@ def test_training_transforms_give_patches_on_the_label_grid(brain_mr, brain_mr_l
     ("swinunetr", {"patch_size": [64, 64, 64], "network": {"feature_size": 12, "depths": [1, 1, 1, 1]}}, 64),
 ])
 def test_networks_build_and_run(name, overrides, side):
-    if name == "swinunetr":
-        pytest.importorskip("einops")
     instance = plugin(name)
     config = instance.resolve_config(overrides, {"labels": ["background", "a", "b"]})
     network = instance.network(config).eval()

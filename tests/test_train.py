@@ -82,7 +82,6 @@ def build_cases(root: Path, count: int, seed: int = 0) -> list[tuple[Path, Path]
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> Path:
     """Five cases as an nnU-Net-style folder, plus a Decathlon datalist (4 training, 1 validation)."""
-    pytest.importorskip("nilearn")
     root = tmp_path_factory.mktemp("mni_cases")
     pairs = build_cases(root, 5)
     listed = [{"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"} for image, label in pairs]

@@ -38,8 +38,10 @@ def segment(
     under random affines, bias fields, contrast changes and noise."""
     import json
 
+    from mitk.extras import require_module
     from mitk.sample import make_segmentation_sample
 
+    require_module("nilearn", "mitk sample")  # before any check of the output folder
     started = time.perf_counter()
     dataset = make_segmentation_sample(output_dir, cases=cases, size=size, seed=seed, task=task.value,
                                        overwrite=overwrite)

@@ -163,6 +163,8 @@ def segment(
     """Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz)."""
     if output_format not in ("nifti", "dicom-seg"):
         raise UsageError(f"--format must be nifti or dicom-seg, not {output_format!r}")
+    from mitk.extras import require_segment_extras  # before the model loads: a missing extra is a usage error
+    require_segment_extras(preview=preview, dicom_seg=output_format == "dicom-seg")
     policy = _policy(output, output_dir, overwrite, skip_existing)
 
     def build(model: Any) -> Any:

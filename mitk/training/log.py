@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from mitk.io.atomic import atomic_path, write_text_atomic
 from mitk.training.folder import CSV_NAME, CURVE_NAME, JSON_NAME
 
 FIXED_COLUMNS = ("epoch", "loss", "lr", "seconds")
+LOG = logging.getLogger("mitk.training")
 
 
 def _finite(value: Any) -> Any:
@@ -28,6 +30,8 @@ class TrainingLog:
     def __init__(self, directory: str | Path, rows: list[dict[str, Any]] | None = None) -> None:
         self.directory = Path(directory)
         self.rows: list[dict[str, Any]] = list(rows or [])
+        self.can_plot = True
+        """False once matplotlib was found missing: the curve is then skipped (warned about once)."""
 
     @classmethod
     def load(cls, directory: str | Path, up_to_epoch: int | None = None) -> TrainingLog:
@@ -67,15 +71,23 @@ class TrainingLog:
             self.plot()
 
     def plot(self) -> Path | None:
-        """Training loss and validation mean metrics against epoch, as a PNG."""
-        if not self.rows:
-            return None
-        import matplotlib
+        """Training loss and validation mean metrics against epoch, as a PNG.
 
-        matplotlib.use("Agg")
-        from matplotlib.figure import Figure
+        Without matplotlib (the ``preview`` extra) no PNG is written: one warning, then training goes on.
+        """
+        if not self.rows or not self.can_plot:
+            return None
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            self.can_plot = False
+            LOG.warning('%s not written: matplotlib is not installed (pip install "mitk[preview]")',
+                        self.directory / CURVE_NAME)
+            return None
 
         figure = Figure(figsize=(7, 4), dpi=100)
+        FigureCanvasAgg(figure)  # the Agg backend for this figure only; the global backend is left alone
         loss_axes = figure.add_subplot(1, 1, 1)
         epochs = [row["epoch"] for row in self.rows]
         losses = [float("nan") if row.get("loss") is None else float(row["loss"]) for row in self.rows]

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
@@ -24,10 +23,17 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import PersonName
 
 from mitk import __version__
-from mitk.errors import GeometryError, InputError, PluginError
+from mitk.errors import GeometryError, InputError, PluginError, UsageError
+from mitk.extras import install_hint
 from mitk.io.dicom.deidentify import deidentify_dataset
 from mitk.io.dicom.source import DicomSource
 from mitk.types import Image, SegmentationResult, ras_to_lps, voxel_spacing
+
+try:
+    import highdicom as hd
+except ImportError:  # the dicom extra; `mitk segment --format dicom-seg` checks for it before the model loads
+    raise UsageError(f"DICOM SEG output needs highdicom, which is not installed; install it with: "
+                     f"{install_hint('dicom')}") from None
 
 CodePair = tuple[Code | hd.sr.CodedConcept, Code | hd.sr.CodedConcept]
 
