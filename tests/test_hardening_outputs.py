@@ -356,3 +356,18 @@ def test_library_warnings_are_hidden_unless_debug(folder: Path, tmp_path: Path,
         assert "mitk: 1 warning(s) from libraries hidden (UserWarning); --debug shows them" in stderr
         code, _, stderr = invoke(["--debug", *args])
         assert code == 0 and "a noisy library speaks" in stderr
+
+
+def test_info_prints_bracketed_file_names_as_text(tmp_path: Path, anatomical_t1: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from helpers import invoke
+
+    target = tmp_path / "sub01_[" / "]_[flair].nii"  # the path holds "[/]", rich's closing tag
+    target.parent.mkdir()
+    shutil.copy(anatomical_t1, target)
+    monkeypatch.chdir(tmp_path)  # a short relative path: the table is not cut to the terminal's width
+    code, out, err = invoke(["info", "sub01_[/]_[flair].nii"])
+    assert code == 0, err
+    assert "sub01_[/]_[flair].nii" in out.replace("\n", "")
