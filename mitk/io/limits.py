@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -79,6 +80,29 @@ def allocate(shape: Sequence[int], dtype: Any, path: str | Path | None, what: st
         return np.empty(tuple(int(n) for n in shape), dtype=dtype)
     except MemoryError:
         raise InputError(f"not enough memory for {what} of {format_bytes(count)}", path) from None
+
+
+def check_inflated_size(stream: Any, path: str | Path | None, what: str = "deflated data") -> int:
+    """Inflate the raw deflate ``stream`` in bounded steps, counting; refuse it above ``MITK_MAX_IMAGE_BYTES``.
+
+    For formats whose reader inflates everything in one call (pydicom's Deflated Explicit VR Little
+    Endian): run this first, so that a small file cannot inflate to many gigabytes. Returns the size.
+    """
+    limit = max_image_bytes()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while not inflater.eof:
+            compressed = inflater.unconsumed_tail or stream.read(CHUNK)
+            if not compressed:
+                break
+            total += len(inflater.decompress(compressed, CHUNK))
+            if total > limit:
+                raise InputError(f"{what} inflates to more than the limit of {format_bytes(limit)} "
+                                 f"(set {MAX_IMAGE_BYTES} to read larger images)", path)
+    except zlib.error as error:
+        raise InputError(f"corrupt {what} ({error})", path) from None
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,6 +203,7 @@ def read_member(path: Path, member: str) -> bytes:
             check_image_bytes(info.file_size, f"{path.name}:{member}", "zip member")
             with open_member(archive, info) as stream:
                 return stream.read()
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, RuntimeError, NotImplementedError) as error:
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, RuntimeError, NotImplementedError,
+            zlib.error) as error:
         raise InputError(f"unreadable zip member ({type(error).__name__}: {error})",
                          f"{path.name}:{member}") from None
