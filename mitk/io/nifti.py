@@ -101,9 +101,10 @@ def _read_gzip(path: Path) -> tuple[Any, np.ndarray]:
         offset = int(probe.get_data_offset())
         needed = offset + array_bytes(shape, dtype)
         slope, inter = probe.get_slope_inter()
-        if slope is not None and dtype.itemsize < 4:
-            check_image_bytes(array_bytes(shape, np.float32), path, "NIfTI voxel data")
-        buffer = allocate((needed,), np.uint8, path, "NIfTI voxel data")
+        slope, inter = (1.0, 0.0) if slope is None or inter is None else (slope, inter)
+        scaled = (slope != 1 or inter != 0) and dtype.itemsize < 4
+        check_image_bytes(array_bytes(shape, np.float32 if scaled else dtype), path, "NIfTI voxel data")
+        buffer = allocate((needed,), np.uint8, path, "NIfTI header and voxel data")
         view = buffer.data
         start = min(len(prefix), needed)
         view[:start] = prefix[:start]
@@ -117,7 +118,7 @@ def _read_gzip(path: Path) -> tuple[Any, np.ndarray]:
     header.set_data_offset(0)  # as nibabel leaves a loaded image's header: offset and scaling consumed
     header.set_slope_inter(None, None)
     array = np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset, order="F")
-    return header, _scale(array, 1.0 if slope is None else slope, 0.0 if inter is None else inter)
+    return header, _scale(array, slope, inter)
 
 
 def _decompressed(path: Path, read: Callable[..., _T], *args: Any) -> _T:
