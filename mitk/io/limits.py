@@ -68,7 +68,7 @@ def check_image_bytes(count: int, path: str | Path | None, what: str = "image da
     """Refuse ``count`` bytes of ``what`` above ``MITK_MAX_IMAGE_BYTES``, before anything is allocated."""
     limit = max_image_bytes()
     if count > limit:
-        raise InputError(f"{what} of {format_bytes(count)} is over the limit of {format_bytes(limit)} "
+        raise InputError(f"{what} ({format_bytes(count)}) is over the limit of {format_bytes(limit)} "
                          f"(set {MAX_IMAGE_BYTES} to read larger images)", path)
 
 
@@ -79,7 +79,7 @@ def allocate(shape: Sequence[int], dtype: Any, path: str | Path | None, what: st
     try:
         return np.empty(tuple(int(n) for n in shape), dtype=dtype)
     except MemoryError:
-        raise InputError(f"not enough memory for {what} of {format_bytes(count)}", path) from None
+        raise InputError(f"not enough memory for {what} ({format_bytes(count)})", path) from None
 
 
 def check_inflated_size(stream: Any, path: str | Path | None, what: str = "deflated data") -> int:
