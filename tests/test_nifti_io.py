@@ -336,8 +336,10 @@ def fill_free_text(header: Any) -> None:
 
 def test_segment_two_d_nifti_gives_a_two_d_label_map_on_its_header(tmp_path: Path) -> None:
     source = two_d_image(tmp_path)
-    code, _, stderr = invoke(["segment", str(source), "--plugin", "threshold", "--output-dir", str(tmp_path / "out")])
+    code, _, stderr = invoke(["segment", str(source), "--plugin", "threshold", "--output-dir", str(tmp_path / "out"),
+                              "--stats", "--preview"])
     assert code == 0, stderr
+    assert (tmp_path / "out" / "x2d_seg_stats.csv").exists() and (tmp_path / "out" / "x2d_seg_preview.png").exists()
     output = tmp_path / "out" / "x2d_seg.nii.gz"
     labels, original = load(output), load(source)
     assert labels.shape == original.shape == (33, 41)
