@@ -225,16 +225,19 @@ def test_zip_keeps_the_series_beside_a_member_over_the_limit(tmp_path: Path, ser
     members, written = series_members
     big = bytes(2 << 20)
     archive = write_zip(tmp_path / "mixed.zip", [*members, stored("big.dcm", big), stored("secret.dcm", big[:200]),
-                                                 stored("study/~lock", b"")], encrypted=("secret.dcm",))
+                                                 stored("study/~lock", b""),
+                                                 ("broken.dcm", zipfile.ZIP_DEFLATED, b"\xff" * 100, 0, 1000)],
+                        encrypted=("secret.dcm",))
     monkeypatch.setenv("MITK_MAX_IMAGE_BYTES", "1M")
     with caplog.at_level(logging.WARNING, logger="mitk.io.dicom"):
         listing = list_series(archive)
         image = read_dicom(archive)
     assert np.array_equal(image.array, written.expected_array)
-    assert listing.skipped_files == 3
+    assert listing.skipped_files == 4
     assert any("big.dcm" in m and "2.0 MiB is over the limit of 1.0 MiB" in m for m in caplog.messages), \
         caplog.messages
     assert any("secret.dcm" in m and "encrypted" in m for m in caplog.messages), caplog.messages
+    assert any("broken.dcm" in m and "unreadable compressed data" in m for m in caplog.messages), caplog.messages
 
 
 def test_zip_whose_members_declare_too_much_is_refused(tmp_path: Path, series_members: tuple,
