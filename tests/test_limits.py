@@ -158,6 +158,7 @@ def test_a_header_claiming_terabytes_is_refused_by_size(tmp_path: Path, suffix: 
     header = nib.Nifti1Header()
     header.set_data_shape((32767, 32767, 32767))
     header.set_data_dtype(np.int16)
+    header.set_data_offset(352)
     raw = header.binaryblock + b"\0" * 4 + b"\0" * 1000
     path = tmp_path / f"huge{suffix}"
     path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
@@ -171,12 +172,25 @@ def test_a_header_within_the_limit_but_beyond_memory_is_an_input_error(tmp_path:
     header = nib.Nifti1Header()
     header.set_data_shape((1024, 1024, 1536))
     header.set_data_dtype(np.int16)
+    header.set_data_offset(352)
     path = tmp_path / "big.nii.gz"
     path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4) + gzip_zeros(3 << 30))
     answer = read_in_capped_child(path)
     assert "not enough memory for NIfTI header and voxel data (3.0 GiB)" in str(answer.get("error")), answer
     refused = read_in_capped_child(path, MITK_MAX_IMAGE_BYTES="1G")
     assert "over the limit of 1.0 GiB" in str(refused.get("error")), refused
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_vox_offset_inside_the_header_is_refused(tmp_path: Path, suffix: str) -> None:
+    header = nib.Nifti1Header()
+    header.set_data_shape((2, 2, 2))
+    header.set_data_dtype(np.uint8)  # vox_offset stays 0: nibabel would read the header's bytes as voxels
+    raw = header.binaryblock + b"\0" * 4 + bytes(range(8))
+    path = tmp_path / f"offset{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    with pytest.raises(InputError, match="vox_offset 0 points inside the 348-byte header"):
+        read_nifti(path)
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

@@ -84,6 +84,7 @@ def _read_plain(path: Path) -> tuple[Any, np.ndarray]:
     image: Any = nib.load(path)
     header = image.header
     shape, dtype = header.get_data_shape(), header.get_data_dtype()
+    _check_offset(int(image.dataobj.offset), header.sizeof_hdr, path)  # the image's header has it reset to 0
     slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
     scaled = slope != 1 or inter != 0
     check_image_bytes(array_bytes(shape, np.float32 if scaled and dtype.itemsize < 4 else dtype), path,
@@ -98,7 +99,7 @@ def _read_gzip(path: Path) -> tuple[Any, np.ndarray]:
         header_class = _header_class(prefix, path)
         probe = header_class.from_fileobj(io.BytesIO(prefix[: header_class.sizeof_hdr]))
         shape, dtype = probe.get_data_shape(), probe.get_data_dtype()
-        offset = int(probe.get_data_offset())
+        offset = _check_offset(int(probe.get_data_offset()), header_class.sizeof_hdr, path)
         needed = offset + array_bytes(shape, dtype)
         slope, inter = probe.get_slope_inter()
         slope, inter = (1.0, 0.0) if slope is None or inter is None else (slope, inter)
@@ -119,6 +120,13 @@ def _read_gzip(path: Path) -> tuple[Any, np.ndarray]:
     header.set_slope_inter(None, None)
     array = np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset, order="F")
     return header, _scale(array, slope, inter)
+
+
+def _check_offset(offset: int, header_size: int, path: Path) -> int:
+    """Where the voxels start; a vox_offset inside the header (nibabel would read the header as voxels) is refused."""
+    if offset < header_size:
+        raise InputError(f"vox_offset {offset} points inside the {header_size}-byte header", path)
+    return offset
 
 
 def _decompressed(path: Path, read: Callable[..., _T], *args: Any) -> _T:
@@ -155,7 +163,10 @@ def _read_into(stream: Any, view: memoryview) -> int:
 def _scale(array: np.ndarray, slope: float, inter: float) -> np.ndarray:
     """Stored values → real values: float32 when scl_slope/scl_inter scale them, native byte order always."""
     if slope != 1 or inter != 0:
-        return array.astype(np.float32) * np.float32(slope) + np.float32(inter)
+        real = array.astype(np.float32)
+        real *= np.float32(slope)
+        real += np.float32(inter)
+        return real
     if not array.dtype.isnative:
         return array.astype(array.dtype.newbyteorder("="))
     return array
