@@ -349,3 +349,15 @@ def test_deflated_dicom_bomb_is_counted_before_pydicom_inflates_it(tmp_path: Pat
 def test_inflated_size_is_counted_in_bounded_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MITK_MAX_IMAGE_BYTES", "1G")
     assert check_inflated_size(io.BytesIO(deflate_zeros(SEGMENT * 2)), None) == SEGMENT * 2
+
+
+def test_a_malformed_limit_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             small_volume: np.ndarray) -> None:
+    from helpers import invoke
+
+    path = tmp_path / "small.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes(small_volume)))
+    monkeypatch.setenv("MITK_MAX_IMAGE_BYTES", "lots")
+    code, _, stderr = invoke(["info", str(path)])
+    assert code == 2
+    assert stderr.strip() == "mitk: error: MITK_MAX_IMAGE_BYTES='lots' is not a size in bytes (e.g. 512M, 32G)"

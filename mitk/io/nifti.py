@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 import nibabel as nib
 import numpy as np
 
-from mitk.errors import InputError
+from mitk.errors import InputError, MitkError
 from mitk.io.limits import allocate, array_bytes, check_image_bytes
 from mitk.types import Image
 
@@ -71,7 +71,7 @@ def read_nifti(path: str | Path) -> Image:
         else:
             header, array = _read_plain(path)
         affine = header.get_best_affine()
-    except InputError:
+    except MitkError:  # InputError, or a UsageError such as a malformed MITK_MAX_IMAGE_BYTES
         raise
     except Exception as error:
         raise InputError(f"not a readable NIfTI image ({_one_line(error)})", path) from None

@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from mitk.errors import GeometryError, InputError, UsageError
+from mitk.errors import GeometryError, InputError, MitkError, UsageError
 from mitk.io.dicom.pixels import FrameRef, PixelLayout, pixel_layout, raw_value
 from mitk.io.dicom.volume import StackPlan, plan_stack
 from mitk.io.limits import check_image_bytes, check_inflated_size, open_member, zip_members
@@ -213,7 +213,7 @@ def read_header(file: Path, opener: Callable[[], io.RawIOBase] | None = None) ->
             _check_deflated(handle, file)
             handle.seek(0)
             dataset = pydicom.dcmread(handle, stop_before_pixels=True)
-        except InputError:
+        except MitkError:
             raise
         except Exception as error:
             raise InputError(f"unreadable DICOM header ({type(error).__name__}: "
