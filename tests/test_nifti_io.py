@@ -21,6 +21,7 @@ import pytest
 from helpers import invoke, load, rotation
 
 from mitk.io.nifti import read_nifti, write_nifti
+from mitk.plugin_manager import use_plugins
 
 PERMUTATIONS = list(itertools.permutations(range(3)))
 FLIPS = list(itertools.product((False, True), repeat=3))
@@ -198,8 +199,6 @@ OBLIQUE_CASES = [f"oblique{n}" for n in range(len(OBLIQUE_ANGLES))]
 @pytest.fixture(scope="module")
 def segmented(t1: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One batch per plugin over all 48 reoriented copies, the original and oblique copies."""
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
 
     root = tmp_path_factory.mktemp("orientations")
     inputs = root / "in"
@@ -217,10 +216,8 @@ def segmented(t1: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPa
         oblique[:3] = rotation(*angles) @ affine[:3]
         sources[OBLIQUE_CASES[n]] = save(data, oblique, inputs / f"{OBLIQUE_CASES[n]}{suffix}", klass, CODES[n])
 
-    _, registry = build_plugin_manager(extra_plugins=(reorienting_threshold_plugin(),))
     documents = {}
-    with pytest.MonkeyPatch.context() as patch, single_threaded_torch():
-        patch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    with use_plugins(reorienting_threshold_plugin()), single_threaded_torch():
         for plugin in ("threshold", "threshold-ras"):
             code, stdout, stderr = invoke(["segment", "--plugin", plugin, str(inputs), "--output-dir",
                                            str(root / plugin), "--json"])
