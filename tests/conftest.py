@@ -78,3 +78,17 @@ def single_threaded_torch() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_inprocess(monkeypatch: pytest.MonkeyPatch):
+    """``run_inprocess("info", path)`` runs ``mitk`` in this process (faster than a subprocess) and returns
+    ``(exit status, stdout, stderr)``; tables are not folded."""
+    from helpers import invoke
+
+    monkeypatch.setenv("COLUMNS", "400")
+
+    def run(*arguments: str) -> tuple[int, str, str]:
+        return invoke([str(argument) for argument in arguments])
+
+    return run

@@ -24,20 +24,6 @@ def assert_private(*texts: str | bytes) -> None:
 
 
 @pytest.fixture
-def run_inprocess(capsys):
-    """Run ``mitk ARGS`` in this process (faster than a subprocess): ``(exit status, stdout, stderr)``."""
-    from mitk.cli import main
-
-    def run(*arguments: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as done:
-            main(list(arguments))
-        captured = capsys.readouterr()
-        return int(done.value.code or 0), captured.out, captured.err
-
-    return run
-
-
-@pytest.fixture
 def oblique_series(anatomical_t1, tmp_path):
     return series_from_nifti(anatomical_t1, tmp_path / "dicom", "oblique", modality="MR", order="shuffled",
                              shuffle_instance_numbers=True)

@@ -181,22 +181,6 @@ def described_study(anatomical_t1, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def run_inprocess(capsys, monkeypatch):
-    """Run ``mitk ARGS`` in this process: ``(exit status, stdout, stderr)``; tables are not folded."""
-    from mitk.cli import main
-
-    monkeypatch.setenv("COLUMNS", "400")
-
-    def run(*arguments: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as done:
-            main(list(arguments))
-        captured = capsys.readouterr()
-        return int(done.value.code or 0), captured.out, captured.err
-
-    return run
-
-
 def test_sidecar_and_info_leave_descriptions_out_by_default(described_study, run_inprocess, tmp_path):
     study = str(described_study)
     status, out, err = run_inprocess("convert", study, str(tmp_path / "t1.nii.gz"), "--series", "0")
