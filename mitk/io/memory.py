@@ -133,8 +133,8 @@ def _from_metatensor(source: Any) -> Image:
         raise UsageError("a 5-D MetaTensor is a batch: pass its items one by one (or as a list)")
     if array.ndim == 4:
         array = np.moveaxis(array, 0, -1)  # channels last, as in every mitk Image
-    affine = np.asarray(source.affine.detach().cpu().numpy() if hasattr(source.affine, "detach")
-                        else source.affine, dtype=np.float64)
+    affine: np.ndarray = np.asarray(source.affine.detach().cpu().numpy() if hasattr(source.affine, "detach")
+                                    else source.affine, dtype=np.float64)
     space = str((getattr(source, "meta", None) or {}).get("space", "RAS"))
     if space.upper().endswith("LPS"):
         affine = ras_to_lps(affine)
