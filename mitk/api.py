@@ -145,7 +145,7 @@ class Model:
 
     def __call__(self, *inputs: Any, **options: Any) -> Any:
         """The model's task call (``model.segment(...)`` for a segmentation model)."""
-        return self.run(self.spec, *inputs, **options)
+        return self._run(self.spec, *inputs, **options)
 
     def runner(self, **options: Any) -> Callable[..., Any]:
         """The task table's runner for this model (built once per set of ``options``)."""
@@ -162,7 +162,7 @@ class Model:
                     raise UsageError(f"{self.task.value}: unknown option(s) {names}") from None
             return self._runners[key]
 
-    def run(self, spec: TaskSpec, *inputs: Any, workers: int | None = None,
+    def _run(self, spec: TaskSpec, *inputs: Any, workers: int | None = None,
             executor: concurrent.futures.Executor | None = None, **options: Any) -> Any:
         """Run the row ``spec`` of the task table on ``inputs`` (what each task's method calls)."""
         if spec.task != self.task:
@@ -236,7 +236,7 @@ def _parallel(items: Iterable[Any], one: Callable[[Any], Any], workers: int,
 
 def _task_method(spec: TaskSpec) -> Callable[..., Any]:
     def method(self: Model, *inputs: Any, **options: Any) -> Any:
-        return self.run(spec, *inputs, **options)
+        return self._run(spec, *inputs, **options)
 
     method.__name__ = method.__qualname__ = spec.name
     method.__doc__ = _call_doc(spec, "model")
@@ -246,7 +246,7 @@ def _task_method(spec: TaskSpec) -> Callable[..., Any]:
 def _one_shot(spec: TaskSpec) -> Callable[..., Any]:
     def helper(*inputs: Any, plugin: str | None = None, weights: str | Path | None = None,
                device: str | None = "auto", settings: Mapping[str, Any] | None = None, **options: Any) -> Any:
-        return load(plugin, weights=weights, task=spec.task, device=device, settings=settings).run(
+        return load(plugin, weights=weights, task=spec.task, device=device, settings=settings)._run(
             spec, *inputs, **options)
 
     helper.__name__ = helper.__qualname__ = spec.name

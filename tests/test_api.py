@@ -413,3 +413,33 @@ def test_results_are_the_typed_results(unet: mitk.Model, anatomical_t1: Path) ->
     assert result.plugin == "unet" and result.labels == {0: "background", 1: "foreground"}
     assert result.grid is not None and result.grid.array.strides == (0, 0, 0)  # the input's voxels are not kept
     assert [row["label"] for row in result.statistics()] == [1]
+
+
+def test_a_dicom_folder_with_series_equals_the_cli(tmp_path: Path, lung_ct: Path) -> None:
+    """A folder of two real-CT series: ``series=`` picks one, as ``--series`` does; the same label map file."""
+    from dicom_factory import write_series
+
+    image = nib.load(lung_ct)
+    array = np.asarray(image.dataobj)[32:96, 32:96, :12]
+    affine = image.affine.copy()
+    affine[:3, 3] = image.affine[:3, :3] @ [32, 32, 0] + image.affine[:3, 3]
+    folder = tmp_path / "dicom"
+    write_series(array, affine, folder / "a", modality="CT", description="first", series_number=1)
+    write_series(array[::-1], affine @ np.diag([-1.0, 1, 1, 1]) @ np.array(
+        [[1, 0, 0, -(array.shape[0] - 1)], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), folder / "b",
+        modality="CT", description="second", series_number=2)
+    code, _, err = invoke(["segment", str(folder), "--plugin", "threshold", "--series", "1",
+                           "-o", str(tmp_path / "cli.nii.gz")])
+    assert code == 0, err
+    model = mitk.load("threshold")
+    model.segment(folder, series="1").save(tmp_path / "api.nii.gz")
+    assert (tmp_path / "api.nii.gz").read_bytes() == (tmp_path / "cli.nii.gz").read_bytes()
+    first = model.segment(folder, series="0")
+    np.testing.assert_allclose(first.affine, affine, atol=1e-3)
+    assert first.label_map.shape == array.shape
+    code, _, err = invoke(["segment", str(folder), "--plugin", "threshold", "-o", str(tmp_path / "x.nii.gz")])
+    with pytest.raises(mitk.errors.MitkError) as refused:
+        model.segment(folder)
+    assert code != 0 and str(refused.value) in err  # the CLI's message, word for word
+    with pytest.raises(UsageError, match="series= picks a DICOM series"):
+        model.segment(image, series="0")
