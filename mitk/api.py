@@ -14,13 +14,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mitk.enums import Task
 from mitk.errors import UsageError
-from mitk.io.memory import as_image
+from mitk.io.memory import as_image, is_path
 from mitk.taskspecs import TaskSpec, get_task, import_part, iter_tasks
 
 if TYPE_CHECKING:
@@ -108,7 +109,9 @@ class Model:
     with ``series=``), a nibabel image, a ``SimpleITK.Image``, a MONAI ``MetaTensor``, an :class:`~mitk.types.Image`,
     or a numpy array with ``affine=``. A list of inputs gives a list of results; an iterator (a generator,
     ``Path.glob``) gives an iterator that reads and runs one input at a time. ``workers=N`` (or
-    ``executor=``, a thread pool of yours) reads inputs in N threads while the model runs.
+    ``executor=``, a thread pool of yours) reads inputs in N threads while the model runs. A bad input
+    raises (naming its file); with ``errors="skip"`` it is left out with a :class:`~mitk.errors.MitkWarning`
+    and the batch goes on, as on the command line.
 
     Thread safety: a ``Model`` may be shared by threads. Calls run the network one image at a time (a lock);
     reading inputs and writing results run in parallel. For parallel inference, load one model per thread.
@@ -163,8 +166,10 @@ class Model:
             return self._runners[key]
 
     def _run(self, spec: TaskSpec, *inputs: Any, workers: int | None = None,
-            executor: concurrent.futures.Executor | None = None, **options: Any) -> Any:
+             executor: concurrent.futures.Executor | None = None, errors: str = "raise", **options: Any) -> Any:
         """Run the row ``spec`` of the task table on ``inputs`` (what each task's method calls)."""
+        if errors not in ("raise", "skip"):
+            raise UsageError(f"errors= must be 'raise' or 'skip', not {errors!r}")
         if spec.task != self.task:
             raise UsageError(f"plugin {self.plugin!r} is a {self.task.value} plugin: call "
                              f"model.{self.task.value}(...), not model.{spec.name}(...)")
@@ -190,13 +195,15 @@ class Model:
             describe_origin(result, image, self.plugin, others)
             return result
 
-        if isinstance(items, list | tuple):
-            return list(_stream(items, one, workers, executor))
-        if isinstance(items, Iterator):
-            return _stream(items, one, workers, executor)
-        if workers is not None or executor is not None:
-            raise UsageError("workers= and executor= are for a list or an iterator of inputs")
-        return one(items)
+        batch = isinstance(items, list | tuple | Iterator)
+        if not batch:
+            if workers is not None or executor is not None or errors != "raise":
+                raise UsageError("workers=, executor= and errors= are for a list or an iterator of inputs")
+            return one(items)
+        stream = _stream(items, one if errors == "raise" else _skipping(one), workers, executor)
+        if errors == "skip":
+            stream = (result for result in stream if result is not _SKIPPED)
+        return list(stream) if isinstance(items, list | tuple) else stream
 
     @staticmethod
     def _read(spec: TaskSpec, item: Any, reading: dict[str, Any]) -> Image:
@@ -204,6 +211,26 @@ class Model:
 
         image = as_image(item, **reading)
         return require_volume(image, channels=spec.image_channels)
+
+
+_SKIPPED = object()
+
+
+def _skipping(one: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``one``, turning an input that fails as the CLI would record it into a :class:`MitkWarning`."""
+
+    def tolerant(item: Any) -> Any:
+        from mitk.errors import MitkError, MitkWarning
+        from mitk.runner.batch import describe_error
+
+        try:
+            return one(item)
+        except (MitkError, OSError, MemoryError) as error:
+            name = f"{item}: " if is_path(item) and str(item) not in str(error) else ""
+            warnings.warn(MitkWarning(f"skipped {name}{describe_error(error)}"), stacklevel=2)
+            return _SKIPPED
+
+    return tolerant
 
 
 def _stream(items: Iterable[Any], one: Callable[[Any], Any], workers: int | None,
@@ -267,8 +294,8 @@ def _call_doc(spec: TaskSpec, owner: str) -> str:
         call = f"{owner}.{spec.name}(image, **options)"
         inputs = "``image``: an image, or a list or iterator of images."
     return (f"``{call}`` → :class:`~mitk.types.{result}`. {spec.summary}\n\n{inputs} Options: ``affine=`` (for an "
-            "array), ``series=`` and ``allow_resample=`` (DICOM), ``workers=``/``executor=`` (batches), and the "
-            f"runner's own (:class:`{spec.runner.replace(':', '.')}`).")
+            "array), ``series=`` and ``allow_resample=`` (DICOM), ``workers=``/``executor=``/``errors=`` (batches), "
+            f"and the runner's own (:class:`{spec.runner.replace(':', '.')}`).")
 
 
 for _spec in iter_tasks():

@@ -443,3 +443,22 @@ def test_a_dicom_folder_with_series_equals_the_cli(tmp_path: Path, lung_ct: Path
     assert code != 0 and str(refused.value) in err  # the CLI's message, word for word
     with pytest.raises(UsageError, match="series= picks a DICOM series"):
         model.segment(image, series="0")
+
+
+def test_errors_skip_goes_on_past_a_bad_input_with_a_warning(tmp_path: Path, unet: mitk.Model,
+                                                             fifty_images: list[Path]) -> None:
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    inputs = [fifty_images[0], bad, fifty_images[1]]
+    with pytest.raises(InputError, match=r"bad\.nii\.gz"):
+        unet.segment(inputs)
+    with pytest.warns(mitk.errors.MitkWarning, match=r"skipped .*bad\.nii\.gz.*gzip") as caught:
+        results = unet.segment(inputs, errors="skip")
+    assert len(caught) == 1
+    assert [r.grid.path for r in results] == [fifty_images[0], fifty_images[1]]
+    with pytest.warns(mitk.errors.MitkWarning):
+        assert len(list(unet.segment(iter(inputs), errors="skip", workers=2))) == 2
+    with pytest.raises(UsageError, match="errors="):
+        unet.segment(inputs, errors="ignore")
+    with pytest.raises(UsageError, match="for a list or an iterator"):
+        unet.segment(fifty_images[0], errors="skip")
