@@ -143,7 +143,7 @@ class Model:
         return self.loaded.config
 
     def __repr__(self) -> str:
-        weights = f", weights={str(self.loaded.checkpoint)!r}" if self.loaded.checkpoint else ""
+        weights = f" weights={str(self.loaded.checkpoint)!r}" if self.loaded.checkpoint else ""
         return f"<mitk.Model {self.task.value} plugin={self.plugin!r}{weights} device={self.device!r}>"
 
     def __call__(self, *inputs: Any, **options: Any) -> Any:

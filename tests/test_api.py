@@ -390,7 +390,7 @@ def test_save_is_atomic_and_never_overwrites(tmp_path: Path, unet: mitk.Model, a
         result.save(source, overwrite=True)
     assert source.read_bytes() == before
     target = result.save(tmp_path / "out" / "labels.nii.gz")
-    with pytest.raises(OutputExistsError, match="exists already"):
+    with pytest.raises(OutputExistsError, match=r"exists already \(pass overwrite=True"):
         result.save(target)
     with pytest.raises(UsageError, match="no probabilities"):
         result.save(tmp_path / "other.nii.gz", probabilities=tmp_path / "prob.nii.gz")

@@ -11,8 +11,10 @@ This module is imported by :mod:`mitk.types` and stays light: nibabel and Simple
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +67,22 @@ def _description(plugin: str | None, what: str) -> str:
     return f"mitk {plugin} {what}" if plugin else f"mitk {what}"
 
 
-def _write_atomic(path: PathLike, overwrite: bool, inputs: tuple[Path, ...], write: Any) -> Path:
+@contextlib.contextmanager
+def atomic_output(path: PathLike, overwrite: bool, inputs: tuple[Path, ...]) -> Iterator[Path]:
+    """:func:`mitk.io.atomic.atomic_path`, with the refusal of an existing file worded for Python callers."""
+    from mitk.errors import OutputExistsError
     from mitk.io.atomic import atomic_path
 
+    try:
+        with atomic_path(path, overwrite=overwrite, inputs=inputs) as temporary:
+            yield temporary
+    except OutputExistsError as error:
+        raise OutputExistsError("output exists already (pass overwrite=True to replace it)", error.path) from None
+
+
+def _write_atomic(path: PathLike, overwrite: bool, inputs: tuple[Path, ...], write: Any) -> Path:
     target = Path(path)
-    with atomic_path(target, overwrite=overwrite, inputs=inputs) as temporary:
+    with atomic_output(target, overwrite, inputs) as temporary:
         write(temporary)
     return target
 
@@ -138,17 +151,12 @@ class SegmentationFiles(ResultFiles):
              probabilities: PathLike | None = None) -> Path:
         """Write the label map as NIfTI (``.nii.gz``/``.nii``), as ``mitk segment`` does; with
         ``probabilities=PATH`` also the probability maps (both files, or neither). Returns ``path``."""
-        import contextlib
-
-        from mitk.io.atomic import atomic_path
-
         like, target = self._grid(), Path(path)
         with contextlib.ExitStack() as outputs:  # the label map is entered first, so committed last
-            label_file = outputs.enter_context(atomic_path(target, overwrite=overwrite, inputs=self.inputs))
+            label_file = outputs.enter_context(atomic_output(target, overwrite, self.inputs))
             write_label_map(self, label_file, like, self.plugin)
             if probabilities is not None:
-                prob_file = outputs.enter_context(atomic_path(probabilities, overwrite=overwrite,
-                                                              inputs=self.inputs))
+                prob_file = outputs.enter_context(atomic_output(probabilities, overwrite, self.inputs))
                 write_probabilities(self, prob_file, like, self.plugin)
         return target
 
@@ -211,9 +219,6 @@ class RegistrationFiles(ResultFiles):
              transform: PathLike | None = None) -> Path:
         """Write the warped image as NIfTI on the fixed grid, as ``mitk register`` does; with
         ``transform=PATH`` (``.json``, or ``.tfm`` for ITK) also the matrix (both files, or neither)."""
-        import contextlib
-
-        from mitk.io.atomic import atomic_path
         from mitk.io.nifti import write_nifti
 
         if transform is not None and self.matrix is None:
@@ -223,11 +228,11 @@ class RegistrationFiles(ResultFiles):
         target = Path(path)
         inputs = self.inputs
         with contextlib.ExitStack() as outputs:
-            warped = outputs.enter_context(atomic_path(target, overwrite=overwrite, inputs=inputs))
+            warped = outputs.enter_context(atomic_output(target, overwrite, inputs))
             write_nifti(self.warped.array, warped, like=self.warped, description=_description(self.plugin, "warped"))
             if transform is not None:
                 from mitk.runner.register import write_transform
 
-                temporary = outputs.enter_context(atomic_path(transform, overwrite=overwrite, inputs=inputs))
+                temporary = outputs.enter_context(atomic_output(transform, overwrite, inputs))
                 write_transform(self, temporary)
         return target
