@@ -7,6 +7,7 @@ table, ``mitk.segment`` …) is reached through :func:`__getattr__`; torch and m
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pluggy
@@ -18,6 +19,8 @@ ENTRY_POINT_GROUP = "mitk.plugins"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Decorator that marks a function as an implementation of a mitk hook."""
+
+logging.getLogger(PROJECT_NAME).addHandler(logging.NullHandler())  # a library logs; the application shows (the CLI)
 
 _API_NAMES = ("Model", "as_image", "load")
 

@@ -4,8 +4,9 @@ CLI byte for byte, in-memory inputs with the file's geometry, one load for many 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -398,12 +399,36 @@ def test_save_is_atomic_and_never_overwrites(tmp_path: Path, unet: mitk.Model, a
     result.save(target, overwrite=True)
 
 
-def test_warnings_go_through_the_warnings_module(unet: mitk.Model, lung_ct: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        unet.segment(sitk.ReadImage(str(lung_ct)))
+def test_warnings_go_through_warnings_and_logging(tmp_path: Path, unet_weights: Path, lung_ct: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint's unknown setting: a SettingsWarning (a MitkWarning); a resampled DICOM series: a log record.
+    Neither is printed."""
+    from dicom_factory import write_series
+
+    from mitk.checkpoint import load_checkpoint, save_checkpoint
+    from mitk.settings import SettingsWarning
+
+    saved = load_checkpoint(unet_weights)
+    odd = save_checkpoint(tmp_path / "odd.safetensors", saved.state_dict, task="segment", plugin="unet",
+                          plugin_version=None, config={**saved.config, "from_the_future": 1})
+    with pytest.warns(SettingsWarning, match="from_the_future"):
+        mitk.load(weights=odd, device="cpu")
+    image = nib.load(lung_ct)
+    write_series(np.asarray(image.dataobj)[40:72, 40:72, :10], image.affine, tmp_path / "gap", drop=(4,))
+    with pytest.raises(mitk.errors.GeometryError, match="allow-resample"):
+        mitk.segment(tmp_path / "gap", plugin="threshold")
+    with caplog.at_level("WARNING"):
+        result = mitk.segment(tmp_path / "gap", plugin="threshold", allow_resample=True)
+    assert any("resampled" in record.getMessage() for record in caplog.records)
+    assert result.label_map.shape[:2] == (32, 32)
     assert capsys.readouterr() == ("", "")
+    # in a program that set up no logging, the record is not printed either (Python's last-resort handler would)
+    code = (f"import mitk, logging; r = mitk.segment({str(tmp_path / 'gap')!r}, plugin='threshold', "
+            "allow_resample=True); logging.getLogger('mitk.io.dicom').warning('x'); print(r.label_map.shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("(32, 32"), done.stderr
+    assert "resampled" not in done.stderr and "x\n" not in done.stderr
 
 
 def test_results_are_the_typed_results(unet: mitk.Model, anatomical_t1: Path) -> None:
