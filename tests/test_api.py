@@ -395,6 +395,8 @@ def test_save_is_atomic_and_never_overwrites(tmp_path: Path, unet: mitk.Model, a
         result.save(target)
     with pytest.raises(UsageError, match="no probabilities"):
         result.save(tmp_path / "other.nii.gz", probabilities=tmp_path / "prob.nii.gz")
+    with pytest.raises(UsageError, match="writes NIfTI"):
+        result.save(tmp_path / "labels.dcm")
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["anatomical.nii", "labels.nii.gz"]
     result.save(target, overwrite=True)
 

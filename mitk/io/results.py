@@ -67,6 +67,17 @@ def _description(plugin: str | None, what: str) -> str:
     return f"mitk {plugin} {what}" if plugin else f"mitk {what}"
 
 
+def nifti_target(path: PathLike) -> Path:
+    """``path`` when it names a NIfTI file; a usage error otherwise (before anything is written)."""
+    target = Path(path)
+    if not target.name.lower().endswith((".nii.gz", ".nii")):
+        from mitk.errors import UsageError
+
+        raise UsageError("save() writes NIfTI: name the file .nii.gz or .nii (DICOM SEG: mitk segment "
+                         "--format dicom-seg)", target)
+    return target
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike, overwrite: bool, inputs: tuple[Path, ...]) -> Iterator[Path]:
     """:func:`mitk.io.atomic.atomic_path`, with the refusal of an existing file worded for Python callers."""
@@ -151,7 +162,9 @@ class SegmentationFiles(ResultFiles):
              probabilities: PathLike | None = None) -> Path:
         """Write the label map as NIfTI (``.nii.gz``/``.nii``), as ``mitk segment`` does; with
         ``probabilities=PATH`` also the probability maps (both files, or neither). Returns ``path``."""
-        like, target = self._grid(), Path(path)
+        like, target = self._grid(), nifti_target(path)
+        if probabilities is not None:
+            nifti_target(probabilities)
         with contextlib.ExitStack() as outputs:  # the label map is entered first, so committed last
             label_file = outputs.enter_context(atomic_output(target, overwrite, self.inputs))
             write_label_map(self, label_file, like, self.plugin)
@@ -225,7 +238,7 @@ class RegistrationFiles(ResultFiles):
             from mitk.errors import PluginError
 
             raise PluginError(f"plugin {self.plugin!r} gave a displacement field only; transform= needs a matrix")
-        target = Path(path)
+        target = nifti_target(path)
         inputs = self.inputs
         with contextlib.ExitStack() as outputs:
             warped = outputs.enter_context(atomic_output(target, overwrite, inputs))
