@@ -129,7 +129,7 @@ def _draw_row(axes: Sequence[Any], image: Image, label_map: np.ndarray) -> set[i
         ax.imshow(view, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
         ax.imshow(_overlay(view_labels), aspect=aspect, interpolation="nearest")
         for value in np.unique(view_labels):
-            if value > 0:
+            if value > 0 and min(view_labels.shape) >= 2:  # a one-slice volume's side views are 1 pixel thin
                 ax.contour(view_labels == value, levels=[0.5], colors=[label_colour(int(value))], linewidths=1.0)
         ax.set_title(name, color="white", fontsize=10)
         left, right, top, bottom = EDGE_LETTERS[name]

@@ -45,10 +45,8 @@ def names(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 
 
-def use_segmenter(monkeypatch: pytest.MonkeyPatch, name: str, factory: Callable[[], Any]) -> None:
-    """Register a segmentation plugin for this test only."""
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
+def use_segmenter(mitk_plugins: Callable[..., Any], name: str, factory: Callable[[], Any]) -> None:
+    """Register a segmentation plugin for this test only (through the ``mitk_plugins`` fixture)."""
 
     class Plugin:
         @staticmethod
@@ -56,8 +54,7 @@ def use_segmenter(monkeypatch: pytest.MonkeyPatch, name: str, factory: Callable[
         def mitk_register_plugins(register: Any) -> None:
             register(name, task="segment", factory=factory)
 
-    _, registry = build_plugin_manager(extra_plugins=(Plugin(),))
-    monkeypatch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    mitk_plugins(Plugin())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -216,16 +213,27 @@ def test_an_unwritable_output_folder_is_found_before_the_model_loads(folder: Pat
     assert names(read_only) == []
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_folder_without_write_permission_is_found_before_any_work(folder: Path, tmp_path: Path) -> None:
+    """Without write permission (for root, which ignores mode bits: the immutable attribute)."""
+    import subprocess
+
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o555)
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    lock, unlock = (["chattr", "+i", str(locked)], ["chattr", "-i", str(locked)]) if as_root else (None, None)
+    if lock:
+        subprocess.run(lock, check=True)
+    else:
+        locked.chmod(0o555)
     try:
         code, _, stderr = segment(folder / "a.nii", "-d", locked)
     finally:
-        locked.chmod(0o755)
-    assert code == 2 and "Permission denied" in stderr
+        if unlock:
+            subprocess.run(unlock, check=True)
+        else:
+            locked.chmod(0o755)
+    assert code == 2 and ("Permission denied" in stderr or "Operation not permitted" in stderr), stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 # -------------------------------------------------------------------------------------------------
@@ -282,7 +290,7 @@ def test_os_conditions_are_one_line_naming_the_output(folder: Path, tmp_path: Pa
 
 
 def test_memory_errors_fail_the_case_not_the_batch(folder: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   mitk_plugins: Callable[..., Any]) -> None:
     from mitk_builtin._threshold import ThresholdSegmenter
 
     class Hungry(ThresholdSegmenter):
@@ -299,7 +307,7 @@ def test_memory_errors_fail_the_case_not_the_batch(folder: Path, tmp_path: Path,
             network.forward = first_call_runs_out
             return network
 
-    use_segmenter(monkeypatch, "hungry", Hungry)
+    use_segmenter(mitk_plugins, "hungry", Hungry)
     code, stdout, stderr = invoke(["segment", "--plugin", "hungry", str(folder), "-d", str(tmp_path / "out"), "--json"])
     assert code == 3, stderr
     first, second = json.loads(stdout)["cases"]
@@ -307,7 +315,7 @@ def test_memory_errors_fail_the_case_not_the_batch(folder: Path, tmp_path: Path,
 
 
 def test_monai_wrapped_errors_are_reduced_to_the_cause(folder: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       mitk_plugins: Callable[..., Any]) -> None:
     from mitk_builtin._threshold import ThresholdSegmenter
     from monai.transforms import Compose, Lambdad
 
@@ -318,7 +326,7 @@ def test_monai_wrapped_errors_are_reduced_to_the_cause(folder: Path, tmp_path: P
         def inference_transforms(self, config: dict[str, Any]) -> Any:
             return Compose([Lambdad("image", refuse)])
 
-    use_segmenter(monkeypatch, "fussy", Fussy)
+    use_segmenter(mitk_plugins, "fussy", Fussy)
     code, stdout, stderr = invoke(["segment", "--plugin", "fussy", str(folder / "a.nii"), "-d", str(tmp_path / "o"),
                                    "--json"])
     assert code == 1
@@ -334,7 +342,8 @@ def print_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 
 def test_library_warnings_are_hidden_unless_debug(folder: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  mitk_plugins: Callable[..., Any]) -> None:
     from mitk_builtin._threshold import ThresholdSegmenter
 
     class Noisy(ThresholdSegmenter):
@@ -345,7 +354,7 @@ def test_library_warnings_are_hidden_unless_debug(folder: Path, tmp_path: Path,
 
             return warn
 
-    use_segmenter(monkeypatch, "noisy", Noisy)
+    use_segmenter(mitk_plugins, "noisy", Noisy)
     args = ["segment", "--plugin", "noisy", str(folder / "a.nii"), "-d", str(tmp_path / "out"), "--overwrite"]
     with warnings.catch_warnings():  # outside pytest's recorder: warnings print as they would for a user
         warnings.simplefilter("always")
@@ -356,3 +365,18 @@ def test_library_warnings_are_hidden_unless_debug(folder: Path, tmp_path: Path,
         assert "mitk: 1 warning(s) from libraries hidden (UserWarning); --debug shows them" in stderr
         code, _, stderr = invoke(["--debug", *args])
         assert code == 0 and "a noisy library speaks" in stderr
+
+
+def test_info_prints_bracketed_file_names_as_text(tmp_path: Path, anatomical_t1: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from helpers import invoke
+
+    target = tmp_path / "sub01_[" / "]_[flair].nii"  # the path holds "[/]", rich's closing tag
+    target.parent.mkdir()
+    shutil.copy(anatomical_t1, target)
+    monkeypatch.chdir(tmp_path)  # a short relative path: the table is not cut to the terminal's width
+    code, out, err = invoke(["info", "sub01_[/]_[flair].nii"])
+    assert code == 0, err
+    assert "sub01_[/]_[flair].nii" in out.replace("\n", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from helpers import invoke, load, rotation
 
 from mitk.io.nifti import read_nifti, write_nifti
+from mitk.plugin_manager import use_plugins
 
 PERMUTATIONS = list(itertools.permutations(range(3)))
 FLIPS = list(itertools.product((False, True), repeat=3))
@@ -197,8 +199,6 @@ OBLIQUE_CASES = [f"oblique{n}" for n in range(len(OBLIQUE_ANGLES))]
 @pytest.fixture(scope="module")
 def segmented(t1: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One batch per plugin over all 48 reoriented copies, the original and oblique copies."""
-    import mitk.runner.model
-    from mitk.plugin_manager import build_plugin_manager
 
     root = tmp_path_factory.mktemp("orientations")
     inputs = root / "in"
@@ -216,10 +216,8 @@ def segmented(t1: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPa
         oblique[:3] = rotation(*angles) @ affine[:3]
         sources[OBLIQUE_CASES[n]] = save(data, oblique, inputs / f"{OBLIQUE_CASES[n]}{suffix}", klass, CODES[n])
 
-    _, registry = build_plugin_manager(extra_plugins=(reorienting_threshold_plugin(),))
     documents = {}
-    with pytest.MonkeyPatch.context() as patch, single_threaded_torch():
-        patch.setattr(mitk.runner.model, "get_registry", lambda: registry)
+    with use_plugins(reorienting_threshold_plugin()), single_threaded_torch():
         for plugin in ("threshold", "threshold-ras"):
             code, stdout, stderr = invoke(["segment", "--plugin", plugin, str(inputs), "--output-dir",
                                            str(root / plugin), "--json"])
@@ -292,3 +290,137 @@ def test_simpleitk_sees_the_same_geometry(segmented: dict[str, Any], name: str) 
     # Voxel order: SimpleITK arrays are (k, j, i).
     label_map = np.asanyarray(load(output).dataobj)
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output))).transpose(2, 1, 0), label_map)
+
+
+# -------------------------------------------------------------------------------------------------
+# Scaled data, 2-D images, free text in headers, qform/sform disagreement
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_scaled_data_is_float32_for_both_suffixes(t1: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+                                                  suffix: str) -> None:
+    data, affine = t1
+    scaled = nib.Nifti1Image(data, affine)
+    scaled.header.set_slope_inter(0.5, 3.0)
+    path = tmp_path / f"scaled{suffix}"
+    nib.save(scaled, path)
+    array = read_nifti(path).array
+    assert array.dtype == np.float32
+    assert np.array_equal(array, data.astype(np.float32) * 0.5 + 3)
+
+
+def two_d_image(tmp_path: Path, suffix: str = ".nii") -> Path:
+    """A real 2-D NIfTI (dim[0] = 2): one slice of the T1 with free text in every text field."""
+    data = np.asarray(load(Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii").dataobj)
+    image = nib.Nifti1Image(data[:, :, 12].astype(np.int16), np.diag([2.0, 2.5, 3.0, 1.0]))
+    image.header.set_qform(image.affine, code=1)
+    image.header.set_sform(image.affine @ np.array([[1, 0, 0, 4], [0, 1, 0, 5], [0, 0, 1, 0], [0, 0, 0, 1.0]]),
+                           code=2)
+    fill_free_text(image.header)
+    path = tmp_path / f"x2d{suffix}"
+    nib.save(image, path)
+    return path
+
+
+def fill_free_text(header: Any) -> None:
+    header["descrip"] = b"CANARY^SECRET scanned 2020"
+    header["aux_file"] = b"CANARY-AUX"
+    if "db_name" in header:  # NIfTI-1 only
+        header["db_name"] = b"CANARY-DB"
+    header.set_intent("t test", (4.0,), name="CANARY-INTENT")
+
+
+def test_segment_two_d_nifti_gives_a_two_d_label_map_on_its_header(tmp_path: Path) -> None:
+    source = two_d_image(tmp_path)
+    code, _, stderr = invoke(["segment", str(source), "--plugin", "threshold", "--output-dir", str(tmp_path / "out"),
+                              "--stats", "--preview"])
+    assert code == 0, stderr
+    assert (tmp_path / "out" / "x2d_seg_stats.csv").exists() and (tmp_path / "out" / "x2d_seg_preview.png").exists()
+    output = tmp_path / "out" / "x2d_seg.nii.gz"
+    labels, original = load(output), load(source)
+    assert labels.shape == original.shape == (33, 41)
+    assert np.allclose(labels.affine, original.affine, atol=1e-6)
+    for key in ("qform_code", "sform_code"):
+        assert int(labels.header[key]) == int(original.header[key])
+    assert np.allclose(labels.header.get_sform(), original.header.get_sform(), atol=1e-6)
+    assert np.allclose(labels.header.get_zooms(), original.header.get_zooms())
+    label_map = np.asanyarray(labels.dataobj)
+    assert label_map.dtype.kind in "iu" and 0 < label_map.sum() < label_map.size
+
+
+def test_two_d_source_with_channels_keeps_its_grid(tmp_path: Path) -> None:
+    image = read_nifti(two_d_image(tmp_path, ".nii.gz"))
+    output = write_nifti(np.zeros((33, 41, 1, 2), np.float32), tmp_path / "prob.nii.gz", like=image)
+    assert load(output).shape == (33, 41, 1, 2)
+    assert np.allclose(load(output).affine, image.affine, atol=1e-6)
+    plain = write_nifti(image.array, tmp_path / "copy.nii", like=image)  # the 2-D array itself, as convert writes it
+    assert load(plain).shape == (33, 41)
+
+
+@pytest.mark.parametrize("klass", [nib.Nifti1Image, nib.Nifti2Image])
+def test_outputs_carry_no_free_text_from_the_input(t1: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+                                                   klass: Any) -> None:
+    data, affine = t1
+    image = klass(data, affine)
+    fill_free_text(image.header)
+    source = tmp_path / "in.nii.gz"
+    nib.save(image, source)
+    read = read_nifti(source)
+    outputs = [write_nifti(np.zeros(data.shape, np.uint8), tmp_path / "labels.nii.gz", like=read, intent="label"),
+               write_nifti(np.zeros(data.shape, np.float32), tmp_path / "prob.nii", like=read),
+               write_nifti(read.array, tmp_path / "converted.nii.gz", like=read)]
+    for output in outputs:
+        header = load(output).header
+        assert b"CANARY" not in header.binaryblock, output
+        assert header["descrip"].item().startswith(b"mitk")
+    assert load(outputs[1]).header.get_intent()[:2] == ("t test", (4.0,))  # numeric intent kept, name dropped
+
+
+def rotated_sform_file(path: Path, codes: tuple[int, int]) -> tuple[Path, np.ndarray, np.ndarray]:
+    data = np.zeros((20, 22, 24), np.int16)
+    qform = np.diag([1.0, 1.2, 1.5, 1.0])
+    qform[:3, 3] = [-10, -12, -18]
+    sform = qform.copy()
+    sform[:3] = rotation(15, 0, 0) @ qform[:3]
+    sform[:3, 3] += [3, 4, 5]
+    image = nib.Nifti1Image(data, None)
+    image.set_qform(qform, code=codes[0])
+    image.set_sform(sform, code=codes[1])
+    nib.save(image, path)
+    return path, qform, sform
+
+
+@pytest.mark.parametrize(("codes", "itk_uses"), [((1, 2), "qform"), ((1, 1), "sform"), ((2, 4), "qform")])
+def test_qform_sform_disagreement_is_one_warning_naming_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                 codes: tuple[int, int], itk_uses: str) -> None:
+    """mitk and nibabel use the sform; SimpleITK (the oracle) follows ITK's rule, which the warning names."""
+    sitk = pytest.importorskip("SimpleITK")
+    path, qform, sform = rotated_sform_file(tmp_path / "rotated.nii", codes)
+    with caplog.at_level(logging.WARNING, logger="mitk.io.nifti"):
+        image = read_nifti(path)
+    assert np.allclose(image.affine, sform, atol=1e-4) and np.allclose(load(path).affine, image.affine)
+    reference = sitk.ReadImage(str(path))
+    itk_affine = np.eye(4)
+    itk_affine[:3, :3] = LPS @ np.array(reference.GetDirection()).reshape(3, 3) @ np.diag(reference.GetSpacing())
+    itk_affine[:3, 3] = LPS @ np.array(reference.GetOrigin())
+    assert np.allclose(itk_affine, qform if itk_uses == "qform" else sform, atol=1e-4)
+    distance = float(np.abs(qform - sform).max())
+    assert distance > 5  # millimetres apart, not rounding
+    messages = [r.getMessage() for r in caplog.records if r.name == "mitk.io.nifti"]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert str(path) in messages[0] and f"ITK/SimpleITK uses the {itk_uses}" in messages[0]
+    assert "mitk uses the sform" in messages[0]
+
+
+@pytest.mark.parametrize("codes", [(1, 0), (0, 1), (1, 1)], ids=str)
+def test_no_warning_when_only_one_form_or_both_agree(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     codes: tuple[int, int]) -> None:
+    data = np.zeros((4, 5, 6), np.int16)
+    affine = np.diag([1.0, 1.2, 1.5, 1.0])
+    affine[:3] = rotation(10, 20, 30) @ affine[:3]
+    affine[:3, 3] = [100.5, -200.25, 300.125]
+    path = save(data, affine, tmp_path / "agree.nii.gz", codes=codes)
+    with caplog.at_level(logging.WARNING, logger="mitk.io.nifti"):
+        read_nifti(path)
+    assert not [r for r in caplog.records if r.name == "mitk.io.nifti"]

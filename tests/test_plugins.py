@@ -551,3 +551,47 @@ def test_plugin_hooks_are_documented(hook: str) -> None:
 def test_plugin_hooks_have_tests(hook: str) -> None:
     tests = [p for p in (ROOT / "tests").glob("test_*.py") if hook in p.read_text(encoding="utf-8")]
     assert tests, f"no test under tests/ implements or mentions {hook}"
+
+
+def test_a_plugin_ending_the_process_mid_batch_fails_only_its_cases(tmp_path: Path, anatomical_t1: Path) -> None:
+    """``sys.exit()`` or a plugin's own ``KeyboardInterrupt`` while a case runs: that case fails, the batch goes on,
+    and mitk's exit status is its own (1: all failed), never the plugin's."""
+    import shutil
+
+    from helpers import invoke
+
+    from mitk.plugin_manager import use_plugins
+    from mitk.tasks import SegmentationPlugin
+
+    class Exits(SegmentationPlugin):
+        needs_weights = False
+        trainable = False
+
+        def inference_transforms(self, config: dict) -> object:
+            def end(data: dict) -> dict:
+                sys.exit(3)
+            return end
+
+    class Interrupts(Exits):
+        def inference_transforms(self, config: dict) -> object:
+            def end(data: dict) -> dict:
+                raise KeyboardInterrupt
+            return end
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugins(register: object) -> None:
+            register("exits", task="segment", factory=Exits)  # type: ignore[operator]
+            register("interrupts", task="segment", factory=Interrupts)  # type: ignore[operator]
+
+    inputs = []
+    for n in range(2):
+        shutil.copy(anatomical_t1, tmp_path / f"case{n}.nii")
+        inputs.append(str(tmp_path / f"case{n}.nii"))
+    with use_plugins(Plugin()):
+        for name in ("exits", "interrupts"):
+            code, _, err = invoke(["segment", *inputs, "--plugin", name])
+            assert code == 1, err
+            assert err.count("a plugin must not end the process") == 2, err
+    assert not list(tmp_path.glob("*_seg*"))

@@ -8,6 +8,7 @@ checks how a warning prints.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -240,10 +241,14 @@ def test_cli_runs_a_checkpoint_with_settings_of_another_version_and_warns(anatom
                                                                           tmp_path: Path) -> None:
     old = save_unet(tmp_path / "old.safetensors", retired_option=3, **{"network.act": "prelu"})
     output = tmp_path / "seg.nii.gz"
-    with pytest.warns(SettingsWarning, match=r"old.safetensors: .*network.act, retired_option"):
-        code, _, stderr = invoke(["segment", str(anatomical_t1), "-w", str(old), "-o", str(output)])
+    code, _, stderr = invoke(["segment", str(anatomical_t1), "-w", str(old), "-o", str(output)])
     assert code == 0, stderr
+    assert re.search(r"mitk: warning: .*old.safetensors: .*network.act, retired_option", stderr), stderr
     assert output.exists()
+    from mitk.runner.model import load_model
+
+    with pytest.warns(SettingsWarning, match=r"old.safetensors: .*network.act, retired_option"):
+        load_model("segment", None, old, device="cpu")  # the library warns through `warnings`
 
 
 def test_cli_prints_the_warning_as_one_line(anatomical_t1: Path, tmp_path: Path) -> None:

@@ -447,3 +447,16 @@ def test_train_refuses_a_misspelt_setting_before_reading_data(tmp_path):
                            "-d", str(tmp_path / "run"), "--set", "network.chanels=[4,8]"])
     assert code == 2 and "did you mean 'network.channels'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_run_folder_never_writes_over_the_data(cases, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    datalist = json.loads((cases / "datalist.json").read_text())
+    for entry in datalist["training"] + datalist["validation"]:
+        entry["image"], entry["label"] = (str(cases / entry[key].lstrip("./")) for key in ("image", "label"))
+    (run / "log.json").write_text(json.dumps(datalist))  # the datalist sits where the run log would go
+    with pytest.raises(UsageError, match="refusing to write over the input"):
+        train_task("segment", plugin="unet", data=run / "log.json", output_dir=run, overwrite=True,
+                   options={"epochs": 1, "device": "cpu"}, overrides=TINY)
+    assert json.loads((run / "log.json").read_text()) == datalist

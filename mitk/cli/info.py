@@ -82,6 +82,7 @@ def info(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -93,7 +94,7 @@ def info(
             value = " × ".join(str(v) for v in value) if key in ("shape", "spacing") else str(value)
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
-        table.add_row(key, str(value))
+        table.add_row(key, Text(str(value)))  # file names and header text are never markup
     Console().print(table)
 
 
@@ -107,14 +108,15 @@ def _print_series(listing: Any, as_json: bool, include_descriptions: bool) -> No
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{listing.path}: {len(rows)} series", box=None)
+    table = Table(title=Text(f"{listing.path}: {len(rows)} series"), box=None)
     columns = ("index", "uid", "modality", *(("description",) if include_descriptions else ()), "slices", "size",
                "spacing", "orientation", "volume")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(row.get(c) or "") for c in columns))
+        table.add_row(*(Text(str(row.get(c) or "")) for c in columns))
     console = Console()
     console.print(table)
     if listing.skipped_files:

@@ -71,13 +71,14 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console()
     for key in ("name", "task", "version", "distribution", "source", "summary", "needs_weights", "trainable"):
-        console.print(f"[bold]{key}[/]: {document[key]}")
+        console.print(f"[bold]{key}[/]: {escape(str(document[key]))}")  # plugin text is never markup
     console.print("[bold]settings[/] (change with --set KEY=VALUE):")
     rows = [{"setting": row["key"], "default": json.dumps(row["default"], default=str),
              "description": row["help"] or "-"} for row in settings]
     typer.echo(plain_table(rows, ["setting", "default", "description"]))  # no wrapping: one line a setting
-    console.print(f"[bold]missing methods[/]: {', '.join(missing) or 'none'}"
+    console.print(f"[bold]missing methods[/]: {escape(', '.join(missing)) or 'none'}"
                   + (f" (a {entry.task.value} plugin must implement them)" if missing else ""), soft_wrap=True)

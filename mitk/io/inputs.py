@@ -9,10 +9,12 @@ from pathlib import Path
 
 from mitk.errors import UsageError
 from mitk.io.atomic import split_suffix
+from mitk.taskspecs import derived_suffixes
 
 NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
-DERIVED_SUFFIXES = ("_seg", "_prob", "_warped")
-"""Stems mitk gives its image outputs; inside a folder, ``a_seg.nii.gz`` beside ``a.nii.gz`` is an output."""
+DERIVED_SUFFIXES = derived_suffixes()
+"""Stems mitk gives its image outputs (from the task table); inside a folder, ``a_seg.nii.gz`` beside
+``a.nii.gz`` is an output."""
 
 
 @dataclass(frozen=True)

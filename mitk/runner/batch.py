@@ -201,6 +201,14 @@ def _run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
     except OutputExistsError as error:
         record.status, record.error = "failed", str(error)
         record.output = error.path
+    except Interrupted:
+        raise
+    except (SystemExit, KeyboardInterrupt) as error:  # plugin code: a real signal arrives as Interrupted
+        record.status = "failed"
+        record.error = _with_path(f"plugin error: {type(error).__name__} raised while processing the case "
+                                  "(a plugin must not end the process)", case.path)
+        if debug and log_error is not None:
+            log_error(traceback.format_exc())
     except (MitkError, OSError, MemoryError) as error:
         record.status, record.error = "failed", _with_path(describe_error(error), case.path, error)
         if debug and log_error is not None:

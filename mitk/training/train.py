@@ -19,7 +19,7 @@ from mitk.io.atomic import write_text_atomic
 from mitk.plugin_manager import get_registry
 from mitk.taskspecs import get_task
 from mitk.training.data import Datalist, make_dataset, pipeline
-from mitk.training.folder import SPLIT_NAME, check_output_dir, prepare_output_dir
+from mitk.training.folder import RUN_FILES, SPLIT_NAME, check_output_dir, prepare_output_dir
 from mitk.training.loop import (
     ModelSpec,
     ResumePoint,
@@ -85,6 +85,7 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
                                         validation_fraction=training_options.validation_fraction)
         config = instance.resolve_config(recipe.found_config(datalist), overrides)
     check_optimisation(config)
+    _refuse_writing_over_data(output_dir, Path(data), datalist)
     config["training"] = {k: v for k, v in vars(training_options).items() if k not in ("device", "num_workers")}
     device = resolve_device(training_options.device)
     loader = recipe.case_loader(instance, config)
@@ -127,6 +128,21 @@ def _resumed_identity(point: ResumePoint, task: str, plugin: str | None, data: s
     if not saved_data:
         raise CheckpointError("the training state does not name its data", saved.path)
     return saved.plugin, saved_data
+
+
+def _refuse_writing_over_data(output_dir: Path, data: Path, datalist: Datalist) -> None:
+    """No file of the run folder may be the datalist or a case file (with or without ``--overwrite``)."""
+    from mitk.io.atomic import InputFiles, refuse_inputs
+
+    files = [data] if data.is_file() else []
+    for case in datalist.training + datalist.validation:
+        for key, value in case.items():
+            for item in value if isinstance(value, list) else [value]:
+                if key not in _NOT_PATHS and isinstance(item, str) and Path(item).is_file():
+                    files.append(Path(item))
+    inputs = InputFiles.of(files)
+    for name in RUN_FILES:
+        refuse_inputs(output_dir / name, inputs)
 
 
 def _check_settings(plugin: Any, name: str, overrides: dict[str, Any] | None) -> None:

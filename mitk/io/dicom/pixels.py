@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mitk.errors import InputError
+from mitk.io.limits import read_member
 
 INSTALL_HINT = 'pip install "mitk[dicom]"'
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
@@ -119,8 +119,7 @@ class FrameRef:
     def read_bytes(self) -> bytes:
         if self.member is None:
             return self.path.read_bytes()
-        with zipfile.ZipFile(self.path) as archive:
-            return archive.read(self.member)
+        return read_member(self.path, self.member)  # bounded by MITK_MAX_IMAGE_BYTES, read in steps
 
 
 _NUMERIC_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}

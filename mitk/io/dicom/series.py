@@ -12,18 +12,21 @@ import io
 import logging
 import os
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from mitk.errors import GeometryError, InputError, UsageError
+from mitk.errors import GeometryError, InputError, MitkError, UsageError
 from mitk.io.dicom.pixels import FrameRef, PixelLayout, pixel_layout, raw_value
 from mitk.io.dicom.volume import StackPlan, plan_stack
+from mitk.io.limits import check_image_bytes, check_inflated_size, open_member, zip_members
 from mitk.types import orientation_code, ras_to_lps
 
 LOG = logging.getLogger("mitk.io.dicom")
@@ -128,7 +131,12 @@ class SeriesListing:
 # Discovery
 # ---------------------------------------------------------------------------------------------------
 def list_series(path: str | Path) -> SeriesListing:
-    """Every DICOM image series under ``path`` (a file, a folder searched recursively, or a ``.zip``)."""
+    """Every DICOM image series under ``path`` (a file, a folder searched recursively, or a ``.zip``).
+
+    A zip is checked from its central directory before any member is decompressed (see
+    :func:`mitk.io.limits.zip_members`); a member that is too large, encrypted, compressed other than
+    stored/deflated, or unreadable is skipped with a warning, and the other members' series are kept.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or directory", path)
@@ -140,48 +148,74 @@ def list_series(path: str | Path) -> SeriesListing:
         except NotDicomError as error:
             raise InputError(str(error), path) from None
     else:
-        for file, member, data in _sources(path):
-            name = member if member is not None else os.path.relpath(file, path)
+        for entry in _sources(path):
+            name = entry.member if entry.member is not None else os.path.relpath(entry.file, path)
             try:
-                records.extend(_read_records(file, member, data, name))
+                if entry.problem is not None:
+                    raise InputError(entry.problem)
+                records.extend(_read_records(entry.file, entry.member, entry.opener, name, entry.size))
             except NotDicomError as error:
                 LOG.debug("skipped %s: %s", name, error)
                 skipped += 1
             except InputError as error:  # a broken DICOM file: say so, and carry on with the others
-                LOG.warning("skipped %s: %s", name, str(error).removeprefix(f"{file}: "))
+                LOG.warning("skipped %s: %s", name, str(error).removeprefix(f"{entry.file}: "))
                 skipped += 1
     return SeriesListing(path, _group(records), skipped)
 
 
-def _sources(path: Path) -> Iterator[tuple[Path, str | None, bytes | None]]:
+class _Source(NamedTuple):
+    """One file to look at: on disk (``member`` None) or a zip member opened by ``opener``."""
+
+    file: Path
+    member: str | None = None
+    opener: Callable[[], io.RawIOBase] | None = None
+    size: int | None = None
+    """The member's uncompressed size from the zip's central directory."""
+    problem: str | None = None
+    """Why the member is skipped without being read."""
+
+
+def _sources(path: Path) -> Iterator[_Source]:
     if path.is_dir():
         for folder, directories, files in os.walk(path):
             directories.sort()
             for name in sorted(files):
-                yield Path(folder) / name, None, None
+                yield _Source(Path(folder) / name)
         return
     try:
         with zipfile.ZipFile(path) as archive:
-            for info in sorted(archive.infolist(), key=lambda i: i.filename):
-                if not info.is_dir() and not info.filename.startswith("__MACOSX/"):
-                    yield path, info.filename, archive.read(info)
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as error:  # also encrypted members
+            members, skipped = zip_members(archive, path)
+            for name, problem in skipped:
+                yield _Source(path, name, problem=problem)
+            for info in members:
+                yield _Source(path, info.filename, partial(open_member, archive, info), info.file_size)
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as error:
         raise InputError(f"not a readable zip archive ({error})", path) from None
 
 
-def read_header(file: Path, data: bytes | None = None) -> tuple[Dataset, int | None]:
-    """The dataset without pixel data, and the file offset of its native (7FE0,0010) element if any."""
+def read_header(file: Path, opener: Callable[[], io.RawIOBase] | None = None) -> tuple[Dataset, int | None]:
+    """The dataset without pixel data, and the file offset of its native (7FE0,0010) element if any.
+
+    ``opener`` opens a zip member instead of ``file``; only the first 132 bytes are read to tell a DICOM
+    file from any other, and the header up to the pixel data after that.
+    """
     try:
-        handle: Any = io.BytesIO(data) if data is not None else open(file, "rb")  # noqa: SIM115
-    except OSError as error:
-        raise InputError(f"cannot open ({error.strerror})", file) from None
+        handle: Any = opener() if opener is not None else open(file, "rb")  # noqa: SIM115
+    except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as error:
+        raise InputError(f"cannot open ({getattr(error, 'strerror', None) or error})", file) from None
     with handle:
-        preamble = handle.read(132)
+        try:
+            preamble = handle.read(132)
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+            raise InputError(f"unreadable compressed data ({type(error).__name__}: {error})", file) from None
         if len(preamble) < 132 or preamble[128:132] != b"DICM":
             raise NotDicomError("not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
-        handle.seek(0)
         try:
+            _check_deflated(handle, file)
+            handle.seek(0)
             dataset = pydicom.dcmread(handle, stop_before_pixels=True)
+        except MitkError:
+            raise
         except Exception as error:
             raise InputError(f"unreadable DICOM header ({type(error).__name__}: "
                              f"{str(error).splitlines()[0][:160] if str(error) else ''})", file) from None
@@ -197,8 +231,18 @@ def read_header(file: Path, data: bytes | None = None) -> tuple[Dataset, int | N
         return dataset, offset
 
 
-def _read_records(file: Path, member: str | None, data: bytes | None, name: str) -> list[SliceRecord]:
-    dataset, offset = read_header(file, data)
+def _check_deflated(handle: Any, file: Path) -> None:
+    """pydicom inflates a deflated dataset in one call: count its inflated size in bounded steps first."""
+    handle.seek(132)  # after the preamble and 'DICM'
+    meta = pydicom.filereader._read_file_meta_info(handle)
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax is not None and pydicom.uid.UID(str(syntax)).is_deflated:
+        check_inflated_size(handle, file, "deflated DICOM dataset")
+
+
+def _read_records(file: Path, member: str | None, opener: Callable[[], io.RawIOBase] | None, name: str,
+                  size: int | None = None) -> list[SliceRecord]:
+    dataset, offset = read_header(file, opener)
     layout = pixel_layout(dataset)
     if layout.rows == 0 or layout.columns == 0:
         raise NotDicomError(f"DICOM object without an image ({_sop_name(dataset)})")
@@ -209,6 +253,7 @@ def _read_records(file: Path, member: str | None, data: bytes | None, name: str)
     series_key = (uid,) if uid else ("", *(str(raw_value(dataset, k) or "") for k in
                                           ("StudyInstanceUID", "SeriesNumber", "Modality")))
     frames = _integer(raw_value(dataset, "NumberOfFrames"), 1)
+    _check_frames(dataset, layout, frames, file.stat().st_size if size is None else size, file)
     common: dict[str, Any] = {"series_key": series_key, "sop_class": sop_class}
     if "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset:
         return [_enhanced_record(dataset, file, member, offset, f, f"{name} frame {f + 1}", layout, common)
@@ -236,6 +281,20 @@ def _read_records(file: Path, member: str | None, data: bytes | None, name: str)
             keys[key] = "\\".join(value) if isinstance(value, list) else str(value)
     return [SliceRecord(ref, name, None if position is None else np.array(position), orientation, spacing,
                         keys, **common)]
+
+
+def _check_frames(dataset: Dataset, layout: PixelLayout, frames: int, size: int, file: Path) -> None:
+    """Refuse, before any record or array exists, frames that no file of ``size`` bytes can hold or
+    whose pixel data would exceed ``MITK_MAX_IMAGE_BYTES``."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    # Every frame takes at least one bit of native data or one 8-byte item of encapsulated data; deflate
+    # packs at most 1032 bytes into one.
+    most = 8 * size * (1032 if syntax is not None and syntax.is_deflated else 1)
+    if frames > most:
+        raise InputError(f"NumberOfFrames {frames} is more than a file of {size} bytes can hold", file)
+    frame_bits = layout.rows * layout.columns * max(layout.samples, 1) * max(layout.bits_allocated, 8)
+    check_image_bytes(frames * frame_bits // 8, file, f"pixel data of {frames} frame{'s' if frames != 1 else ''} "
+                      f"of {layout.columns}×{layout.rows}")
 
 
 def _integer(value: Any, default: int) -> int:

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError, InputError
 from mitk.io.dicom.pixels import FrameRef, check_decoder, decode_into, load_dataset
+from mitk.io.limits import allocate
 
 LOG = logging.getLogger("mitk.io.dicom")
 
@@ -141,7 +142,8 @@ def assemble(refs: Sequence[FrameRef], workers: int | None = None) -> np.ndarray
     for syntax_ref in {ref.transfer_syntax: ref for ref in refs}.values():
         check_decoder(syntax_ref)
     integral = all(float(r.slope).is_integer() and float(r.intercept).is_integer() for r in refs)
-    volume = np.empty((len(refs), *shape), dtype=dtype if integral else np.float32)
+    volume = allocate((len(refs), *shape), dtype if integral else np.float32, first.path,
+                      f"a volume of {len(refs)} slice{'s' if len(refs) != 1 else ''} of {first.layout.describe()}")
     ranges = np.zeros((len(refs), 2), dtype=np.float64)
     sources = _multiframe_sources(refs)
 
@@ -253,7 +255,8 @@ def resample_stack(volume: np.ndarray, plan: StackPlan, pixel_spacing: Sequence[
     shift_j = (relative @ column_dir) / float(pixel_spacing[0])
     step = float(np.linalg.norm(affine[:3, 2]))
     fill = float(volume.min()) if volume.size else 0.0
-    out = np.empty((plan.output_slices, *volume.shape[1:]), dtype=volume.dtype)
+    out = allocate((plan.output_slices, *volume.shape[1:]), volume.dtype, None,
+                   f"a resampled volume of {plan.output_slices} slices")
     cache: dict[int, np.ndarray] = {}
 
     def shifted(k: int) -> np.ndarray:
