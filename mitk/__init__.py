@@ -8,9 +8,14 @@ table, ``mitk.segment`` …) is reached through :func:`__getattr__`; torch and m
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:  # for type checkers; at run time these come from __getattr__ below
+    from mitk.api import Model as Model
+    from mitk.api import as_image as as_image
+    from mitk.api import load as load
 
 __version__ = "0.1.0"
 

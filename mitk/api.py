@@ -124,6 +124,9 @@ class Model:
         self._runners: dict[tuple[tuple[str, Any], ...], Callable[..., Any]] = {}
         self._lock = threading.RLock()
 
+    if TYPE_CHECKING:  # the task calls are set from the task table below; type checkers see them as this
+        def __getattr__(self, task: str) -> Callable[..., Any]: ...
+
     @property
     def plugin(self) -> str:
         """The plugin's registered name."""
