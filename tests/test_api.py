@@ -206,6 +206,8 @@ def test_in_memory_inputs_give_the_file_geometry(unet: mitk.Model, lung_ct: Path
             result = unet.segment(source)
             np.testing.assert_allclose(result.affine, expected.affine, atol=1e-4)
             assert np.array_equal(result.label_map, expected.label_map), type(source).__name__
+            assert result.grid is not None
+            assert result.grid.path == (path if source is nibabel_image or source is meta else None)
         # back to SimpleITK: the input's own origin, spacing and direction (LPS)
         label_image = unet.segment(itk_image).to_sitk()
         assert label_image.GetSize() == itk_image.GetSize()

@@ -135,10 +135,12 @@ def _from_metatensor(source: Any) -> Image:
         array = np.moveaxis(array, 0, -1)  # channels last, as in every mitk Image
     affine: np.ndarray = np.asarray(source.affine.detach().cpu().numpy() if hasattr(source.affine, "detach")
                                     else source.affine, dtype=np.float64)
-    space = str((getattr(source, "meta", None) or {}).get("space", "RAS"))
-    if space.upper().endswith("LPS"):
+    meta = getattr(source, "meta", None) or {}
+    if str(meta.get("space", "RAS")).upper().endswith("LPS"):
         affine = ras_to_lps(affine)
-    return Image(array=array, affine=affine, meta={"format": "metatensor"})
+    filename = meta.get("filename_or_obj")  # set by MONAI's LoadImage: the file the tensor was read from
+    path = Path(filename) if isinstance(filename, str | os.PathLike) and str(filename) else None
+    return Image(array=array, affine=affine, path=path, meta={"format": "metatensor"})
 
 
 def to_sitk(array: np.ndarray, affine: Any) -> Any:
