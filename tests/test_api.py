@@ -491,3 +491,16 @@ def test_errors_skip_goes_on_past_a_bad_input_with_a_warning(tmp_path: Path, une
         unet.segment(inputs, errors="ignore")
     with pytest.raises(UsageError, match="for a list or an iterator"):
         unet.segment(fifty_images[0], errors="skip")
+
+
+@pytest.mark.usefixtures("api_plugins")
+def test_channels_where_the_task_table_allows_them(unet: mitk.Model, anatomical_t1: Path) -> None:
+    """``image_channels`` of the task table: classification takes a 4-D image (channels last), as ``mitk
+    classify`` does; segmentation refuses it with the CLI's message."""
+    image = nib.load(anatomical_t1)
+    volume = np.asarray(image.dataobj, dtype=np.float32)
+    two_channels = np.stack([volume, volume * 2], axis=-1)
+    result = mitk.classify(two_channels, affine=image.affine, plugin="api-brightness")
+    assert result.class_names == ["dark", "bright"]
+    with pytest.raises(InputError, match="expected a 3-D volume, got 4-D"):
+        unet.segment(two_channels, affine=image.affine)
