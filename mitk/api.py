@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import inspect
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -121,7 +122,7 @@ class Model:
         self.loaded = loaded
         """The plugin, its resolved settings and network (:class:`mitk.runner.model.LoadedModel`)."""
         self.spec: TaskSpec = get_task(loaded.task)
-        self._runners: dict[tuple[tuple[str, Any], ...], Callable[..., Any]] = {}
+        self._runners: dict[tuple[tuple[str, str], ...], Callable[..., Any]] = {}
         self._lock = threading.RLock()
 
     if TYPE_CHECKING:  # the task calls are set from the task table below; type checkers see them as this
@@ -155,17 +156,18 @@ class Model:
 
     def runner(self, **options: Any) -> Callable[..., Any]:
         """The task table's runner for this model (built once per set of ``options``)."""
-        key = tuple(sorted(options.items()))
+        key = tuple(sorted((name, repr(value)) for name, value in options.items()))
         with self._lock:
             if key not in self._runners:
                 runner_class = import_part(self.spec.runner)
                 try:
-                    self._runners[key] = runner_class(self.loaded, **options)
-                except TypeError as error:
-                    if "argument" not in str(error):
-                        raise
-                    names = ", ".join(sorted(options))
-                    raise UsageError(f"{self.task.value}: unknown option(s) {names}") from None
+                    inspect.signature(runner_class).bind(self.loaded, **options)
+                except TypeError:
+                    accepted = [name for name in inspect.signature(runner_class).parameters if name != "model"]
+                    raise UsageError(f"{self.task.value}: unknown option(s) {', '.join(sorted(options))} (the "
+                                     f"runner takes: {', '.join(accepted) or 'none'}; and affine, series, "
+                                     "allow_resample, workers, executor, errors)") from None
+                self._runners[key] = runner_class(self.loaded, **options)
             return self._runners[key]
 
     def _run(self, spec: TaskSpec, *inputs: Any, workers: int | None = None,
