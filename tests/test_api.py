@@ -3,6 +3,7 @@ CLI byte for byte, in-memory inputs with the file's geometry, one load for many 
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import subprocess
 import sys
@@ -326,9 +327,15 @@ def test_an_iterator_streams_and_workers_keep_the_order(unet: mitk.Model, fifty_
     assert read == fifty_images[:1] and first.grid is not None and first.grid.path == fifty_images[0]
     sequential = [first, *stream]
     parallel = list(unet.segment(iter(fifty_images[:12]), workers=3))
-    for one, other in zip(sequential, parallel, strict=True):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        pooled = unet.segment(fifty_images[:12], executor=pool)
+        assert pool.submit(lambda: "still open").result() == "still open"  # the caller's pool is left running
+    for one, other, third in zip(sequential, parallel, pooled, strict=True):
         assert one.grid is not None and other.grid is not None and one.grid.path == other.grid.path
-        assert np.array_equal(one.label_map, other.label_map)
+        assert third.grid is not None and third.grid.path == one.grid.path
+        assert np.array_equal(one.label_map, other.label_map) and np.array_equal(one.label_map, third.label_map)
+    with pytest.raises(UsageError, match="workers= must be a positive integer"):
+        unet.segment(fifty_images[:2], workers=0)
 
 
 def test_one_model_shared_by_threads(unet: mitk.Model, fifty_images: list[Path]) -> None:
