@@ -58,6 +58,13 @@ def write_probabilities(result: SegmentationResult, path: Path, like: Image, plu
                 description=_description(plugin, "probabilities"))
 
 
+def write_warped(result: RegistrationResult, path: Path, like: Image, plugin: str | None) -> None:
+    """Write a registration's moving image on the fixed grid as NIfTI, with ``like``'s (the fixed image's) header."""
+    from mitk.io.nifti import write_nifti
+
+    write_nifti(result.warped.array, path, like=like, description=_description(plugin, "warped"))
+
+
 def record_text(input_path: PathLike | None, details: dict[str, Any]) -> str:
     """The JSON file of a record result (classify, detect): the input, then the task's details."""
     return json.dumps({"input": None if input_path is None else str(input_path), **details}, indent=2)
@@ -232,8 +239,6 @@ class RegistrationFiles(ResultFiles):
              transform: PathLike | None = None) -> Path:
         """Write the warped image as NIfTI on the fixed grid, as ``mitk register`` does; with
         ``transform=PATH`` (``.json``, or ``.tfm`` for ITK) also the matrix (both files, or neither)."""
-        from mitk.io.nifti import write_nifti
-
         if transform is not None and self.matrix is None:
             from mitk.errors import PluginError
 
@@ -242,7 +247,7 @@ class RegistrationFiles(ResultFiles):
         inputs = self.inputs
         with contextlib.ExitStack() as outputs:
             warped = outputs.enter_context(atomic_output(target, overwrite, inputs))
-            write_nifti(self.warped.array, warped, like=self.warped, description=_description(self.plugin, "warped"))
+            write_warped(self, warped, like=self.warped, plugin=self.plugin)  # the fixed grid and header
             if transform is not None:
                 from mitk.runner.register import write_transform
 
