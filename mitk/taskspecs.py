@@ -58,6 +58,8 @@ class TaskSpec:
     """True when the main output is an image on the input's grid (folder inputs skip such files)."""
     takes_fixed: bool = False
     """True for registration: every input is aligned to one fixed image."""
+    image_channels: bool = False
+    """True when an input may be a 4-D image with channels last (one 3-D volume otherwise)."""
     recipe: str | None = None
     """The training recipe (:class:`mitk.training.recipe.TrainingRecipe`), or None when not trainable."""
     evaluation: str | None = None
@@ -103,7 +105,7 @@ TASKS: dict[Task, TaskSpec] = {
             runner="mitk.runner.classify:ClassificationRunner",
             job="mitk.runner.classify:make_classify_job",
             result="mitk.types:ClassificationResult",
-            suffix="_class", extension=".json", image_output=False,
+            suffix="_class", extension=".json", image_output=False, image_channels=True,
         ),
         TaskSpec(
             task=Task.DETECT,

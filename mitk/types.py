@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mitk.enums import Task
+from mitk.io.results import ClassificationFiles, DetectionFiles, RegistrationFiles, SegmentationFiles
 
 FloatArray = npt.NDArray[np.floating[Any]]
 IntArray = npt.NDArray[np.integer[Any]]
@@ -131,7 +132,7 @@ class Image:
 
 
 @dataclass
-class SegmentationResult:
+class SegmentationResult(SegmentationFiles):
     """An integer label map on the input's exact voxel grid, with label names."""
 
     label_map: IntArray
@@ -175,7 +176,7 @@ class SegmentationResult:
 
 
 @dataclass
-class ClassificationResult:
+class ClassificationResult(ClassificationFiles):
     """Per-class probabilities for one image."""
 
     class_names: list[str]
@@ -201,7 +202,7 @@ class ClassificationResult:
 
 
 @dataclass
-class DetectionResult:
+class DetectionResult(DetectionFiles):
     """Axis-aligned boxes, in voxel indices and in world millimetres.
 
     ``boxes_voxel`` rows are ``(i0, j0, k0, i1, j1, k1)`` (inclusive start, exclusive end).
@@ -241,7 +242,7 @@ class DetectionResult:
 
 
 @dataclass
-class RegistrationResult:
+class RegistrationResult(RegistrationFiles):
     """A fixed←moving transform and the moving image resampled onto the fixed grid.
 
     ``matrix`` maps fixed-image world points (RAS mm) to moving-image world points, so that

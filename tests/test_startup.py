@@ -65,3 +65,17 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
                     str(tmp_path / "missing.nii.gz")], capture_output=True, text=True, timeout=120,
                    env={**os.environ, "PYTHONPATH": str(stand_in)})
     assert "torch" in json.loads(report.read_text())["heavy"]
+
+
+def test_the_python_api_names_import_neither_torch_nor_monai() -> None:
+    """``import mitk`` and reaching ``mitk.load``, ``mitk.Model`` and the task calls stay light; ``load`` is not."""
+    code = ("import sys, mitk; names = [mitk.load, mitk.Model, mitk.as_image, mitk.segment, mitk.register]; "
+            "import mitk.api, mitk.io.memory, mitk.io.results, mitk.types; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})); "
+            "mitk.load('threshold'); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules if m.split('.')[0] in {HEAVY!r}}}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, after = done.stdout.splitlines()
+    assert before == "[]"
+    assert after == "['monai', 'torch']"  # the check can fail: load() does import them

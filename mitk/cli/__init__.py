@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from typing import Annotated
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         return code
 
     hidden: list[str] = []
+    logger, shown = logging.getLogger("mitk"), logging.StreamHandler(sys.stderr)  # the library's log warnings
+    shown.setLevel(logging.WARNING)
+    logger.addHandler(shown)
     try:
         with stop_on_signals(), library_warnings() as hidden:
             result = app(args=argv, standalone_mode=False)
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         if STATE.debug:
             traceback.print_exc()
         code = fail(f"mitk: internal error: {describe_error(error)} (run with --debug for details)", 1)
+    finally:
+        logger.removeHandler(shown)
     if hidden and not STATE.quiet:
         kinds = sorted({warning.split(":", 1)[0] for warning in hidden})
         sys.stderr.write(f"mitk: {len(hidden)} warning(s) from libraries hidden ({', '.join(kinds)}); "

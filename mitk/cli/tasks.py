@@ -57,8 +57,8 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     policy.prepare(cases)
     overrides = parse_settings(settings)
 
+    from mitk.api import load
     from mitk.runner.allocator import keep_freed_memory
-    from mitk.runner.model import load_model
 
     with contextlib.ExitStack() as stack:
         handle = None
@@ -70,7 +70,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
             except OSError as error:
                 raise UsageError(f"cannot open the manifest ({error.strerror or error})", manifest) from None
         keep_freed_memory()
-        model = load_model(task, plugin, weights, overrides, device)
+        model = load(plugin, weights=weights, task=task, device=device, settings=overrides).loaded  # as mitk.load
         process = build_job(model)
         console = stderr_console()
         progress = _progress(console, len(cases), task, stack)

@@ -210,6 +210,19 @@ def write_nifti(array: np.ndarray, path: str | Path, like: Image, dtype: Any = N
     fields (:data:`FREE_TEXT_FIELDS`) and extensions are not copied: ``descrip`` is mitk's own.
     """
     path = Path(path)
+    nifti = nifti_image(array, like, dtype=dtype, intent=intent, description=description)
+    if path.name.lower().endswith(".gz"):
+        # One in-memory serialisation compressed by ISA-L (when installed) beats nibabel's streaming zlib.
+        # mtime 0: the same image gives the same bytes (reproducible samples, content-addressed storage)
+        path.write_bytes(_gzip.compress(nifti.to_bytes(), compresslevel=1, mtime=0))
+    else:
+        nib.save(nifti, path)
+    return path
+
+
+def nifti_image(array: np.ndarray, like: Image, dtype: Any = None, intent: str | None = None,
+                description: str | None = None) -> nib.Nifti1Image:
+    """The in-memory NIfTI image :func:`write_nifti` writes: ``array`` on ``like``'s grid and header."""
     if tuple((*array.shape, 1, 1)[:3]) != tuple(like.spatial_shape):
         raise ValueError(f"array shape {array.shape} does not match the image grid {like.spatial_shape}")
     if dtype is not None:
@@ -243,10 +256,4 @@ def write_nifti(array: np.ndarray, path: str | Path, like: Image, dtype: Any = N
     if intent:
         nifti.header.set_intent(intent)
     nifti.header["descrip"] = (description or "mitk").encode()[:79]
-    if path.name.lower().endswith(".gz"):
-        # One in-memory serialisation compressed by ISA-L (when installed) beats nibabel's streaming zlib.
-        # mtime 0: the same image gives the same bytes (reproducible samples, content-addressed storage)
-        path.write_bytes(_gzip.compress(nifti.to_bytes(), compresslevel=1, mtime=0))
-    else:
-        nib.save(nifti, path)
-    return path
+    return nifti

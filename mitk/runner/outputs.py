@@ -146,10 +146,9 @@ def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], 
 
     Without ``-o``/``--output-dir`` nothing is written: the record goes to the batch report only.
     """
-    import json
-
     from mitk.io.atomic import write_text_atomic
     from mitk.io.reader import load_image, require_volume
+    from mitk.io.results import record_text
     from mitk.runner.batch import CaseOutcome
 
     def process(case: Case) -> CaseOutcome:
@@ -161,7 +160,7 @@ def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], 
         image = load_image(case.path, series=series, allow_resample=allow_resample)
         details = compute(require_volume(image, channels=channels))
         if target is not None:
-            write_text_atomic(target, json.dumps({"input": str(case.path), **details}, indent=2),
+            write_text_atomic(target, record_text(case.path, details),  # as result.save()
                               overwrite=policy.overwrite, inputs=policy.inputs_for(case))
         return CaseOutcome(output=target, details=details)
 

@@ -135,8 +135,8 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
 
     from mitk.errors import PluginError
     from mitk.io.atomic import atomic_path
-    from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
+    from mitk.io.results import write_warped
     from mitk.runner.batch import CaseOutcome
 
     runner = RegistrationRunner(model)
@@ -159,7 +159,7 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
         # --skip-existing redoes a case interrupted between the two renames.
         with contextlib.ExitStack() as outputs:
             warped = outputs.enter_context(atomic_path(target, overwrite=policy.overwrite, inputs=inputs))
-            write_nifti(result.warped.array, warped, like=fixed, description=f"mitk {model.name} warped")
+            write_warped(result, warped, like=fixed, plugin=model.name)  # as result.save()
             if transform is not None:
                 temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.companion_overwrite,
                                                               inputs=inputs))

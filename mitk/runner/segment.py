@@ -95,8 +95,8 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
     from pathlib import Path
 
     from mitk.io.atomic import atomic_path
-    from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
+    from mitk.io.results import write_label_map, write_probabilities
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.outputs import sibling, write_csv
 
@@ -133,11 +133,9 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
 
                 write_dicom_seg(result, image, temporary(target), plugin_name=model.name, deidentify=deidentify)
             else:
-                write_nifti(result.label_map, temporary(target), like=image, intent="label",
-                            description=f"mitk {model.name} labels")
+                write_label_map(result, temporary(target), like=image, plugin=model.name)  # as result.save()
             if "probabilities" in companions and result.probabilities is not None:
-                write_nifti(result.probabilities.astype(np.float32), temporary(companions["probabilities"]),
-                            like=image, description=f"mitk {model.name} probabilities")
+                write_probabilities(result, temporary(companions["probabilities"]), like=image, plugin=model.name)
             if "stats" in companions:
                 write_csv(rows, temporary(companions["stats"]), STATS_COLUMNS)
             if "preview" in companions:
