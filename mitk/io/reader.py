@@ -36,7 +36,11 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
         from mitk.io.dicom import read_dicom
 
         return read_dicom(path, series=series, allow_resample=allow_resample)
-    raise InputError("not a NIfTI (.nii, .nii.gz) or DICOM image", path)
+    if path.name.lower().endswith((".png", ".jpg", ".jpeg")):
+        from mitk.io.photo import read_photo
+
+        return read_photo(path)
+    raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, PNG or JPEG image", path)
 
 
 def require_volume(image: Image, channels: bool = False) -> Image:
