@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -288,7 +288,7 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
 
 from mitk.cli import evaluate_classify  # noqa: E402  (its command imports refuse_overwriting_inputs from here)
 
-EVALUATE_VERBS = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify}
+EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
 EPILOGS = {Task.CLASSIFY: evaluate_classify.EPILOG}
 

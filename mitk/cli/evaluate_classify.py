@@ -32,8 +32,13 @@ def classify(
     confusion matrix and the expected calibration error of single-label predictions."""
     from mitk.cli.evaluate import refuse_overwriting_inputs
     from mitk.errors import UsageError
-    from mitk.evaluation.classification import CSV_COLUMNS, confusion_picture, evaluate_files, json_ready
-    from mitk.evaluation.classification import per_class_rows
+    from mitk.evaluation.classification import (
+        CSV_COLUMNS,
+        confusion_picture,
+        evaluate_files,
+        json_ready,
+        per_class_rows,
+    )
     from mitk.io.atomic import atomic_path, check_output
 
     if bins < 1:

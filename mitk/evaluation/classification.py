@@ -51,7 +51,8 @@ def roc_auc(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.
     return float((ranks[mask].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def confusion_matrix(reference: Sequence[int], predicted: Sequence[int], classes: int) -> np.ndarray:
+def confusion_matrix(reference: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray, classes: int
+                     ) -> np.ndarray:
     """``matrix[r, p]``: cases of reference class ``r`` predicted as ``p``."""
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(reference, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
@@ -110,7 +111,7 @@ def classification_metrics(reference: Sequence[str], probabilities: np.ndarray, 
     aucs = [v["auc"] for v in per_class.values() if math.isfinite(v["auc"])]
     confidence = probs[np.arange(len(truth)), guess] if len(truth) else np.zeros(0)
     return {
-        "cases": int(len(truth)),
+        "cases": len(truth),
         "classes": names,
         "accuracy": float(np.mean(guess == truth)) if len(truth) else math.nan,
         "balanced_accuracy": float(np.mean(present)) if present else math.nan,
@@ -235,14 +236,14 @@ class Pairing:
 def pair_predictions(predictions: list[Prediction], references: dict[str, str]) -> Pairing:
     """Pair by resolved path, else by file name without its image suffix (when that name is unique)."""
     by_stem: dict[str, list[str]] = {}
-    for key in references:
-        by_stem.setdefault(_stem(key), []).append(key)
+    for reference_key in references:
+        by_stem.setdefault(_stem(reference_key), []).append(reference_key)
     used: set[str] = set()
     paired: list[Prediction] = []
     truth: list[str] = []
     unpaired: list[str] = []
     for prediction in predictions:
-        key = prediction.input if prediction.input in references else None
+        key: str | None = prediction.input if prediction.input in references else None
         if key is None:
             matches = by_stem.get(_stem(prediction.input), [])
             key = matches[0] if len(matches) == 1 else None

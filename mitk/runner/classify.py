@@ -172,8 +172,12 @@ class ClassificationRunner:
         """Invert the preprocessing's spatial steps (resize, crop/pad) on the map, as MONAI records them."""
         from monai.data import MetaTensor
 
+        inverse = getattr(self.preprocess, "inverse", None)
+        if inverse is None:
+            raise InputError(f"plugin {self.model.name!r}'s inference transforms cannot be inverted (use a MONAI "
+                             "Compose) to bring Grad-CAM back to the input's grid")
         tracked = MetaTensor(heat, affine=prepared.affine, applied_operations=list(prepared.applied_operations))
-        restored = self.preprocess.inverse({"image": tracked})["image"]
+        restored = inverse({"image": tracked})["image"]
         array = np.asarray(restored.detach().cpu().numpy() if hasattr(restored, "numpy") else restored,
                            dtype=np.float32)[0]
         if self.spatial_dims == 2:

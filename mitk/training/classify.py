@@ -266,7 +266,8 @@ class ClassificationRecipe(TrainingRecipe):
     def found_config(self, datalist: Datalist) -> dict[str, Any]:
         from mitk.runner.classify import image_channels, image_dims
 
-        names = [datalist.labels[i] for i in sorted(datalist.labels or {})]
+        labels = datalist.labels or {}
+        names = [labels[i] for i in sorted(labels)]
         first = read_case_image(datalist.training[0]["image"])
         multi_label = bool(datalist.extra.get("multi_label"))
         return {"class_names": names, "in_channels": image_channels(first), "spatial_dims": image_dims(first),

@@ -116,8 +116,13 @@ class MonaiClassifier(ClassificationPlugin):
     # -- transforms --------------------------------------------------------------------------------
 
     def _preprocessing(self, config: dict[str, Any]) -> list[Any]:
-        from monai.transforms import NormalizeIntensityd, Resized, ResizeWithPadOrCropd, ScaleIntensityd
-        from monai.transforms import ScaleIntensityRanged
+        from monai.transforms import (
+            NormalizeIntensityd,
+            Resized,
+            ResizeWithPadOrCropd,
+            ScaleIntensityd,
+            ScaleIntensityRanged,
+        )
 
         size = self.image_size(config)
         mode = str(config.get("size_mode", "resize")).lower()
