@@ -51,7 +51,7 @@ class MonaiClassifier(ClassificationPlugin):
             "class_weights": None,
             "augmentation": {"flip": 0.5, "rotate": 0.3, "rotate_deg": 10.0, "zoom": 0.3, "zoom_range": 0.1,
                              "intensity": 0.5, "scale": 0.1, "shift": 0.1, "noise": 0.1, "noise_std": 0.05},
-            "optimizer": {"lr": 1e-4, "weight_decay": 1e-4},
+            "optimizer": {"lr": 1e-3, "weight_decay": 1e-4},
             "network": self.network_defaults(),
         }
 
