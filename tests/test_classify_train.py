@@ -272,3 +272,24 @@ def test_sample_classify_cli_is_reproducible(tmp_path: Path) -> None:
     rows = list(csv.DictReader((first / "train.csv").open()))
     assert {r["split"] for r in rows} == {"training", "validation"}
     assert load(first / rows[0]["image"]).shape == (16, 16, 16)
+
+
+def test_grad_cam_inverts_a_centre_crop(photos: tuple[Path, Path]) -> None:
+    """size_mode crop: the 102² picture is cropped/padded to 64² for the network; the map comes back 102²,
+    zero outside the cropped window."""
+    from mitk.enums import Task
+    from mitk.runner.classify import ClassificationRunner
+    from mitk.runner.model import LoadedModel
+    from mitk_builtin._classify_networks import DenseNet121Classifier
+
+    plugin = DenseNet121Classifier()
+    config = plugin.resolve_config({"class_names": ["a", "b"], "image_size": [64, 64], "size_mode": "crop",
+                                    "network": {"block_config": [2, 2], "init_features": 8, "growth_rate": 8}})
+    torch.manual_seed(0)
+    network = plugin.network(config).eval()
+    model = LoadedModel(name="densenet121", task=Task.CLASSIFY, plugin=plugin, config=config, network=network,
+                        device=torch.device("cpu"))
+    image = load_image(photos[1])
+    _, heat = ClassificationRunner(model).explain(image)
+    assert heat.shape == (102, 102, 1)
+    assert heat[:19].max() == 0 and heat[83:].max() == 0 and heat[19:83, 19:83].max() > 0
