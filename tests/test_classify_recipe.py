@@ -91,6 +91,7 @@ def test_train_cli_names_the_bad_file(pictures: Path, tmp_path: Path) -> None:
 def test_hold_out_and_weights_edges(tmp_path: Path) -> None:
     cases = [{"image": f"{i}.png", "label": label} for i, label in enumerate(["a", "a", "a", "b"])]
     training, validation = stratified_hold_out(cases, seed=1, fraction=0.5, source=tmp_path)
+    assert [c["label"] for c in training] == ["a", "b"]
     assert [c["label"] for c in validation] == ["a", "a"]  # round(0.5 × 3) of a; b has one case: it stays
     assert class_weights(cases, ["a", "b"], multi_label=False) == pytest.approx([0.5, 1.5])
     assert class_weights(cases, ["a", "b"], multi_label=True) == pytest.approx([1 / 3, 3.0])

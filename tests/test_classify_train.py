@@ -277,10 +277,11 @@ def test_sample_classify_cli_is_reproducible(tmp_path: Path) -> None:
 def test_grad_cam_inverts_a_centre_crop(photos: tuple[Path, Path]) -> None:
     """size_mode crop: the 102² picture is cropped/padded to 64² for the network; the map comes back 102²,
     zero outside the cropped window."""
+    from mitk_builtin._classify_networks import DenseNet121Classifier
+
     from mitk.enums import Task
     from mitk.runner.classify import ClassificationRunner
     from mitk.runner.model import LoadedModel
-    from mitk_builtin._classify_networks import DenseNet121Classifier
 
     plugin = DenseNet121Classifier()
     config = plugin.resolve_config({"class_names": ["a", "b"], "image_size": [64, 64], "size_mode": "crop",
