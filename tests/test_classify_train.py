@@ -294,3 +294,22 @@ def test_grad_cam_inverts_a_centre_crop(photos: tuple[Path, Path]) -> None:
     _, heat = ClassificationRunner(model).explain(image)
     assert heat.shape == (102, 102, 1)
     assert heat[:19].max() == 0 and heat[83:].max() == 0 and heat[19:83, 19:83].max() > 0
+
+
+def test_dicom_series_volume_is_classified_and_explained(volume_classifier: Path, tmp_path: Path) -> None:
+    """pydicom's real five-slice CT series (a folder) through a 3-D model; the map is on the series' grid."""
+    import pydicom.data
+
+    series = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
+    if not series.is_dir():
+        pytest.skip("pydicom's dicomdirtests are not installed")
+    out = tmp_path / "out"
+    code, stdout, stderr = invoke(["classify", str(series), "--weights", str(volume_classifier), "-d", str(out),
+                                   "--explain", "--json"])
+    assert code == 0, stderr
+    record = json.loads(stdout)["cases"][0]
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0)
+    image = load_image(series)
+    heat = load(out / "CT5N_gradcam.nii.gz")
+    assert heat.shape == image.spatial_shape == (16, 16, 5)
+    assert np.allclose(heat.affine, image.affine, atol=1e-4)
