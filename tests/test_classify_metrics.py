@@ -150,3 +150,27 @@ def test_evaluate_cli_names_a_bad_file(tmp_path: Path, prediction_files: tuple[P
     code, _, stderr = invoke(["evaluate", "classify", "--pred", str(bad), "--ref", str(ref)])
     assert code == 1 and str(bad) in stderr and "prob_<class>" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_multi_label_scores_by_hand(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    cases = [("a;b", "a;b", (0.9, 0.8)), ("a", "a;b", (0.7, 0.6)), ("b", "b", (0.2, 0.9)), ("", "a", (0.4, 0.1))]
+    pred = _write(tmp_path / "preds.csv", [{"input": f"images/c{i}.png", "predicted": predicted, "prob_a": pa,
+                                            "prob_b": pb} for i, (predicted, _, (pa, pb)) in enumerate(cases)])
+    ref = _write(images / "labels.csv", [{"image": f"c{i}.png", "label": label}
+                                        for i, (_, label, _) in enumerate(cases)])
+    code, stdout, stderr = invoke(["evaluate", "classify", "--pred", str(pred), "--ref", str(ref), "--json"])
+    assert code == 0, stderr
+    scores = json.loads(stdout)
+    assert scores["multi_label"] is True and "confusion" not in scores
+    # a: reference {0, 1, 3}, predicted {0, 1} → tp 2, fn 1, fp 0, tn 1; b: reference {0, 1, 2}, predicted {0, 2}
+    a, b = scores["per_class"]["a"], scores["per_class"]["b"]
+    assert (a["tp"], a["fn"], a["fp"], a["tn"]) == (2, 1, 0, 1)
+    assert (b["tp"], b["fn"], b["fp"], b["tn"]) == (2, 1, 0, 1)
+    assert scores["exact_match"] == pytest.approx(2 / 4)  # cases 0 and 2
+    assert scores["hamming_accuracy"] == pytest.approx(6 / 8)
+    assert a["auc"] == pytest.approx(roc_auc([0.9, 0.7, 0.2, 0.4], [True, True, False, True]))
+    code, _, stderr = invoke(["evaluate", "classify", "--pred", str(pred), "--ref", str(ref), "--confusion-png",
+                              str(tmp_path / "c.png")])
+    assert code == 2 and "no confusion matrix" in stderr and not (tmp_path / "c.png").exists()

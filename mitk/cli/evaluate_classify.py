@@ -25,11 +25,15 @@ def classify(
                                                        "as a PNG here.")] = None,
     bins: Annotated[int, typer.Option("--bins", help="Equal-width confidence bins for the expected calibration "
                                       "error.")] = 15,
+    multi_label: Annotated[bool | None, typer.Option("--multi-label/--single-label", help="Score class sets "
+                                                     "(a;b) one class at a time; default: multi-label when any "
+                                                     "label names several classes.")] = None,
     as_json: JsonOption = False,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Accuracy, balanced accuracy, per-class sensitivity, specificity, PPV and one-vs-rest ROC AUC, the
-    confusion matrix and the expected calibration error of single-label predictions."""
+    confusion matrix and the expected calibration error; multi-label predictions (a;b) one class at a time,
+    with exact match and Hamming accuracy."""
     from mitk.cli.evaluate import refuse_overwriting_inputs
     from mitk.errors import UsageError
     from mitk.evaluation.classification import (
@@ -50,7 +54,9 @@ def classify(
         refuse_overwriting_inputs(confusion_png, "--confusion-png", [csv])
     for path, _ in outputs:
         check_output(path, overwrite)
-    metrics, pairing = evaluate_files(pred, ref, bins=bins)
+    metrics, pairing = evaluate_files(pred, ref, bins=bins, multi_label=multi_label)
+    if confusion_png is not None and "confusion" not in metrics:
+        raise UsageError("--confusion-png: multi-label predictions have no confusion matrix")
     for paths, what in ((pairing.unpaired_predictions, "prediction(s) without a reference"),
                         (pairing.unpaired_references, "reference(s) without a prediction (not scored)")):
         if paths:
@@ -88,6 +94,11 @@ def _print(metrics: dict[str, Any]) -> None:
         table.add_row(name, str(values["support"]), number(values["sensitivity"]), number(values["specificity"]),
                       number(values["ppv"]), number(values["auc"]))
     console.print(table)
+    if metrics.get("multi_label"):
+        console.print(f"cases {metrics['cases']} (multi-label): exact match {number(metrics['exact_match'])}, "
+                      f"Hamming accuracy {number(metrics['hamming_accuracy'])}, balanced accuracy "
+                      f"{number(metrics['balanced_accuracy'])}, macro AUC {number(metrics['macro_auc'])}")
+        return
     console.print("confusion matrix (rows: reference, columns: predicted)")
     confusion = Table(box=None, pad_edge=False)
     confusion.add_column("")

@@ -123,6 +123,46 @@ def classification_metrics(reference: Sequence[str], probabilities: np.ndarray, 
     }
 
 
+def multi_label_metrics(reference: Sequence[Sequence[str]], probabilities: np.ndarray,
+                        class_names: Sequence[str], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Multi-label scores: each class one vs rest from the predicted and reference *sets* of classes
+    (sensitivity, specificity, PPV, AUC from its probability), ``exact_match`` (every class right) and
+    ``hamming_accuracy`` (share of case × class decisions right). No confusion matrix or calibration error."""
+    names = list(class_names)
+    unknown = sorted({n for labels in [*reference, *predicted] for n in labels} - set(names))
+    if unknown:
+        raise InputError(f"classes {unknown} are not among the predicted classes {names}")
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(len(reference), len(names))
+    truth = np.asarray([[n in set(labels) for n in names] for labels in reference], dtype=bool)
+    guess = np.asarray([[n in set(labels) for n in names] for labels in predicted], dtype=bool)
+    per_class: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
+        tp = int(np.sum(truth[:, c] & guess[:, c]))
+        fn = int(np.sum(truth[:, c] & ~guess[:, c]))
+        fp = int(np.sum(~truth[:, c] & guess[:, c]))
+        tn = int(np.sum(~truth[:, c] & ~guess[:, c]))
+        per_class[name] = {"support": tp + fn, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                           "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+                           "ppv": _ratio(tp, tp + fp), "auc": roc_auc(probs[:, c], truth[:, c])}
+    present = [v["sensitivity"] for v in per_class.values() if v["support"] > 0]
+    aucs = [v["auc"] for v in per_class.values() if math.isfinite(v["auc"])]
+    return {
+        "cases": len(truth),
+        "classes": names,
+        "multi_label": True,
+        "exact_match": float(np.mean(np.all(truth == guess, axis=1))) if len(truth) else math.nan,
+        "hamming_accuracy": float(np.mean(truth == guess)) if len(truth) else math.nan,
+        "balanced_accuracy": float(np.mean(present)) if present else math.nan,
+        "macro_auc": float(np.mean(aucs)) if aucs else math.nan,
+        "per_class": per_class,
+    }
+
+
+def split_classes(label: str) -> list[str]:
+    """``"a;b"`` → ``["a", "b"]``; the empty string (no class reached the threshold) → ``[]``."""
+    return [part.strip() for part in label.split(";") if part.strip()]
+
+
 def json_ready(value: Any) -> Any:
     """NaN and infinity as ``None``, recursively (JSON has no NaN)."""
     if isinstance(value, float):
@@ -180,7 +220,7 @@ def read_predictions(path: Path) -> tuple[list[Prediction], list[str]]:
             raise InputError(f"line {number}: probabilities must be numbers", path) from None
         if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities.values()):
             raise InputError(f"line {number}: probabilities must lie in [0, 1]", path)
-        predicted = row.get("predicted") or max(probabilities, key=lambda c: probabilities[c])
+        predicted = row["predicted"] if "predicted" in row else max(probabilities, key=lambda c: probabilities[c])
         predictions.append(Prediction(_key(row[image_column], path.parent), predicted, probabilities))
     return predictions, classes
 
@@ -256,13 +296,20 @@ def pair_predictions(predictions: list[Prediction], references: dict[str, str]) 
     return Pairing(truth, paired, unpaired, [k for k in references if k not in used])
 
 
-def evaluate_files(pred: Path, ref: Path, bins: int = ECE_BINS) -> tuple[dict[str, Any], Pairing]:
-    """Read, pair and score; refuses when no prediction pairs with a reference."""
+def evaluate_files(pred: Path, ref: Path, bins: int = ECE_BINS, multi_label: bool | None = None
+                   ) -> tuple[dict[str, Any], Pairing]:
+    """Read, pair and score; refuses when no prediction pairs with a reference. ``multi_label`` ``None``:
+    multi-label when a predicted or reference label names several classes (``a;b``)."""
     predictions, classes = read_predictions(pred)
     pairing = pair_predictions(predictions, read_references(ref))
     if not pairing.predictions:
         raise UsageError(f"no prediction in {pred} pairs with a reference in {ref} (same image path or file name)")
     probabilities = np.asarray([[p.probabilities[c] for c in classes] for p in pairing.predictions])
+    if multi_label is None:
+        multi_label = any(";" in label for label in [*pairing.reference, *(p.predicted for p in pairing.predictions)])
+    if multi_label:
+        return multi_label_metrics([split_classes(r) for r in pairing.reference], probabilities, classes,
+                                   [split_classes(p.predicted) for p in pairing.predictions]), pairing
     metrics = classification_metrics(pairing.reference, probabilities, classes,
                                       [p.predicted for p in pairing.predictions], bins=bins)
     return metrics, pairing
@@ -272,9 +319,10 @@ def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """One CSV row per class, then a ``(all)`` row with accuracy, balanced accuracy, macro AUC and ECE."""
     rows = [{"class": name, **{k: json_ready(v) for k, v in values.items()}}
             for name, values in metrics["per_class"].items()]
-    rows.append({"class": "(all)", "support": metrics["cases"], "accuracy": json_ready(metrics["accuracy"]),
+    rows.append({"class": "(all)", "support": metrics["cases"],
+                 "accuracy": json_ready(metrics.get("accuracy", metrics.get("exact_match"))),
                  "balanced_accuracy": json_ready(metrics["balanced_accuracy"]),
-                 "auc": json_ready(metrics["macro_auc"]), "ece": json_ready(metrics["ece"])})
+                 "auc": json_ready(metrics["macro_auc"]), "ece": json_ready(metrics.get("ece"))})
     return rows
 
 
