@@ -176,7 +176,8 @@ class ClassificationRunner:
         if inverse is None:
             raise InputError(f"plugin {self.model.name!r}'s inference transforms cannot be inverted (use a MONAI "
                              "Compose) to bring Grad-CAM back to the input's grid")
-        tracked = MetaTensor(heat, affine=prepared.affine, applied_operations=list(prepared.applied_operations))
+        tracked = MetaTensor(heat, affine=prepared.affine,
+                             applied_operations=[_smooth_resize(op) for op in prepared.applied_operations])
         restored = inverse({"image": tracked})["image"]
         array = np.asarray(restored.detach().cpu().numpy() if hasattr(restored, "numpy") else restored,
                            dtype=np.float32)[0]
@@ -186,6 +187,22 @@ class ClassificationRunner:
             raise InputError(f"Grad-CAM map of shape {array.shape} does not fit the image "
                              f"{image.spatial_shape}", image.path)
         return np.clip(array, 0.0, 1.0)
+
+
+def _smooth_resize(operation: Any) -> Any:
+    """A recorded ``Resize`` that inverts with linear interpolation: "area" (the downsampling the image had)
+    would bring the map back by repeating pixels, in blocks as large as the zoom factor."""
+    import copy
+
+    if not isinstance(operation, dict) or operation.get("class") != "Resize":
+        return operation
+    smooth = copy.deepcopy(operation)
+    extra = dict(smooth.get("extra_info") or {})
+    if extra.get("mode") in ("area", "nearest", "nearest-exact"):
+        extra["mode"] = "bilinear" if len(smooth.get("orig_size") or ()) == 2 else "trilinear"
+        extra["align_corners"] = False
+    smooth["extra_info"] = extra
+    return smooth
 
 
 def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
