@@ -316,3 +316,23 @@ def test_dicom_series_volume_is_classified_and_explained(volume_classifier: Path
     heat = load(out / "CT5N_gradcam.nii.gz")
     assert heat.shape == image.spatial_shape == (16, 16, 5)
     assert np.allclose(heat.affine, image.affine, atol=1e-4)
+
+
+def test_training_reads_radiographs_and_photographs_from_one_csv(photos: tuple[Path, Path], tmp_path: Path,
+                                                                  one_thread: None) -> None:
+    """A CSV mixing real MONOCHROME1 CR radiographs (DICOM) with colour and greyscale fundus photographs."""
+    chest, tibia = radiographs()
+    retina, microaneurysms = photos
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label,split\n"
+                      f"{chest},radiograph,training\n{retina},photograph,training\n"
+                      f"{tibia},radiograph,validation\n{microaneurysms},photograph,validation\n", encoding="utf-8")
+    run = tmp_path / "run"
+    code, stdout, stderr = invoke(["train", "classify", "--plugin", "resnet", "--data", str(labels), "-d", str(run),
+                                   "--epochs", "2", "--batch-size", "2", "--json", "--set", "image_size=[32,32]",
+                                   "--set", "network.widen_factor=0.125"])
+    assert code == 0, stderr
+    config = load_checkpoint(run / "best.safetensors").config
+    assert config["class_names"] == ["photograph", "radiograph"]
+    assert config["in_channels"] == 1 and config["spatial_dims"] == 2  # from the chest radiograph, listed first
+    assert json.loads(stdout)["best_metric"]["name"] == "mean_auc"
