@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import invoke
 
 from mitk.errors import InputError
 from mitk.io.reader import load_image
@@ -116,3 +117,12 @@ def test_dimension_and_channel_checks(fundus_png: Path, brain_mr: Path) -> None:
         network_input(load_image(brain_mr), spatial_dims=2, in_channels=1)
     with pytest.raises(InputError, match="a 2-D image but the model takes 3-D"):
         network_input(load_image(fundus_png), spatial_dims=3, in_channels=1)
+
+
+def test_classify_csv_never_overwrites_an_input(fundus_png: Path, tmp_path: Path) -> None:
+    before = fundus_png.read_bytes()
+    code, stdout, stderr = invoke(["classify", str(fundus_png), "--weights", str(tmp_path / "none.safetensors"),
+                                   "--csv", str(fundus_png), "--overwrite"])
+    assert code == 2 and stdout == ""
+    assert "refusing to write the output over the input" in stderr and "Traceback" not in stderr
+    assert fundus_png.read_bytes() == before
