@@ -8,6 +8,7 @@ import numpy as np
 
 from mitk.errors import InputError
 from mitk.io.nifti import is_nifti, read_nifti
+from mitk.io.photo import is_photo, read_photo
 from mitk.types import Image
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip")
@@ -36,9 +37,7 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
         from mitk.io.dicom import read_dicom
 
         return read_dicom(path, series=series, allow_resample=allow_resample)
-    if path.name.lower().endswith((".png", ".jpg", ".jpeg")):
-        from mitk.io.photo import read_photo
-
+    if is_photo(path):
         return read_photo(path)
     raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, PNG or JPEG image", path)
 
