@@ -1,4 +1,5 @@
-"""A small, real-anatomy segmentation training set in Medical Segmentation Decathlon form, made offline.
+"""Small, real-anatomy training sets made offline: segmentation (Medical Segmentation Decathlon form) and
+classification (slices by level, volumes with and without a lesion).
 
 Every case is nilearn's MNI152 T1 template (2 mm, skull-stripped, shipped inside the package) seen
 through its own random affine — rotation up to 15°, scaling ±10 % per axis, translation — on a coarse
@@ -193,3 +194,151 @@ def make_segmentation_sample(output_dir: str | Path, cases: int = 12, size: int 
     }
     write_text_atomic(dataset_path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
     return dataset_path
+
+
+# -------------------------------------------------------------------------------------------------
+# Classification samples
+# -------------------------------------------------------------------------------------------------
+
+SLICE_LEVELS: dict[str, tuple[float, float]] = {
+    "cerebellum": (-38.0, -22.0),
+    "ventricles": (8.0, 22.0),
+    "vertex": (48.0, 60.0),
+}
+"""Axial levels (MNI z in mm) of the 2-D sample's classes: the posterior fossa with the cerebellum and the
+temporal lobes; the bodies of the lateral ventricles; the high convexity near the vertex."""
+LESION_CLASSES = ("normal", "lesion")
+MAX_TILT_DEG = 8.0
+MAX_IN_PLANE_DEG = 20.0
+
+
+def _bias_field_2d(size: int, rng: np.random.Generator) -> np.ndarray:
+    axis = np.linspace(-1.0, 1.0, size)
+    x, y = np.meshgrid(axis, axis, indexing="ij")
+    terms = [x, y, x * y, x * x, y * y]
+    log_field = sum(c * t for c, t in zip(rng.normal(0.0, 0.08, size=len(terms)), terms, strict=True))
+    return np.exp(np.asarray(log_field, dtype=np.float64))
+
+
+def _mr_appearance(intensity: np.ndarray, bias: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gamma contrast, a smooth bias field, a scanner scale and Rician noise, as :func:`make_case` does."""
+    intensity = np.clip(intensity, 0.0, None) / max(float(intensity.max()), 1e-6)
+    intensity = intensity ** math.exp(rng.uniform(-0.3, 0.3)) * bias * rng.uniform(600.0, 1200.0)
+    sigma = rng.uniform(0.02, 0.04) * max(float(np.percentile(intensity, 95)), 1.0)
+    real = intensity + rng.normal(0.0, sigma, intensity.shape)
+    imaginary = rng.normal(0.0, sigma, intensity.shape)
+    return np.sqrt(real * real + imaginary * imaginary)
+
+
+def make_slice_case(atlas: Atlas, level: str, size: int, rng: np.random.Generator) -> Image:
+    """An axial 2-D slice ``(size, size, 1)`` of the template at a random height within ``level``, tilted,
+    turned in-plane, scaled and shifted at random, with MR-like contrast, bias and noise."""
+    from scipy.ndimage import affine_transform
+
+    low, high = SLICE_LEVELS[level]
+    spacing = FIELD_OF_VIEW_MM / size * rng.uniform(0.9, 1.1)
+    tilt_axis = np.append(rng.normal(size=2), 0.0)
+    tilt_axis /= np.linalg.norm(tilt_axis)
+    tilt = math.radians(rng.uniform(-MAX_TILT_DEG, MAX_TILT_DEG))
+    cross = np.array([[0, -tilt_axis[2], tilt_axis[1]], [tilt_axis[2], 0, -tilt_axis[0]],
+                      [-tilt_axis[1], tilt_axis[0], 0]])
+    turn = math.radians(rng.uniform(-MAX_IN_PLANE_DEG, MAX_IN_PLANE_DEG))
+    in_plane = np.array([[math.cos(turn), -math.sin(turn), 0], [math.sin(turn), math.cos(turn), 0], [0, 0, 1]])
+    rotation = (np.eye(3) + math.sin(tilt) * cross + (1 - math.cos(tilt)) * cross @ cross) @ in_plane
+    centre = np.array([atlas.centre[0] + rng.uniform(-8, 8), atlas.centre[1] + rng.uniform(-8, 8),
+                       rng.uniform(low, high)])
+    slice_to_world = np.eye(4)
+    slice_to_world[:3, :3] = rotation @ np.diag([spacing, spacing, spacing])
+    slice_to_world[:3, 3] = centre - slice_to_world[:3, :3] @ np.array([(size - 1) / 2, (size - 1) / 2, 0.0])
+    voxel_map = np.linalg.solve(atlas.affine, slice_to_world)
+    plane = affine_transform(atlas.image, voxel_map[:3, :3], offset=voxel_map[:3, 3], output_shape=(size, size, 1),
+                             order=1, mode="constant", cval=0.0)[:, :, 0]
+    intensity = _mr_appearance(plane, _bias_field_2d(size, rng), rng)
+    stored = np.clip(np.rint(intensity), 0, np.iinfo(np.int16).max).astype(np.int16)[:, :, None]
+    return Image(array=np.ascontiguousarray(stored), affine=slice_to_world)
+
+
+def plant_lesion(image: Image, brain: np.ndarray, rng: np.random.Generator) -> tuple[Image, list[float]]:
+    """Brighten a soft-edged sphere (radius 6–10 mm, +50–90 %) centred in the brain; return the image and the
+    lesion centre in world mm."""
+    from mitk.types import voxel_spacing
+
+    spacing = np.asarray(voxel_spacing(image.affine))
+    radius = rng.uniform(6.0, 10.0)
+    inside = np.argwhere(brain > 0)
+    margin = np.ceil(radius / spacing).astype(int)
+    shape = np.asarray(brain.shape)
+    eligible = inside[np.all((inside >= margin) & (inside < shape - margin), axis=1)]
+    centre = eligible[rng.integers(len(eligible))] if len(eligible) else shape // 2
+    grid = np.indices(brain.shape, dtype=np.float64)
+    distance = np.sqrt(sum(((grid[a] - centre[a]) * spacing[a]) ** 2 for a in range(3)))
+    weight = np.clip((radius - distance) / 2.0 + 0.5, 0.0, 1.0)
+    brightened = image.array.astype(np.float64) * (1.0 + rng.uniform(0.5, 0.9) * weight)
+    array = np.clip(np.rint(brightened), 0, np.iinfo(np.int16).max).astype(np.int16)
+    world = (image.affine @ np.append(centre.astype(float), 1.0))[:3]
+    return Image(array=array, affine=image.affine), [round(float(v), 3) for v in world]
+
+
+def make_classification_sample(output_dir: str | Path, cases: int = 60, size: int = 64, seed: int = 0,
+                               dims: int = 2, overwrite: bool = False) -> dict[str, Any]:
+    """Write a labelled classification set from the MNI152 T1 template and return its summary.
+
+    ``dims=2``: axial slices labelled by level (:data:`SLICE_LEVELS`). ``dims=3``: volumes under random
+    affines, half of them with a planted lesion (``normal`` / ``lesion``). Files go to ``images/``;
+    ``train.csv`` (``image,label,split``: training and validation) and ``test.csv`` (``image,label``) name
+    them relative to ``output_dir``. The same seed gives byte-identical files.
+    """
+    import csv
+    import io
+
+    from mitk.io.nifti import write_nifti
+
+    if dims not in (2, 3):
+        raise UsageError(f"--dims must be 2 or 3, not {dims}")
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, not {seed}")
+    classes = list(SLICE_LEVELS) if dims == 2 else list(LESION_CLASSES)
+    if cases < 3 * len(classes):
+        raise UsageError(f"--cases must be at least {3 * len(classes)} (training, validation and test of "
+                         f"every class), not {cases}")
+    output_dir = Path(output_dir)
+    train_csv, test_csv = output_dir / "train.csv", output_dir / "test.csv"
+    for path in (train_csv, test_csv):
+        if path.exists() and not overwrite:
+            raise OutputExistsError("a sample exists already (use --overwrite to replace it)", path)
+    atlas = load_atlas("brain")
+    n_training, n_validation, _ = split_counts(cases)
+    rows: list[dict[str, str]] = []
+    for index in range(cases):
+        label = classes[index % len(classes)]
+        split = "training" if index < n_training else "validation" if index < n_training + n_validation else "test"
+        rng = np.random.default_rng([seed, dims, index])
+        if dims == 2:
+            image = make_slice_case(atlas, label, size, rng)
+            description = f"mitk sample MNI152 T1 axial slice ({label})"
+        else:
+            image, brain, _ = make_case(atlas, size, rng)
+            if label == "lesion":
+                image, _ = plant_lesion(image, brain, rng)
+            description = f"mitk sample MNI152 T1 ({label})"
+        name = f"images/case_{index:03d}.nii.gz"
+        with atomic_path(output_dir / name, overwrite=overwrite) as temporary:
+            write_nifti(image.array, temporary, like=image, description=description)
+        rows.append({"image": name, "label": label, "split": split})
+
+    def table(selected: list[dict[str, str]], columns: list[str]) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(selected)
+        return buffer.getvalue()
+
+    write_text_atomic(train_csv, table([r for r in rows if r["split"] != "test"], ["image", "label", "split"]),
+                      overwrite=overwrite)
+    write_text_atomic(test_csv, table([r for r in rows if r["split"] == "test"], ["image", "label"]),
+                      overwrite=overwrite)
+    counts = {split: sum(r["split"] == split for r in rows) for split in ("training", "validation", "test")}
+    return {"train_csv": str(train_csv), "test_csv": str(test_csv), "classes": classes, "dims": dims,
+            "size": size, "seed": seed, **counts}

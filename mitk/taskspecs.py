@@ -106,6 +106,9 @@ TASKS: dict[Task, TaskSpec] = {
             job="mitk.runner.classify:make_classify_job",
             result="mitk.types:ClassificationResult",
             suffix="_class", extension=".json", image_output=False, image_channels=True,
+            companion_suffixes=("_gradcam",), image_companions=("_gradcam",),
+            recipe="mitk.training.classify:ClassificationRecipe",
+            evaluation="mitk.evaluation.classification",
         ),
         TaskSpec(
             task=Task.DETECT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -286,9 +286,12 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
         console.print(note)
 
 
-EVALUATE_VERBS = {Task.SEGMENT: segment}
+from mitk.cli import evaluate_classify  # noqa: E402  (its command imports refuse_overwriting_inputs from here)
+
+EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
+EPILOGS = {Task.CLASSIFY: evaluate_classify.EPILOG}
 
 for _spec in iter_tasks():
     if _spec.evaluation is not None:
-        app.command(_spec.name, epilog=EPILOG)(EVALUATE_VERBS[_spec.task])
+        app.command(_spec.name, epilog=EPILOGS.get(_spec.task, EPILOG))(EVALUATE_VERBS[_spec.task])

@@ -55,3 +55,32 @@ def segment(
     else:
         say(f"sample {task.value}: {summary['training']} training, {summary['validation']} validation, "
             f"{summary['test']} test cases → {dataset}")
+
+
+@app.command("classify")
+def classify(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-d", help="Folder for images/, train.csv "
+                                             "(image,label,split) and test.csv (image,label).")],
+    cases: Annotated[int, typer.Option("--cases", help="Number of cases (about 1/6 each held out for "
+                                       "validation and test).")] = 60,
+    size: Annotated[int, typer.Option("--size", help="Pixels (voxels) per side.")] = 64,
+    dims: Annotated[int, typer.Option("--dims", help="2: axial slices labelled cerebellum, ventricles or "
+                                      "vertex by level; 3: volumes labelled normal or lesion.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")] = 0,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """A labelled classification set from the MNI152 T1 template: 2-D slices by anatomical level, or 3-D
+    volumes with and without a planted lesion, under random geometry, contrast, bias fields and noise."""
+    from mitk.sample import make_classification_sample
+
+    started = time.perf_counter()
+    summary = make_classification_sample(output_dir, cases=cases, size=size, seed=seed, dims=dims,
+                                         overwrite=overwrite)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    if as_json:
+        emit_json(summary)
+    else:
+        say(f"sample classify ({dims}-D; {', '.join(summary['classes'])}): {summary['training']} training, "
+            f"{summary['validation']} validation, {summary['test']} test cases → {summary['train_csv']}, "
+            f"{summary['test_csv']}")

@@ -241,7 +241,10 @@ def register(
                    device=device, as_json=as_json, manifest=manifest)
 
 
-CUSTOM_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.REGISTER: register}
+from mitk.cli.classify import classify  # noqa: E402  (it uses run_task_batch, defined above)
+
+CUSTOM_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: classify,
+                                                 Task.REGISTER: register}
 """Verbs with options of their own; every other task in the table gets the generic record verb."""
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from mitk.errors import InputError
 from mitk.io.nifti import is_nifti, read_nifti
+from mitk.io.photo import is_photo, read_photo
 from mitk.types import Image
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip")
@@ -36,7 +37,9 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
         from mitk.io.dicom import read_dicom
 
         return read_dicom(path, series=series, allow_resample=allow_resample)
-    raise InputError("not a NIfTI (.nii, .nii.gz) or DICOM image", path)
+    if is_photo(path):
+        return read_photo(path)
+    raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, PNG or JPEG image", path)
 
 
 def require_volume(image: Image, channels: bool = False) -> Image:

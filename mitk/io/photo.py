@@ -1,0 +1,65 @@
+"""PNG and JPEG photographs (fundus photographs, exported radiographs) as mitk images.
+
+A photograph has no geometry of its own: its pixels are laid out as a DICOM image with the standard
+orientation (columns along patient left, rows along posterior; LPS), 1 mm apart, so that the voxel
+array is ``(columns, rows, 1)`` for greyscale and ``(columns, rows, 1, 3)`` for colour, and a PNG written
+from ``array[:, :, 0].T`` shows the picture the right way up. Alpha is dropped, palettes are expanded,
+and a JPEG's EXIF orientation is applied first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mitk.errors import InputError
+from mitk.types import Image
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
+PHOTO_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""Columns → patient left (−x in RAS), rows → posterior (−y in RAS), as a DICOM image in LPS."""
+MAX_PIXELS = 100_000_000
+"""Larger pictures are refused before decoding (Pillow's own decompression-bomb guard is 89 Mpx)."""
+
+
+def is_photo(path: Path) -> bool:
+    return path.name.lower().endswith(PHOTO_SUFFIXES)
+
+
+def read_photo(path: str | Path) -> Image:
+    """Read a PNG or JPEG file: greyscale as ``(columns, rows, 1)``, colour as ``(columns, rows, 1, 3)``."""
+    from PIL import Image as PillowImage
+    from PIL import ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with PillowImage.open(path) as picture:
+            if picture.width * picture.height > MAX_PIXELS:
+                raise InputError(f"picture of {picture.width}×{picture.height} pixels is too large", path)
+            picture = ImageOps.exif_transpose(picture) or picture
+            mode = picture.mode
+            picture.load()
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
+                pixels = np.asarray(picture)
+            elif mode in ("1", "LA"):
+                pixels = np.asarray(picture.convert("L"))
+            else:  # RGB, RGBA, P, CMYK, YCbCr, LAB …
+                pixels = np.asarray(picture.convert("RGB"))
+            file_format = picture.format or path.suffix.lstrip(".").upper()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"not a readable PNG or JPEG picture ({error})", path) from None
+    if pixels.ndim == 3 and pixels.shape[2] == 3 and _is_grey(pixels):
+        pixels = pixels[..., 0]
+    if pixels.ndim == 2:
+        array = np.ascontiguousarray(pixels.T)[:, :, None]
+    else:
+        array = np.ascontiguousarray(np.transpose(pixels, (1, 0, 2)))[:, :, None, :]
+    summary = {"format": file_format, "mode": mode, "shape": list(array.shape),
+               "channels": 1 if array.ndim == 3 else int(array.shape[-1]), "spacing_source": "unknown (1 mm assumed)"}
+    return Image(array=array, affine=PHOTO_AFFINE.copy(), path=path, meta={"format": "photo", "photo": summary})
+
+
+def _is_grey(pixels: np.ndarray) -> bool:
+    """True when every pixel of a colour picture has equal red, green and blue (a greyscale JPEG saved as RGB)."""
+    return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
