@@ -55,8 +55,9 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
     def command(
         output_dir: Annotated[Path, typer.Option("--output-dir", "-d", help="Run folder for checkpoints and "
                                                  "logs (required).")],
-        data: Annotated[Path | None, typer.Option("--data", help="Datalist JSON, or a folder the task's "
-                                                  "recipe reads (a resumed run remembers it).")] = None,
+        data: Annotated[Path | None, typer.Option("--data", help="The training data: a datalist JSON, an "
+                                                  "image,label CSV (classify) or an imagesTr/labelsTr folder "
+                                                  "(segment); a resumed run remembers it.")] = None,
         plugin: Annotated[str | None, typer.Option("--plugin", "-p", help="A trainable plugin of this task (see "
                                                    "`mitk plugins list`).")] = None,
         epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (passes over the training cases); "
