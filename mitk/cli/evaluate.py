@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, message_text, say, stderr_console
+from mitk.cli.evaluate_detect import EPILOG as DETECT_EPILOG
+from mitk.cli.evaluate_detect import detect
 from mitk.enums import Task
 from mitk.errors import UsageError
 from mitk.taskspecs import iter_tasks
@@ -286,9 +288,10 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
         console.print(note)
 
 
-EVALUATE_VERBS = {Task.SEGMENT: segment}
+EVALUATE_VERBS = {Task.SEGMENT: segment, Task.DETECT: detect}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
 
 for _spec in iter_tasks():
     if _spec.evaluation is not None:
-        app.command(_spec.name, epilog=EPILOG)(EVALUATE_VERBS[_spec.task])
+        app.command(_spec.name, epilog=DETECT_EPILOG if _spec.task is Task.DETECT else EPILOG)(
+            EVALUATE_VERBS[_spec.task])
