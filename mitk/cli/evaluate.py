@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -288,7 +288,7 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
         console.print(note)
 
 
-EVALUATE_VERBS = {Task.SEGMENT: segment, Task.DETECT: detect}
+EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.DETECT: detect}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
 
 for _spec in iter_tasks():

@@ -97,11 +97,11 @@ def read_boxes(path: Path) -> CaseBoxes:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"not JSON ({error.msg}, line {error.lineno})", path) from None
-    records = document.get("boxes") if isinstance(document, dict) else document
-    if not isinstance(records, list):
+    found = document.get("boxes") if isinstance(document, dict) else document
+    if not isinstance(found, list):
         raise InputError("no 'boxes' list", path)
     system = str(document.get("coordinate_system", "RAS")) if isinstance(document, dict) else "RAS"
-    return _parse_records(records, system, path)
+    return _parse_records(found, system, path)
 
 
 def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -129,7 +129,7 @@ def coco_metrics(predictions: Sequence[CaseBoxes], references: Sequence[CaseBoxe
     logger.setLevel(logging.ERROR)  # MONAI logs a warning per class without references on the root logger
     try:
         matches = matching_batch(
-            box_iou, metric.iou_thresholds,
+            box_iou, list(metric.iou_thresholds),
             [p.boxes for p in predictions], [np.array([index[int(v)] for v in p.labels], int) for p in predictions],
             [p.scores for p in predictions], [r.boxes for r in references],
             [np.array([index[int(v)] for v in r.labels], int) for r in references], max_detections=MAX_DETECTIONS)
@@ -145,7 +145,7 @@ def coco_metrics(predictions: Sequence[CaseBoxes], references: Sequence[CaseBoxe
         per_class[name] = {k: (None if v < 0 else float(v)) for k, v in row.items()}  # -1: no references
     summary: dict[str, Any] = {}
     for key in ("mAP", "mAR", "AP_0.1", "AR_0.1"):
-        scored = [row[key] for row in per_class.values() if row[key] is not None]
+        scored = [value for row in per_class.values() if (value := row[key]) is not None]
         summary[key] = float(np.mean(scored)) if scored else None
     summary["per_class"] = per_class
     return summary
