@@ -13,9 +13,9 @@ from mitk.errors import UsageError
 BOX_SUFFIXES = ("_boxes", "_ref", "_reference", "_label", "_gt")
 EPILOG = ("Pairing: same case name once the extension (.json, .csv) and a _boxes, _ref, _reference, _label or _gt "
           "suffix are taken off. Boxes are compared in world mm (RAS; LPS files are converted) when both sides "
-          "have them, else as voxel boxes. A scan without a prediction file counts as a scan with no boxes. "
-          "Classes without reference boxes are left out of every mean. Exit status: 0 scored; 1 failure; 2 usage "
-          "error.")
+          "have them, else as voxel boxes. A scan without a prediction file counts as a scan with no boxes; a "
+          "prediction without a reference is not scored. Classes without reference boxes are left out of every "
+          "mean. Exit status: 0 scored; 1 failure; 2 usage error.")
 
 
 def case_key(path: Path) -> str:
@@ -71,8 +71,10 @@ def detect(
             raise UsageError("--froc-png is an input of this command; refusing to write over it", froc_png)
         check_output(froc_png, overwrite)
     unpaired = sorted(set(predictions) - set(references))
-    if unpaired:
-        raise UsageError(f"predictions without a reference: {', '.join(unpaired[:5])}", ref)
+    if unpaired and len(unpaired) == len(predictions):
+        raise UsageError(f"no prediction pairs with a reference in {ref}", pred)
+    for case in unpaired:
+        say(f"for prediction {predictions[case]}: not scored", label="no reference", style="yellow")
     pairs = []
     for case, reference_file in sorted(references.items()):
         reference = read_boxes(reference_file)

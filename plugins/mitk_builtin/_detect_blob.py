@@ -17,6 +17,8 @@ from mitk.errors import UsageError
 from mitk.tasks import DetectionPlugin, Transform
 
 POLARITIES = ("bright", "dark", "both")
+MIN_SIGMA_VOXELS = 0.75
+"""Scales whose Gaussian is narrower than this many voxels (along the coarsest axis) are searched at this width."""
 
 
 def blob_radii(min_radius_mm: float, max_radius_mm: float, num_scales: int) -> np.ndarray:
@@ -81,6 +83,9 @@ def find_lesions(volume: np.ndarray, spacing: Sequence[float], *, min_radius_mm:
         return empty
     data = (data - np.float32(low)) / np.float32(spread)
     radii = blob_radii(min_radius_mm, max_radius_mm, num_scales)
+    # A Gaussian narrower than 3/4 of a voxel is not sampled: such scales only see noise. Search from there.
+    finest = MIN_SIGMA_VOXELS * np.sqrt(3.0) * float(max(spacing))
+    radii = np.unique(np.maximum(radii, min(finest, float(radii[-1]))))
     stack = np.stack([normalised_log(data, spacing, float(r) / np.sqrt(3.0)) for r in radii])  # (S, I, J, K)
     signs = {"bright": (1,), "dark": (-1,), "both": (1, -1)}[polarity]
     candidates: list[tuple[float, np.ndarray, float, int]] = []
