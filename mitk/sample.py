@@ -170,7 +170,8 @@ def make_segmentation_sample(output_dir: str | Path, cases: int = 12, size: int 
         folder = "Ts" if split == "test" else "Tr"
         rng = np.random.default_rng([seed, index])  # each case depends only on (seed, index)
         image, label_map, template_from_case = make_case(atlas, size, rng)
-        entry = {"image": f"./images{folder}/{name}.nii.gz", "label": f"./labels{folder}/{name}.nii.gz"}
+        image_path = f"./images{folder}/{name}.nii.gz"
+        entry: dict[str, Any] = {"image": image_path, "label": f"./labels{folder}/{name}.nii.gz"}
         with atomic_path(output_dir / entry["image"], overwrite=overwrite) as temporary:
             write_nifti(image.array, temporary, like=image, description="mitk sample MNI152 T1")
         with atomic_path(output_dir / entry["label"], overwrite=overwrite) as temporary:
@@ -267,13 +268,14 @@ def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 4
         rng = np.random.default_rng([seed, index, 7])  # each case depends only on (seed, index)
         image, brain, _ = make_case(atlas, size, rng)
         image, lesions = plant_lesions(image, brain > 0, rng, int(rng.integers(1, 4)))
-        entry = {"image": f"./images{folder}/{name}.nii.gz",
+        image_path = f"./images{folder}/{name}.nii.gz"
+        entry: dict[str, Any] = {"image": image_path,
                  "box": [lesion["box_world_mm"] for lesion in lesions],
                  "label": [lesion["label"] for lesion in lesions]}
-        with atomic_path(output_dir / entry["image"], overwrite=overwrite) as temporary:
+        with atomic_path(output_dir / image_path, overwrite=overwrite) as temporary:
             write_nifti(image.array, temporary, like=image, description="mitk sample MNI152 T1 with lesions")
         write_text_atomic(output_dir / f"boxes{folder}" / f"{name}_boxes.json",
-                          json.dumps({"input": entry["image"], "coordinate_system": "RAS", "boxes": lesions},
+                          json.dumps({"input": image_path, "coordinate_system": "RAS", "boxes": lesions},
                                      indent=2) + "\n", overwrite=overwrite)
         lists[split].append(entry)
     document: dict[str, Any] = {
