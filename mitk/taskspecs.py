@@ -114,6 +114,7 @@ TASKS: dict[Task, TaskSpec] = {
             result="mitk.types:DetectionResult",
             suffix="_boxes", extension=".json", image_output=False,
             companion_suffixes=("_preview",),
+            recipe="mitk.training.detect:DetectionRecipe",
             evaluation="mitk.evaluation.detection",
         ),
         TaskSpec(

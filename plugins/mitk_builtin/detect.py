@@ -1,4 +1,4 @@
-"""``blob`` (and, when built, ``retinanet``): the built-in detectors.
+"""``blob`` and ``retinanet``: the built-in detectors.
 
 Registration only: the plugin classes (and scipy, torch, monai) load from ``mitk_builtin._detect_*`` when a
 plugin is first used.
@@ -14,3 +14,5 @@ from mitk.registry import PluginRegistrar
 def mitk_register_plugins(register: PluginRegistrar) -> None:
     register("blob", task="detect", factory="mitk_builtin._detect_blob:BlobDetector",
              summary="bright or dark roundish lesions by multi-scale Laplacian of Gaussian in mm; no weights")
+    register("retinanet", task="detect", factory="mitk_builtin._detect_retinanet:RetinaNetDetectorPlugin",
+             summary="MONAI RetinaNet (ResNet-FPN, ATSS, hard negatives), no torchvision; `mitk train detect`")
