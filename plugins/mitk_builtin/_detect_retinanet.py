@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,7 @@ def build_detector(config: dict[str, Any]) -> torch.nn.Module:
     shapes = [[float(v) for v in shape][:dims] for shape in anchors["base_shapes"]]
     generator = AnchorGeneratorWithAnchorShape(feature_map_scales=[2 ** n for n in range(len(returned) + 1)],
                                                base_anchor_shapes=shapes)
-    num_classes = len(config["labels"])
+    num_classes = len({int(k) for k in config["labels"]})  # saved settings come back with text keys
     network = RetinaNet(spatial_dims=dims, num_classes=num_classes, num_anchors=generator.num_anchors_per_location()[0],
                         feature_extractor=extractor, size_divisible=size_divisible(config))
     detector = RetinaNetDetector(network=network, anchor_generator=generator, spatial_dims=dims,
@@ -130,7 +130,7 @@ class RetinaNetTrainingStep:
     mode = "max"
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.labels = sorted(int(k) for k in config["labels"])
+        self.labels = sorted({int(k) for k in config["labels"]})
         self.sliding_window = [int(n) for n in config["patch_size"]]
 
     def loss(self, network: torch.nn.Module, batch: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
@@ -241,8 +241,19 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "selector": {"score_thresh": 0.05, "topk_candidates_per_level": 1000, "nms_thresh": 0.22,
                          "detections_per_img": 100},
             "augment_flip": True,
-            "labels": {1: "lesion"},
+            "labels": {"1": "lesion"},
         }
+
+    def resolve_config(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """As for every plugin, except that ``labels`` is replaced whole by the last override naming it (label
+        sets do not merge), with text keys as a saved checkpoint has them."""
+        config = super().resolve_config(*overrides)
+        labels: Any = self.default_config()["labels"]
+        for override in overrides:
+            if override and override.get("labels"):
+                labels = override["labels"]
+        config["labels"] = {str(int(k)): str(v) for k, v in dict(labels).items()}
+        return config
 
     def settings_help(self) -> dict[str, str]:
         return {
