@@ -242,13 +242,57 @@ def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, co
     return Image(array=stored, affine=image.affine), lesions
 
 
+def label_boxes(label: Image, names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """One box per connected component (26-connected) of each non-zero label value: its voxel box and its world
+    extent (RAS mm, through :func:`mitk.types.map_box_extents`)."""
+    from scipy import ndimage
+
+    from mitk.types import map_box_extents
+
+    values = np.asarray(label.array)
+    records: list[dict[str, Any]] = []
+    for value in sorted(int(v) for v in np.unique(values) if v > 0):
+        components, _ = ndimage.label(values == value, structure=np.ones((3, 3, 3)))
+        for extent in ndimage.find_objects(components):
+            if extent is None:
+                continue
+            box = np.array([s.start for s in extent] + [s.stop for s in extent], dtype=float)
+            records.append({"label": value, "name": (names or {}).get(value, "lesion"),
+                            "box_voxel": box.tolist(),
+                            "box_world_mm": np.round(map_box_extents(box, label.affine)[0], 4).tolist(),
+                            "coordinate_system": "RAS"})
+    return records
+
+
+def _restored(image: Image, orientation: np.ndarray) -> Image:
+    """``image`` stored in another axis order and direction (exact: no resampling), its affine to match."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+    array = np.ascontiguousarray(apply_orientation(np.asarray(image.array), orientation))
+    return Image(array=array, affine=image.affine @ inv_ornt_aff(orientation, image.spatial_shape))
+
+
+def real_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """``<case>_image.nii.gz`` files of ``folder`` with their ``<case>_label.nii.gz``."""
+    pairs = []
+    for image in sorted(folder.glob("*_image.nii.gz")):
+        label = image.with_name(image.name.replace("_image.nii.gz", "_label.nii.gz"))
+        if label.is_file():
+            pairs.append((image, label))
+    return pairs
+
+
 def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 48, seed: int = 0,
-                          overwrite: bool = False) -> Path:
+                          overwrite: bool = False, real: str | Path | None = None) -> Path:
     """A detection set: the MNI152 T1 under random affines (as the segmentation sample) with 1–3 bright or dark
     spheres of known centre and radius planted in the brain. Writes ``imagesTr``/``imagesTs``, one reference
     ``<case>_boxes.json`` per case in ``boxesTr``/``boxesTs`` (the format ``mitk evaluate detect`` reads) and
-    ``dataset.json``: a box datalist (MONAI box mode ``xyzxyz``, world RAS mm). Returns ``dataset.json``."""
+    ``dataset.json``: a box datalist (MONAI box mode ``xyzxyz``, world RAS mm). With ``real``, a folder of
+    ``<case>_image.nii.gz`` / ``<case>_label.nii.gz`` pairs (real lesions: a brain tumour, a lung nodule), each
+    pair is added to the training list, stored in a random axis order and direction, with one box per
+    connected lesion component. Returns ``dataset.json``."""
     from mitk.io.nifti import write_nifti
+    from mitk.io.reader import load_image
 
     if not 16 <= size <= 256:
         raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
@@ -278,6 +322,20 @@ def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 4
                           json.dumps({"input": image_path, "coordinate_system": "RAS", "boxes": lesions},
                                      indent=2) + "\n", overwrite=overwrite)
         lists[split].append(entry)
+    for index, (image_file, label_file) in enumerate(real_pairs(Path(real)) if real is not None else []):
+        rng = np.random.default_rng([seed, 1000 + index])
+        orientation = np.column_stack([rng.permutation(3), rng.choice([-1, 1], size=3)]).astype(float)
+        image, label = (_restored(load_image(path), orientation) for path in (image_file, label_file))
+        name = f"real_{index:03d}"
+        lesions = label_boxes(label, {1: "lesion"})
+        image_path = f"./imagesTr/{name}.nii.gz"
+        with atomic_path(output_dir / image_path, overwrite=overwrite) as temporary:
+            write_nifti(image.array, temporary, like=image, description=f"mitk sample real lesion {image_file.name}")
+        write_text_atomic(output_dir / "boxesTr" / f"{name}_boxes.json",
+                          json.dumps({"input": image_path, "source": image_file.name, "coordinate_system": "RAS",
+                                      "boxes": lesions}, indent=2) + "\n", overwrite=overwrite)
+        lists["training"].append({"image": image_path, "box": [r["box_world_mm"] for r in lesions],
+                                  "label": [1 for _ in lesions]})
     document: dict[str, Any] = {
         "name": "mitk-sample-detect",
         "description": "bright and dark spheres planted in the MNI152 T1 under random affines (mitk sample)",

@@ -61,3 +61,34 @@ def test_blob_and_evaluate_on_the_sample(sample: Path) -> None:
     assert code == 0, stderr
     result = json.loads(stdout)
     assert result["scans"] == 2 and result["AR_0.1"] > 0.6 and result["froc"]["sensitivity"]["8.0"] > 0.6
+
+
+@pytest.mark.parametrize("name", ["brain1", "lung1"])
+def test_real_lesion_boxes_match_their_labels(name: str, tmp_path: Path) -> None:
+    """``--real``: the tumour (MR) and lung nodule (CT) of tests/data, re-stored in a random axis order; the
+    union of their boxes is the world extent of the label's voxels by SimpleITK."""
+    data = Path(__file__).parent / "data"
+    code, _, stderr = invoke(["sample", "detect", "-d", str(tmp_path), "--cases", "3", "--real", str(data)])
+    assert code == 0, stderr
+    index = sorted(p.name for p in data.glob("*_image.nii.gz")).index(f"{name}_image.nii.gz")
+    reference = json.loads((tmp_path / "boxesTr" / f"real_{index:03d}_boxes.json").read_text())
+    assert reference["source"] == f"{name}_image.nii.gz" and reference["boxes"]
+    boxes = np.array([b["box_world_mm"] for b in reference["boxes"]])
+    label = sitk.ReadImage(str(data / f"{name}_label.nii.gz"))
+    voxels = np.argwhere(sitk.GetArrayFromImage(label).transpose(2, 1, 0) > 0)
+    half = np.array(label.GetSpacing()) / 2
+    lps = np.array([label.TransformIndexToPhysicalPoint([int(v) for v in voxel]) for voxel in voxels[::7]]
+                   + [label.TransformIndexToPhysicalPoint([int(v) for v in voxels.min(axis=0)]),
+                      label.TransformIndexToPhysicalPoint([int(v) for v in voxels.max(axis=0)])])
+    ras = lps * np.array([-1, -1, 1])
+    expected = np.concatenate([ras.min(axis=0) - half, ras.max(axis=0) + half])
+    assert np.allclose(np.concatenate([boxes[:, :3].min(axis=0), boxes[:, 3:].max(axis=0)]), expected, atol=1e-3)
+    document = json.loads((tmp_path / "dataset.json").read_text())
+    entry = next(e for e in document["training"] if e["image"].endswith(f"real_{index:03d}.nii.gz"))
+    assert entry["box"] == boxes.tolist() and set(entry["label"]) == {1}
+    restored = sitk.ReadImage(str(tmp_path / entry["image"]))  # same world, other axis order: same centre
+    centre = np.array(restored.TransformContinuousIndexToPhysicalPoint(
+        [(n - 1) / 2 for n in restored.GetSize()]))
+    original = sitk.ReadImage(str(data / f"{name}_image.nii.gz"))
+    assert np.allclose(centre, original.TransformContinuousIndexToPhysicalPoint(
+        [(n - 1) / 2 for n in original.GetSize()]), atol=1e-3)

@@ -65,6 +65,9 @@ def detect(
                                        "validation and test).")] = 12,
     size: Annotated[int, typer.Option("--size", help="Voxels per side of each case's grid.")] = 48,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")] = 0,
+    real: Annotated[Path | None, typer.Option("--real", help="Also add the real lesions of a folder of "
+                                              "<case>_image.nii.gz / <case>_label.nii.gz pairs (boxes from the "
+                                              "labels' connected components).")] = None,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -77,7 +80,11 @@ def detect(
 
     require_module("nilearn", "mitk sample")
     started = time.perf_counter()
-    dataset = make_detection_sample(output_dir, cases=cases, size=size, seed=seed, overwrite=overwrite)
+    if real is not None and not real.is_dir():
+        from mitk.errors import UsageError
+
+        raise UsageError("--real: not a folder", real)
+    dataset = make_detection_sample(output_dir, cases=cases, size=size, seed=seed, overwrite=overwrite, real=real)
     document = json.loads(dataset.read_text(encoding="utf-8"))
     boxes = sum(len(entry["box"]) for split in ("training", "validation", "test") for entry in document[split])
     summary = {"dataset": str(dataset), "task": "detect", "labels": document["labels"], "boxes": boxes,
