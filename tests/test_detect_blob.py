@@ -94,9 +94,9 @@ def test_blob_finds_planted_lesions_in_world_mm(planted_scans: dict[str, Path], 
 
 
 def test_blob_boxes_survive_resampling_and_lps(planted_scans: dict[str, Path]) -> None:
-    """Searching on a 1.5 mm grid: the runner maps boxes back to the 2 mm oblique input; LPS on request."""
+    """Searching on 4 mm blocks (2×2×2 voxels): the runner maps boxes back to the 2 mm oblique input; LPS."""
     path = planted_scans["oblique"]
-    boxes = detect(path, "--set", "spacing=[1.5,1.5,1.5]", "--coordinates", "LPS")
+    boxes = detect(path, "--set", "spacing=[4,4,4]", "--coordinates", "LPS")
     assert len(boxes) == len(LESIONS)
     for centre, _ in LESIONS:
         truth = sitk_world_ras(path, centre) * np.array([-1.0, -1.0, 1.0])  # LPS
@@ -155,3 +155,20 @@ def test_centre_and_size_by_hand() -> None:
     assert record["centre_voxel"] == [2.5, 2.5, 3.0]
     assert record["centre_world_mm"] == [10 + 3.0 * 3.0, 20 - 2.0 * 2.5, -5 + 1.5 * 2.5]
     assert record["size_mm"] == [4 * 2.0, 2 * 1.5, 1 * 3.0]
+
+
+def test_block_mean_grid_by_hand() -> None:
+    """Blocks of 2×1×3 voxels: coarse voxel n's centre is fine index (2n + 0.5, n, 3n + 1); values are means."""
+    import torch
+    from mitk_builtin._detect_blob import BlockMean
+    from monai.data import MetaTensor
+
+    fine = np.arange(4 * 3 * 7, dtype=np.float32).reshape(4, 3, 7)
+    affine = np.array([[0, 0, 1.0, 5], [-1.0, 0, 0, 2], [0, 3.0, 0, -1], [0, 0, 0, 1]])  # spacing (1, 3, 1)
+    image = MetaTensor(torch.as_tensor(fine[None]), affine=torch.as_tensor(affine))
+    out = BlockMean([2.0, 3.0, 3.0], 3.0)({"image": image})
+    coarse = out["image"]
+    assert tuple(coarse.shape) == (1, 2, 3, 2)  # the seventh k voxel does not fill a block and is dropped
+    assert float(coarse[0, 1, 2, 1]) == pytest.approx(fine[2:4, 2, 3:6].mean())
+    expected = affine @ np.array([[2, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 3, 1], [0, 0, 0, 1.0]])
+    assert np.allclose(np.asarray(coarse.affine), expected)

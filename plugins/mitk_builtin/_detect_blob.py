@@ -132,6 +132,48 @@ def lesion_boxes(centres: np.ndarray, radii_mm: np.ndarray, spacing: Sequence[fl
     return np.concatenate([centres - half + 0.5, centres + half + 0.5], axis=1)
 
 
+def block_factors(spacing: Sequence[float], target_mm: Sequence[float]) -> tuple[int, ...]:
+    """Whole voxels per block along each axis: ``target / spacing`` rounded, at least 1."""
+    return tuple(max(1, round(float(t) / float(s))) for s, t in zip(spacing, target_mm, strict=True))
+
+
+class BlockMean:
+    """Average ``image`` over whole blocks of voxels (a coarser grid with the same axes); the affine moves with it:
+    coarse voxel ``n`` covers fine voxels ``f·n .. f·n + f - 1``, so its centre is fine index ``f·n + (f - 1)/2``.
+    Trailing voxels that do not fill a block are dropped. Exact and far cheaper than interpolation."""
+
+    def __init__(self, target_mm: Sequence[float] | None, min_radius_mm: float) -> None:
+        self.target = None if target_mm is None else [float(t) for t in target_mm]
+        self.min_radius_mm = min_radius_mm
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from monai.data import MetaTensor
+
+        image = data["image"]
+        affine = np.asarray(image.affine, dtype=float)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        target = self.target or [self.min_radius_mm / 2.0] * 3
+        factors = block_factors(spacing, target)
+        if all(f == 1 for f in factors):
+            return data
+        array = np.asarray(image.detach().cpu().numpy()[0], dtype=np.float32)
+        shape = [n // f for n, f in zip(array.shape, factors, strict=True)]
+        if min(shape) < 1:
+            return data
+        cropped = array[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
+        blocks = cropped.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
+        coarse = blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+        scale = np.diag([*map(float, factors), 1.0])
+        scale[:3, 3] = [(f - 1) / 2.0 for f in factors]
+        return {**data, "image": MetaTensor(coarse[None], affine=torch_tensor(affine @ scale))}
+
+
+def torch_tensor(array: np.ndarray) -> Any:
+    import torch
+
+    return torch.as_tensor(array, dtype=torch.float64)
+
+
 class BlobDetector(DetectionPlugin):
     """Bright or dark roundish lesions by multi-scale LoG in millimetres: no weights, not trainable."""
 
@@ -147,7 +189,7 @@ class BlobDetector(DetectionPlugin):
             "threshold": 0.1,
             "max_lesions": 20,
             "overlap": 0.5,
-            "spacing": None,
+            "spacing": "auto",
             "labels": {1: "bright lesion", 2: "dark lesion"},
         }
 
@@ -160,21 +202,23 @@ class BlobDetector(DetectionPlugin):
             "threshold": "minimum scale-normalised LoG response (fraction of the 0.5–99.5 % intensity range)",
             "max_lesions": "report at most this many lesions, strongest first",
             "overlap": "spheres overlapping by more than this fraction of the smaller radius: keep the stronger",
-            "spacing": "search on this voxel size [x, y, z] mm (≤ min_radius_mm / 2); null: the image's grid",
+            "spacing": "search on blocks of about [x, y, z] mm; auto: min_radius_mm / 2; null: the image's grid",
             "labels": "label value → name: 1 for bright lesions, 2 for dark ones",
         }
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
-        return {**super().settings_schema(), "spacing": (list, None), "min_radius_mm": (float, int),
+        return {**super().settings_schema(), "spacing": (list, str, None), "min_radius_mm": (float, int),
                 "max_radius_mm": (float, int), "threshold": (float, int), "overlap": (float, int)}
 
     def inference_transforms(self, config: dict[str, Any]) -> Transform:
-        """Nothing, or a resampling to ``spacing`` (axes kept): the runner maps boxes back either way."""
-        if not config.get("spacing"):
+        """Block averages towards ``spacing`` (axes kept, exact geometry), or nothing: the runner maps boxes
+        back to the input grid either way."""
+        spacing = config.get("spacing")
+        if spacing is None:
             return lambda data: data
-        from monai.transforms import Spacingd
-
-        return Spacingd(keys="image", pixdim=tuple(float(s) for s in config["spacing"]), mode="bilinear")
+        if spacing != "auto" and not (isinstance(spacing, list) and len(spacing) == 3):
+            raise UsageError(f"blob: spacing must be auto, null or [x, y, z] mm, got {spacing!r}")
+        return BlockMean(None if spacing == "auto" else spacing, float(config["min_radius_mm"]))
 
     def detect(self, image: Any, model: Any, config: dict[str, Any]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
