@@ -115,3 +115,26 @@ def test_datalist_boxes_by_hand() -> None:
     # voxels 1..3 along i: extent 0.5..3.5 → x = 2·0.5 − 10 .. 2·3.5 − 10
     assert world_boxes({"box": [[1, 0, 2, 4, 1, 4]]}, affine, voxel).tolist() == \
         [[-9.0, 18.5, 7.25, -3.0, 21.5, 10.25]]
+
+
+def test_resampling_to_the_network_grid_keeps_exact_geometry() -> None:
+    """A linear ramp in world mm, resampled to ~4 mm: every interior value is the ramp at the new voxel centre
+    given by the new affine (so boxes map back exactly)."""
+    import torch
+    from mitk_builtin._detect_retinanet import ResampleToSpacing
+    from monai.data import MetaTensor
+
+    affine = np.array([[0.5, 0, 0, -10], [0, 0.7, 0, 3], [0, 0, 1.3, 7], [0, 0, 0, 1.0]])
+
+    def ramp(grid_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        world = np.einsum("ij,jklm->iklm", grid_affine[:3, :3], np.indices(shape).astype(float))
+        world += grid_affine[:3, 3, None, None, None]
+        return np.asarray(world[0] + 2 * world[1] - world[2])
+
+    image = MetaTensor(torch.as_tensor(ramp(affine, (64, 50, 30)), dtype=torch.float32)[None],
+                       affine=torch.as_tensor(affine))
+    out = ResampleToSpacing([4.0, 4.0, 4.0])({"image": image})["image"]
+    new_affine = np.asarray(out.affine, dtype=float)
+    assert np.allclose(np.linalg.norm(new_affine[:3, :3], axis=0), 4.0, atol=0.15)
+    expected = ramp(new_affine, tuple(out.shape[1:]))
+    assert np.abs(out[0].numpy() - expected)[1:-1, 1:-1, 1:-1].max() < 1e-3
