@@ -161,6 +161,12 @@ class ResampleToSpacing:
         return {**data, "image": MetaTensor(tensor.contiguous(), affine=torch.as_tensor(affine))}
 
 
+def needs_sliding_window(shape: Sequence[int], config: dict[str, Any]) -> bool:
+    """One pass over the whole grid when it is small enough (cheaper than overlapping windows, no seams);
+    sliding windows of ``patch_size`` beyond ``whole_image_voxels``."""
+    return int(np.prod([int(n) for n in shape])) > int(config.get("whole_image_voxels", 4_000_000))
+
+
 class RetinaNetTrainingStep:
     """The detector computes its own losses (classification + box regression); validation runs the detector and
     scores its boxes on the network grid with COCO mAP over IoU 0.1–0.5 (the monitor), mAR and FROC."""
@@ -170,7 +176,7 @@ class RetinaNetTrainingStep:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.labels = sorted({int(k) for k in config["labels"]})
-        self.sliding_window = [int(n) for n in config["patch_size"]]
+        self.config = config
 
     def loss(self, network: torch.nn.Module, batch: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
         images = [torch.as_tensor(case["image"]).to(device) for case in batch]
@@ -190,7 +196,7 @@ class RetinaNetTrainingStep:
         for batch in loader:
             for case in batch:
                 image = torch.as_tensor(case["image"]).to(device)
-                use_inferer = any(n > p for n, p in zip(image.shape[1:], self.sliding_window, strict=False))
+                use_inferer = needs_sliding_window(image.shape[1:], self.config)
                 with autocast():
                     [output] = network([image], use_inferer=use_inferer)
                 predictions.append(CaseBoxes(output["box"].float().cpu().numpy().reshape(-1, 6),
@@ -279,6 +285,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "sampler": {"batch_size_per_image": 64, "positive_fraction": 0.3, "pool_size": 20, "min_neg": 16},
             "selector": {"score_thresh": 0.05, "topk_candidates_per_level": 1000, "nms_thresh": 0.22,
                          "detections_per_img": 100},
+            "whole_image_voxels": 4_000_000,
             "augment_flip": True,
             "labels": {"1": "lesion"},
         }
@@ -300,7 +307,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "in_channels": "image channels (found from the training data)",
             "spacing": "network grid voxel size [x, y, z] mm (block means, then trilinear); boxes mapped back",
             "intensity_percentiles": "[low, high] percentiles of each image scaled to 0..1 (clipped)",
-            "patch_size": "sliding-window size (network voxels) for images larger than it",
+            "patch_size": "sliding-window size (network voxels) for grids beyond whole_image_voxels",
             "backbone.block": "ResNet block: basic or bottleneck",
             "backbone.layers": "ResNet blocks per stage (four stages)",
             "backbone.block_inplanes": "ResNet channels per stage (four stages)",
@@ -318,6 +325,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "selector.topk_candidates_per_level": "boxes kept per pyramid level before NMS",
             "selector.nms_thresh": "non-maximum suppression IoU",
             "selector.detections_per_img": "boxes reported per image at most",
+            "whole_image_voxels": "grids up to this many voxels run in one pass; larger ones by sliding window",
             "augment_flip": "training: random flips of image and boxes along each axis",
             "labels": "label value → name of the detected classes",
         }
@@ -371,8 +379,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
         dims = int(config["spatial_dims"])
         if dims == 2:
             tensor = tensor[..., 0]
-        patch = [int(n) for n in config["patch_size"]][:dims]
-        use_inferer = any(n > p for n, p in zip(tensor.shape[1:], patch, strict=False))
+        use_inferer = needs_sliding_window(tensor.shape[1:], config)
         [output] = model([tensor.to(device)], use_inferer=use_inferer)
         boxes = output["box"].float().cpu().numpy().reshape(-1, 2 * dims)
         if dims == 2:  # one-slice image: the box spans its only slice
