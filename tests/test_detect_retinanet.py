@@ -138,3 +138,29 @@ def test_resampling_to_the_network_grid_keeps_exact_geometry() -> None:
     assert np.allclose(np.linalg.norm(new_affine[:3, :3], axis=0), 4.0, atol=0.15)
     expected = ramp(new_affine, tuple(out.shape[1:]))
     assert np.abs(out[0].numpy() - expected)[1:-1, 1:-1, 1:-1].max() < 1e-3
+
+
+def test_retinanet_in_2d_trains_and_detects() -> None:
+    """spatial_dims=2 on a one-slice image: targets drop the k axis, detected boxes span the only slice."""
+    import torch
+    from mitk_builtin._detect_retinanet import RetinaNetDetectorPlugin
+    from monai.data import MetaTensor
+
+    plugin = RetinaNetDetectorPlugin()
+    config = plugin.resolve_config({"spatial_dims": 2, "backbone": {"block_inplanes": [8, 16, 32, 64],
+                                                                    "fpn_channels": 16}})
+    detector = plugin.network(config)
+    image = torch.rand(1, 48, 48, 1)
+    image[:, 10:18, 20:28] += 2
+    case = {"image": MetaTensor(image, affine=torch.eye(4, dtype=torch.float64)), "labels": np.array([1]),
+            "boxes_world": np.array([[9.5, 19.5, -0.5, 17.5, 27.5, 0.5]]), "name": "slice"}
+    target = plugin.validation_transforms(config)(case)
+    assert tuple(target["image"].shape) == (1, 48, 48)
+    assert np.allclose(target["box"], [[9.5, 19.5, 17.5, 27.5]])  # identity grid: world extent = voxel extent
+    losses = detector([target["image"]], [{"box": torch.as_tensor(target["box"]),
+                                           "label": torch.as_tensor(target["label"])}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    preprocessed = plugin.inference_transforms(config)({"image": case["image"]})["image"]
+    boxes, scores, labels = plugin.detect(preprocessed, detector, config)
+    assert boxes.shape[1] == 6 and np.all(boxes[:, 2] == 0) and np.all(boxes[:, 5] == 1)
+    assert len(scores) == len(labels) and set(labels.tolist()) <= {1}

@@ -380,7 +380,8 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
         if dims == 2:
             tensor = tensor[..., 0]
         use_inferer = needs_sliding_window(tensor.shape[1:], config)
-        [output] = model([tensor.to(device)], use_inferer=use_inferer)
+        with torch.no_grad():
+            [output] = model([tensor.to(device)], use_inferer=use_inferer)
         boxes = output["box"].float().cpu().numpy().reshape(-1, 2 * dims)
         if dims == 2:  # one-slice image: the box spans its only slice
             boxes = np.concatenate([boxes[:, :2], np.full((len(boxes), 1), -0.5), boxes[:, 2:],
