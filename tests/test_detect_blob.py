@@ -118,6 +118,17 @@ def test_blob_writes_json_csv_and_preview(planted_scans: dict[str, Path], tmp_pa
         assert float(row["centre_x_mm"]) == pytest.approx(box["centre_world_mm"][0])
         assert float(row["k1"]) == pytest.approx(box["box_voxel"][5])
     assert (tmp_path / "flipped_boxes_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The CSV reads back as the same boxes: scored against the JSON, every box is a perfect match.
+    code, stdout, stderr = invoke(["evaluate", "detect", "--pred", str(tmp_path / "flipped_boxes.csv"), "--ref",
+                                   str(tmp_path / "flipped_boxes.json"), "--json"])
+    assert code == 0, stderr
+    assert json.loads(stdout)["mAP"] == pytest.approx(1.0)
+
+
+def test_bad_detect_options_fail_in_one_line(planted_scans: dict[str, Path]) -> None:
+    for option in (["--coordinates", "XYZ"], ["--format", "png"]):
+        code, _, stderr = invoke(["detect", "--plugin", "blob", str(planted_scans["flipped"]), *option])
+        assert code == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_dark_lesions_get_label_two(anatomical_t1: Path, tmp_path: Path) -> None:
