@@ -37,7 +37,8 @@ from mitk.errors import PluginError
 from mitk.registry import BrokenPlugin, PluginRegistrar, Registry, contained, describe
 
 BUILTIN_DISTRIBUTION = "mitk"
-DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks", "mitk_builtin.classify_networks")
+DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks", "mitk_builtin.classify_networks",
+                   "mitk_builtin.detect")
 """Built-in plugin modules, used when mitk runs from a source tree without installed entry points (and for
 any built-in that an older install's entry points do not list yet)."""
 

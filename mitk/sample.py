@@ -342,3 +342,157 @@ def make_classification_sample(output_dir: str | Path, cases: int = 60, size: in
     counts = {split: sum(r["split"] == split for r in rows) for split in ("training", "validation", "test")}
     return {"train_csv": str(train_csv), "test_csv": str(test_csv), "classes": classes, "dims": dims,
             "size": size, "seed": seed, **counts}
+
+
+DETECTION_LABELS = {1: "bright lesion", 2: "dark lesion"}
+
+
+LESION_RADIUS_MM = (6.0, 12.0)
+
+
+def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, count: int
+                  ) -> tuple[Image, list[dict[str, Any]]]:
+    """Plant ``count`` spheres (bright or dark, random radius) inside the mask ``inside``; return the new image
+    and one record per lesion: its world centre and radius, its label, and its box in world mm (RAS, the
+    sphere's axis-aligned extent) and in the image's voxel indices."""
+    from scipy import ndimage
+
+    from mitk.types import map_box_extents
+
+    spacing = np.asarray(image.spacing)
+    depth = ndimage.distance_transform_edt(inside, sampling=spacing)  # mm to the mask's edge
+    grid = np.indices(image.spatial_shape, dtype=np.float64).reshape(3, -1)
+    world = (image.affine[:3, :3] @ grid + image.affine[:3, 3:4]).T.reshape(*image.spatial_shape, 3)
+    array = image.array.astype(np.float64)
+    tissue = float(np.percentile(array[inside], 90)) if inside.any() else float(array.max())
+    taken = np.zeros(image.spatial_shape, dtype=bool)
+    lesions: list[dict[str, Any]] = []
+    for _ in range(count):
+        radius = float(rng.uniform(*LESION_RADIUS_MM))
+        candidates = np.argwhere((depth >= radius + spacing.max()) & ~taken)
+        if len(candidates) == 0:
+            break
+        voxel = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, size=3)
+        centre = image.affine[:3, :3] @ voxel + image.affine[:3, 3]
+        label = 1 if rng.random() < 0.7 else 2
+        sphere = np.linalg.norm(world - centre, axis=-1) <= radius
+        array[sphere] = tissue * (rng.uniform(1.6, 2.0) if label == 1 else rng.uniform(0.05, 0.2))
+        taken |= np.linalg.norm(world - centre, axis=-1) <= 3 * radius  # keep lesions apart
+        inverse = np.linalg.inv(image.affine)
+        box_world = np.concatenate([centre - radius, centre + radius])
+        extent = map_box_extents(box_world + np.array([0.5] * 6), inverse)  # world extent → voxel extent
+        lesions.append({"label": label, "name": DETECTION_LABELS[label],
+                        "centre_world_mm": np.round(centre, 4).tolist(), "radius_mm": round(radius, 4),
+                        "box_world_mm": np.round(box_world, 4).tolist(),
+                        "box_voxel": np.round(extent + 0.5, 4).tolist(), "coordinate_system": "RAS"})
+    stored = np.clip(np.rint(array), 0, np.iinfo(np.int16).max).astype(np.int16)
+    return Image(array=stored, affine=image.affine), lesions
+
+
+def label_boxes(label: Image, names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """One box per connected component (26-connected) of each non-zero label value: its voxel box and its world
+    extent (RAS mm, through :func:`mitk.types.map_box_extents`)."""
+    from scipy import ndimage
+
+    from mitk.types import map_box_extents
+
+    values = np.asarray(label.array)
+    records: list[dict[str, Any]] = []
+    for value in sorted(int(v) for v in np.unique(values) if v > 0):
+        components, _ = ndimage.label(values == value, structure=np.ones((3, 3, 3)))
+        for extent in ndimage.find_objects(components):
+            if extent is None:
+                continue
+            box = np.array([s.start for s in extent] + [s.stop for s in extent], dtype=float)
+            records.append({"label": value, "name": (names or {}).get(value, "lesion"),
+                            "box_voxel": box.tolist(),
+                            "box_world_mm": np.round(map_box_extents(box, label.affine)[0], 4).tolist(),
+                            "coordinate_system": "RAS"})
+    return records
+
+
+def _restored(image: Image, orientation: np.ndarray) -> Image:
+    """``image`` stored in another axis order and direction (exact: no resampling), its affine to match."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+    array = np.ascontiguousarray(apply_orientation(np.asarray(image.array), orientation))
+    return Image(array=array, affine=image.affine @ inv_ornt_aff(orientation, image.spatial_shape))
+
+
+def real_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """``<case>_image.nii.gz`` files of ``folder`` with their ``<case>_label.nii.gz``."""
+    pairs = []
+    for image in sorted(folder.glob("*_image.nii.gz")):
+        label = image.with_name(image.name.replace("_image.nii.gz", "_label.nii.gz"))
+        if label.is_file():
+            pairs.append((image, label))
+    return pairs
+
+
+def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 48, seed: int = 0,
+                          overwrite: bool = False, real: str | Path | None = None) -> Path:
+    """A detection set: the MNI152 T1 under random affines (as the segmentation sample) with 1–3 bright or dark
+    spheres of known centre and radius planted in the brain. Writes ``imagesTr``/``imagesTs``, one reference
+    ``<case>_boxes.json`` per case in ``boxesTr``/``boxesTs`` (the format ``mitk evaluate detect`` reads) and
+    ``dataset.json``: a box datalist (MONAI box mode ``xyzxyz``, world RAS mm). With ``real``, a folder of
+    ``<case>_image.nii.gz`` / ``<case>_label.nii.gz`` pairs (real lesions: a brain tumour, a lung nodule), each
+    pair is added to the training list, stored in a random axis order and direction, with one box per
+    connected lesion component. Returns ``dataset.json``."""
+    from mitk.io.nifti import write_nifti
+    from mitk.io.reader import load_image
+
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, not {seed}")
+    n_training, n_validation, _ = split_counts(cases)
+    output_dir = Path(output_dir)
+    dataset_path = output_dir / "dataset.json"
+    if dataset_path.exists() and not overwrite:
+        raise OutputExistsError("a sample exists already (use --overwrite to replace it)", dataset_path)
+    atlas = load_atlas("brain")
+    lists: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
+    for index in range(cases):
+        name = f"case_{index:03d}"
+        split = "training" if index < n_training else "validation" if index < n_training + n_validation else "test"
+        folder = "Ts" if split == "test" else "Tr"
+        rng = np.random.default_rng([seed, index, 7])  # each case depends only on (seed, index)
+        image, brain, _ = make_case(atlas, size, rng)
+        image, lesions = plant_lesions(image, brain > 0, rng, int(rng.integers(1, 4)))
+        image_path = f"./images{folder}/{name}.nii.gz"
+        entry: dict[str, Any] = {"image": image_path,
+                 "box": [lesion["box_world_mm"] for lesion in lesions],
+                 "label": [lesion["label"] for lesion in lesions]}
+        with atomic_path(output_dir / image_path, overwrite=overwrite) as temporary:
+            write_nifti(image.array, temporary, like=image, description="mitk sample MNI152 T1 with lesions")
+        write_text_atomic(output_dir / f"boxes{folder}" / f"{name}_boxes.json",
+                          json.dumps({"input": image_path, "coordinate_system": "RAS", "boxes": lesions},
+                                     indent=2) + "\n", overwrite=overwrite)
+        lists[split].append(entry)
+    for index, (image_file, label_file) in enumerate(real_pairs(Path(real)) if real is not None else []):
+        rng = np.random.default_rng([seed, 1000 + index])
+        orientation = np.column_stack([rng.permutation(3), rng.choice([-1, 1], size=3)]).astype(float)
+        image, label = (_restored(load_image(path), orientation) for path in (image_file, label_file))
+        name = f"real_{index:03d}"
+        lesions = label_boxes(label, {1: "lesion"})
+        image_path = f"./imagesTr/{name}.nii.gz"
+        with atomic_path(output_dir / image_path, overwrite=overwrite) as temporary:
+            write_nifti(image.array, temporary, like=image, description=f"mitk sample real lesion {image_file.name}")
+        write_text_atomic(output_dir / "boxesTr" / f"{name}_boxes.json",
+                          json.dumps({"input": image_path, "source": image_file.name, "coordinate_system": "RAS",
+                                      "boxes": lesions}, indent=2) + "\n", overwrite=overwrite)
+        lists["training"].append({"image": image_path, "box": [r["box_world_mm"] for r in lesions],
+                                  "label": [1 for _ in lesions]})
+    document: dict[str, Any] = {
+        "name": "mitk-sample-detect",
+        "description": "bright and dark spheres planted in the MNI152 T1 under random affines (mitk sample)",
+        "reference": "MNI152 template shipped with nilearn",
+        "box_mode": "xyzxyz",
+        "box_coordinates": "world",
+        "coordinate_system": "RAS",
+        "labels": {str(value): name for value, name in DETECTION_LABELS.items()},
+        **lists,
+        "mitk_sample": {"task": "detect", "seed": seed, "size": size},
+    }
+    write_text_atomic(dataset_path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
+    return dataset_path

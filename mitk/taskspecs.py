@@ -118,6 +118,9 @@ TASKS: dict[Task, TaskSpec] = {
             job="mitk.runner.detect:make_detect_job",
             result="mitk.types:DetectionResult",
             suffix="_boxes", extension=".json", image_output=False,
+            companion_suffixes=("_preview",),
+            recipe="mitk.training.detect:DetectionRecipe",
+            evaluation="mitk.evaluation.detection",
         ),
         TaskSpec(
             task=Task.REGISTER,

@@ -225,7 +225,28 @@ class DetectionResult(DetectionFiles):
             out = out[:, [3, 4, 2, 0, 1, 5]]
         return out
 
+    @property
+    def centres_voxel(self) -> FloatArray:
+        """Box centres in (continuous) voxel indices of the input grid."""
+        boxes = np.asarray(self.boxes_voxel, dtype=float).reshape(-1, 6)
+        return (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5
+
+    @property
+    def centres_world(self) -> FloatArray:
+        """Box centres in ``coordinate_system`` mm: the voxel centres through the affine (exact, any affine)."""
+        centres = self.centres_voxel
+        world = centres @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return world * np.array([-1.0, -1.0, 1.0]) if self.coordinate_system == "LPS" else world
+
+    @property
+    def sizes_mm(self) -> FloatArray:
+        """Box edge lengths in mm along the input's voxel axes (i, j, k)."""
+        boxes = np.asarray(self.boxes_voxel, dtype=float).reshape(-1, 6)
+        return (boxes[:, 3:] - boxes[:, :3]) * np.asarray(voxel_spacing(self.affine))
+
     def to_dicts(self) -> list[dict[str, Any]]:
+        """One record per box. ``box_world_mm`` is the axis-aligned world extent enclosing the box (exactly the
+        box when the grid is not oblique); ``centre_world_mm`` is exact on any grid."""
         world = self.boxes_world
         return [
             {
@@ -234,10 +255,14 @@ class DetectionResult(DetectionFiles):
                 "score": round(float(score), 6),
                 "box_voxel": [float(v) for v in box],
                 "box_world_mm": [round(float(v), 4) for v in wbox],
+                "centre_voxel": [round(float(v), 4) for v in cvox],
+                "centre_world_mm": [round(float(v), 4) for v in cworld],
+                "size_mm": [round(float(v), 4) for v in size],
                 "coordinate_system": self.coordinate_system,
             }
-            for box, wbox, score, label in zip(np.asarray(self.boxes_voxel).reshape(-1, 6), world,
-                                               self.scores, self.labels, strict=True)
+            for box, wbox, cvox, cworld, size, score, label in zip(
+                np.asarray(self.boxes_voxel).reshape(-1, 6), world, self.centres_voxel, self.centres_world,
+                self.sizes_mm, self.scores, self.labels, strict=True)
         ]
 
 

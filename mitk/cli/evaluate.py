@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, message_text, say, stderr_console
+from mitk.cli.evaluate_detect import EPILOG as DETECT_EPILOG
+from mitk.cli.evaluate_detect import detect
 from mitk.enums import Task
 from mitk.errors import UsageError
 from mitk.taskspecs import iter_tasks
@@ -290,9 +292,10 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
 
 from mitk.cli import evaluate_classify  # noqa: E402  (its command imports refuse_overwriting_inputs from here)
 
-EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify}
+EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify,
+                                                  Task.DETECT: detect}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
-EPILOGS = {Task.CLASSIFY: evaluate_classify.EPILOG}
+EPILOGS = {Task.CLASSIFY: evaluate_classify.EPILOG, Task.DETECT: DETECT_EPILOG}
 
 for _spec in iter_tasks():
     if _spec.evaluation is not None:

@@ -84,3 +84,44 @@ def classify(
         say(f"sample classify ({dims}-D; {', '.join(summary['classes'])}): {summary['training']} training, "
             f"{summary['validation']} validation, {summary['test']} test cases → {summary['train_csv']}, "
             f"{summary['test_csv']}")
+
+
+@app.command("detect")
+def detect(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-d", help="Folder for imagesTr/, imagesTs/, "
+                                             "boxesTr/, boxesTs/ and dataset.json.")],
+    cases: Annotated[int, typer.Option("--cases", help="Number of cases (about 1/6 each held out for "
+                                       "validation and test).")] = 12,
+    size: Annotated[int, typer.Option("--size", help="Voxels per side of each case's grid.")] = 48,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")] = 0,
+    real: Annotated[Path | None, typer.Option("--real", help="Also add the real lesions of a folder of "
+                                              "<case>_image.nii.gz / <case>_label.nii.gz pairs (boxes from the "
+                                              "labels' connected components).")] = None,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """A detection training set: bright and dark spheres of known centre and radius planted in the MNI152 T1
+    under random affines; boxes in world mm (RAS, MONAI box mode xyzxyz) in dataset.json and per case."""
+    import json
+
+    from mitk.extras import require_module
+    from mitk.sample import make_detection_sample
+
+    require_module("nilearn", "mitk sample")
+    started = time.perf_counter()
+    if real is not None and not real.is_dir():
+        from mitk.errors import UsageError
+
+        raise UsageError("--real: not a folder", real)
+    dataset = make_detection_sample(output_dir, cases=cases, size=size, seed=seed, overwrite=overwrite, real=real)
+    document = json.loads(dataset.read_text(encoding="utf-8"))
+    boxes = sum(len(entry["box"]) for split in ("training", "validation", "test") for entry in document[split])
+    summary = {"dataset": str(dataset), "task": "detect", "labels": document["labels"], "boxes": boxes,
+               "training": len(document["training"]), "validation": len(document["validation"]),
+               "test": len(document["test"]), "size": size, "seed": seed,
+               "seconds": round(time.perf_counter() - started, 3)}
+    if as_json:
+        emit_json(summary)
+    else:
+        say(f"sample detect: {summary['training']} training, {summary['validation']} validation, "
+            f"{summary['test']} test cases, {boxes} lesions → {dataset}")

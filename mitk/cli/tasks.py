@@ -241,10 +241,60 @@ def register(
                    device=device, as_json=as_json, manifest=manifest)
 
 
+def detect(
+    inputs: InputsArgument,
+    plugin: PluginOption = None,
+    weights: WeightsOption = None,
+    output: OutputOption = None,
+    output_dir: OutputDirOption = None,
+    output_format: Annotated[str, typer.Option("--format", help="json (default) or dicom-sr: a TID 1500 "
+                                               "Comprehensive 3D SR (DICOM input only), with the JSON beside it."
+                                               )] = "json",
+    csv: Annotated[bool, typer.Option("--csv", help="Also write the boxes as CSV (<out>_boxes.csv).")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write the slices through each box centre "
+                                          "(<out>_boxes_preview.png).")] = False,
+    coordinates: Annotated[str, typer.Option("--coordinates", help="World convention of the mm columns: RAS "
+                                             "(NIfTI, default) or LPS (DICOM, ITK).")] = "RAS",
+    series: SeriesOption = None,
+    allow_resample: AllowResampleOption = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="Apply the DICOM PS3.15 basic profile to "
+                                             "DICOM outputs.")] = False,
+    settings: SetOption = None,
+    device: DeviceOption = "auto",
+    overwrite: OverwriteOption = False,
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Detect objects: boxes in voxel indices and world mm with scores (<input>_boxes.json with -o/-d or any
+    file output)."""
+    if output_format not in ("json", "dicom-sr"):
+        raise UsageError(f"--format must be json or dicom-sr, not {output_format!r}")
+    system = coordinates.upper()
+    if system not in ("RAS", "LPS"):
+        raise UsageError(f"--coordinates must be RAS or LPS, not {coordinates!r}")
+    from mitk.extras import require_module
+
+    if preview:
+        require_module("matplotlib", "--preview")
+    if output_format == "dicom-sr":
+        require_module("highdicom", "--format dicom-sr")
+    policy = _policy(output, output_dir, overwrite, skip_existing)
+
+    def build(model: Any) -> Any:
+        make_detect_job = import_part(get_task(Task.DETECT).job)
+        return make_detect_job(model, policy, series=series, allow_resample=allow_resample, csv=csv,
+                               preview=preview, output_format=output_format, coordinate_system=system,
+                               deidentify=deidentify)
+
+    run_task_batch("detect", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
+                   device=device, as_json=as_json, manifest=manifest)
+
+
 from mitk.cli.classify import classify  # noqa: E402  (it uses run_task_batch, defined above)
 
 CUSTOM_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: classify,
-                                                 Task.REGISTER: register}
+                                                 Task.DETECT: detect, Task.REGISTER: register}
 """Verbs with options of their own; every other task in the table gets the generic record verb."""
 
 
