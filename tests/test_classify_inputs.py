@@ -124,5 +124,5 @@ def test_classify_csv_never_overwrites_an_input(fundus_png: Path, tmp_path: Path
     code, stdout, stderr = invoke(["classify", str(fundus_png), "--weights", str(tmp_path / "none.safetensors"),
                                    "--csv", str(fundus_png), "--overwrite"])
     assert code == 2 and stdout == ""
-    assert "refusing to write the output over the input" in stderr and "Traceback" not in stderr
+    assert "refusing to write over the input" in stderr and "Traceback" not in stderr
     assert fundus_png.read_bytes() == before
