@@ -66,6 +66,13 @@ def ras_to_lps(affine: npt.ArrayLike) -> FloatArray:
     return flip @ np.asarray(affine, dtype=float)
 
 
+BOX_CONVENTION = ("box_voxel: (i0, j0, k0, i1, j1, k1) voxel indices of the input, start inclusive, end exclusive "
+              "(fractional: the extent runs from start - 0.5 to end - 0.5); box_world_mm: (x0, y0, z0, x1, y1, z1), "
+              "the axis-aligned world extent enclosing the box; centre_world_mm: the box centre through the "
+              "image affine; size_mm: edge lengths along the voxel axes i, j, k")
+"""How the box columns of a detection record are to be read (written into every record)."""
+
+
 def map_box_extents(boxes: npt.ArrayLike, matrix: npt.ArrayLike) -> FloatArray:
     """The axis-aligned extents enclosing voxel boxes mapped through a 4×4 ``matrix``.
 

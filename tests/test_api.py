@@ -66,7 +66,7 @@ class Brightness(ClassificationPlugin):
     trainable = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"class_names": ["dark", "bright"]}
+        return {"class_names": ["dark", "bright"], "in_channels": 1}
 
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         return MeanIntensity()
@@ -507,7 +507,8 @@ def test_channels_where_the_task_table_allows_them(unet: mitk.Model, anatomical_
     image = nib.load(anatomical_t1)
     volume = np.asarray(image.dataobj, dtype=np.float32)
     two_channels = np.stack([volume, volume * 2], axis=-1)
-    result = mitk.classify(two_channels, affine=image.affine, plugin="api-brightness")
+    result = mitk.classify(two_channels, affine=image.affine, plugin="api-brightness",
+                           settings={"in_channels": 2})
     assert result.class_names == ["dark", "bright"]
     with pytest.raises(InputError, match="expected a 3-D volume, got 4-D"):
         unet.segment(two_channels, affine=image.affine)

@@ -208,8 +208,11 @@ class ClassificationFiles(RecordFiles):
 
 class DetectionFiles(RecordFiles):
     def record(self: DetectionResult) -> dict[str, Any]:  # type: ignore[misc]
-        """``{"boxes": [{label, name, score, box_voxel, box_world_mm, coordinate_system}, …]}``."""
-        return {"boxes": self.to_dicts()}
+        """``{"coordinate_system", "convention", "boxes": [{label, name, score, box_voxel, box_world_mm,
+        centre_world_mm, size_mm, …}, …]}``."""
+        from mitk.types import BOX_CONVENTION
+
+        return {"coordinate_system": self.coordinate_system, "convention": BOX_CONVENTION, "boxes": self.to_dicts()}
 
     def to_numpy(self: DetectionResult) -> np.ndarray:  # type: ignore[misc]
         """The boxes, ``(N, 6)`` voxel indices ``(i0, j0, k0, i1, j1, k1)``; world mm: ``boxes_world``."""

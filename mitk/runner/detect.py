@@ -18,10 +18,6 @@ from mitk.types import DetectionResult, Image, map_box_extents
 CSV_COLUMNS = ["label", "name", "score", "i0", "j0", "k0", "i1", "j1", "k1", "x0_mm", "y0_mm", "z0_mm", "x1_mm",
                "y1_mm", "z1_mm", "centre_i", "centre_j", "centre_k", "centre_x_mm", "centre_y_mm", "centre_z_mm",
                "size_i_mm", "size_j_mm", "size_k_mm", "coordinate_system"]
-CONVENTION = ("box_voxel: (i0, j0, k0, i1, j1, k1) voxel indices of the input, start inclusive, end exclusive "
-              "(fractional: the extent runs from start - 0.5 to end - 0.5); box_world_mm: (x0, y0, z0, x1, y1, z1), "
-              "the axis-aligned world extent enclosing the box; centre_world_mm: the box centre through the "
-              "image affine; size_mm: edge lengths along the voxel axes i, j, k")
 PREVIEW_BOXES = 8
 """The preview shows the slices through the centres of at most this many boxes (highest scores)."""
 
@@ -86,11 +82,11 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
     """``process(case) -> CaseOutcome``: the boxes as a JSON record; written to ``<stem>_boxes.json`` with
     ``-o``/``--output-dir`` or whenever a file-only output (``csv``, ``preview``, a DICOM SR) is asked for."""
     import contextlib
-    import json
     from pathlib import Path
 
     from mitk.io.atomic import atomic_path
     from mitk.io.reader import load_image, require_volume
+    from mitk.io.results import record_text
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.outputs import sibling, write_csv
 
@@ -120,8 +116,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
             raise UsageError("--format dicom-sr needs a DICOM input", case.path)
         result = runner(image)
         records = result.to_dicts()
-        details: dict[str, Any] = {"coordinate_system": coordinate_system, "convention": CONVENTION,
-                                   "boxes": records}
+        details: dict[str, Any] = result.record()  # what the Python API's result.save() writes too
         if target is not None:
             inputs = policy.inputs_for(case)
             with contextlib.ExitStack() as outputs:  # all of a case's files or none; the main one last
@@ -129,7 +124,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
                     overwrite = policy.overwrite if path == target else policy.companion_overwrite
                     return outputs.enter_context(atomic_path(path, overwrite=overwrite, inputs=inputs))
 
-                document = json.dumps({"input": str(case.path), "plugin": model.name, **details}, indent=2)
+                document = record_text(case.path, details)
                 if sr:
                     from mitk.io.dicom.sr import write_detection_sr
 
