@@ -37,7 +37,7 @@ from mitk.errors import PluginError
 from mitk.registry import BrokenPlugin, PluginRegistrar, Registry, contained, describe
 
 BUILTIN_DISTRIBUTION = "mitk"
-DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks")
+DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks", "mitk_builtin.registration")
 """Built-in plugin modules, used when mitk runs from a source tree without installed entry points."""
 
 
@@ -129,11 +129,12 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
     blocked = {b.strip() for b in os.environ.get("MITK_BLOCK_PLUGINS", "").split(",") if b.strip()}
 
     origins: dict[str, tuple[str | None, str | None]] = {}
-    builtin_seen = False
+    builtin_modules: set[str] = set()
     for entry_point in _entry_points():
         distribution, version = _distribution_of(entry_point)
         is_builtin = distribution == BUILTIN_DISTRIBUTION
-        builtin_seen |= is_builtin
+        if is_builtin:
+            builtin_modules.add(entry_point.value)
         if entry_point.name in blocked or (distribution in blocked and not is_builtin):
             continue
         if not (autoload or is_builtin):
@@ -150,22 +151,22 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
         if _register(manager, registry, plugin, entry_point.name, distribution, version, source):
             origins[entry_point.name] = (distribution, version)
 
-    if not builtin_seen:  # running from a source tree: register the built-ins directly
-        from mitk import __version__
+    # Built-ins the installed entry points lack (a source tree, a stale install): registered directly.
+    from mitk import __version__
 
-        for module_name in DEFAULT_PLUGINS:
-            short = module_name.rsplit(".", 1)[-1]
-            if short in blocked or manager.has_plugin(short):
-                continue
-            try:
-                with contained():
-                    module = importlib.import_module(module_name)
-            except Exception as error:
-                _fail(registry, BrokenPlugin(module_name, f"import failed: {describe(error)}",
-                                             BUILTIN_DISTRIBUTION, __version__))
-                continue
-            if _register(manager, registry, module, short, BUILTIN_DISTRIBUTION, __version__, module_name):
-                origins[short] = (BUILTIN_DISTRIBUTION, __version__)
+    for module_name in DEFAULT_PLUGINS:
+        short = module_name.rsplit(".", 1)[-1]
+        if module_name in builtin_modules or short in blocked or manager.has_plugin(short):
+            continue
+        try:
+            with contained():
+                module = importlib.import_module(module_name)
+        except Exception as error:
+            _fail(registry, BrokenPlugin(module_name, f"import failed: {describe(error)}",
+                                         BUILTIN_DISTRIBUTION, __version__))
+            continue
+        if _register(manager, registry, module, short, BUILTIN_DISTRIBUTION, __version__, module_name):
+            origins[short] = (BUILTIN_DISTRIBUTION, __version__)
 
     for plugin in extra_plugins:
         if not manager.is_registered(plugin):

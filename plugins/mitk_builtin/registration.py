@@ -1,0 +1,18 @@
+"""``affine``, ``deformable`` and ``voxelmorph``: registration plugins.
+
+Registration only: the plugin classes (and torch/monai) load from :mod:`mitk_builtin._registration` and
+:mod:`mitk_builtin._registration_learned` when a plugin is first used.
+"""
+
+from __future__ import annotations
+
+from mitk import hookimpl
+from mitk.registry import PluginRegistrar
+
+_CLASSICAL = "mitk_builtin._registration"
+
+
+@hookimpl
+def mitk_register_plugins(register: PluginRegistrar) -> None:
+    register("affine", task="register", factory=f"{_CLASSICAL}:AffineRegistration",
+             summary="rigid/similarity/affine: sampled mutual information (or NCC, MSE), 3-level pyramid, torch")
