@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -286,7 +286,9 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
         console.print(note)
 
 
-EVALUATE_VERBS = {Task.SEGMENT: segment}
+from mitk.cli.evaluate_register import register as _register  # noqa: E402
+
+EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.REGISTER: _register}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
 
 for _spec in iter_tasks():
