@@ -403,3 +403,161 @@ class AffineRegistration(RegistrationPlugin):
                  ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
         matrix, report = affine_register(fixed, moving, config, device_of(config, model))
         return matrix, None, report
+
+
+# ---------------------------------------------------------------------------------------------- deformable
+
+DEFORMABLE_LOSSES = ("lncc", "mse", "mi")
+REGULARISERS = ("bending", "diffusion")
+
+
+def affine_resample(moving: Volume, fixed: Volume, matrix: np.ndarray) -> torch.Tensor:
+    """``moving`` sampled at ``matrix @ x`` for every fixed voxel centre ``x``: ``(1, 1, I, J, K)``."""
+    device = fixed.tensor.device
+    to_grid = world_to_grid(moving.affine, moving.shape, device).double()
+    voxel_to_grid = (to_grid @ torch.as_tensor(matrix @ fixed.affine, device=device))[:3].float()
+    slabs = []
+    step = max(1, 2_000_000 // (fixed.shape[1] * fixed.shape[2]))
+    j, k = torch.meshgrid(torch.arange(fixed.shape[1], device=device, dtype=torch.float32),
+                          torch.arange(fixed.shape[2], device=device, dtype=torch.float32), indexing="ij")
+    for start in range(0, fixed.shape[0], step):
+        i = torch.arange(start, min(start + step, fixed.shape[0]), device=device, dtype=torch.float32)
+        voxels = torch.stack([i[:, None, None].expand(-1, *j.shape), j.expand(len(i), -1, -1),
+                              k.expand(len(i), -1, -1), torch.ones(len(i), *j.shape, device=device)], dim=-1)
+        grid = voxels @ voxel_to_grid.T
+        slabs.append(F.grid_sample(moving.tensor, grid.flip(-1)[None], mode="bilinear", padding_mode="zeros",
+                                   align_corners=True))
+    return torch.cat(slabs, dim=2)
+
+
+def resize_field(field: torch.Tensor, factor: float, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Resample a voxel-unit field ``(1, 3, …)`` to a grid ``factor`` times finer (cell-centred, as the pyramid
+    pools), scaling its values to the new voxels, then crop or pad (replicate) to ``shape``."""
+    if factor != 1:
+        size = [max(1, round(n * factor)) for n in field.shape[2:]]
+        field = F.interpolate(field, size=size, mode="trilinear", align_corners=False) * factor
+    pad = []
+    for axis in (2, 1, 0):
+        pad += [0, max(0, shape[axis] - field.shape[2 + axis])]
+    if any(pad):
+        field = F.pad(field, pad, mode="replicate")
+    return field[:, :, : shape[0], : shape[1], : shape[2]]
+
+
+def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device
+                        ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Affine, then a dense (optionally diffeomorphic) displacement field on a coarse-to-fine pyramid.
+
+    Returns the affine matrix, the displacement ``(I, J, K, 3)`` in RAS mm on the fixed grid (added after the
+    matrix, as :class:`~mitk.types.RegistrationResult` defines) and a report.
+    """
+    from monai.losses import (
+        BendingEnergyLoss,
+        DiffusionLoss,
+        GlobalMutualInformationLoss,
+        LocalNormalizedCrossCorrelationLoss,
+    )
+    from monai.networks.blocks import DVF2DDF, Warp
+
+    started = time.perf_counter()
+    loss_name, regulariser_name = config["loss"], config["regulariser"]
+    if loss_name not in DEFORMABLE_LOSSES:
+        raise PluginError(f"setting loss must be one of {', '.join(DEFORMABLE_LOSSES)}, not {loss_name!r}")
+    if regulariser_name not in REGULARISERS:
+        raise PluginError(f"setting regulariser must be one of {', '.join(REGULARISERS)}, "
+                          f"not {regulariser_name!r}")
+    levels = [float(f) for f in config["levels"]]
+    iterations = [int(n) for n in config["iterations"]]
+    if not levels or len(levels) != len(iterations) or any(f < 1 for f in levels):
+        raise PluginError("settings 'levels' (each ≥ 1) and 'iterations' must be lists of the same length")
+
+    matrix, affine_report = affine_register(fixed, moving, config["affine"], device)
+    fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
+    fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
+    moved = Volume(affine_resample(moving_volume, fixed_volume, matrix), fixed_volume.affine)
+    similarity_loss: torch.nn.Module
+    if loss_name == "lncc":
+        similarity_loss = LocalNormalizedCrossCorrelationLoss(kernel_size=int(config["lncc_kernel"]))
+    elif loss_name == "mi":
+        similarity_loss = GlobalMutualInformationLoss(num_bins=32)
+    else:
+        similarity_loss = torch.nn.MSELoss()
+    regulariser = BendingEnergyLoss() if regulariser_name == "bending" else DiffusionLoss()
+    weight = float(config["regularisation"])
+    warp = Warp(mode="bilinear", padding_mode="border")
+    integrate = DVF2DDF(num_steps=int(config["integration_steps"])) if config["diffeomorphic"] else None
+
+    report: dict[str, Any] = {"affine": affine_report, "loss": loss_name, "iterations": [], "similarity": []}
+    field: torch.Tensor | None = None
+    previous = 0.0
+    level_shape: tuple[int, int, int] = fixed_volume.shape
+    level_affine = fixed_volume.affine
+    for factor, count in zip(levels, iterations, strict=True):
+        factors = shrink_factors(fixed_volume.spacing, factor * float(np.min(fixed_volume.spacing)))
+        fixed_level = shrink(fixed_volume, factors)
+        moving_level = shrink(moved, factors)
+        level_shape, level_affine = fixed_level.shape, fixed_level.affine
+        target = normalise(fixed_level.tensor, fixed_window)
+        source = normalise(moving_level.tensor, moving_window)
+        if field is None:
+            start = torch.zeros(1, 3, *level_shape, device=device)
+        else:
+            start = resize_field(field.detach(), previous / factor, level_shape)
+        parameters = torch.nn.Parameter(start.clone())
+        optimiser = torch.optim.Adam([parameters], lr=float(config["step_voxels"]))
+        value = torch.zeros(())
+        for _ in range(count):
+            optimiser.zero_grad(set_to_none=True)
+            ddf = integrate(parameters) if integrate is not None else parameters
+            warped = warp(source, ddf)
+            value = similarity_loss(warped, target)
+            (value + weight * regulariser(ddf)).backward()
+            optimiser.step()
+        field, previous = parameters.detach(), factor
+        report["iterations"].append(count)
+        report["similarity"].append(-float(value.detach()))
+    assert field is not None
+    ddf = (integrate(field) if integrate is not None else field).detach()
+    # Level voxels → fixed-world mm, onto the fixed grid, then through the affine's linear part.
+    millimetres = torch.einsum("ij,bj...->bi...", torch.as_tensor(level_affine[:3, :3], dtype=torch.float32,
+                                                                     device=device), ddf)
+    fine = resize_field(millimetres, previous, fixed_volume.shape) / previous  # values are mm: undo the scaling
+    displacement = torch.einsum("ij,bj...->bi...", torch.as_tensor(matrix[:3, :3], dtype=torch.float32,
+                                                                    device=device), fine)
+    report["seconds"] = time.perf_counter() - started
+    field_ras = np.ascontiguousarray(np.moveaxis(displacement[0].cpu().numpy(), 0, -1), dtype=np.float64)
+    return matrix, field_ras, report
+
+
+class DeformableRegistration(RegistrationPlugin):
+    """Affine, then a dense displacement field optimised with MONAI's Warp, LNCC and bending energy."""
+
+    needs_weights = False
+    trainable = False
+
+    def default_config(self) -> dict[str, Any]:
+        return {"affine": AffineRegistration().default_config(), "loss": "lncc", "lncc_kernel": 5,
+                "regulariser": "bending", "regularisation": 1.0, "levels": [4, 2], "iterations": [100, 50],
+                "step_voxels": 0.1, "diffeomorphic": True, "integration_steps": 7, "device": "auto"}
+
+    def settings_help(self) -> dict[str, str]:
+        described = {f"affine.{key}": f"initial affine: {text}" for key, text in
+                     AffineRegistration().settings_help().items()}
+        return {
+            **described,
+            "loss": "lncc (local normalised cross-correlation), mse, or mi (global mutual information)",
+            "lncc_kernel": "LNCC window, in voxels of each level",
+            "regulariser": "bending (bending energy: smooth fields) or diffusion (first derivatives)",
+            "regularisation": "weight of the regulariser against the similarity",
+            "levels": "field grid spacing at each level, as multiples of the fixed image's finest spacing",
+            "iterations": "Adam iterations at each level",
+            "step_voxels": "Adam step, in voxels of each level",
+            "diffeomorphic": "optimise a stationary velocity field, integrated by scaling and squaring",
+            "integration_steps": "scaling-and-squaring steps (MONAI DVF2DDF)",
+            "device": "auto (CUDA when available) or cpu",
+        }
+
+    def register(self, fixed: Image, moving: Image, model: Any, config: dict[str, Any]
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+        device = device_of(config, model)
+        return deformable_register(fixed, moving, config, device)

@@ -16,3 +16,5 @@ _CLASSICAL = "mitk_builtin._registration"
 def mitk_register_plugins(register: PluginRegistrar) -> None:
     register("affine", task="register", factory=f"{_CLASSICAL}:AffineRegistration",
              summary="rigid/similarity/affine: sampled mutual information (or NCC, MSE), 3-level pyramid, torch")
+    register("deformable", task="register", factory=f"{_CLASSICAL}:DeformableRegistration",
+             summary="affine, then a dense (diffeomorphic) field: MONAI Warp, LNCC, bending energy")
