@@ -18,3 +18,5 @@ def mitk_register_plugins(register: PluginRegistrar) -> None:
              summary="rigid/similarity/affine: sampled mutual information (or NCC, MSE), 3-level pyramid, torch")
     register("deformable", task="register", factory=f"{_CLASSICAL}:DeformableRegistration",
              summary="affine, then a dense (diffeomorphic) field: MONAI Warp, LNCC, bending energy")
+    register("voxelmorph", task="register", factory="mitk_builtin._registration_learned:VoxelMorphRegistration",
+             summary="MONAI VoxelMorph (learned, diffeomorphic); train with `mitk train register`")
