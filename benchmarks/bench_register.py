@@ -54,13 +54,12 @@ def sitk_image(array: np.ndarray, affine: np.ndarray) -> Any:
 
 
 def affine_benchmark(repeats: int) -> dict[str, Any]:
-    import SimpleITK as sitk
     import torch
+    from mitk_builtin._registration import AffineRegistration, affine_register
     from nilearn import datasets
     from scipy import ndimage
 
     from mitk.types import Image
-    from mitk_builtin._registration import AffineRegistration, affine_register
 
     template = datasets.load_mni152_template(resolution=1)
     affine = np.asarray(template.affine, float)
@@ -87,30 +86,50 @@ def affine_benchmark(repeats: int) -> dict[str, Any]:
         mitk_runs.append({"seconds": time.perf_counter() - started, "tre_mm": tre(matrix), "report": report})
 
     fixed_itk, moving_itk = sitk_image(fixed, affine), sitk_image(moving, affine)
-    sitk_runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        method = sitk.ImageRegistrationMethod()
-        method.SetMetricAsMattesMutualInformation(50)
-        method.SetMetricSamplingStrategy(method.RANDOM)
+    results["mitk"] = mitk_runs
+    best_mitk = min(r["seconds"] for r in mitk_runs)
+    for recipe in ("notebook", "accurate"):
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            transform, iterations = sitk_affine(fixed_itk, moving_itk, recipe)
+            runs.append({"seconds": time.perf_counter() - started, "iterations": iterations,
+                         "tre_mm": tre(sitk_matrix(transform, points))})
+        results[f"simpleitk_{recipe}"] = runs
+        results[f"time_ratio_mitk_over_simpleitk_{recipe}"] = best_mitk / min(r["seconds"] for r in runs)
+    return results
+
+
+def sitk_affine(fixed: Any, moving: Any, recipe: str) -> tuple[Any, int]:
+    """SimpleITK's ImageRegistrationMethod, Mattes MI (50 bins), 3-level pyramid, moments initialisation.
+
+    ``notebook``: the SimpleITK notebooks' recipe (1 % random sampling, gradient descent, learning rate 1).
+    ``accurate``: 5 % sampling and regular-step gradient descent, the setting that reaches sub-millimetre
+    error on this pair.
+    """
+    import SimpleITK as sitk
+
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(50)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetInterpolator(sitk.sitkLinear)
+    if recipe == "notebook":
         method.SetMetricSamplingPercentage(0.01, 0)
-        method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=200,
                                              convergenceMinimumValue=1e-6, convergenceWindowSize=10)
-        method.SetOptimizerScalesFromPhysicalShift()
-        method.SetShrinkFactorsPerLevel([4, 2, 1])
-        method.SetSmoothingSigmasPerLevel([2, 1, 0])
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-        initial = sitk.CenteredTransformInitializer(fixed_itk, moving_itk, sitk.AffineTransform(3),
-                                                    sitk.CenteredTransformInitializerFilter.MOMENTS)
-        method.SetInitialTransform(initial, inPlace=False)
-        transform = method.Execute(fixed_itk, moving_itk)
-        seconds = time.perf_counter() - started
-        sitk_runs.append({"seconds": seconds, "tre_mm": tre(sitk_matrix(transform, points))})
-    results["mitk"], results["simpleitk"] = mitk_runs, sitk_runs
-    best = min(r["seconds"] for r in mitk_runs), min(r["seconds"] for r in sitk_runs)
-    results["time_ratio_mitk_over_simpleitk"] = best[0] / best[1]
-    return results
+    else:
+        method.SetMetricSamplingPercentage(0.05, 0)
+        method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=200,
+                                                        gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    method.SetInitialTransform(initial, inPlace=False)
+    transform = method.Execute(fixed, moving)
+    return transform, int(method.GetOptimizerIteration())
 
 
 def sitk_matrix(transform: Any, points: np.ndarray) -> np.ndarray:
@@ -126,13 +145,13 @@ def sitk_matrix(transform: Any, points: np.ndarray) -> np.ndarray:
 def deformable_benchmark(repeats: int) -> dict[str, Any]:
     import SimpleITK as sitk
     import torch
+    from mitk_builtin._registration import DeformableRegistration, deformable_register
     from nilearn import datasets
     from scipy import ndimage
 
     from mitk.evaluation.registration import jacobian_statistics
     from mitk.runner.register import total_displacement, warp
     from mitk.types import Image
-    from mitk_builtin._registration import DeformableRegistration, deformable_register
 
     template = datasets.load_mni152_template(resolution=2)
     affine = np.asarray(template.affine, float)
