@@ -115,7 +115,7 @@ def write_nifti(array: np.ndarray, path: str | Path, like: Image, dtype: Any = N
         header.set_slope_inter(1.0, 0.0) if array.dtype.kind == "f" else header.set_slope_inter(np.nan, np.nan)
         header["cal_min"], header["cal_max"] = 0, 0
         header.extensions.clear()  # vendor extensions may carry identifying text
-        zooms = list(source.get_zooms()[:3]) + [1.0] * (array.ndim - 3)
+        zooms = (list(source.get_zooms()[:3]) + [1.0] * 3)[:3] + [1.0] * (array.ndim - 3)  # 2-D sources too
         header.set_zooms(zooms[: array.ndim])
         nifti = klass(array, None, header)
         # Reproduce both matrices and their codes exactly as the source had them.

@@ -77,9 +77,11 @@ def gaussian_smooth(tensor: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
     return out
 
 
-def shrink_factors(spacing: np.ndarray, level_spacing: float) -> tuple[int, int, int]:
-    """Integer shrink factor per axis that brings ``spacing`` closest to ``level_spacing`` mm (at least 1)."""
-    factors = [max(1, round(level_spacing / s)) for s in spacing]
+def shrink_factors(spacing: np.ndarray, level_spacing: float, shape: tuple[int, int, int] = (2, 2, 2)
+                   ) -> tuple[int, int, int]:
+    """Integer shrink factor per axis that brings ``spacing`` closest to ``level_spacing`` mm (at least 1;
+    always 1 along a single-slice axis, so a 2-D image stays in its plane)."""
+    factors = [max(1, round(level_spacing / s)) if n > 1 else 1 for s, n in zip(spacing, shape, strict=True)]
     return factors[0], factors[1], factors[2]
 
 
@@ -135,7 +137,7 @@ def sample(volume: torch.Tensor, grid_points: torch.Tensor, mode: str = "bilinea
 
 
 def inside(grid_points: torch.Tensor) -> torch.Tensor:
-    return grid_points.detach().abs().amax(dim=-1) <= 1.0
+    return grid_points.detach().abs().amax(dim=-1) <= 1.0 + 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -317,11 +319,13 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
     fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
     transform = initial_transform(fixed_volume, moving_volume, fixed_window, moving_window, kind, init).to(device)
-    levels = resolve_levels(config, fixed_volume.spacing)
+    levels = resolve_levels(config, fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]])
+    normal = plane_normal(fixed_volume, device)
     report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
     for level in levels:
-        fixed_level = shrink(fixed_volume, shrink_factors(fixed_volume.spacing, level.spacing_mm))
-        moving_level = shrink(moving_volume, shrink_factors(moving_volume.spacing, level.spacing_mm))
+        fixed_level = shrink(fixed_volume, shrink_factors(fixed_volume.spacing, level.spacing_mm, fixed_volume.shape))
+        moving_level = shrink(moving_volume, shrink_factors(moving_volume.spacing, level.spacing_mm,
+                                                            moving_volume.shape))
         moving_values = normalise(moving_level.tensor, moving_window)
         fixed_values = normalise(fixed_level.tensor, fixed_window).flatten()
         count = fixed_values.numel()
@@ -346,12 +350,38 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
             warped = sample(moving_values, grid)[0]
             value = similarity(metric, reference, reference_weights, warped, inside(grid), bins)
             (-value).backward()
+            if normal is not None:
+                keep_in_plane(transform, normal)
             optimiser.step()
             schedule.step()
         report["iterations"].append(done)
         report["similarity"].append(float(value.detach()))
     report["seconds"] = time.perf_counter() - started
     return transform.matrix().detach().cpu().numpy(), report
+
+
+def plane_normal(volume: Volume, device: torch.device) -> torch.Tensor | None:
+    """The world normal of a single-slice (2-D) image, or None for a volume."""
+    flat = [axis for axis, n in enumerate(volume.shape) if n == 1]
+    if len(flat) != 1:
+        return None
+    axis = volume.affine[:3, flat[0]]
+    return torch.as_tensor(axis / np.linalg.norm(axis), dtype=torch.float64, device=device)
+
+
+@torch.no_grad()
+def keep_in_plane(transform: CentredTransform, normal: torch.Tensor) -> None:
+    """Project the gradients so that a 2-D registration moves points only within the image plane: in-plane
+    translations, rotations about the normal, linear changes that leave the normal alone."""
+    if transform.translation.grad is not None:
+        grad = transform.translation.grad
+        grad -= (grad @ normal) * normal
+    if transform.rotation.grad is not None:
+        grad = transform.rotation.grad
+        grad.copy_((grad @ normal) * normal)
+    if transform.linear.grad is not None:
+        projection = torch.eye(3, dtype=torch.float64, device=normal.device) - torch.outer(normal, normal)
+        transform.linear.grad.copy_(projection @ transform.linear.grad @ projection)
 
 
 def initial_transform(fixed: Volume, moving: Volume, fixed_window: tuple[float, float],
@@ -362,7 +392,7 @@ def initial_transform(fixed: Volume, moving: Volume, fixed_window: tuple[float, 
     if init in ("com", "moments"):
         fixed_centre = centre_of_mass(fixed, fixed_window)
         moving_centre = centre_of_mass(moving, moving_window)
-    if init == "moments":
+    if init == "moments" and min(fixed.shape) > 1:
         coarse_fixed = shrink(fixed, shrink_factors(fixed.spacing, 4.0))
         coarse_moving = shrink(moving, shrink_factors(moving.spacing, 4.0))
         linear = moments_rotation(principal_axes(coarse_fixed, fixed_window, fixed_centre),
