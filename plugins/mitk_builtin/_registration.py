@@ -338,7 +338,7 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         reference = fixed_values[chosen]
         reference_weights = fixed_bins(reference, bins) if metric == "mi" else None
         to_grid = world_to_grid(moving_level.affine, moving_level.shape, device).double()
-        step = float(config["step_mm"]) * level.spacing_mm
+        step = float(config["step_voxels"]) * level.spacing_mm
         optimiser = torch.optim.Adam(transform.trainable(), lr=step)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, level.iterations),
                                                               eta_min=step * 0.01)
@@ -412,7 +412,7 @@ class AffineRegistration(RegistrationPlugin):
 
     def default_config(self) -> dict[str, Any]:
         return {"transform": "affine", "metric": "mi", "init": "com", "levels": [4, 2, 1],
-                "iterations": [100, 50, 25], "samples": 20000, "bins": 32, "step_mm": 0.5, "seed": 0,
+                "iterations": [100, 50, 25], "samples": 20000, "bins": 32, "step_voxels": 0.5, "seed": 0,
                 "device": "auto"}
 
     def settings_help(self) -> dict[str, str]:
@@ -424,7 +424,7 @@ class AffineRegistration(RegistrationPlugin):
             "iterations": "optimiser iterations at each pyramid level",
             "samples": "fixed-image points sampled per level for the metric (ITK-style sampling)",
             "bins": "histogram bins of the mutual information",
-            "step_mm": "initial optimiser step, in voxels of each level (decays over the level)",
+            "step_voxels": "initial optimiser step, in voxels of each level (decays over the level)",
             "seed": "random seed of the point sampling",
             "device": "auto (CUDA when available) or cpu",
         }
