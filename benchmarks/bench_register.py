@@ -85,6 +85,7 @@ def affine_benchmark(repeats: int) -> dict[str, Any]:
         started = time.perf_counter()
         matrix, report = affine_register(Image(fixed, affine), Image(moving, affine), config, device)
         mitk_runs.append({"seconds": time.perf_counter() - started, "tre_mm": tre(matrix), "report": report})
+        print("mitk affine:", json.dumps(mitk_runs[-1], default=str), flush=True)
 
     fixed_itk, moving_itk = sitk_image(fixed, affine), sitk_image(moving, affine)
     results["mitk"] = mitk_runs
@@ -96,6 +97,7 @@ def affine_benchmark(repeats: int) -> dict[str, Any]:
             transform, iterations = sitk_affine(fixed_itk, moving_itk, recipe)
             runs.append({"seconds": time.perf_counter() - started, "iterations": iterations,
                          "tre_mm": tre(sitk_matrix(transform, points))})
+            print(f"SimpleITK affine ({recipe}):", json.dumps(runs[-1]), flush=True)
         results[f"simpleitk_{recipe}"] = runs
         results[f"time_ratio_mitk_over_simpleitk_{recipe}"] = best_mitk / min(r["seconds"] for r in runs)
     return results
@@ -182,6 +184,7 @@ def deformable_benchmark(repeats: int) -> dict[str, Any]:
         jacobian = jacobian_statistics(total_displacement(matrix, displacement, fixed_image), affine)
         mitk_runs.append({"seconds": seconds, "gm_dice": dice(warped), "folding_voxels": jacobian["folding_voxels"],
                           "jacobian_min": jacobian["min"], "iterations": report["iterations"]})
+        print("mitk deformable:", json.dumps(mitk_runs[-1]), flush=True)
 
     fixed_itk, moving_itk = sitk_image(fixed, affine), sitk_image(moving, affine)
     grey_itk = sitk_image(moving_grey, affine)
