@@ -63,7 +63,6 @@ def block_mean(volume: np.ndarray) -> np.ndarray:
     return volume[: 3 * i, : 3 * j, : 3 * k].reshape(i, 3, j, 3, k, 3).mean(axis=(1, 3, 5))
 
 
-@pytest.mark.slow  # about a minute on two busy cores: four epochs and a registration through the checkpoint
 def test_training_lowers_the_loss_and_the_checkpoint_registers(pairs: dict[str, Any], tmp_path: Path) -> None:
     run = tmp_path / "run"
     code, _, stderr = invoke(["train", "register", "--plugin", "voxelmorph", "--data", str(pairs["datalist"]),
