@@ -130,6 +130,8 @@ TASKS: dict[Task, TaskSpec] = {
             job="mitk.runner.register:make_register_job",
             result="mitk.types:RegistrationResult",
             suffix="_warped", extension=".nii.gz", takes_fixed=True,
+            recipe="mitk.training.register:RegistrationRecipe",
+            evaluation="mitk.evaluation.registration",
         ),
     )
 }

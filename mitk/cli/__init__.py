@@ -56,6 +56,9 @@ app.add_typer(train_cmd.app, name="train")
 from mitk.cli import convert as convert_cmd  # noqa: E402
 
 app.command("convert")(convert_cmd.convert)
+from mitk.cli import warp as warp_cmd  # noqa: E402
+
+app.command("warp")(warp_cmd.warp)
 
 
 def main(argv: list[str] | None = None) -> None:

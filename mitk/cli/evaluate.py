@@ -291,9 +291,10 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
 
 
 from mitk.cli import evaluate_classify  # noqa: E402  (its command imports refuse_overwriting_inputs from here)
+from mitk.cli.evaluate_register import register as _register  # noqa: E402
 
 EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify,
-                                                  Task.DETECT: detect}
+                                                  Task.DETECT: detect, Task.REGISTER: _register}
 """The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
 EPILOGS = {Task.CLASSIFY: evaluate_classify.EPILOG, Task.DETECT: DETECT_EPILOG}
 

@@ -218,9 +218,13 @@ def register(
     weights: WeightsOption = None,
     output: OutputOption = None,
     output_dir: OutputDirOption = None,
-    transform: Annotated[Path | None, typer.Option("--transform", help="Write the transform: .json (RAS and "
-                                                   "LPS matrices) or .tfm (ITK, LPS).")] = None,
+    transform: Annotated[Path | None, typer.Option("--transform", help="Write the transform: .tfm/.txt (ITK, "
+                                                   "LPS), .json (RAS and LPS matrices), or .nii.gz (ITK "
+                                                   "displacement field on the fixed grid).")] = None,
     series: SeriesOption = None,
+    fixed_series: Annotated[str | None, typer.Option("--fixed-series", help="DICOM series of the fixed image "
+                                                     "(default: --series, applied to each image).")] = None,
+    allow_resample: AllowResampleOption = False,
     settings: SetOption = None,
     device: DeviceOption = "auto",
     overwrite: OverwriteOption = False,
@@ -235,7 +239,8 @@ def register(
 
     def build(model: Any) -> Any:
         make_register_job = import_part(get_task(Task.REGISTER).job)
-        return make_register_job(model, policy, fixed, transform=transform, series=series)
+        return make_register_job(model, policy, fixed, transform=transform, series=series,
+                                 fixed_series=fixed_series, allow_resample=allow_resample)
 
     run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
                    device=device, as_json=as_json, manifest=manifest)

@@ -241,8 +241,8 @@ def nifti_image(array: np.ndarray, like: Image, dtype: Any = None, intent: str |
         header.set_slope_inter(1.0, 0.0) if array.dtype.kind == "f" else header.set_slope_inter(np.nan, np.nan)
         header["cal_min"], header["cal_max"] = 0, 0
         header.extensions.clear()  # vendor extensions may carry identifying text
-        zooms = [*source.get_zooms()[:3], *[1.0] * array.ndim][: array.ndim]
-        header.set_zooms(zooms)
+        zooms = (list(source.get_zooms()[:3]) + [1.0] * 3)[:3] + [1.0] * (array.ndim - 3)  # 2-D sources too
+        header.set_zooms(zooms[: array.ndim])
         nifti = klass(array, None, header)
         # Reproduce both matrices and their codes exactly as the source had them.
         nifti.set_qform(source.get_qform(), code=int(source["qform_code"]))

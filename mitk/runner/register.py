@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from mitk.runner.batch import CaseJob
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
 from mitk.tasks import RegistrationPlugin
-from mitk.types import Image, RegistrationResult, ras_to_lps
+from mitk.types import Image, RegistrationResult
 
 
 def warp(moving: Image, fixed: Image, matrix: np.ndarray | None, displacement: np.ndarray | None = None,
@@ -53,6 +53,54 @@ def warp(moving: Image, fixed: Image, matrix: np.ndarray | None, displacement: n
     return out
 
 
+def resample_through(moving: Image, reference: Image, mapping: Callable[[np.ndarray], np.ndarray],
+                     mode: str = "bilinear", slab_voxels: int = 2_000_000) -> np.ndarray:
+    """Sample ``moving`` at ``mapping(x)`` for every reference-grid world point ``x`` (RAS mm, ``(N, 3)``).
+
+    ``mode`` is ``bilinear`` (trilinear), ``nearest`` or ``labels`` (label-wise linear: each label's indicator
+    is interpolated and the largest wins, which keeps label boundaries smooth without inventing values).
+    """
+    shape = reference.spatial_shape
+    source_array = np.asarray(moving.array)
+    values = np.unique(source_array) if mode == "labels" else None
+    to_moving_voxels = np.linalg.inv(moving.affine)
+    size = np.array(moving.spatial_shape, dtype=float)
+    if mode == "labels":
+        assert values is not None
+        out = np.zeros(shape, dtype=source_array.dtype)
+        best = np.full(shape, -1.0, dtype=np.float32)
+    else:
+        out = np.empty(shape, dtype=np.float32)
+    source = torch.from_numpy(np.array(source_array, dtype=np.float32))[None, None]
+    step = max(1, slab_voxels // max(1, shape[1] * shape[2]))
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        voxels = np.indices((stop - start, shape[1], shape[2]), dtype=np.float64).reshape(3, -1)
+        voxels[0] += start
+        world = (reference.affine[:3, :3] @ voxels + reference.affine[:3, 3:]).T
+        moved = mapping(world)
+        index = moved @ to_moving_voxels[:3, :3].T + to_moving_voxels[:3, 3]
+        normalised = 2 * index / np.maximum(size - 1, 1) - 1
+        grid = torch.from_numpy(normalised[:, ::-1].copy()).float().reshape(1, stop - start, shape[1], shape[2], 3)
+        if mode == "labels":
+            assert values is not None
+            for value in values:
+                indicator = (source == float(value)).float()
+                weight = torch.nn.functional.grid_sample(indicator, grid, mode="bilinear", padding_mode="zeros",
+                                                         align_corners=True)[0, 0].numpy()
+                if value == 0:  # outside the moving image is background
+                    inside = np.all(np.abs(normalised) <= 1, axis=1).reshape(weight.shape)
+                    weight = np.where(inside, weight, 1.0)
+                better = weight > best[start:stop]
+                best[start:stop][better] = weight[better]
+                out[start:stop][better] = value
+        else:
+            sampled = torch.nn.functional.grid_sample(source, grid, mode="nearest" if mode == "nearest" else "bilinear",
+                                                      padding_mode="zeros", align_corners=True)
+            out[start:stop] = sampled[0, 0].numpy()
+    return out
+
+
 class RegistrationRunner:
     """Aligns moving images to fixed ones with a loaded registration model (classical or learned)."""
 
@@ -67,17 +115,27 @@ class RegistrationRunner:
         self.preprocess = self.plugin.inference_transforms(model.config) if self.learned else None
 
     def __call__(self, fixed: Image, moving: Image) -> RegistrationResult:
+        """Register ``moving`` to ``fixed``; ``metrics`` holds the plugin's report (final similarity, iterations
+        per level …) and the seconds the registration took."""
+        import time
+
+        started = time.perf_counter()
         matrix: np.ndarray | None
         displacement: np.ndarray | None
+        report: dict[str, Any] = {}
         if self.learned:
             matrix, displacement = None, self.learned_displacement(fixed, moving)
         else:
-            matrix, displacement = self.plugin.register(fixed, moving, self.model.network, self.model.config)
+            outcome = self.plugin.register(fixed, moving, self.model.network, self.model.config)
+            matrix, displacement = outcome[0], outcome[1]
+            if len(outcome) > 2:
+                report = dict(outcome[2])
+        report["seconds"] = round(time.perf_counter() - started, 3)
         array = warp(moving, fixed, matrix, displacement)
         if moving.array.dtype.kind in "iu":
             array = np.rint(array).astype(moving.array.dtype)
         warped = Image(array=array, affine=fixed.affine, path=None, meta=dict(fixed.meta))
-        return RegistrationResult(warped=warped, matrix=matrix, displacement=displacement)
+        return RegistrationResult(warped=warped, matrix=matrix, displacement=displacement, metrics=report)
 
     @torch.inference_mode()
     def learned_displacement(self, fixed: Image, moving: Image) -> np.ndarray:
@@ -112,35 +170,55 @@ class RegistrationRunner:
         return np.ascontiguousarray(np.moveaxis(np.asarray(field, dtype=np.float64), 0, -1))
 
 
-def write_transform(result: RegistrationResult, path: Path) -> None:
-    """``.json`` (RAS and LPS matrices), ``.tfm``/``.txt`` (ITK AffineTransform, LPS); fields as NIfTI."""
-    if result.matrix is None:
-        raise ValueError("this registration produced no matrix")
-    matrix = np.asarray(result.matrix, float)
-    lps = ras_to_lps(ras_to_lps(matrix).T).T  # conjugate: F @ M @ F
-    if path.suffix.lower() in (".tfm", ".txt"):
-        linear = " ".join(f"{v:.10g}" for v in lps[:3, :3].ravel())
-        translation = " ".join(f"{v:.10g}" for v in lps[:3, 3])
-        path.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-                        f"Parameters: {linear} {translation}\nFixedParameters: 0 0 0\n")
-    else:
-        path.write_text(json.dumps({
-            "description": "maps fixed-image world points to moving-image world points (mm)",
-            "matrix_ras": matrix.tolist(), "matrix_lps": lps.tolist()}, indent=2))
+def total_displacement(result_matrix: np.ndarray | None, displacement: np.ndarray | None, fixed: Image
+                       ) -> np.ndarray:
+    """The whole transform as one displacement ``u(x) = M x + d(x) − x`` (RAS mm) on the fixed grid."""
+    shape = fixed.spatial_shape
+    matrix = np.asarray(result_matrix if result_matrix is not None else np.eye(4), float)
+    voxels = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    world = fixed.affine[:3, :3] @ voxels + fixed.affine[:3, 3:]
+    moved = matrix[:3, :3] @ world + matrix[:3, 3:]
+    field = (moved - world).T.reshape(*shape, 3)
+    if displacement is not None:
+        field = field + np.asarray(displacement, float)
+    return field
+
+
+def write_transform(result: RegistrationResult, path: Path, fixed: Image | None = None) -> None:
+    """``.tfm``/``.txt`` (ITK AffineTransform, LPS), ``.json`` (RAS and LPS matrices), or ``.nii``/``.nii.gz``
+    (the whole transform as an ITK displacement field on the fixed grid: LPS vectors in mm)."""
+    from mitk.io.transforms import is_field_path, write_displacement_field, write_matrix
+
+    if is_field_path(path):
+        if fixed is None:
+            raise ValueError("a displacement field needs the fixed grid")
+        write_displacement_field(total_displacement(result.matrix, result.displacement, fixed), fixed, path)
+        return
+    if result.matrix is None or result.displacement is not None:
+        raise ValueError("this registration produced no single matrix")
+    write_matrix(np.asarray(result.matrix, float), path)
 
 
 def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path, *,
-                      transform: Path | None = None, series: str | None = None) -> CaseJob:
+                      transform: Path | None = None, series: str | None = None, fixed_series: str | None = None,
+                      allow_resample: bool = False) -> CaseJob:
+    """The batch job of ``mitk register``: each moving image on the fixed grid, and its transform.
+
+    ``series`` picks the series of each DICOM input, fixed and moving alike, unless ``fixed_series`` names
+    the fixed image's own; ``allow_resample`` lets irregular DICOM stacks be resampled on reading.
+    """
     import contextlib
 
     from mitk.errors import PluginError
     from mitk.io.atomic import atomic_path
     from mitk.io.reader import load_image, require_volume
     from mitk.io.results import write_warped
+    from mitk.io.transforms import is_field_path
     from mitk.runner.batch import CaseOutcome
 
     runner = RegistrationRunner(model)
-    fixed = require_volume(load_image(fixed_path, series=series))
+    fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
+                                      allow_resample=allow_resample))
 
     def process(case: Any) -> CaseOutcome:
         target = policy.target(case, "_warped", ".nii.gz")
@@ -148,12 +226,14 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
             return CaseOutcome(output=target, skipped=True)
         if transform is not None:  # refuse before any compute or write, as for the image
             policy.check_companion(transform, case, inputs=(fixed_path,))
-        moving = require_volume(load_image(case.path, series=series))
+        moving = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
         result = runner(fixed, moving)
-        if transform is not None and result.matrix is None:
-            raise PluginError(f"plugin {model.name!r} gave a displacement field only; --transform needs a matrix")
+        if transform is not None and not is_field_path(transform) and (
+                result.matrix is None or result.displacement is not None):
+            raise PluginError(f"plugin {model.name!r} gave a displacement field; --transform needs a matrix "
+                              "for .tfm/.txt/.json (write .nii.gz for the field)")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
-                                   **result.metrics}
+                                   "registration": result.metrics}
         inputs = policy.inputs_for(case, fixed_path)
         # The warped image and the transform, both or neither; the stack commits the warped image last, so that
         # --skip-existing redoes a case interrupted between the two renames.
@@ -163,7 +243,7 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
             if transform is not None:
                 temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.companion_overwrite,
                                                               inputs=inputs))
-                write_transform(result, temporary)
+                write_transform(result, temporary, fixed)
                 details["transform"] = str(transform)
         return CaseOutcome(output=target, details=details)
 

@@ -1,0 +1,176 @@
+"""Spatial transforms on disk, in formats other tools read.
+
+A transform maps fixed-image (reference) world points to moving-image world points, as ITK's do. mitk works in
+RAS millimetres; ITK files are in LPS, so matrices are conjugated by ``diag(-1, -1, 1)`` and displacement
+vectors have their first two components negated.
+
+* ``.tfm`` / ``.txt``: ITK transform file (``AffineTransform_double_3_3``; reading also accepts
+  ``MatrixOffsetTransformBase``, ``TranslationTransform`` and ``Euler3DTransform``).
+* ``.json``: mitk's record, with the matrix in RAS and in LPS.
+* ``.nii`` / ``.nii.gz``: a displacement field, ITK's convention (a 5-D vector NIfTI, LPS vectors in mm,
+  ``x ↦ x + u(x)``), readable by SimpleITK as a ``DisplacementFieldTransform``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mitk.errors import InputError
+from mitk.types import Image
+
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""RAS ↔ LPS (its own inverse)."""
+
+
+def is_field_path(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def write_matrix(matrix_ras: np.ndarray, path: Path) -> None:
+    """Write a 4×4 fixed-world → moving-world RAS matrix as ``.tfm``/``.txt`` (ITK, LPS) or ``.json``."""
+    lps = FLIP @ np.asarray(matrix_ras, float) @ FLIP
+    if path.suffix.lower() in (".tfm", ".txt"):
+        linear = " ".join(f"{v:.17g}" for v in lps[:3, :3].ravel())
+        translation = " ".join(f"{v:.17g}" for v in lps[:3, 3])
+        path.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+                        f"Parameters: {linear} {translation}\nFixedParameters: 0 0 0\n")
+    else:
+        path.write_text(json.dumps({
+            "description": "maps fixed-image world points to moving-image world points (mm)",
+            "matrix_ras": np.asarray(matrix_ras, float).tolist(), "matrix_lps": lps.tolist()}, indent=2))
+
+
+def write_displacement_field(field_ras: np.ndarray, fixed: Image, path: Path) -> None:
+    """Write ``(I, J, K, 3)`` RAS displacements on the fixed grid as an ITK displacement field."""
+    from mitk.io.nifti import write_nifti
+
+    lps = np.asarray(field_ras, np.float32) * np.array([-1.0, -1.0, 1.0], np.float32)
+    write_nifti(lps[:, :, :, None, :], path, like=fixed, intent="vector", description="mitk displacement (LPS)")
+
+
+@dataclass
+class Transform:
+    """A matrix or a displacement field (on its own grid), both fixed-world → moving-world in RAS mm."""
+
+    matrix: np.ndarray | None = None
+    field: np.ndarray | None = None
+    """``(I, J, K, 3)`` RAS displacement in mm, on the grid of ``field_affine``."""
+    field_affine: np.ndarray | None = None
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """Map ``(N, 3)`` RAS points."""
+        if self.matrix is not None:
+            return points @ self.matrix[:3, :3].T + self.matrix[:3, 3]
+        assert self.field is not None and self.field_affine is not None
+        return points + sample_field(self.field, self.field_affine, points)
+
+
+def sample_field(field: np.ndarray, affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a ``(I, J, K, 3)`` field at world points; zero displacement outside."""
+    from scipy import ndimage
+
+    index = (points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    return np.stack([ndimage.map_coordinates(field[..., c], index.T, order=1, mode="constant", cval=0.0)
+                     for c in range(3)], axis=-1)
+
+
+def read_transform(path: Path) -> Transform:
+    """Read a transform written by mitk, ITK/SimpleITK/ANTs (affine ``.tfm``/``.txt``/``.mat``-free text) or
+    a displacement field NIfTI; bad content is an :class:`InputError` naming the file."""
+    if not path.is_file():
+        raise InputError("no such transform file", path)
+    if is_field_path(path):
+        return _read_field(path)
+    if path.suffix.lower() == ".json":
+        try:
+            matrix = np.asarray(json.loads(path.read_text())["matrix_ras"], float)
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"not a mitk transform record ({error})", path) from None
+        if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+            raise InputError("matrix_ras must be a finite 4×4 matrix", path)
+        return Transform(matrix=matrix)
+    if path.suffix.lower() in (".tfm", ".txt"):
+        return Transform(matrix=FLIP @ _read_itk_text(path) @ FLIP)
+    raise InputError("unknown transform format (use .tfm, .txt, .json, .nii or .nii.gz)", path)
+
+
+def _read_itk_text(path: Path) -> np.ndarray:
+    """The LPS 4×4 matrix of a single-transform ITK text file."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        raise InputError(f"cannot read ({error.strerror})", path) from None
+    kinds = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Transform:")]
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value
+    if len(kinds) != 1:
+        raise InputError(f"expected one transform, found {len(kinds)} (composite files are not supported)", path)
+    kind = kinds[0]
+    try:
+        parameters = [float(v) for v in fields.get("Parameters", "").split()]
+        fixed = [float(v) for v in fields.get("FixedParameters", "").split()]
+    except ValueError:
+        raise InputError("unreadable transform parameters", path) from None
+    centre = np.array(fixed[:3]) if len(fixed) >= 3 else np.zeros(3)
+    linear = np.eye(3)
+    if kind.startswith(("AffineTransform_", "MatrixOffsetTransformBase_")) and kind.endswith("_3_3"):
+        if len(parameters) != 12:
+            raise InputError(f"{kind} needs 12 parameters, found {len(parameters)}", path)
+        linear, translation = np.array(parameters[:9]).reshape(3, 3), np.array(parameters[9:])
+    elif kind.startswith("TranslationTransform_") and kind.endswith("_3_3"):
+        if len(parameters) != 3:
+            raise InputError(f"{kind} needs 3 parameters, found {len(parameters)}", path)
+        translation = np.array(parameters)
+    elif kind.startswith("Euler3DTransform_"):
+        if len(parameters) != 6:
+            raise InputError(f"{kind} needs 6 parameters, found {len(parameters)}", path)
+        linear = _euler_zxy(*parameters[:3])
+        translation = np.array(parameters[3:])
+    else:
+        raise InputError(f"unsupported transform type {kind}", path)
+    if not (np.isfinite(linear).all() and np.isfinite(translation).all() and np.isfinite(centre).all()):
+        raise InputError("transform parameters are not finite", path)
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = translation + centre - linear @ centre  # ITK: A (x − c) + c + t
+    return matrix
+
+
+def _euler_zxy(angle_x: float, angle_y: float, angle_z: float) -> np.ndarray:
+    """ITK Euler3DTransform's default rotation order: R = Rz · Rx · Ry."""
+    cx, sx, cy, sy, cz, sz = (math.cos(angle_x), math.sin(angle_x), math.cos(angle_y), math.sin(angle_y),
+                              math.cos(angle_z), math.sin(angle_z))
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def _read_field(path: Path) -> Transform:
+    import nibabel as nib
+
+    from mitk.io.nifti import read_nifti
+
+    image = read_nifti(path)
+    array = np.asarray(image.array)
+    if array.ndim == 5 and array.shape[3] == 1:
+        array = array[:, :, :, 0, :]
+    if array.ndim != 4 or array.shape[3] != 3:
+        raise InputError(f"a displacement field needs 3 vector components, got shape {array.shape}", path)
+    header = nib.load(path).header
+    intent = header.get_intent()[0] if isinstance(header, nib.Nifti1Header) else "none"
+    if intent not in ("vector", "displacement vector"):
+        raise InputError(f"a displacement field needs the NIfTI vector intent, not {intent!r}", path)
+    field = np.asarray(array, np.float64) * np.array([-1.0, -1.0, 1.0])  # ITK's LPS vectors → RAS
+    if not np.isfinite(field).all():
+        raise InputError("the displacement field has NaN or infinite values", path)
+    return Transform(field=field, field_affine=np.asarray(image.affine, float))
