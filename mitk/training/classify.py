@@ -17,7 +17,6 @@ balanced accuracy.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 from collections import Counter
@@ -31,7 +30,7 @@ import torch
 from mitk.enums import Task
 from mitk.errors import InputError, PluginError
 from mitk.tasks import ClassificationPlugin, TaskPlugin
-from mitk.training.data import Datalist, case_name, read_case_image, tensor_of
+from mitk.training.data import Datalist, case_name, read_case_image, read_datalist_document, tensor_of
 from mitk.training.recipe import TrainingRecipe, TrainingStep
 
 SPLIT_WORDS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
@@ -95,12 +94,7 @@ def read_csv_datalist(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 def read_json_datalist(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``{"training": [{"image", "label"}], "validation": [...]}``: (training, validation) cases."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"not a readable datalist JSON ({error})", path) from None
-    if not isinstance(document, dict) or not isinstance(document.get("training"), list):
-        raise InputError('datalist JSON needs a "training" list of {"image": ..., "label": ...}', path)
+    document = read_datalist_document(path)
     lists = {}
     for key in ("training", "validation"):
         cases = document.get(key) or []

@@ -101,15 +101,21 @@ def _has_training_list(path: Path) -> bool:
         return False
 
 
-def _read_decathlon(path: Path) -> Datalist:
-    from monai.data import load_decathlon_datalist
-
+def read_datalist_document(path: Path) -> dict[str, Any]:
+    """A datalist JSON's document; one-line errors for an unreadable file or a missing ``training`` list."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"not a readable datalist JSON ({error})", path) from None
     if not isinstance(document, dict) or not isinstance(document.get("training"), list):
         raise InputError('datalist JSON needs a "training" list of {"image": ..., "label": ...}', path)
+    return document
+
+
+def _read_decathlon(path: Path) -> Datalist:
+    from monai.data import load_decathlon_datalist
+
+    document = read_datalist_document(path)
     lists: dict[str, list[dict[str, Any]]] = {}
     for key in ("training", "validation"):
         if key not in document:
@@ -201,6 +207,14 @@ def read_case_image(paths: str | list[str]) -> Image:
     return Image(array=stacked, affine=first.affine, path=first.path)
 
 
+def read_case_input(paths: str | list[str], in_channels: int) -> Image:
+    """:func:`read_case_image`, refusing an image whose channel count is not the network's ``in_channels``."""
+    image = read_case_image(paths)
+    if channel_count(image) != in_channels:
+        raise InputError(f"has {channel_count(image)} channel(s) but the model takes {in_channels}", image.path)
+    return image
+
+
 def channel_count(image: Image) -> int:
     return int(image.array.shape[3]) if image.array.ndim == 4 else 1
 
@@ -227,10 +241,7 @@ class LoadCased(MapTransform):
         self.in_channels = in_channels
 
     def __call__(self, case: dict[str, Any]) -> dict[str, Any]:
-        image = read_case_image(case["image"])
-        if channel_count(image) != self.in_channels:
-            raise InputError(f"has {channel_count(image)} channel(s) but the model takes {self.in_channels}",
-                             image.path)
+        image = read_case_input(case["image"], self.in_channels)
         label = require_volume(load_image(case["label"]))
         _require_same_grid(label, image, "label")
         values = np.unique(np.asarray(label.array))

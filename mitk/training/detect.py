@@ -26,7 +26,7 @@ import numpy as np
 from mitk.enums import Task
 from mitk.errors import InputError, PluginError
 from mitk.tasks import DetectionPlugin, TaskPlugin
-from mitk.training.data import Datalist, channel_count, hold_out, read_case_image
+from mitk.training.data import Datalist, first_case_channels, hold_out, read_case_input
 from mitk.training.recipe import TrainingRecipe, TrainingStep
 from mitk.types import map_box_extents
 
@@ -114,10 +114,7 @@ class LoadBoxCase:
     def __call__(self, case: dict[str, Any]) -> dict[str, Any]:
         from mitk.runner.tensors import to_meta_tensor
 
-        image = read_case_image(case["image"])
-        if channel_count(image) != self.in_channels:
-            raise InputError(f"has {channel_count(image)} channel(s) but the model takes {self.in_channels}",
-                             image.path)
+        image = read_case_input(case["image"], self.in_channels)
         return {"image": to_meta_tensor(image), "boxes_world": world_boxes(case, image.affine, case),
                 "labels": np.asarray(case.get("label") or [], dtype=np.int64), "name": case.get("name", "")}
 
@@ -141,7 +138,7 @@ class DetectionRecipe(TrainingRecipe):
         check_boxes(dict(case), source)
 
     def found_config(self, datalist: Datalist) -> dict[str, Any]:
-        found: dict[str, Any] = {"in_channels": channel_count(read_case_image(datalist.training[0]["image"]))}
+        found: dict[str, Any] = {"in_channels": first_case_channels(datalist)}
         labels = datalist.labels or {int(v): f"class {int(v)}" for case in datalist.training
                                      for v in case.get("label") or []}
         if labels:
