@@ -138,6 +138,21 @@ def make_case(atlas: Atlas, size: int, rng: np.random.Generator) -> tuple[Image,
     return image, label_map, template_from_case
 
 
+def check_sample_options(size: int, seed: int) -> None:
+    """The options every sample shares: a side length mitk's tiny networks train on, a seed."""
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, not {seed}")
+
+
+def sample_target(path: Path, overwrite: bool) -> Path:
+    """``path``, refused when a sample exists there already and ``overwrite`` is not given."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError("a sample exists already (use --overwrite to replace it)", path)
+    return path
+
+
 def split_counts(cases: int) -> tuple[int, int, int]:
     """(training, validation, test): about one sixth each for validation and test, at least one each."""
     if cases < 3:
@@ -152,15 +167,10 @@ def make_segmentation_sample(output_dir: str | Path, cases: int = 12, size: int 
     ``dataset.json``; return the path of ``dataset.json``. The same seed gives byte-identical files."""
     from mitk.io.nifti import write_nifti
 
-    if not 16 <= size <= 256:
-        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
-    if seed < 0:
-        raise UsageError(f"--seed must be >= 0, not {seed}")
+    check_sample_options(size, seed)
     n_training, n_validation, n_test = split_counts(cases)
     output_dir = Path(output_dir)
-    dataset_path = output_dir / "dataset.json"
-    if dataset_path.exists() and not overwrite:
-        raise OutputExistsError("a sample exists already (use --overwrite to replace it)", dataset_path)
+    dataset_path = sample_target(output_dir / "dataset.json", overwrite)
     atlas = load_atlas(task)
     labels = TASK_LABELS[task]
     lists: dict[str, list[dict[str, str]]] = {"training": [], "validation": [], "test": []}
@@ -295,10 +305,7 @@ def make_classification_sample(output_dir: str | Path, cases: int = 60, size: in
 
     if dims not in (2, 3):
         raise UsageError(f"--dims must be 2 or 3, not {dims}")
-    if not 16 <= size <= 256:
-        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
-    if seed < 0:
-        raise UsageError(f"--seed must be >= 0, not {seed}")
+    check_sample_options(size, seed)
     classes = list(SLICE_LEVELS) if dims == 2 else list(LESION_CLASSES)
     if cases < 3 * len(classes):
         raise UsageError(f"--cases must be at least {3 * len(classes)} (training, validation and test of "
@@ -306,8 +313,7 @@ def make_classification_sample(output_dir: str | Path, cases: int = 60, size: in
     output_dir = Path(output_dir)
     train_csv, test_csv = output_dir / "train.csv", output_dir / "test.csv"
     for path in (train_csv, test_csv):
-        if path.exists() and not overwrite:
-            raise OutputExistsError("a sample exists already (use --overwrite to replace it)", path)
+        sample_target(path, overwrite)
     atlas = load_atlas("brain")
     n_training, n_validation, _ = split_counts(cases)
     rows: list[dict[str, str]] = []
@@ -441,15 +447,10 @@ def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 4
     from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image
 
-    if not 16 <= size <= 256:
-        raise UsageError(f"--size must be between 16 and 256 voxels, not {size}")
-    if seed < 0:
-        raise UsageError(f"--seed must be >= 0, not {seed}")
+    check_sample_options(size, seed)
     n_training, n_validation, _ = split_counts(cases)
     output_dir = Path(output_dir)
-    dataset_path = output_dir / "dataset.json"
-    if dataset_path.exists() and not overwrite:
-        raise OutputExistsError("a sample exists already (use --overwrite to replace it)", dataset_path)
+    dataset_path = sample_target(output_dir / "dataset.json", overwrite)
     atlas = load_atlas("brain")
     lists: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
     for index in range(cases):

@@ -97,6 +97,14 @@ def test_evaluate_detect_command(tmp_path: Path) -> None:
     assert [c["case"] for c in document["cases"]] == ["a", "b"]
     assert png.read_bytes()[:4] == b"\x89PNG"
 
+    alias = tmp_path / "alias.png"  # a symlink to an input: refused, even with --overwrite
+    alias.symlink_to(pred / "a_boxes.json")
+    before = (pred / "a_boxes.json").read_bytes()
+    code, _, stderr = invoke(["evaluate", "detect", "--pred", str(pred), "--ref", str(ref), "--froc-png", str(alias),
+                              "--overwrite"])
+    assert code == 2 and "refusing to write over it" in stderr
+    assert (pred / "a_boxes.json").read_bytes() == before
+
 
 def test_evaluate_detect_refuses_a_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "a_boxes.json"

@@ -19,7 +19,7 @@ from mitk.taskspecs import iter_tasks
 
 app = typer.Typer(
     rich_markup_mode=None,
-    help="Evaluate predictions against reference label maps.", no_args_is_help=True)
+    help="Evaluate predictions against references: label maps, classes, boxes, registrations.", no_args_is_help=True)
 
 EPILOG = ("Pairing: same file name, or <case>_seg.nii.gz with <case>_label.nii.gz or <case>.nii.gz. "
           "Both-empty labels are left out of every mean; HD95/ASD with one mask empty are missing (counted, "
@@ -62,21 +62,13 @@ def parse_missing_distance(text: str) -> float | Literal["worst"] | None:
 
 def refuse_overwriting_inputs(target: Path, option: str, inputs: Iterable[Path]) -> None:
     """Refuse ``target`` when it is one of ``inputs`` by resolved path or by file identity (hard or
-    symbolic links), whatever ``--overwrite`` says."""
-    try:
-        status = target.stat()
-    except OSError:
-        status = None
-    resolved = target.resolve()
-    for source in inputs:
-        try:
-            same = source.resolve() == resolved or (
-                status is not None and (source.stat().st_dev, source.stat().st_ino) == (status.st_dev, status.st_ino))
-        except OSError:
-            continue
-        if same:
-            alias = "" if str(source) == str(target) else f" (the same file as {source})"
-            raise UsageError(f"{option} {target} is an input of this command{alias}; refusing to write over it")
+    symbolic links), whatever ``--overwrite`` says (the comparison is :class:`mitk.io.atomic.InputFiles`')."""
+    from mitk.io.atomic import InputFiles
+
+    source = InputFiles.of(inputs).owner(target)
+    if source is not None:
+        alias = "" if str(source) == str(target) else f" (the same file as {source})"
+        raise UsageError(f"{option} {target} is an input of this command{alias}; refusing to write over it")
 
 
 def input_files(paths: Iterable[Path]) -> list[Path]:

@@ -67,8 +67,9 @@ def detect(
     if len(predictions) == 1 and len(references) == 1 and pred.is_file() and ref.is_file():
         predictions = {case_key(ref): next(iter(predictions.values()))}  # two files: a pair whatever their names
     if froc_png is not None:
-        if froc_png in (*predictions.values(), *references.values()):
-            raise UsageError("--froc-png is an input of this command; refusing to write over it", froc_png)
+        from mitk.cli.evaluate import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs(froc_png, "--froc-png", [*predictions.values(), *references.values()])
         check_output(froc_png, overwrite)
     unpaired = sorted(set(predictions) - set(references))
     if unpaired and len(unpaired) == len(predictions):

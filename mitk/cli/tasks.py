@@ -29,7 +29,7 @@ from mitk.cli.common import (
 )
 from mitk.enums import Task
 from mitk.errors import UsageError
-from mitk.taskspecs import TaskSpec, get_task, import_part, iter_tasks
+from mitk.taskspecs import get_task, import_part, iter_tasks
 
 InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, DICOM files/folders/zips, "
                                                           "folders of NIfTI files, or quoted globs.")]
@@ -177,40 +177,6 @@ def segment(
                    device=device, as_json=as_json, manifest=manifest)
 
 
-def _record_command(spec: TaskSpec) -> Callable[..., None]:
-    """The verb of a task whose per-input result is a JSON record (classify, detect): the task table's job,
-    imported only when the command runs, with the batch options every verb shares."""
-    task = spec.name
-
-    def command(
-        inputs: InputsArgument,
-        plugin: PluginOption = None,
-        weights: WeightsOption = None,
-        output: OutputOption = None,
-        output_dir: OutputDirOption = None,
-        series: SeriesOption = None,
-        allow_resample: AllowResampleOption = False,
-        settings: SetOption = None,
-        device: DeviceOption = "auto",
-        overwrite: OverwriteOption = False,
-        skip_existing: SkipExistingOption = False,
-        manifest: ManifestOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        policy = _policy(output, output_dir, overwrite, skip_existing)
-
-        def build(model: Any) -> Any:
-            make_job = import_part(spec.job)
-            return make_job(model, policy, series=series, allow_resample=allow_resample)
-
-        run_task_batch(task, inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                       device=device, as_json=as_json, manifest=manifest)
-
-    command.__name__ = task
-    command.__doc__ = f"{spec.summary} (With -o/--output-dir: <input>{spec.suffix}{spec.extension}.)"
-    return command
-
-
 def register(
     fixed: Annotated[Path, typer.Argument(help="Fixed image: the grid the output lives on.")],
     moving: Annotated[list[str], typer.Argument(help="Moving image(s) to align to the fixed one.")],
@@ -298,13 +264,13 @@ def detect(
 
 from mitk.cli.classify import classify  # noqa: E402  (it uses run_task_batch, defined above)
 
-CUSTOM_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: classify,
+TASK_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: classify,
                                                  Task.DETECT: detect, Task.REGISTER: register}
-"""Verbs with options of their own; every other task in the table gets the generic record verb."""
+"""The verb of each task in the task table (a task row without one is a start-up error, caught by the tests)."""
 
 
 def add_task_commands(app: typer.Typer) -> None:
     """One verb per task of the task table."""
     for spec in iter_tasks():
-        command = CUSTOM_VERBS.get(spec.task) or _record_command(spec)
+        command = TASK_VERBS[spec.task]
         app.command(spec.name, epilog=BATCH_EPILOG, rich_help_panel="Tasks")(command)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mitk.errors import InputError
+from mitk.io.atomic import InputFiles
 from mitk.io.inputs import Case, output_for
 from mitk.runner.batch import CaseJob, CaseOutcome
 from mitk.runner.model import LoadedModel
@@ -213,10 +214,10 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
     batch report, and with ``-o``/``--output-dir`` to ``<input>_class.json``. ``explain`` also writes
     ``<input>_gradcam.png`` (an overlay in the input's pixel geometry; for a volume, the slice where the map
     peaks) and, for a volume, ``<input>_gradcam.nii.gz`` on the input's grid, beside the JSON or the input."""
-    import json
 
     from mitk.io.atomic import write_text_atomic
     from mitk.io.reader import load_image
+    from mitk.io.results import record_text
 
     runner = ClassificationRunner(model, multi_label=multi_label, threshold=threshold)
 
@@ -234,12 +235,13 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
             result, heat = runner.explain(image)
         else:
             result = runner(image)
-        details = result.to_dict()
+        details = result.record()  # what the Python API's result.save() writes too
         if explain:
-            details["explanation"] = [str(p) for p in _write_explanation(heat, image, heat_paths, policy.overwrite)]
+            details["explanation"] = [str(p) for p in _write_explanation(heat, image, heat_paths, policy.overwrite,
+                                                                       policy.inputs_for(case))]
         if target is not None:
-            write_text_atomic(target, json.dumps({"input": str(case.path), **details}, indent=2),
-                              overwrite=policy.overwrite)
+            write_text_atomic(target, record_text(case.path, details), overwrite=policy.overwrite,
+                              inputs=policy.inputs_for(case))
         if on_result is not None:
             on_result(case, details)
         return CaseOutcome(output=target, details=details)
@@ -253,14 +255,15 @@ def _explain_paths(case: Case, target: Path | None, *, volume: bool) -> list[Pat
     return [png, output_for(case, directory, EXPLAIN_SUFFIX, ".nii.gz")] if volume else [png]
 
 
-def _write_explanation(heat: np.ndarray, image: Image, paths: list[Path], overwrite: bool) -> list[Path]:
+def _write_explanation(heat: np.ndarray, image: Image, paths: list[Path], overwrite: bool,
+                       inputs: InputFiles) -> list[Path]:
     """The overlay PNG, and for a volume the map itself as NIfTI on the image's grid."""
     from mitk.io.atomic import atomic_path
     from mitk.io.nifti import write_nifti
     from mitk.runner.explain import save_heatmap_overlay
 
     for path in paths:
-        with atomic_path(path, overwrite=overwrite) as temporary:
+        with atomic_path(path, overwrite=overwrite, inputs=inputs) as temporary:
             if path.suffix == ".png":
                 save_heatmap_overlay(image, heat, temporary)
             else:

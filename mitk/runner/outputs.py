@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from mitk.io.atomic import (
 from mitk.io.inputs import Case, output_for
 
 if TYPE_CHECKING:
-    from mitk.runner.batch import CaseJob
+    pass
 
 
 @dataclass
@@ -137,31 +136,3 @@ def sibling(target: Path, suffix: str, extension: str) -> Path:
     """A companion file next to ``target``: ``ct_seg.nii.gz`` → ``ct_seg<suffix><extension>``."""
     stem, _ = split_suffix(target)
     return target.with_name(f"{stem}{suffix}{extension}")
-
-
-def json_record_job(policy: OutputPolicy, suffix: str, compute: Callable[[Any], dict[str, Any]], *,
-                    series: str | None = None, allow_resample: bool = False,
-                    channels: bool = False) -> CaseJob:
-    """A batch job whose result is a JSON record (classify, detect), optionally written to ``<stem><suffix>``.
-
-    Without ``-o``/``--output-dir`` nothing is written: the record goes to the batch report only.
-    """
-    from mitk.io.atomic import write_text_atomic
-    from mitk.io.reader import load_image, require_volume
-    from mitk.io.results import record_text
-    from mitk.runner.batch import CaseOutcome
-
-    def process(case: Case) -> CaseOutcome:
-        target = None
-        if policy.output is not None or policy.output_dir is not None:
-            target = policy.target(case, suffix, ".json")
-            if policy.should_skip(target, case):
-                return CaseOutcome(output=target, skipped=True)
-        image = load_image(case.path, series=series, allow_resample=allow_resample)
-        details = compute(require_volume(image, channels=channels))
-        if target is not None:
-            write_text_atomic(target, record_text(case.path, details),  # as result.save()
-                              overwrite=policy.overwrite, inputs=policy.inputs_for(case))
-        return CaseOutcome(output=target, details=details)
-
-    return process
