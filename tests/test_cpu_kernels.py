@@ -15,7 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from mitk.runner.cpu_kernels import CHANNELS_LAST, PHASE, POINTWISE, apply_cpu_kernels, rewritten
+from mitk.runner.cpu_kernels import (
+    CHANNELS_LAST,
+    MAX_POOL,
+    ONEDNN,
+    PHASE,
+    POINTWISE,
+    apply_cpu_kernels,
+    rewritten,
+)
 
 TRANSPOSED = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d]
 CLOSE = {"rtol": 1e-5, "atol": 1e-5}
@@ -347,8 +355,8 @@ def test_segresnet_head_rewritten_gives_the_same_logits():
     torch.manual_seed(0)
     network = SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8).eval()
     fast = copy.deepcopy(network)
-    assert apply_cpu_kernels(fast) == 1
-    assert [kernel.kind for kernel in rewritten(fast).values()] == [POINTWISE]
+    kinds = [kernel.kind for kernel in rewritten(fast).values()] if apply_cpu_kernels(fast) else []
+    assert kinds.count(POINTWISE) == 1 and kinds.count(ONEDNN) == len(kinds) - 1 > 0
     assert list(fast.state_dict()) == list(network.state_dict())
     x = torch.randn(1, 1, 32, 40, 24)
     with torch.inference_mode():
@@ -366,8 +374,12 @@ def unet() -> nn.Module:
 def test_unet_rewritten_gives_the_same_logits_and_labels():
     network = unet()
     fast = copy.deepcopy(network)
-    assert apply_cpu_kernels(fast) == 2  # the top up-sampling layer and the 2→2 convolution after it
-    assert sorted(kernel.kind for kernel in rewritten(fast).values()) == [CHANNELS_LAST, PHASE]
+    apply_cpu_kernels(fast)
+    kinds = [kernel.kind for kernel in rewritten(fast).values()]
+    # the top up-sampling layer, the 2→2 convolution after it; every other 3×3×3 convolution through oneDNN
+    assert kinds.count(PHASE) == 1 and kinds.count(CHANNELS_LAST) == 1
+    assert kinds.count(ONEDNN) == sum(type(m) is nn.Conv3d and m.kernel_size != (1, 1, 1)
+                                      and max(m.in_channels, m.out_channels) > 4 for m in network.modules())
     assert list(fast.state_dict()) == list(network.state_dict())
     x = torch.randn(2, 1, 40, 48, 36)
     with torch.inference_mode():
@@ -418,3 +430,111 @@ def test_a_plugin_can_opt_out(tmp_path, monkeypatch):
     monkeypatch.setattr(type(plugin), "cpu_kernels", False, raising=False)
     model = load_model("segment", None, path, None, "cpu")
     assert model.network is not None and rewritten(model.network) == {}
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation", "groups"), [
+    (3, 1, 1, 1, 1),                          # a dense block's 3×3×3
+    (3, 2, 1, 1, 1),                          # strided
+    (7, 2, 3, 1, 1),                          # DenseNet's stem
+    ((3, 1, 3), (1, 2, 1), (1, 0, 2), 1, 1),  # different per axis
+    (3, 1, 2, 2, 1),                          # dilated
+    (2, 1, 0, 1, 1),                          # even kernel, no padding
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_convolution_matches_torch(kernel, stride, padding, dilation, groups, bias):
+    torch.manual_seed(0)
+    layer = nn.Conv3d(16, 24, kernel, stride, padding, dilation, groups=groups, bias=bias).eval()
+    fast, count = rewrite_copy(layer)
+    assert count == 1 and rewritten(fast)[""].kind == ONEDNN
+    x = torch.randn(2, 16, 9, 10, 11)
+    assert_same(fast, layer, x)
+    assert_same(fast, layer, x[:1])                     # one image: torch's own choice is its naive kernel
+    assert_same(fast, layer, x[0])                      # unbatched
+    assert_same(fast, layer, x.transpose(-1, -2))       # not contiguous
+    assert_same(fast, layer, x.contiguous(memory_format=torch.channels_last_3d))
+
+
+def test_onednn_convolution_gradients_match_torch():
+    """Grad-CAM differentiates through the network: the rewritten layer's gradients are torch's."""
+    torch.manual_seed(0)
+    layer = nn.Conv3d(8, 12, 3, padding=1)
+    fast, _ = rewrite_copy(layer)
+    x = torch.randn(1, 8, 6, 7, 5)
+    grads = []
+    for network in (layer, fast):
+        inputs = x.clone().requires_grad_(True)
+        network.zero_grad()
+        network(inputs).square().sum().backward()
+        grads.append((inputs.grad, network.weight.grad, network.bias.grad))
+    for expected, got in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_onednn_convolution_leaves_what_onednn_does_not_take_to_torch(monkeypatch):
+    torch.manual_seed(0)
+    layer = nn.Conv3d(8, 12, 3, padding=1).eval()
+    fast, _ = rewrite_copy(layer)
+    x = torch.randn(1, 8, 6, 7, 5)
+    calls = []
+    real = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(args) or real(*args))
+    assert_same(fast, layer, x)
+    assert len(calls) == 1
+    with torch.backends.mkldnn.flags(enabled=False):  # the user turned oneDNN off: torch's kernel runs
+        assert_same(fast, layer, x)
+    double_layer, double_fast = copy.deepcopy(layer).double(), copy.deepcopy(fast).double()
+    with torch.no_grad():  # float64: oneDNN has no kernel, torch's runs, bit for bit
+        assert torch.equal(double_fast(x.double()), double_layer(x.double()))
+    assert len(calls) == 1
+    same = nn.Conv3d(8, 12, 3, padding="same")          # padding given by name: left alone
+    one = nn.Conv3d(8, 12, 1)                           # 1×1×1: torch's choice is as fast, left alone
+    flat = nn.Conv2d(8, 12, 3)                          # 2-D: torch's kernels are as fast, left alone
+    grouped = nn.Conv3d(8, 12, 3, groups=4)             # torch already sends grouped ones to oneDNN
+    for untouched in (same, one, flat, grouped):
+        assert rewrite_copy(untouched)[1] == 0
+
+
+def densenet() -> nn.Module:
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    return DenseNet121(spatial_dims=3, in_channels=1, out_channels=3).eval()
+
+
+def test_densenet_rewritten_gives_the_same_logits():
+    network = densenet()
+    fast, _ = rewrite_copy(network)
+    kinds = [kernel.kind for kernel in rewritten(fast).values()]
+    assert kinds.count(MAX_POOL) == 1 and kinds.count(ONEDNN) == sum(
+        type(m) is nn.Conv3d and m.kernel_size != (1, 1, 1) for m in network.modules())
+    assert list(fast.state_dict()) == list(network.state_dict())
+    x = torch.randn(1, 1, 48, 40, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), network(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation", "ceil_mode"), [
+    (3, 2, 1, 1, False), (2, 2, 0, 1, False), (3, 1, 1, 1, False), (3, 2, 1, 2, False), (3, 2, 1, 1, True),
+    ((3, 2, 1), (2, 1, 1), (1, 0, 0), 1, True),
+])
+def test_channels_last_max_pool_is_bit_for_bit_torchs(kernel, stride, padding, dilation, ceil_mode):
+    layer = nn.MaxPool3d(kernel, stride, padding, dilation, ceil_mode=ceil_mode)
+    fast, count = rewrite_copy(layer)
+    assert count == 1 and rewritten(fast)[""].kind == MAX_POOL
+    x = torch.randn(2, 9, 11, 10, 12, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 2, 3, 4] = float("nan")
+    x[1, 2, :4, :4, :4] = float("-inf")
+    x[1, 3, 5, 5, 5] = float("inf")
+    for given in (x, x[:1], x[0], x.transpose(-1, -2), x.contiguous(memory_format=torch.channels_last_3d)):
+        expected, got = layer(given), fast(given)
+        assert got.stride() == expected.stride()
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_max_pool_with_indices_or_hooks_is_left_alone():
+    assert rewrite_copy(nn.MaxPool3d(2, return_indices=True))[1] == 0
+    hooked = nn.MaxPool3d(2)
+    hooked.register_forward_hook(lambda module, args, out: out)
+    assert rewrite_copy(hooked)[1] == 0
+    assert rewrite_copy(nn.MaxPool2d(2))[1] == 0

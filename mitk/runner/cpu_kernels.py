@@ -1,13 +1,20 @@
-"""Run a network's few-channel convolutions with CPU kernels that suit them: same maths, same weights.
+"""Run a network's convolutions with the CPU kernels that suit them: same maths, same weights.
 
 oneDNN's blocked convolution kernels pad the channel dimension to a vector width, so layers with one to four
-channels at full resolution (the last layers of a U-Net) cost many times their arithmetic. Three exact rewrites
-remove most of that, measured in ``docs/benchmarks.md``:
+channels at full resolution (the last layers of a U-Net) cost many times their arithmetic. The other way
+round, torch sends a single 3-D image's convolution with few input values per depth plane
+(``N·C·D·H ≤ 20480``, the deep layers of a U-Net or a 3-D DenseNet) to its naive ``vol2col`` kernel, which is
+3–12× slower there than oneDNN's. Four exact rewrites remove most of that, measured in ``docs/benchmarks.md``:
 
 * a transposed convolution with few output channels becomes one ordinary convolution that computes every
   stride phase at once (``stride**dims × out_channels`` channels), followed by an interleaving copy;
 * a 1×1 convolution to few output channels (a segmentation head) becomes one batched matrix product;
-* any other ordinary convolution with few input and output channels runs in channels-last memory order.
+* any other ordinary convolution with few input and output channels runs in channels-last memory order;
+* any other 3-D convolution with a kernel larger than 1×1×1 runs oneDNN's convolution
+  (``torch.mkldnn_convolution``, the kernel torch itself picks for larger inputs), for float32 inputs while
+  oneDNN is available and enabled (``torch.backends.mkldnn``);
+* a 3-D max pooling runs in channels-last order, whose kernel is vectorised over channels (the maximum is
+  exact: the output is bit for bit torch's, NaN and infinities included).
 
 The rule, which keeps a rewritten network's outputs those of the untouched one up to float32 rounding:
 
@@ -53,7 +60,8 @@ _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_bac
                 "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
                 "_load_state_dict_post_hooks")
 
-PHASE, POINTWISE, CHANNELS_LAST = "phase-transposed", "pointwise", "channels-last"
+PHASE, POINTWISE, CHANNELS_LAST, ONEDNN, MAX_POOL = ("phase-transposed", "pointwise", "channels-last", "onednn",
+                                                     "channels-last-max-pool")
 
 
 def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, int]]]:
@@ -167,9 +175,36 @@ def _channels_last(module: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tens
     return module._conv_forward(x.contiguous(memory_format=layout), weight, module.bias).contiguous()
 
 
+def _onednn(module: nn.Conv3d, x: torch.Tensor) -> torch.Tensor | None:
+    """A 3-D convolution through oneDNN, or None where oneDNN does not take the input (the caller runs torch's)."""
+    if (x.dtype != torch.float32 or module.weight.dtype != torch.float32 or x.layout != torch.strided
+            or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
+            or (module.bias is not None and module.bias.dtype != torch.float32)):
+        return None
+    unbatched = x.dim() == 4
+    if unbatched:
+        x = x.unsqueeze(0)
+    out = torch.mkldnn_convolution(x, module.weight, module.bias, list(module.padding), list(module.stride),
+                                   list(module.dilation), module.groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def _max_pool(module: nn.MaxPool3d, x: torch.Tensor) -> torch.Tensor:
+    """A 3-D max pooling in channels-last order; the output in the caller's (contiguous) order."""
+    if x.dim() != 5 or not x.is_contiguous():  # unbatched, or already in another order: torch's own
+        return F.max_pool3d(x, module.kernel_size, module.stride, module.padding, module.dilation,
+                            ceil_mode=module.ceil_mode)
+    out = F.max_pool3d(x.contiguous(memory_format=torch.channels_last_3d), module.kernel_size, module.stride,
+                       module.padding, module.dilation, ceil_mode=module.ceil_mode)
+    return out.contiguous()
+
+
 def kernel_kind(module: nn.Module) -> str | None:
     """Which rewrite suits ``module`` as it is now configured (type and settings only, not hooks), or None."""
     kind = type(module)
+    if kind is nn.MaxPool3d:
+        assert isinstance(module, nn.MaxPool3d)
+        return None if module.return_indices else MAX_POOL
     if kind not in _TRANSPOSED and kind not in _POINTWISE:
         return None
     assert isinstance(module, nn.modules.conv._ConvNd)
@@ -186,6 +221,8 @@ def kernel_kind(module: nn.Module) -> str | None:
         return POINTWISE
     if kind in _ORDINARY and max(module.in_channels, module.out_channels) <= FEW_CHANNELS:
         return CHANNELS_LAST
+    if kind is nn.Conv3d and any(k > 1 for k in module.kernel_size) and isinstance(module.padding, tuple):
+        return ONEDNN
     return None
 
 
@@ -199,7 +236,7 @@ class CpuKernel:
     """A convolution layer's replacement ``forward``: the CPU kernel for its ``kind``, reading the layer's current
     weights and settings on each call, or torch's own ``forward`` when the layer no longer qualifies."""
 
-    def __init__(self, module: nn.modules.conv._ConvNd, kind: str) -> None:
+    def __init__(self, module: nn.modules.conv._ConvNd | nn.MaxPool3d, kind: str) -> None:
         self.module = module
         self.kind = kind
 
@@ -212,8 +249,15 @@ class CpuKernel:
             return _phase_transposed(module, input, output_size)
         if output_size is not None:  # not a parameter of an ordinary convolution: let torch say so
             return self.original(input, output_size)
+        if self.kind == MAX_POOL:
+            assert isinstance(module, nn.MaxPool3d)
+            return _max_pool(module, input)
         if self.kind == POINTWISE:
             return _pointwise(module, input)
+        if self.kind == ONEDNN:
+            assert isinstance(module, nn.Conv3d)
+            out = _onednn(module, input)
+            return out if out is not None else self.original(input)
         assert isinstance(module, (nn.Conv2d, nn.Conv3d))
         return _channels_last(module, input)
 
@@ -241,7 +285,7 @@ def apply_cpu_kernels(network: nn.Module) -> int:
     for module in network.modules():
         kind = kernel_kind(module)
         if kind is not None and _untouched(module):
-            assert isinstance(module, nn.modules.conv._ConvNd)
+            assert isinstance(module, (nn.modules.conv._ConvNd, nn.MaxPool3d))
             module.forward = CpuKernel(module, kind)
             swapped += 1
     return swapped
