@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -184,7 +185,9 @@ def _onednn(module: nn.Conv3d, x: torch.Tensor) -> torch.Tensor | None:
     unbatched = x.dim() == 4
     if unbatched:
         x = x.unsqueeze(0)
-    out = torch.mkldnn_convolution(x, module.weight, module.bias, list(module.padding), list(module.stride),
+    padding = module.padding
+    assert isinstance(padding, tuple)  # kernel_kind checked it
+    out = torch.mkldnn_convolution(x, module.weight, module.bias, list(padding), list(module.stride),
                                    list(module.dilation), module.groups)
     return out.squeeze(0) if unbatched else out
 
@@ -253,6 +256,7 @@ class CpuKernel:
             assert isinstance(module, nn.MaxPool3d)
             return _max_pool(module, input)
         if self.kind == POINTWISE:
+            assert isinstance(module, nn.modules.conv._ConvNd)
             return _pointwise(module, input)
         if self.kind == ONEDNN:
             assert isinstance(module, nn.Conv3d)
@@ -263,7 +267,7 @@ class CpuKernel:
 
     def original(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         """The layer's class ``forward`` (torch's), with the arguments the caller gave."""
-        forward = type(self.module).forward
+        forward: Any = type(self.module).forward
         if output_size is None:
             return forward(self.module, input)
         return forward(self.module, input, output_size)
@@ -286,6 +290,6 @@ def apply_cpu_kernels(network: nn.Module) -> int:
         kind = kernel_kind(module)
         if kind is not None and _untouched(module):
             assert isinstance(module, (nn.modules.conv._ConvNd, nn.MaxPool3d))
-            module.forward = CpuKernel(module, kind)
+            module.forward = CpuKernel(module, kind)  # type: ignore[method-assign]
             swapped += 1
     return swapped
