@@ -72,6 +72,11 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     return process.returncode, stdout, stderr
 
 
+def summary(**counts: int) -> dict[str, int]:
+    """The ``summary`` of ``mitk manifest merge --json``, every shard having run."""
+    return {**counts, "in_shards_not_run": 0}
+
+
 def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -185,7 +190,7 @@ def test_merge_of_both_shards_is_complete(root: Path, runs: Any, run_inprocess: 
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["complete"] and report["shards_seen"] == [0, 1] and report["shards_missing"] == []
-    assert report["summary"] == {"cases": 20, "ok": 20, "skipped": 0, "failed": 0, "missing": 0}
+    assert report["summary"] == summary(cases=20, ok=20, skipped=0, failed=0, missing=0)
     header, *records = read_lines(merged)
     assert header["shards"] == 2 and header["merged"] == [0, 1] and len(header["inputs"]) == 20
     assert sorted(r["input"] for r in records) == header["inputs"]
@@ -234,7 +239,7 @@ def test_killed_shard_resumes_without_redoing_finished_cases(root: Path, runs: A
     code, stdout, stderr = run_inprocess("manifest", "merge", manifest, root / "shard1.jsonl", "--json")
     assert code == 0, stderr
     report = json.loads(stdout)
-    assert report["summary"] == {"cases": 20, "ok": 20, "skipped": 0, "failed": 0, "missing": 0}
+    assert report["summary"] == summary(cases=20, ok=20, skipped=0, failed=0, missing=0)
 
 
 def test_a_shard_without_inputs_does_nothing_and_succeeds(root: Path) -> None:
@@ -259,8 +264,8 @@ def test_a_shard_without_inputs_does_nothing_and_succeeds(root: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def header(shard: int, shards: int, *inputs: str) -> dict[str, Any]:
-    return {"mitk_manifest": 1, "task": "segment", "shard": shard, "shards": shards, "total": 9,
+def header(shard: int, shards: int, *inputs: str, total: int = 4) -> dict[str, Any]:
+    return {"mitk_manifest": 1, "task": "segment", "shard": shard, "shards": shards, "total": total,
             "inputs": list(inputs)}
 
 
@@ -281,13 +286,15 @@ def merge(run_inprocess: Any, *args: Any) -> tuple[int, dict[str, Any], str]:
 
 
 def test_merge_reports_a_shard_that_never_ran(tmp_path: Path, run_inprocess: Any) -> None:
-    first = manifest(tmp_path / "0.jsonl", header(0, 3, "a"), record("a"))
-    second = manifest(tmp_path / "1.jsonl", header(1, 3, "b"), record("b", shard=1))
+    first = manifest(tmp_path / "0.jsonl", header(0, 3, "a", total=3), record("a"))
+    second = manifest(tmp_path / "1.jsonl", header(1, 3, "b", total=3), record("b", shard=1))
     code, report, stderr = merge(run_inprocess, first, second)
     assert code == 3 and report["shards_missing"] == [2] and not report["complete"]
-    assert report["summary"]["ok"] == 2 and "rerun shard(s) 2 of 3" in stderr
+    assert report["summary"] == {"cases": 2, "ok": 2, "skipped": 0, "failed": 0, "missing": 0,
+                                 "in_shards_not_run": 1}
+    assert "1 more in shards that never ran" in stderr and "rerun shard(s) 2 of 3" in stderr
     code, stdout, _ = run_inprocess("manifest", "merge", first, second)  # the table for humans
-    assert code == 3 and "2      NO" in stdout
+    assert code == 3 and "2      NO   -" in stdout
 
 
 def test_merge_reports_missing_and_failed_cases(tmp_path: Path, run_inprocess: Any) -> None:
@@ -295,7 +302,7 @@ def test_merge_reports_missing_and_failed_cases(tmp_path: Path, run_inprocess: A
     second = manifest(tmp_path / "1.jsonl", header(1, 2, "d"), record("d", shard=1))
     code, report, stderr = merge(run_inprocess, first, second)
     assert code == 3, stderr
-    assert report["summary"] == {"cases": 4, "ok": 2, "skipped": 0, "failed": 1, "missing": 1}
+    assert report["summary"] == summary(cases=4, ok=2, skipped=0, failed=1, missing=1)
     assert report["failed"] == [{"input": "b", "shard": 0, "error": "b: not a NIfTI file"}]
     assert report["missing"] == [{"input": "c", "shard": 0, "error": None}]
     code, stdout, _ = run_inprocess("manifest", "merge", first, second)
@@ -310,7 +317,7 @@ def test_merge_takes_the_latest_record_and_skipped_after_ok_is_done(tmp_path: Pa
     second = manifest(tmp_path / "1.jsonl", header(1, 2, "d"), record("d", "skipped", shard=1))
     code, report, stderr = merge(run_inprocess, first, second, "-o", tmp_path / "merged.jsonl")
     assert code == 0, stderr
-    assert report["summary"] == {"cases": 4, "ok": 3, "skipped": 1, "failed": 0, "missing": 0}
+    assert report["summary"] == summary(cases=4, ok=3, skipped=1, failed=0, missing=0)
     assert report["damaged_lines"] == [f"{tmp_path / '0.jsonl'}:4"] and "damaged line" in stderr
     merged = read_lines(tmp_path / "merged.jsonl")
     assert [(r["input"], r["status"]) for r in merged[1:]] == [("a", "ok"), ("b", "ok"), ("c", "ok"),

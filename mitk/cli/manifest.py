@@ -62,6 +62,7 @@ def merge(
     seen = "" if report.shards is None else f"{len(report.seen)} of {report.shards} shards, "
     say(f"merged {len(paths)} manifest(s): {seen}{summary['cases']} cases: {summary['ok']} ok, "
         f"{summary['skipped']} skipped, {summary['failed']} failed, {summary['missing']} missing"
+        + (f", {report.unaccounted} more in shards that never ran" if report.unaccounted else "")
         + (f" → {output}" if output else ""))
     rerun = report.shards_to_rerun()
     if rerun:
@@ -78,7 +79,10 @@ def _entry(case: Any) -> dict[str, Any]:
 def _print_report(report: Any) -> None:
     rows = report.by_shard()
     for row in rows:
-        row["ran"] = "yes" if row["ran"] else "NO"
+        if not row["ran"]:  # what it holds is unknown
+            row.update({column: None for column in row if column != "shard"}, ran="NO")
+        else:
+            row["ran"] = "yes"
     columns = ["shard", "ran", "cases", "ok", "skipped", "failed", "missing"]
     lines = [plain_table(rows, columns)] if rows else []
     for status in ("failed", "missing"):

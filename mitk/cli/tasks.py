@@ -71,7 +71,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     from mitk.runner.allocator import keep_freed_memory
 
     with contextlib.ExitStack() as stack:
-        handle = None
+        handle: IO[str] | None = None
         if manifest is not None:  # a bad manifest path fails before the model is loaded
             refuse_inputs(manifest, policy.inputs)
             check_name_length(manifest)

@@ -165,6 +165,8 @@ class MergeReport:
     shards: int | None = None
     """N of the split, or None when no manifest had a header (unsharded runs)."""
     seen: list[int] = field(default_factory=list)
+    total: int | None = None
+    """Inputs of the whole batch, as the shards' headers count them (None without headers)."""
     cases: list[MergedCase] = field(default_factory=list)
     damaged_lines: list[str] = field(default_factory=list)
     """``file:line`` of lines that are not JSON objects (a line cut short when a run was killed)."""
@@ -176,9 +178,15 @@ class MergeReport:
     def count(self, status: str) -> int:
         return sum(case.status == status for case in self.cases)
 
+    @property
+    def unaccounted(self) -> int:
+        """Inputs of the batch that no manifest names: those of shards that never ran."""
+        return max(0, (self.total or 0) - len(self.cases))
+
     def summary(self) -> dict[str, int]:
         return {"cases": len(self.cases), **{status: self.count(status)
-                                            for status in ("ok", "skipped", "failed", "missing")}}
+                                            for status in ("ok", "skipped", "failed", "missing")},
+                "in_shards_not_run": self.unaccounted}
 
     @property
     def complete(self) -> bool:
@@ -212,7 +220,7 @@ class MergeReport:
     def lines(self) -> list[dict[str, Any]]:
         """The merged manifest: a header naming every input assigned, then one record per recorded case."""
         header = {HEADER_KEY: MANIFEST_FORMAT, "task": self.task, "shards": self.shards, "merged": self.seen,
-                  "inputs": [case.input for case in self.cases]}
+                  "total": self.total, "inputs": [case.input for case in self.cases]}
         return [header, *(case.record for case in self.cases if case.record is not None)]
 
 
@@ -295,15 +303,17 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
                 finished[record["input"]] = record
     shard_of_input = {name: shard for shard, names in assigned.items() for name in names}
     for name in sorted({*latest, *shard_of_input}):
-        record = latest.get(name)
-        if record is None:
+        if name not in latest:
             report.cases.append(MergedCase(name, shard_of_input[name], "missing"))
             continue
-        status = str(record.get("status"))
+        chosen = latest[name]
+        status = str(chosen.get("status"))
         if status == "skipped" and name in finished:
-            record, status = finished[name], "ok"
-        shard = record.get("shard") if isinstance(record.get("shard"), int) else shard_of_input.get(name)
+            chosen, status = finished[name], "ok"
+        shard = chosen.get("shard") if isinstance(chosen.get("shard"), int) else shard_of_input.get(name)
         report.cases.append(MergedCase(name, shard, status if status in (*DONE, "failed") else "failed",
-                                       record))
+                                       chosen))
     report.seen = sorted(seen)
+    totals = [h["total"] for m in manifests for h in m.headers if isinstance(h.get("total"), int)]
+    report.total = max(totals) if totals else None
     return report
