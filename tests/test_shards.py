@@ -23,7 +23,7 @@ import pytest
 
 from mitk.errors import UsageError
 from mitk.io.inputs import expand_inputs
-from mitk.runner.shards import Shard, merge_manifests, shard_of
+from mitk.runner.shards import Shard, ShardManifest, manifest_header, merge_manifests, shard_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -257,6 +257,20 @@ def test_a_shard_without_inputs_does_nothing_and_succeeds(root: Path) -> None:
     assert read_lines(root / "empty.jsonl") == [{"mitk_manifest": 1, "task": "segment", "shard": empty,
                                                  "shards": count, "total": 20, "inputs": []}]
     assert not (root / "none").exists()
+
+
+def test_shard_manifest_starts_on_a_line_of_its_own_after_a_killed_write(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(record("a")) + "\n" + '{"input": "b", "sta')  # cut short by SIGKILL
+    with path.open("a", encoding="utf-8") as handle:
+        stamped = ShardManifest(handle, Shard(1, 2))
+        stamped.start(manifest_header("segment", Shard(1, 2), ["b"], 2))
+        stamped.write(json.dumps({"input": "b", "status": "ok"}) + "\n")
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"input": "b", "sta'
+    assert json.loads(lines[2])["inputs"] == ["b"]
+    assert json.loads(lines[3]) == {"input": "b", "status": "ok", "shard": 1}
+    assert [case.status for case in merge_manifests([path]).cases] == ["ok", "ok"]
 
 
 # ---------------------------------------------------------------------------------------------------

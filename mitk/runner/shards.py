@@ -122,6 +122,10 @@ class ShardManifest:
             lines.append(line)
         return self.handle.write("".join(lines))
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         self.handle.flush()
 
