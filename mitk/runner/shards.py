@@ -147,6 +147,7 @@ def _ends_mid_line(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 DONE = ("ok", "skipped")
+STATUSES = (*DONE, "failed", "missing")
 
 
 @dataclass
@@ -188,8 +189,7 @@ class MergeReport:
         return max(0, (self.total or 0) - len(self.cases))
 
     def summary(self) -> dict[str, int]:
-        return {"cases": len(self.cases), **{status: self.count(status)
-                                            for status in ("ok", "skipped", "failed", "missing")},
+        return {"cases": len(self.cases), **{status: self.count(status) for status in STATUSES},
                 "in_shards_not_run": self.unaccounted}
 
     @property
@@ -210,15 +210,17 @@ class MergeReport:
         return sorted({*self.missing_shards, *unfinished})
 
     def by_shard(self) -> list[dict[str, Any]]:
-        """One row per shard (seen or not) with its case counts."""
-        indices = sorted({*self.seen, *self.missing_shards, *(c.shard for c in self.cases if c.shard is not None)})
+        """One row per shard (seen or not) with its case counts; shard ``-`` holds the unsharded records."""
+        indices: list[int | None] = [*sorted({*self.seen, *self.missing_shards,
+                                              *(c.shard for c in self.cases if c.shard is not None)})]
+        if any(case.shard is None for case in self.cases):
+            indices.append(None)
         rows = []
-        for index in [*indices, *([None] if any(c.shard is None for c in self.cases) else [])]:
+        for index in indices:
             cases = [case for case in self.cases if case.shard == index]
-            rows.append({"shard": "-" if index is None else index,
-                         "ran": index is None or index in self.seen, "cases": len(cases),
-                         **{status: sum(c.status == status for c in cases)
-                            for status in ("ok", "skipped", "failed", "missing")}})
+            rows.append({"shard": "-" if index is None else index, "ran": index is None or index in self.seen,
+                         "cases": len(cases), **{status: sum(c.status == status for c in cases)
+                                                 for status in STATUSES}})
         return rows
 
     def lines(self) -> list[dict[str, Any]]:
