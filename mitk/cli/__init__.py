@@ -12,6 +12,7 @@ import typer
 from mitk import __version__
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
+from mitk.cli import manifest as manifest_cmd
 from mitk.cli import sample as sample_cmd
 from mitk.cli import train as train_cmd
 from mitk.cli.common import STATE
@@ -53,6 +54,7 @@ tasks.add_task_commands(app)
 app.add_typer(evaluate_cmd.app, name="evaluate")
 app.add_typer(sample_cmd.app, name="sample")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(manifest_cmd.app, name="manifest")
 from mitk.cli import convert as convert_cmd  # noqa: E402
 
 app.command("convert")(convert_cmd.convert)

@@ -17,6 +17,7 @@ from mitk.cli.common import (
     PluginOption,
     SeriesOption,
     SetOption,
+    ShardOption,
     SkipExistingOption,
     WeightsOption,
 )
@@ -53,6 +54,7 @@ def classify(
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
+    shard: ShardOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Classify images: print the predicted class and the probability of each class per input."""
@@ -79,7 +81,7 @@ def classify(
 
     try:
         run_task_batch("classify", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                       device=device, as_json=as_json, manifest=manifest)
+                       device=device, as_json=as_json, manifest=manifest, shard=shard)
     except typer.Exit:
         if csv is not None and rows:
             _write_csv(rows, csv, overwrite)

@@ -44,6 +44,11 @@ SkipExistingOption = Annotated[bool, typer.Option("--skip-existing",
                                                   help="Skip inputs whose output exists (status 'skipped').")]
 ManifestOption = Annotated[Path | None, typer.Option("--manifest", help="Append one JSON line per input to "
                                                      "this file as each finishes.")]
+ShardOption = Annotated[str | None, typer.Option(
+    "--shard", metavar="I/N",
+    help="Run only shard I (from 0) of N: a stable split of the inputs by a hash of each path, for job arrays "
+         "(e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT). Merge the manifests with "
+         "`mitk manifest merge`.")]
 AllowResampleOption = Annotated[bool, typer.Option(
     "--allow-resample", help="Resample an irregular or gantry-tilted DICOM series onto a regular grid (with a "
                              "warning) instead of refusing it.")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -20,6 +20,7 @@ from mitk.cli.common import (
     PluginOption,
     SeriesOption,
     SetOption,
+    ShardOption,
     SkipExistingOption,
     WeightsOption,
     emit_json,
@@ -31,6 +32,9 @@ from mitk.enums import Task
 from mitk.errors import UsageError
 from mitk.taskspecs import get_task, import_part, iter_tasks
 
+if TYPE_CHECKING:
+    from mitk.runner.shards import Shard
+
 InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, DICOM files/folders/zips, "
                                                           "folders of NIfTI files, or quoted globs.")]
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input only).")]
@@ -40,28 +44,34 @@ OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-d", help
 
 def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callable[[Any], Any], *,
                    plugin: str | None, weights: Path | None, settings: list[str] | None, device: str,
-                   as_json: bool, manifest: Path | None) -> None:
+                   as_json: bool, manifest: Path | None, shard: str | None = None) -> None:
     """Expand inputs, load the model once, run every case, report, and exit with the batch status.
 
     Everything the command line can get wrong (output over an input, an unwritable output folder or manifest)
     is refused before the model loads. SIGINT/SIGTERM stop after dropping the case in progress: the summary
     (and with ``--json`` the document so far) is printed and the exit status is 130/143.
+    With ``shard`` (``"I/N"``) only that shard's inputs run (:mod:`mitk.runner.shards`).
     """
     from mitk.io.atomic import check_name_length, refuse_inputs
     from mitk.io.inputs import expand_inputs
     from mitk.runner.batch import Interrupted, run_batch
+    from mitk.runner.shards import Shard, ShardManifest, manifest_header
 
+    part = Shard.parse(shard) if shard is not None else None
     cases = expand_inputs(inputs)
     if not cases:
         raise UsageError("no inputs given")
-    policy.prepare(cases)
+    policy.prepare(cases)  # every input of the cohort: no shard writes over another shard's input
+    total = len(cases)
+    if part is not None:
+        cases = part.select(cases)
     overrides = parse_settings(settings)
 
     from mitk.api import load
     from mitk.runner.allocator import keep_freed_memory
 
     with contextlib.ExitStack() as stack:
-        handle = None
+        handle: IO[str] | None = None
         if manifest is not None:  # a bad manifest path fails before the model is loaded
             refuse_inputs(manifest, policy.inputs)
             check_name_length(manifest)
@@ -69,6 +79,12 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
                 handle = stack.enter_context(manifest.open("a", encoding="utf-8"))
             except OSError as error:
                 raise UsageError(f"cannot open the manifest ({error.strerror or error})", manifest) from None
+            if part is not None:
+                stamped = ShardManifest(handle, part)  # a header, then each record with its shard
+                stamped.start(manifest_header(task, part, [str(case.path) for case in cases], total))
+                handle = cast("IO[str]", stamped)
+        if part is not None and not cases:
+            _empty_shard(task, part, total, plugin, as_json)
         keep_freed_memory()
         model = load(plugin, weights=weights, task=task, device=device, settings=overrides).loaded  # as mitk.load
         process = build_job(model)
@@ -91,6 +107,8 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
         "task": task, "plugin": model.name, "plugin_version": model.version,
         "weights": str(weights) if weights else None, "device": str(model.device),
         "summary": summary, "exit_code": exit_code, "cases": [r.to_dict() for r in report.records]}
+    if part is not None:
+        document.update(shard=part.index, shards=part.count)
     if interrupted is not None:
         document.update(interrupted=report.interrupted, not_done=report.not_done)
         console.print(message_text(f"mitk: interrupted ({report.interrupted}): {len(report.not_done)} of "
@@ -98,9 +116,21 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
     if as_json:
         emit_json(document)
     if not STATE.quiet or interrupted is not None:
-        console.print(message_text(f"{task}: {summary['ok']} ok, {summary['skipped']} skipped, "
+        label = task if part is None else f"{task} shard {part}"
+        console.print(message_text(f"{label}: {summary['ok']} ok, {summary['skipped']} skipped, "
                                    f"{summary['failed']} failed of {summary['total']}"))
     raise typer.Exit(exit_code)
+
+
+def _empty_shard(task: str, part: Shard, total: int, plugin: str | None, as_json: bool) -> None:
+    """A shard that none of the inputs fall in: nothing to do, and not an error (the model is not loaded)."""
+    if as_json:
+        emit_json({"task": task, "plugin": plugin, "shard": part.index, "shards": part.count,
+                   "summary": {"total": 0, "ok": 0, "skipped": 0, "failed": 0}, "exit_code": 0, "cases": []})
+    if not STATE.quiet:
+        stderr_console().print(message_text(f"{task} shard {part}: no inputs fall in this shard "
+                                            f"({total} in all); nothing to do"))
+    raise typer.Exit(0)
 
 
 def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) -> Any:
@@ -158,6 +188,7 @@ def segment(
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
+    shard: ShardOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz)."""
@@ -174,7 +205,7 @@ def segment(
                                 deidentify=deidentify)
 
     run_task_batch("segment", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest)
+                   device=device, as_json=as_json, manifest=manifest, shard=shard)
 
 
 def register(
@@ -196,6 +227,7 @@ def register(
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
+    shard: ShardOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register moving images to a fixed image; write each moving image resampled on the fixed grid."""
@@ -209,7 +241,7 @@ def register(
                                  fixed_series=fixed_series, allow_resample=allow_resample)
 
     run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest)
+                   device=device, as_json=as_json, manifest=manifest, shard=shard)
 
 
 def detect(
@@ -235,6 +267,7 @@ def detect(
     overwrite: OverwriteOption = False,
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
+    shard: ShardOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Detect objects: boxes in voxel indices and world mm with scores (<input>_boxes.json with -o/-d or any
@@ -259,7 +292,7 @@ def detect(
                                deidentify=deidentify)
 
     run_task_batch("detect", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest)
+                   device=device, as_json=as_json, manifest=manifest, shard=shard)
 
 
 from mitk.cli.classify import classify  # noqa: E402  (it uses run_task_batch, defined above)

@@ -1,0 +1,325 @@
+"""Sharded batches: ``--shard I/N`` picks a stable part of a batch, and shard manifests are merged back.
+
+A case belongs to shard ``sha256(path) mod N``, where ``path`` is the input's path as the command line
+expanded it, normalised (``a/./b`` and ``a//b`` are ``a/b``). Each case's shard depends on its own path only:
+adding files to a cohort never moves the cases already there to another shard, and every shard of a job
+array, given the same arguments, computes the same split without talking to the others.
+
+A sharded run's manifest starts with a header line naming what the shard was assigned, and every record it
+appends carries its shard, so that :func:`merge_manifests` can tell finished, failed and missing cases apart.
+No torch here: ``mitk manifest merge`` is a fast command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from mitk.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from mitk.io.inputs import Case
+
+MANIFEST_FORMAT = 1
+"""Version of the manifest header (``{"mitk_manifest": 1, ...}``); a reader refuses a newer one."""
+HEADER_KEY = "mitk_manifest"
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing a shard's cases
+# ---------------------------------------------------------------------------------------------------
+
+
+def shard_key(path: str | os.PathLike[str]) -> str:
+    """The string a case is hashed by: its path as expanded, normalised (not resolved: symlinks and mount
+    points stay as written, so every node of a cluster computes the same key from the same arguments)."""
+    return os.path.normpath(os.fspath(path))
+
+
+def shard_of(path: str | os.PathLike[str], count: int) -> int:
+    """The 0-based shard of ``count`` that ``path`` belongs to."""
+    digest = hashlib.sha256(shard_key(path).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: ``--shard 3/10`` is the fourth of ten."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"`` with ``0 <= I < N`` (``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``), else a usage error."""
+        match = _SHARD.match(text)
+        if match is None:
+            raise UsageError(f"--shard expects I/N with whole numbers, e.g. 0/4, not {text!r}")
+        index, count = int(match[1]), int(match[2])
+        if count < 1:
+            raise UsageError(f"--shard {text}: the number of shards must be at least 1")
+        if index >= count:
+            raise UsageError(f"--shard {text}: the shard index counts from 0, so it must be below {count}")
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the case at ``path`` belongs to this shard."""
+        return shard_of(path, self.count) == self.index
+
+    def select(self, cases: Sequence[Case]) -> list[Case]:
+        """This shard's cases, in their original order."""
+        return [case for case in cases if self.holds(case.path)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing a shard's manifest
+# ---------------------------------------------------------------------------------------------------
+
+
+def manifest_header(task: str, shard: Shard, inputs: Iterable[str], total: int) -> dict[str, Any]:
+    """The first line a sharded run appends: what this shard was assigned (``total`` inputs in all)."""
+    return {HEADER_KEY: MANIFEST_FORMAT, "task": task, "shard": shard.index, "shards": shard.count,
+            "total": total, "inputs": list(inputs)}
+
+
+class ShardManifest:
+    """A manifest handle for a sharded run: writes the header, then stamps each record line with the shard.
+
+    It stands in for the text file that :func:`mitk.runner.batch.run_batch` appends records to (``write``
+    and ``flush``), so the records keep their keys and gain ``shard``.
+    """
+
+    def __init__(self, handle: IO[str], shard: Shard) -> None:
+        self.handle = handle
+        self.shard = shard
+
+    def start(self, header: dict[str, Any]) -> None:
+        """Append ``header``, on a line of its own even after a line cut short by a killed run."""
+        name = getattr(self.handle, "name", None)
+        if isinstance(name, str) and _ends_mid_line(Path(name)):
+            self.handle.write("\n")
+        self.write(json.dumps(header) + "\n")
+
+    def write(self, text: str) -> int:
+        lines = []
+        for line in text.splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and HEADER_KEY not in record:
+                line = json.dumps({**record, "shard": self.shard.index}) + "\n"
+            lines.append(line)
+        return self.handle.write("".join(lines))
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as existing:
+            existing.seek(0, os.SEEK_END)
+            if existing.tell() == 0:
+                return False
+            existing.seek(-1, os.SEEK_END)
+            return existing.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merging shard manifests
+# ---------------------------------------------------------------------------------------------------
+
+DONE = ("ok", "skipped")
+STATUSES = (*DONE, "failed", "missing")
+
+
+@dataclass
+class MergedCase:
+    """The outcome of one input over every run that recorded it."""
+
+    input: str
+    shard: int | None
+    status: str
+    """``ok``, ``skipped`` (its output existed before any run here), ``failed`` or ``missing`` (assigned to a
+    shard that has no record of it)."""
+    record: dict[str, Any] | None = None
+
+
+@dataclass
+class MergeReport:
+    """Shard manifests combined: the latest record of each case, and what is missing."""
+
+    task: str | None = None
+    shards: int | None = None
+    """N of the split, or None when no manifest had a header (unsharded runs)."""
+    seen: list[int] = field(default_factory=list)
+    total: int | None = None
+    """Inputs of the whole batch, as the shards' headers count them (None without headers)."""
+    cases: list[MergedCase] = field(default_factory=list)
+    damaged_lines: list[str] = field(default_factory=list)
+    """``file:line`` of lines that are not JSON objects (a line cut short when a run was killed)."""
+
+    @property
+    def missing_shards(self) -> list[int]:
+        return [] if self.shards is None else sorted(set(range(self.shards)) - set(self.seen))
+
+    def count(self, status: str) -> int:
+        return sum(case.status == status for case in self.cases)
+
+    @property
+    def unaccounted(self) -> int:
+        """Inputs of the batch that no manifest names: those of shards that never ran."""
+        return max(0, (self.total or 0) - len(self.cases))
+
+    def summary(self) -> dict[str, int]:
+        return {"cases": len(self.cases), **{status: self.count(status) for status in STATUSES},
+                "in_shards_not_run": self.unaccounted}
+
+    @property
+    def complete(self) -> bool:
+        """Every shard seen and every case done."""
+        return not self.missing_shards and all(case.status in DONE for case in self.cases)
+
+    @property
+    def exit_code(self) -> int:
+        """0 complete, 1 nothing succeeded, 3 some case failed or missing (or a shard never ran)."""
+        if not any(case.status in DONE for case in self.cases):
+            return 1
+        return 0 if self.complete else 3
+
+    def shards_to_rerun(self) -> list[int]:
+        """Shards that never ran or have a failed or missing case."""
+        unfinished = {case.shard for case in self.cases if case.status not in DONE and case.shard is not None}
+        return sorted({*self.missing_shards, *unfinished})
+
+    def by_shard(self) -> list[dict[str, Any]]:
+        """One row per shard (seen or not) with its case counts; shard ``-`` holds the unsharded records."""
+        indices: list[int | None] = [*sorted({*self.seen, *self.missing_shards,
+                                              *(c.shard for c in self.cases if c.shard is not None)})]
+        if any(case.shard is None for case in self.cases):
+            indices.append(None)
+        rows = []
+        for index in indices:
+            cases = [case for case in self.cases if case.shard == index]
+            rows.append({"shard": "-" if index is None else index, "ran": index is None or index in self.seen,
+                         "cases": len(cases), **{status: sum(c.status == status for c in cases)
+                                                 for status in STATUSES}})
+        return rows
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The merged manifest: a header naming every input assigned, then one record per recorded case."""
+        header = {HEADER_KEY: MANIFEST_FORMAT, "task": self.task, "shards": self.shards, "merged": self.seen,
+                  "total": self.total, "inputs": [case.input for case in self.cases]}
+        return [header, *(case.record for case in self.cases if case.record is not None)]
+
+
+@dataclass
+class _Manifest:
+    headers: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+
+
+def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
+    """Headers and records of one manifest file; lines that are not JSON objects are noted in ``damaged``."""
+    try:
+        content = path.read_bytes()
+    except IsADirectoryError:
+        raise InputError("is a folder, not a manifest", path) from None
+    except FileNotFoundError:
+        raise InputError("no such manifest", path) from None
+    except OSError as error:
+        raise InputError(f"cannot read the manifest ({error.strerror or error})", path) from None
+    manifest, bad = _Manifest([], []), []
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            entry = None
+        if isinstance(entry, dict) and HEADER_KEY in entry:
+            version = entry[HEADER_KEY]
+            if not isinstance(version, int) or version > MANIFEST_FORMAT:
+                raise InputError(f"manifest format {version!r} is newer than this mitk reads "
+                                 f"({MANIFEST_FORMAT}); upgrade mitk", path)
+            manifest.headers.append(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("input"), str) and "status" in entry:
+            manifest.records.append(entry)
+        else:
+            bad.append(f"{path}:{number}")
+    if bad and not (manifest.headers or manifest.records):
+        raise InputError("not a mitk manifest (no JSON records)", path)
+    damaged.extend(bad)
+    return manifest
+
+
+def merge_manifests(paths: Sequence[Path]) -> MergeReport:
+    """Combine manifests (shards of one split, reruns appended, or an earlier merge).
+
+    The latest record of a case wins, in the order given and line by line, except that ``skipped`` after
+    ``ok`` keeps the ``ok`` record (a rerun with ``--skip-existing`` found the output the first run wrote).
+    A case assigned by a shard's latest header but recorded nowhere is ``missing``.
+    """
+    report = MergeReport()
+    manifests = [read_manifest(path, report.damaged_lines) for path in paths]
+    tasks = {h["task"] for m in manifests for h in m.headers if h.get("task")}
+    if len(tasks) > 1:
+        raise UsageError(f"these manifests come from different tasks ({', '.join(sorted(tasks))})")
+    counts = {h["shards"] for m in manifests for h in m.headers if isinstance(h.get("shards"), int)}
+    if len(counts) > 1:
+        raise UsageError("these manifests come from different splits "
+                         f"({' and '.join(map(str, sorted(counts)))} shards); merge one split at a time")
+    report.task = next(iter(tasks), None)
+    report.shards = next(iter(counts), None)
+    assigned: dict[int | None, list[str]] = {}
+    seen: set[int] = set()
+    latest: dict[str, dict[str, Any]] = {}
+    finished: dict[str, dict[str, Any]] = {}
+    for manifest in manifests:
+        for header in manifest.headers:
+            shard = header.get("shard") if isinstance(header.get("shard"), int) else None
+            if shard is not None:
+                seen.add(shard)
+            seen.update(index for index in header.get("merged") or [] if isinstance(index, int))
+            inputs = [item for item in header.get("inputs") or [] if isinstance(item, str)]
+            if shard is None:  # an unsharded run or an earlier merge: its inputs add up
+                assigned[None] = [*assigned.get(None, []), *inputs]
+            else:  # a shard's latest header says what it holds now
+                assigned[shard] = inputs
+        for record in manifest.records:
+            latest[record["input"]] = record
+            if record.get("status") == "ok":
+                finished[record["input"]] = record
+    shard_of_input = {name: shard for shard, names in assigned.items() for name in names}
+    for name in sorted({*latest, *shard_of_input}):
+        if name not in latest:
+            report.cases.append(MergedCase(name, shard_of_input[name], "missing"))
+            continue
+        chosen = latest[name]
+        status = str(chosen.get("status"))
+        if status == "skipped" and name in finished:
+            chosen, status = finished[name], "ok"
+        shard = chosen.get("shard") if isinstance(chosen.get("shard"), int) else shard_of_input.get(name)
+        report.cases.append(MergedCase(name, shard, status if status in (*DONE, "failed") else "failed",
+                                       chosen))
+    report.seen = sorted(seen)
+    totals = [h["total"] for m in manifests for h in m.headers if isinstance(h.get("total"), int)]
+    report.total = max(totals) if totals else None
+    return report
