@@ -306,6 +306,18 @@ def _collective_device() -> torch.device:
 # -------------------------------------------------------------------------------------------------
 
 
+def broadcast_buffers(network: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank: each rank updates its own from its
+    share of the batch, so after an epoch they differ. Then every rank validates (and rank 0 saves) the same
+    weights. Nothing without a process group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    for buffer in network.buffers():
+        _collective(dist.broadcast, buffer, src=0)
+
+
 def parameter_checksum(network: torch.nn.Module) -> str:
     """SHA-256 (first 16 hex digits) of the network's parameters and buffers, in state-dict order."""
     digest = hashlib.sha256()

@@ -40,6 +40,7 @@ from mitk.training.distributed import (
     GlobalBatchSampler,
     World,
     all_reduce_sum,
+    broadcast_buffers,
     parameter_checksums,
     per_rank_batch,
     sharded_validation,
@@ -436,6 +437,7 @@ class Trainer:
         progress.remove_task(batches)
         if self.world is not None:  # the mean loss of the global batches, the same on every rank
             total = all_reduce_sum({"loss": total}, self.device)["loss"] / self.world.size
+            broadcast_buffers(network)  # rank 0's batch-norm statistics everywhere: one set of weights
         mean = total / max(count, 1)
         if not math.isfinite(mean):
             raise MitkError(f"training diverged: the loss is {mean} in epoch {epoch} (try a lower --lr)")
