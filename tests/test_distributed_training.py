@@ -25,7 +25,13 @@ from test_train import LABELS, build_cases
 
 from mitk.checkpoint import load_checkpoint, training_state_load
 from mitk.errors import UsageError
-from mitk.training.distributed import GlobalBatchSampler, World, parameter_checksum, torchrun_world
+from mitk.training.distributed import (
+    GlobalBatchSampler,
+    World,
+    parameter_checksum,
+    remote_rendezvous,
+    torchrun_world,
+)
 from mitk.training.folder import RUN_FILES
 from mitk.training.train import train as train_task
 
@@ -186,6 +192,14 @@ def test_torchrun_world_from_the_environment() -> None:
         torchrun_world({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"})
     with pytest.raises(UsageError, match="integers"):
         torchrun_world({"WORLD_SIZE": "two"})
+
+
+def test_a_rendezvous_off_this_host_is_named() -> None:
+    """``start`` warns (on rank 0) when the unauthenticated c10d store is reached over the network."""
+    for local in ({}, {"MASTER_ADDR": "127.0.0.1"}, {"MASTER_ADDR": "localhost"}, {"MASTER_ADDR": "::1"}):
+        assert remote_rendezvous(local) is None
+    assert remote_rendezvous({"MASTER_ADDR": "10.0.0.5"}) == "10.0.0.5"
+    assert remote_rendezvous({"MASTER_ADDR": "node01.cluster"}) == "node01.cluster"
 
 
 def test_the_global_batch_must_divide_among_the_processes(cases: Path, tmp_path: Path,

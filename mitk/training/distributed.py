@@ -19,6 +19,8 @@ import contextlib
 import contextvars
 import datetime as _dt
 import hashlib
+import ipaddress
+import logging
 import math
 import os
 from collections.abc import Iterator, Sized
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 TIMEOUT_VARIABLE = "MITK_DIST_TIMEOUT"
 """Seconds a collective (all-reduce, barrier) waits for the other ranks before the run fails; default 900."""
 DEFAULT_TIMEOUT_S = 900.0
+LOG = logging.getLogger("mitk.training")
 
 _SHARDED_VALIDATION: contextvars.ContextVar[bool] = contextvars.ContextVar("mitk_sharded_validation",
                                                                            default=False)
@@ -125,6 +128,10 @@ def start(world: World, device: torch.device) -> str:
     if dist.is_initialized():
         return str(dist.get_backend())
     backend = "nccl" if device.type == "cuda" else "gloo"
+    address = remote_rendezvous()
+    if address is not None and world.is_main:
+        LOG.warning("the torchrun rendezvous is at %s: PyTorch's c10d store has no authentication, so anyone who "
+                    "can reach it can join or disturb the run (keep it on a trusted network)", address)
     options: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
     try:
         dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
@@ -132,6 +139,18 @@ def start(world: World, device: torch.device) -> str:
     except (RuntimeError, ValueError) as error:
         raise MitkError(f"cannot join the torchrun process group ({backend}): {first_line(error)}") from None
     return backend
+
+
+def remote_rendezvous(environ: dict[str, str] | None = None) -> str | None:
+    """``MASTER_ADDR`` when it names a host other than this one's loopback (``None`` for a local run)."""
+    env = os.environ if environ is None else environ
+    address = env.get("MASTER_ADDR", "").strip()
+    if not address or address == "localhost":
+        return None
+    try:
+        return None if ipaddress.ip_address(address).is_loopback else address
+    except ValueError:  # a host name
+        return address
 
 
 def stop() -> None:
