@@ -5,6 +5,8 @@ parameters end identical (the run records every rank's checksum), the run folder
 written by rank 0, validation on split cases equals a single-process validation of the same weights, a resumed
 run continues under torchrun, and the validation Dice matches a one-process run with the same global batch
 within the stated tolerance (the ranks draw different random patches; see docs/scale-out-torchrun.md).
+A DenseNet classifier (batch norm) and voxelmorph (no randomness: the one-process optimisation to float
+precision) train under torchrun too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_registration_learned import block_mean
 from test_train import LABELS, build_cases
 
 from mitk.checkpoint import load_checkpoint, training_state_load
@@ -259,3 +262,56 @@ def test_classification_under_torchrun(tmp_path: Path) -> None:
     assert record["validation"] == "split across ranks"
     assert sorted(path.name for path in run.iterdir()) == sorted(RUN_FILES)
     assert_logged_validation_is(run, validate_again(run, "classify", "densenet121"))
+
+
+def test_registration_under_torchrun_is_the_one_process_optimisation(mni_t1_2mm: Path, tmp_path: Path) -> None:
+    """No random augmentation and no batch norm in voxelmorph: 2 processes reproduce one process's losses,
+    validation metrics and weights to float precision, including a short last batch (3 pairs in batches of 2:
+    rank 1 takes no pair of the last batch and joins with weight 0)."""
+    import nibabel as nib
+    import numpy as np
+    from nilearn.datasets import load_mni152_gm_mask
+    from scipy import ndimage
+
+    template = nib.load(mni_t1_2mm)
+    image = block_mean(np.asarray(template.get_fdata(), np.float32))
+    grey = (block_mean(np.asarray(load_mni152_gm_mask(resolution=2).get_fdata(), np.float32)) > 0.5)
+    affine = np.asarray(template.affine, float) @ np.diag([3.0, 3.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "fixed.nii.gz")
+    nib.save(nib.Nifti1Image(grey.astype(np.int16), affine), tmp_path / "fixed_gm.nii.gz")
+    pairs = []
+    for seed in range(5):  # the MNI152 T1 under smooth random deformations
+        rng = np.random.default_rng(seed)
+        field = np.stack([ndimage.gaussian_filter(rng.standard_normal(image.shape), 3.0) for _ in range(3)])
+        sources = np.indices(image.shape) + field * (10.0 / np.abs(field).max()) / 6.0
+        moving = ndimage.map_coordinates(image, sources, order=1).astype(np.float32)
+        moving_gm = ndimage.map_coordinates(grey.astype(np.float32), sources, order=1) > 0.5
+        nib.save(nib.Nifti1Image(moving, affine), tmp_path / f"moving{seed}.nii.gz")
+        nib.save(nib.Nifti1Image(moving_gm.astype(np.int16), affine), tmp_path / f"moving{seed}_gm.nii.gz")
+        pairs.append({"fixed": "fixed.nii.gz", "moving": f"moving{seed}.nii.gz", "fixed_label": "fixed_gm.nii.gz",
+                      "moving_label": f"moving{seed}_gm.nii.gz"})
+    datalist = tmp_path / "pairs.json"
+    datalist.write_text(json.dumps({"training": pairs[:3], "validation": pairs[3:],
+                                    "labels": {"0": "background", "1": "grey matter"}}))
+    settings = {"spacing": [6, 6, 6], "patch_size": [32, 32, 32], "optimizer": {"lr": 0.01},
+                "network": {"channels": [4, 8, 8, 8], "final_conv_channels": [8], "integration_steps": 3}}
+    flags = [item for key in ("spacing", "patch_size") for item in ("--set", f"{key}={settings[key]}")]
+    flags += ["--set", "network.channels=[4,8,8,8]", "--set", "network.final_conv_channels=[8]",
+              "--set", "network.integration_steps=3", "--lr", "0.01"]
+    done = torchrun(2, "train", "register", "--plugin", "voxelmorph", "--data", datalist, "-d", tmp_path / "two",
+                    "--epochs", "2", "--batch-size", "2", "--device", "cpu", *flags, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["distributed"]["parameters_identical"] is True
+    with one_thread():
+        single = train_task("register", plugin="voxelmorph", data=datalist, output_dir=tmp_path / "one",
+                            options={"epochs": 2, "batch_size": 2, "seed": 0, "device": "cpu"}, overrides=settings)
+    rows = json.loads((tmp_path / "two/log.json").read_text())["epochs"]
+    for mine, theirs in zip(rows, single.history, strict=True):
+        assert set(mine) == set(theirs)
+        for name in set(mine) - {"seconds"}:
+            assert mine[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-7), name
+    two = load_checkpoint(tmp_path / "two/last.safetensors").state_dict
+    one = load_checkpoint(tmp_path / "one/last.safetensors").state_dict
+    assert two.keys() == one.keys()
+    for name in one:  # Adam divides by the root of tiny second moments: float-order noise becomes ~1e-6
+        assert torch.allclose(two[name], one[name], rtol=0, atol=2e-5), name
