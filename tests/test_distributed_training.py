@@ -108,6 +108,7 @@ def test_two_processes_end_with_identical_parameters_and_one_run_folder(two_proc
     # exactly one set of files (no second writer, no temporary leftovers), one report on the terminal
     assert sorted(path.name for path in run.iterdir()) == sorted(RUN_FILES)
     assert stderr.count("epoch 1:") == 1 and stderr.count("training on 4 cases") == 1
+    assert stderr.count("from libraries hidden") <= 1
     assert "Traceback" not in stderr
     assert [row["epoch"] for row in json.loads((run / "log.json").read_text())["epochs"]] == [1, 2]
 

@@ -128,8 +128,10 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
     from mitk.training.train import train
 
     console = stderr_console()
-    main_process = is_main_process()  # under torchrun only rank 0 reports
-    quiet = STATE.quiet or not main_process
+    main_process = is_main_process()  # under torchrun only rank 0 reports; the others print only errors
+    if not main_process:
+        STATE.quiet = True
+    quiet = STATE.quiet
 
     def on_ready(line: str) -> None:
         if not quiet:
