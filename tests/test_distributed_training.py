@@ -182,6 +182,33 @@ def test_two_processes_reach_the_validation_dice_of_one(two_process_run, cases: 
         assert mine["lr"] == theirs["lr"]
 
 
+def test_a_rank_that_does_not_answer_ends_the_run_with_one_clear_line(tmp_path: Path) -> None:
+    """Rank 1 stalls; rank 0's barrier gives up after MITK_DIST_TIMEOUT with a MitkError (no hang), and
+    torchrun then stops rank 1 and fails."""
+    script = tmp_path / "stall.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "import torch\n"
+        "from mitk.errors import MitkError\n"
+        "from mitk.training import distributed\n"
+        "world = distributed.torchrun_world()\n"
+        "distributed.start(world, torch.device('cpu'))\n"
+        "if world.rank == 1:\n"
+        "    time.sleep(120)\n"
+        "    sys.exit(0)\n"
+        "try:\n"
+        "    distributed.barrier()\n"
+        "except MitkError as error:\n"
+        "    print(f'rank 0: {error}', flush=True)\n"
+        "    os._exit(3)\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MITK_DIST_TIMEOUT": "3"}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=90)
+    assert done.returncode != 0
+    assert "rank 0: distributed training stopped: another process failed or did not answer within 3 s" \
+        in done.stdout
+
+
 # -------------------------------------------------------------------------------------------------
 # Without processes: the environment, the global batch, the sampler
 # -------------------------------------------------------------------------------------------------

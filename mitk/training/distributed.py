@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import math
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ class World:
         return self.rank == 0
 
 
-def torchrun_world(environ: dict[str, str] | None = None) -> World | None:
+def torchrun_world(environ: Mapping[str, str] | None = None) -> World | None:
     """The torchrun world from ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; ``None`` for a single process."""
     env = os.environ if environ is None else environ
     if "WORLD_SIZE" not in env:
@@ -141,7 +141,7 @@ def start(world: World, device: torch.device) -> str:
     return backend
 
 
-def remote_rendezvous(environ: dict[str, str] | None = None) -> str | None:
+def remote_rendezvous(environ: Mapping[str, str] | None = None) -> str | None:
     """``MASTER_ADDR`` when it names a host other than this one's loopback (``None`` for a local run)."""
     env = os.environ if environ is None else environ
     address = env.get("MASTER_ADDR", "").strip()
