@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import load
 from test_registration_learned import block_mean
 from test_train import LABELS, build_cases
 
@@ -249,7 +250,7 @@ def test_ranks_share_the_batches_one_process_draws(count: int, batch: int, size:
     the loss weights make the ranks' mean the global batch's mean (a rank left empty repeats a case at 0)."""
     from torch.utils.data import DataLoader
 
-    dataset = list(range(count))
+    dataset: Any = list(range(count))
 
     def generator() -> torch.Generator:
         return torch.Generator().manual_seed(11)
@@ -258,7 +259,7 @@ def test_ranks_share_the_batches_one_process_draws(count: int, batch: int, size:
     shares, weights = [], []
     for rank in range(size):
         sampler = GlobalBatchSampler(dataset, batch, World(rank=rank, local_rank=rank, size=size), generator())
-        loader = DataLoader(dataset, batch_sampler=sampler, generator=sampler.generator)
+        loader: DataLoader[Any] = DataLoader(dataset, batch_sampler=sampler, generator=sampler.generator)
         shares.append([b.tolist() for b in loader])
         weights.append([sampler.weight(i) for i in range(len(sampler))])
     assert all(len(share) == len(one) for share in shares)
@@ -301,7 +302,7 @@ def test_registration_under_torchrun_is_the_one_process_optimisation(mni_t1_2mm:
     from nilearn.datasets import load_mni152_gm_mask
     from scipy import ndimage
 
-    template = nib.load(mni_t1_2mm)
+    template = load(mni_t1_2mm)
     image = block_mean(np.asarray(template.get_fdata(), np.float32))
     grey = (block_mean(np.asarray(load_mni152_gm_mask(resolution=2).get_fdata(), np.float32)) > 0.5)
     affine = np.asarray(template.affine, float) @ np.diag([3.0, 3.0, 3.0, 1.0])
