@@ -33,7 +33,9 @@ from mitk.training.distributed import (
     GlobalBatchSampler,
     World,
     parameter_checksum,
+    rank_seed,
     remote_rendezvous,
+    seed_loader_worker,
     torchrun_world,
 )
 from mitk.training.folder import RUN_FILES
@@ -344,3 +346,32 @@ def test_registration_under_torchrun_is_the_one_process_optimisation(mni_t1_2mm:
     assert two.keys() == one.keys()
     for name in one:  # Adam divides by the root of tiny second moments: float-order noise becomes ~1e-6
         assert torch.allclose(two[name], one[name], rtol=0, atol=2e-5), name
+
+
+class RandomDraws(torch.utils.data.Dataset):
+    """Each item: a draw from the torch generator of the process that loads it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(1)
+
+
+def test_ranks_draw_their_own_augmentation() -> None:
+    """The batch order is shared, the random draws are not: in the main process (``rank_seed``) and in data
+    loading workers (``seed_loader_worker``, whose seeds the loader would otherwise give every rank alike)."""
+    import functools
+
+    from torch.utils.data import DataLoader
+
+    assert rank_seed(7, None) == rank_seed(7, World(rank=0, local_rank=0, size=2)) == 7
+    assert rank_seed(7, World(rank=1, local_rank=1, size=2)) != 7
+
+    def draws(rank: int) -> list[float]:
+        world = World(rank=rank, local_rank=rank, size=2)
+        loader = DataLoader(RandomDraws(), batch_size=1, num_workers=1, generator=torch.Generator().manual_seed(5),
+                            worker_init_fn=functools.partial(seed_loader_worker, world))
+        return [float(item) for item in loader]
+
+    assert draws(0) == draws(0) and draws(0) != draws(1)

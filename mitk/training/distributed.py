@@ -259,9 +259,35 @@ class GlobalBatchSampler:
             yield taken if taken else [order[index * self.batch_size]]
 
 
+RANK_SEED_STRIDE = 1_000_003
+"""Rank r draws its random augmentation from seed + r × this (the batch order stays the same on every rank)."""
+
+
+def rank_seed(seed: int, world: World | None, modulus: int = 2**31) -> int:
+    """``seed`` for rank 0 (and a single process), shifted per rank so that the ranks draw differently."""
+    rank = 0 if world is None else world.rank
+    return (seed + RANK_SEED_STRIDE * rank) % modulus
+
+
+def seed_loader_worker(world: World, worker_id: int) -> None:
+    """A data-loading worker's ``worker_init_fn`` under torchrun: MONAI's (the worker's random transforms from
+    its seed), with the seed shifted by rank; the workers' seeds are otherwise the same on every rank."""
+    import torch
+    from monai.data.utils import set_rnd
+
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    seed = rank_seed(info.seed, world, 2**32)
+    torch.manual_seed(seed)
+    set_rnd(info.dataset, seed=seed)
+
+
 def validation_shard(count: int, world: World | None) -> list[int] | None:
     """The validation cases of this rank (every N-th, no padding: each case is scored once), or ``None``
-    when each rank should score them all (a single process, or fewer cases than ranks)."""
+    when each rank should score them all (a single process, or fewer cases than ranks). In the latter case a
+    step whose metrics gather over the ranks by themselves (MONAI's cumulative metrics) sees every case N times,
+    which leaves its means unchanged."""
     if world is None or count < world.size:
         return None
     return list(range(world.rank, count, world.size))

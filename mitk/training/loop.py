@@ -23,6 +23,7 @@ batch through ``DistributedDataParallel``; only rank 0 writes these files and sh
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -43,6 +44,8 @@ from mitk.training.distributed import (
     broadcast_buffers,
     parameter_checksums,
     per_rank_batch,
+    rank_seed,
+    seed_loader_worker,
     sharded_validation,
     validation_shard,
 )
@@ -280,8 +283,9 @@ class Trainer:
             self.batch_sampler = GlobalBatchSampler(self.train_dataset, self.options.batch_size, self.world,
                                                     generator)
             per_rank_batch(self.options.batch_size, self.world)
+            seeding = {"worker_init_fn": functools.partial(seed_loader_worker, self.world)} if workers else {}
             train = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, num_workers=workers,
-                               generator=generator, pin_memory=pin, **collate)
+                               generator=generator, pin_memory=pin, **seeding, **collate)
             if getattr(self.step, "shards_validation", False):
                 self.validation_cases = validation_shard(len(self.val_dataset), self.world)
         val = DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=workers, pin_memory=pin,
@@ -294,8 +298,7 @@ class Trainer:
 
         seed = (self.options.seed * 100_003 + epoch) % (2**31)
         generator.manual_seed(seed)  # the batch order: the same on every rank
-        if self.world is not None:  # each rank its own augmentation and dropout draws
-            seed = (seed + 1_000_003 * self.world.rank) % (2**31)
+        seed = rank_seed(seed, self.world)  # augmentation and dropout: each rank its own draws
         torch.manual_seed(seed)
         transform = getattr(self.train_dataset, "transform", None)
         if transform is not None and self.options.num_workers == 0:
