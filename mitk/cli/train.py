@@ -62,7 +62,8 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
                                                    "`mitk plugins list`).")] = None,
         epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (passes over the training cases); "
                                                    "default 100; a resumed run may raise it.")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Cases per batch; default 2.")]
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Cases per batch; default 2. Under "
+                                                       "torchrun the global batch, split over the processes.")]
         = None,
         patch_size: Annotated[str | None, typer.Option("--patch-size", help="Training patch (and sliding "
                                                        "window), e.g. 96 or 96,96,64.")] = None,
@@ -123,9 +124,13 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
     """Train, reporting progress to stderr and the outcome as text or JSON."""
     from mitk.cli.common import stderr_console
     from mitk.runner.allocator import keep_freed_memory
+    from mitk.training.distributed import is_main_process
     from mitk.training.train import train
 
     console = stderr_console()
+    main_process = is_main_process()  # under torchrun only rank 0 reports; the others print only errors
+    if not main_process:
+        STATE.quiet = True
     quiet = STATE.quiet
 
     def on_ready(line: str) -> None:
@@ -145,6 +150,8 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
     run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
                 resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
     document = {"task": task, **run.to_dict()}
+    if not main_process:
+        return
     if as_json:
         emit_json(document)
     elif not quiet:

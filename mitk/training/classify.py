@@ -31,6 +31,7 @@ from mitk.enums import Task
 from mitk.errors import InputError, PluginError
 from mitk.tasks import ClassificationPlugin, TaskPlugin
 from mitk.training.data import Datalist, case_name, read_case_image, read_datalist_document, tensor_of
+from mitk.training.distributed import gather_validation_rows
 from mitk.training.recipe import TrainingRecipe, TrainingStep
 
 SPLIT_WORDS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
@@ -172,6 +173,8 @@ class ClassificationStep:
 
     monitor = "mean_auc"
     mode: Literal["max", "min"] = "max"
+    shards_validation = True
+    """Under torchrun each rank scores its share of the cases; the scores are gathered before the metrics."""
 
     def __init__(self, plugin: ClassificationPlugin, config: dict[str, Any]) -> None:
         self.loss_function = plugin.loss(config)
@@ -198,7 +201,8 @@ class ClassificationStep:
             probabilities.append(scores.cpu().numpy())
             labels.append(tensor_of(batch["label"]).cpu().numpy())
         network.train()
-        return self.summarise(np.concatenate(probabilities), np.concatenate(labels))
+        return self.summarise(gather_validation_rows(np.concatenate(probabilities)),
+                              gather_validation_rows(np.concatenate(labels)))
 
     def summarise(self, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         from mitk.evaluation.classification import classification_metrics, roc_auc

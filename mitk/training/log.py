@@ -30,6 +30,8 @@ class TrainingLog:
     def __init__(self, directory: str | Path, rows: list[dict[str, Any]] | None = None) -> None:
         self.directory = Path(directory)
         self.rows: list[dict[str, Any]] = list(rows or [])
+        self.run: dict[str, Any] = {}
+        """About the run as a whole (e.g. ``distributed``: the torchrun check), beside ``epochs`` in log.json."""
         self.can_plot = True
         """False once matplotlib was found missing: the curve is then skipped (warned about once)."""
 
@@ -54,10 +56,12 @@ class TrainingLog:
             extra += [key for key in row if key not in FIXED_COLUMNS and key not in extra]
         return [*FIXED_COLUMNS, *extra]
 
-    def append(self, row: dict[str, Any], plot: bool = True) -> None:
-        """Add an epoch and rewrite the files (atomically, so a crash never leaves a torn log)."""
+    def append(self, row: dict[str, Any], plot: bool = True, write: bool = True) -> None:
+        """Add an epoch and rewrite the files (atomically, so a crash never leaves a torn log); ``write=False``
+        only keeps the row (a torchrun rank other than 0)."""
         self.rows.append({key: _finite(value) for key, value in row.items()})
-        self.write(plot=plot)
+        if write:
+            self.write(plot=plot)
 
     def write(self, plot: bool = True) -> None:
         buffer = io.StringIO()
@@ -65,7 +69,7 @@ class TrainingLog:
         writer.writeheader()
         writer.writerows(self.rows)
         write_text_atomic(self.directory / CSV_NAME, buffer.getvalue(), overwrite=True)
-        write_text_atomic(self.directory / JSON_NAME, json.dumps({"epochs": self.rows}, indent=1) + "\n",
+        write_text_atomic(self.directory / JSON_NAME, json.dumps({**self.run, "epochs": self.rows}, indent=1) + "\n",
                           overwrite=True)
         if plot:
             self.plot()

@@ -15,11 +15,15 @@ Files written to the run folder::
     split.json           the training and validation cases of the run (a resumed run keeps them)
     log.csv, log.json    one row per epoch
     training_curve.png   loss and validation metrics against epoch
+
+Under ``torchrun`` (:mod:`mitk.training.distributed`) every rank runs this loop on its share of each global
+batch through ``DistributedDataParallel``; only rank 0 writes these files and shows progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -33,6 +37,18 @@ import torch
 from mitk.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_state_load, training_state_save
 from mitk.errors import MitkError, UsageError
 from mitk.tasks import TaskPlugin
+from mitk.training.distributed import (
+    GlobalBatchSampler,
+    World,
+    all_reduce_sum,
+    broadcast_buffers,
+    parameter_checksums,
+    per_rank_batch,
+    rank_seed,
+    seed_loader_worker,
+    sharded_validation,
+    validation_shard,
+)
 from mitk.training.folder import BEST_NAME, LAST_NAME, STATE_NAME
 from mitk.training.log import TrainingLog
 from mitk.training.recipe import TrainingStep
@@ -124,9 +140,12 @@ class TrainingRun:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     network: torch.nn.Module | None = field(default=None, repr=False)
+    distributed: dict[str, Any] | None = None
+    """Under torchrun: world size, backend, per-rank batch and every rank's parameter checksum."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+        extra = {"distributed": self.distributed} if self.distributed is not None else {}
+        return {**extra, "checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
                 "last_checkpoint": str(self.output_dir / LAST_NAME), "output_dir": str(self.output_dir),
                 "best_metric": {"name": self.monitor, "mode": self.mode, "epoch": self.best_epoch,
                                 "value": self.best_score if _is_finite(self.best_score) else None},
@@ -222,7 +241,8 @@ class Trainer:
                  options: TrainingOptions, output_dir: Path, *, device: torch.device,
                  extra_state: dict[str, Any] | None = None, console: Any = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 collate: Callable[[list[Any]], Any] | None = None) -> None:
+                 collate: Callable[[list[Any]], Any] | None = None, world: World | None = None,
+                 backend: str | None = None) -> None:
         self.spec = spec
         self.step = step
         self.train_dataset = train_dataset
@@ -239,6 +259,12 @@ class Trainer:
         self.schedule = dict(spec.config.get("schedule") or {})
         self.base_lr = float(self.optimizer_settings.get("lr", 1e-3))
         self.mode = getattr(step, "mode", "max")
+        self.world = world
+        self.backend = backend
+        self.is_main = world is None or world.is_main
+        self.batch_sampler: GlobalBatchSampler | None = None
+        self.validation_cases: list[int] | None = None
+        """This rank's validation cases when validation is split across ranks (``None``: all of them)."""
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -249,11 +275,21 @@ class Trainer:
         generator.manual_seed(self.options.seed)
         pin = self.device.type == "cuda"
         collate = {"collate_fn": self.collate} if self.collate is not None else {}
-        train = DataLoader(self.train_dataset, batch_size=self.options.batch_size, shuffle=True,
-                           num_workers=self.options.num_workers, generator=generator, pin_memory=pin,
-                           drop_last=False, **collate)
-        val = DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=self.options.num_workers,
-                         pin_memory=pin, **collate)
+        workers = self.options.num_workers
+        if self.world is None:
+            train = DataLoader(self.train_dataset, batch_size=self.options.batch_size, shuffle=True,
+                               num_workers=workers, generator=generator, pin_memory=pin, drop_last=False, **collate)
+        else:  # this rank's share of the batches one process would draw (the same generator, the same order)
+            self.batch_sampler = GlobalBatchSampler(self.train_dataset, self.options.batch_size, self.world,
+                                                    generator)
+            per_rank_batch(self.options.batch_size, self.world)
+            seeding = {"worker_init_fn": functools.partial(seed_loader_worker, self.world)} if workers else {}
+            train = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, num_workers=workers,
+                               generator=generator, pin_memory=pin, **seeding, **collate)
+            if getattr(self.step, "shards_validation", False):
+                self.validation_cases = validation_shard(len(self.val_dataset), self.world)
+        val = DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=workers, pin_memory=pin,
+                         sampler=self.validation_cases, **collate)
         return train, val, generator
 
     def _seed_epoch(self, epoch: int, generator: torch.Generator) -> None:
@@ -261,8 +297,9 @@ class Trainer:
         from monai.data.utils import set_rnd
 
         seed = (self.options.seed * 100_003 + epoch) % (2**31)
+        generator.manual_seed(seed)  # the batch order: the same on every rank
+        seed = rank_seed(seed, self.world)  # augmentation and dropout: each rank its own draws
         torch.manual_seed(seed)
-        generator.manual_seed(seed)
         transform = getattr(self.train_dataset, "transform", None)
         if transform is not None and self.options.num_workers == 0:
             set_rnd(transform, seed)
@@ -272,7 +309,9 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def _save_weights(self, name: str, network: torch.nn.Module, metrics: dict[str, Any]) -> Path:
+    def _save_weights(self, name: str, network: torch.nn.Module, metrics: dict[str, Any]) -> Path | None:
+        if not self.is_main:
+            return None
         return save_checkpoint(self.output_dir / name, network.state_dict(), task=self.spec.task,
                                plugin=self.spec.plugin_name, plugin_version=self.spec.plugin_version,
                                config=self.spec.config, metrics=metrics, overwrite=True)
@@ -306,6 +345,7 @@ class Trainer:
             if start > options.epochs:
                 raise UsageError(f"the run has finished {resume.epoch} epochs already; give a larger --epochs "
                                  "to continue it")
+        model = self._parallel(network)
         log = TrainingLog.load(self.output_dir, up_to_epoch=start - 1) if resume else TrainingLog(self.output_dir)
         train_loader, val_loader, generator = self._loaders()
         if len(train_loader) == 0:
@@ -318,13 +358,14 @@ class Trainer:
                 learning_rate = scheduled_learning_rate(self.schedule, self.base_lr, epoch, options.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate
-                loss = self._train_epoch(network, optimizer, scaler, train_loader, progress, epoch)
+                loss = self._train_epoch(model, optimizer, scaler, train_loader, progress, epoch)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": learning_rate}
                 metrics: dict[str, Any] = {}
                 if epoch % options.val_every == 0 or epoch == options.epochs:
                     batches = progress.add_task("validation", total=len(val_loader))
-                    metrics = self.step.validate(network, _advancing(val_loader, progress, batches),
-                                                 self.device, self.autocast)
+                    with sharded_validation(self.validation_cases is not None):  # the ranks' shards combined
+                        metrics = self.step.validate(network, _advancing(val_loader, progress, batches),
+                                                     self.device, self.autocast)
                     progress.remove_task(batches)
                     row.update({f"val_{name}": value for name, value in metrics.items()})
                     score = float(metrics.get(self.step.monitor, math.nan))
@@ -332,31 +373,64 @@ class Trainer:
                         best_score, best_epoch = score, epoch
                         self._save_weights(BEST_NAME, network, {**metrics, "epoch": epoch})
                 self._save_weights(LAST_NAME, network, {**metrics, "epoch": epoch})
-                training_state_save(self.output_dir / STATE_NAME, {
-                    "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if self.amp else {}, "best_score": best_score,
-                    "best_epoch": best_epoch, "options": json.dumps(asdict(options)),
-                    "extra": json.dumps(self.extra_state)})
+                if self.is_main:
+                    training_state_save(self.output_dir / STATE_NAME, {
+                        "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if self.amp else {}, "best_score": best_score,
+                        "best_epoch": best_epoch, "options": json.dumps(asdict(options)),
+                        "extra": json.dumps(self.extra_state)})
                 row["seconds"] = round(time.perf_counter() - epoch_started, 3)
-                log.append(row, plot=bool(metrics) or epoch == options.epochs)
+                log.append(row, plot=bool(metrics) or epoch == options.epochs, write=self.is_main)
                 progress.advance(epoch_task)
                 if self.on_epoch is not None:
                     self.on_epoch(row)
+        distributed = self._check_replicas(network, log)
         best = self.output_dir / BEST_NAME
         return TrainingRun(output_dir=self.output_dir, best_checkpoint=best if best.is_file() else None,
                            monitor=self.step.monitor, mode=self.mode, best_score=best_score, best_epoch=best_epoch,
                            epochs_run=options.epochs - start + 1, last_epoch=options.epochs,
-                           seconds=time.perf_counter() - started, history=list(log.rows), network=network)
+                           seconds=time.perf_counter() - started, history=list(log.rows), network=network,
+                           distributed=distributed)
+
+    def _parallel(self, network: torch.nn.Module) -> torch.nn.Module:
+        """``DistributedDataParallel`` around ``network`` under torchrun (it averages the gradients over the
+        ranks); ``network`` itself otherwise. Validation and checkpoints use the bare network."""
+        if self.world is None:
+            return network
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(network, device_ids=device_ids)
+
+    def _check_replicas(self, network: torch.nn.Module, log: TrainingLog) -> dict[str, Any] | None:
+        """Under torchrun: gather every rank's parameter checksum, record them in ``log.json`` and refuse a
+        run whose ranks ended with different parameters."""
+        if self.world is None:
+            return None
+        checksums = parameter_checksums(network)
+        record = {"world_size": self.world.size, "backend": self.backend,
+                  "per_rank_batch": per_rank_batch(self.options.batch_size, self.world),
+                  "validation": "split across ranks" if self.validation_cases is not None else "every rank",
+                  "parameter_checksums": checksums, "parameters_identical": len(set(checksums)) == 1}
+        log.run["distributed"] = record
+        if self.is_main:
+            log.write(plot=False)
+        if not record["parameters_identical"]:
+            raise MitkError(f"the {self.world.size} training processes ended with different parameters "
+                            f"(checksums {', '.join(checksums)})", self.output_dir / "log.json")
+        return record
 
     def _train_epoch(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
                      loader: Any, progress: Any, epoch: int) -> float:
         network.train()
         total, count = 0.0, 0
         batches = progress.add_task(f"epoch {epoch}", total=len(loader))
-        for batch in loader:
+        for index, batch in enumerate(loader):
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 loss = self.step.loss(network, batch, self.device)
+                if self.batch_sampler is not None and self.batch_sampler.weight(index) != 1.0:
+                    loss = loss * self.batch_sampler.weight(index)  # a short last batch: its global mean
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -364,6 +438,9 @@ class Trainer:
             count += 1
             progress.advance(batches)
         progress.remove_task(batches)
+        if self.world is not None:  # the mean loss of the global batches, the same on every rank
+            total = all_reduce_sum({"loss": total}, self.device)["loss"] / self.world.size
+            broadcast_buffers(network)  # rank 0's batch-norm statistics everywhere: one set of weights
         mean = total / max(count, 1)
         if not math.isfinite(mean):
             raise MitkError(f"training diverged: the loss is {mean} in epoch {epoch} (try a lower --lr)")
@@ -371,7 +448,7 @@ class Trainer:
 
     def _progress(self) -> Any:
         """Rich progress bars on stderr, transient; a silent stand-in when not on a terminal."""
-        if self.console is None or not getattr(self.console, "is_terminal", False):
+        if not self.is_main or self.console is None or not getattr(self.console, "is_terminal", False):
             return _NoProgress()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 

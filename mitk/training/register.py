@@ -25,6 +25,7 @@ from mitk.enums import Task
 from mitk.errors import InputError, PluginError
 from mitk.tasks import RegistrationPlugin, TaskPlugin
 from mitk.training.data import Datalist, hold_out, tensor_of
+from mitk.training.distributed import sum_validation
 from mitk.training.recipe import TrainingRecipe, TrainingStep
 from mitk.types import Image
 
@@ -110,6 +111,8 @@ class RegistrationStep:
 
     monitor = "loss"
     mode: Literal["max", "min"] = "min"
+    shards_validation = True
+    """Under torchrun each rank validates its share of the pairs; the sums are added over the ranks."""
 
     def __init__(self, plugin: RegistrationPlugin, config: dict[str, Any]) -> None:
         from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
@@ -164,6 +167,7 @@ class RegistrationStep:
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
         network.train()
+        sums, count = sum_validation(sums, count)
         summary = {key: value / max(1, count) for key, value in sums.items()}
         if "dice" in summary:
             summary["mean_dice"] = 1.0 - summary.pop("dice")  # the engine logs these as val_<name>

@@ -46,6 +46,9 @@ class SegmentationStep:
 
     monitor = "mean_dice"
     mode: Literal["max", "min"] = "max"
+    shards_validation = True
+    """Under torchrun each rank scores its share of the cases: MONAI's metric buffers gather every rank's
+    per-case values when read (``Cumulative.get_buffer``), so the means are over all cases."""
 
     def __init__(self, plugin: SegmentationPlugin, config: dict[str, Any]) -> None:
         self.loss_function = plugin.loss(config)

@@ -4,6 +4,10 @@ The task's recipe (from the task table) reads the data and supplies the training
 (:class:`mitk.training.loop.Trainer`) does the rest. A run folder remembers everything needed to resume it
 exactly: the plugin and its resolved settings (``last.safetensors``), the training options and the data
 source (``training_state.pt``), and the training/validation split (``split.json``).
+
+Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process joins the process group after the arguments are
+checked, reads the data and the resume state, and waits for the others; then rank 0 alone prepares the run
+folder and writes it (:mod:`mitk.training.distributed`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from mitk.errors import CheckpointError, InputError, PluginError, UsageError
 from mitk.io.atomic import write_text_atomic
 from mitk.plugin_manager import get_registry
 from mitk.taskspecs import get_task
+from mitk.training import distributed
 from mitk.training.data import Datalist, make_dataset, pipeline
 from mitk.training.folder import RUN_FILES, SPLIT_NAME, check_output_dir, prepare_output_dir
 from mitk.training.loop import (
@@ -47,10 +52,11 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
     or the saved value when resuming); ``overrides`` the plugin settings. A resumed run keeps its plugin,
     settings, options, data and split; flags that contradict them are refused (``epochs``, ``device``,
     ``num_workers`` and ``cache`` may change). ``on_ready(line)`` reports the data once loaded, ``on_epoch(row)``
-    each epoch.
+    each epoch. Under torchrun, ``options["batch_size"]`` is the global batch (divisible by ``WORLD_SIZE``).
     """
     from mitk.runner.model import resolve_device
 
+    world = distributed.torchrun_world()
     spec = get_task(task)
     recipe: TrainingRecipe = spec.load_recipe()
     output_dir = Path(output_dir)
@@ -66,6 +72,8 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
                              "to continue it")
     else:
         training_options = TrainingOptions.from_dict(given)
+    if world is not None:
+        distributed.per_rank_batch(training_options.batch_size, world)
     if not plugin:
         raise UsageError("--plugin is required (see `mitk plugins list`)")
     if not data:
@@ -87,29 +95,35 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
     check_optimisation(config)
     _refuse_writing_over_data(output_dir, Path(data), datalist)
     config["training"] = {k: v for k, v in vars(training_options).items() if k not in ("device", "num_workers")}
-    device = resolve_device(training_options.device)
-    loader = recipe.case_loader(instance, config)
-    step = instance.training_step(config) or recipe.training_step(instance, config)
-    workers = max(1, training_options.num_workers)
-    with unwrapped_errors():
-        if not training_options.cache:  # check every case now, not deep inside a loader worker
-            for case in datalist.training + datalist.validation:
-                loader(case)
-        train_dataset = make_dataset(datalist.training, pipeline(loader, instance.training_transforms(config)),
-                                     training_options.cache, workers=workers)
-        val_dataset = make_dataset(datalist.validation, pipeline(loader, instance.validation_transforms(config)),
-                                   training_options.cache, workers=workers)
-    if on_ready is not None:
-        on_ready(recipe.describe(datalist, config))
-    prepare_output_dir(output_dir, resume, overwrite)
-    if point is None:
-        save_split(output_dir, datalist)
-    model = ModelSpec(task=spec.name, plugin_name=plugin, plugin_version=entry.version, plugin=instance,
-                      config=config)
-    trainer = Trainer(model, step, train_dataset, val_dataset, training_options, output_dir, device=device,
-                      extra_state={"data": str(Path(data).resolve())}, console=console, on_epoch=on_epoch,
-                      collate=recipe.collate())
-    return trainer.fit(point)
+    device = (resolve_device(training_options.device) if world is None
+              else distributed.rank_device(world, training_options.device))
+    with distributed.process_group(world, device) as backend:  # no group for a single process
+        loader = recipe.case_loader(instance, config)
+        step = instance.training_step(config) or recipe.training_step(instance, config)
+        workers = max(1, training_options.num_workers)
+        with unwrapped_errors():
+            if not training_options.cache:  # check every case now, not deep inside a loader worker
+                for case in datalist.training + datalist.validation:
+                    loader(case)
+            train_dataset = make_dataset(datalist.training,
+                                         pipeline(loader, instance.training_transforms(config)),
+                                         training_options.cache, workers=workers)
+            val_dataset = make_dataset(datalist.validation,
+                                       pipeline(loader, instance.validation_transforms(config)),
+                                       training_options.cache, workers=workers)
+        if on_ready is not None:
+            on_ready(recipe.describe(datalist, config))
+        distributed.barrier()  # every rank has checked the folder and read the data: rank 0 may now write
+        if world is None or world.is_main:
+            prepare_output_dir(output_dir, resume, overwrite)
+            if point is None:
+                save_split(output_dir, datalist)
+        model = ModelSpec(task=spec.name, plugin_name=plugin, plugin_version=entry.version, plugin=instance,
+                          config=config)
+        trainer = Trainer(model, step, train_dataset, val_dataset, training_options, output_dir, device=device,
+                          extra_state={"data": str(Path(data).resolve())}, console=console, on_epoch=on_epoch,
+                          collate=recipe.collate(), world=world, backend=backend)
+        return trainer.fit(point)
 
 
 def _resumed_identity(point: ResumePoint, task: str, plugin: str | None, data: str | Path | None,
