@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 EXTRA_HINT = "pip install 'mitk[dask]'"
 CONNECT_TIMEOUT_S = 30
+RECORD_WAIT_S = 10.0
+"""How long a finished case's record may trail its completion notice before the result is fetched instead."""
 
 
 def _require_distributed() -> None:
@@ -98,19 +100,26 @@ class DaskExecutor(Executor):
         return max(1, sum(self._client.nthreads().values()))
 
     def run(self, cases: list[Case]) -> Iterator[CaseRecord]:
-        from distributed import as_completed
-        from distributed.scheduler import KilledWorker
+        import threading
 
-        from mitk.runner.batch import CaseRecord
-        from mitk.runner.dask_worker import run_on_worker
+        from distributed import as_completed
+
+        from mitk.runner.dask_worker import records_topic, run_on_worker
 
         client = self._client
         if self._recipe is None:
             raise RuntimeError("DaskExecutor.run() before load()")
         token = self._recipe.token
         queue = iter(enumerate(cases))
-        running: dict[Any, Case] = {}
+        running: dict[Any, tuple[int, Case]] = {}
         finished = as_completed()
+        arrived: dict[int, dict[str, Any]] = {}
+        condition = threading.Condition()
+
+        def on_event(event: tuple[float, dict[str, Any]]) -> None:  # on the client's event loop
+            with condition:
+                arrived.setdefault(event[1]["index"], event[1]["record"])  # the first run of a case counts
+                condition.notify_all()
 
         def fill() -> None:
             """Keep one case in flight per worker thread (refreshed: workers come and go)."""
@@ -120,31 +129,49 @@ class DaskExecutor(Executor):
                 if item is None:
                     return
                 index, case = item
-                future = client.submit(run_on_worker, token, case, self.options.debug, key=f"mitk-case-{token}-{index}",
-                                       retries=0)
-                running[future] = case
+                future = client.submit(run_on_worker, token, case, self.options.debug, index,
+                                       key=f"mitk-case-{token}-{index}", retries=0)
+                running[future] = (index, case)
                 finished.add(future)
 
+        client.subscribe_topic(records_topic(token), on_event)
         try:
             fill()
             for future in finished:
-                case = running.pop(future)
-                try:
-                    record = future.result()
-                except KilledWorker as error:
-                    record = CaseRecord(input=str(case.path), status="failed",
-                                        error=f"{case.path}: worker died while processing the case "
-                                              f"({error.allowed_failures + 1} workers died running it)")
-                except Exception as error:  # the task itself could not run (a cancelled future, a lost pickle)
-                    from mitk.runner.batch import describe_error
-
-                    record = CaseRecord(input=str(case.path), status="failed",
-                                        error=f"{case.path}: executor error: {describe_error(error)}")
+                index, case = running.pop(future)
+                record = self._record(future, index, case, arrived, condition)
+                del future  # released: a worker that dies now does not make the case run again
                 fill()
                 yield record
         finally:
+            client.unsubscribe_topic(records_topic(token))
             if running:
                 client.cancel(list(running), force=True)
+
+    @staticmethod
+    def _record(future: Any, index: int, case: Case, arrived: dict[int, dict[str, Any]],
+                condition: Any) -> CaseRecord:
+        """The case's record: the one its worker sent, else the task's result, else why the task failed."""
+        from distributed.scheduler import KilledWorker
+
+        from mitk.runner.batch import CaseRecord, describe_error
+
+        if future.status == "finished":
+            with condition:
+                condition.wait_for(lambda: index in arrived, timeout=RECORD_WAIT_S)
+                sent = arrived.pop(index, None)
+            if sent is not None:
+                return CaseRecord(**sent)
+        try:
+            result: CaseRecord = future.result()
+            return result
+        except KilledWorker as error:
+            return CaseRecord(input=str(case.path), status="failed",
+                              error=f"{case.path}: worker died while processing the case "
+                                    f"({error.allowed_failures + 1} workers died running it)")
+        except Exception as error:  # the task itself could not run (a cancelled future, a lost result)
+            return CaseRecord(input=str(case.path), status="failed",
+                              error=f"{case.path}: executor error: {describe_error(error)}")
 
     def close(self) -> None:
         if self._client is not None:

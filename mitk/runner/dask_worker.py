@@ -6,6 +6,8 @@ name it by its token. A worker loads the model on the first case and keeps it fo
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import TYPE_CHECKING, Any
 
 from distributed import get_worker
@@ -51,14 +53,28 @@ def load_on_worker(token: str) -> ModelSummary | tuple[str, str]:
         return type(error).__name__, str(error)
 
 
-def run_on_worker(token: str, case: Case, debug: bool) -> CaseRecord:
-    """One case's record, with the worker's name in its details."""
+def records_topic(token: str) -> str:
+    """The event topic a batch's workers send their records on."""
+    return f"mitk-records-{token}"
+
+
+def run_on_worker(token: str, case: Case, debug: bool, index: int) -> CaseRecord:
+    """One case's record, with the worker's name in its details. The record is also sent to the client as an
+    event the moment the case ends, so that it is not lost (nor the case run again, over its own output) if
+    this worker dies before the client fetches the result."""
+    from dataclasses import asdict
+
     from mitk.runner.batch import CaseRecord, describe_error
 
-    name = str(get_worker().name)
+    worker = get_worker()
+    name = str(worker.name)
     try:
         recipe = _recipe(token)
     except MitkError as error:
-        return CaseRecord(input=str(case.path), status="failed", error=f"{case.path}: {describe_error(error)}",
-                          details={"worker": name})
-    return run_case_once_loaded(recipe, case, debug=debug, details={"worker": name})
+        record = CaseRecord(input=str(case.path), status="failed", error=f"{case.path}: {describe_error(error)}",
+                            details={"worker": name})
+    else:
+        record = run_case_once_loaded(recipe, case, debug=debug, details={"worker": name})
+    with contextlib.suppress(TypeError):  # details msgpack cannot carry: the client fetches the result instead
+        worker.log_event(records_topic(token), {"index": index, "record": asdict(record)})
+    return record
