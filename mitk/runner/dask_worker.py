@@ -7,7 +7,6 @@ name it by its token. A worker loads the model on the first case and keeps it fo
 from __future__ import annotations
 
 import contextlib
-
 from typing import TYPE_CHECKING, Any
 
 from distributed import get_worker
