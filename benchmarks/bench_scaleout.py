@@ -14,7 +14,8 @@ each the whole command in fresh processes (start-up, model load and writing incl
 Reported per contender: wall time, throughput (volumes/min) and its ratio to ``local-1x1``; time to the first
 record (start-up and model load) and the steady throughput after it (from the time each record line reaches the
 terminal); the per-case overhead: slot time per case not spent in the per-case job,
-``(steady span × parallel slots − Σ case seconds after the first) / cases after the first``.
+``(steady span × parallel slots − Σ case seconds after the first) / cases after the first`` (negative when the
+cases themselves run slower side by side: memory bandwidth, other load on the machine).
 
 Run: ``python benchmarks/bench_scaleout.py [--volumes 40] [--repeats 1]``; writes
 ``benchmarks/results/scaleout.json`` and prints the markdown table of ``docs/benchmarks.md``.

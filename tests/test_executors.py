@@ -23,10 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 N_INPUTS = 8
 CRASH_SLICES = 7
 """The test plugin ends its worker process on a volume with this many slices."""
+SLOW_SLICES = 9
+"""… and takes its time on a volume with this many."""
 
 CRASH_PLUGIN = f'''
 """A segmenter that ends its process (os._exit) on a volume of {CRASH_SLICES} slices: a worker dying mid-case."""
 import os
+import time
 
 import torch
 from mitk import hookimpl
@@ -41,6 +44,8 @@ class Crash(torch.nn.Module):
     def forward(self, image):
         if image.shape[-1] == {CRASH_SLICES}:
             os._exit(17)
+        if image.shape[-1] == {SLOW_SLICES}:
+            time.sleep(20)
         return self.inner(image)
 
 
@@ -177,6 +182,45 @@ def test_a_worker_dying_mid_case_fails_that_case_only(tmp_path: Path, inputs: Pa
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         name.replace(".nii.gz", "_seg.nii.gz") for name in records)
     assert "Traceback" not in err
+
+
+def test_a_signal_cancels_the_cases_sent_to_dask(tmp_path: Path, inputs: Path, scheduler: str,
+                                                 brain_mr: Path) -> None:
+    """SIGINT while two slow cases run on the workers: they are cancelled, the command reports the finished
+    cases and the ones not done, and exits 130 at once (not after the slow cases end)."""
+    import subprocess
+    import time
+
+    from distributed import Client
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted(inputs.iterdir())[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    for index in range(2):
+        _crop(brain_mr, folder / f"z_slow_{index}.nii.gz", first=index, count=SLOW_SLICES)
+    command = [sys.executable, "-m", "mitk", "segment", str(folder), "-p", "crashing", "-d", str(tmp_path / "out"),
+               "--json", "--executor", "dask", "--scheduler", scheduler]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    finished = []
+    for line in process.stderr:
+        finished += [line] if line.startswith("ok ") else []
+        if len(finished) == 3:
+            break
+    time.sleep(1.0)  # the slow cases are running now
+    signalled = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert time.perf_counter() - signalled < 15, "the command waited for the slow cases"
+    document = json.loads(out)
+    assert document["interrupted"] == "SIGINT" and document["summary"]["ok"] == 3
+    assert sorted(Path(p).name for p in document["not_done"]) == ["z_slow_0.nii.gz", "z_slow_1.nii.gz"]
+    assert "Traceback" not in err
+    with Client(scheduler, timeout=30) as client:
+        assert not [key for keys in client.processing().values() for key in keys], "cases left on the workers"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"brain_{i}_seg.nii.gz" for i in range(3)]
 
 
 class ReverseExecutor:
