@@ -274,7 +274,7 @@ def test_dask_without_the_extra_names_the_extra(tmp_path: Path, inputs: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed → ImportError
     code, _, err = invoke(["segment", str(inputs), "-p", "threshold", "-d", str(tmp_path), "--executor", "dask",
-                           "--workers", "2"])
+                           "--workers", "2", "--manifest", str(tmp_path / "manifest.jsonl")])
     assert code == 2, err
     assert "pip install 'mitk[dask]'" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
@@ -302,3 +302,34 @@ def test_a_signal_closes_the_executor_and_reports_what_is_not_done(tmp_path: Pat
     assert report is not None and stop.value.exit_code == 143 and cancelled == [True]
     assert [r.input for r in report.records] == [str(cases[3].path)]
     assert report.not_done == [str(case.path) for case in cases[:3]]
+
+
+def test_a_worker_process_loads_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_case_once_loaded``: one model load per process for any number of cases and batches of the same
+    model; the per-case job is built once per batch; another model replaces the first."""
+    from types import SimpleNamespace
+
+    from mitk import executors
+    from mitk.io.inputs import Case
+    from mitk.runner.batch import CaseOutcome
+
+    loads: list[str | None] = []
+    monkeypatch.setattr(executors, "_model", None)
+    monkeypatch.setattr(executors, "_job", None)
+    monkeypatch.setattr(executors.JobRecipe, "load_model", lambda self: loads.append(self.plugin) or SimpleNamespace(
+        name=self.plugin, version="1", device="cpu"))
+
+    def build(model: Any) -> Any:
+        return lambda case: CaseOutcome(details={"model": id(model)})
+
+    def recipe(plugin: str) -> executors.JobRecipe:
+        return executors.JobRecipe(task="segment", plugin=plugin, weights=None, device="cpu", settings={}, build=build)
+
+    first, second = recipe("a"), recipe("a")
+    records = [executors.run_case_once_loaded(batch, Case(tmp_path / f"{n}.nii.gz"), details={"worker": "w"})
+               for batch in (first, first, first, second, second)
+               for n in range(2)]
+    assert loads == ["a"] and all(r.status == "ok" and r.details["worker"] == "w" for r in records)
+    assert len({r.details["model"] for r in records}) == 1
+    executors.run_case_once_loaded(recipe("b"), Case(tmp_path / "x.nii.gz"))
+    assert loads == ["a", "b"]

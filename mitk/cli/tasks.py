@@ -86,6 +86,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     recipe = JobRecipe(task=task, plugin=plugin, weights=weights, device=device, settings=overrides, build=build)
 
     with contextlib.ExitStack() as stack:
+        runner = stack.enter_context(executor_entry.build(options))  # a missing extra fails before any file opens
         handle = None
         if manifest is not None:  # a bad manifest path fails before the model is loaded
             refuse_inputs(manifest, policy.inputs)
@@ -94,7 +95,6 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
                 handle = stack.enter_context(manifest.open("a", encoding="utf-8"))
             except OSError as error:
                 raise UsageError(f"cannot open the manifest ({error.strerror or error})", manifest) from None
-        runner = stack.enter_context(executor_entry.build(options))
         model = runner.load(recipe)  # as mitk.load, once in this process or once per worker
         progress = _progress(console, len(cases), task, stack)
         interrupted: Interrupted | None = None

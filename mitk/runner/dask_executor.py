@@ -69,8 +69,10 @@ class DaskExecutor(Executor):
             import logging
 
             workers = self.options.workers or max(1, (os.cpu_count() or 1))
+            # Dask's own log lines (a worker restarted, a task failed) only with --debug: mitk reports each case.
+            quiet = logging.WARNING if self.options.debug else logging.CRITICAL
             self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, silence_logs=logging.ERROR)
+                                         dashboard_address=None, silence_logs=quiet)
             self._client = Client(self._cluster)
         return self._client
 
