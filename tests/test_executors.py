@@ -267,7 +267,22 @@ def test_unknown_and_misplaced_executor_options(tmp_path: Path, inputs: Path) ->
     assert code == 1 and "unknown executor 'nope'; available: dask, local" in err
     code, _, err = invoke(["segment", str(inputs), "-p", "threshold", "-d", str(tmp_path), "--workers", "2"])
     assert code == 2 and "--executor dask" in err and "Traceback" not in err
+    code, _, err = invoke(["segment", str(inputs), "-p", "threshold", "-d", str(tmp_path), "--executor", "dask",
+                           "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert code == 2 and "not both" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_an_unreachable_scheduler_is_a_usage_error(tmp_path: Path, inputs: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("distributed")
+    from mitk.runner import dask_executor
+
+    monkeypatch.setattr(dask_executor, "CONNECT_TIMEOUT_S", 2)
+    code, _, err = invoke(["segment", str(inputs), "-p", "threshold", "-d", str(tmp_path / "out"),
+                           "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"])
+    assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_dask_without_the_extra_names_the_extra(tmp_path: Path, inputs: Path,
