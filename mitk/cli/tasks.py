@@ -40,9 +40,9 @@ from mitk.taskspecs import get_task, import_part, iter_tasks
 InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, DICOM files/folders/zips, "
                                                           "folders of NIfTI files, or quoted globs.")]
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input only).")]
-LOCAL = ExecutorChoice()
 OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-d", help="Directory for outputs, "
                                                       "named <input>_<suffix>.")]
+LOCAL = ExecutorChoice()
 
 
 def build_job(task: Task | str, model: Any, policy: Any, *args: Any, **options: Any) -> Any:
