@@ -223,6 +223,18 @@ def test_a_signal_cancels_the_cases_sent_to_dask(tmp_path: Path, inputs: Path, s
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"brain_{i}_seg.nii.gz" for i in range(3)]
 
 
+def test_a_model_that_cannot_load_on_the_workers_fails_as_locally(tmp_path: Path, inputs: Path,
+                                                                     scheduler: str) -> None:
+    """A model error on the workers (here: a plugin that needs weights, none given) is the command's error, with
+    the local run's message and exit status, before any case runs."""
+    arguments = ["segment", str(inputs), "-p", "unet", "-d", str(tmp_path / "out")]
+    local = invoke(arguments)
+    dask = invoke([*arguments, "--executor", "dask", "--scheduler", scheduler])
+    assert local[0] == dask[0] == 1
+    assert local[2] == dask[2] and "needs trained weights" in dask[2], dask[2]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 class ReverseExecutor:
     """A third-party executor: runs the cases in this process, last first, and marks its records."""
 

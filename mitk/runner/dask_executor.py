@@ -77,18 +77,20 @@ class DaskExecutor(Executor):
         return self._client
 
     def load(self, recipe: JobRecipe) -> ModelSummary:
-        from mitk.runner.dask_worker import RecipePlugin, load_on_worker
+        from mitk.runner.batch import describe_error
 
         client = self._connect()
-        self._recipe = recipe
-        self._plugin_name = f"mitk-recipe-{recipe.token}"
-        client.register_plugin(RecipePlugin(recipe), name=self._plugin_name)  # also on workers that join later
-        # Every worker loads the model now, side by side, so that no case waits for a load behind another case.
-        workers = list(client.nthreads()) or [None]
-        futures = [client.submit(load_on_worker, recipe.token, key=f"mitk-load-{recipe.token}-{index}",
-                                 workers=address, allow_other_workers=address is None)
-                   for index, address in enumerate(workers)]
-        outcomes = client.gather(futures)
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise UsageError(f"the Dask scheduler at {self.options.scheduler} has no workers "
+                             f"(waited {CONNECT_TIMEOUT_S} s)") from None
+        try:
+            outcomes = self._load_on_workers(client, recipe)
+        except MitkError:
+            raise
+        except Exception as error:  # a worker without mitk, one that died while loading
+            raise MitkError(f"the Dask workers could not load the model: {describe_error(error)}") from error
         for outcome in outcomes:
             if isinstance(outcome, tuple):
                 import mitk.errors
@@ -97,6 +99,21 @@ class DaskExecutor(Executor):
                 raise (kind if isinstance(kind, type) and issubclass(kind, MitkError) else MitkError)(outcome[1])
         summary: ModelSummary = outcomes[0]
         return summary
+
+    def _load_on_workers(self, client: Any, recipe: JobRecipe) -> list[Any]:
+        """Install the recipe on every worker (and on workers that join later); every worker loads the model
+        now, side by side, so that no case waits behind another worker's load."""
+        from mitk.runner.dask_worker import RecipePlugin, load_on_worker
+
+        self._recipe = recipe
+        self._plugin_name = f"mitk-recipe-{recipe.token}"
+        client.register_plugin(RecipePlugin(recipe), name=self._plugin_name)
+        workers = list(client.nthreads()) or [None]
+        futures = [client.submit(load_on_worker, recipe.token, key=f"mitk-load-{recipe.token}-{index}",
+                                 workers=address, allow_other_workers=address is None)
+                   for index, address in enumerate(workers)]
+        outcomes: list[Any] = client.gather(futures)
+        return outcomes
 
     def _threads(self) -> int:
         return max(1, sum(self._client.nthreads().values()))
