@@ -24,7 +24,7 @@ import pluggy
 from mitk import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from mitk.registry import PluginRegistrar
+    from mitk.registry import ExecutorRegistrar, PluginRegistrar
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -46,4 +46,24 @@ def mitk_register_plugins(register: PluginRegistrar) -> None:
     :param register: the registrar; see :class:`mitk.registry.PluginRegistrar`.
 
     .. versionadded:: 0.1
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Executors
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def mitk_register_executors(register: ExecutorRegistrar) -> None:
+    """Register executors: what runs a batch's cases (``--executor NAME`` on every task verb).
+
+    Call ``register(name, factory=..., summary=...)`` once per executor. ``factory`` is a callable, or a
+    ``"package.module:attribute"`` string, that takes an :class:`mitk.executors.ExecutorOptions` and returns
+    an :class:`mitk.executors.Executor`; it is called only when the executor is chosen. mitk's own ``local``
+    (the default, in-process) and ``dask`` executors are registered the same way.
+
+    :param register: the registrar; see :class:`mitk.registry.ExecutorRegistrar`.
+
+    .. versionadded:: 0.2
     """

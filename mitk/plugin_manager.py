@@ -1,4 +1,4 @@
-"""Finding plugins: entry points, built-ins, and the rules for broken ones.
+"""Finding plugins (task plugins and executors): entry points, built-ins, and the rules for broken ones.
 
 Environment variables:
 
@@ -31,16 +31,32 @@ from typing import Any
 
 import pluggy
 
-from mitk import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from mitk import ENTRY_POINT_GROUP, PROJECT_NAME, hookimpl, hookspecs
 from mitk.env import env_flag
 from mitk.errors import PluginError
-from mitk.registry import BrokenPlugin, PluginRegistrar, Registry, contained, describe
+from mitk.registry import BrokenPlugin, ExecutorRegistrar, PluginRegistrar, Registry, contained, describe
 
 BUILTIN_DISTRIBUTION = "mitk"
 DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks", "mitk_builtin.classify_networks",
                    "mitk_builtin.detect", "mitk_builtin.registration")
 """Built-in plugin modules, used when mitk runs from a source tree without installed entry points (and for
 any built-in that an older install's entry points do not list yet)."""
+
+
+class BuiltinExecutors:
+    """mitk's own executors, registered through the executor hook like a third party's."""
+
+    @hookimpl
+    def mitk_register_executors(self, register: ExecutorRegistrar) -> None:
+        register("local", factory="mitk.executors:LocalExecutor",
+                 summary="In this process, one case after another (the default).")
+        register("dask", factory="mitk.runner.dask_executor:DaskExecutor",
+                 summary="Dask distributed workers: --scheduler ADDRESS or a local cluster of --workers N "
+                         "(extra mitk[dask]).")
+
+
+BUILTIN_EXECUTORS = "executors"
+"""The name :class:`BuiltinExecutors` is registered under."""
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -126,6 +142,7 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
     manager = pluggy.PluginManager(PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     registry = Registry()
+    manager.register(BuiltinExecutors(), name=BUILTIN_EXECUTORS)
     if autoload is None:
         autoload = not env_flag("MITK_DISABLE_PLUGIN_AUTOLOAD")
     blocked = {b.strip() for b in os.environ.get("MITK_BLOCK_PLUGINS", "").split(",") if b.strip()}
@@ -175,19 +192,27 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
         if not manager.is_registered(plugin):
             _register(manager, registry, plugin, plugin_name(plugin), None, None)
 
+    origins[BUILTIN_EXECUTORS] = (BUILTIN_DISTRIBUTION, __version__)
+    _call_registration(manager.hook.mitk_register_plugins, PluginRegistrar, registry, origins)
+    _call_registration(manager.hook.mitk_register_executors, ExecutorRegistrar, registry, origins)
+    return manager, registry
+
+
+def _call_registration(hook: Any, registrar: type[PluginRegistrar] | type[ExecutorRegistrar], registry: Registry,
+                       origins: dict[str, tuple[str | None, str | None]]) -> None:
+    """Call every implementation of a ``mitk_register_*`` hook with its own registrar, containing failures."""
     # Built-ins register first, so that a third-party plugin cannot take a built-in's name.
-    impls = sorted(manager.hook.mitk_register_plugins.get_hookimpls(),
+    impls = sorted(hook.get_hookimpls(),
                    key=lambda impl: origins.get(impl.plugin_name, (None, None))[0] != BUILTIN_DISTRIBUTION)
     for impl in impls:
         distribution, version = origins.get(impl.plugin_name, (None, None))
         source = impl.plugin_name
-        arguments = {"register": PluginRegistrar(registry, source, distribution, version)}
+        arguments = {"register": registrar(registry, source, distribution, version)}
         try:
             with contained():  # like pluggy: pass only the arguments the implementation declares
                 impl.function(*(arguments[name] for name in impl.argnames))
         except Exception as error:
             _fail(registry, BrokenPlugin(source, f"registration failed: {describe(error)}", distribution, version))
-    return manager, registry
 
 
 _overrides: list[Registry] = []

@@ -1,4 +1,4 @@
-"""The plugin registry: names → factories of task plugins, with where each came from.
+"""The plugin registry: names → factories of task plugins and of executors, with where each came from.
 
 Plugin code (an entry point's import, a registration hook, a factory) runs inside :func:`contained`, so a
 plugin that calls ``sys.exit()`` fails like any other broken plugin instead of ending mitk.
@@ -16,11 +16,12 @@ from types import FrameType
 from typing import Any
 
 from mitk.enums import Task
-from mitk.errors import PluginError
+from mitk.errors import MitkError, PluginError
 from mitk.tasks import TaskPlugin
 from mitk.taskspecs import get_task
 
 Factory = Callable[[], Any] | str
+ExecutorFactory = Callable[[Any], Any] | str
 
 
 class PluginExit(Exception):
@@ -158,11 +159,65 @@ class PluginRegistrar:
                                        version=self._version))
 
 
+@dataclass
+class ExecutorEntry:
+    """One registered executor (:mod:`mitk.executors`). ``factory`` builds it for one batch."""
+
+    name: str
+    factory: ExecutorFactory
+    """Called with a :class:`mitk.executors.ExecutorOptions`; returns a :class:`mitk.executors.Executor`."""
+    summary: str = ""
+    source: str = ""
+    distribution: str | None = None
+    version: str | None = None
+
+    def build(self, options: Any) -> Any:
+        """A new executor for one batch, checked to be a :class:`mitk.executors.Executor`."""
+        from mitk.executors import Executor
+
+        factory = self.factory
+        try:
+            with contained():
+                if isinstance(factory, str):
+                    module_name, _, attribute = factory.partition(":")
+                    factory = getattr(importlib.import_module(module_name), attribute)
+                executor = factory(options)
+        except MitkError:
+            raise  # the executor's own one-line message (a missing extra, a bad option)
+        except ImportError as error:
+            raise PluginError(f"executor {self.name!r} could not be loaded: {describe(error)}") from error
+        except Exception as error:
+            raise PluginError(f"executor {self.name!r} failed to build: {describe(error)}") from error
+        if not isinstance(executor, Executor):
+            raise PluginError(f"executor {self.name!r}: its factory returned {type(executor).__qualname__}, "
+                              "not a mitk.executors.Executor")
+        return executor
+
+
+class ExecutorRegistrar:
+    """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_executors`."""
+
+    def __init__(self, registry: Registry, source: str, distribution: str | None = None,
+                 version: str | None = None) -> None:
+        self._registry = registry
+        self._source = source
+        self._distribution = distribution
+        self._version = version
+
+    def __call__(self, name: str, *, factory: ExecutorFactory, summary: str = "") -> None:
+        """Register the executor ``name`` (``--executor NAME``); ``factory(options)`` builds it per batch."""
+        if not name or not name.replace("-", "_").isidentifier():
+            raise PluginError(f"invalid executor name {name!r}: use letters, digits, '-' and '_'")
+        self._registry.add_executor(ExecutorEntry(name=name, factory=factory, summary=summary, source=self._source,
+                                                  distribution=self._distribution, version=self._version))
+
+
 class Registry:
     """All registered plugins, and the broken ones, keyed by name."""
 
     def __init__(self) -> None:
         self._entries: dict[str, PluginEntry] = {}
+        self._executors: dict[str, ExecutorEntry] = {}
         self.broken: list[BrokenPlugin] = []
 
     def add(self, entry: PluginEntry) -> None:
@@ -196,4 +251,26 @@ class Registry:
             raise PluginError(f"unknown {what} {name!r}; available: {choices}{hint}")
         if wanted is not None and entry.task != wanted:
             raise PluginError(f"plugin {name!r} is a {entry.task.value} plugin, not a {wanted.value} plugin")
+        return entry
+
+    def add_executor(self, entry: ExecutorEntry) -> None:
+        existing = self._executors.get(entry.name)
+        if existing is not None:
+            raise PluginError(f"executor name {entry.name!r} from {entry.source} is already registered by "
+                              f"{existing.source}")
+        self._executors[entry.name] = entry
+
+    @property
+    def executors(self) -> list[ExecutorEntry]:
+        """The registered executors, by name."""
+        return sorted(self._executors.values(), key=lambda e: e.name)
+
+    def executor(self, name: str) -> ExecutorEntry:
+        """The executor ``name``; a clear error lists the alternatives."""
+        entry = self._executors.get(name)
+        if entry is None:
+            broken = [b for b in self.broken if name in b.source]
+            hint = f" (a plugin source failed to load: {broken[0].reason})" if broken else ""
+            choices = ", ".join(e.name for e in self.executors) or "none"
+            raise PluginError(f"unknown executor {name!r}; available: {choices}{hint}")
         return entry

@@ -4,7 +4,7 @@ Two processes train a tiny U-Net on real anatomy (the MNI152 cases of ``test_tra
 parameters end identical (the run records every rank's checksum), the run folder holds one set of files,
 written by rank 0, validation on split cases equals a single-process validation of the same weights, a resumed
 run continues under torchrun, and the validation Dice matches a one-process run with the same global batch
-within the stated tolerance (the ranks draw different random patches; see docs/scale-out-torchrun.md).
+within the stated tolerance (the ranks draw different random patches; see docs/scale-out.md).
 A DenseNet classifier (batch norm) and voxelmorph (no randomness: the one-process optimisation to float
 precision) train under torchrun too.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,18 +12,23 @@ from mitk.cli.common import (
     STATE,
     AllowResampleOption,
     DeviceOption,
+    ExecutorChoice,
+    ExecutorOption,
     JsonOption,
     ManifestOption,
     OverwriteOption,
     PluginOption,
+    SchedulerOption,
     SeriesOption,
     SetOption,
     ShardOption,
     SkipExistingOption,
     WeightsOption,
+    WorkersOption,
 )
 from mitk.enums import Task
 from mitk.errors import UsageError
+from mitk.executors import DEFAULT_EXECUTOR
 
 PROBABILITY_PREFIX = "prob_"
 
@@ -55,13 +61,15 @@ def classify(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    executor: ExecutorOption = DEFAULT_EXECUTOR,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Classify images: print the predicted class and the probability of each class per input."""
-    from mitk.cli.tasks import _policy, run_task_batch
+    from mitk.cli.tasks import _policy, build_job, run_task_batch
     from mitk.io.atomic import check_output
     from mitk.io.inputs import expand_inputs
-    from mitk.taskspecs import get_task, import_part
 
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise UsageError("--threshold must lie between 0 and 1")
@@ -70,18 +78,17 @@ def classify(
         check_output(csv, overwrite, inputs=tuple(case.path for case in expand_inputs(inputs)))
     rows: list[dict[str, Any]] = []
 
-    def collect(case: Any, details: dict[str, Any]) -> None:
-        rows.append({"input": str(case.path), "predicted": details["predicted"],
-                     **{PROBABILITY_PREFIX + name: p for name, p in details["probabilities"].items()}})
+    def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
+        if record.status == "ok":
+            rows.append({"input": record.input, "predicted": record.details["predicted"],
+                         **{PROBABILITY_PREFIX + name: p for name, p in record.details["probabilities"].items()}})
 
-    def build(model: Any) -> Any:
-        make_classify_job = import_part(get_task(Task.CLASSIFY).job)
-        return make_classify_job(model, policy, series=series, allow_resample=allow_resample,
-                                 multi_label=multi_label, threshold=threshold, explain=explain, on_result=collect)
-
+    build = partial(build_job, Task.CLASSIFY, policy=policy, series=series, allow_resample=allow_resample,
+                    multi_label=multi_label, threshold=threshold, explain=explain)
     try:
         run_task_batch("classify", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                       device=device, as_json=as_json, manifest=manifest, shard=shard)
+                       device=device, as_json=as_json, manifest=manifest, shard=shard,
+                       executor=ExecutorChoice(executor, scheduler, workers), on_record=collect)
     except typer.Exit:
         if csv is not None and rows:
             _write_csv(rows, csv, overwrite)

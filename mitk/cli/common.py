@@ -17,6 +17,15 @@ from mitk.env import env_flag
 from mitk.errors import MitkWarning, UsageError
 
 
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """``--executor``, ``--scheduler`` and ``--workers`` of a task verb."""
+
+    name: str = "local"
+    scheduler: str | None = None
+    workers: int | None = None
+
+
 @dataclass
 class GlobalState:
     debug: bool = env_flag("MITK_DEBUG")
@@ -52,6 +61,15 @@ ShardOption = Annotated[str | None, typer.Option(
 AllowResampleOption = Annotated[bool, typer.Option(
     "--allow-resample", help="Resample an irregular or gantry-tilted DICOM series onto a regular grid (with a "
                              "warning) instead of refusing it.")]
+
+ExecutorOption = Annotated[str, typer.Option(
+    "--executor", help="Where the cases run: local (this process, the default), dask, or an executor a plugin "
+                       "adds (`mitk plugins list`).")]
+SchedulerOption = Annotated[str | None, typer.Option(
+    "--scheduler", help="--executor dask: the address of a running Dask scheduler (tcp://HOST:PORT).")]
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", help="--executor dask: start a local cluster of N worker processes, one thread each "
+                      "(default: one per CPU).")]
 
 BATCH_EPILOG = ("Exit status: 0 all inputs succeeded; 1 failure; 2 usage error; "
                 "3 partial (some inputs failed, the others were written).")

@@ -30,14 +30,26 @@ def _rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return plugins, broken
 
 
+def _executor_rows() -> list[dict[str, Any]]:
+    from mitk.plugin_manager import get_registry
+
+    return [{"name": e.name, "version": e.version, "distribution": e.distribution, "summary": e.summary,
+             "source": e.source} for e in get_registry().executors]
+
+
 @app.command("list")
 def list_plugins(as_json: JsonOption = False) -> None:
-    """List plugins: name, task, version, distribution and status (broken ones with the reason)."""
+    """List plugins: name, task, version, distribution and status (broken ones with the reason); then the
+    executors (``--executor NAME``)."""
     plugins, broken = _rows()
+    executors = _executor_rows()
     if as_json:
-        emit_json({"plugins": plugins + broken})
+        emit_json({"plugins": plugins + broken, "executors": executors})
         return
     typer.echo(plain_table(plugins + broken, ["name", "task", "version", "distribution", "status", "summary"]))
+    typer.echo("")
+    typer.echo(plain_table([{**row, "executor": row["name"]} for row in executors],
+                           ["executor", "version", "distribution", "summary"]))
     if broken:
         typer.echo(f"{len(broken)} plugin source(s) failed to load; set MITK_PLUGINS_STRICT=1 to make this an "
                    "error.", err=True)

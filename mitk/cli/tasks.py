@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
@@ -14,15 +15,19 @@ from mitk.cli.common import (
     STATE,
     AllowResampleOption,
     DeviceOption,
+    ExecutorChoice,
+    ExecutorOption,
     JsonOption,
     ManifestOption,
     OverwriteOption,
     PluginOption,
+    SchedulerOption,
     SeriesOption,
     SetOption,
     ShardOption,
     SkipExistingOption,
     WeightsOption,
+    WorkersOption,
     emit_json,
     message_text,
     parse_settings,
@@ -30,6 +35,7 @@ from mitk.cli.common import (
 )
 from mitk.enums import Task
 from mitk.errors import UsageError
+from mitk.executors import DEFAULT_EXECUTOR
 from mitk.taskspecs import get_task, import_part, iter_tasks
 
 if TYPE_CHECKING:
@@ -40,21 +46,32 @@ InputsArgument = Annotated[list[str], typer.Argument(help="Images: NIfTI files, 
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input only).")]
 OutputDirOption = Annotated[Path | None, typer.Option("--output-dir", "-d", help="Directory for outputs, "
                                                       "named <input>_<suffix>.")]
+LOCAL = ExecutorChoice()
 
 
-def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callable[[Any], Any], *,
+def build_job(task: Task | str, model: Any, policy: Any, *args: Any, **options: Any) -> Any:
+    """The task's batch job for ``model`` (its ``make_job`` in the task table): a module-level function, so
+    that ``functools.partial(build_job, task, policy=..., ...)`` pickles and can travel to workers."""
+    make_job = import_part(get_task(task).job)
+    return make_job(model, policy, *args, **options)
+
+
+def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[Any], Any], *,
                    plugin: str | None, weights: Path | None, settings: list[str] | None, device: str,
-                   as_json: bool, manifest: Path | None, shard: str | None = None) -> None:
-    """Expand inputs, load the model once, run every case, report, and exit with the batch status.
+                   as_json: bool, manifest: Path | None, shard: str | None = None,
+                   executor: ExecutorChoice = LOCAL, on_record: Callable[[Any], None] | None = None) -> None:
+    """Expand inputs, load the model once (per worker), run every case, report, and exit with the batch status.
 
-    Everything the command line can get wrong (output over an input, an unwritable output folder or manifest)
-    is refused before the model loads. SIGINT/SIGTERM stop after dropping the case in progress: the summary
+    ``build(model) -> job`` must pickle for executors that run cases elsewhere (a partial of
+    :func:`build_job`). ``on_record`` sees every record as it is kept. Everything the command line can get
+    wrong (output over an input, an unwritable output folder or manifest, an executor that is not installed)
+    is refused before the model loads. SIGINT/SIGTERM stop after dropping the cases in progress: the summary
     (and with ``--json`` the document so far) is printed and the exit status is 130/143.
     With ``shard`` (``"I/N"``) only that shard's inputs run (:mod:`mitk.runner.shards`).
     """
     from mitk.io.atomic import check_name_length, refuse_inputs
     from mitk.io.inputs import expand_inputs
-    from mitk.runner.batch import Interrupted, run_batch
+    from mitk.runner.batch import Interrupted, keep_records
     from mitk.runner.shards import Shard, ShardManifest, manifest_header
 
     part = Shard.parse(shard) if shard is not None else None
@@ -67,10 +84,19 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
         cases = part.select(cases)
     overrides = parse_settings(settings)
 
-    from mitk.api import load
-    from mitk.runner.allocator import keep_freed_memory
+    from mitk.executors import ExecutorOptions, JobRecipe
+    from mitk.plugin_manager import get_registry
+
+    if executor.name == DEFAULT_EXECUTOR and (executor.scheduler is not None or executor.workers is not None):
+        raise UsageError("--scheduler and --workers choose where another executor runs: add --executor dask")
+    executor_entry = get_registry().executor(executor.name)
+    console = stderr_console()
+    options = ExecutorOptions(workers=executor.workers, scheduler=executor.scheduler, debug=STATE.debug,
+                              log_error=lambda text: console.print(text, markup=False, emoji=False))  # --debug
+    recipe = JobRecipe(task=task, plugin=plugin, weights=weights, device=device, settings=overrides, build=build)
 
     with contextlib.ExitStack() as stack:
+        runner = stack.enter_context(executor_entry.build(options))  # a missing extra fails before any file opens
         handle: IO[str] | None = None
         if manifest is not None:  # a bad manifest path fails before the model is loaded
             refuse_inputs(manifest, policy.inputs)
@@ -85,30 +111,33 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build_job: Callabl
                 handle = cast("IO[str]", stamped)
         if part is not None and not cases:
             _empty_shard(task, part, total, plugin, as_json)
-        keep_freed_memory()
-        model = load(plugin, weights=weights, task=task, device=device, settings=overrides).loaded  # as mitk.load
-        process = build_job(model)
-        console = stderr_console()
+        model = runner.load(recipe)  # as mitk.load, once in this process or once per worker
         progress = _progress(console, len(cases), task, stack)
         interrupted: Interrupted | None = None
+
+        def keep(record: Any) -> None:
+            if on_record is not None:
+                on_record(record)
+            _on_record(console, record, progress)
+
         try:
-            report = run_batch(
-                cases, process, manifest=handle, debug=STATE.debug,
-                on_record=lambda record: _on_record(console, record, progress),
-                log_error=lambda text: console.print(text, markup=False, emoji=False),  # a traceback, --debug
-            )
+            report = keep_records(cases, runner.run(cases), manifest=handle, on_record=keep)
         except Interrupted as stop:
             if stop.report is None:
                 raise
             interrupted, report = stop, stop.report
+    order = {str(case.path): index for index, case in enumerate(cases)}
+    report.records.sort(key=lambda record: order.get(record.input, len(order)))  # as given, whatever ran them
     summary = report.summary()
     exit_code = report.exit_code if interrupted is None else interrupted.exit_code
     document: dict[str, Any] = {
         "task": task, "plugin": model.name, "plugin_version": model.version,
-        "weights": str(weights) if weights else None, "device": str(model.device),
+        "weights": str(weights) if weights else None, "device": model.device,
         "summary": summary, "exit_code": exit_code, "cases": [r.to_dict() for r in report.records]}
     if part is not None:
         document.update(shard=part.index, shards=part.count)
+    if executor.name != DEFAULT_EXECUTOR:
+        document["executor"] = executor.name
     if interrupted is not None:
         document.update(interrupted=report.interrupted, not_done=report.not_done)
         console.print(message_text(f"mitk: interrupted ({report.interrupted}): {len(report.not_done)} of "
@@ -189,6 +218,9 @@ def segment(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    executor: ExecutorOption = DEFAULT_EXECUTOR,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz)."""
@@ -197,15 +229,12 @@ def segment(
     from mitk.extras import require_segment_extras  # before the model loads: a missing extra is a usage error
     require_segment_extras(preview=preview, dicom_seg=output_format == "dicom-seg")
     policy = _policy(output, output_dir, overwrite, skip_existing)
-
-    def build(model: Any) -> Any:
-        make_segment_job = import_part(get_task(Task.SEGMENT).job)
-        return make_segment_job(model, policy, probabilities=probabilities, stats=stats, preview=preview,
-                                output_format=output_format, series=series, allow_resample=allow_resample,
-                                deidentify=deidentify)
-
+    build = partial(build_job, Task.SEGMENT, policy=policy, probabilities=probabilities, stats=stats,
+                    preview=preview, output_format=output_format, series=series, allow_resample=allow_resample,
+                    deidentify=deidentify)
     run_task_batch("segment", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest, shard=shard)
+                   device=device, as_json=as_json, manifest=manifest, shard=shard,
+                   executor=ExecutorChoice(executor, scheduler, workers))
 
 
 def register(
@@ -228,6 +257,9 @@ def register(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    executor: ExecutorOption = DEFAULT_EXECUTOR,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register moving images to a fixed image; write each moving image resampled on the fixed grid."""
@@ -235,13 +267,11 @@ def register(
     if transform is not None and len(moving) > 1:
         raise UsageError("--transform names one file; give one moving image")
 
-    def build(model: Any) -> Any:
-        make_register_job = import_part(get_task(Task.REGISTER).job)
-        return make_register_job(model, policy, fixed, transform=transform, series=series,
-                                 fixed_series=fixed_series, allow_resample=allow_resample)
-
+    build = partial(build_job, Task.REGISTER, policy=policy, fixed_path=fixed, transform=transform, series=series,
+                    fixed_series=fixed_series, allow_resample=allow_resample)
     run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest, shard=shard)
+                   device=device, as_json=as_json, manifest=manifest, shard=shard,
+                   executor=ExecutorChoice(executor, scheduler, workers))
 
 
 def detect(
@@ -268,6 +298,9 @@ def detect(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    executor: ExecutorOption = DEFAULT_EXECUTOR,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Detect objects: boxes in voxel indices and world mm with scores (<input>_boxes.json with -o/-d or any
@@ -284,15 +317,11 @@ def detect(
     if output_format == "dicom-sr":
         require_module("highdicom", "--format dicom-sr")
     policy = _policy(output, output_dir, overwrite, skip_existing)
-
-    def build(model: Any) -> Any:
-        make_detect_job = import_part(get_task(Task.DETECT).job)
-        return make_detect_job(model, policy, series=series, allow_resample=allow_resample, csv=csv,
-                               preview=preview, output_format=output_format, coordinate_system=system,
-                               deidentify=deidentify)
-
+    build = partial(build_job, Task.DETECT, policy=policy, series=series, allow_resample=allow_resample, csv=csv,
+                    preview=preview, output_format=output_format, coordinate_system=system, deidentify=deidentify)
     run_task_batch("detect", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest, shard=shard)
+                   device=device, as_json=as_json, manifest=manifest, shard=shard,
+                   executor=ExecutorChoice(executor, scheduler, workers))
 
 
 from mitk.cli.classify import classify  # noqa: E402  (it uses run_task_batch, defined above)

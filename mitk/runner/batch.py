@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,12 +169,31 @@ def run_batch(
     (its writers remove their temporary files) and raise :class:`Interrupted` carrying the report so far.
     """
     pending = list(cases)
+    records = (run_case(case, process, debug, log_error) for case in pending)
+    return keep_records(pending, records, on_record=on_record, manifest=manifest)
+
+
+def keep_records(
+    cases: Iterable[Case],
+    records: Iterator[CaseRecord],
+    *,
+    on_record: Callable[[CaseRecord], None] | None = None,
+    manifest: IO[str] | None = None,
+) -> BatchReport:
+    """Keep the records an executor yields for ``cases`` (one each, in any order): in the report, the
+    manifest and through ``on_record``, each one whole.
+
+    SIGINT or SIGTERM stop the iteration: ``records`` is closed (a generator's ``finally`` cancels the work it
+    sent out), and :class:`Interrupted` carries the report so far, with the inputs that have no record as
+    ``not_done``.
+    """
+    pending = list(cases)
     report = BatchReport()
     latch = _SignalLatch()
-    try:
-        with stop_on_signals(latch):
-            for case in pending:
-                record = _run_case(case, process, debug, log_error)
+    stopped: int | None = None
+    with stop_on_signals(latch):
+        try:
+            for record in records:
                 with latch.held():  # a record is kept whole: in the report, the manifest and on the screen
                     report.records.append(record)
                     if manifest is not None:
@@ -181,16 +201,27 @@ def run_batch(
                         manifest.flush()
                     if on_record is not None:
                         on_record(record)
-    except KeyboardInterrupt as interrupt:
-        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-        report.interrupted = signal.Signals(signum).name
-        report.not_done = [str(case.path) for case in pending[len(report.records):]]
-        raise Interrupted(signum, report) from None
+        except KeyboardInterrupt as interrupt:
+            stopped = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+            latch.received = latch.received or stopped  # a second signal must not break the clean-up
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+    if stopped is not None:
+        report.interrupted = signal.Signals(stopped).name
+        done = Counter(record.input for record in report.records)
+        for case in pending:
+            if done[str(case.path)] > 0:
+                done[str(case.path)] -= 1
+            else:
+                report.not_done.append(str(case.path))
+        raise Interrupted(stopped, report) from None
     return report
 
 
-def _run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
-              log_error: Callable[[str], None] | None) -> CaseRecord:
+def run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
+             log_error: Callable[[str], None] | None) -> CaseRecord:
+    """Run ``process`` on one case: its record, never an exception (except :class:`Interrupted`)."""
     started = time.perf_counter()
     record = CaseRecord(input=str(case.path))
     try:

@@ -1,0 +1,79 @@
+"""The worker side of the Dask executor (imports ``distributed``; used only when it is installed).
+
+The batch's :class:`~mitk.executors.JobRecipe` reaches every worker once, as a :class:`RecipePlugin`; cases
+name it by its token. A worker loads the model on the first case and keeps it for the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from mitk.errors import MitkError, UsageError
+from mitk.executors import JobRecipe, ModelSummary, job_once_loaded, run_case_once_loaded
+
+if TYPE_CHECKING:
+    from mitk.io.inputs import Case
+    from mitk.runner.batch import CaseRecord
+
+_recipes: dict[str, JobRecipe] = {}
+"""The recipes installed in this worker process, by token."""
+
+
+class RecipePlugin(WorkerPlugin):
+    """Installs a batch's recipe in each worker (the model itself loads on the worker's first case)."""
+
+    def __init__(self, recipe: JobRecipe) -> None:
+        self.recipe = recipe
+
+    def setup(self, worker: Any) -> None:
+        _recipes[self.recipe.token] = self.recipe
+
+    def teardown(self, worker: Any) -> None:
+        _recipes.pop(self.recipe.token, None)
+
+
+def _recipe(token: str) -> JobRecipe:
+    recipe = _recipes.get(token)
+    if recipe is None:
+        raise UsageError("this worker has not received the batch's recipe (its mitk plugin was removed)")
+    return recipe
+
+
+def load_on_worker(token: str) -> ModelSummary | tuple[str, str]:
+    """Load the batch's model in this worker (kept for its cases) and describe it, or the error's class name
+    and message (mitk's errors are re-raised by the client, with their exit codes)."""
+    try:
+        return job_once_loaded(_recipe(token))[1]
+    except MitkError as error:
+        return type(error).__name__, str(error)
+
+
+def records_topic(token: str) -> str:
+    """The event topic a batch's workers send their records on."""
+    return f"mitk-records-{token}"
+
+
+def run_on_worker(token: str, case: Case, debug: bool, index: int) -> CaseRecord:
+    """One case's record, with the worker's name in its details. The record is also sent to the client as an
+    event the moment the case ends, so that it is not lost (nor the case run again, over its own output) if
+    this worker dies before the client fetches the result."""
+    from dataclasses import asdict
+
+    from mitk.runner.batch import CaseRecord, describe_error
+
+    worker = get_worker()
+    name = str(worker.name)
+    try:
+        recipe = _recipe(token)
+    except MitkError as error:
+        record = CaseRecord(input=str(case.path), status="failed", error=f"{case.path}: {describe_error(error)}",
+                            details={"worker": name})
+    else:
+        record = run_case_once_loaded(recipe, case, debug=debug, details={"worker": name})
+    with contextlib.suppress(TypeError):  # details msgpack cannot carry: the client fetches the result instead
+        worker.log_event(records_topic(token), {"index": index, "record": asdict(record)})
+    return record
