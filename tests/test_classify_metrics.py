@@ -174,3 +174,17 @@ def test_multi_label_scores_by_hand(tmp_path: Path) -> None:
     code, _, stderr = invoke(["evaluate", "classify", "--pred", str(pred), "--ref", str(ref), "--confusion-png",
                               str(tmp_path / "c.png")])
     assert code == 2 and "no confusion matrix" in stderr and not (tmp_path / "c.png").exists()
+
+
+def test_validation_log_loss_matches_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from mitk.training.classify import log_loss
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.0, 1.0, 0.0]])
+    labels = np.array([0, 1, 0, 0])  # the last is a certain miss: clipped, finite
+    expected = sklearn_metrics.log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1, 2])
+    assert log_loss(probabilities, labels, multi_label=False) == pytest.approx(expected, rel=1e-6)
+    truth = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    scores = np.array([[0.9, 0.2], [0.4, 0.6], [0.7, 0.99]])
+    by_hand = -np.mean(np.where(truth > 0.5, np.log(scores), np.log(1 - scores)))
+    assert log_loss(scores, truth, multi_label=True) == pytest.approx(by_hand)

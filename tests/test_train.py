@@ -440,6 +440,47 @@ def test_a_plugins_own_step_and_a_minimised_monitor(cases, tmp_path, single_thre
     assert load_checkpoint(run.best_checkpoint).metrics["epoch"] == run.best_epoch
 
 
+@pytest.mark.parametrize(("tie_break", "expected_epoch"), [("loss", 2), (None, 1)])
+def test_equal_monitors_are_decided_by_the_tie_break(cases, tmp_path, single_threaded_torch, tie_break,
+                                                    expected_epoch):
+    """A saturated monitor (AUC 1.0 from epoch 1) keeps the epoch with the lowest validation loss, when the step
+    names ``tie_break``; without one, the first epoch that reached it."""
+    from mitk_builtin._segment_networks import UNetSegmenter
+
+    from mitk import hookimpl
+    from mitk.plugin_manager import use_plugins
+    from mitk.training.segment import SegmentationStep
+
+    losses = iter([0.5, 0.2, 0.3])
+
+    class Saturated(SegmentationStep):
+        monitor = "score"
+        mode = "max"
+
+        def validate(self, network, loader, device, autocast):
+            for _ in loader:
+                pass
+            return {"score": 1.0, "loss": next(losses)}
+
+    if tie_break is not None:
+        Saturated.tie_break = tie_break
+
+    class OwnStep(UNetSegmenter):
+        def training_step(self, config):
+            return Saturated(self, config)
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugins(register):
+            register("saturated-unet", task="segment", factory=OwnStep)
+
+    with use_plugins(Plugin()):
+        run = train(cases / "datalist.json", tmp_path / "tie", plugin="saturated-unet", epochs=3)
+    assert run.best_epoch == expected_epoch
+    assert load_checkpoint(run.best_checkpoint).metrics["epoch"] == expected_epoch
+
+
 def test_train_refuses_a_misspelt_setting_before_reading_data(tmp_path):
     from helpers import invoke
 

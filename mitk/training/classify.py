@@ -168,11 +168,24 @@ class LoadClassCase:
         return {"image": meta, "label": label, "name": case.get("name") or case_name(image.path or "case")}
 
 
+def log_loss(probabilities: np.ndarray, labels: np.ndarray, *, multi_label: bool) -> float:
+    """Mean validation log loss (unweighted cross-entropy; per-class binary cross-entropy for multi-label) from
+    the probabilities, clipped at 1e-7 so that one confident miss stays finite."""
+    p = np.clip(probabilities.astype(np.float64), 1e-7, 1.0 - 1e-7)
+    if multi_label:
+        truth = labels > 0.5
+        return float(-np.mean(np.where(truth, np.log(p), np.log1p(-p))))
+    return float(-np.mean(np.log(p[np.arange(len(p)), labels.astype(np.int64)])))
+
+
 class ClassificationStep:
     """Cross-entropy (or per-class binary cross-entropy) on batches; ROC AUC and accuracy in validation."""
 
     monitor = "mean_auc"
     mode: Literal["max", "min"] = "max"
+    tie_break = "loss"
+    """Between epochs of equal AUC (1.0 is reached early on easy data) the one with the lower validation log
+    loss is kept: the better calibrated probabilities."""
     shards_validation = True
     """Under torchrun each rank scores its share of the cases; the scores are gathered before the metrics."""
 
@@ -212,13 +225,15 @@ class ClassificationStep:
             hits = (probabilities >= self.threshold) == (labels > 0.5)
             finite = [a for a in aucs if math.isfinite(a)]
             summary = {"mean_auc": float(np.mean(finite)) if finite else math.nan,
-                       "accuracy": float(hits.mean()), "exact_match": float(hits.all(axis=1).mean())}
+                       "accuracy": float(hits.mean()), "exact_match": float(hits.all(axis=1).mean()),
+                       "loss": log_loss(probabilities, labels, multi_label=True)}
         else:
             metrics = classification_metrics([self.class_names[int(i)] for i in labels], probabilities,
                                               self.class_names)
             aucs = [metrics["per_class"][name]["auc"] for name in self.class_names]
             summary = {"mean_auc": metrics["macro_auc"], "accuracy": metrics["accuracy"],
-                       "balanced_accuracy": metrics["balanced_accuracy"]}
+                       "balanced_accuracy": metrics["balanced_accuracy"],
+                       "loss": log_loss(probabilities, labels, multi_label=False)}
         summary.update({f"auc/{name}": value for name, value in zip(self.class_names, aucs, strict=True)})
         return summary
 

@@ -234,6 +234,12 @@ def is_better(score: float, best: float | None, mode: str) -> bool:
     return score > best if mode == "max" else score < best
 
 
+def breaks_tie(score: float, best: float | None, tie: float, best_tie: float | None) -> bool:
+    """True when ``score`` equals ``best`` and the tie-break metric (lower is better) improves on ``best_tie``."""
+    return (best is not None and score == best and math.isfinite(tie)
+            and (best_tie is None or not math.isfinite(best_tie) or tie < best_tie))
+
+
 class Trainer:
     """Fits ``spec``'s network on ``train_dataset`` with ``step``, validating on ``val_dataset``."""
 
@@ -333,6 +339,8 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         best_score: float | None = None
         best_epoch: int | None = None
+        best_tie: float | None = None
+        tie_break: str | None = getattr(self.step, "tie_break", None)
         start = 1
         if resume is not None:
             network.load_state_dict(resume.state_dict, strict=True)
@@ -341,6 +349,7 @@ class Trainer:
                 scaler.load_state_dict(resume.state["scaler"])
             best_score = resume.state.get("best_score")
             best_epoch = resume.state.get("best_epoch")
+            best_tie = resume.state.get("best_tie")
             start = resume.epoch + 1
             if start > options.epochs:
                 raise UsageError(f"the run has finished {resume.epoch} epochs already; give a larger --epochs "
@@ -369,15 +378,16 @@ class Trainer:
                     progress.remove_task(batches)
                     row.update({f"val_{name}": value for name, value in metrics.items()})
                     score = float(metrics.get(self.step.monitor, math.nan))
-                    if is_better(score, best_score, self.mode):
-                        best_score, best_epoch = score, epoch
+                    tie = float(metrics.get(tie_break, math.nan)) if tie_break else math.nan
+                    if is_better(score, best_score, self.mode) or breaks_tie(score, best_score, tie, best_tie):
+                        best_score, best_epoch, best_tie = score, epoch, tie
                         self._save_weights(BEST_NAME, network, {**metrics, "epoch": epoch})
                 self._save_weights(LAST_NAME, network, {**metrics, "epoch": epoch})
                 if self.is_main:
                     training_state_save(self.output_dir / STATE_NAME, {
                         "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict() if self.amp else {}, "best_score": best_score,
-                        "best_epoch": best_epoch, "options": json.dumps(asdict(options)),
+                        "best_epoch": best_epoch, "best_tie": best_tie, "options": json.dumps(asdict(options)),
                         "extra": json.dumps(self.extra_state)})
                 row["seconds"] = round(time.perf_counter() - epoch_started, 3)
                 log.append(row, plot=bool(metrics) or epoch == options.epochs, write=self.is_main)

@@ -34,6 +34,8 @@ class TrainingStep(Protocol):
     """The validation metric that picks ``best.safetensors``."""
     mode: Direction
     """``"max"`` when a higher :attr:`monitor` is better (Dice, AUC), ``"min"`` when lower is (TRE, loss)."""
+    # Optional: ``tie_break = "loss"`` names a validation metric, lower is better, that decides between epochs
+    # whose :attr:`monitor` is equal (a saturated AUC of 1.0); without it the first such epoch is kept.
 
     def loss(self, network: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         """The loss of one training batch (called under autocast when AMP is on)."""
