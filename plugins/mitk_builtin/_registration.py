@@ -555,13 +555,38 @@ def masked_loss(loss_name: str, loss: torch.nn.Module, warped: torch.Tensor, tar
     return (pointwise * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def flat_axis(shape: tuple[int, int, int]) -> int | None:
+    """The single-voxel axis of a 2-D image stored as a one-slice volume, or None for a volume."""
+    flat = [axis for axis, n in enumerate(shape) if n == 1]
+    return flat[0] if len(flat) == 1 else None
+
+
+def in_plane(tensor: torch.Tensor, axis: int | None, field: bool = False) -> torch.Tensor:
+    """``(1, C, I, J, K)`` → ``(1, C, A, B)`` without the flat ``axis`` (a field also loses that component)."""
+    if axis is None:
+        return tensor
+    if field:
+        tensor = tensor[:, [c for c in range(3) if c != axis]]
+    return tensor.squeeze(2 + axis)
+
+
+def as_volume(tensor: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """The inverse of :func:`in_plane` for a field: a zero component along the flat axis."""
+    if axis is None:
+        return tensor
+    components = list(tensor.unsqueeze(2 + axis).unbind(1))
+    components.insert(axis, torch.zeros_like(components[0]))
+    return torch.stack(components, dim=1)
+
+
 def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
                         fixed_mask: Image | None = None, moving_mask: Image | None = None
                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Affine, then a dense (optionally diffeomorphic) displacement field on a coarse-to-fine pyramid.
 
     The affine stage uses both masks; the dense stage's similarity is averaged over the fixed mask only (the
-    regulariser still covers the whole field, which carries the motion out of the mask smoothly).
+    regulariser still covers the whole field, which carries the motion out of the mask smoothly). A 2-D image
+    (one slice) gets an in-plane field: the dense stage runs in 2-D and the field has no out-of-plane part.
 
     Returns the affine matrix, the displacement ``(I, J, K, 3)`` in RAS mm on the fixed grid (added after the
     matrix, as :class:`~mitk.types.RegistrationResult` defines) and a report.
@@ -591,9 +616,12 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     fixed_inside = to_mask(fixed_mask, fixed_volume)
     fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
     moved = Volume(affine_resample(moving_volume, fixed_volume, matrix), fixed_volume.affine)
+    flat = flat_axis(fixed_volume.shape)
+    in_plane_spacing = fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]]
     similarity_loss: torch.nn.Module
     if loss_name == "lncc":
-        similarity_loss = LocalNormalizedCrossCorrelationLoss(kernel_size=int(config["lncc_kernel"]),
+        similarity_loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=2 if flat is not None else 3,
+                                                              kernel_size=int(config["lncc_kernel"]),
                                                               reduction="mean" if fixed_inside is None else "none")
     elif loss_name == "mi":
         similarity_loss = GlobalMutualInformationLoss(num_bins=32)
@@ -610,18 +638,18 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     level_shape: tuple[int, int, int] = fixed_volume.shape
     level_affine = fixed_volume.affine
     for factor, count in zip(levels, iterations, strict=True):
-        factors = shrink_factors(fixed_volume.spacing, factor * float(np.min(fixed_volume.spacing)))
+        factors = shrink_factors(fixed_volume.spacing, factor * float(np.min(in_plane_spacing)), fixed_volume.shape)
         fixed_level = shrink(fixed_volume, factors)
         moving_level = shrink(moved, factors)
-        level_mask = None if fixed_inside is None else shrink_mask(fixed_inside, factors)
+        level_mask = None if fixed_inside is None else in_plane(shrink_mask(fixed_inside, factors), flat)
         level_shape, level_affine = fixed_level.shape, fixed_level.affine
-        target = normalise(fixed_level.tensor, fixed_window)
-        source = normalise(moving_level.tensor, moving_window)
+        target = in_plane(normalise(fixed_level.tensor, fixed_window), flat)
+        source = in_plane(normalise(moving_level.tensor, moving_window), flat)
         if field is None:
             start = torch.zeros(1, 3, *level_shape, device=device)
         else:
             start = resize_field(field.detach(), previous / factor, level_shape)
-        parameters = torch.nn.Parameter(start.clone())
+        parameters = torch.nn.Parameter(in_plane(start, flat, field=True).clone())
         optimiser = torch.optim.Adam([parameters], lr=float(config["step_voxels"]))
         value = torch.zeros(())
         for _ in range(count):
@@ -631,11 +659,12 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
             value = masked_loss(loss_name, similarity_loss, warped, target, level_mask)
             (value + weight * regulariser(ddf)).backward()
             optimiser.step()
-        field, previous = parameters.detach(), factor
+        field, previous = as_volume(parameters.detach(), flat), factor
         report["iterations"].append(count)
         report["similarity"].append(-float(value.detach()))
     assert field is not None
-    ddf = (integrate(field) if integrate is not None else field).detach()
+    velocity = in_plane(field, flat, field=True)
+    ddf = as_volume((integrate(velocity) if integrate is not None else velocity).detach(), flat)
     # Level voxels → fixed-world mm, onto the fixed grid, then through the affine's linear part.
     millimetres = torch.einsum("ij,bj...->bi...", torch.as_tensor(level_affine[:3, :3], dtype=torch.float32,
                                                                      device=device), ddf)
