@@ -369,6 +369,7 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     if fixed_inside is not None or moving_inside is not None:
         report["masks"] = [name for name, mask in (("fixed", fixed_inside), ("moving", moving_inside))
                            if mask is not None]
+        report["counted_share"] = []  # of the sampled points, the share the metric counted at each level's end
     for level in levels:
         fixed_factors = shrink_factors(fixed_volume.spacing, level.spacing_mm, fixed_volume.shape)
         fixed_level = shrink(fixed_volume, fixed_factors)
@@ -396,6 +397,7 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, level.iterations),
                                                               eta_min=step * 0.01)
         value = torch.zeros(())
+        valid = torch.ones(samples, dtype=torch.bool, device=device)
         done = 0
         for done in range(1, level.iterations + 1):  # noqa: B007 - the count is reported
             optimiser.zero_grad(set_to_none=True)
@@ -414,6 +416,8 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
             schedule.step()
         report["iterations"].append(done)
         report["similarity"].append(float(value.detach()))
+        if "counted_share" in report:
+            report["counted_share"].append(round(float(valid.float().mean()), 4))
     report["seconds"] = time.perf_counter() - started
     return transform.matrix().detach().cpu().numpy(), report
 
@@ -584,9 +588,10 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Affine, then a dense (optionally diffeomorphic) displacement field on a coarse-to-fine pyramid.
 
-    The affine stage uses both masks; the dense stage's similarity is averaged over the fixed mask only (the
-    regulariser still covers the whole field, which carries the motion out of the mask smoothly). A 2-D image
-    (one slice) gets an in-plane field: the dense stage runs in 2-D and the field has no out-of-plane part.
+    The affine stage uses both masks; the dense stage's similarity is restricted to the fixed mask and to the
+    moving mask as the affine places it on the fixed grid (the regulariser still covers the whole field, which
+    carries the motion out of the masks smoothly). A 2-D image (one slice) gets an in-plane field: the dense
+    stage runs in 2-D and the field has no out-of-plane part.
 
     Returns the affine matrix, the displacement ``(I, J, K, 3)`` in RAS mm on the fixed grid (added after the
     matrix, as :class:`~mitk.types.RegistrationResult` defines) and a report.
@@ -616,6 +621,12 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     fixed_inside = to_mask(fixed_mask, fixed_volume)
     fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
     moved = Volume(affine_resample(moving_volume, fixed_volume, matrix), fixed_volume.affine)
+    moving_inside = to_mask(moving_mask, moving_volume)
+    if moving_inside is not None:  # the moving mask as the affine places it on the fixed grid
+        placed = affine_resample(Volume(moving_inside.float(), moving_volume.affine), fixed_volume, matrix) > 0.5
+        fixed_inside = placed if fixed_inside is None else fixed_inside & placed
+        if not bool(fixed_inside.any()):
+            raise PluginError("after the affine stage, the fixed and moving masks do not overlap")
     flat = flat_axis(fixed_volume.shape)
     in_plane_spacing = fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]]
     similarity_loss: torch.nn.Module
