@@ -10,8 +10,16 @@
    correlation, L-BFGS-B, here on a 3-level pyramid).
    Scored by grey-matter Dice after warping the moving GM mask, folding voxels and wall time.
 
-Run: ``python benchmarks/bench_register.py [--quick]``; writes ``benchmarks/results/register.json``. Both
-tools use their default thread counts on the same machine.
+3. Inter-subject: the MNI152 T1 (1 mm, skull-stripped, moving) to a second real brain (fixed, a whole head),
+   scored by the Dice of the warped MNI152 brain mask against the subject's reference brain mask: ITK's
+   ``KmeansTest_T1UCharRaw`` with ITK's own skull strip ``KmeansTest_T1RawSkullStrip`` (Debian
+   ``insighttoolkit5-examples``), and nibabel's ``someones_anatomy`` (Debian ``python-nibabel-doc``) with the
+   mask of :func:`skull_strip`. mitk ``affine`` / ``deformable`` (defaults; with the MNI152 brain mask as
+   moving mask; with a similarity first stage) and SimpleITK's two affine recipes. ``--data DIR`` (or
+   ``MITK_REGISTRATION_DATA``) is searched for the files; without them this part is skipped.
+
+Run: ``python benchmarks/bench_register.py [--only affine|deformable|intersubject] [--data DIR]``; writes
+``benchmarks/results/register[_ONLY].json``. Both tools use their default thread counts on the same machine.
 """
 
 from __future__ import annotations
@@ -312,19 +320,27 @@ def intersubject_benchmark(data_folder: Path, preview: Path | None) -> dict[str,
                                  "identity_dice": dice(np.eye(4))}
         runs: dict[str, Any] = {}
         affine_config = AffineRegistration().default_config()
-        for label, masks in (("mitk_affine", {}), ("mitk_affine_moving_mask", {"moving_mask": mni_brain})):
+        similarity_config = {**affine_config, "transform": "similarity"}
+        for label, config, masks in (("mitk_affine", affine_config, {}),
+                                     ("mitk_affine_moving_mask", affine_config, {"moving_mask": mni_brain}),
+                                     ("mitk_similarity_moving_mask", similarity_config, {"moving_mask": mni_brain})):
             started = time.perf_counter()
-            matrix, _ = affine_register(subject, mni, affine_config, device, **masks)
-            runs[label] = {"seconds": time.perf_counter() - started, "dice": dice(matrix)}
+            matrix, report = affine_register(subject, mni, config, device, **masks)
+            runs[label] = {"seconds": time.perf_counter() - started, "dice": dice(matrix),
+                           "counted_share": report.get("counted_share")}
             print(name, label, json.dumps(runs[label]), flush=True)
         deformable_config = DeformableRegistration().default_config()
-        for label, masks in (("mitk_deformable", {}), ("mitk_deformable_moving_mask", {"moving_mask": mni_brain})):
+        for label, config, masks in (
+                ("mitk_deformable", deformable_config, {}),
+                ("mitk_deformable_moving_mask", deformable_config, {"moving_mask": mni_brain}),
+                ("mitk_deformable_similarity_moving_mask", {**deformable_config, "affine": similarity_config},
+                 {"moving_mask": mni_brain})):
             started = time.perf_counter()
-            matrix, displacement, _ = deformable_register(subject, mni, deformable_config, device, **masks)
+            matrix, displacement, _ = deformable_register(subject, mni, config, device, **masks)
             runs[label] = {"seconds": time.perf_counter() - started, "dice": dice(matrix, displacement)}
             print(name, label, json.dumps(runs[label]), flush=True)
-            if preview is not None and not masks:
-                write_preview(preview / f"intersubject_{name}.png", subject, reference,
+            if preview is not None:
+                write_preview(preview / f"intersubject_{name}_{label}.png", subject, reference,
                               warp(mni_brain, subject, matrix, displacement) > 0.5)
         fixed_itk, moving_itk = sitk_image(subject.array, subject.affine), sitk_image(mni.array, mni_affine)
         for recipe in ("notebook", "accurate"):

@@ -98,9 +98,9 @@ def main() -> None:
                                                      "labels": {"0": "background", "1": "grey matter"}}))
         started = time.perf_counter()
         try:
-            mitk_main(["train", "register", "--plugin", "voxelmorph", "--data", str(root / "pairs.json"),
+            mitk_main(["--quiet", "train", "register", "--plugin", "voxelmorph", "--data", str(root / "pairs.json"),
                        "-d", str(root / "run"), "--epochs", str(arguments.epochs), "--batch-size", "1",
-                       "--device", "cpu", *network, "--quiet"])
+                       "--device", "cpu", *network])
         except SystemExit as done:
             if done.code:
                 raise
