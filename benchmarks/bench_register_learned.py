@@ -7,7 +7,7 @@ bending energy + Dice on the grey-matter labels); the held-out deformations (see
 the checkpoint and by ``deformable`` (defaults), and scored by the grey-matter Dice of the warped moving mask
 against the template's, before and after, with the folding voxels of each field.
 
-Run: ``python benchmarks/bench_register_learned.py [--epochs 40] [--train 16] [--test 4]``; writes
+Run: ``python benchmarks/bench_register_learned.py [--epochs 30] [--train 16] [--test 4]``; writes
 ``benchmarks/results/register_learned.json``. One torch thread (``--threads``), CPU.
 """
 
@@ -50,7 +50,7 @@ def deformed(data: np.ndarray, grey: np.ndarray, seed: int, spacing: float) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--train", type=int, default=16)
     parser.add_argument("--test", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)

@@ -92,6 +92,8 @@ def test_the_brain_mask_keeps_a_disagreeing_scalp_out_of_the_metric(scalped: dic
         tre[name] = float(target_registration_error(scalped["template"], estimate, scalped["truth"]).mean())
         if name != "none":
             assert record["registration"]["masks"] == (["fixed"] if name == "fixed" else ["fixed", "moving"])
+            shares = record["registration"]["counted_share"]
+            assert len(shares) == 3 and all(0.5 < share <= 1.0 for share in shares), shares
     assert tre["none"] > 3.0, tre  # the scalp matters without masks ...
     assert tre["fixed"] < 1.0 and tre["both"] < 1.0, tre  # ... and not with them
 
