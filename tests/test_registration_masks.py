@@ -132,6 +132,25 @@ def test_deformable_uses_the_masks(scalped: dict[str, Any]) -> None:
     assert correlation["both"] > 0.9 and correlation["none"] < correlation["both"] - 0.1, correlation
 
 
+def test_deformable_keeps_a_skull_stripped_moving_brain_off_the_fixed_scalp(scalped: dict[str, Any]) -> None:
+    """Fixed: the head with its scalp; moving: the skull-stripped brain and its mask only (an atlas). The dense
+    stage compares the images inside the moving mask as the affine places it, so it keeps the affine's brain
+    alignment instead of dragging the brain's edge out to the fixed scalp."""
+    settings = {"affine": FAST, "levels": [4], "iterations": [30]}
+    brain = scalped["template"]["brain"]
+    moving = scalped["folder"] / "brain_part.nii.gz"
+    affine_only = mitk.register(scalped["fixed"], moving, plugin="affine", settings=FAST,
+                                moving_mask=scalped["moving_mask"])
+    result = mitk.register(scalped["fixed"], moving, plugin="deformable", settings=settings,
+                           moving_mask=scalped["moving_mask"])
+
+    def correlation(image: Image) -> float:
+        return float(np.corrcoef(np.asarray(image.array)[brain], scalped["data"][brain])[0, 1])
+
+    assert correlation(result.warped) > max(0.9, correlation(affine_only.warped) - 0.02), (
+        correlation(result.warped), correlation(affine_only.warped))
+
+
 def test_an_empty_or_distant_mask_is_a_one_line_error(scalped: dict[str, Any], tmp_path: Path) -> None:
     affine = scalped["template"]["affine"]
     empty = tmp_path / "empty.nii.gz"
