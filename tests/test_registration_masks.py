@@ -159,7 +159,9 @@ def test_an_empty_or_distant_mask_is_a_one_line_error(scalped: dict[str, Any], t
     shifted = affine.copy()
     shifted[:3, 3] += 1000.0
     nib.save(nib.Nifti1Image(scalped["template"]["brain"].astype(np.uint8), shifted), far)
-    for mask, option, message in ((empty, "--fixed-mask", "fixed mask is empty"),
+    missing = tmp_path / "missing.nii.gz"
+    for mask, option, message in ((missing, "--fixed-mask", "no such file"),
+                                  (empty, "--fixed-mask", "fixed mask is empty"),
                                   (far, "--fixed-mask", "fixed mask does not overlap"),
                                   (far, "--moving-mask", "moving mask does not overlap")):
         out = tmp_path / "warped.nii.gz"
