@@ -203,7 +203,14 @@ class RegistrationPlugin(TaskPlugin):
     def register(self, fixed: Image, moving: Image, model: torch.nn.Module | None, config: dict[str, Any]
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Return ``(matrix, displacement)``: a 4×4 fixed-world → moving-world matrix (RAS mm) and/or a
-        displacement field ``(I, J, K, 3)`` in mm on the fixed grid, either may be ``None``."""
+        displacement field ``(I, J, K, 3)`` in mm on the fixed grid, either may be ``None`` (a third item, a
+        report dict, is optional).
+
+        Masks are an optional extension: a plugin whose ``register`` also declares the keywords
+        ``fixed_mask=None, moving_mask=None`` (or ``**kwargs``) receives the user's masks there, as ``uint8`` 0/1
+        :class:`~mitk.types.Image` s on the fixed / moving image's own grid (the runner resamples them onto it
+        and refuses empty ones), and only when the user gives them. A plugin without these keywords keeps
+        working; asking it for masks is a one-line error."""
         raise NotImplementedError
 
     def predict_displacement(self, network: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor,

@@ -251,6 +251,11 @@ def register(
     fixed_series: Annotated[str | None, typer.Option("--fixed-series", help="DICOM series of the fixed image "
                                                      "(default: --series, applied to each image).")] = None,
     allow_resample: AllowResampleOption = False,
+    fixed_mask: Annotated[Path | None, typer.Option("--fixed-mask", help="Label image (non-zero inside): the "
+                                                    "metric is sampled only there (affine, deformable).")] = None,
+    moving_mask: Annotated[Path | None, typer.Option("--moving-mask", help="Label image on the moving image: "
+                                                     "only samples mapped inside it count (one moving image)."
+                                                     )] = None,
     settings: SetOption = None,
     device: DeviceOption = "auto",
     overwrite: OverwriteOption = False,
@@ -263,12 +268,16 @@ def register(
     as_json: JsonOption = False,
 ) -> None:
     """Register moving images to a fixed image; write each moving image resampled on the fixed grid."""
-    policy = _policy(output, output_dir, overwrite, skip_existing, also_inputs=(fixed,))
+    masks = tuple(path for path in (fixed_mask, moving_mask) if path is not None)
+    policy = _policy(output, output_dir, overwrite, skip_existing, also_inputs=(fixed, *masks))
     if transform is not None and len(moving) > 1:
         raise UsageError("--transform names one file; give one moving image")
+    if moving_mask is not None and len(moving) > 1:
+        raise UsageError("--moving-mask belongs to one moving image; give one moving image")
 
     build = partial(build_job, Task.REGISTER, policy=policy, fixed_path=fixed, transform=transform, series=series,
-                    fixed_series=fixed_series, allow_resample=allow_resample)
+                    fixed_series=fixed_series, allow_resample=allow_resample, fixed_mask=fixed_mask,
+                    moving_mask=moving_mask)
     run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
                    device=device, as_json=as_json, manifest=manifest, shard=shard,
                    executor=ExecutorChoice(executor, scheduler, workers))

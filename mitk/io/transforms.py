@@ -5,7 +5,8 @@ RAS millimetres; ITK files are in LPS, so matrices are conjugated by ``diag(-1, 
 vectors have their first two components negated.
 
 * ``.tfm`` / ``.txt``: ITK transform file (``AffineTransform_double_3_3``; reading also accepts
-  ``MatrixOffsetTransformBase``, ``TranslationTransform`` and ``Euler3DTransform``).
+  ``MatrixOffsetTransformBase``, ``TranslationTransform``, ``Euler3DTransform``, ``VersorRigid3DTransform``,
+  ``Similarity3DTransform``, and a ``CompositeTransform`` of these, composed in ITK's order).
 * ``.json``: mitk's record, with the matrix in RAS and in LPS.
 * ``.nii`` / ``.nii.gz``: a displacement field, ITK's convention (a 5-D vector NIfTI, LPS vectors in mm,
   ``x ↦ x + u(x)``), readable by SimpleITK as a ``DisplacementFieldTransform``.
@@ -101,48 +102,95 @@ def read_transform(path: Path) -> Transform:
 
 
 def _read_itk_text(path: Path) -> np.ndarray:
-    """The LPS 4×4 matrix of a single-transform ITK text file."""
+    """The LPS 4×4 matrix of an ITK text file: one transform, or an ITK ``CompositeTransform`` of several (as
+    SimpleITK's ``WriteTransform`` writes it) composed in ITK's order, the last listed applied first."""
     try:
         text = path.read_text(errors="replace")
     except OSError as error:
         raise InputError(f"cannot read ({error.strerror})", path) from None
-    kinds = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Transform:")]
-    fields = {}
+    blocks: list[tuple[str, dict[str, str]]] = []
     for line in text.splitlines():
-        if ":" in line and not line.startswith("#"):
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value
-    if len(kinds) != 1:
-        raise InputError(f"expected one transform, found {len(kinds)} (composite files are not supported)", path)
-    kind = kinds[0]
+        if line.startswith("#") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        if key.strip() == "Transform":
+            blocks.append((value.strip(), {}))
+        elif blocks:
+            blocks[-1][1][key.strip()] = value
+    if not blocks:
+        raise InputError("no transform in the file (expected an ITK 'Transform:' line)", path)
+    kinds = [kind for kind, _ in blocks]
+    if kinds[0].startswith("CompositeTransform_"):
+        blocks = blocks[1:]
+        if not blocks:
+            raise InputError("an empty CompositeTransform", path)
+        if any(kind.startswith("CompositeTransform_") for kind, _ in blocks):
+            raise InputError("nested CompositeTransforms are not supported", path)
+    elif len(blocks) > 1:
+        raise InputError(f"{len(blocks)} transforms but no CompositeTransform header: ITK readers disagree on "
+                         "how to chain them (write a CompositeTransform, or one file per transform)", path)
+    matrix = np.eye(4)
+    for kind, fields in blocks:  # T(x) = T1(T2(…Tn(x))): each later transform is applied before this one
+        matrix = matrix @ _itk_matrix(kind, fields, path)
+    return matrix
+
+
+def _itk_matrix(kind: str, fields: dict[str, str], path: Path) -> np.ndarray:
+    """The LPS 4×4 matrix of one ITK transform block (its ``Parameters`` and ``FixedParameters``)."""
     try:
         parameters = [float(v) for v in fields.get("Parameters", "").split()]
         fixed = [float(v) for v in fields.get("FixedParameters", "").split()]
     except ValueError:
-        raise InputError("unreadable transform parameters", path) from None
+        raise InputError(f"unreadable {kind} parameters", path) from None
     centre = np.array(fixed[:3]) if len(fixed) >= 3 else np.zeros(3)
     linear = np.eye(3)
-    if kind.startswith(("AffineTransform_", "MatrixOffsetTransformBase_")) and kind.endswith("_3_3"):
-        if len(parameters) != 12:
-            raise InputError(f"{kind} needs 12 parameters, found {len(parameters)}", path)
-        linear, translation = np.array(parameters[:9]).reshape(3, 3), np.array(parameters[9:])
-    elif kind.startswith("TranslationTransform_") and kind.endswith("_3_3"):
-        if len(parameters) != 3:
-            raise InputError(f"{kind} needs 3 parameters, found {len(parameters)}", path)
-        translation = np.array(parameters)
-    elif kind.startswith("Euler3DTransform_"):
-        if len(parameters) != 6:
-            raise InputError(f"{kind} needs 6 parameters, found {len(parameters)}", path)
-        linear = _euler_zxy(*parameters[:3])
-        translation = np.array(parameters[3:])
-    else:
+    expected = {"AffineTransform_": 12, "MatrixOffsetTransformBase_": 12, "TranslationTransform_": 3,
+                "Euler3DTransform_": 6, "VersorRigid3DTransform_": 6, "Similarity3DTransform_": 7}
+    family = next((name for name in expected if kind.startswith(name)), None)
+    if family is None or not kind.endswith("_3_3"):  # 3-D transforms only
         raise InputError(f"unsupported transform type {kind}", path)
+    if len(parameters) != expected[family]:
+        raise InputError(f"{kind} needs {expected[family]} parameters, found {len(parameters)}", path)
+    if family in ("AffineTransform_", "MatrixOffsetTransformBase_"):
+        linear, translation = np.array(parameters[:9]).reshape(3, 3), np.array(parameters[9:])
+    elif family == "TranslationTransform_":
+        translation = np.array(parameters)
+    elif family == "Euler3DTransform_":
+        zyx = len(fixed) >= 4 and fixed[3] != 0  # ITK's ComputeZYX flag
+        linear = _euler_zyx(*parameters[:3]) if zyx else _euler_zxy(*parameters[:3])
+        translation = np.array(parameters[3:6])
+    else:  # a versor (unit quaternion's vector part), a translation and, for a similarity, a scale
+        linear = _versor(np.array(parameters[:3]), path) * (parameters[6] if family == "Similarity3DTransform_"
+                                                             else 1.0)
+        translation = np.array(parameters[3:6])
     if not (np.isfinite(linear).all() and np.isfinite(translation).all() and np.isfinite(centre).all()):
         raise InputError("transform parameters are not finite", path)
     matrix = np.eye(4)
     matrix[:3, :3] = linear
     matrix[:3, 3] = translation + centre - linear @ centre  # ITK: A (x − c) + c + t
     return matrix
+
+
+def _versor(vector: np.ndarray, path: Path) -> np.ndarray:
+    """The rotation of an ITK versor ``(x, y, z)``, its scalar part ``√(1 − |v|²)``."""
+    norm = float(vector @ vector)
+    if norm > 1.0 + 1e-9:
+        raise InputError("a versor's vector part must have a norm of at most 1", path)
+    x, y, z = vector
+    w = math.sqrt(max(0.0, 1.0 - norm))
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _euler_zyx(angle_x: float, angle_y: float, angle_z: float) -> np.ndarray:
+    """ITK Euler3DTransform with ComputeZYX: R = Rz · Ry · Rx."""
+    cx, sx, cy, sy, cz, sz = (math.cos(angle_x), math.sin(angle_x), math.cos(angle_y), math.sin(angle_y),
+                              math.cos(angle_z), math.sin(angle_z))
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
 
 
 def _euler_zxy(angle_x: float, angle_y: float, angle_z: float) -> np.ndarray:

@@ -101,10 +101,53 @@ def resample_through(moving: Image, reference: Image, mapping: Callable[[np.ndar
     return out
 
 
-class RegistrationRunner:
-    """Aligns moving images to fixed ones with a loaded registration model (classical or learned)."""
+def takes_masks(plugin: RegistrationPlugin) -> bool:
+    """Whether the plugin's ``register`` accepts the ``fixed_mask=`` and ``moving_mask=`` keywords (plugins
+    written before masks existed do not, and keep working without them)."""
+    import inspect
 
-    def __init__(self, model: LoadedModel) -> None:
+    if plugin.is_learned():
+        return False
+    parameters = inspect.signature(plugin.register).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    return all(name in parameters and parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+               for name in ("fixed_mask", "moving_mask"))
+
+
+def mask_on(mask: Image, image: Image, role: str) -> Image:
+    """``mask`` on ``image``'s grid as a 0/1 ``uint8`` label image: as it is when it shares the grid, else
+    resampled nearest-neighbour by world position. An empty mask, or one that misses the image, is refused."""
+    from mitk.errors import InputError
+
+    array = np.asarray(mask.array)
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise InputError(f"{role} mask must be a 3-D label image, got shape {array.shape}", mask.path)
+    if not np.any(array):
+        raise InputError(f"{role} mask is empty (no non-zero voxel)", mask.path)
+    if array.shape == image.spatial_shape and np.allclose(mask.affine, image.affine, atol=1e-4):
+        inside = array != 0
+    else:
+        indicator = Image(array=(array != 0).astype(np.float32), affine=mask.affine, path=mask.path)
+        inside = resample_through(indicator, image, lambda world: world, mode="nearest") > 0.5
+        if not inside.any():
+            raise InputError(f"{role} mask does not overlap the {role} image", mask.path)
+    return Image(array=inside.astype(np.uint8), affine=image.affine, path=mask.path)
+
+
+class RegistrationRunner:
+    """Aligns moving images to fixed ones with a loaded registration model (classical or learned).
+
+    ``fixed_mask`` and ``moving_mask`` (label images or paths; any non-zero voxel is inside) restrict the
+    plugin's metric, for plugins whose ``register`` takes them; a mask on another grid than its image is
+    resampled onto it (nearest neighbour, by world position).
+    """
+
+    def __init__(self, model: LoadedModel, fixed_mask: Any = None, moving_mask: Any = None) -> None:
         if not isinstance(model.plugin, RegistrationPlugin):
             raise TypeError("RegistrationRunner needs a registration plugin")
         self.model = model
@@ -112,6 +155,13 @@ class RegistrationRunner:
         self.learned = self.plugin.is_learned()
         if self.learned and model.network is None:
             raise PluginError(f"plugin {model.name!r} neither overrides register() nor has a network")
+        if (fixed_mask is not None or moving_mask is not None) and not takes_masks(self.plugin):
+            raise PluginError(f"plugin {model.name!r} does not take masks (its register() has no fixed_mask= "
+                              "and moving_mask= keywords)")
+        from mitk.io.memory import as_image
+
+        self.fixed_mask = None if fixed_mask is None else as_image(fixed_mask)
+        self.moving_mask = None if moving_mask is None else as_image(moving_mask)
         self.preprocess = self.plugin.inference_transforms(model.config) if self.learned else None
 
     def __call__(self, fixed: Image, moving: Image) -> RegistrationResult:
@@ -119,6 +169,11 @@ class RegistrationRunner:
         per level …) and the seconds the registration took."""
         import time
 
+        masks: dict[str, Image] = {}
+        if self.fixed_mask is not None:
+            masks["fixed_mask"] = mask_on(self.fixed_mask, fixed, "fixed")
+        if self.moving_mask is not None:
+            masks["moving_mask"] = mask_on(self.moving_mask, moving, "moving")
         started = time.perf_counter()
         matrix: np.ndarray | None
         displacement: np.ndarray | None
@@ -126,7 +181,7 @@ class RegistrationRunner:
         if self.learned:
             matrix, displacement = None, self.learned_displacement(fixed, moving)
         else:
-            outcome = self.plugin.register(fixed, moving, self.model.network, self.model.config)
+            outcome = self.plugin.register(fixed, moving, self.model.network, self.model.config, **masks)
             matrix, displacement = outcome[0], outcome[1]
             if len(outcome) > 2:
                 report = dict(outcome[2])
@@ -201,11 +256,14 @@ def write_transform(result: RegistrationResult, path: Path, fixed: Image | None 
 
 def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path, *,
                       transform: Path | None = None, series: str | None = None, fixed_series: str | None = None,
-                      allow_resample: bool = False) -> CaseJob:
+                      allow_resample: bool = False, fixed_mask: Path | None = None,
+                      moving_mask: Path | None = None) -> CaseJob:
     """The batch job of ``mitk register``: each moving image on the fixed grid, and its transform.
 
     ``series`` picks the series of each DICOM input, fixed and moving alike, unless ``fixed_series`` names
     the fixed image's own; ``allow_resample`` lets irregular DICOM stacks be resampled on reading.
+    ``fixed_mask`` and ``moving_mask`` are label images that restrict the metric (see
+    :class:`RegistrationRunner`).
     """
     import contextlib
 
@@ -216,9 +274,12 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
     from mitk.io.transforms import is_field_path
     from mitk.runner.batch import CaseOutcome
 
-    runner = RegistrationRunner(model)
     fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
                                       allow_resample=allow_resample))
+    runner = RegistrationRunner(model, *(None if path is None else require_volume(load_image(path))
+                                         for path in (fixed_mask, moving_mask)))
+    if runner.fixed_mask is not None:  # refuse an empty fixed mask before any case runs
+        mask_on(runner.fixed_mask, fixed, "fixed")
 
     def process(case: Any) -> CaseOutcome:
         target = policy.target(case, "_warped", ".nii.gz")

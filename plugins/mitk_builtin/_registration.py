@@ -140,6 +140,33 @@ def inside(grid_points: torch.Tensor) -> torch.Tensor:
     return grid_points.detach().abs().amax(dim=-1) <= 1.0 + 1e-4
 
 
+def to_mask(mask: Image | None, volume: Volume) -> torch.Tensor | None:
+    """A mask on ``volume``'s grid as a ``(1, 1, I, J, K)`` bool tensor (any non-zero voxel is inside)."""
+    if mask is None:
+        return None
+    array = np.asarray(mask.array)
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape != volume.shape:
+        raise PluginError(f"mask of shape {array.shape} is not on its image's grid {volume.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array != 0)).to(volume.tensor.device)[None, None]
+
+
+def shrink_mask(mask: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """A mask on the pyramid level ``shrink(volume, factors)``: a level voxel is inside when at least half of
+    the voxels it averages are (or, for a mask thinner than that, any)."""
+    if factors == (1, 1, 1):
+        return mask
+    pads = []
+    for axis in (2, 1, 0):
+        pads += [0, (-mask.shape[2 + axis]) % factors[axis]]
+    share = F.avg_pool3d(F.pad(mask.float(), pads, mode="replicate"), kernel_size=factors, stride=factors)
+    level = share >= 0.5
+    return level if bool(level.any()) else share > 0
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 
 
@@ -196,8 +223,10 @@ def similarity(metric: str, fixed: torch.Tensor, fixed_bin: torch.Tensor | None,
 # ---------------------------------------------------------------------------------------------- transform
 
 
-def centre_of_mass(volume: Volume, window: tuple[float, float]) -> np.ndarray:
+def centre_of_mass(volume: Volume, window: tuple[float, float], mask: torch.Tensor | None = None) -> np.ndarray:
     weights = normalise(volume.tensor[0, 0], window).double()
+    if mask is not None:
+        weights = weights * mask[0, 0]
     total = float(weights.sum())
     if total <= 0:
         return (volume.affine @ np.append((np.array(volume.shape) - 1) / 2.0, 1.0))[:3]
@@ -207,9 +236,13 @@ def centre_of_mass(volume: Volume, window: tuple[float, float]) -> np.ndarray:
     return (volume.affine @ np.append(centre, 1.0))[:3]
 
 
-def principal_axes(volume: Volume, window: tuple[float, float], centre: np.ndarray) -> np.ndarray:
+def principal_axes(volume: Volume, window: tuple[float, float], centre: np.ndarray,
+                   mask: torch.Tensor | None = None) -> np.ndarray:
     """Eigenvectors (columns, world axes) of the intensity-weighted second moments about ``centre``."""
-    weights = normalise(volume.tensor[0, 0], window).double().flatten()
+    weights = normalise(volume.tensor[0, 0], window).double()
+    if mask is not None:
+        weights = weights * mask[0, 0]
+    weights = weights.flatten()
     index = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64, device=weights.device)
                                          for n in volume.shape], indexing="ij"), dim=-1).reshape(-1, 3)
     keep = weights > 0
@@ -302,9 +335,16 @@ def device_of(config: dict[str, Any], model: Any) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and config.get("device") != "cpu" else "cpu")
 
 
-def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device
+def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
+                    fixed_mask: Image | None = None, moving_mask: Image | None = None
                     ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Optimise a centred rigid/similarity/affine transform; returns the matrix and a report."""
+    """Optimise a centred rigid/similarity/affine transform; returns the matrix and a report.
+
+    With masks (ITK's semantics), the metric is sampled only at fixed points inside ``fixed_mask``, and only
+    samples whose mapped point falls inside ``moving_mask`` count; the centres of mass of the initialisation
+    are taken inside the masks too (the intensity windows stay those of the whole images, so that one
+    intensity keeps one normalised value in both).
+    """
     started = time.perf_counter()
     kind, metric, init = config["transform"], config["metric"], config["init"]
     if kind not in TRANSFORMS:
@@ -317,20 +357,34 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     generator = torch.Generator(device="cpu").manual_seed(int(config["seed"]))
 
     fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
+    fixed_inside, moving_inside = to_mask(fixed_mask, fixed_volume), to_mask(moving_mask, moving_volume)
     fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
-    transform = initial_transform(fixed_volume, moving_volume, fixed_window, moving_window, kind, init).to(device)
+    transform = initial_transform(fixed_volume, moving_volume, fixed_window, moving_window, kind, init,
+                                  fixed_inside, moving_inside).to(device)
+    moving_mask_grid = None if moving_inside is None else world_to_grid(moving_volume.affine, moving_volume.shape,
+                                                                        device).double()
     levels = resolve_levels(config, fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]])
     normal = plane_normal(fixed_volume, device)
     report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
+    if fixed_inside is not None or moving_inside is not None:
+        report["masks"] = [name for name, mask in (("fixed", fixed_inside), ("moving", moving_inside))
+                           if mask is not None]
+        report["counted_share"] = []  # of the sampled points, the share the metric counted at each level's end
     for level in levels:
-        fixed_level = shrink(fixed_volume, shrink_factors(fixed_volume.spacing, level.spacing_mm, fixed_volume.shape))
+        fixed_factors = shrink_factors(fixed_volume.spacing, level.spacing_mm, fixed_volume.shape)
+        fixed_level = shrink(fixed_volume, fixed_factors)
         moving_level = shrink(moving_volume, shrink_factors(moving_volume.spacing, level.spacing_mm,
                                                             moving_volume.shape))
         moving_values = normalise(moving_level.tensor, moving_window)
         fixed_values = normalise(fixed_level.tensor, fixed_window).flatten()
-        count = fixed_values.numel()
-        samples = min(count, int(config["samples"]))
-        chosen = torch.randint(count, (samples,), generator=generator).to(device)
+        if fixed_inside is None:
+            count = fixed_values.numel()
+            samples = min(count, int(config["samples"]))
+            chosen = torch.randint(count, (samples,), generator=generator).to(device)
+        else:  # sample only fixed points inside the fixed mask
+            candidates = torch.nonzero(shrink_mask(fixed_inside, fixed_factors).flatten()).squeeze(1)
+            samples = min(candidates.numel(), int(config["samples"]))
+            chosen = candidates[torch.randint(candidates.numel(), (samples,), generator=generator).to(device)]
         index = torch.stack(torch.unravel_index(chosen, fixed_level.shape), dim=-1).double()
         world = index @ torch.as_tensor(fixed_level.affine[:3, :3].T, device=device) + torch.as_tensor(
             fixed_level.affine[:3, 3], device=device)
@@ -343,12 +397,18 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, level.iterations),
                                                               eta_min=step * 0.01)
         value = torch.zeros(())
+        valid = torch.ones(samples, dtype=torch.bool, device=device)
         done = 0
         for done in range(1, level.iterations + 1):  # noqa: B007 - the count is reported
             optimiser.zero_grad(set_to_none=True)
             grid = points @ (to_grid @ transform.matrix())[:3].T.float()
             warped = sample(moving_values, grid)[0]
-            value = similarity(metric, reference, reference_weights, warped, inside(grid), bins)
+            valid = inside(grid)
+            if moving_inside is not None and moving_mask_grid is not None:  # only samples inside the moving mask
+                with torch.no_grad():
+                    mask_points = points.double() @ (moving_mask_grid @ transform.matrix())[:3].T
+                    valid = valid & (sample(moving_inside.float(), mask_points.float(), mode="nearest")[0] > 0.5)
+            value = similarity(metric, reference, reference_weights, warped, valid, bins)
             (-value).backward()
             if normal is not None:
                 keep_in_plane(transform, normal)
@@ -356,6 +416,8 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
             schedule.step()
         report["iterations"].append(done)
         report["similarity"].append(float(value.detach()))
+        if "counted_share" in report:
+            report["counted_share"].append(round(float(valid.float().mean()), 4))
     report["seconds"] = time.perf_counter() - started
     return transform.matrix().detach().cpu().numpy(), report
 
@@ -385,18 +447,22 @@ def keep_in_plane(transform: CentredTransform, normal: torch.Tensor) -> None:
 
 
 def initial_transform(fixed: Volume, moving: Volume, fixed_window: tuple[float, float],
-                      moving_window: tuple[float, float], kind: str, init: str) -> CentredTransform:
+                      moving_window: tuple[float, float], kind: str, init: str,
+                      fixed_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None
+                      ) -> CentredTransform:
     fixed_centre = (fixed.affine @ np.append((np.array(fixed.shape) - 1) / 2.0, 1.0))[:3]
     moving_centre = (moving.affine @ np.append((np.array(moving.shape) - 1) / 2.0, 1.0))[:3]
     linear = np.eye(3)
     if init in ("com", "moments"):
-        fixed_centre = centre_of_mass(fixed, fixed_window)
-        moving_centre = centre_of_mass(moving, moving_window)
+        fixed_centre = centre_of_mass(fixed, fixed_window, fixed_mask)
+        moving_centre = centre_of_mass(moving, moving_window, moving_mask)
     if init == "moments" and min(fixed.shape) > 1:
-        coarse_fixed = shrink(fixed, shrink_factors(fixed.spacing, 4.0))
-        coarse_moving = shrink(moving, shrink_factors(moving.spacing, 4.0))
-        linear = moments_rotation(principal_axes(coarse_fixed, fixed_window, fixed_centre),
-                                  principal_axes(coarse_moving, moving_window, moving_centre))
+        fixed_factors, moving_factors = shrink_factors(fixed.spacing, 4.0), shrink_factors(moving.spacing, 4.0)
+        coarse_fixed, coarse_moving = shrink(fixed, fixed_factors), shrink(moving, moving_factors)
+        coarse_fixed_mask = None if fixed_mask is None else shrink_mask(fixed_mask, fixed_factors)
+        coarse_moving_mask = None if moving_mask is None else shrink_mask(moving_mask, moving_factors)
+        linear = moments_rotation(principal_axes(coarse_fixed, fixed_window, fixed_centre, coarse_fixed_mask),
+                                  principal_axes(coarse_moving, moving_window, moving_centre, coarse_moving_mask))
     if init == "identity":
         moving_centre = fixed_centre
     extent = np.array(fixed.shape) * fixed.spacing
@@ -429,9 +495,10 @@ class AffineRegistration(RegistrationPlugin):
             "device": "auto (CUDA when available) or cpu",
         }
 
-    def register(self, fixed: Image, moving: Image, model: Any, config: dict[str, Any]
+    def register(self, fixed: Image, moving: Image, model: Any, config: dict[str, Any], *,
+                 fixed_mask: Image | None = None, moving_mask: Image | None = None
                  ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
-        matrix, report = affine_register(fixed, moving, config, device_of(config, model))
+        matrix, report = affine_register(fixed, moving, config, device_of(config, model), fixed_mask, moving_mask)
         return matrix, None, report
 
 
@@ -474,9 +541,57 @@ def resize_field(field: torch.Tensor, factor: float, shape: tuple[int, int, int]
     return field[:, :, : shape[0], : shape[1], : shape[2]]
 
 
-def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device
+def masked_loss(loss_name: str, loss: torch.nn.Module, warped: torch.Tensor, target: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+    """The dissimilarity of ``warped`` and ``target``, averaged over ``mask`` when given (the whole grid else)."""
+    if mask is None:
+        return loss(warped, target)
+    if loss_name == "mi":  # a global metric: the joint histogram of the voxels inside the mask
+        return loss(warped[mask].view(1, 1, -1), target[mask].view(1, 1, -1))
+    weight = mask.float()
+    if loss_name == "lncc":
+        # Both images are cut to the mask first, so that no window sees past it (the cut is made after
+        # warping, on the fixed grid: it does not move with the field). MONAI's pointwise LNCC is minus a
+        # squared correlation whose smoothing terms can exceed 1 in a flat window; clamp it to its true range.
+        pointwise = loss(warped * weight, target * weight).clamp(min=-1.0)
+    else:
+        pointwise = (warped - target) ** 2
+    return (pointwise * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def flat_axis(shape: tuple[int, int, int]) -> int | None:
+    """The single-voxel axis of a 2-D image stored as a one-slice volume, or None for a volume."""
+    flat = [axis for axis, n in enumerate(shape) if n == 1]
+    return flat[0] if len(flat) == 1 else None
+
+
+def in_plane(tensor: torch.Tensor, axis: int | None, field: bool = False) -> torch.Tensor:
+    """``(1, C, I, J, K)`` → ``(1, C, A, B)`` without the flat ``axis`` (a field also loses that component)."""
+    if axis is None:
+        return tensor
+    if field:
+        tensor = tensor[:, [c for c in range(3) if c != axis]]
+    return tensor.squeeze(2 + axis)
+
+
+def as_volume(tensor: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """The inverse of :func:`in_plane` for a field: a zero component along the flat axis."""
+    if axis is None:
+        return tensor
+    components = list(tensor.unsqueeze(2 + axis).unbind(1))
+    components.insert(axis, torch.zeros_like(components[0]))
+    return torch.stack(components, dim=1)
+
+
+def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
+                        fixed_mask: Image | None = None, moving_mask: Image | None = None
                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Affine, then a dense (optionally diffeomorphic) displacement field on a coarse-to-fine pyramid.
+
+    The affine stage uses both masks; the dense stage's similarity is restricted to the fixed mask and to the
+    moving mask as the affine places it on the fixed grid (the regulariser still covers the whole field, which
+    carries the motion out of the masks smoothly). A 2-D image (one slice) gets an in-plane field: the dense
+    stage runs in 2-D and the field has no out-of-plane part.
 
     Returns the affine matrix, the displacement ``(I, J, K, 3)`` in RAS mm on the fixed grid (added after the
     matrix, as :class:`~mitk.types.RegistrationResult` defines) and a report.
@@ -501,13 +616,24 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     if not levels or len(levels) != len(iterations) or any(f < 1 for f in levels):
         raise PluginError("settings 'levels' (each ≥ 1) and 'iterations' must be lists of the same length")
 
-    matrix, affine_report = affine_register(fixed, moving, config["affine"], device)
+    matrix, affine_report = affine_register(fixed, moving, config["affine"], device, fixed_mask, moving_mask)
     fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
+    fixed_inside = to_mask(fixed_mask, fixed_volume)
     fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
     moved = Volume(affine_resample(moving_volume, fixed_volume, matrix), fixed_volume.affine)
+    moving_inside = to_mask(moving_mask, moving_volume)
+    if moving_inside is not None:  # the moving mask as the affine places it on the fixed grid
+        placed = affine_resample(Volume(moving_inside.float(), moving_volume.affine), fixed_volume, matrix) > 0.5
+        fixed_inside = placed if fixed_inside is None else fixed_inside & placed
+        if not bool(fixed_inside.any()):
+            raise PluginError("after the affine stage, the fixed and moving masks do not overlap")
+    flat = flat_axis(fixed_volume.shape)
+    in_plane_spacing = fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]]
     similarity_loss: torch.nn.Module
     if loss_name == "lncc":
-        similarity_loss = LocalNormalizedCrossCorrelationLoss(kernel_size=int(config["lncc_kernel"]))
+        similarity_loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=2 if flat is not None else 3,
+                                                              kernel_size=int(config["lncc_kernel"]),
+                                                              reduction="mean" if fixed_inside is None else "none")
     elif loss_name == "mi":
         similarity_loss = GlobalMutualInformationLoss(num_bins=32)
     else:
@@ -523,31 +649,33 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     level_shape: tuple[int, int, int] = fixed_volume.shape
     level_affine = fixed_volume.affine
     for factor, count in zip(levels, iterations, strict=True):
-        factors = shrink_factors(fixed_volume.spacing, factor * float(np.min(fixed_volume.spacing)))
+        factors = shrink_factors(fixed_volume.spacing, factor * float(np.min(in_plane_spacing)), fixed_volume.shape)
         fixed_level = shrink(fixed_volume, factors)
         moving_level = shrink(moved, factors)
+        level_mask = None if fixed_inside is None else in_plane(shrink_mask(fixed_inside, factors), flat)
         level_shape, level_affine = fixed_level.shape, fixed_level.affine
-        target = normalise(fixed_level.tensor, fixed_window)
-        source = normalise(moving_level.tensor, moving_window)
+        target = in_plane(normalise(fixed_level.tensor, fixed_window), flat)
+        source = in_plane(normalise(moving_level.tensor, moving_window), flat)
         if field is None:
             start = torch.zeros(1, 3, *level_shape, device=device)
         else:
             start = resize_field(field.detach(), previous / factor, level_shape)
-        parameters = torch.nn.Parameter(start.clone())
+        parameters = torch.nn.Parameter(in_plane(start, flat, field=True).clone())
         optimiser = torch.optim.Adam([parameters], lr=float(config["step_voxels"]))
         value = torch.zeros(())
         for _ in range(count):
             optimiser.zero_grad(set_to_none=True)
             ddf = integrate(parameters) if integrate is not None else parameters
             warped = warp(source, ddf)
-            value = similarity_loss(warped, target)
+            value = masked_loss(loss_name, similarity_loss, warped, target, level_mask)
             (value + weight * regulariser(ddf)).backward()
             optimiser.step()
-        field, previous = parameters.detach(), factor
+        field, previous = as_volume(parameters.detach(), flat), factor
         report["iterations"].append(count)
         report["similarity"].append(-float(value.detach()))
     assert field is not None
-    ddf = (integrate(field) if integrate is not None else field).detach()
+    velocity = in_plane(field, flat, field=True)
+    ddf = as_volume((integrate(velocity) if integrate is not None else velocity).detach(), flat)
     # Level voxels → fixed-world mm, onto the fixed grid, then through the affine's linear part.
     millimetres = torch.einsum("ij,bj...->bi...", torch.as_tensor(level_affine[:3, :3], dtype=torch.float32,
                                                                      device=device), ddf)
@@ -587,7 +715,8 @@ class DeformableRegistration(RegistrationPlugin):
             "device": "auto (CUDA when available) or cpu",
         }
 
-    def register(self, fixed: Image, moving: Image, model: Any, config: dict[str, Any]
+    def register(self, fixed: Image, moving: Image, model: Any, config: dict[str, Any], *,
+                 fixed_mask: Image | None = None, moving_mask: Image | None = None
                  ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
         device = device_of(config, model)
-        return deformable_register(fixed, moving, config, device)
+        return deformable_register(fixed, moving, config, device, fixed_mask, moving_mask)
