@@ -7,14 +7,19 @@ its 32 MiB maximum and the trim threshold keeps those blocks in the heap for the
 ``mitk segment`` on a 256×256×160 MR volume, peak RSS unchanged (docs/benchmarks.md). This is the glibc
 version of the jemalloc/tcmalloc advice in PyTorch's CPU performance guides.
 
-Only the command-line entry points call this, never library code; nothing happens off glibc, with
-``MITK_MALLOC_TUNING=0``, or when the user already tunes malloc through ``MALLOC_*`` or ``GLIBC_TUNABLES``.
+Only the command-line entry points (and the workers of mitk's executors) call this, never library code;
+nothing happens off glibc, with ``MITK_MALLOC_TUNING=0``, or when the user already tunes malloc through
+``MALLOC_*`` or ``GLIBC_TUNABLES``. A launcher's own setting is not the user's: Dask's nanny gives every worker
+``MALLOC_TRIM_THRESHOLD_=65536`` (its ``distributed.nanny.pre-spawn-environ``), which made each case of a
+U-Net batch 1.5–2× slower on its workers than in a plain process (measured); the Dask executor passes that
+value as ``launcher`` so that it is overridden (``MITK_MALLOC_TUNING=0`` keeps Dask's).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 
 from mitk.env import env_flag
 
@@ -26,12 +31,16 @@ TRIM_THRESHOLD = 1024 * 1024 * 1024
 _done = False
 
 
-def user_tunes_malloc() -> bool:
-    return "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ)
+def user_tunes_malloc(launcher: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment tunes malloc, other than with the ``launcher``'s own values (name → value)."""
+    launcher = launcher or {}
+    return "GLIBC_TUNABLES" in os.environ or any(
+        name.startswith("MALLOC_") and launcher.get(name) != value for name, value in os.environ.items())
 
 
-def keep_freed_memory() -> bool:
-    """Apply the settings once per process; True when they are in effect."""
+def keep_freed_memory(launcher: Mapping[str, str] | None = None) -> bool:
+    """Apply the settings once per process; True when they are in effect. ``launcher``: malloc variables a
+    process launcher set for every process it starts (not a choice of the user's), overridden here."""
     global _done
     if _done:
         return True
@@ -41,7 +50,7 @@ def keep_freed_memory() -> bool:
         glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (ValueError, OSError, AttributeError):  # not Linux, or no such name
         glibc = ""
-    if not glibc.startswith("glibc") or user_tunes_malloc():
+    if not glibc.startswith("glibc") or user_tunes_malloc(launcher):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -30,10 +30,23 @@ class RecipePlugin(WorkerPlugin):
         self.recipe = recipe
 
     def setup(self, worker: Any) -> None:
+        from mitk.runner.allocator import keep_freed_memory
+
         _recipes[self.recipe.token] = self.recipe
+        keep_freed_memory(launcher=nanny_malloc_settings())
 
     def teardown(self, worker: Any) -> None:
         _recipes.pop(self.recipe.token, None)
+
+
+def nanny_malloc_settings() -> dict[str, str]:
+    """The malloc variables Dask's nanny sets in every worker it starts (``MALLOC_TRIM_THRESHOLD_=65536`` by
+    default): Dask's setting, not the user's, so mitk's allocator settings replace it (see
+    :mod:`mitk.runner.allocator`)."""
+    import dask
+
+    settings = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {str(name): str(value) for name, value in settings.items() if str(name).startswith("MALLOC_")}
 
 
 def _recipe(token: str) -> JobRecipe:
