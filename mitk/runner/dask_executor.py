@@ -68,11 +68,16 @@ class DaskExecutor(Executor):
         else:
             import logging
 
+            import dask
+
             workers = self.options.workers or max(1, (os.cpu_count() or 1))
             # Dask's own log lines (a worker restarted, a task failed) only with --debug: mitk reports each case.
             quiet = logging.WARNING if self.options.debug else logging.CRITICAL
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, silence_logs=quiet)
+            # No dashboard, so no use for the workers' statistical profiler, which samples every thread's stack
+            # every 10 ms: 4-9 % of each U-Net case on a 2-core machine (measured).
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, silence_logs=quiet)
             self._client = Client(self._cluster)
         return self._client
 
