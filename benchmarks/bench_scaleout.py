@@ -131,7 +131,8 @@ def measure(name: str, commands: list[list[str]], env: dict[str, str], slots: in
             "steady_per_min": round(60 * (n - 1) / span, 2) if span > 0 else None,
             "case_s_mean": round(sum(case_seconds) / n, 3),
             "overhead_per_case_s": round(overhead, 3) if overhead is not None else None,
-            "workers": sorted({str(case.get("worker")) for case in cases if "worker" in case})}
+            "workers": sorted({str(case.get("worker")) for case in cases if "worker" in case}),
+            "cases_per_process": [len(document["cases"]) for document in run["documents"]]}
 
 
 def main() -> None:
@@ -174,7 +175,7 @@ def main() -> None:
                      "steady_vs_1x1": (round(steady / reference["steady_per_min"], 2)
                                        if steady and reference["steady_per_min"] else None)})
     columns = ["contender", "cases", "wall_s", "per_min", "vs_1x1", "first_record_s", "steady_per_min",
-               "steady_vs_1x1", "case_s_mean", "overhead_per_case_s"]
+               "steady_vs_1x1", "case_s_mean", "overhead_per_case_s", "cases_per_process"]
     print(table(rows, columns))
     save("scaleout", {"volumes": args.volumes, "settings": SETTINGS, "repeats": args.repeats, "rows": rows,
                       "runs": results, "skipped": skipped})
