@@ -211,3 +211,44 @@ def test_a_plugin_without_mask_keywords_keeps_working_and_refuses_masks(mitk_plu
                                    "old-shift", "-o", str(out), "--fixed-mask", str(scalped["fixed_mask"])])
     assert code != 0 and "does not take masks" in stdout + stderr and "Traceback" not in stderr
     assert not out.exists()
+
+
+SOMEONES = Path(__file__).parent / "data" / "nibabel" / "someones_anatomy.nii.gz"
+
+
+def test_a_collapsed_masked_registration_fails_the_case_instead_of_writing_it(tmp_path: Path) -> None:
+    """A real inter-subject pair (nibabel's someones_anatomy, MNI152 1 mm with its brain mask as moving mask).
+    With the defaults the 12-dof affine once found a 27-fold volume change under which 1.5 % of the samples
+    counted (Dice 0.08 with the subject's brain; docs/benchmarks.md) — a collapse that depends on rounding, so
+    here a 10× step drives it off the mask for certain: the case fails with a one-line reason and writes
+    nothing, while the similarity transform that the message suggests registers the pair."""
+    from nilearn import datasets
+
+    moving, mask = tmp_path / "mni.nii.gz", tmp_path / "mni_brain.nii.gz"
+    datasets.load_mni152_template(resolution=1).to_filename(moving)
+    datasets.load_mni152_brain_mask(resolution=1).to_filename(mask)
+    common = ["register", str(SOMEONES), str(moving), "--plugin", "affine", "--moving-mask", str(mask), "--json"]
+    code, stdout, stderr = invoke([*common, "-o", str(tmp_path / "affine.nii.gz"), "--set", "step_voxels=5"])
+    assert code == 1, stdout + stderr
+    [record] = json.loads(stdout)["cases"]
+    assert record["status"] == "failed" and "collapsed" in record["error"], record
+    assert "transform=similarity" in record["error"] and "\n" not in record["error"]
+    assert not (tmp_path / "affine.nii.gz").exists()
+    code, stdout, stderr = invoke([*common, "-o", str(tmp_path / "similarity.nii.gz"),
+                                   "--set", "transform=similarity"])
+    assert code == 0, stdout + stderr
+    [record] = json.loads(stdout)["cases"]
+    shares = record["registration"]["counted_share"]
+    assert shares[-1] > 0.25 * record["registration"]["counted_share_start"], shares
+    assert abs(np.linalg.det(np.asarray(record["matrix_ras"])[:3, :3]) - 1.0) < 0.2  # no collapse in scale
+
+
+def test_the_collapse_rule() -> None:
+    from mitk_builtin._registration import check_not_collapsed
+
+    check_not_collapsed({"transform": "affine"})  # no masks: nothing to check
+    check_not_collapsed({"transform": "affine", "masks": ["moving"], "counted_share_start": 0.15,
+                         "counted_share": [0.11, 0.11, 0.108]})  # the ITK subject: shares fall, but not far
+    with pytest.raises(PluginError, match="collapsed: at the end 1.5% .* against 40.4%"):
+        check_not_collapsed({"transform": "affine", "masks": ["moving"], "counted_share_start": 0.4036,
+                             "counted_share": [0.0291, 0.0189, 0.0154]})

@@ -409,6 +409,8 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
                     mask_points = points.double() @ (moving_mask_grid @ transform.matrix())[:3].T
                     valid = valid & (sample(moving_inside.float(), mask_points.float(), mode="nearest")[0] > 0.5)
             value = similarity(metric, reference, reference_weights, warped, valid, bins)
+            if "counted_share" in report and "counted_share_start" not in report:
+                report["counted_share_start"] = round(float(valid.float().mean()), 4)
             (-value).backward()
             if normal is not None:
                 keep_in_plane(transform, normal)
@@ -418,8 +420,26 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         report["similarity"].append(float(value.detach()))
         if "counted_share" in report:
             report["counted_share"].append(round(float(valid.float().mean()), 4))
+    check_not_collapsed(report)
     report["seconds"] = time.perf_counter() - started
     return transform.matrix().detach().cpu().numpy(), report
+
+
+COLLAPSE_SHARE = 0.25
+"""A masked registration whose counted share of samples ends below this fraction of its share at the start has
+collapsed: the transform found a region where few samples count and the metric looks good on them alone."""
+
+
+def check_not_collapsed(report: dict[str, Any]) -> None:
+    """Refuse a masked result that kept too few of its samples (ITK's masked metrics fail the same way, with
+    "too many samples map outside moving image buffer"): a wrong transform must not be written as a result."""
+    start, shares = report.get("counted_share_start"), report.get("counted_share")
+    if not start or not shares or shares[-1] >= COLLAPSE_SHARE * start:
+        return
+    raise PluginError(
+        f"the {report['transform']} registration collapsed: at the end {shares[-1]:.1%} of the sampled fixed "
+        f"points counted against {start:.1%} at the start (masks: {', '.join(report.get('masks', []))}); "
+        "try --set transform=similarity (deformable: affine.transform=similarity) or fewer degrees of freedom")
 
 
 def plane_normal(volume: Volume, device: torch.device) -> torch.Tensor | None:
