@@ -226,7 +226,9 @@ def test_a_signal_cancels_the_cases_sent_to_dask(tmp_path: Path, inputs: Path, s
         _crop(brain_mr, folder / f"z_slow_{index}.nii.gz", first=index, count=SLOW_SLICES)
     command = [sys.executable, "-m", "mitk", "segment", str(folder), "-p", "crashing", "-d", str(tmp_path / "out"),
                "--json", "--executor", "dask", "--scheduler", scheduler]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # as from a terminal, even when the tests run as a background job (SIGINT ignored)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stderr is not None
     finished = []
     for line in process.stderr:

@@ -322,16 +322,19 @@ def test_a_factory_cannot_end_the_process(factory: Callable[[], Any], message: s
 
 
 def test_a_real_ctrl_c_still_interrupts() -> None:
-    handler = signal.getsignal(signal.SIGINT)
+    # Python's own handler, as in a terminal (a shell starts background jobs with SIGINT ignored)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        def user_presses_ctrl_c() -> None:
+            signal.raise_signal(signal.SIGINT)
 
-    def user_presses_ctrl_c() -> None:
-        signal.raise_signal(signal.SIGINT)
-
-    with pytest.raises(KeyboardInterrupt):
-        entry(user_presses_ctrl_c).load()
-    with pytest.raises(KeyboardInterrupt), contained():
-        signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is handler
+        with pytest.raises(KeyboardInterrupt):
+            entry(user_presses_ctrl_c).load()
+        with pytest.raises(KeyboardInterrupt), contained():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 @pytest.mark.parametrize(("factory", "built"), [(object, "object"), (lambda: None, "NoneType"),

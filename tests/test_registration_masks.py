@@ -249,6 +249,6 @@ def test_the_collapse_rule() -> None:
     check_not_collapsed({"transform": "affine"})  # no masks: nothing to check
     check_not_collapsed({"transform": "affine", "masks": ["moving"], "counted_share_start": 0.15,
                          "counted_share": [0.11, 0.11, 0.108]})  # the ITK subject: shares fall, but not far
-    with pytest.raises(PluginError, match="collapsed: at the end 1.5% .* against 40.4%"):
+    with pytest.raises(PluginError, match=r"collapsed: at the end 1\.5% .* against 40\.4%"):
         check_not_collapsed({"transform": "affine", "masks": ["moving"], "counted_share_start": 0.4036,
                              "counted_share": [0.0291, 0.0189, 0.0154]})
