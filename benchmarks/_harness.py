@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +83,20 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def compare(default: Callable[[], object], mine: Callable[[], object], repeats: int,
+            digits: int = 1) -> dict[str, float]:
+    """Best and median milliseconds of two calls in one process, interleaved so that a noisy neighbour hits
+    both alike (both are called once first: oneDNN builds its primitives on the first call)."""
+    default(), mine()
+    times: dict[str, list[float]] = {"default": [], "mitk": []}
+    for _ in range(repeats):
+        for key, call in (("default", default), ("mitk", mine)):
+            start = time.perf_counter()
+            call()
+            times[key].append((time.perf_counter() - start) * 1000)
+    row = {f"{key}_{stat.__name__}_ms": round(stat(values), digits) for key, values in times.items()
+           for stat in (min, statistics.median)}
+    row["ratio"] = round(row["mitk_min_ms"] / row["default_min_ms"], 2)
+    return row

@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
-from _harness import save, table
+from _harness import compare, save, table
 from monai.networks.nets import SegResNet, UNet
 
 from mitk.runner.cpu_kernels import _geometry, apply_cpu_kernels, rewritten
-
-
-def compare(default: Callable[[], object], mine: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Best and median milliseconds of both, interleaved so that a noisy neighbour hits both alike."""
-    default(), mine()  # oneDNN builds its primitives on the first call
-    times: dict[str, list[float]] = {"default": [], "mitk": []}
-    for _ in range(repeats):
-        for key, call in (("default", default), ("mitk", mine)):
-            start = time.perf_counter()
-            call()
-            times[key].append((time.perf_counter() - start) * 1000)
-    row = {f"{key}_{stat.__name__}_ms": round(stat(values), 1) for key, values in times.items()
-           for stat in (min, statistics.median)}
-    row["ratio"] = round(row["mitk_min_ms"] / row["default_min_ms"], 2)
-    return row
 
 
 def layer_rows(network: torch.nn.Module, fast: torch.nn.Module, x: torch.Tensor, label: str,

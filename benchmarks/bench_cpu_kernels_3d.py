@@ -12,31 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _harness import save, table
+from _harness import compare, save, table
 from monai.networks.nets import DenseNet121, SegResNet, UNet
 
 from mitk.runner.cpu_kernels import apply_cpu_kernels
-
-
-def compare(default: Callable[[], object], mine: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Best and median milliseconds of both, interleaved so that a noisy neighbour hits both alike."""
-    default(), mine()
-    times: dict[str, list[float]] = {"default": [], "mitk": []}
-    for _ in range(repeats):
-        for key, call in (("default", default), ("mitk", mine)):
-            start = time.perf_counter()
-            call()
-            times[key].append((time.perf_counter() - start) * 1000)
-    row = {f"{key}_{stat.__name__}_ms": round(stat(values), 2) for key, values in times.items()
-           for stat in (min, statistics.median)}
-    row["ratio"] = round(row["mitk_min_ms"] / row["default_min_ms"], 2)
-    return row
 
 
 def network_row(label: str, network: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[str, object]:
@@ -45,7 +27,7 @@ def network_row(label: str, network: torch.nn.Module, x: torch.Tensor, repeats: 
     swapped = apply_cpu_kernels(fast)
     with torch.inference_mode():
         difference = float((fast(x) - network(x)).abs().max())
-        row = compare(lambda: network(x), lambda: fast(x), repeats)
+        row = compare(lambda: network(x), lambda: fast(x), repeats, digits=2)
     return {"case": label, "rewritten_layers": swapped, "max_abs_difference": difference, **row}
 
 

@@ -109,10 +109,7 @@ class PluginEntry:
             factory = self.factory
             try:
                 with contained():
-                    if isinstance(factory, str):
-                        module_name, _, attribute = factory.partition(":")
-                        factory = getattr(importlib.import_module(module_name), attribute)
-                    instance = factory()
+                    instance = resolve_factory(factory)()
             except ImportError as error:
                 raise PluginError(f"plugin {self.name!r} could not be loaded: {describe(error)}") from error
             except Exception as error:
@@ -135,8 +132,18 @@ class BrokenPlugin:
     version: str | None = None
 
 
-class PluginRegistrar:
-    """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_plugins`."""
+def resolve_factory(factory: Any) -> Any:
+    """A registered factory: the callable itself, or the attribute a ``"package.module:attribute"`` names."""
+    if isinstance(factory, str):
+        module_name, _, attribute = factory.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    return factory
+
+
+class _Registrar:
+    """What every ``register`` object knows: the registry, and the plugin source (and its distribution)."""
+
+    kind = "plugin"
 
     def __init__(self, registry: Registry, source: str, distribution: str | None = None,
                  version: str | None = None) -> None:
@@ -145,10 +152,17 @@ class PluginRegistrar:
         self._distribution = distribution
         self._version = version
 
+    def _check_name(self, name: str) -> None:
+        if not name or not name.replace("-", "_").isidentifier():
+            raise PluginError(f"invalid {self.kind} name {name!r}: use letters, digits, '-' and '_'")
+
+
+class PluginRegistrar(_Registrar):
+    """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_plugins`."""
+
     def __call__(self, name: str, *, task: Task | str, factory: Factory, summary: str = "") -> None:
         """Register the plugin ``name`` for ``task``; ``factory`` builds it when first used."""
-        if not name or not name.replace("-", "_").isidentifier():
-            raise PluginError(f"invalid plugin name {name!r}: use letters, digits, '-' and '_'")
+        self._check_name(name)
         try:
             task = Task(task)
         except ValueError:
@@ -178,10 +192,7 @@ class ExecutorEntry:
         factory = self.factory
         try:
             with contained():
-                if isinstance(factory, str):
-                    module_name, _, attribute = factory.partition(":")
-                    factory = getattr(importlib.import_module(module_name), attribute)
-                executor = factory(options)
+                executor = resolve_factory(factory)(options)
         except MitkError:
             raise  # the executor's own one-line message (a missing extra, a bad option)
         except ImportError as error:
@@ -194,20 +205,14 @@ class ExecutorEntry:
         return executor
 
 
-class ExecutorRegistrar:
+class ExecutorRegistrar(_Registrar):
     """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_executors`."""
 
-    def __init__(self, registry: Registry, source: str, distribution: str | None = None,
-                 version: str | None = None) -> None:
-        self._registry = registry
-        self._source = source
-        self._distribution = distribution
-        self._version = version
+    kind = "executor"
 
     def __call__(self, name: str, *, factory: ExecutorFactory, summary: str = "") -> None:
         """Register the executor ``name`` (``--executor NAME``); ``factory(options)`` builds it per batch."""
-        if not name or not name.replace("-", "_").isidentifier():
-            raise PluginError(f"invalid executor name {name!r}: use letters, digits, '-' and '_'")
+        self._check_name(name)
         self._registry.add_executor(ExecutorEntry(name=name, factory=factory, summary=summary, source=self._source,
                                                   distribution=self._distribution, version=self._version))
 
