@@ -27,7 +27,16 @@ def test_every_file_is_described_and_licensed() -> None:
     assert "Harvard Medical School" in (TEST_DATA / "LICENSE.txt").read_text(encoding="utf-8")
     readme = (TEST_DATA / "README.md").read_text(encoding="utf-8")
     assert all(name in readme for name in images)
-    assert sum(p.stat().st_size for p in TEST_DATA.iterdir()) < 3_000_000  # the repository stays light
+    assert sum(p.stat().st_size for p in TEST_DATA.rglob("*") if p.is_file()) < 3_000_000  # stays light
+
+
+@pytest.mark.parametrize(("folder", "holder"), [("itk", "Apache License"), ("nibabel", "Matthew Brett")])
+def test_every_borrowed_folder_is_described_and_licensed(folder: str, holder: str) -> None:
+    files = sorted(p.name for p in (TEST_DATA / folder).iterdir() if p.name != "LICENSE.txt")
+    assert files
+    assert holder in (TEST_DATA / folder / "LICENSE.txt").read_text(encoding="utf-8")
+    readme = (TEST_DATA / "README.md").read_text(encoding="utf-8")
+    assert all(name in readme for name in files), files
 
 
 def test_crop_affine_moves_the_origin_to_the_first_kept_voxel() -> None:

@@ -68,4 +68,7 @@ def main(source_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2] / "shared" / "data" / "pyradiomics")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/data/make_test_data.py PYRADIOMICS_NIFTI_FOLDER (the pyradiomics 3.0.1 "
+                 "test cases as NIfTI)")
+    main(Path(sys.argv[1]))
