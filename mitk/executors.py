@@ -178,20 +178,20 @@ def job_once_loaded(recipe: JobRecipe) -> tuple[CaseJob, ModelSummary]:
         return _job[1], _job[2]
 
 
-def run_case_once_loaded(recipe: JobRecipe, case: Case, *, debug: bool = False,
+def run_case_once_loaded(recipe: JobRecipe | Callable[[], JobRecipe], case: Case, *, debug: bool = False,
                          details: dict[str, Any] | None = None) -> CaseRecord:
-    """One case's record in a worker process: the model is loaded on the first case and kept. ``details``
-    (e.g. the worker's name) are added to the record. A model that fails to load fails the case."""
+    """One case's record in a worker process: the model is loaded on the first case and kept. ``recipe`` may be
+    a function that finds it (it is called inside the case, so that not finding it fails the case). A model that
+    fails to load fails the case, with the same one-line errors as a local run (:func:`mitk.runner.batch.run_case`).
+    ``details`` (e.g. the worker's name) are added to the record."""
     import sys
 
-    from mitk.errors import MitkError
-    from mitk.runner.batch import CaseRecord, describe_error, run_case
+    from mitk.runner.batch import run_case
 
-    try:
-        job, _ = job_once_loaded(recipe)
-    except MitkError as error:
-        record = CaseRecord(input=str(case.path), status="failed", error=f"{case.path}: {describe_error(error)}")
-    else:
-        record = run_case(case, job, debug, lambda text: print(text, file=sys.stderr) if debug else None)
+    def job(each: Case) -> Any:
+        found = recipe if isinstance(recipe, JobRecipe) else recipe()
+        return job_once_loaded(found)[0](each)
+
+    record = run_case(case, job, debug, lambda text: print(text, file=sys.stderr))  # logs only with debug
     record.details.update(details or {})
     return record

@@ -20,10 +20,11 @@ from typing import Any
 
 import nibabel as nib
 import pytest
+from helpers import invoke
 
 from mitk.errors import UsageError
 from mitk.io.inputs import expand_inputs
-from mitk.runner.shards import Shard, ShardManifest, manifest_header, merge_manifests, shard_of
+from mitk.runner.shards import Shard, merge_manifests, shard_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -259,18 +260,35 @@ def test_a_shard_without_inputs_does_nothing_and_succeeds(root: Path) -> None:
     assert not (root / "none").exists()
 
 
-def test_shard_manifest_starts_on_a_line_of_its_own_after_a_killed_write(tmp_path: Path) -> None:
-    path = tmp_path / "runs.jsonl"
-    path.write_text(json.dumps(record("a")) + "\n" + '{"input": "b", "sta')  # cut short by SIGKILL
-    with path.open("a", encoding="utf-8") as handle:
-        stamped = ShardManifest(handle, Shard(1, 2))
-        stamped.start(manifest_header("segment", Shard(1, 2), ["b"], 2))
-        stamped.write(json.dumps({"input": "b", "status": "ok"}) + "\n")
-    lines = path.read_text().splitlines()
+@pytest.mark.parametrize("shard", [None, "1/2"])
+def test_a_manifest_starts_on_a_line_of_its_own_after_a_killed_write(tmp_path: Path, shard: str | None) -> None:
+    """Every run, sharded or not, appends after a record cut short by SIGKILL on a new line: both the broken
+    line and the new records stay readable apart."""
+    from mitk.io.inputs import Case
+    from mitk.runner.shards import ends_mid_line
+
+    source = DATA / "brain1_image.nii.gz"
+    inputs = [tmp_path / f"{name}.nii.gz" for name in ("a", "b")]
+    for path in inputs:
+        path.write_bytes(source.read_bytes())
+    manifest = tmp_path / "runs.jsonl"
+    manifest.write_text(json.dumps(record(str(inputs[0]))) + "\n" + '{"input": "b", "sta')  # cut by SIGKILL
+    assert ends_mid_line(manifest)
+    extra = ["--shard", shard] if shard else []
+    code, _, err = invoke(["segment", *map(str, inputs), "-p", "threshold", "-d", str(tmp_path / "out"),
+                           "--manifest", str(manifest), *extra])
+    assert code == 0, err
+    lines = manifest.read_text().splitlines()
     assert lines[1] == '{"input": "b", "sta'
-    assert json.loads(lines[2])["inputs"] == ["b"]
-    assert json.loads(lines[3]) == {"input": "b", "status": "ok", "shard": 1}
-    assert [case.status for case in merge_manifests([path]).cases] == ["ok", "ok"]
+    written = [json.loads(line) for line in lines[2:]]
+    if shard:
+        header, *written = written
+        assert header["shard"] == 1 and header["inputs"] == [str(c.path) for c in Shard(1, 2).select(
+            [Case(p) for p in inputs])]
+        assert all(entry["shard"] == 1 for entry in written)
+    else:
+        assert len(written) == 2 and all("shard" not in entry for entry in written)
+    assert all(entry["status"] == "ok" for entry in written)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,3 +394,11 @@ def test_merge_imports_neither_torch_nor_monai(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, "manifest", "merge", str(first)], env=environment(),
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_classify_csv_cannot_be_split_over_shards(tmp_path: Path) -> None:
+    """One --csv per batch: every shard would write (or replace) it with its own rows only."""
+    code, _, err = invoke(["classify", str(DATA / "brain1_image.nii.gz"), "-p", "densenet121", "--shard", "0/2",
+                           "--csv", str(tmp_path / "preds.csv")])
+    assert code == 2 and "cannot be split over --shard" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "preds.csv").exists()

@@ -75,6 +75,10 @@ def classify(
         raise UsageError("--threshold must lie between 0 and 1")
     policy = _policy(output, output_dir, overwrite, skip_existing)
     if csv is not None:
+        if shard is not None:  # each shard would write (or replace) the one file with its own rows only
+            raise UsageError("--csv writes one file for the whole batch and cannot be split over --shard; "
+                             "use --manifest per shard (each record holds the probabilities) and "
+                             "mitk manifest merge")
         check_output(csv, overwrite, inputs=tuple(case.path for case in expand_inputs(inputs)))
     rows: list[dict[str, Any]] = []
 

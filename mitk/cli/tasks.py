@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -31,6 +32,7 @@ from mitk.cli.common import (
     emit_json,
     message_text,
     parse_settings,
+    say,
     stderr_console,
 )
 from mitk.enums import Task
@@ -72,7 +74,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     from mitk.io.atomic import check_name_length, refuse_inputs
     from mitk.io.inputs import expand_inputs
     from mitk.runner.batch import Interrupted, keep_records
-    from mitk.runner.shards import Shard, ShardManifest, manifest_header
+    from mitk.runner.shards import Shard, ends_mid_line, manifest_header
 
     part = Shard.parse(shard) if shard is not None else None
     cases = expand_inputs(inputs)
@@ -105,10 +107,11 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
                 handle = stack.enter_context(manifest.open("a", encoding="utf-8"))
             except OSError as error:
                 raise UsageError(f"cannot open the manifest ({error.strerror or error})", manifest) from None
-            if part is not None:
-                stamped = ShardManifest(handle, part)  # a header, then each record with its shard
-                stamped.start(manifest_header(task, part, [str(case.path) for case in cases], total))
-                handle = cast("IO[str]", stamped)
+            if ends_mid_line(manifest):  # a killed run's last line, cut short: start a new one
+                handle.write("\n")
+            if part is not None:  # a shard's manifest starts with what it was assigned
+                handle.write(json.dumps(manifest_header(task, part, [str(case.path) for case in cases], total))
+                             + "\n")
         if part is not None and not cases:
             _empty_shard(task, part, total, plugin, as_json)
         model = runner.load(recipe)  # as mitk.load, once in this process or once per worker
@@ -121,7 +124,9 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
             _on_record(console, record, progress)
 
         try:
-            report = keep_records(cases, runner.run(cases), manifest=handle, on_record=keep)
+            records = runner.run(cases)
+            report = keep_records(cases, records if part is None else part.stamp(records), manifest=handle,
+                                  on_record=keep)
         except Interrupted as stop:
             if stop.report is None:
                 raise
@@ -153,12 +158,12 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
 
 def _empty_shard(task: str, part: Shard, total: int, plugin: str | None, as_json: bool) -> None:
     """A shard that none of the inputs fall in: nothing to do, and not an error (the model is not loaded)."""
+    from mitk.runner.batch import BatchReport
+
     if as_json:
         emit_json({"task": task, "plugin": plugin, "shard": part.index, "shards": part.count,
-                   "summary": {"total": 0, "ok": 0, "skipped": 0, "failed": 0}, "exit_code": 0, "cases": []})
-    if not STATE.quiet:
-        stderr_console().print(message_text(f"{task} shard {part}: no inputs fall in this shard "
-                                            f"({total} in all); nothing to do"))
+                   "summary": BatchReport().summary(), "exit_code": 0, "cases": []})
+    say(f"{task} shard {part}: no inputs fall in this shard ({total} in all); nothing to do")
     raise typer.Exit(0)
 
 

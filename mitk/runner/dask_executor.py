@@ -88,8 +88,9 @@ class DaskExecutor(Executor):
         try:
             client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
         except TimeoutError:
-            raise UsageError(f"the Dask scheduler at {self.options.scheduler} has no workers "
-                             f"(waited {CONNECT_TIMEOUT_S} s)") from None
+            where = (f"the Dask scheduler at {self.options.scheduler}" if self.options.scheduler is not None
+                     else "the local Dask cluster")
+            raise UsageError(f"{where} has no workers (waited {CONNECT_TIMEOUT_S} s)") from None
         try:
             outcomes = self._load_on_workers(client, recipe)
         except MitkError:
@@ -183,7 +184,7 @@ class DaskExecutor(Executor):
         if future.status == "finished":
             with condition:
                 condition.wait_for(lambda: index in arrived, timeout=RECORD_WAIT_S)
-                sent = arrived.pop(index, None)
+                sent = arrived.pop(index, None)  # None too when the record could not travel as an event
             if sent is not None:
                 return CaseRecord(**sent)
         try:

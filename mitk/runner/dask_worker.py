@@ -6,7 +6,6 @@ name it by its token. A worker loads the model on the first case and keeps it fo
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from distributed import get_worker
@@ -76,17 +75,10 @@ def run_on_worker(token: str, case: Case, debug: bool, index: int) -> CaseRecord
     this worker dies before the client fetches the result."""
     from dataclasses import asdict
 
-    from mitk.runner.batch import CaseRecord, describe_error
-
     worker = get_worker()
-    name = str(worker.name)
+    record = run_case_once_loaded(lambda: _recipe(token), case, debug=debug, details={"worker": str(worker.name)})
     try:
-        recipe = _recipe(token)
-    except MitkError as error:
-        record = CaseRecord(input=str(case.path), status="failed", error=f"{case.path}: {describe_error(error)}",
-                            details={"worker": name})
-    else:
-        record = run_case_once_loaded(recipe, case, debug=debug, details={"worker": name})
-    with contextlib.suppress(TypeError):  # details msgpack cannot carry: the client fetches the result instead
         worker.log_event(records_topic(token), {"index": index, "record": asdict(record)})
+    except TypeError:  # details the event channel cannot carry: say so, and the client fetches the result
+        worker.log_event(records_topic(token), {"index": index, "record": None})
     return record

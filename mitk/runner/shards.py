@@ -16,15 +16,16 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from mitk.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from mitk.io.inputs import Case
+    from mitk.runner.batch import CaseRecord
 
 MANIFEST_FORMAT = 1
 """Version of the manifest header (``{"mitk_manifest": 1, ...}``); a reader refuses a newer one."""
@@ -76,6 +77,17 @@ class Shard:
         """Whether the case at ``path`` belongs to this shard."""
         return shard_of(path, self.count) == self.index
 
+    def stamp(self, records: Iterator[CaseRecord]) -> Iterator[CaseRecord]:
+        """The records of this shard's cases, each carrying its shard (closing this closes ``records``)."""
+        try:
+            for record in records:
+                record.details["shard"] = self.index
+                yield record
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+
     def select(self, cases: Sequence[Case]) -> list[Case]:
         """This shard's cases, in their original order."""
         return [case for case in cases if self.holds(case.path)]
@@ -92,45 +104,9 @@ def manifest_header(task: str, shard: Shard, inputs: Iterable[str], total: int) 
             "total": total, "inputs": list(inputs)}
 
 
-class ShardManifest:
-    """A manifest handle for a sharded run: writes the header, then stamps each record line with the shard.
-
-    It stands in for the text file that :func:`mitk.runner.batch.run_batch` appends records to (``write``
-    and ``flush``), so the records keep their keys and gain ``shard``.
-    """
-
-    def __init__(self, handle: IO[str], shard: Shard) -> None:
-        self.handle = handle
-        self.shard = shard
-
-    def start(self, header: dict[str, Any]) -> None:
-        """Append ``header``, on a line of its own even after a line cut short by a killed run."""
-        name = getattr(self.handle, "name", None)
-        if isinstance(name, str) and _ends_mid_line(Path(name)):
-            self.handle.write("\n")
-        self.write(json.dumps(header) + "\n")
-
-    def write(self, text: str) -> int:
-        lines = []
-        for line in text.splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if isinstance(record, dict) and HEADER_KEY not in record:
-                line = json.dumps({**record, "shard": self.shard.index}) + "\n"
-            lines.append(line)
-        return self.handle.write("".join(lines))
-
-    def writelines(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def _ends_mid_line(path: Path) -> bool:
+def ends_mid_line(path: Path) -> bool:
+    """Whether ``path`` ends inside a line (a killed run's last record, cut short): the next append must start
+    a new line, or it would be glued to the broken one and both lost."""
     try:
         with path.open("rb") as existing:
             existing.seek(0, os.SEEK_END)
