@@ -402,3 +402,12 @@ def test_classify_csv_cannot_be_split_over_shards(tmp_path: Path) -> None:
                            "--csv", str(tmp_path / "preds.csv")])
     assert code == 2 and "cannot be split over --shard" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "preds.csv").exists()
+
+
+@pytest.mark.parametrize("damage", [{"inputs": 5}, {"task": ["x"]}, {"shard": "0"}])
+def test_a_header_with_wrong_types_is_a_damaged_line_not_a_crash(tmp_path: Path, damage: dict[str, Any]) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({**header(0, 1, "a"), **damage}) + "\n" + json.dumps(record("a")) + "\n")
+    report = merge_manifests([path])
+    assert report.damaged_lines == [f"{path}:1"]
+    assert [case.status for case in report.cases] == ["ok"]

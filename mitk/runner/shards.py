@@ -212,6 +212,13 @@ class _Manifest:
     records: list[dict[str, Any]]
 
 
+def _valid_header(entry: dict[str, Any]) -> bool:
+    """A header whose fields have the types a sharded run writes (anything else is a damaged line)."""
+    whole = ("shard", "shards", "total")
+    return (isinstance(entry.get("task"), str) and all(isinstance(entry.get(key), int) for key in whole)
+            and isinstance(entry.get("inputs"), list) and all(isinstance(x, str) for x in entry["inputs"]))
+
+
 def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
     """Headers and records of one manifest file; lines that are not JSON objects are noted in ``damaged``."""
     try:
@@ -235,7 +242,10 @@ def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
             if not isinstance(version, int) or version > MANIFEST_FORMAT:
                 raise InputError(f"manifest format {version!r} is newer than this mitk reads "
                                  f"({MANIFEST_FORMAT}); upgrade mitk", path)
-            manifest.headers.append(entry)
+            if _valid_header(entry):
+                manifest.headers.append(entry)
+            else:
+                bad.append(f"{path}:{number}")
         elif isinstance(entry, dict) and isinstance(entry.get("input"), str) and "status" in entry:
             manifest.records.append(entry)
         else:
