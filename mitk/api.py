@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import inspect
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -156,9 +157,14 @@ class Model:
 
     def runner(self, **options: Any) -> Callable[..., Any]:
         """The task table's runner for this model (built once per set of ``options``)."""
+        # Plain values (numbers, names, paths) key the cache; an image or array does not: two masks of the same
+        # shape can share a repr (numpy abbreviates), so such a call builds its own runner.
+        plain = all(isinstance(value, (str, int, float, bool, type(None), os.PathLike)) or
+                    (isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value))
+                    for value in options.values())
         key = tuple(sorted((name, repr(value)) for name, value in options.items()))
         with self._lock:
-            if key not in self._runners:
+            if not plain or key not in self._runners:
                 runner_class = import_part(self.spec.runner)
                 try:
                     inspect.signature(runner_class).bind(self.loaded, **options)
@@ -167,7 +173,10 @@ class Model:
                     raise UsageError(f"{self.task.value}: unknown option(s) {', '.join(sorted(options))} (the "
                                      f"runner takes: {', '.join(accepted) or 'none'}; and affine, series, "
                                      "allow_resample, workers, executor, errors)") from None
-                self._runners[key] = runner_class(self.loaded, **options)
+                runner = runner_class(self.loaded, **options)
+                if not plain:
+                    return runner
+                self._runners[key] = runner
             return self._runners[key]
 
     def _run(self, spec: TaskSpec, *inputs: Any, workers: int | None = None,

@@ -231,7 +231,7 @@ def test_a_collapsed_masked_registration_fails_the_case_instead_of_writing_it(tm
     code, stdout, stderr = invoke([*common, "-o", str(tmp_path / "affine.nii.gz"), "--set", "step_voxels=5"])
     assert code == 1, stdout + stderr
     [record] = json.loads(stdout)["cases"]
-    assert record["status"] == "failed" and "collapsed" in record["error"], record
+    assert record["status"] == "failed" and "counted no sampled fixed point" in record["error"], record
     assert "transform=similarity" in record["error"] and "\n" not in record["error"]
     assert not (tmp_path / "affine.nii.gz").exists()
     code, stdout, stderr = invoke([*common, "-o", str(tmp_path / "similarity.nii.gz"),
@@ -249,6 +249,25 @@ def test_the_collapse_rule() -> None:
     check_not_collapsed({"transform": "affine"})  # no masks: nothing to check
     check_not_collapsed({"transform": "affine", "masks": ["moving"], "counted_share_start": 0.15,
                          "counted_share": [0.11, 0.11, 0.108]})  # the ITK subject: shares fall, but not far
+    with pytest.raises(PluginError, match="counted no sampled fixed point"):  # masks that never meet
+        check_not_collapsed({"transform": "affine", "masks": ["fixed", "moving"], "counted_share_start": 0.0,
+                             "counted_share": [0.0, 0.0, 0.0]})
     with pytest.raises(PluginError, match=r"collapsed: at the end 1\.5% .* against 40\.4%"):
         check_not_collapsed({"transform": "affine", "masks": ["moving"], "counted_share_start": 0.4036,
                              "counted_share": [0.0291, 0.0189, 0.0154]})
+
+
+def test_the_python_api_never_reuses_a_runner_built_for_another_mask() -> None:
+    """Two in-memory masks of one shape whose reprs agree (numpy abbreviates large arrays) get their own runner
+    (the cache keyed options by repr and handed the first mask's runner to the second)."""
+    model = mitk.load("affine")
+    first, second = np.zeros((40, 40, 40), np.uint8), np.zeros((40, 40, 40), np.uint8)
+    first[10:20, 10:20, 10:20] = 1
+    second[20:30, 20:30, 20:30] = 1
+    masks = [Image(array=array, affine=np.eye(4)) for array in (first, second)]
+    assert repr(masks[0].array) == repr(masks[1].array)
+    runners = [model.runner(fixed_mask=mask) for mask in masks]
+    assert runners[0] is not runners[1]
+    for runner, mask in zip(runners, masks, strict=True):
+        assert np.array_equal(np.squeeze(np.asarray(runner.fixed_mask.array)) > 0, mask.array > 0)
+    assert model.runner() is model.runner()  # plain options are still cached

@@ -278,8 +278,8 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
                                       allow_resample=allow_resample))
     runner = RegistrationRunner(model, *(None if path is None else require_volume(load_image(path))
                                          for path in (fixed_mask, moving_mask)))
-    if runner.fixed_mask is not None:  # refuse an empty fixed mask before any case runs
-        mask_on(runner.fixed_mask, fixed, "fixed")
+    if runner.fixed_mask is not None:  # refused if empty before any case runs; resampled once, not per case
+        runner.fixed_mask = mask_on(runner.fixed_mask, fixed, "fixed")
 
     def process(case: Any) -> CaseOutcome:
         target = policy.target(case, "_warped", ".nii.gz")

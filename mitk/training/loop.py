@@ -288,7 +288,6 @@ class Trainer:
         else:  # this rank's share of the batches one process would draw (the same generator, the same order)
             self.batch_sampler = GlobalBatchSampler(self.train_dataset, self.options.batch_size, self.world,
                                                     generator)
-            per_rank_batch(self.options.batch_size, self.world)
             seeding = {"worker_init_fn": functools.partial(seed_loader_worker, self.world)} if workers else {}
             train = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, num_workers=workers,
                                generator=generator, pin_memory=pin, **seeding, **collate)

@@ -434,12 +434,18 @@ def check_not_collapsed(report: dict[str, Any]) -> None:
     """Refuse a masked result that kept too few of its samples (ITK's masked metrics fail the same way, with
     "too many samples map outside moving image buffer"): a wrong transform must not be written as a result."""
     start, shares = report.get("counted_share_start"), report.get("counted_share")
-    if not start or not shares or shares[-1] >= COLLAPSE_SHARE * start:
-        return
-    raise PluginError(
-        f"the {report['transform']} registration collapsed: at the end {shares[-1]:.1%} of the sampled fixed "
-        f"points counted against {start:.1%} at the start (masks: {', '.join(report.get('masks', []))}); "
-        "try --set transform=similarity (deformable: affine.transform=similarity) or fewer degrees of freedom")
+    if not shares:
+        return  # no masks
+    final, masks = shares[-1], ", ".join(report.get("masks", []))
+    if final == 0:  # masks that never met, or a transform that left them
+        raise PluginError(f"the {report['transform']} registration counted no sampled fixed point at the end "
+                          f"({start or 0:.1%} at the start; masks: {masks}): check that the masks cover the same "
+                          "anatomy, or try --set transform=similarity (deformable: affine.transform=similarity)")
+    if start and final < COLLAPSE_SHARE * start:
+        raise PluginError(
+            f"the {report['transform']} registration collapsed: at the end {final:.1%} of the sampled fixed "
+            f"points counted against {start:.1%} at the start (masks: {masks}); try --set transform=similarity "
+            "(deformable: affine.transform=similarity) or fewer degrees of freedom")
 
 
 def plane_normal(volume: Volume, device: torch.device) -> torch.Tensor | None:
