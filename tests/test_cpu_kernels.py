@@ -108,6 +108,36 @@ def test_channels_last_convolution_matches_and_keeps_the_callers_memory_order():
     assert_same(fast, layer, x[0])
 
 
+
+@pytest.mark.parametrize(("channels", "kernel", "stride", "padding"), [
+    ((2, 2), 3, 1, 1),      # MONAI UNet's last 2→2 convolution
+    ((1, 3), 3, 2, 0),      # strided, no padding
+    ((4, 1), (3, 1, 2), 1, (1, 0, 1)),  # per-axis kernel and padding
+])
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_few_channel_3d_convolution_runs_onednn_in_channels_last_order(monkeypatch, channels, kernel, stride,
+                                                                        padding):
+    """torch sends a batch-1 few-channel volume to its naive kernel (ten times slower); the rewrite calls oneDNN
+    on channels-last copies, and the caller still gets torch's values in its own order."""
+    torch.manual_seed(0)
+    layer = nn.Conv3d(*channels, kernel, stride, padding).eval()
+    fast, count = rewrite_copy(layer)
+    assert count == 1 and rewritten(fast)[""].kind == CHANNELS_LAST
+    calls = []
+    real = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(args) or real(*args))
+    x = torch.randn(2, channels[0], 9, 10, 11)
+    for sample in (x, x[:1], x[0], x.transpose(-1, -2), x.contiguous(memory_format=torch.channels_last_3d)):
+        assert_same(fast, layer, sample)
+    assert len(calls) == 5 and all(args[0].is_contiguous(memory_format=torch.channels_last_3d) for args in calls)
+    with torch.no_grad():
+        assert fast(x).is_contiguous() and len(calls) == 6
+    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN off: torch's channels-last kernel, as before
+        assert_same(fast, layer, x)
+    with torch.no_grad():  # float64: no oneDNN kernel, torch's runs
+        assert torch.equal(copy.deepcopy(fast).double()(x.double()), copy.deepcopy(layer).double()(x.double()))
+    assert len(calls) == 6
+
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("bias", [True, False])
 def test_pointwise_head_matches_torch(dims, bias):

@@ -9,7 +9,10 @@ round, torch sends a single 3-D image's convolution with few input values per de
 * a transposed convolution with few output channels becomes one ordinary convolution that computes every
   stride phase at once (``stride**dims × out_channels`` channels), followed by an interleaving copy;
 * a 1×1 convolution to few output channels (a segmentation head) becomes one batched matrix product;
-* any other ordinary convolution with few input and output channels runs in channels-last memory order;
+* any other ordinary convolution with few input and output channels runs in channels-last memory order (a 3-D
+  one with a kernel larger than 1×1×1 through oneDNN's convolution, as below: torch sends a small batch-1 volume
+  to its naive kernel, whose 2→2-channel 64³ convolution alone took 70 % of a small U-Net's pass, ten times
+  oneDNN's time, and faults in a fresh 56 MB buffer on every call);
 * any other 3-D convolution with a kernel larger than 1×1×1 runs oneDNN's convolution
   (``torch.mkldnn_convolution``, the kernel torch itself picks for larger inputs), for float32 inputs while
   oneDNN is available and enabled (``torch.backends.mkldnn``);
@@ -176,8 +179,10 @@ def _channels_last(module: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tens
     return module._conv_forward(x.contiguous(memory_format=layout), weight, module.bias).contiguous()
 
 
-def _onednn(module: nn.Conv3d, x: torch.Tensor) -> torch.Tensor | None:
-    """A 3-D convolution through oneDNN, or None where oneDNN does not take the input (the caller runs torch's)."""
+def _onednn(module: nn.Conv3d, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor | None:
+    """A 3-D convolution through oneDNN, or None where oneDNN does not take the input (the caller runs torch's).
+    ``channels_last``: input and weight in channels-last order (oneDNN's fast layout for few channels), the
+    output back in the caller's contiguous order."""
     if (x.dtype != torch.float32 or module.weight.dtype != torch.float32 or x.layout != torch.strided
             or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
             or (module.bias is not None and module.bias.dtype != torch.float32)):
@@ -187,8 +192,14 @@ def _onednn(module: nn.Conv3d, x: torch.Tensor) -> torch.Tensor | None:
         x = x.unsqueeze(0)
     padding = module.padding
     assert isinstance(padding, tuple)  # kernel_kind checked it
-    out = torch.mkldnn_convolution(x, module.weight, module.bias, list(padding), list(module.stride),
+    weight = module.weight
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        weight = weight.contiguous(memory_format=torch.channels_last_3d)
+    out = torch.mkldnn_convolution(x, weight, module.bias, list(padding), list(module.stride),
                                    list(module.dilation), module.groups)
+    if channels_last:
+        out = out.contiguous()
     return out.squeeze(0) if unbatched else out
 
 
@@ -263,6 +274,11 @@ class CpuKernel:
             out = _onednn(module, input)
             return out if out is not None else self.original(input)
         assert isinstance(module, (nn.Conv2d, nn.Conv3d))
+        if isinstance(module, nn.Conv3d) and any(k > 1 for k in module.kernel_size) and isinstance(
+                module.padding, tuple):
+            out = _onednn(module, input, channels_last=True)
+            if out is not None:
+                return out
         return _channels_last(module, input)
 
     def original(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
