@@ -2,7 +2,8 @@
 
 Workload: ``mitk segment`` with the ``unet`` plugin and a fixed, seeded (untrained) checkpoint, a small residual
 UNet (channels 8–64) by sliding window (roi 64³, overlap 0.25), on N volumes made from nilearn's MNI152 T1 at
-2 mm (91×109×91; each copy scaled in intensity by a different factor, so no two files are alike). Contenders,
+1 mm (197×233×189, a brain MR's usual grid; ``--resolution 2`` for 91×109×91), each copy scaled in intensity by
+a different factor, so no two files are alike. Contenders,
 each the whole command in fresh processes (start-up, model load and writing included):
 
 1. ``local-1x1``: one process, 1 torch thread (the reference);
@@ -17,7 +18,7 @@ terminal); the per-case overhead: slot time per case not spent in the per-case j
 ``(steady span × parallel slots − Σ case seconds after the first) / cases after the first`` (negative when the
 cases themselves run slower side by side: memory bandwidth, other load on the machine).
 
-Run: ``python benchmarks/bench_scaleout.py [--volumes 40] [--repeats 1]``; writes
+Run: ``python benchmarks/bench_scaleout.py [--volumes 40] [--repeats 1] [--resolution 1]``; writes
 ``benchmarks/results/scaleout.json`` and prints the markdown table of ``docs/benchmarks.md``.
 """
 
@@ -44,13 +45,13 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 TWO_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
 
 
-def make_volumes(directory: Path, count: int) -> Path:
-    """``count`` MR volumes from the real MNI152 T1 (2 mm), each with its own intensity scale."""
+def make_volumes(directory: Path, count: int, resolution: int = 1) -> Path:
+    """``count`` MR volumes from the real MNI152 T1 (``resolution`` mm), each with its own intensity scale."""
     import nibabel as nib
     import numpy as np
     from nilearn.datasets import load_mni152_template
 
-    template = load_mni152_template(resolution=2)
+    template = load_mni152_template(resolution=resolution)
     array = np.asanyarray(template.dataobj, dtype=np.float32)
     folder = directory / "volumes"
     folder.mkdir()
@@ -139,12 +140,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--volumes", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=1, help="runs per contender, taking turns; best kept")
+    parser.add_argument("--resolution", type=int, choices=(1, 2), default=1, help="MNI152 grid spacing, mm")
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        volumes = make_volumes(directory, args.volumes)
+        volumes = make_volumes(directory, args.volumes, args.resolution)
         checkpoint = make_checkpoint(directory)
 
         def segment(out: str, *extra: str) -> list[str]:
@@ -177,7 +179,7 @@ def main() -> None:
     columns = ["contender", "cases", "wall_s", "per_min", "vs_1x1", "first_record_s", "steady_per_min",
                "steady_vs_1x1", "case_s_mean", "overhead_per_case_s", "cases_per_process"]
     print(table(rows, columns))
-    save("scaleout", {"volumes": args.volumes, "settings": SETTINGS, "repeats": args.repeats, "rows": rows,
+    save("scaleout", {"volumes": args.volumes, "resolution_mm": args.resolution, "settings": SETTINGS, "repeats": args.repeats, "rows": rows,
                       "runs": results, "skipped": skipped})
 
 

@@ -156,6 +156,46 @@ def test_selection_is_a_partition_that_stays_put_when_files_are_added(root: Path
         == {shard_of("cohort/a.nii.gz", 5)}  # the same input written differently is the same case
 
 
+
+def test_order_split_is_balanced_and_independent_of_the_listing_order(root: Path) -> None:
+    cases = expand_inputs([str(root / "cohort")])
+    names = sorted(str(c.path) for c in cases)
+    for n in (2, 3, 7):
+        parts = [[str(c.path) for c in Shard(i, n, "order").select(cases)] for i in range(n)]
+        assert sorted(name for part in parts for name in part) == names  # complete and disjoint
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1  # within one case of each other
+        assert parts[0] == names[0::n]  # nnU-Net's -part_id/-num_parts: sorted, dealt out in turn
+        shuffled = list(reversed(cases))  # listed in another order (another file system): the same split
+        assert [[str(c.path) for c in Shard(i, n, "order").select(shuffled)] for i in range(n)] == [
+            list(reversed(part)) for part in parts]  # each part keeps the order the inputs were given in
+
+
+def test_bad_shard_by_is_a_usage_error(run_inprocess: Any, root: Path) -> None:
+    with pytest.raises(UsageError, match="--shard-by must be hash or order"):
+        Shard.parse("0/2", "random")
+    for args in (["--shard-by", "order"], ["--shard", "0/2", "--shard-by", "sorted"]):
+        code, _, stderr = run_inprocess(*SEGMENT[:3], str(root / "cohort"), *args, "-d", str(root / "never"))
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--shard" in stderr, stderr
+    assert not (root / "never").exists()
+
+
+def test_order_shards_run_and_merge(root: Path, run_inprocess: Any, tmp_path: Path) -> None:
+    cohort = str(root / "cohort")
+    for i in (0, 1):
+        code, stdout, stderr = run_inprocess(*SEGMENT[:3], cohort, "-d", tmp_path / "out", "--shard", f"{i}/2",
+                                             "--shard-by", "order", "--manifest", tmp_path / f"{i}.jsonl",
+                                             "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout)["summary"]["ok"] == 10 and json.loads(stdout)["shard_by"] == "order"
+        header = read_lines(tmp_path / f"{i}.jsonl")[0]
+        assert header["by"] == "order" and len(header["listing"]) == 64 and len(header["inputs"]) == 10
+    assert len(list((tmp_path / "out").iterdir())) == 20
+    code, report, stderr = merge(run_inprocess, tmp_path / "0.jsonl", tmp_path / "1.jsonl", "-o",
+                                 tmp_path / "merged.jsonl")
+    assert code == 0 and report["complete"] and report["summary"]["ok"] == 20, stderr
+    assert read_lines(tmp_path / "merged.jsonl")[0]["by"] == "order"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Real runs
 # ---------------------------------------------------------------------------------------------------
@@ -173,8 +213,8 @@ def test_two_concurrent_shards_write_exactly_the_single_runs_files(root: Path, r
     for i in (0, 1):
         header, *records = read_lines(root / f"shard{i}.jsonl")
         expected = assigned(root, Shard(i, 2))
-        assert header == {"mitk_manifest": 1, "task": "segment", "shard": i, "shards": 2, "total": 20,
-                          "inputs": expected}
+        assert header == {"mitk_manifest": 1, "task": "segment", "shard": i, "shards": 2, "by": "hash",
+                          "total": 20, "inputs": expected}
         assert expected and [r["input"] for r in records] == expected
         assert all(r["shard"] == i and r["status"] == "ok" for r in records)
         assert json.loads(runs[f"shard{i}"][1])["summary"]["ok"] == len(expected)
@@ -256,7 +296,7 @@ def test_a_shard_without_inputs_does_nothing_and_succeeds(root: Path) -> None:
     assert any("no inputs fall in this shard" in message for message in messages)
     assert json.loads(done.stdout)["summary"]["total"] == 0
     assert read_lines(root / "empty.jsonl") == [{"mitk_manifest": 1, "task": "segment", "shard": empty,
-                                                 "shards": count, "total": 20, "inputs": []}]
+                                                 "shards": count, "by": "hash", "total": 20, "inputs": []}]
     assert not (root / "none").exists()
 
 
@@ -385,6 +425,23 @@ def test_merge_refuses_bad_input_and_protects_files(tmp_path: Path, run_inproces
                                target, "--overwrite")
     assert code == 0 and read_lines(target)[1] == record("a")
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_merge_refuses_order_shards_that_listed_different_inputs(tmp_path: Path, run_inprocess: Any) -> None:
+    """Sorted and dealt out, a listing that changed between shards can leave a case in no shard or in two."""
+    order = {"by": "order", "listing": "1" * 64}
+    first = manifest(tmp_path / "0.jsonl", {**header(0, 2, "a", "c"), **order}, record("a"), record("c"))
+    grown = manifest(tmp_path / "1.jsonl", {**header(1, 2, "b", total=5), **order, "listing": "2" * 64},
+                     record("b", shard=1))
+    code, _, stderr = run_inprocess("manifest", "merge", first, grown)
+    assert code == 2 and "listed different inputs" in stderr and len(stderr.strip().splitlines()) == 1
+    rerun = manifest(tmp_path / "2.jsonl", {**header(1, 2, "b", "d"), **order}, record("b", shard=1),
+                     record("d", shard=1))
+    code, report, stderr = merge(run_inprocess, first, grown, rerun)  # shard 1 rerun on the same listing
+    assert code == 0 and report["summary"]["ok"] == 4, stderr
+    hashed = manifest(tmp_path / "3.jsonl", header(1, 2, "b"), record("b", shard=1))
+    code, _, stderr = run_inprocess("manifest", "merge", first, hashed)
+    assert code == 2 and "different splits (--shard-by hash and order)" in stderr
 
 
 def test_merge_imports_neither_torch_nor_monai(tmp_path: Path) -> None:

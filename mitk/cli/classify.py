@@ -21,6 +21,7 @@ from mitk.cli.common import (
     SchedulerOption,
     SeriesOption,
     SetOption,
+    ShardByOption,
     ShardOption,
     SkipExistingOption,
     WeightsOption,
@@ -61,6 +62,7 @@ def classify(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    shard_by: ShardByOption = "hash",
     executor: ExecutorOption = DEFAULT_EXECUTOR,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -91,7 +93,7 @@ def classify(
                     multi_label=multi_label, threshold=threshold, explain=explain)
     try:
         run_task_batch("classify", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                       device=device, as_json=as_json, manifest=manifest, shard=shard,
+                       device=device, as_json=as_json, manifest=manifest, shard=shard, shard_by=shard_by,
                        executor=ExecutorChoice(executor, scheduler, workers), on_record=collect)
     except typer.Exit:
         if csv is not None and rows:

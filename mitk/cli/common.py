@@ -55,9 +55,14 @@ ManifestOption = Annotated[Path | None, typer.Option("--manifest", help="Append 
                                                      "this file as each finishes.")]
 ShardOption = Annotated[str | None, typer.Option(
     "--shard", metavar="I/N",
-    help="Run only shard I (from 0) of N: a stable split of the inputs by a hash of each path, for job arrays "
+    help="Run only shard I (from 0) of N: a stable split of the inputs (see --shard-by), for job arrays "
          "(e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT). Merge the manifests with "
          "`mitk manifest merge`.")]
+ShardByOption = Annotated[str, typer.Option(
+    "--shard-by", metavar="hash|order",
+    help="How --shard splits the inputs: hash (default; a case keeps its shard when files are added) or order "
+         "(sorted paths dealt out in turn: shards within one case of each other; every shard must see the same "
+         "inputs).")]
 AllowResampleOption = Annotated[bool, typer.Option(
     "--allow-resample", help="Resample an irregular or gantry-tilted DICOM series onto a regular grid (with a "
                              "warning) instead of refusing it.")]

@@ -25,6 +25,7 @@ from mitk.cli.common import (
     SchedulerOption,
     SeriesOption,
     SetOption,
+    ShardByOption,
     ShardOption,
     SkipExistingOption,
     WeightsOption,
@@ -60,7 +61,7 @@ def build_job(task: Task | str, model: Any, policy: Any, *args: Any, **options: 
 
 def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[Any], Any], *,
                    plugin: str | None, weights: Path | None, settings: list[str] | None, device: str,
-                   as_json: bool, manifest: Path | None, shard: str | None = None,
+                   as_json: bool, manifest: Path | None, shard: str | None = None, shard_by: str = "hash",
                    executor: ExecutorChoice = LOCAL, on_record: Callable[[Any], None] | None = None) -> None:
     """Expand inputs, load the model once (per worker), run every case, report, and exit with the batch status.
 
@@ -76,14 +77,16 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     from mitk.runner.batch import Interrupted, keep_records
     from mitk.runner.shards import Shard, ends_mid_line, manifest_header
 
-    part = Shard.parse(shard) if shard is not None else None
+    if shard is None and shard_by != "hash":
+        raise UsageError("--shard-by chooses how --shard splits the inputs: add --shard I/N")
+    part = Shard.parse(shard, shard_by) if shard is not None else None
     cases = expand_inputs(inputs)
     if not cases:
         raise UsageError("no inputs given")
     policy.prepare(cases)  # every input of the cohort: no shard writes over another shard's input
-    total = len(cases)
+    batch, total = cases, len(cases)
     if part is not None:
-        cases = part.select(cases)
+        cases = part.select(batch)
     overrides = parse_settings(settings)
 
     from mitk.executors import ExecutorOptions, JobRecipe
@@ -110,7 +113,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
             if ends_mid_line(manifest):  # a killed run's last line, cut short: start a new one
                 handle.write("\n")
             if part is not None:  # a shard's manifest starts with what it was assigned
-                handle.write(json.dumps(manifest_header(task, part, [str(case.path) for case in cases], total))
+                handle.write(json.dumps(manifest_header(task, part, [str(case.path) for case in cases], batch))
                              + "\n")
         if part is not None and not cases:
             _empty_shard(task, part, total, plugin, as_json)
@@ -140,7 +143,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
         "weights": str(weights) if weights else None, "device": model.device,
         "summary": summary, "exit_code": exit_code, "cases": [r.to_dict() for r in report.records]}
     if part is not None:
-        document.update(shard=part.index, shards=part.count)
+        document.update(shard=part.index, shards=part.count, shard_by=part.by)
     if executor.name != DEFAULT_EXECUTOR:
         document["executor"] = executor.name
     if interrupted is not None:
@@ -161,7 +164,7 @@ def _empty_shard(task: str, part: Shard, total: int, plugin: str | None, as_json
     from mitk.runner.batch import BatchReport
 
     if as_json:
-        emit_json({"task": task, "plugin": plugin, "shard": part.index, "shards": part.count,
+        emit_json({"task": task, "plugin": plugin, "shard": part.index, "shards": part.count, "shard_by": part.by,
                    "summary": BatchReport().summary(), "exit_code": 0, "cases": []})
     say(f"{task} shard {part}: no inputs fall in this shard ({total} in all); nothing to do")
     raise typer.Exit(0)
@@ -223,6 +226,7 @@ def segment(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    shard_by: ShardByOption = "hash",
     executor: ExecutorOption = DEFAULT_EXECUTOR,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -238,7 +242,7 @@ def segment(
                     preview=preview, output_format=output_format, series=series, allow_resample=allow_resample,
                     deidentify=deidentify)
     run_task_batch("segment", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest, shard=shard,
+                   device=device, as_json=as_json, manifest=manifest, shard=shard, shard_by=shard_by,
                    executor=ExecutorChoice(executor, scheduler, workers))
 
 
@@ -267,6 +271,7 @@ def register(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    shard_by: ShardByOption = "hash",
     executor: ExecutorOption = DEFAULT_EXECUTOR,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -284,7 +289,7 @@ def register(
                     fixed_series=fixed_series, allow_resample=allow_resample, fixed_mask=fixed_mask,
                     moving_mask=moving_mask)
     run_task_batch("register", moving, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest, shard=shard,
+                   device=device, as_json=as_json, manifest=manifest, shard=shard, shard_by=shard_by,
                    executor=ExecutorChoice(executor, scheduler, workers))
 
 
@@ -312,6 +317,7 @@ def detect(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     shard: ShardOption = None,
+    shard_by: ShardByOption = "hash",
     executor: ExecutorOption = DEFAULT_EXECUTOR,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -334,7 +340,7 @@ def detect(
     build = partial(build_job, Task.DETECT, policy=policy, series=series, allow_resample=allow_resample, csv=csv,
                     preview=preview, output_format=output_format, coordinate_system=system, deidentify=deidentify)
     run_task_batch("detect", inputs, policy, build, plugin=plugin, weights=weights, settings=settings,
-                   device=device, as_json=as_json, manifest=manifest, shard=shard,
+                   device=device, as_json=as_json, manifest=manifest, shard=shard, shard_by=shard_by,
                    executor=ExecutorChoice(executor, scheduler, workers))
 
 

@@ -1,9 +1,15 @@
 """Sharded batches: ``--shard I/N`` picks a stable part of a batch, and shard manifests are merged back.
 
-A case belongs to shard ``sha256(path) mod N``, where ``path`` is the input's path as the command line
-expanded it, normalised (``a/./b`` and ``a//b`` are ``a/b``). Each case's shard depends on its own path only:
-adding files to a cohort never moves the cases already there to another shard, and every shard of a job
-array, given the same arguments, computes the same split without talking to the others.
+Two splits (``--shard-by``), both computed by every shard of a job array from the same arguments, without
+talking to the others:
+
+- ``hash`` (the default): a case belongs to shard ``sha256(path) mod N``, where ``path`` is the input's path as
+  the command line expanded it, normalised (``a/./b`` and ``a//b`` are ``a/b``). Each case's shard depends on
+  its own path only, so adding files to a cohort never moves the cases already there to another shard; the
+  shards' sizes vary by chance (about ±√(cases/N) each).
+- ``order``: the inputs sorted by that path, dealt out in turn (nnU-Net's ``-part_id``/``-num_parts``), so
+  the shards differ by at most one case. Every shard must list the same inputs: each header records a digest
+  of the listing, and :func:`merge_manifests` refuses shards whose listings differ.
 
 A sharded run's manifest starts with a header line naming what the shard was assigned, and every record it
 appends carries its shard, so that :func:`merge_manifests` can tell finished, failed and missing cases apart.
@@ -31,6 +37,7 @@ MANIFEST_FORMAT = 1
 """Version of the manifest header (``{"mitk_manifest": 1, ...}``); a reader refuses a newer one."""
 HEADER_KEY = "mitk_manifest"
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+SPLITS = ("hash", "order")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,10 +63,14 @@ class Shard:
 
     index: int
     count: int
+    by: str = "hash"
+    """The split: ``hash`` or ``order`` (see the module's documentation)."""
 
     @classmethod
-    def parse(cls, text: str) -> Shard:
+    def parse(cls, text: str, by: str = "hash") -> Shard:
         """``"I/N"`` with ``0 <= I < N`` (``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``), else a usage error."""
+        if by not in SPLITS:
+            raise UsageError(f"--shard-by must be {' or '.join(SPLITS)}, not {by!r}")
         match = _SHARD.match(text)
         if match is None:
             raise UsageError(f"--shard expects I/N with whole numbers, e.g. 0/4, not {text!r}")
@@ -68,14 +79,10 @@ class Shard:
             raise UsageError(f"--shard {text}: the number of shards must be at least 1")
         if index >= count:
             raise UsageError(f"--shard {text}: the shard index counts from 0, so it must be below {count}")
-        return cls(index, count)
+        return cls(index, count, by)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
-
-    def holds(self, path: str | os.PathLike[str]) -> bool:
-        """Whether the case at ``path`` belongs to this shard."""
-        return shard_of(path, self.count) == self.index
 
     def stamp(self, records: Iterator[CaseRecord]) -> Iterator[CaseRecord]:
         """The records of this shard's cases, each carrying its shard (closing this closes ``records``)."""
@@ -89,8 +96,12 @@ class Shard:
                 close()
 
     def select(self, cases: Sequence[Case]) -> list[Case]:
-        """This shard's cases, in their original order."""
-        return [case for case in cases if self.holds(case.path)]
+        """This shard's cases of the whole batch ``cases``, in their original order."""
+        if self.by == "hash":
+            return [case for case in cases if shard_of(case.path, self.count) == self.index]
+        keys = sorted({shard_key(case.path) for case in cases})
+        mine = set(keys[self.index::self.count])
+        return [case for case in cases if shard_key(case.path) in mine]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,10 +109,19 @@ class Shard:
 # ---------------------------------------------------------------------------------------------------
 
 
-def manifest_header(task: str, shard: Shard, inputs: Iterable[str], total: int) -> dict[str, Any]:
-    """The first line a sharded run appends: what this shard was assigned (``total`` inputs in all)."""
-    return {HEADER_KEY: MANIFEST_FORMAT, "task": task, "shard": shard.index, "shards": shard.count,
-            "total": total, "inputs": list(inputs)}
+def listing_digest(cases: Sequence[Case]) -> str:
+    """sha256 of the batch's sorted, normalised input paths: equal for shards that listed the same inputs."""
+    keys = sorted({shard_key(case.path) for case in cases})
+    return hashlib.sha256("\n".join(keys).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def manifest_header(task: str, shard: Shard, inputs: Iterable[str], batch: Sequence[Case]) -> dict[str, Any]:
+    """The first line a sharded run appends: what this shard was assigned out of the whole ``batch``."""
+    header = {HEADER_KEY: MANIFEST_FORMAT, "task": task, "shard": shard.index, "shards": shard.count,
+              "by": shard.by, "total": len(batch), "inputs": list(inputs)}
+    if shard.by == "order":  # the split depends on the whole listing: merge checks every shard saw the same
+        header["listing"] = listing_digest(batch)
+    return header
 
 
 def ends_mid_line(path: Path) -> bool:
@@ -145,6 +165,8 @@ class MergeReport:
     task: str | None = None
     shards: int | None = None
     """N of the split, or None when no manifest had a header (unsharded runs)."""
+    by: str | None = None
+    """The split (``hash`` or ``order``), None without shard headers."""
     seen: list[int] = field(default_factory=list)
     total: int | None = None
     """Inputs of the whole batch, as the shards' headers count them (None without headers)."""
@@ -201,7 +223,8 @@ class MergeReport:
 
     def lines(self) -> list[dict[str, Any]]:
         """The merged manifest: a header naming every input assigned, then one record per recorded case."""
-        header = {HEADER_KEY: MANIFEST_FORMAT, "task": self.task, "shards": self.shards, "merged": self.seen,
+        header = {HEADER_KEY: MANIFEST_FORMAT, "task": self.task, "shards": self.shards, "by": self.by,
+                  "merged": self.seen,
                   "total": self.total, "inputs": [case.input for case in self.cases]}
         return [header, *(case.record for case in self.cases if case.record is not None)]
 
@@ -216,7 +239,8 @@ def _valid_header(entry: dict[str, Any]) -> bool:
     """A header whose fields have the types a sharded run writes (anything else is a damaged line)."""
     whole = ("shard", "shards", "total")
     return (isinstance(entry.get("task"), str) and all(isinstance(entry.get(key), int) for key in whole)
-            and isinstance(entry.get("inputs"), list) and all(isinstance(x, str) for x in entry["inputs"]))
+            and isinstance(entry.get("inputs"), list) and all(isinstance(x, str) for x in entry["inputs"])
+            and entry.get("by", "hash") in SPLITS and isinstance(entry.get("listing", ""), str))
 
 
 def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
@@ -272,8 +296,14 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
     if len(counts) > 1:
         raise UsageError("these manifests come from different splits "
                          f"({' and '.join(map(str, sorted(counts)))} shards); merge one split at a time")
+    splits = {h.get("by", "hash") for m in manifests for h in m.headers if "shard" in h}
+    if len(splits) > 1:
+        raise UsageError("these manifests come from different splits (--shard-by hash and order); "
+                         "merge one split at a time")
     report.task = next(iter(tasks), None)
     report.shards = next(iter(counts), None)
+    report.by = next(iter(splits), None)
+    listings: dict[int, str] = {}
     assigned: dict[int | None, list[str]] = {}
     seen: set[int] = set()
     latest: dict[str, dict[str, Any]] = {}
@@ -289,10 +319,16 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
                 assigned[None] = [*assigned.get(None, []), *inputs]
             else:  # a shard's latest header says what it holds now
                 assigned[shard] = inputs
+                if "listing" in header:
+                    listings[shard] = header["listing"]
         for record in manifest.records:
             latest[record["input"]] = record
             if record.get("status") == "ok":
                 finished[record["input"]] = record
+    if len(set(listings.values())) > 1:
+        raise UsageError("the shards of this --shard-by order split listed different inputs (files were added "
+                         "or removed between their runs), so some cases may belong to no shard or to two: "
+                         "rerun every shard on the same inputs, or use --shard-by hash")
     shard_of_input = {name: shard for shard, names in assigned.items() for name in names}
     for name in sorted({*latest, *shard_of_input}):
         if name not in latest:
