@@ -10,7 +10,9 @@ each the whole command in fresh processes (start-up, model load and writing incl
 2. ``local-1x2``: one process, 2 torch threads;
 3. ``dask-2x1``: ``--executor dask --workers 2`` (a local cluster, 2 worker processes × 1 thread);
 4. ``shards-2x1``: two concurrent processes ``--shard 0/2`` and ``--shard 1/2``, 1 thread each (skipped when
-   this mitk has no ``--shard``).
+   this mitk has no ``--shard``), split by hash: the inputs are given as ``volumes/`` from the batch's folder, so
+   the split is the same in every run (23 + 17 of 40);
+5. ``shards-2x1-order``: the same with ``--shard-by order`` (20 + 20).
 
 Reported per contender: wall time, throughput (volumes/min) and its ratio to ``local-1x1``; time to the first
 record (start-up and model load) and the steady throughput after it (from the time each record line reaches the
@@ -87,11 +89,11 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "COLUMNS": "400", **extra}
 
 
-def run_processes(commands: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
+def run_processes(commands: list[list[str]], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Start the commands together; the arrival time of every record line, the JSON documents, the wall time."""
     started = time.perf_counter()
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for command in commands]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                  cwd=cwd) for command in commands]
     arrivals: list[float] = []
     outputs: list[str] = ["" for _ in processes]
     errors: list[list[str]] = [[] for _ in processes]
@@ -115,8 +117,8 @@ def run_processes(commands: list[list[str]], env: dict[str, str]) -> dict[str, A
     return {"wall": wall, "arrivals": sorted(arrivals), "documents": [json.loads(text) for text in outputs]}
 
 
-def measure(name: str, commands: list[list[str]], env: dict[str, str], slots: int) -> dict[str, Any]:
-    run = run_processes(commands, env)
+def measure(name: str, commands: list[list[str]], env: dict[str, str], slots: int, cwd: Path) -> dict[str, Any]:
+    run = run_processes(commands, env, cwd)
     cases = [case for document in run["documents"] for case in document["cases"]]
     n = len(cases)
     if n == 0 or any(case["status"] != "ok" for case in cases):
@@ -150,7 +152,7 @@ def main() -> None:
         checkpoint = make_checkpoint(directory)
 
         def segment(out: str, *extra: str) -> list[str]:
-            return [sys.executable, "-m", "mitk", "segment", str(volumes), "-w", str(checkpoint), "--device", "cpu",
+            return [sys.executable, "-m", "mitk", "segment", volumes.name, "-w", str(checkpoint), "--device", "cpu",
                     "-d", str(directory / out), "--overwrite", "--json", *extra]
 
         contenders: dict[str, tuple[list[list[str]], dict[str, str], int]] = {
@@ -161,12 +163,14 @@ def main() -> None:
         if has_shard():
             contenders["shards-2x1"] = ([segment("shards", "--shard", "0/2"), segment("shards", "--shard", "1/2")],
                                         ONE_THREAD, 2)
+            contenders["shards-2x1-order"] = ([segment("shards-order", "--shard", f"{i}/2", "--shard-by", "order")
+                                               for i in (0, 1)], ONE_THREAD, 2)
         else:
             skipped["shards-2x1"] = "this mitk has no --shard option (issue 13 part 1 not merged)"
             print("shards-2x1 skipped: " + skipped["shards-2x1"], file=sys.stderr)
         for _ in range(args.repeats):
             for name, (commands, threads, slots) in contenders.items():
-                results.setdefault(name, []).append(measure(name, commands, _env(threads), slots))
+                results.setdefault(name, []).append(measure(name, commands, _env(threads), slots, directory))
                 print(f"{name}: {results[name][-1]['wall_s']} s", file=sys.stderr, flush=True)
     best = {name: min(runs, key=lambda r: r["wall_s"]) for name, runs in results.items()}
     reference = best["local-1x1"]
@@ -179,8 +183,9 @@ def main() -> None:
     columns = ["contender", "cases", "wall_s", "per_min", "vs_1x1", "first_record_s", "steady_per_min",
                "steady_vs_1x1", "case_s_mean", "overhead_per_case_s", "cases_per_process"]
     print(table(rows, columns))
-    save("scaleout", {"volumes": args.volumes, "resolution_mm": args.resolution, "settings": SETTINGS, "repeats": args.repeats, "rows": rows,
-                      "runs": results, "skipped": skipped})
+    name = "scaleout" if args.resolution == 1 else f"scaleout_{args.resolution}mm"
+    save(name, {"volumes": args.volumes, "resolution_mm": args.resolution, "settings": SETTINGS,
+                "repeats": args.repeats, "rows": rows, "runs": results, "skipped": skipped})
 
 
 if __name__ == "__main__":
