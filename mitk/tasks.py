@@ -71,6 +71,10 @@ class TaskPlugin:
     trainable: ClassVar[bool] = True
     cpu_kernels: ClassVar[bool] = True
     """False keeps mitk's exact CPU convolution rewrites (``mitk.runner.cpu_kernels``) off this plugin's network."""
+    unused_parameters: ClassVar[bool] = False
+    """True when the network's training forward leaves some parameters out (a branch used only sometimes, a
+    deep-supervision head); under torchrun ``DistributedDataParallel`` then looks for them after every forward
+    (``find_unused_parameters``, a cost), where it would otherwise stop with an error."""
 
     def requirements(self) -> tuple[str, ...]:
         """The methods this plugin must override: :attr:`required_methods`, unless its kind needs others."""

@@ -375,3 +375,47 @@ def test_ranks_draw_their_own_augmentation() -> None:
         return [float(item) for item in loader]
 
     assert draws(0) == draws(0) and draws(0) != draws(1)
+
+
+class _SometimesHead(torch.nn.Module):
+    """A network whose second head takes no part in the training forward (deep supervision switched off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(4, 4)
+        self.unused = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_plugin_declares_parameters_its_forward_leaves_unused(tmp_path: Path, declared: bool) -> None:
+    """The trainer's DistributedDataParallel searches for unused parameters only when the plugin says so; without
+    it such a network stops at the second step with PyTorch's error (a one-process gloo group, in this process)."""
+    import torch.distributed as dist
+
+    from mitk.tasks import SegmentationPlugin
+    from mitk.training.distributed import World
+    from mitk.training.loop import ModelSpec, Trainer, TrainingOptions
+
+    plugin = type("Plugin", (SegmentationPlugin,), {"unused_parameters": declared})()
+    spec = ModelSpec(task="segment", plugin_name="p", plugin_version=None, plugin=plugin, config={})
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        trainer = Trainer(spec, step=None, train_dataset=None, val_dataset=None,  # type: ignore[arg-type]
+                          options=TrainingOptions(), output_dir=tmp_path, device=torch.device("cpu"),
+                          world=World(rank=0, local_rank=0, size=1))
+        network = trainer._parallel(_SometimesHead())
+
+        def two_steps() -> None:
+            for _ in range(2):
+                network(torch.ones(2, 4)).sum().backward()
+
+        if declared:
+            two_steps()
+        else:
+            with pytest.raises(RuntimeError, match=r"unused parameters|find_unused_parameters"):
+                two_steps()
+    finally:
+        dist.destroy_process_group()

@@ -209,6 +209,27 @@ def test_a_worker_dying_mid_case_fails_that_case_only(tmp_path: Path, inputs: Pa
     assert "Traceback" not in err
 
 
+def test_debug_shows_the_workers_traceback_where_the_command_runs(tmp_path: Path, inputs: Path,
+                                                                  scheduler: str) -> None:
+    """``--debug``: a failed case's traceback comes back from the worker process with its record and is printed
+    by the command (invoked in this process: the workers' own output never reaches it); the manifest is a local
+    run's."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_broken.nii.gz").write_bytes(b"not a NIfTI file")
+    (folder / "b_good.nii.gz").write_bytes(next(iter(sorted(inputs.iterdir()))).read_bytes())
+    code, _, err = invoke(["--debug", "segment", str(folder), "-p", "threshold", "-d", str(tmp_path / "out"),
+                           "--manifest", str(tmp_path / "m.jsonl"), "--executor", "dask", "--scheduler", scheduler])
+    assert code == 3, err
+    assert "Traceback (most recent call last)" in err and "a_broken.nii.gz" in err
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in records) == ["failed", "ok"]
+    assert not any("mitk_traceback" in r for r in records)
+    code, _, err = invoke(["segment", str(folder), "-p", "threshold", "-d", str(tmp_path / "again"),
+                           "--executor", "dask", "--scheduler", scheduler])
+    assert code == 3 and "Traceback" not in err  # without --debug: the one-line error only
+
+
 def test_a_signal_cancels_the_cases_sent_to_dask(tmp_path: Path, inputs: Path, scheduler: str,
                                                  brain_mr: Path) -> None:
     """SIGINT while two slow cases run on the workers: they are cancelled, the command reports the finished

@@ -196,6 +196,27 @@ def test_order_shards_run_and_merge(root: Path, run_inprocess: Any, tmp_path: Pa
     assert read_lines(tmp_path / "merged.jsonl")[0]["by"] == "order"
 
 
+
+def test_a_name_clash_across_shards_fails_the_input_a_local_run_fails(root: Path, run_inprocess: Any,
+                                                                      tmp_path: Path) -> None:
+    """Two inputs with one file name and one --output-dir: the batch's order decides which owns the name, so
+    the second fails (and the first is written) whichever shard runs first, as in one unsharded run."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(root / "cohort" / "brain1_00.nii.gz", tmp_path / folder / "x.nii.gz")
+    inputs = [str(tmp_path / "a"), str(tmp_path / "b")]
+
+    def run(out: str, *shard: str) -> tuple[int, list[tuple[str, str]]]:
+        code, stdout, _ = run_inprocess(*SEGMENT[:3], *inputs, "-d", tmp_path / out, *shard, "--json")
+        return code, [(Path(c["input"]).parent.name, c["status"]) for c in json.loads(stdout)["cases"]]
+
+    assert run("single") == (3, [("a", "ok"), ("b", "failed")])
+    assert run("sharded", "--shard", "1/2", "--shard-by", "order") == (1, [("b", "failed")])  # first, still loses
+    assert run("sharded", "--shard", "0/2", "--shard-by", "order") == (0, [("a", "ok")])
+    single, sharded = (tmp_path / name / "x_seg.nii.gz" for name in ("single", "sharded"))
+    assert sharded.read_bytes() == single.read_bytes()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Real runs
 # ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mitk.errors import MitkError, UsageError
-from mitk.executors import Executor, ExecutorOptions, JobRecipe, ModelSummary
+from mitk.executors import Executor, ExecutorOptions, JobRecipe, ModelSummary, show_traceback
 
 if TYPE_CHECKING:
     from mitk.io.inputs import Case
@@ -164,7 +164,7 @@ class DaskExecutor(Executor):
             fill()
             for future in finished:
                 index, case = running.pop(future)
-                record = self._record(future, index, case, arrived, condition)
+                record = show_traceback(self._record(future, index, case, arrived, condition), self.options)
                 del future  # released: a worker that dies now does not make the case run again
                 fill()
                 yield record

@@ -35,7 +35,9 @@ class OutputPolicy:
     inputs: InputFiles = NO_INPUTS
     """Every input of the call, set by :meth:`prepare`; no output of any case may land on one of them."""
     claimed: dict[Path, Path] = field(default_factory=dict, repr=False)
-    """Outputs given out in this run, with the input that owns each: two inputs never share one."""
+    """Output names (folder and input stem, so every suffix of a case) with the input that owns each: two inputs
+    never share one. :meth:`prepare` gives them out in the order of the whole batch, so the same input loses a
+    clash in a local run, in any shard and on any worker."""
     folders: dict[Path, str | None] = field(default_factory=dict, repr=False)
     """Output folders probed in this run, with why each cannot be written to (None: it can)."""
 
@@ -52,6 +54,13 @@ class OutputPolicy:
         one input, and the ``-o``/``--output-dir`` folder writable. (``-o`` over an input fails its case.)"""
         self.check_batch(len(cases))
         self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs])
+        if self.output is None:
+            resolved: dict[Path, Path] = {}
+            for case in cases:
+                directory = self.output_dir if self.output_dir is not None else case.path.parent
+                if directory not in resolved:
+                    resolved[directory] = directory.resolve()
+                self.claimed.setdefault(resolved[directory] / case.stem, case.path)
         folder = None
         if self.output is not None:
             check_name_length(self.output)
@@ -81,10 +90,12 @@ class OutputPolicy:
     def target(self, case: Case, suffix: str, extension: str) -> Path:
         if self.output is not None:
             path = self.output
+            key = path.resolve()
         else:
             directory = self.output_dir if self.output_dir is not None else case.path.parent
             path = output_for(case, directory, suffix, extension)
-        owner = self.claimed.setdefault(path.resolve(), case.path)
+            key = directory.resolve() / case.stem
+        owner = self.claimed.setdefault(key, case.path)
         if owner != case.path:
             raise UsageError(f"{owner} in this batch writes the same output (same file name in two folders); "
                              f"run them with different --output-dir", path)

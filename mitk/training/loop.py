@@ -409,7 +409,8 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(network, device_ids=device_ids)
+        return DistributedDataParallel(network, device_ids=device_ids,
+                                       find_unused_parameters=self.spec.plugin.unused_parameters)
 
     def _check_replicas(self, network: torch.nn.Module, log: TrainingLog) -> dict[str, Any] | None:
         """Under torchrun: gather every rank's parameter checksum, record them in ``log.json`` and refuse a
