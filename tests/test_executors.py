@@ -186,6 +186,28 @@ def test_dask_workers_reuse_freed_memory_despite_the_nannys_trim_setting(tmp_pat
     assert all(tuned.values()), tuned
 
 
+def _housekeeping(dask_worker: Any) -> dict[str, Any]:
+    callbacks = dask_worker.periodic_callbacks
+    return {"profile": "profile" in callbacks, **{name: callbacks[name].callback_time for name in ("tick", "monitor")}}
+
+
+def test_the_local_cluster_runs_its_housekeeping_less_often() -> None:
+    """--workers N: the cluster mitk starts has no statistical profiler and slower housekeeping loops on its
+    workers (settings reach the worker processes through the nanny)."""
+    pytest.importorskip("distributed")
+    from mitk.executors import ExecutorOptions
+    from mitk.runner.dask_executor import DaskExecutor
+
+    executor = DaskExecutor(ExecutorOptions(workers=1))
+    try:
+        client = executor._connect()
+        client.wait_for_workers(1, timeout=60)
+        (found,) = client.run(_housekeeping).values()
+    finally:
+        executor.close()
+    assert found == {"profile": False, "tick": 1000, "monitor": 2000}
+
+
 def test_a_worker_dying_mid_case_fails_that_case_only(tmp_path: Path, inputs: Path, scheduler: str,
                                                       brain_mr: Path) -> None:
     """``os._exit`` in plugin code kills a worker; Dask retries the case on the other worker, which dies too:

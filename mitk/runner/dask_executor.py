@@ -28,6 +28,18 @@ if TYPE_CHECKING:
     from mitk.runner.batch import CaseRecord
 
 EXTRA_HINT = "pip install 'mitk[dask]'"
+LOCAL_CLUSTER_CONFIG = {
+    # No dashboard, so no use for the workers' statistical profiler, which samples every thread's stack every
+    # 10 ms: 4-9 % of each U-Net case on a 2-core machine (measured).
+    "distributed.worker.profile.enabled": False,
+    # Housekeeping that competes with the cases for the same cores: the event loops' responsiveness check
+    # (20 ms), the dashboard's system sampling (500 ms), the nanny's memory check (100 ms). Together they took
+    # 6 % of a core in the command and 3 % in each worker (measured, 2 workers); at these rates, a fifth.
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+"""Dask settings of the local cluster mitk starts for ``--workers N`` (a running cluster's are its own)."""
 CONNECT_TIMEOUT_S = 30
 RECORD_WAIT_S = 10.0
 """How long a finished case's record may trail its completion notice before the result is fetched instead."""
@@ -73,9 +85,7 @@ class DaskExecutor(Executor):
             workers = self.options.workers or max(1, (os.cpu_count() or 1))
             # Dask's own log lines (a worker restarted, a task failed) only with --debug: mitk reports each case.
             quiet = logging.WARNING if self.options.debug else logging.CRITICAL
-            # No dashboard, so no use for the workers' statistical profiler, which samples every thread's stack
-            # every 10 ms: 4-9 % of each U-Net case on a 2-core machine (measured).
-            with dask.config.set({"distributed.worker.profile.enabled": False}):
+            with dask.config.set(LOCAL_CLUSTER_CONFIG):
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                              dashboard_address=None, silence_logs=quiet)
             self._client = Client(self._cluster)
