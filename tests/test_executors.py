@@ -3,11 +3,14 @@ processes (a ``LocalCluster`` of 2 single-thread workers shared by the module)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,19 +196,31 @@ def _housekeeping(dask_worker: Any) -> dict[str, Any]:
 
 def test_the_local_cluster_runs_its_housekeeping_less_often() -> None:
     """--workers N: the cluster mitk starts has no statistical profiler and slower housekeeping loops on its
-    workers (settings reach the worker processes through the nanny)."""
+    workers (settings reach the worker processes through the nanny), and its scheduler's HTTP routes take a free
+    loopback port: no warning when Dask's default 8787 is taken, nothing served beyond this machine."""
     pytest.importorskip("distributed")
     from mitk.executors import ExecutorOptions
     from mitk.runner.dask_executor import DaskExecutor
 
+    taken = socket.socket()
+    with contextlib.suppress(OSError):  # already taken (another cluster's default HTTP port) is as good
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
     executor = DaskExecutor(ExecutorOptions(workers=1))
     try:
-        client = executor._connect()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client = executor._connect()
         client.wait_for_workers(1, timeout=60)
         (found,) = client.run(_housekeeping).values()
+        http = executor._cluster.scheduler.http_server
+        ports = [sock.getsockname() for sock in http._sockets.values()]
     finally:
         executor.close()
+        taken.close()
     assert found == {"profile": False, "tick": 1000, "monitor": 2000}
+    assert not [str(w.message) for w in caught if "already in use" in str(w.message)]  # nothing on the terminal
+    assert ports and all(host == "127.0.0.1" and port != 8787 for host, port, *_ in ports), ports
 
 
 def test_a_worker_dying_mid_case_fails_that_case_only(tmp_path: Path, inputs: Path, scheduler: str,

@@ -86,8 +86,12 @@ class DaskExecutor(Executor):
             # Dask's own log lines (a worker restarted, a task failed) only with --debug: mitk reports each case.
             quiet = logging.WARNING if self.options.debug else logging.CRITICAL
             with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                # No dashboard. The scheduler still serves its HTTP routes (health, metrics): on a free loopback
+                # port, not on 8787 (taken by any other Dask cluster, with a warning on the terminal).
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=quiet)
+                                             dashboard_address=None, silence_logs=quiet,
+                                             scheduler_kwargs={"dashboard": False,
+                                                               "dashboard_address": "127.0.0.1:0"})
             self._client = Client(self._cluster)
         return self._client
 
