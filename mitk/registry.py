@@ -249,11 +249,8 @@ class Registry:
         entry = self._entries.get(name)
         wanted = Task(task) if task is not None else None
         if entry is None:
-            broken = [b for b in self.broken if name in b.source]
-            hint = f" (a plugin source failed to load: {broken[0].reason})" if broken else ""
-            choices = ", ".join(self.names(wanted)) or "none installed"
-            what = f"{wanted.value} plugin" if wanted else "plugin"
-            raise PluginError(f"unknown {what} {name!r}; available: {choices}{hint}")
+            raise self._unknown(f"{wanted.value} plugin" if wanted else "plugin", name,
+                                ", ".join(self.names(wanted)) or "none installed")
         if wanted is not None and entry.task != wanted:
             raise PluginError(f"plugin {name!r} is a {entry.task.value} plugin, not a {wanted.value} plugin")
         return entry
@@ -274,8 +271,12 @@ class Registry:
         """The executor ``name``; a clear error lists the alternatives."""
         entry = self._executors.get(name)
         if entry is None:
-            broken = [b for b in self.broken if name in b.source]
-            hint = f" (a plugin source failed to load: {broken[0].reason})" if broken else ""
-            choices = ", ".join(e.name for e in self.executors) or "none"
-            raise PluginError(f"unknown executor {name!r}; available: {choices}{hint}")
+            raise self._unknown("executor", name, ", ".join(e.name for e in self.executors) or "none")
         return entry
+
+    def _unknown(self, what: str, name: str, choices: str) -> PluginError:
+        """The error for a name nothing registered: the alternatives, and a plugin source that failed to load
+        (the likely reason) when one mentions the name."""
+        broken = [b for b in self.broken if name in b.source]
+        hint = f" (a plugin source failed to load: {broken[0].reason})" if broken else ""
+        return PluginError(f"unknown {what} {name!r}; available: {choices}{hint}")

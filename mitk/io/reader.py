@@ -42,13 +42,17 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
     raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, PNG or JPEG image", path)
 
 
-def require_volume(image: Image, channels: bool = False) -> Image:
-    """Check that ``image`` is a finite 3-D volume (trailing singleton axes are dropped)."""
-    array = image.array
+def as_volume_array(array: np.ndarray) -> np.ndarray:
+    """``array`` with trailing singleton axes beyond the third dropped, and a 2-D slice given a third axis of 1
+    (a view: NIfTI stores a volume as 4-D or 5-D with ones at the end, a single slice as 2-D)."""
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        array = array[..., None]
+    return array[..., None] if array.ndim == 2 else array
+
+
+def require_volume(image: Image, channels: bool = False) -> Image:
+    """Check that ``image`` is a finite 3-D volume (trailing singleton axes are dropped)."""
+    array = as_volume_array(image.array)
     if array.ndim != 3 and not (channels and array.ndim == 4):
         raise InputError(f"expected a 3-D volume, got {array.ndim}-D data of shape {array.shape}", image.path)
     if min(array.shape[:3]) < 1:

@@ -119,12 +119,9 @@ def mask_on(mask: Image, image: Image, role: str) -> Image:
     """``mask`` on ``image``'s grid as a 0/1 ``uint8`` label image: as it is when it shares the grid, else
     resampled nearest-neighbour by world position. An empty mask, or one that misses the image, is refused."""
     from mitk.errors import InputError
+    from mitk.io.reader import as_volume_array
 
-    array = np.asarray(mask.array)
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = array[..., None]
+    array = as_volume_array(np.asarray(mask.array))
     if array.ndim != 3:
         raise InputError(f"{role} mask must be a 3-D label image, got shape {array.shape}", mask.path)
     if not np.any(array):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mitk.errors import PluginError
+from mitk.io.reader import as_volume_array
 from mitk.tasks import RegistrationPlugin
 from mitk.types import Image
 
@@ -144,11 +145,7 @@ def to_mask(mask: Image | None, volume: Volume) -> torch.Tensor | None:
     """A mask on ``volume``'s grid as a ``(1, 1, I, J, K)`` bool tensor (any non-zero voxel is inside)."""
     if mask is None:
         return None
-    array = np.asarray(mask.array)
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = array[..., None]
+    array = as_volume_array(np.asarray(mask.array))
     if array.shape != volume.shape:
         raise PluginError(f"mask of shape {array.shape} is not on its image's grid {volume.shape}")
     return torch.from_numpy(np.ascontiguousarray(array != 0)).to(volume.tensor.device)[None, None]
