@@ -21,8 +21,8 @@ A plugin adds an executor through the ``mitk_register_executors`` hook (:mod:`mi
 
 ``factory(options)`` receives the command's :class:`ExecutorOptions`. Code that runs cases in another
 process calls :func:`run_case_once_loaded`: it loads the recipe's model once per process and keeps it; with
-``--debug`` a failed case's traceback comes back in the record, and the executor passes each record through
-:func:`show_traceback` before yielding it.
+``--debug`` a failed case's traceback comes back with its record, and the command prints it (it never reaches
+the manifest or the JSON: :func:`mitk.runner.batch.keep_records`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from mitk.runner.model import LoadedModel
 
 DEFAULT_EXECUTOR = "local"
-TRACEBACK_KEY = "mitk_traceback"
-"""Record detail under which a worker returns a failed case's traceback with ``--debug`` (see
-:func:`show_traceback`)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +186,7 @@ def run_case_once_loaded(recipe: JobRecipe | Callable[[], JobRecipe], case: Case
     a function that finds it (it is called inside the case, so that not finding it fails the case). A model that
     fails to load fails the case, with the same one-line errors as a local run (:func:`mitk.runner.batch.run_case`).
     ``details`` (e.g. the worker's name) are added to the record."""
-    from mitk.runner.batch import run_case
+    from mitk.runner.batch import TRACEBACK_KEY, run_case
 
     def job(each: Case) -> Any:
         found = recipe if isinstance(recipe, JobRecipe) else recipe()
@@ -200,13 +197,4 @@ def run_case_once_loaded(recipe: JobRecipe | Callable[[], JobRecipe], case: Case
     record.details.update(details or {})
     if logged:  # the traceback travels with the record, to be shown where the command runs
         record.details[TRACEBACK_KEY] = "\n".join(logged)
-    return record
-
-
-def show_traceback(record: CaseRecord, options: ExecutorOptions) -> CaseRecord:
-    """Log (``--debug``) the traceback a worker sent with ``record``, and take it out of the record's details, so
-    that the manifest and the JSON are those of a local run."""
-    text = record.details.pop(TRACEBACK_KEY, None)
-    if text and options.debug and options.log_error is not None:
-        options.log_error(str(text))
     return record

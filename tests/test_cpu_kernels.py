@@ -137,6 +137,15 @@ def test_few_channel_3d_convolution_runs_onednn_in_channels_last_order(monkeypat
     with torch.no_grad():  # float64: no oneDNN kernel, torch's runs
         assert torch.equal(copy.deepcopy(fast).double()(x.double()), copy.deepcopy(layer).double()(x.double()))
     assert len(calls) == 6
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts torch's kernel: torch's
+        assert fast(x).dtype == layer(x).dtype == torch.bfloat16
+    with torch.autograd.forward_ad.dual_level():  # forward-mode AD: oneDNN has none, torch's kernel runs
+        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+        got, expected = (torch.autograd.forward_ad.unpack_dual(m(dual)).tangent for m in (fast, layer))
+        torch.testing.assert_close(got, expected, **CLOSE)
+    with pytest.raises(RuntimeError, match="Expected 4D"):  # a wrong rank gets torch's own message
+        fast(x[0, 0])
+    assert len(calls) == 6
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("bias", [True, False])

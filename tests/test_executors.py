@@ -359,6 +359,47 @@ def test_a_plugin_executor_is_used_by_name(tmp_path: Path, inputs: Path, mitk_pl
     assert "reverse" in out and "last case first" in out
 
 
+class WorkerLikeExecutor:
+    """A third-party executor that runs each case as a worker process would: through ``run_case_once_loaded``."""
+
+    @staticmethod
+    def build(options: Any) -> Any:
+        from mitk.executors import Executor, run_case_once_loaded, summarize
+
+        class WorkerLike(Executor):
+            def load(self, recipe: Any) -> Any:
+                self.recipe = recipe
+                return summarize(recipe.load_model())
+
+            def run(self, cases: list[Any]) -> Iterator[Any]:
+                for case in cases:
+                    yield run_case_once_loaded(self.recipe, case, debug=self.options.debug)
+
+        return WorkerLike(options)
+
+    @hookimpl
+    def mitk_register_executors(self, register: Any) -> None:
+        register("workerlike", factory=WorkerLikeExecutor.build, summary="cases as a worker runs them")
+
+
+def test_debug_tracebacks_from_any_executor_are_shown_not_recorded(tmp_path: Path, inputs: Path,
+                                                                   mitk_plugins: Any) -> None:
+    """A traceback that comes back with a record (``run_case_once_loaded`` under --debug) is printed by the
+    command whichever executor yielded the record, and never written to the manifest or the JSON."""
+    mitk_plugins(WorkerLikeExecutor())
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_broken.nii.gz").write_bytes(b"not a NIfTI file")
+    (folder / "b_good.nii.gz").write_bytes(next(iter(sorted(inputs.iterdir()))).read_bytes())
+    code, out, err = invoke(["--debug", "segment", str(folder), "-p", "threshold", "-d", str(tmp_path / "out"),
+                             "--manifest", str(tmp_path / "m.jsonl"), "--executor", "workerlike", "--json"])
+    assert code == 3, err
+    assert "Traceback (most recent call last)" in err
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["failed", "ok"]
+    assert not any("mitk_traceback" in r for r in [*records, *json.loads(out)["cases"]])
+
+
 def test_unknown_and_misplaced_executor_options(tmp_path: Path, inputs: Path) -> None:
     code, _, err = invoke(["segment", str(inputs), "-p", "threshold", "-d", str(tmp_path), "--executor", "nope"])
     assert code == 1 and "unknown executor 'nope'; available: dask, local" in err

@@ -173,7 +173,7 @@ def test_order_split_is_balanced_and_independent_of_the_listing_order(root: Path
 def test_bad_shard_by_is_a_usage_error(run_inprocess: Any, root: Path) -> None:
     with pytest.raises(UsageError, match="--shard-by must be hash or order"):
         Shard.parse("0/2", "random")
-    for args in (["--shard-by", "order"], ["--shard", "0/2", "--shard-by", "sorted"]):
+    for args in (["--shard-by", "order"], ["--shard", "0/2", "--shard-by", "sorted"], ["--shard-by", "sorted"]):
         code, _, stderr = run_inprocess(*SEGMENT[:3], str(root / "cohort"), *args, "-d", str(root / "never"))
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--shard" in stderr, stderr
     assert not (root / "never").exists()
@@ -463,6 +463,49 @@ def test_merge_refuses_order_shards_that_listed_different_inputs(tmp_path: Path,
     hashed = manifest(tmp_path / "3.jsonl", header(1, 2, "b"), record("b", shard=1))
     code, _, stderr = run_inprocess("manifest", "merge", first, hashed)
     assert code == 2 and "different splits (--shard-by hash and order)" in stderr
+
+
+def test_a_merged_manifest_merges_again_with_its_split_and_listing(tmp_path: Path, run_inprocess: Any) -> None:
+    """A merge's own header is read back (not a damaged line): the shards it saw, its split and, for an order
+    split, its listing, so that the checks hold across merges."""
+    order = {"by": "order", "listing": "1" * 64}
+    first = manifest(tmp_path / "0.jsonl", {**header(0, 2, "a", "c"), **order}, record("a"), record("c"))
+    second = manifest(tmp_path / "1.jsonl", {**header(1, 2, "b", "d"), **order}, record("b", shard=1),
+                      record("d", shard=1))
+    merged = tmp_path / "merged.jsonl"
+    code, _, stderr = merge(run_inprocess, first, second, "-o", merged)
+    assert code == 0, stderr
+    assert read_lines(merged)[0]["by"] == "order" and read_lines(merged)[0]["listing"] == "1" * 64
+    code, report, stderr = merge(run_inprocess, merged)
+    assert code == 0 and report["complete"] and report["shards_seen"] == [0, 1], stderr
+    assert report["damaged_lines"] == [] and "damaged" not in stderr
+    assert report["summary"]["ok"] == 4
+    grown = manifest(tmp_path / "g.jsonl", {**header(1, 2, "b", "d", "e", total=5), **order, "listing": "2" * 64},
+                     record("e", shard=1))
+    code, _, stderr = run_inprocess("manifest", "merge", merged, grown)
+    assert code == 2 and "listed different inputs" in stderr
+    hashed = manifest(tmp_path / "h.jsonl", header(1, 2, "b"), record("b", shard=1))
+    code, _, stderr = run_inprocess("manifest", "merge", merged, hashed)
+    assert code == 2 and "different splits (--shard-by hash and order)" in stderr
+    unsharded = manifest(tmp_path / "u.jsonl", record("x"))
+    code, _, stderr = merge(run_inprocess, unsharded, "-o", tmp_path / "u_merged.jsonl")
+    assert code == 0, stderr
+    code, report, stderr = merge(run_inprocess, tmp_path / "u_merged.jsonl")  # "by": null, no shards
+    assert code == 0 and report["damaged_lines"] == [], stderr
+
+
+def test_a_symlink_loop_among_the_inputs_fails_that_case_only(root: Path, run_inprocess: Any,
+                                                              tmp_path: Path) -> None:
+    """Output names are claimed for the whole batch before any case runs; an input in a looping folder fails
+    its own case, as before, not the batch."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    good = tmp_path / "good.nii.gz"
+    shutil.copy(root / "cohort" / "brain1_00.nii.gz", good)
+    for out in ([], ["-d", str(tmp_path / "out")]):
+        code, stdout, stderr = run_inprocess(*SEGMENT[:3], good, tmp_path / "loop" / "a.nii.gz", *out, "--json",
+                                             "--overwrite")
+        assert code == 3, stderr
+        assert [c["status"] for c in json.loads(stdout)["cases"]] == ["ok", "failed"]
 
 
 def test_merge_imports_neither_torch_nor_monai(tmp_path: Path) -> None:

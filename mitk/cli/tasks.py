@@ -75,8 +75,10 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     from mitk.io.atomic import check_name_length, refuse_inputs
     from mitk.io.inputs import expand_inputs
     from mitk.runner.batch import Interrupted, keep_records
-    from mitk.runner.shards import Shard, ends_mid_line, manifest_header
+    from mitk.runner.shards import SPLITS, Shard, ends_mid_line, manifest_header
 
+    if shard_by not in SPLITS:
+        raise UsageError(f"--shard-by must be {' or '.join(SPLITS)}, not {shard_by!r}")
     if shard is None and shard_by != "hash":
         raise UsageError("--shard-by chooses how --shard splits the inputs: add --shard I/N")
     part = Shard.parse(shard, shard_by) if shard is not None else None
@@ -129,7 +131,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
         try:
             records = runner.run(cases)
             report = keep_records(cases, records if part is None else part.stamp(records), manifest=handle,
-                                  on_record=keep)
+                                  on_record=keep, log_error=options.log_error if STATE.debug else None)
         except Interrupted as stop:
             if stop.report is None:
                 raise

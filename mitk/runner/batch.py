@@ -173,15 +173,22 @@ def run_batch(
     return keep_records(pending, records, on_record=on_record, manifest=manifest)
 
 
+TRACEBACK_KEY = "mitk_traceback"
+"""Record detail under which a case run in another process returns its traceback (``--debug``); taken out by
+:func:`keep_records`."""
+
+
 def keep_records(
     cases: Iterable[Case],
     records: Iterator[CaseRecord],
     *,
     on_record: Callable[[CaseRecord], None] | None = None,
     manifest: IO[str] | None = None,
+    log_error: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Keep the records an executor yields for ``cases`` (one each, in any order): in the report, the
-    manifest and through ``on_record``, each one whole.
+    manifest and through ``on_record``, each one whole. A traceback that came with a record (a case run in
+    another process under ``--debug``) goes to ``log_error``, never into the report or the manifest.
 
     SIGINT or SIGTERM stop the iteration: ``records`` is closed (a generator's ``finally`` cancels the work it
     sent out), and :class:`Interrupted` carries the report so far, with the inputs that have no record as
@@ -195,6 +202,9 @@ def keep_records(
         try:
             for record in records:
                 with latch.held():  # a record is kept whole: in the report, the manifest and on the screen
+                    sent = record.details.pop(TRACEBACK_KEY, None)
+                    if sent and log_error is not None:
+                        log_error(str(sent))
                     report.records.append(record)
                     if manifest is not None:
                         manifest.write(json.dumps(record.to_dict()) + "\n")

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
@@ -184,8 +185,10 @@ def _onednn(module: nn.Conv3d, x: torch.Tensor, channels_last: bool = False) -> 
     ``channels_last``: input and weight in channels-last order (oneDNN's fast layout for few channels), the
     output back in the caller's contiguous order."""
     if (x.dtype != torch.float32 or module.weight.dtype != torch.float32 or x.layout != torch.strided
-            or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
-            or (module.bias is not None and module.bias.dtype != torch.float32)):
+            or x.dim() not in (4, 5) or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
+            or (module.bias is not None and module.bias.dtype != torch.float32)
+            or torch.is_autocast_enabled("cpu")  # autocast casts torch's convolutions, not this one
+            or any(forward_ad.unpack_dual(t).tangent is not None for t in (x, module.weight))):  # no forward AD
         return None
     unbatched = x.dim() == 4
     if unbatched:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mitk.errors import MitkError, UsageError
-from mitk.executors import Executor, ExecutorOptions, JobRecipe, ModelSummary, show_traceback
+from mitk.executors import Executor, ExecutorOptions, JobRecipe, ModelSummary
 
 if TYPE_CHECKING:
     from mitk.io.inputs import Case
@@ -178,7 +178,7 @@ class DaskExecutor(Executor):
             fill()
             for future in finished:
                 index, case = running.pop(future)
-                record = show_traceback(self._record(future, index, case, arrived, condition), self.options)
+                record = self._record(future, index, case, arrived, condition)
                 del future  # released: a worker that dies now does not make the case run again
                 fill()
                 yield record

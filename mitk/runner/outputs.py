@@ -38,6 +38,8 @@ class OutputPolicy:
     """Output names (folder and input stem, so every suffix of a case) with the input that owns each: two inputs
     never share one. :meth:`prepare` gives them out in the order of the whole batch, so the same input loses a
     clash in a local run, in any shard and on any worker."""
+    resolved_folders: dict[Path, Path] = field(default_factory=dict, repr=False)
+    """Output folders as given, resolved (once per folder, not once per case)."""
     folders: dict[Path, str | None] = field(default_factory=dict, repr=False)
     """Output folders probed in this run, with why each cannot be written to (None: it can)."""
 
@@ -54,13 +56,6 @@ class OutputPolicy:
         one input, and the ``-o``/``--output-dir`` folder writable. (``-o`` over an input fails its case.)"""
         self.check_batch(len(cases))
         self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs])
-        if self.output is None:
-            resolved: dict[Path, Path] = {}
-            for case in cases:
-                directory = self.output_dir if self.output_dir is not None else case.path.parent
-                if directory not in resolved:
-                    resolved[directory] = directory.resolve()
-                self.claimed.setdefault(resolved[directory] / case.stem, case.path)
         folder = None
         if self.output is not None:
             check_name_length(self.output)
@@ -72,6 +67,24 @@ class OutputPolicy:
         if folder is not None:
             check_writable_folder(folder)
             remove_stale_partials(folder)  # left by a killed run, even if every case is skipped this time
+        if self.output is None:  # every output name goes to the first input of the batch that claims it
+            for case in cases:
+                key = self._name_key(case)
+                if key is not None:
+                    self.claimed.setdefault(key, case.path)
+
+    def _name_key(self, case: Case) -> Path | None:
+        """What a case's output names are claimed by: the resolved output folder and the input's stem (the same
+        for every suffix of a task); None for an input whose path cannot be looked at (a symbolic link loop,
+        which fails its own case when it is read, not the batch)."""
+        directory = self.output_dir if self.output_dir is not None else case.path.parent
+        try:
+            resolved = self.resolved_folders.get(directory)
+            if resolved is None:
+                resolved = self.resolved_folders[directory] = directory.resolve()
+            return resolved / case.stem
+        except (OSError, RuntimeError):
+            return None
 
     def inputs_for(self, case: Case, *others: Path) -> InputFiles:
         """What a case's files must never land on: every input of the call, the case's own and ``others``."""
@@ -88,14 +101,15 @@ class OutputPolicy:
         return self.overwrite or self.skip_existing
 
     def target(self, case: Case, suffix: str, extension: str) -> Path:
+        key: Path | None
         if self.output is not None:
             path = self.output
             key = path.resolve()
         else:
             directory = self.output_dir if self.output_dir is not None else case.path.parent
             path = output_for(case, directory, suffix, extension)
-            key = directory.resolve() / case.stem
-        owner = self.claimed.setdefault(key, case.path)
+            key = self._name_key(case)
+        owner = case.path if key is None else self.claimed.setdefault(key, case.path)
         if owner != case.path:
             raise UsageError(f"{owner} in this batch writes the same output (same file name in two folders); "
                              f"run them with different --output-dir", path)
@@ -147,3 +161,4 @@ def sibling(target: Path, suffix: str, extension: str) -> Path:
     """A companion file next to ``target``: ``ct_seg.nii.gz`` → ``ct_seg<suffix><extension>``."""
     stem, _ = split_suffix(target)
     return target.with_name(f"{stem}{suffix}{extension}")
+

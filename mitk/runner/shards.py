@@ -167,6 +167,8 @@ class MergeReport:
     """N of the split, or None when no manifest had a header (unsharded runs)."""
     by: str | None = None
     """The split (``hash`` or ``order``), None without shard headers."""
+    listing: str | None = None
+    """The digest of the inputs every shard of an ``order`` split listed."""
     seen: list[int] = field(default_factory=list)
     total: int | None = None
     """Inputs of the whole batch, as the shards' headers count them (None without headers)."""
@@ -224,7 +226,7 @@ class MergeReport:
     def lines(self) -> list[dict[str, Any]]:
         """The merged manifest: a header naming every input assigned, then one record per recorded case."""
         header = {HEADER_KEY: MANIFEST_FORMAT, "task": self.task, "shards": self.shards, "by": self.by,
-                  "merged": self.seen,
+                  **({"listing": self.listing} if self.listing is not None else {}), "merged": self.seen,
                   "total": self.total, "inputs": [case.input for case in self.cases]}
         return [header, *(case.record for case in self.cases if case.record is not None)]
 
@@ -236,11 +238,17 @@ class _Manifest:
 
 
 def _valid_header(entry: dict[str, Any]) -> bool:
-    """A header whose fields have the types a sharded run writes (anything else is a damaged line)."""
+    """A header whose fields have the types a sharded run (or a merge) writes; anything else is a damaged line."""
+    common = (isinstance(entry.get("inputs"), list) and all(isinstance(x, str) for x in entry["inputs"])
+              and isinstance(entry.get("listing", ""), str))
+    if "shard" not in entry and isinstance(entry.get("merged"), list):  # the header of a merge
+        return (common and all(isinstance(index, int) for index in entry["merged"])
+                and entry.get("by") in (*SPLITS, None)
+                and all(entry.get(key) is None or isinstance(entry[key], int) for key in ("shards", "total"))
+                and (entry.get("task") is None or isinstance(entry["task"], str)))
     whole = ("shard", "shards", "total")
-    return (isinstance(entry.get("task"), str) and all(isinstance(entry.get(key), int) for key in whole)
-            and isinstance(entry.get("inputs"), list) and all(isinstance(x, str) for x in entry["inputs"])
-            and entry.get("by", "hash") in SPLITS and isinstance(entry.get("listing", ""), str))
+    return (common and isinstance(entry.get("task"), str) and all(isinstance(entry.get(key), int) for key in whole)
+            and entry.get("by", "hash") in SPLITS)
 
 
 def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
@@ -296,7 +304,7 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
     if len(counts) > 1:
         raise UsageError("these manifests come from different splits "
                          f"({' and '.join(map(str, sorted(counts)))} shards); merge one split at a time")
-    splits = {h.get("by", "hash") for m in manifests for h in m.headers if "shard" in h}
+    splits = {h.get("by", "hash") if "shard" in h else h.get("by") for m in manifests for h in m.headers} - {None}
     if len(splits) > 1:
         raise UsageError("these manifests come from different splits (--shard-by hash and order); "
                          "merge one split at a time")
@@ -313,14 +321,15 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
             shard = header.get("shard") if isinstance(header.get("shard"), int) else None
             if shard is not None:
                 seen.add(shard)
-            seen.update(index for index in header.get("merged") or [] if isinstance(index, int))
+            merged = [index for index in header.get("merged") or [] if isinstance(index, int)]
+            seen.update(merged)
+            if "listing" in header:  # a shard's own latest header, later in the list, overrides this
+                listings.update((index, header["listing"]) for index in ([shard] if shard is not None else merged))
             inputs = [item for item in header.get("inputs") or [] if isinstance(item, str)]
             if shard is None:  # an unsharded run or an earlier merge: its inputs add up
                 assigned[None] = [*assigned.get(None, []), *inputs]
             else:  # a shard's latest header says what it holds now
                 assigned[shard] = inputs
-                if "listing" in header:
-                    listings[shard] = header["listing"]
         for record in manifest.records:
             latest[record["input"]] = record
             if record.get("status") == "ok":
@@ -329,6 +338,7 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
         raise UsageError("the shards of this --shard-by order split listed different inputs (files were added "
                          "or removed between their runs), so some cases may belong to no shard or to two: "
                          "rerun every shard on the same inputs, or use --shard-by hash")
+    report.listing = next(iter(set(listings.values())), None)
     shard_of_input = {name: shard for shard, names in assigned.items() for name in names}
     for name in sorted({*latest, *shard_of_input}):
         if name not in latest:
