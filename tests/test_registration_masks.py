@@ -28,10 +28,7 @@ from mitk.types import Image
 
 FAST = {"iterations": [50, 25, 12], "samples": 8000}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(single_threaded_torch: None) -> None:
-    """Point sampling works on small tensors: one torch thread beats two on a shared CPU."""
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")  # small tensors: one thread is faster
 
 
 @pytest.fixture(scope="module")

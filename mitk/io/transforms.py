@@ -157,7 +157,7 @@ def _itk_matrix(kind: str, fields: dict[str, str], path: Path) -> np.ndarray:
         translation = np.array(parameters)
     elif family == "Euler3DTransform_":
         zyx = len(fixed) >= 4 and fixed[3] != 0  # ITK's ComputeZYX flag
-        linear = _euler_zyx(*parameters[:3]) if zyx else _euler_zxy(*parameters[:3])
+        linear = _euler(*parameters[:3], zyx=zyx)
         translation = np.array(parameters[3:6])
     else:  # a versor (unit quaternion's vector part), a translation and, for a similarity, a scale
         linear = _versor(np.array(parameters[:3]), path) * (parameters[6] if family == "Similarity3DTransform_"
@@ -183,24 +183,14 @@ def _versor(vector: np.ndarray, path: Path) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
-def _euler_zyx(angle_x: float, angle_y: float, angle_z: float) -> np.ndarray:
-    """ITK Euler3DTransform with ComputeZYX: R = Rz · Ry · Rx."""
+def _euler(angle_x: float, angle_y: float, angle_z: float, zyx: bool) -> np.ndarray:
+    """ITK Euler3DTransform's rotation: R = Rz · Ry · Rx with ComputeZYX, else (its default) R = Rz · Rx · Ry."""
     cx, sx, cy, sy, cz, sz = (math.cos(angle_x), math.sin(angle_x), math.cos(angle_y), math.sin(angle_y),
                               math.cos(angle_z), math.sin(angle_z))
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _euler_zxy(angle_x: float, angle_y: float, angle_z: float) -> np.ndarray:
-    """ITK Euler3DTransform's default rotation order: R = Rz · Rx · Ry."""
-    cx, sx, cy, sy, cz, sz = (math.cos(angle_x), math.sin(angle_x), math.cos(angle_y), math.sin(angle_y),
-                              math.cos(angle_z), math.sin(angle_z))
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ rx @ ry
+    return rz @ ry @ rx if zyx else rz @ rx @ ry
 
 
 def _read_field(path: Path) -> Transform:
