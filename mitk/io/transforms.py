@@ -157,7 +157,7 @@ def _itk_matrix(kind: str, fields: dict[str, str], path: Path) -> np.ndarray:
         translation = np.array(parameters)
     elif family == "Euler3DTransform_":
         zyx = len(fixed) >= 4 and fixed[3] != 0  # ITK's ComputeZYX flag
-        linear = _euler(*parameters[:3], zyx=zyx)
+        linear = _euler(parameters[0], parameters[1], parameters[2], zyx=zyx)
         translation = np.array(parameters[3:6])
     else:  # a versor (unit quaternion's vector part), a translation and, for a similarity, a scale
         linear = _versor(np.array(parameters[:3]), path) * (parameters[6] if family == "Similarity3DTransform_"

@@ -99,8 +99,7 @@ class Shard:
         """This shard's cases of the whole batch ``cases``, in their original order."""
         if self.by == "hash":
             return [case for case in cases if shard_of(case.path, self.count) == self.index]
-        keys = sorted({shard_key(case.path) for case in cases})
-        mine = set(keys[self.index::self.count])
+        mine = set(sorted_keys(cases)[self.index::self.count])
         return [case for case in cases if shard_key(case.path) in mine]
 
 
@@ -109,10 +108,14 @@ class Shard:
 # ---------------------------------------------------------------------------------------------------
 
 
+def sorted_keys(cases: Sequence[Case]) -> list[str]:
+    """The batch's distinct normalised input paths, sorted: what an ``order`` split deals out."""
+    return sorted({shard_key(case.path) for case in cases})
+
+
 def listing_digest(cases: Sequence[Case]) -> str:
     """sha256 of the batch's sorted, normalised input paths: equal for shards that listed the same inputs."""
-    keys = sorted({shard_key(case.path) for case in cases})
-    return hashlib.sha256("\n".join(keys).encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256("\n".join(sorted_keys(cases)).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def manifest_header(task: str, shard: Shard, inputs: Iterable[str], batch: Sequence[Case]) -> dict[str, Any]:

@@ -447,10 +447,10 @@ def check_not_collapsed(report: dict[str, Any]) -> None:
 
 def plane_normal(volume: Volume, device: torch.device) -> torch.Tensor | None:
     """The world normal of a single-slice (2-D) image, or None for a volume."""
-    flat = [axis for axis, n in enumerate(volume.shape) if n == 1]
-    if len(flat) != 1:
+    flat = flat_axis(volume.shape)
+    if flat is None:
         return None
-    axis = volume.affine[:3, flat[0]]
+    axis = volume.affine[:3, flat]
     return torch.as_tensor(axis / np.linalg.norm(axis), dtype=torch.float64, device=device)
 
 
