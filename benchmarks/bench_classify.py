@@ -59,7 +59,7 @@ import torch, monai  # imported before the clock starts, as in the plain script
 from mitk.cli.classify import _write_csv
 from mitk.io.inputs import Case
 from mitk.runner.allocator import keep_freed_memory
-from mitk.runner.classify import make_classify_job
+from mitk.tasks.classify.runner import make_classify_job
 from mitk.runner.model import load_model
 from mitk.runner.outputs import OutputPolicy
 torch.set_num_threads(THREADS)
@@ -110,9 +110,9 @@ def overhead(checkpoint: Path, paths: list[str], threads: int) -> dict[str, floa
 
     from mitk.io.inputs import Case
     from mitk.io.reader import load_image
-    from mitk.runner.classify import ClassificationRunner, make_classify_job
     from mitk.runner.model import load_model
     from mitk.runner.outputs import OutputPolicy
+    from mitk.tasks.classify.runner import ClassificationRunner, make_classify_job
 
     class FixedLogits(torch.nn.Module):
         def __init__(self, classes: int) -> None:

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch, monai  # imported before the clock starts, as in the plain script
 from mitk.io.inputs import Case
 from mitk.runner.allocator import keep_freed_memory
-from mitk.runner.detect import make_detect_job
+from mitk.tasks.detect.runner import make_detect_job
 from mitk.runner.model import load_model
 from mitk.runner.outputs import OutputPolicy
 t0 = time.perf_counter()

@@ -160,8 +160,8 @@ def deformable_benchmark(repeats: int) -> dict[str, Any]:
     from nilearn import datasets
     from scipy import ndimage
 
-    from mitk.evaluation.registration import jacobian_statistics
-    from mitk.runner.register import total_displacement, warp
+    from mitk.tasks.register.evaluation import jacobian_statistics
+    from mitk.tasks.register.runner import total_displacement, warp
     from mitk.types import Image
 
     template = datasets.load_mni152_template(resolution=2)
@@ -284,7 +284,7 @@ def intersubject_benchmark(data_folder: Path, preview: Path | None) -> dict[str,
     from nilearn import datasets
 
     from mitk.io.reader import load_image, require_volume
-    from mitk.runner.register import warp
+    from mitk.tasks.register.runner import warp
     from mitk.types import Image
 
     template = datasets.load_mni152_template(resolution=1)

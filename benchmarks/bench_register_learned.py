@@ -62,8 +62,8 @@ def main() -> None:
 
     import mitk
     from mitk.cli import main as mitk_main
-    from mitk.evaluation.registration import jacobian_statistics
-    from mitk.runner.register import total_displacement, warp
+    from mitk.tasks.register.evaluation import jacobian_statistics
+    from mitk.tasks.register.runner import total_displacement, warp
     from mitk.types import Image
 
     torch.set_num_threads(arguments.threads)

@@ -55,7 +55,7 @@ from mitk.io.inputs import Case
 from mitk.runner.allocator import keep_freed_memory
 from mitk.runner.model import load_model
 from mitk.runner.outputs import OutputPolicy
-from mitk.runner.segment import make_segment_job
+from mitk.tasks.segment.runner import make_segment_job
 t0 = time.perf_counter()
 keep_freed_memory()  # as the CLI does before loading a model
 settings = json.loads(SETTINGS); settings["intensity"] = {"mode": MODE, "a_min": -1000, "a_max": 1000}

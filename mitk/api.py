@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mitk.enums import Task
 from mitk.errors import UsageError
 from mitk.io.memory import as_image, is_path
 from mitk.taskspecs import TaskSpec, get_task, import_part, iter_tasks
 
 if TYPE_CHECKING:
+    from mitk.image import Image
     from mitk.runner.model import LoadedModel
-    from mitk.types import Image
 
 __all__ = ["Model", "as_image", "load", *(spec.name for spec in iter_tasks())]
 
@@ -36,7 +35,7 @@ INPUT_OPTIONS = ("affine", "series", "allow_resample")
 """Keyword arguments of a task call that say how to read an input (the rest go to the task's runner)."""
 
 
-def load(plugin: str | None = None, *, weights: str | Path | None = None, task: Task | str | None = None,
+def load(plugin: str | None = None, *, weights: str | Path | None = None, task: str | None = None,
          device: str | None = "auto", settings: Mapping[str, Any] | None = None) -> Model:
     """Load a plugin (and its weights) once, for any number of images.
 
@@ -48,57 +47,9 @@ def load(plugin: str | None = None, *, weights: str | Path | None = None, task: 
     """
     from mitk.runner import model as runner_model
 
-    resolved = _resolve_task(plugin, weights, task)
-    loaded = runner_model.load_model(resolved, plugin, weights, _nested_settings(settings), device)
+    resolved = runner_model.resolve_task(plugin, weights, task)
+    loaded = runner_model.load_model(resolved, plugin, weights, runner_model.nested_settings(settings), device)
     return Model(loaded)
-
-
-def _resolve_task(plugin: str | None, weights: str | Path | None, task: Task | str | None) -> Task:
-    if task is not None:
-        return get_task(task).task
-    if plugin:
-        from mitk.plugin_manager import get_registry
-
-        return get_registry().get(plugin).task
-    if weights:
-        described = _checkpoint_task(Path(weights))
-        if described is None:
-            raise UsageError("the checkpoint does not say which plugin made it: give the plugin name "
-                             "(mitk.load(\"unet\", weights=...))", weights)
-        return get_task(described).task
-    raise UsageError("give a plugin name or weights= (a mitk checkpoint names its plugin)")
-
-
-def _checkpoint_task(path: Path) -> str | None:
-    """The task a mitk checkpoint was trained for, read from its metadata only (the tensors load later)."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("task"):
-            return str(metadata["task"])
-    except Exception:  # not readable this way: load_checkpoint gives the one-line reason
-        pass
-    from mitk.checkpoint import load_checkpoint
-
-    return load_checkpoint(path).task
-
-
-def _nested_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``{"a.b": 1}`` → ``{"a": {"b": 1}}``; nested mappings are kept as they are."""
-    nested: dict[str, Any] = {}
-    for key, value in (settings or {}).items():
-        if not isinstance(key, str) or not all(part.strip() for part in key.split(".")):
-            raise UsageError(f"setting {key!r}: keys are names, with dots to reach nested keys (a.b)")
-        *parents, last = key.split(".")
-        target = nested
-        for depth, part in enumerate(parents):
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise UsageError(f"setting {key!r}: {'.'.join(parents[: depth + 1])} was set to a value already")
-        target[last] = dict(value) if isinstance(value, Mapping) else value
-    return nested
 
 
 class Model:
@@ -108,7 +59,7 @@ class Model:
     is the same as the task's call.
 
     An image is anything :func:`~mitk.io.memory.as_image` accepts: a path (NIfTI; DICOM file, folder or zip
-    with ``series=``), a nibabel image, a ``SimpleITK.Image``, a MONAI ``MetaTensor``, an :class:`~mitk.types.Image`,
+    with ``series=``), a nibabel image, a ``SimpleITK.Image``, a MONAI ``MetaTensor``, an :class:`~mitk.image.Image`,
     or a numpy array with ``affine=``. A list of inputs gives a list of results; an iterator (a generator,
     ``Path.glob``) gives an iterator that reads and runs one input at a time. ``workers=N`` (or
     ``executor=``, a thread pool of yours) reads inputs in N threads while the model runs. A bad input
@@ -126,8 +77,12 @@ class Model:
         self._runners: dict[tuple[tuple[str, str], ...], Callable[..., Any]] = {}
         self._lock = threading.RLock()
 
-    if TYPE_CHECKING:  # the task calls are set from the task table below; type checkers see them as this
-        def __getattr__(self, task: str) -> Callable[..., Any]: ...
+    def __getattr__(self, task: str) -> Callable[..., Any]:
+        """A task's call for a task registered after this module was imported (a plugin's, or a test's)."""
+        spec = None if task.startswith("_") else _registered(task)
+        if spec is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {task!r}")
+        return _task_method(spec).__get__(self, type(self))
 
     @property
     def plugin(self) -> str:
@@ -135,7 +90,8 @@ class Model:
         return self.loaded.name
 
     @property
-    def task(self) -> Task:
+    def task(self) -> str:
+        """The task's name (a row of the task table)."""
         return self.loaded.task
 
     @property
@@ -149,7 +105,7 @@ class Model:
 
     def __repr__(self) -> str:
         weights = f" weights={str(self.loaded.checkpoint)!r}" if self.loaded.checkpoint else ""
-        return f"<mitk.Model {self.task.value} plugin={self.plugin!r}{weights} device={self.device!r}>"
+        return f"<mitk.Model {self.task} plugin={self.plugin!r}{weights} device={self.device!r}>"
 
     def __call__(self, *inputs: Any, **options: Any) -> Any:
         """The model's task call (``model.segment(...)`` for a segmentation model)."""
@@ -170,7 +126,7 @@ class Model:
                     inspect.signature(runner_class).bind(self.loaded, **options)
                 except TypeError:
                     accepted = [name for name in inspect.signature(runner_class).parameters if name != "model"]
-                    raise UsageError(f"{self.task.value}: unknown option(s) {', '.join(sorted(options))} (the "
+                    raise UsageError(f"{self.task}: unknown option(s) {', '.join(sorted(options))} (the "
                                      f"runner takes: {', '.join(accepted) or 'none'}; and affine, series, "
                                      "allow_resample, workers, executor, errors)") from None
                 runner = runner_class(self.loaded, **options)
@@ -185,8 +141,8 @@ class Model:
         if errors not in ("raise", "skip"):
             raise UsageError(f"errors= must be 'raise' or 'skip', not {errors!r}")
         if spec.task != self.task:
-            raise UsageError(f"plugin {self.plugin!r} is a {self.task.value} plugin: call "
-                             f"model.{self.task.value}(...), not model.{spec.name}(...)")
+            raise UsageError(f"plugin {self.plugin!r} is a {self.task} plugin: call "
+                             f"model.{self.task}(...), not model.{spec.name}(...)")
         expected = 2 if spec.takes_fixed else 1
         if len(inputs) != expected:
             what = "a fixed and a moving image (or a list of moving images)" if spec.takes_fixed else "one image " \
@@ -203,7 +159,7 @@ class Model:
             image = self._read(spec, item, reading)
             with self._lock:
                 result = runner(fixed, image) if fixed is not None else runner(image)
-            from mitk.io.results import describe_origin
+            from mitk.results import describe_origin
 
             others = (fixed.path,) if fixed is not None and fixed.path is not None else ()
             describe_origin(result, image, self.plugin, others)
@@ -299,7 +255,6 @@ def _one_shot(spec: TaskSpec) -> Callable[..., Any]:
 
 
 def _call_doc(spec: TaskSpec, owner: str) -> str:
-    result = spec.result.rpartition(":")[2]
     if spec.takes_fixed:
         call = f"{owner}.{spec.name}(fixed, moving, **options)"
         inputs = ("``fixed``: the image whose grid the output lives on; ``moving``: an image, or a list or "
@@ -307,7 +262,8 @@ def _call_doc(spec: TaskSpec, owner: str) -> str:
     else:
         call = f"{owner}.{spec.name}(image, **options)"
         inputs = "``image``: an image, or a list or iterator of images."
-    return (f"``{call}`` → :class:`~mitk.types.{result}`. {spec.summary}\n\n{inputs} Options: ``affine=`` (for an "
+    result = spec.result.replace(":", ".")
+    return (f"``{call}`` → :class:`~{result}`. {spec.summary}\n\n{inputs} Options: ``affine=`` (for an "
             "array), ``series=`` and ``allow_resample=`` (DICOM), ``workers=``/``executor=``/``errors=`` (batches), "
             f"and the runner's own (:class:`{spec.runner.replace(':', '.')}`).")
 
@@ -315,3 +271,17 @@ def _call_doc(spec: TaskSpec, owner: str) -> str:
 for _spec in iter_tasks():
     setattr(Model, _spec.name, _task_method(_spec))
     globals()[_spec.name] = _one_shot(_spec)
+
+
+def _registered(task: str) -> TaskSpec | None:
+    from mitk.plugin_manager import get_registry
+
+    return get_registry().tasks.get(task)
+
+
+def __getattr__(name: str) -> Any:
+    """``mitk.api.<task>`` for a task registered after this module was imported."""
+    spec = None if name.startswith("_") else _registered(name)
+    if spec is None:
+        raise AttributeError(f"module 'mitk.api' has no attribute {name!r}")
+    return _one_shot(spec)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mitk import __version__
+from mitk.constants import __version__
 from mitk.errors import CheckpointError
 from mitk.io.atomic import atomic_path
 

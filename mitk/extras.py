@@ -31,8 +31,6 @@ def require_module(module: str, feature: str) -> None:
 def require_segment_extras(preview: bool = False, dicom_seg: bool = False) -> None:
     """``mitk segment``'s optional outputs: ``--preview`` needs matplotlib, ``--format dicom-seg`` highdicom."""
     if preview:
-        from mitk.preview import require_preview
-
-        require_preview()
+        require_module("matplotlib", "--preview")
     if dicom_seg:
         require_module("highdicom", "--format dicom-seg")

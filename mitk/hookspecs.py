@@ -21,12 +21,35 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-from mitk import PROJECT_NAME
+from mitk.constants import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from mitk.registry import ExecutorRegistrar, PluginRegistrar
+    from mitk.registry import ExecutorRegistrar, PluginRegistrar, TaskRegistrar
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks a function of this module as a hook specification."""
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a plugin's function as the implementation of a mitk hook (re-exported as ``mitk.hookimpl``)."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Tasks
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def mitk_register_tasks(register: TaskRegistrar) -> None:
+    """Register tasks: rows of the task table (a verb such as ``mitk segment``, its API call, its plugins).
+
+    Call ``register(spec)`` once per task with a :class:`mitk.taskspec.TaskSpec`, whose parts are named as
+    ``"package.module:attribute"`` strings and imported only when used. mitk's own four tasks are registered
+    the same way (:mod:`mitk.tasks.table`). Tasks are registered before plugins, so a plugin may belong to a
+    task that its own package adds.
+
+    :param register: the registrar; see :class:`mitk.registry.TaskRegistrar`.
+
+    .. versionadded:: 0.3
+    """
 
 
 # -------------------------------------------------------------------------------------------------
@@ -40,7 +63,7 @@ def mitk_register_plugins(register: PluginRegistrar) -> None:
 
     Call ``register(name, task=..., factory=..., summary=...)`` once per plugin. ``factory`` is a
     zero-argument callable, or a ``"package.module:attribute"`` string, that returns an instance of the
-    task's plugin base class (named in the task table, :data:`mitk.taskspecs.TASKS`); it is called only
+    task's plugin base class (named in the task table, :func:`mitk.taskspecs.iter_tasks`); it is called only
     when the plugin is used.
 
     :param register: the registrar; see :class:`mitk.registry.PluginRegistrar`.

@@ -1,4 +1,4 @@
-"""Finding plugins (task plugins and executors): entry points, built-ins, and the rules for broken ones.
+"""Finding plugins (tasks, task plugins and executors): entry points, built-ins, and the rules for broken ones.
 
 Environment variables:
 
@@ -31,10 +31,21 @@ from typing import Any
 
 import pluggy
 
-from mitk import ENTRY_POINT_GROUP, PROJECT_NAME, hookimpl, hookspecs
+from mitk import hookspecs
+from mitk.constants import ENTRY_POINT_GROUP, PROJECT_NAME, __version__
 from mitk.env import env_flag
 from mitk.errors import PluginError
-from mitk.registry import BrokenPlugin, ExecutorRegistrar, PluginRegistrar, Registry, contained, describe
+from mitk.hookspecs import hookimpl
+from mitk.registry import (
+    BrokenPlugin,
+    ExecutorRegistrar,
+    PluginRegistrar,
+    Registry,
+    TaskRegistrar,
+    contained,
+    describe,
+    set_task_lookup,
+)
 
 BUILTIN_DISTRIBUTION = "mitk"
 DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks", "mitk_builtin.classify_networks",
@@ -50,13 +61,15 @@ class BuiltinExecutors:
     def mitk_register_executors(self, register: ExecutorRegistrar) -> None:
         register("local", factory="mitk.executors:LocalExecutor",
                  summary="In this process, one case after another (the default).")
-        register("dask", factory="mitk.runner.dask_executor:DaskExecutor",
+        register("dask", factory="mitk.executors.dask_executor:DaskExecutor",
                  summary="Dask distributed workers: --scheduler ADDRESS or a local cluster of --workers N "
                          "(extra mitk[dask]).")
 
 
 BUILTIN_EXECUTORS = "executors"
 """The name :class:`BuiltinExecutors` is registered under."""
+BUILTIN_TASKS = "mitk.tasks.table"
+"""The module that registers mitk's own tasks (through the task hook, like a third party's); always loaded."""
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -143,6 +156,7 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
     manager.add_hookspecs(hookspecs)
     registry = Registry()
     manager.register(BuiltinExecutors(), name=BUILTIN_EXECUTORS)
+    manager.register(importlib.import_module(BUILTIN_TASKS), name="tasks")
     if autoload is None:
         autoload = not env_flag("MITK_DISABLE_PLUGIN_AUTOLOAD")
     blocked = {b.strip() for b in os.environ.get("MITK_BLOCK_PLUGINS", "").split(",") if b.strip()}
@@ -172,7 +186,6 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
 
     # Built-ins that the installed entry points do not list (a source tree, or an install older than
     # the source): registered directly.
-    from mitk import __version__
 
     for module_name in DEFAULT_PLUGINS:
         short = module_name.rsplit(".", 1)[-1]
@@ -192,14 +205,15 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
         if not manager.is_registered(plugin):
             _register(manager, registry, plugin, plugin_name(plugin), None, None)
 
-    origins[BUILTIN_EXECUTORS] = (BUILTIN_DISTRIBUTION, __version__)
+    origins[BUILTIN_EXECUTORS] = origins["tasks"] = (BUILTIN_DISTRIBUTION, __version__)
+    _call_registration(manager.hook.mitk_register_tasks, TaskRegistrar, registry, origins)  # tasks before plugins
     _call_registration(manager.hook.mitk_register_plugins, PluginRegistrar, registry, origins)
     _call_registration(manager.hook.mitk_register_executors, ExecutorRegistrar, registry, origins)
     return manager, registry
 
 
-def _call_registration(hook: Any, registrar: type[PluginRegistrar] | type[ExecutorRegistrar], registry: Registry,
-                       origins: dict[str, tuple[str | None, str | None]]) -> None:
+def _call_registration(hook: Any, registrar: type[PluginRegistrar | ExecutorRegistrar | TaskRegistrar],
+                       registry: Registry, origins: dict[str, tuple[str | None, str | None]]) -> None:
     """Call every implementation of a ``mitk_register_*`` hook with its own registrar, containing failures."""
     # Built-ins register first, so that a third-party plugin cannot take a built-in's name.
     impls = sorted(hook.get_hookimpls(),
@@ -228,6 +242,9 @@ def get_registry() -> Registry:
     if _overrides:
         return _overrides[-1]
     return _installed_registry()
+
+
+set_task_lookup(lambda name: get_registry().tasks.get(name))
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mitk.extras import require_module
-from mitk.types import Image
+from mitk.image import Image
 
 LABEL_COLOURS = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -45,7 +45,7 @@ def to_ras_order(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tup
     """Permute and flip the first three axes so that they point R, A, S; return the array and its spacing."""
     from nibabel.orientations import apply_orientation, io_orientation
 
-    from mitk.types import voxel_spacing
+    from mitk.image import voxel_spacing
 
     orientation = io_orientation(affine)
     spacing = voxel_spacing(affine)

@@ -1,4 +1,5 @@
-"""The plugin registry: names → factories of task plugins and of executors, with where each came from.
+"""The registry: the task table, and names → factories of task plugins and of executors, with where each came
+from. Filled by the registration hooks (:mod:`mitk.plugin_manager`); read by everything above.
 
 Plugin code (an entry point's import, a registration hook, a factory) runs inside :func:`contained`, so a
 plugin that calls ``sys.exit()`` fails like any other broken plugin instead of ending mitk.
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from mitk.enums import Task
-from mitk.errors import MitkError, PluginError
-from mitk.tasks import TaskPlugin
-from mitk.taskspecs import get_task
+from mitk.enums import Task, task_name
+from mitk.errors import PluginError
+from mitk.plugin import TaskPlugin
+from mitk.taskspec import TaskSpec, import_part
 
 Factory = Callable[[], Any] | str
 ExecutorFactory = Callable[[Any], Any] | str
@@ -75,7 +76,9 @@ def describe(error: BaseException) -> str:
 def missing_methods(plugin: TaskPlugin) -> list[str]:
     """The methods the plugin's task requires (``plugin.requirements()``) that it does not override.
 
-    ``network`` is not required of a plugin that runs without weights (``needs_weights = False``).
+    ``network`` is not required of a plugin that runs without weights (``needs_weights = False``). A method
+    counts as overridden when a class below the task's base defines it; a task's base class is the one that
+    declares ``required_methods``.
     """
     missing = []
     for name in plugin.requirements():
@@ -84,9 +87,23 @@ def missing_methods(plugin: TaskPlugin) -> list[str]:
         if name in vars(plugin):
             continue
         owner = next((klass for klass in type(plugin).__mro__ if name in vars(klass)), None)
-        if owner is None or owner.__module__ == TaskPlugin.__module__:
+        if owner is None or _is_task_base(owner):
             missing.append(name)
     return missing
+
+
+def _is_task_base(klass: type) -> bool:
+    return klass is TaskPlugin or "required_methods" in vars(klass)
+
+
+TaskLookup = Callable[[str], TaskSpec | None]
+_task_lookup: list[TaskLookup] = []
+
+
+def set_task_lookup(lookup: TaskLookup) -> None:
+    """How an entry made outside a registration finds its task's spec (set by :mod:`mitk.plugin_manager`: the
+    table of the registry in use)."""
+    _task_lookup[:] = [lookup]
 
 
 @dataclass
@@ -94,13 +111,16 @@ class PluginEntry:
     """One registered task plugin. ``factory`` builds it on first use."""
 
     name: str
-    task: Task
+    task: Task | str
+    """The task's name (a :class:`~mitk.enums.Task` member for mitk's own tasks)."""
     factory: Factory
     summary: str = ""
     source: str = ""
     """The entry point or module that registered it."""
     distribution: str | None = None
     version: str | None = None
+    base: str | None = None
+    """The task's plugin base class (``"module:Class"``), set when the registry checks the entry's task."""
     _instance: TaskPlugin | None = field(default=None, repr=False)
 
     def load(self) -> TaskPlugin:
@@ -114,12 +134,22 @@ class PluginEntry:
                 raise PluginError(f"plugin {self.name!r} could not be loaded: {describe(error)}") from error
             except Exception as error:
                 raise PluginError(f"plugin {self.name!r} failed to build: {describe(error)}") from error
-            base = get_task(self.task).base_class()
+            base = self.base_class()
             if not isinstance(instance, base):
-                raise PluginError(f"plugin {self.name!r} is registered for the {self.task.value} task but its factory "
+                raise PluginError(f"plugin {self.name!r} is registered for the {self.task} task but its factory "
                                   f"returned {type(instance).__qualname__}, not a {base.__module__}.{base.__name__}")
             self._instance = instance
         return self._instance
+
+
+    def base_class(self) -> type[TaskPlugin]:
+        """The plugin base class of this entry's task."""
+        base = self.base
+        if base is None and _task_lookup:
+            spec = _task_lookup[0](str(self.task))
+            base = spec.plugin_base if spec is not None else None
+        found: type[TaskPlugin] = import_part(base) if base else TaskPlugin
+        return found
 
 
 @dataclass
@@ -160,15 +190,15 @@ class _Registrar:
 class PluginRegistrar(_Registrar):
     """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_plugins`."""
 
-    def __call__(self, name: str, *, task: Task | str, factory: Factory, summary: str = "") -> None:
-        """Register the plugin ``name`` for ``task``; ``factory`` builds it when first used."""
+    def __call__(self, name: str, *, task: Any, factory: Factory, summary: str = "") -> None:
+        """Register the plugin ``name`` for ``task`` (a task's name); ``factory`` builds it when first used."""
         self._check_name(name)
-        try:
-            task = Task(task)
-        except ValueError:
-            choices = ", ".join(t.value for t in Task)
-            raise PluginError(f"plugin {name!r}: unknown task {task!r} (choose from {choices})") from None
-        self._registry.add(PluginEntry(name=name, task=task, factory=factory, summary=summary,
+        task = task_name(task)
+        spec = self._registry.tasks.get(str(task))
+        if spec is None:
+            choices = ", ".join(self._registry.tasks)
+            raise PluginError(f"plugin {name!r}: unknown task {task!r} (choose from {choices})")
+        self._registry.add(PluginEntry(name=name, task=task, factory=factory, summary=summary, base=spec.plugin_base,
                                        source=self._source, distribution=self._distribution,
                                        version=self._version))
 
@@ -185,25 +215,6 @@ class ExecutorEntry:
     distribution: str | None = None
     version: str | None = None
 
-    def build(self, options: Any) -> Any:
-        """A new executor for one batch, checked to be a :class:`mitk.executors.Executor`."""
-        from mitk.executors import Executor
-
-        factory = self.factory
-        try:
-            with contained():
-                executor = resolve_factory(factory)(options)
-        except MitkError:
-            raise  # the executor's own one-line message (a missing extra, a bad option)
-        except ImportError as error:
-            raise PluginError(f"executor {self.name!r} could not be loaded: {describe(error)}") from error
-        except Exception as error:
-            raise PluginError(f"executor {self.name!r} failed to build: {describe(error)}") from error
-        if not isinstance(executor, Executor):
-            raise PluginError(f"executor {self.name!r}: its factory returned {type(executor).__qualname__}, "
-                              "not a mitk.executors.Executor")
-        return executor
-
 
 class ExecutorRegistrar(_Registrar):
     """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_executors`."""
@@ -217,10 +228,31 @@ class ExecutorRegistrar(_Registrar):
                                                   distribution=self._distribution, version=self._version))
 
 
+class TaskRegistrar(_Registrar):
+    """The ``register`` object handed to :func:`mitk.hookspecs.mitk_register_tasks`."""
+
+    kind = "task"
+
+    def __call__(self, spec: TaskSpec) -> None:
+        """Add ``spec`` to the task table (a new verb ``mitk <spec.name>``)."""
+        if not isinstance(spec, TaskSpec):
+            raise PluginError(f"register() takes a mitk.taskspec.TaskSpec, not {type(spec).__qualname__}")
+        if not spec.name.isidentifier() or spec.name.startswith("_"):
+            raise PluginError(f"invalid task name {spec.name!r}: it is a verb and a method name (letters, digits, _)")
+        existing = self._registry.task_sources.get(spec.name)
+        if existing is not None:
+            raise PluginError(f"task name {spec.name!r} from {self._source} is already registered by {existing}")
+        self._registry.tasks[spec.name] = spec
+        self._registry.task_sources[spec.name] = self._source
+
+
 class Registry:
-    """All registered plugins, and the broken ones, keyed by name."""
+    """The task table, all registered plugins and executors, and the broken plugin sources, keyed by name."""
 
     def __init__(self) -> None:
+        self.tasks: dict[str, TaskSpec] = {}
+        """The task table: name → spec, in registration order (built-ins first)."""
+        self.task_sources: dict[str, str] = {}
         self._entries: dict[str, PluginEntry] = {}
         self._executors: dict[str, ExecutorEntry] = {}
         self.broken: list[BrokenPlugin] = []
@@ -233,7 +265,7 @@ class Registry:
         self._entries[entry.name] = entry
 
     def __iter__(self) -> Iterator[PluginEntry]:
-        return iter(sorted(self._entries.values(), key=lambda e: (e.task.value, e.name)))
+        return iter(sorted(self._entries.values(), key=lambda e: (str(e.task), e.name)))
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -241,18 +273,19 @@ class Registry:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def names(self, task: Task | None = None) -> list[str]:
-        return [e.name for e in self if task is None or e.task == task]
+    def names(self, task: Any = None) -> list[str]:
+        wanted = None if task is None else str(task)
+        return [e.name for e in self if wanted is None or str(e.task) == wanted]
 
-    def get(self, name: str, task: Task | str | None = None) -> PluginEntry:
-        """Return the entry for ``name``, checking its task; a clear error lists the alternatives."""
+    def get(self, name: str, task: Any = None) -> PluginEntry:
+        """Return the entry for ``name``, checking its task (a name); a clear error lists the alternatives."""
         entry = self._entries.get(name)
-        wanted = Task(task) if task is not None else None
+        wanted = None if task is None else str(task)
         if entry is None:
-            raise self._unknown(f"{wanted.value} plugin" if wanted else "plugin", name,
+            raise self._unknown(f"{wanted} plugin" if wanted else "plugin", name,
                                 ", ".join(self.names(wanted)) or "none installed")
-        if wanted is not None and entry.task != wanted:
-            raise PluginError(f"plugin {name!r} is a {entry.task.value} plugin, not a {wanted.value} plugin")
+        if wanted is not None and str(entry.task) != wanted:
+            raise PluginError(f"plugin {name!r} is a {entry.task} plugin, not a {wanted} plugin")
         return entry
 
     def add_executor(self, entry: ExecutorEntry) -> None:

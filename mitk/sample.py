@@ -21,8 +21,8 @@ import numpy as np
 
 from mitk.errors import OutputExistsError, UsageError
 from mitk.extras import require_module
+from mitk.image import Image
 from mitk.io.atomic import atomic_path, write_text_atomic
-from mitk.types import Image
 
 TASK_LABELS: dict[str, dict[int, str]] = {
     "brain": {0: "background", 1: "brain"},
@@ -271,7 +271,7 @@ def make_slice_case(atlas: Atlas, level: str, size: int, rng: np.random.Generato
 def plant_lesion(image: Image, brain: np.ndarray, rng: np.random.Generator) -> tuple[Image, list[float]]:
     """Brighten a soft-edged sphere (radius 6–10 mm, +50–90 %) centred in the brain; return the image and the
     lesion centre in world mm."""
-    from mitk.types import voxel_spacing
+    from mitk.image import voxel_spacing
 
     spacing = np.asarray(voxel_spacing(image.affine))
     radius = rng.uniform(6.0, 10.0)
@@ -363,7 +363,7 @@ def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, co
     sphere's axis-aligned extent) and in the image's voxel indices."""
     from scipy import ndimage
 
-    from mitk.types import map_box_extents
+    from mitk.image import map_box_extents
 
     spacing = np.asarray(image.spacing)
     depth = ndimage.distance_transform_edt(inside, sampling=spacing)  # mm to the mask's edge
@@ -397,10 +397,10 @@ def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, co
 
 def label_boxes(label: Image, names: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """One box per connected component (26-connected) of each non-zero label value: its voxel box and its world
-    extent (RAS mm, through :func:`mitk.types.map_box_extents`)."""
+    extent (RAS mm, through :func:`mitk.image.map_box_extents`)."""
     from scipy import ndimage
 
-    from mitk.types import map_box_extents
+    from mitk.image import map_box_extents
 
     values = np.asarray(label.array)
     records: list[dict[str, Any]] = []

@@ -1,10 +1,10 @@
 """Plugin settings: closed, typed by their defaults, described one line each.
 
-A plugin's settings are the keys of its :meth:`~mitk.tasks.TaskPlugin.default_config`, nested keys written
+A plugin's settings are the keys of its :meth:`~mitk.plugin.TaskPlugin.default_config`, nested keys written
 with dots (``network.channels``). The rules, checked by :func:`check_overrides` on the user's ``--set`` values:
 
 - **Known keys only.** A key that is neither in the defaults nor in the plugin's
-  :meth:`~mitk.tasks.TaskPlugin.settings_schema` is refused, listing the known keys at that level and
+  :meth:`~mitk.plugin.TaskPlugin.settings_schema` is refused, listing the known keys at that level and
   suggesting a close match.
 - **The default's type.** A value must have the JSON type of the default: ``true``/``false`` for a bool,
   an integer for an int, any number for a float, text for a string, a list for a list (its items are the
@@ -41,7 +41,7 @@ from mitk.errors import CheckpointError, MitkWarning, PluginError, UsageError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from mitk.tasks import TaskPlugin
+    from mitk.plugin import TaskPlugin
 
 CORE_KEYS = frozenset({"training"})
 """Top-level keys the core adds to a checkpoint's config; not plugin settings."""
@@ -291,6 +291,6 @@ def defaults_of(plugin: TaskPlugin) -> dict[str, Any]:
 
 def help_of(plugin: TaskPlugin) -> dict[str, str]:
     """One line per setting: the shared training settings' descriptions, then the plugin's own."""
-    from mitk.tasks import TRAINING_HELP
+    from mitk.plugin import TRAINING_HELP
 
     return {**(TRAINING_HELP if plugin.trainable else {}), **plugin.settings_help()}

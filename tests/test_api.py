@@ -278,7 +278,7 @@ def fifty_images(tmp_path_factory: pytest.TempPathFactory, anatomical_t1: Path) 
 @pytest.fixture
 def count_loads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     import mitk.runner.model as runner_model
-    import mitk.runner.segment as runner_segment
+    import mitk.tasks.segment.runner as runner_segment
 
     counts = {"load_model": 0, "runner": 0}
     load_model, runner_init = runner_model.load_model, runner_segment.SegmentationRunner.__init__

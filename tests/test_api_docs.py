@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "python-api.md"
 START, END = "<!-- api-reference:start -->", "<!-- api-reference:end -->"
 
-REFERENCE_CLASSES = ("mitk.types:SegmentationResult", "mitk.types:ClassificationResult",
-                     "mitk.types:DetectionResult", "mitk.types:RegistrationResult", "mitk.types:Image")
+REFERENCE_CLASSES = ("mitk.tasks.segment.result:SegmentationResult", "mitk.tasks.classify.result:ClassificationResult",
+                     "mitk.tasks.detect.result:DetectionResult", "mitk.tasks.register.result:RegistrationResult",
+                     "mitk.image:Image")
 ERRORS = ("MitkError", "InputError", "GeometryError", "PluginError", "UsageError", "CheckpointError",
           "OutputExistsError", "MitkWarning")
 
@@ -82,7 +83,7 @@ def render_reference() -> str:
             lines += _entry(f"Model.{name}{_signature(member)}", _doc(member), "####")
     for reference in REFERENCE_CLASSES:
         klass = import_part(reference)
-        lines += _entry(f"mitk.types.{klass.__name__}", _doc(klass))
+        lines += _entry(reference.replace(":", "."), _doc(klass))
         for name, member in _members(klass):
             title = f"{klass.__name__}.{name}" + ("" if isinstance(member, property) else _signature(member))
             lines += _entry(title, _doc(member), "####")

@@ -11,7 +11,7 @@ from helpers import invoke
 
 from mitk.errors import InputError
 from mitk.io.reader import load_image
-from mitk.runner.classify import display_values, network_input
+from mitk.tasks.classify.runner import display_values, network_input
 
 
 @pytest.fixture(scope="module")

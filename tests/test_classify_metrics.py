@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import invoke
 
-from mitk.evaluation.classification import (
+from mitk.tasks.classify.evaluation import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
@@ -178,7 +178,7 @@ def test_multi_label_scores_by_hand(tmp_path: Path) -> None:
 
 def test_validation_log_loss_matches_scikit_learn():
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    from mitk.training.classify import log_loss
+    from mitk.tasks.classify.recipe import log_loss
 
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.0, 1.0, 0.0]])
     labels = np.array([0, 1, 0, 0])  # the last is a certain miss: clipped, finite

@@ -12,7 +12,7 @@ import torch
 from helpers import invoke
 
 from mitk.errors import InputError
-from mitk.training.classify import ClassificationRecipe, LoadClassCase, class_weights, stratified_hold_out
+from mitk.tasks.classify.recipe import ClassificationRecipe, LoadClassCase, class_weights, stratified_hold_out
 
 
 @pytest.fixture

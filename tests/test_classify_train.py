@@ -101,8 +101,8 @@ def test_training_learns_above_chance(trained: Path, sample: Path, tmp_path: Pat
 def test_checkpoint_round_trips(trained: Path, sample: Path) -> None:
     from mitk_builtin._classify_networks import DenseNet121Classifier
 
-    from mitk.runner.classify import ClassificationRunner, network_input
     from mitk.runner.model import load_model
+    from mitk.tasks.classify.runner import ClassificationRunner, network_input
 
     checkpoint = load_checkpoint(trained / "best.safetensors")
     assert checkpoint.task == "classify" and checkpoint.plugin == "densenet121"
@@ -166,9 +166,9 @@ def test_real_radiographs_photographs_and_slices_in_one_call(trained: Path, samp
 
 def test_grad_cam_follows_the_input_geometry(trained: Path, photos: tuple[Path, Path]) -> None:
     """The map of a picture is the picture's size, and a bright region of it overlays the same pixels."""
-    from mitk.runner.classify import ClassificationRunner
-    from mitk.runner.explain import overlay_picture
     from mitk.runner.model import load_model
+    from mitk.tasks.classify.explain import overlay_picture
+    from mitk.tasks.classify.runner import ClassificationRunner
 
     runner = ClassificationRunner(load_model("classify", None, trained / "best.safetensors", device="cpu"))
     image = load_image(photos[1])
@@ -283,8 +283,8 @@ def test_grad_cam_inverts_a_centre_crop(photos: tuple[Path, Path]) -> None:
     from mitk_builtin._classify_networks import DenseNet121Classifier
 
     from mitk.enums import Task
-    from mitk.runner.classify import ClassificationRunner
     from mitk.runner.model import LoadedModel
+    from mitk.tasks.classify.runner import ClassificationRunner
 
     plugin = DenseNet121Classifier()
     config = plugin.resolve_config({"class_names": ["a", "b"], "image_size": [64, 64], "size_mode": "crop",

@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 from helpers import invoke, rotation
 
-from mitk.runner.detect import boxes_to_input_grid
+from mitk.tasks.detect.runner import boxes_to_input_grid
 from mitk.types import DetectionResult
 
 LESIONS = (((30.3, 40.6, 35.2), 6.0), ((60.0, 70.0, 40.0), 9.0), ((45.0, 30.0, 50.0), 4.5))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import invoke
 
-from mitk.evaluation.detection import CaseBoxes, coco_metrics, evaluate_detection, froc
+from mitk.tasks.detect.evaluation import CaseBoxes, coco_metrics, evaluate_detection, froc
 
 
 def case(boxes: list[list[float]], scores: list[float] | None = None, labels: list[int] | None = None) -> CaseBoxes:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import invoke
 
-from mitk.training.detect import world_boxes
+from mitk.tasks.detect.recipe import world_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "spacing=[9,9,9]", "--set", "patch_size=[32,32,32]", "--set", "backbone.block_inplanes=[8,16,32,64]",

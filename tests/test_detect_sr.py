@@ -17,7 +17,7 @@ import pytest
 from dicom_factory import write_series
 from helpers import invoke, load
 
-from mitk.io.dicom.sr import box_faces_lps
+from mitk.tasks.detect.dicom_sr import box_faces_lps
 
 DCIODVFY, DSRDUMP = shutil.which("dciodvfy"), shutil.which("dsrdump")
 

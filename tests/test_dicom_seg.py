@@ -18,8 +18,8 @@ from pydicom.sr.coding import Code
 from mitk import __version__
 from mitk.errors import GeometryError, InputError, PluginError
 from mitk.io.dicom.deidentify import remap_uid
-from mitk.io.dicom.seg import property_codes, write_dicom_seg
 from mitk.io.dicom.source import DicomSource
+from mitk.tasks.segment.dicom_seg import property_codes, write_dicom_seg
 from mitk.types import Image, SegmentationResult
 
 LABELS = {0: "background", 1: "brain", 3: "lesion", 7: "edema"}

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from mitk.cli import app
 from mitk.errors import GeometryError, UsageError
-from mitk.evaluation.segmentation import (
+from mitk.tasks.segment.evaluation import (
     Pair,
     empty_masks,
     evaluate_files,
@@ -438,7 +438,7 @@ def test_cli_refuses_to_write_over_any_input(four_case_folders: tuple[Path, Path
 
 def test_files_inside_an_image_folder_are_inputs(tmp_path: Path) -> None:
     """A DICOM series given as a folder: every file in it is an input, however it is reached."""
-    from mitk.cli.evaluate import input_files, refuse_overwriting_inputs
+    from mitk.evaluation.outputs import input_files, refuse_overwriting_inputs
 
     series = tmp_path / "series" / "sub"
     series.mkdir(parents=True)

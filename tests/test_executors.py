@@ -200,7 +200,7 @@ def test_the_local_cluster_runs_its_housekeeping_less_often() -> None:
     loopback port: no warning when Dask's default 8787 is taken, nothing served beyond this machine."""
     pytest.importorskip("distributed")
     from mitk.executors import ExecutorOptions
-    from mitk.runner.dask_executor import DaskExecutor
+    from mitk.executors.dask_executor import DaskExecutor
 
     taken = socket.socket()
     with contextlib.suppress(OSError):  # already taken (another cluster's default HTTP port) is as good
@@ -414,7 +414,7 @@ def test_unknown_and_misplaced_executor_options(tmp_path: Path, inputs: Path) ->
 def test_an_unreachable_scheduler_is_a_usage_error(tmp_path: Path, inputs: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("distributed")
-    from mitk.runner import dask_executor
+    from mitk.executors import dask_executor
 
     monkeypatch.setattr(dask_executor, "CONNECT_TIMEOUT_S", 2)
     code, _, err = invoke(["segment", str(inputs), "-p", "threshold", "-d", str(tmp_path / "out"),

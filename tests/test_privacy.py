@@ -307,7 +307,7 @@ def test_segment_nifti_outputs_carry_no_identity(dicom_cases, mitk_cli, tmp_path
 def test_identified_seg_keeps_the_patient_module_but_nothing_else_leaks(dicom_cases, tmp_path):
     """Without --deidentify the SEG must repeat the source's patient module (the standard asks for it)."""
     from mitk.io.dicom import read_dicom
-    from mitk.io.dicom.seg import write_dicom_seg
+    from mitk.tasks.segment.dicom_seg import write_dicom_seg
     from mitk.types import SegmentationResult
 
     image = read_dicom(dicom_cases[0])

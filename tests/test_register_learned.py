@@ -21,9 +21,9 @@ from mitk.enums import Task
 from mitk.errors import PluginError
 from mitk.io.nifti import read_nifti
 from mitk.runner.model import LoadedModel
-from mitk.runner.register import RegistrationRunner
 from mitk.runner.tensors import to_meta_tensor
 from mitk.tasks import RegistrationPlugin
+from mitk.tasks.register.runner import RegistrationRunner
 
 VOXELS = (2.0, 0.0, -1.0)
 """The constant displacement the test network predicts, in network-grid voxels."""

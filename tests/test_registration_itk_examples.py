@@ -106,7 +106,7 @@ def test_deformable_on_the_bspline_deformed_slice(tmp_path: Path) -> None:
     warped = np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "warped.nii.gz")))).T.reshape(
         fixed.shape)
     from mitk.io.reader import load_image, require_volume
-    from mitk.runner.register import warp
+    from mitk.tasks.register.runner import warp
 
     moving_image = sitk.ReadImage(str(moving_path))
     affine_warped = warp(require_volume(load_image(moving_path)), require_volume(load_image(fixed_path)),

@@ -70,7 +70,7 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
 def test_the_python_api_names_import_neither_torch_nor_monai() -> None:
     """``import mitk`` and reaching ``mitk.load``, ``mitk.Model`` and the task calls stay light; ``load`` is not."""
     code = ("import sys, mitk; names = [mitk.load, mitk.Model, mitk.as_image, mitk.segment, mitk.register]; "
-            "import mitk.api, mitk.io.memory, mitk.io.results, mitk.types; "
+            "import mitk.api, mitk.io.memory, mitk.results, mitk.types; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})); "
             "mitk.load('threshold'); "
             f"print(sorted({{m.split('.')[0] for m in sys.modules if m.split('.')[0] in {HEAVY!r}}}))")

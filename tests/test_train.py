@@ -332,7 +332,11 @@ def test_task_neutral_engine_reproduces_the_segmentation_trainer(tmp_path, singl
                      options={"epochs": 2, "batch_size": 2, "seed": 3, "device": "cpu"},
                      overrides={**TINY, "labels": labels})
     history = [(row["loss"], row["val_mean_dice"]) for row in run.history]
-    assert history == pytest.approx(PRE_ENGINE_HISTORY, rel=1e-5)
+    # Flat, so that approx compares numbers (on a list of tuples it compared the tuples exactly). rel=1e-3: the
+    # second epoch's Dice moves in the 5th digit between CPUs (oneDNN/OpenBLAS kernels): 0.46349 against 0.46351
+    # on a machine of 2026-12, with the code from before the task packages as well.
+    flat = [value for row in history for value in row]
+    assert flat == pytest.approx([value for row in PRE_ENGINE_HISTORY for value in row], rel=1e-3)
     assert run.mode == "max" and run.monitor == "mean_dice"
 
 
@@ -409,7 +413,7 @@ def test_a_plugins_own_step_and_a_minimised_monitor(cases, tmp_path, single_thre
 
     from mitk import hookimpl
     from mitk.plugin_manager import use_plugins
-    from mitk.training.segment import SegmentationStep
+    from mitk.tasks.segment.recipe import SegmentationStep
 
     calls = {"loss": 0}
 
@@ -449,7 +453,7 @@ def test_equal_monitors_are_decided_by_the_tie_break(cases, tmp_path, single_thr
 
     from mitk import hookimpl
     from mitk.plugin_manager import use_plugins
-    from mitk.training.segment import SegmentationStep
+    from mitk.tasks.segment.recipe import SegmentationStep
 
     losses = iter([0.5, 0.2, 0.3])
 

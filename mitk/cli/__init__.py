@@ -5,28 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mitk import __version__
+from mitk.cli import convert as convert_cmd
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
 from mitk.cli import sample as sample_cmd
 from mitk.cli import train as train_cmd
+from mitk.cli import warp as warp_cmd
 from mitk.cli.common import STATE
+from mitk.constants import __version__
 from mitk.errors import MitkError
-
-app = typer.Typer(
-    name="mitk",
-    help="Classify, detect, segment and register NIfTI and DICOM volumes with MONAI plugins.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,  # plain click help: Typer's rich help costs ~0.2 s of imports on every --help
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
 
 
 def _version(value: bool) -> None:
@@ -35,7 +27,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
@@ -48,19 +39,36 @@ def root(
     STATE.quiet = quiet
 
 
-app.add_typer(plugins_cmd.app, name="plugins")
-app.command("info")(info.info)
-tasks.add_task_commands(app)
-app.add_typer(evaluate_cmd.app, name="evaluate")
-app.add_typer(sample_cmd.app, name="sample")
-app.add_typer(train_cmd.app, name="train")
-app.add_typer(manifest_cmd.app, name="manifest")
-from mitk.cli import convert as convert_cmd  # noqa: E402
+def build_app() -> typer.Typer:
+    """The ``mitk`` command: the hand-written command groups, and a verb, a train and an evaluate command for
+    each task of the task table (read from the registry in use, so a task a plugin adds gets them too)."""
+    app = typer.Typer(
+        name="mitk",
+        help="Classify, detect, segment and register NIfTI and DICOM volumes with MONAI plugins.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,  # plain click help: Typer's rich help costs ~0.2 s of imports on every --help
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(root)
+    app.add_typer(plugins_cmd.app, name="plugins")
+    app.command("info")(info.info)
+    tasks.add_task_commands(app)
+    app.add_typer(evaluate_cmd.build_app(), name="evaluate")
+    app.add_typer(sample_cmd.app, name="sample")
+    app.add_typer(train_cmd.build_app(), name="train")
+    app.add_typer(manifest_cmd.app, name="manifest")
+    app.command("convert")(convert_cmd.convert)
+    app.command("warp")(warp_cmd.warp)
+    return app
 
-app.command("convert")(convert_cmd.convert)
-from mitk.cli import warp as warp_cmd  # noqa: E402
 
-app.command("warp")(warp_cmd.warp)
+def __getattr__(name: str) -> Any:
+    """``mitk.cli.app``: the command built from the task table now in use."""
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module 'mitk.cli' has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.addHandler(shown)
     try:
         with stop_on_signals(), library_warnings() as hidden:
-            result = app(args=argv, standalone_mode=False)
+            result = build_app()(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:
         code = done.exit_code

@@ -1,295 +1,33 @@
-"""``mitk evaluate``: score predicted label maps against references (Dice, IoU, HD95, ASD, surface Dice)."""
+"""``mitk evaluate <task>``: one command per task of the task table that names an evaluation, generated from
+the options the task declares (:attr:`mitk.taskspec.TaskSpec.evaluation_options`)."""
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Any
 
 import typer
 
-from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, message_text, say, stderr_console
-from mitk.cli.evaluate_detect import EPILOG as DETECT_EPILOG
-from mitk.cli.evaluate_detect import detect
-from mitk.enums import Task
-from mitk.errors import UsageError
-from mitk.taskspecs import iter_tasks
-
-app = typer.Typer(
-    rich_markup_mode=None,
-    help="Evaluate predictions against references: label maps, classes, boxes, registrations.", no_args_is_help=True)
-
-EPILOG = ("Pairing: same file name, or <case>_seg.nii.gz with <case>_label.nii.gz or <case>.nii.gz. "
-          "Both-empty labels are left out of every mean; HD95/ASD with one mask empty are missing (counted, "
-          "not averaged) unless --missing-distance gives a penalty. "
-          "Exit status: 0 all pairs scored; 1 failure; 2 usage error; 3 some pairs failed.")
-COLUMNS = ("case", "prediction", "reference", "label", "empty", "dice", "iou", "hd95_mm", "asd_mm",
-           "surface_dice_voxel", "tolerance_mm", "missing_distance", "reference_volume_ml", "predicted_volume_ml")
-SUMMARY_COLUMNS = ("label", "metric", "mean", "std", "median", "n", "cases", "empty_prediction",
-                   "empty_reference", "both_empty", "missing", "penalised", "tolerance_mm", "missing_distance")
+from mitk.cli.params import command
+from mitk.taskspec import TaskSpec
+from mitk.taskspecs import import_part, iter_tasks
 
 
-def parse_labels(text: str | None) -> list[int] | None:
-    """``"1,2"`` → ``[1, 2]``; ``None`` keeps every label found."""
-    if text is None:
-        return None
-    try:
-        labels = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise UsageError(f"--labels expects comma-separated whole numbers, got {text!r}") from None
-    if not labels or min(labels) < 1:
-        raise UsageError(f"--labels expects positive label values, got {text!r}")
-    return labels
+def run_evaluation(spec: TaskSpec, values: dict[str, Any]) -> None:
+    """Run the task's evaluation body and exit with the status it returns."""
+    assert spec.evaluation is not None
+    raise typer.Exit(import_part(spec.evaluation)(**values) or 0)
 
 
-def parse_missing_distance(text: str) -> float | Literal["worst"] | None:
-    """``"nan"`` → ``None`` (missing, not averaged), ``"worst"`` → ``"worst"``, ``"50"`` → 50.0 mm."""
-    word = text.strip().lower()
-    if word == "nan":
-        return None
-    if word == "worst":
-        return "worst"
-    try:
-        value = float(word)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"--missing-distance expects nan, worst or a number of mm >= 0, got {text!r}")
-    return value
-
-
-def refuse_overwriting_inputs(target: Path, option: str, inputs: Iterable[Path]) -> None:
-    """Refuse ``target`` when it is one of ``inputs`` by resolved path or by file identity (hard or
-    symbolic links), whatever ``--overwrite`` says (the comparison is :class:`mitk.io.atomic.InputFiles`')."""
-    from mitk.io.atomic import InputFiles
-
-    source = InputFiles.of(inputs).owner(target)
-    if source is not None:
-        alias = "" if str(source) == str(target) else f" (the same file as {source})"
-        raise UsageError(f"{option} {target} is an input of this command{alias}; refusing to write over it")
-
-
-def input_files(paths: Iterable[Path]) -> list[Path]:
-    """Every file read as an input: the files themselves, and every file inside a folder read as an image."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(Path(root) / name for root, _, names in os.walk(path) for name in names)
-        else:
-            files.append(path)
-    return files
-
-
-def segment(
-    pred: Annotated[Path, typer.Option("--pred", help="Predicted label map, or a folder of them.")],
-    ref: Annotated[Path, typer.Option("--ref", help="Reference label map, or a folder of them.")],
-    labels: Annotated[str | None, typer.Option("--labels", help="Labels to score, e.g. 1,2 (default: every "
-                                               "non-zero label in either map).")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Surface Dice (voxel) tolerance in mm.")] = 2.0,
-    missing_distance: Annotated[str, typer.Option(
-        "--missing-distance", metavar="nan|worst|MM",
-        help="HD95 and ASD when one mask is empty: nan (left out of the means, counted as missing), worst "
-             "(the case's field-of-view diagonal in mm) or a distance in mm.")] = "nan",
-    resample_pred: Annotated[bool, typer.Option("--resample-pred", help="Resample predictions onto the "
-                                                "reference grid (nearest neighbour) instead of refusing them.")]
-    = False,
-    csv: Annotated[Path | None, typer.Option("--csv", help="Also write one row per case and label here.")] = None,
-    summary_csv: Annotated[Path | None, typer.Option("--summary-csv", help="Also write one row per label and "
-                                                     "metric (mean, std, median, n and the case counts) here.")]
-    = None,
-    as_json: JsonOption = False,
-    overwrite: OverwriteOption = False,
-) -> None:
-    """Score predicted label maps against references, per case and label, with means per label."""
-    from mitk.errors import InputError
-    from mitk.evaluation.segmentation import (
-        METRICS,
-        PREDICTION_SUFFIX,
-        Pair,
-        case_name,
-        empty_masks,
-        evaluate_files,
-        json_number,
-        pair_files,
-        summarise,
-    )
-    from mitk.io.atomic import check_output
-    from mitk.io.inputs import Case
-    from mitk.runner.batch import CaseOutcome, run_batch
-
-    wanted = parse_labels(labels)
-    if not 0 <= tolerance < float("inf"):
-        raise UsageError(f"--tolerance must be a finite number of mm >= 0, not {tolerance}")
-    penalty = parse_missing_distance(missing_distance)
-    penalty_text = "nan" if penalty is None else f"{penalty:g}" if isinstance(penalty, float) else penalty
-    pairing = pair_files(pred, ref)
-    inputs = input_files([*(p for pair in pairing.pairs for p in (pair.prediction, pair.reference)),
-                          *pairing.unpaired_predictions, *pairing.unpaired_references])
-    outputs = [(path, option) for path, option in ((csv, "--csv"), (summary_csv, "--summary-csv")) if path]
-    for path, option in outputs:
-        refuse_overwriting_inputs(path, option, inputs)
-    if csv is not None and summary_csv is not None:
-        refuse_overwriting_inputs(summary_csv, "--summary-csv", [csv])
-    for path, _ in outputs:
-        check_output(path, overwrite)
-    for path in pairing.unpaired_references:
-        say(f"for reference {path}", label="no prediction", style="yellow")
-    targets: dict[Path, Pair | None] = {p.prediction: p for p in pairing.pairs}
-    targets.update(dict.fromkeys(pairing.unpaired_predictions))
-    if not targets:
-        raise UsageError(f"no prediction files in {pred}")
-
-    def process(case: Case) -> CaseOutcome:
-        pair = targets[case.path]
-        if pair is None:
-            raise InputError(f"no reference for this prediction in {ref}", case.path)
-        return CaseOutcome(details=evaluate_files(pair, wanted, tolerance, resample_pred, penalty))
-
-    console = stderr_console()
-
-    def on_record(record: Any) -> None:
-        if record.status == "failed":
-            console.print(message_text(record.error or "failed", label="failed", style="red"))
-
-    report = run_batch([Case(path) for path in sorted(targets)], process, debug=STATE.debug,
-                       on_record=on_record, log_error=lambda text: console.print(text, markup=False))
-    cases = []
-    for record in report.records:
-        prediction = Path(record.input)
-        pair = targets[prediction]
-        scores = record.details.get("scores", {})
-        identity = {"case": pair.case if pair else case_name(prediction, PREDICTION_SUFFIX),
-                    "prediction": record.input, "reference": str(pair.reference) if pair else None}
-        rows = [{**identity, "label": label, "empty": empty_masks(values),
-                 **{m: json_number(values[m]) for m in METRICS}, "tolerance_mm": tolerance,
-                 "missing_distance": penalty_text} for label, values in scores.items()]
-        cases.append({**identity, "status": record.status, "error": record.error, "seconds": record.seconds,
-                      "resampled": record.details.get("resampled", False),
-                      "spacing_mm": record.details.get("spacing"),
-                      "field_of_view_diagonal_mm": json_number(record.details.get("field_of_view_diagonal_mm")),
-                      "labels": rows})
-    rows = [row for case in cases for row in case["labels"]]
-    summary = summarise(r.details["scores"] for r in report.records if r.status == "ok")
-    if csv is not None:
-        _write_csv(rows, csv, overwrite, COLUMNS)
-    if summary_csv is not None:
-        _write_csv(summary_rows(summary, tolerance, penalty_text), summary_csv, overwrite, SUMMARY_COLUMNS)
-    document = {
-        "tolerance_mm": tolerance,
-        "missing_distance": penalty_text,
-        "conventions": CONVENTIONS,
-        "cases": cases,
-        "summary": {str(label): metrics for label, metrics in summary.items()},
-        "unpaired_references": [str(p) for p in pairing.unpaired_references],
-        "counts": report.summary(),
-        "exit_code": report.exit_code,
-    }
-    if as_json:
-        emit_json(document)
-    else:
-        _print_table(rows, summary, tolerance, penalty_text)
-        counts = report.summary()
-        say(f"evaluate: {counts['ok']} scored, {counts['failed']} failed of {counts['total']}")
-    raise typer.Exit(report.exit_code)
-
-
-CONVENTIONS = {
-    "both_empty": "every metric null; left out of every mean (counted in summary cases.both_empty)",
-    "one_empty": "dice, iou, surface_dice_voxel 0 (in the means); hd95_mm, asd_mm per missing_distance: nan = "
-                 "null and left out of the mean (counted as missing), else the penalty in mm (counted as "
-                 "penalised)",
-    "surface_dice_voxel": "MONAI compute_surface_dice: fraction of boundary voxels of both masks within "
-                          "tolerance_mm of the other boundary (voxel-counted, not area-weighted)",
-}
-"""How empty masks and the surface Dice are defined; printed in the JSON document so that it says so."""
-
-
-def summary_rows(summary: dict[int, dict[str, dict[str, Any]]], tolerance: float,
-                 missing_distance: str) -> list[dict[str, Any]]:
-    """The per-label summary as rows: one per label and metric, with the case counts repeated on each."""
-    rows = []
-    for label, stats in summary.items():
-        counts = stats["cases"]
-        for metric, values in stats.items():
-            if metric == "cases":
-                continue
-            rows.append({"label": label, "metric": metric, **values, "cases": counts["scored"],
-                         "empty_prediction": counts["empty_prediction"], "empty_reference": counts["empty_reference"],
-                         "both_empty": counts["both_empty"], "tolerance_mm": tolerance,
-                         "missing_distance": missing_distance})
-    return rows
-
-
-def summary_notes(summary: dict[int, dict[str, dict[str, Any]]], missing_distance: str) -> list[str]:
-    """One line per label saying how many cases each mean rests on and what was left out or penalised."""
-    notes = []
-    for label, stats in summary.items():
-        counts = stats["cases"]
-        line = (f"label {label}: {counts['scored']} cases, {counts['empty_prediction']} empty prediction, "
-                f"{counts['empty_reference']} empty reference, {counts['both_empty']} both empty (not in any "
-                f"mean); Dice/IoU/NSD mean of {stats['dice']['n']}; HD95/ASD mean of {stats['hd95_mm']['n']}")
-        missing, penalised = stats["hd95_mm"]["missing"], stats["hd95_mm"]["penalised"]
-        if missing:
-            line += (f", {missing} with one mask empty left out (NaN; --missing-distance worst|MM "
-                     "penalises them)")
-        if penalised:
-            what = "the field-of-view diagonal" if missing_distance == "worst" else f"{missing_distance} mm"
-            line += f", {penalised} with one mask empty counted as {what}"
-        notes.append(line)
-    return notes
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path, overwrite: bool, columns: tuple[str, ...]) -> None:
-    from mitk.io.atomic import atomic_path
-    from mitk.runner.outputs import write_csv
-
-    with atomic_path(path, overwrite=overwrite) as temporary:
-        write_csv(rows, temporary, list(columns))
-
-
-def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[str, Any]]],
-                 tolerance: float, missing_distance: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    columns = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
-               ("surface_dice_voxel", "NSD voxel", 4), ("reference_volume_ml", "Ref mL", 1),
-               ("predicted_volume_ml", "Pred mL", 1))
-    table = Table(box=None, pad_edge=False)
-    table.add_column("case", no_wrap=True)
-    table.add_column("label", justify="right")
-    table.add_column("empty")
-    for _, header, _ in columns:
-        table.add_column(header, justify="right", no_wrap=True)
-
-    def cells(values: dict[str, Any]) -> list[str]:
-        return ["—" if values[m] is None else f"{values[m]:.{digits}f}" for m, _, digits in columns]
-
-    for row in rows:
-        table.add_row(Text(str(row["case"])), str(row["label"]), "" if row["empty"] == "none" else row["empty"],
-                      *cells(row))  # case names are file names: never markup
-    table.add_section()
-    for label, stats in summary.items():
-        table.add_row("[bold]mean[/]", str(label), "", *cells({m: stats[m]["mean"] for m, _, _ in columns}))
-    console = Console(highlight=False)
-    console.print(table)
-    console.print(f"NSD voxel: fraction of boundary voxels within {tolerance:g} mm of the other boundary; "
-                  "—: undefined (both masks empty, or a distance with one mask empty)")
-    for note in summary_notes(summary, missing_distance):
-        console.print(note)
-
-
-from mitk.cli import evaluate_classify  # noqa: E402  (its command imports refuse_overwriting_inputs from here)
-from mitk.cli.evaluate_register import register as _register  # noqa: E402
-
-EVALUATE_VERBS: dict[Task, Callable[..., None]] = {Task.SEGMENT: segment, Task.CLASSIFY: evaluate_classify.classify,
-                                                  Task.DETECT: detect, Task.REGISTER: _register}
-"""The ``mitk evaluate <task>`` command of each task whose table row names an evaluation."""
-EPILOGS = {Task.CLASSIFY: evaluate_classify.EPILOG, Task.DETECT: DETECT_EPILOG}
-
-for _spec in iter_tasks():
-    if _spec.evaluation is not None:
-        app.command(_spec.name, epilog=EPILOGS.get(_spec.task, EPILOG))(EVALUATE_VERBS[_spec.task])
+def build_app() -> typer.Typer:
+    """The ``evaluate`` command group: one command per task with an evaluation."""
+    app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                      help="Evaluate predictions against references: label maps, classes, boxes, registrations.")
+    for spec in iter_tasks():
+        if spec.evaluation is None:
+            continue
+        body = partial(run_evaluation, spec)
+        doc = spec.evaluation_help or f"Evaluate {spec.name} results."
+        verb = command(spec.name, spec.evaluation_options, body, doc)
+        app.command(spec.name, epilog=spec.evaluation_epilog or None)(verb)
+    return app

@@ -18,7 +18,7 @@ def _rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
     registry = get_registry()
     plugins = [
-        {"name": e.name, "task": e.task.value, "version": e.version, "distribution": e.distribution,
+        {"name": e.name, "task": e.task, "version": e.version, "distribution": e.distribution,
          "status": "ok", "summary": e.summary, "source": e.source}
         for e in registry
     ]
@@ -69,7 +69,7 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
     config = plugin.default_config()
     settings = describe_settings(plugin)
     document = {
-        "name": entry.name, "task": entry.task.value, "version": entry.version,
+        "name": entry.name, "task": entry.task, "version": entry.version,
         "distribution": entry.distribution, "source": entry.source, "summary": entry.summary,
         "needs_weights": bool(getattr(plugin, "needs_weights", True)),
         "trainable": bool(getattr(plugin, "trainable", True)),
@@ -93,4 +93,4 @@ def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_js
              "description": row["help"] or "-"} for row in settings]
     typer.echo(plain_table(rows, ["setting", "default", "description"]))  # no wrapping: one line a setting
     console.print(f"[bold]missing methods[/]: {escape(', '.join(missing)) or 'none'}"
-                  + (f" (a {entry.task.value} plugin must implement them)" if missing else ""), soft_wrap=True)
+                  + (f" (a {entry.task} plugin must implement them)" if missing else ""), soft_wrap=True)

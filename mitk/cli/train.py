@@ -12,12 +12,6 @@ from mitk.cli.common import STATE, JsonOption, OverwriteOption, SetOption, emit_
 from mitk.errors import UsageError
 from mitk.taskspecs import TaskSpec, iter_tasks
 
-app = typer.Typer(
-    rich_markup_mode=None,
-    help="Train a plugin's network (writes best.safetensors for `mitk <task> --weights`).",
-    no_args_is_help=True,
-)
-
 TRAIN_EPILOG = ("Writes RUN/best.safetensors (best validation score), RUN/last.safetensors, "
                 "RUN/training_state.pt and RUN/split.json (for --resume), RUN/log.csv, RUN/log.json and "
                 "RUN/training_curve.png.")
@@ -38,7 +32,7 @@ def parse_patch_size(text: str | None) -> list[int] | None:
     return sides
 
 
-def parse_labels(text: str | None) -> dict[str, str] | None:
+def parse_label_names(text: str | None) -> dict[str, str] | None:
     """``"background,brain"`` → ``{"0": "background", "1": "brain"}``."""
     if text is None:
         return None
@@ -98,7 +92,7 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
         if patch_size is not None:
             overrides["patch_size"] = parse_patch_size(patch_size)
         if labels is not None:
-            overrides["labels"] = parse_labels(labels)
+            overrides["labels"] = parse_label_names(labels)
         if learning_rate is not None:
             if learning_rate <= 0:
                 raise UsageError("--lr must be positive")
@@ -161,6 +155,14 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
                       markup=False)
 
 
-for _spec in iter_tasks():
-    if _spec.trainable:
-        app.command(_spec.name, epilog=TRAIN_EPILOG)(_train_command(_spec))
+def build_app() -> typer.Typer:
+    """The ``train`` command group: one command per trainable task of the task table, with the same flags."""
+    app = typer.Typer(
+        rich_markup_mode=None,
+        help="Train a plugin's network (writes best.safetensors for `mitk <task> --weights`).",
+        no_args_is_help=True,
+    )
+    for spec in iter_tasks():
+        if spec.trainable:
+            app.command(spec.name, epilog=TRAIN_EPILOG)(_train_command(spec))
+    return app

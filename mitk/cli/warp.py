@@ -40,7 +40,7 @@ def warp(
     from mitk.io.nifti import is_nifti, write_nifti
     from mitk.io.reader import load_image, require_volume
     from mitk.io.transforms import read_transform
-    from mitk.runner.register import resample_through
+    from mitk.runner.resample import resample_through
 
     mode = interpolation or ("labels" if labels else "linear")
     if mode not in MODES:

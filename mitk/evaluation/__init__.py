@@ -1,1 +1,1 @@
-"""Scoring predictions against references: overlap and surface-distance metrics on the physical grid."""
+"""What every task's evaluation shares: the files it reads and the reports it writes."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mitk.errors import UsageError
 from mitk.io.atomic import split_suffix
-from mitk.taskspecs import derived_suffixes
 
 NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
-DERIVED_SUFFIXES = derived_suffixes()
-"""Stems mitk gives its image outputs (from the task table); inside a folder, ``a_seg.nii.gz`` beside
-``a.nii.gz`` is an output."""
 
 
 @dataclass(frozen=True)
@@ -29,17 +26,19 @@ class Case:
         return self.path.name if self.path.is_dir() else split_suffix(self.path)[0]
 
 
-def _nifti_files(directory: Path) -> list[Path]:
-    """NIfTI files below ``directory``, without mitk's own outputs written beside their inputs earlier."""
+def nifti_files(directory: Path, derived: Sequence[str] = ()) -> list[Path]:
+    """NIfTI files below ``directory``, without outputs written beside their inputs earlier: with ``derived``
+    (the suffixes of image outputs, :func:`mitk.taskspecs.derived_suffixes`), ``a_seg.nii.gz`` beside
+    ``a.nii.gz`` is left out."""
     found: set[Path] = set()
     for pattern in NIFTI_PATTERNS:
         found.update(p for p in directory.rglob(pattern) if p.is_file() and not p.name.startswith("."))
-    return sorted(p for p in found if not _is_derived(p, found))
+    return sorted(p for p in found if not _is_derived(p, found, derived))
 
 
-def _is_derived(path: Path, siblings: set[Path]) -> bool:
+def _is_derived(path: Path, siblings: set[Path], derived: Sequence[str]) -> bool:
     stem, suffix = split_suffix(path)
-    for marker in DERIVED_SUFFIXES:
+    for marker in derived:
         if stem.endswith(marker):
             original = stem[: -len(marker)]
             if any(path.with_name(original + ext) in siblings for ext in (suffix, ".nii", ".nii.gz")):
@@ -47,8 +46,8 @@ def _is_derived(path: Path, siblings: set[Path]) -> bool:
     return False
 
 
-def expand_inputs(arguments: list[str] | tuple[str, ...]) -> list[Case]:
-    """Turn arguments into cases, in order, without duplicates.
+def expand_inputs(arguments: Sequence[str], derived: Sequence[str] = ()) -> list[Case]:
+    """Turn arguments into cases, in order, without duplicates (``derived``: see :func:`nifti_files`).
 
     A directory holding NIfTI files stands for those files; any other directory is one DICOM input.
     An argument that does not exist but contains ``*``, ``?`` or ``[`` is expanded as a glob. Paths that
@@ -69,7 +68,7 @@ def expand_inputs(arguments: list[str] | tuple[str, ...]) -> list[Case]:
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            nifti = _nifti_files(path)
+            nifti = nifti_files(path, derived)
             if nifti:
                 for file in nifti:
                     add(file)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mitk.errors import InputError, UsageError
-from mitk.types import Image, ras_to_lps
+from mitk.image import Image, ras_to_lps
 
 ImageLike = Any
 """What the Python API accepts as an image: a path (``str`` or ``os.PathLike``), an :class:`Image`, a nibabel

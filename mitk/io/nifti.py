@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 
 from mitk.errors import InputError, MitkError
+from mitk.image import Image
 from mitk.io.limits import allocate, array_bytes, check_image_bytes
-from mitk.types import Image
 
 LOG = logging.getLogger("mitk.io.nifti")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

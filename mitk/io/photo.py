@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mitk.errors import InputError
-from mitk.types import Image
+from mitk.image import Image
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 PHOTO_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])

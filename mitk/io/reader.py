@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from mitk.errors import InputError
+from mitk.image import Image
 from mitk.io.nifti import is_nifti, read_nifti
 from mitk.io.photo import is_photo, read_photo
-from mitk.types import Image
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip")
 

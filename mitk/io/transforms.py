@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mitk.errors import InputError
-from mitk.types import Image
+from mitk.image import Image
 
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 """RAS ↔ LPS (its own inverse)."""

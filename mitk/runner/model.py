@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,13 @@ from typing import Any
 import torch
 
 from mitk.checkpoint import Checkpoint, load_checkpoint
-from mitk.enums import Task
+from mitk.enums import Task, task_name
 from mitk.errors import CheckpointError, PluginError, UsageError
+from mitk.plugin import TaskPlugin
 from mitk.plugin_manager import get_registry
 from mitk.runner.cpu_kernels import apply_cpu_kernels
 from mitk.settings import check_overrides, check_saved_config, settings_errors
-from mitk.tasks import TaskPlugin
+from mitk.taskspecs import get_task
 
 INFERENCE_PIECES = ("inference_transforms", "labels", "class_names", "inferer", "postprocess")
 """The plugin methods that turn the config into the pieces a task runner uses (those a plugin has)."""
@@ -26,7 +28,7 @@ class LoadedModel:
     """A plugin with its resolved configuration and (if it has one) its network in eval mode."""
 
     name: str
-    task: Task
+    task: Task | str
     plugin: TaskPlugin
     config: dict[str, Any]
     network: torch.nn.Module | None
@@ -49,14 +51,14 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
+def load_model(task: Any, plugin: str | None, weights: str | Path | None,
                overrides: dict[str, Any] | None = None, device: str | None = None) -> LoadedModel:
     """Load the plugin named by ``plugin`` or by the checkpoint, apply the weights, and return it."""
-    task = Task(task)
+    task = task_name(get_task(task).name)
     checkpoint: Checkpoint | None = load_checkpoint(weights) if weights else None
     if checkpoint is not None and checkpoint.self_describing:
-        if checkpoint.task != task.value:
-            raise CheckpointError(f"checkpoint is for the {checkpoint.task} task, not {task.value}", weights)
+        if checkpoint.task != task:
+            raise CheckpointError(f"checkpoint is for the {checkpoint.task} task, not {task}", weights)
         if plugin and plugin != checkpoint.plugin:
             raise CheckpointError(f"checkpoint was trained with plugin {checkpoint.plugin!r}, "
                                   f"not {plugin!r} (omit --plugin to use it)", weights)
@@ -71,7 +73,7 @@ def load_model(task: Task | str, plugin: str | None, weights: str | Path | None,
     network = None
     if checkpoint is None and instance.needs_weights:
         raise PluginError(f"plugin {plugin!r} needs trained weights: give --weights FILE "
-                          f"(train one with `mitk train {task.value} --plugin {plugin}`)")
+                          f"(train one with `mitk train {task} --plugin {plugin}`)")
     with settings_errors(plugin, overrides, checkpoint=weights if checkpoint else None):
         config = instance.resolve_config(saved, overrides)
         try:
@@ -116,3 +118,48 @@ def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tup
     unexpected = [k for k in state if k not in own]
     unexpected += [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
     return missing, unexpected
+
+
+def resolve_task(plugin: str | None, weights: str | Path | None, task: Any = None) -> str:
+    """The task to load for: as given, else the plugin's, else the one the checkpoint names."""
+    if task is not None:
+        return get_task(task).name
+    if plugin:
+        return get_registry().get(plugin).task
+    if weights:
+        described = checkpoint_task(Path(weights))
+        if described is None:
+            raise UsageError("the checkpoint does not say which plugin made it: give the plugin name "
+                             "(mitk.load(\"unet\", weights=...))", weights)
+        return get_task(described).name
+    raise UsageError("give a plugin name or weights= (a mitk checkpoint names its plugin)")
+
+
+def checkpoint_task(path: Path) -> str | None:
+    """The task a mitk checkpoint was trained for, read from its metadata only (the tensors load later)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("task"):
+            return str(metadata["task"])
+    except Exception:  # not readable this way: load_checkpoint gives the one-line reason
+        pass
+    return load_checkpoint(path).task
+
+
+def nested_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{"a.b": 1}`` → ``{"a": {"b": 1}}``; nested mappings are kept as they are."""
+    nested: dict[str, Any] = {}
+    for key, value in (settings or {}).items():
+        if not isinstance(key, str) or not all(part.strip() for part in key.split(".")):
+            raise UsageError(f"setting {key!r}: keys are names, with dots to reach nested keys (a.b)")
+        *parents, last = key.split(".")
+        target = nested
+        for depth, part in enumerate(parents):
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"setting {key!r}: {'.'.join(parents[: depth + 1])} was set to a value already")
+        target[last] = dict(value) if isinstance(value, Mapping) else value
+    return nested

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitk.types import Image
+from mitk.image import Image
 
 
 def to_meta_tensor(image: Image) -> Any:

@@ -20,11 +20,11 @@ import torch
 from monai.transforms import MapTransform
 
 from mitk.errors import GeometryError, InputError
+from mitk.image import Image
 from mitk.io.atomic import split_suffix
 from mitk.io.nifti import is_nifti
 from mitk.io.reader import load_image, require_volume
 from mitk.runner.tensors import to_meta_tensor
-from mitk.types import Image
 
 VALIDATION_FRACTION = 0.2
 AFFINE_TOLERANCE_MM = 1e-3

@@ -4,7 +4,7 @@ The loop owns what all tasks share: seeding, data loaders, the optimiser and its
 precision on CUDA, validation every N epochs, the best/last checkpoints, the resumable training state and
 the epoch log. What is particular to a task (how a batch becomes a loss, how a validation set becomes
 metrics) lives in a small :class:`~mitk.training.recipe.TrainingStep` strategy, e.g.
-:class:`mitk.training.segment.SegmentationStep`. The optimiser and the learning-rate schedule come from the
+:class:`mitk.tasks.segment.recipe.SegmentationStep`. The optimiser and the learning-rate schedule come from the
 plugin's configuration (``optimizer`` and ``schedule``; AdamW with cosine decay unless it says otherwise).
 
 Files written to the run folder::
@@ -36,7 +36,7 @@ import torch
 
 from mitk.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_state_load, training_state_save
 from mitk.errors import MitkError, UsageError
-from mitk.tasks import TaskPlugin
+from mitk.plugin import TaskPlugin
 from mitk.training.distributed import (
     GlobalBatchSampler,
     World,

@@ -1,7 +1,7 @@
 """What a task brings to the one training engine: its recipe and its training step.
 
 A :class:`TrainingRecipe` is a task's part of training, named in the task table
-(:data:`mitk.taskspecs.TASKS`): the datalist schema and how a case is read, the settings found from the data
+(its ``recipe``, :mod:`mitk.taskspec`): the datalist schema and how a case is read, the settings found from the data
 (channels, label or class names), the default :class:`TrainingStep`, and the collate function. Everything
 else — seeding, loaders, optimiser and schedule, mixed precision, validation cadence, best/last checkpoints,
 resume, logs — is the engine's (:mod:`mitk.training.loop`, :mod:`mitk.training.train`), shared by all tasks.
@@ -14,41 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mitk.enums import Task
+from mitk.plugin import TrainingStep
 
 if TYPE_CHECKING:
-    import torch
 
-    from mitk.tasks import TaskPlugin
+    from mitk.plugin import TaskPlugin
     from mitk.training.data import Datalist
 
-Direction = Literal["max", "min"]
-
-
-class TrainingStep(Protocol):
-    """The task-specific part of one training iteration and of validation."""
-
-    monitor: str
-    """The validation metric that picks ``best.safetensors``."""
-    mode: Direction
-    """``"max"`` when a higher :attr:`monitor` is better (Dice, AUC), ``"min"`` when lower is (TRE, loss)."""
-    # Optional: ``tie_break = "loss"`` names a validation metric, lower is better, that decides between epochs
-    # whose :attr:`monitor` is equal (a saturated AUC of 1.0); without it the first such epoch is kept.
-
-    def loss(self, network: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-        """The loss of one training batch (called under autocast when AMP is on)."""
-
-    def validate(self, network: torch.nn.Module, loader: Any, device: torch.device,
-                 autocast: Callable[[], Any]) -> dict[str, float]:
-        """Metrics over the validation set, including :attr:`monitor`."""
 
 
 class TrainingRecipe:
     """A task's part of training. Subclass it per task and name the subclass in the task table."""
 
-    task: ClassVar[Task]
+    task: ClassVar[str]
 
     def read_datalist(self, source: Path, *, seed: int, validation_fraction: float) -> Datalist:
         """Read the training data description; hold out a seeded validation set when none is given."""

@@ -3,7 +3,7 @@
 Each plugin hands the core MONAI pieces only: dictionary transforms, a network, the loss, and the layer
 Grad-CAM reads. Images arrive channel first with 2 or 3 spatial axes (``spatial_dims``, found from the
 training data and saved in the checkpoint); MONOCHROME1 radiographs are already inverted by the core
-(:func:`mitk.runner.classify.network_input`). Preprocessing is the same in training, validation and
+(:func:`mitk.tasks.classify.runner.network_input`). Preprocessing is the same in training, validation and
 inference: resize (or centre crop/pad) to ``image_size``, then intensity normalisation; training adds
 augmentations suited to the dimension.
 """

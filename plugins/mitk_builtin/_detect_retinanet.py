@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from mitk.errors import PluginError, UsageError
+from mitk.image import map_box_extents
 from mitk.tasks import DetectionPlugin, Transform
-from mitk.types import map_box_extents
 
 
 def _inert_torchvision_placeholders() -> None:
@@ -189,7 +189,7 @@ class RetinaNetTrainingStep:
     @torch.no_grad()
     def validate(self, network: torch.nn.Module, loader: Any, device: torch.device,
                  autocast: Callable[[], Any]) -> dict[str, float]:
-        from mitk.evaluation.detection import CaseBoxes, coco_metrics, froc
+        from mitk.tasks.detect.evaluation import CaseBoxes, coco_metrics, froc
 
         network.eval()
         predictions, references = [], []

@@ -1,4 +1,4 @@
-"""DICOM input: list the series in a file, folder or zip, and read one as an :class:`~mitk.types.Image`.
+"""DICOM input: list the series in a file, folder or zip, and read one as an :class:`~mitk.image.Image`.
 
 ``read_dicom(path)`` returns ``Image.array[i, j, k]`` = column ``i``, row ``j`` of slice ``k`` (ITK order),
 slices ordered along the slice normal, and ``Image.affine`` = voxel → RAS mm. A 2-D image without a
@@ -15,12 +15,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError
+from mitk.image import Image, orientation_code, ras_to_lps
 from mitk.io.dicom.pixels import FrameRef
 from mitk.io.dicom.series import SeriesInfo, SeriesListing, SliceRecord, list_series, select_series
 from mitk.io.dicom.sidecar import summarize
 from mitk.io.dicom.source import DicomSource
 from mitk.io.dicom.volume import assemble, resample_stack
-from mitk.types import Image, orientation_code, ras_to_lps
 
 __all__ = ["DicomSource", "SeriesInfo", "SeriesListing", "list_series", "read_dicom", "read_series"]
 

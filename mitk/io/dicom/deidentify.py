@@ -25,7 +25,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 
-from mitk import __version__
+from mitk.constants import __version__
 
 DUMMY_DATE = "20000101"
 """The dummy value of dates with action ``D`` (never a real date of the patient's)."""

@@ -138,7 +138,7 @@ def sidecar_document(summary: dict[str, Any], include_descriptions: bool = False
 
     The descriptions (:data:`DESCRIPTION_KEYWORDS`) pass only with ``include_descriptions``.
     """
-    from mitk import __version__
+    from mitk.constants import __version__
 
     allowed = frozenset(DESCRIPTION_KEYWORDS) if include_descriptions else frozenset()
     document = {key: value for key, value in summary.items() if key not in FORBIDDEN_KEYWORDS - allowed}

@@ -1,4 +1,4 @@
-"""What a DICOM-derived :class:`~mitk.types.Image` remembers about its source series.
+"""What a DICOM-derived :class:`~mitk.image.Image` remembers about its source series.
 
 The voxel array of a DICOM volume is indexed ``array[i, j, k]`` = column ``i``, row ``j`` of slice ``k``
 (the same order as ITK/SimpleITK: x fastest along a row). ``files[k]`` / ``headers[k]`` describe slice

@@ -1,0 +1,167 @@
+"""The classify task's command bodies: what ``mitk classify`` runs (:func:`prepare`: a results table and
+``--csv``) and ``mitk evaluate classify`` (:func:`evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mitk.console import STATE, emit_json, say
+from mitk.errors import UsageError
+from mitk.evaluation.outputs import write_table
+from mitk.taskspec import VerbPlan
+
+PROBABILITY_PREFIX = "prob_"
+
+
+def prepare(values: dict[str, Any]) -> VerbPlan:
+    """``mitk classify``: with ``--csv``, the rows of every classified input are written after the batch (and a
+    table printed for people)."""
+    from mitk.io.atomic import check_output
+    from mitk.io.inputs import expand_inputs
+    from mitk.taskspecs import derived_suffixes
+
+    threshold, csv, overwrite = values["threshold"], values["csv"], values["overwrite"]
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise UsageError("--threshold must lie between 0 and 1")
+    if csv is not None:
+        if values["shard"] is not None:  # each shard would write (or replace) the one file with its own rows only
+            raise UsageError("--csv writes one file for the whole batch and cannot be split over --shard; "
+                             "use --manifest per shard (each record holds the probabilities) and "
+                             "mitk manifest merge")
+        cases = expand_inputs(values["inputs"], derived_suffixes())
+        check_output(csv, overwrite, inputs=tuple(case.path for case in cases))
+    rows: list[dict[str, Any]] = []
+
+    def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
+        if record.status == "ok":
+            rows.append({"input": record.input, "predicted": record.details["predicted"],
+                         **{PROBABILITY_PREFIX + name: p for name, p in record.details["probabilities"].items()}})
+
+    def finish() -> None:
+        if csv is not None and rows:
+            _write_csv(rows, csv, overwrite)
+        if rows and not values["as_json"] and not STATE.quiet:
+            _print_rows(rows)
+
+    return VerbPlan(values["inputs"], {name: values[name] for name in ("multi_label", "threshold", "explain")},
+                    on_record=collect, finish=finish)
+
+
+def evaluate(pred: Path, ref: Path, csv: Path | None = None, confusion_png: Path | None = None,
+             bins: int = 15, multi_label: bool | None = None, as_json: bool = False, overwrite: bool = False) -> int:
+    """Accuracy, balanced accuracy, per-class sensitivity, specificity, PPV and one-vs-rest ROC AUC, the
+    confusion matrix and the expected calibration error; multi-label predictions (a;b) one class at a time,
+    with exact match and Hamming accuracy."""
+    from mitk.evaluation.outputs import refuse_overwriting_inputs
+    from mitk.io.atomic import atomic_path, check_output
+    from mitk.tasks.classify.evaluation import (
+        CSV_COLUMNS,
+        confusion_picture,
+        evaluate_files,
+        json_ready,
+        per_class_rows,
+    )
+
+    if bins < 1:
+        raise UsageError("--bins must be at least 1")
+    outputs = [(path, option) for path, option in ((csv, "--csv"), (confusion_png, "--confusion-png")) if path]
+    for path, option in outputs:
+        refuse_overwriting_inputs(path, option, [pred, ref])
+    if csv is not None and confusion_png is not None:
+        refuse_overwriting_inputs(confusion_png, "--confusion-png", [csv])
+    for path, _ in outputs:
+        check_output(path, overwrite)
+    metrics, pairing = evaluate_files(pred, ref, bins=bins, multi_label=multi_label)
+    if confusion_png is not None and "confusion" not in metrics:
+        raise UsageError("--confusion-png: multi-label predictions have no confusion matrix")
+    for paths, what in ((pairing.unpaired_predictions, "prediction(s) without a reference"),
+                        (pairing.unpaired_references, "reference(s) without a prediction (not scored)")):
+        if paths:
+            more = f", … ({len(paths) - 3} more)" if len(paths) > 3 else ""
+            say(f"[yellow]{len(paths)} {what}[/]: {', '.join(paths[:3])}{more}")
+    if csv is not None:
+        from mitk.runner.outputs import write_csv
+
+        with atomic_path(csv, overwrite=overwrite) as temporary:
+            write_csv(per_class_rows(metrics), temporary, CSV_COLUMNS)
+    if confusion_png is not None:
+        with atomic_path(confusion_png, overwrite=overwrite) as temporary:
+            confusion_picture(metrics["confusion"], metrics["classes"]).save(temporary, format="PNG")
+    document = {**json_ready(metrics), "paired": len(pairing.predictions),
+                "unpaired_predictions": pairing.unpaired_predictions,
+                "unpaired_references": pairing.unpaired_references}
+    if as_json:
+        emit_json(document)
+    elif not STATE.quiet:
+        _print(metrics)
+    return 0
+
+
+def _print(metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def number(value: float) -> str:
+        return "—" if value != value else f"{value:.4f}"
+
+    console = Console(highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("class", "support", "sensitivity", "specificity", "PPV", "AUC"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, values in metrics["per_class"].items():
+        table.add_row(name, str(values["support"]), number(values["sensitivity"]), number(values["specificity"]),
+                      number(values["ppv"]), number(values["auc"]))
+    console.print(table)
+    if metrics.get("multi_label"):
+        console.print(f"cases {metrics['cases']} (multi-label): exact match {number(metrics['exact_match'])}, "
+                      f"Hamming accuracy {number(metrics['hamming_accuracy'])}, balanced accuracy "
+                      f"{number(metrics['balanced_accuracy'])}, macro AUC {number(metrics['macro_auc'])}")
+        return
+    console.print("confusion matrix (rows: reference, columns: predicted)")
+    confusion = Table(box=None, pad_edge=False)
+    confusion.add_column("")
+    for name in metrics["classes"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(metrics["classes"], metrics["confusion"], strict=True):
+        confusion.add_row(name, *map(str, row))
+    console.print(confusion)
+    console.print(f"cases {metrics['cases']}: accuracy {number(metrics['accuracy'])}, balanced accuracy "
+                  f"{number(metrics['balanced_accuracy'])}, macro AUC {number(metrics['macro_auc'])}, "
+                  f"ECE {number(metrics['ece'])} ({metrics['ece_bins']} bins)")
+
+
+def _relative(path: Path, csv: Path) -> str:
+    """The input as the CSV names it: relative to the CSV's folder (so the CSV can move with the images),
+    absolute when it lies on another drive."""
+    import os
+
+    try:
+        return os.path.relpath(path.resolve(), csv.resolve().parent)
+    except ValueError:
+        return str(path.resolve())
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    names = list(dict.fromkeys(key for row in rows for key in row if key.startswith(PROBABILITY_PREFIX)))
+    return ["input", "predicted", *names]
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path, overwrite: bool) -> None:
+    write_table([{**row, "input": _relative(Path(row["input"]), path)} for row in rows], path, overwrite,
+                _columns(rows))
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = _columns(rows)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("input", overflow="fold")
+    table.add_column("predicted")
+    for column in columns[2:]:
+        table.add_column(column[len(PROBABILITY_PREFIX):], justify="right")
+    for row in rows:
+        table.add_row(row["input"], row["predicted"], *(f"{row[c]:.4f}" if c in row else "" for c in columns[2:]))
+    Console(highlight=False).print(table)

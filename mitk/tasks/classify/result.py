@@ -1,0 +1,44 @@
+"""The classification result: per-class probabilities for one image, and its JSON record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mitk.results import RecordFiles
+
+
+@dataclass
+class ClassificationResult(RecordFiles):
+    """Per-class probabilities for one image."""
+
+    class_names: list[str]
+    probabilities: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != len(self.probabilities):
+            raise ValueError("class_names and probabilities differ in length")
+
+    @property
+    def predicted_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def predicted(self) -> str:
+        return self.class_names[self.predicted_index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predicted": self.predicted,
+            "probabilities": {n: round(float(p), 6) for n, p in zip(self.class_names, self.probabilities, strict=True)},
+        }
+
+    def record(self) -> dict[str, Any]:
+        """``{"predicted": name, "probabilities": {name: p}}``."""
+        return self.to_dict()
+
+    def to_numpy(self) -> np.ndarray:
+        """The probabilities, one per class, in the order of ``class_names``."""
+        return np.asarray(self.probabilities, dtype=np.float64)

@@ -1,0 +1,151 @@
+"""Detection: one image in, boxes in voxel indices and world millimetres out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mitk.image import Image, map_box_extents
+from mitk.runner.batch import CaseJob
+from mitk.runner.geometry import voxel_map
+from mitk.runner.model import LoadedModel
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tensors import to_meta_tensor
+from mitk.tasks.detect.plugin import DetectionPlugin
+from mitk.tasks.detect.result import DetectionResult
+
+CSV_COLUMNS = ["label", "name", "score", "i0", "j0", "k0", "i1", "j1", "k1", "x0_mm", "y0_mm", "z0_mm", "x1_mm",
+               "y1_mm", "z1_mm", "centre_i", "centre_j", "centre_k", "centre_x_mm", "centre_y_mm", "centre_z_mm",
+               "size_i_mm", "size_j_mm", "size_k_mm", "coordinate_system"]
+PREVIEW_BOXES = 8
+"""The preview shows the slices through the centres of at most this many boxes (highest scores)."""
+
+
+def boxes_to_input_grid(boxes: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
+    """Map ``(i0, j0, k0, i1, j1, k1)`` boxes from the network grid to the input grid (enclosing box)."""
+    extents = map_box_extents(boxes, voxel_map(target_affine, source_affine))  # source voxel -> target voxel
+    return extents + 0.5  # extent edges back to (inclusive start, exclusive end) indices
+
+
+class DetectionRunner:
+    def __init__(self, model: LoadedModel, coordinate_system: str = "RAS") -> None:
+        if not isinstance(model.plugin, DetectionPlugin):
+            raise TypeError("DetectionRunner needs a detection plugin")
+        self.model = model
+        self.plugin: DetectionPlugin = model.plugin
+        self.labels = self.plugin.labels(model.config)
+        self.preprocess = self.plugin.inference_transforms(model.config)
+        self.coordinate_system = coordinate_system
+
+    @torch.inference_mode()
+    def __call__(self, image: Image) -> DetectionResult:
+        data = self.preprocess({"image": to_meta_tensor(image)})
+        network_input = data["image"]
+        boxes, scores, labels = self.plugin.detect(network_input, self.model.network, self.model.config)
+        boxes = boxes_to_input_grid(np.asarray(boxes), np.asarray(network_input.affine, float), image.affine)
+        return DetectionResult(boxes_voxel=boxes, affine=image.affine, scores=np.asarray(scores, float),
+                               labels=np.asarray(labels, int), label_names=self.labels,
+                               coordinate_system=self.coordinate_system)
+
+
+def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The box records of :meth:`DetectionResult.to_dicts` as flat CSV rows (:data:`CSV_COLUMNS`)."""
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {key: record[key] for key in ("label", "name", "score", "coordinate_system")}
+        row.update(zip(CSV_COLUMNS[3:9], record["box_voxel"], strict=True))
+        row.update(zip(CSV_COLUMNS[9:15], record["box_world_mm"], strict=True))
+        row.update(zip(CSV_COLUMNS[15:18], record["centre_voxel"], strict=True))
+        row.update(zip(CSV_COLUMNS[18:21], record["centre_world_mm"], strict=True))
+        row.update(zip(CSV_COLUMNS[21:24], record["size_mm"], strict=True))
+        rows.append(row)
+    return rows
+
+
+def box_masks(result: DetectionResult, shape: tuple[int, int, int], limit: int = PREVIEW_BOXES) -> list[np.ndarray]:
+    """One label map per box (highest scores first): the box's voxels set to its label."""
+    masks = []
+    for index in np.argsort(-np.asarray(result.scores))[:limit]:
+        box = np.asarray(result.boxes_voxel, float).reshape(-1, 6)[index]
+        start = np.clip(np.floor(box[:3]), 0, np.array(shape) - 1).astype(int)
+        stop = np.clip(np.ceil(box[3:]), start + 1, np.array(shape)).astype(int)
+        mask = np.zeros(shape, dtype=np.int64)
+        mask[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = int(result.labels[index])
+        masks.append(mask)
+    return masks
+
+
+def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
+                    allow_resample: bool = False, csv: bool = False, preview: bool = False,
+                    output_format: str = "json", coordinate_system: str = "RAS", deidentify: bool = False) -> CaseJob:
+    """``process(case) -> CaseOutcome``: the boxes as a JSON record; written to ``<stem>_boxes.json`` with
+    ``-o``/``--output-dir`` or whenever a file-only output (``csv``, ``preview``, a DICOM SR) is asked for."""
+    import contextlib
+    from pathlib import Path
+
+    from mitk.io.atomic import atomic_path
+    from mitk.io.reader import load_image, require_volume
+    from mitk.results import record_text
+    from mitk.runner.batch import CaseOutcome
+    from mitk.runner.outputs import sibling, write_csv
+
+    runner = DetectionRunner(model, coordinate_system=coordinate_system)
+    sr = output_format == "dicom-sr"
+    writes = policy.output is not None or policy.output_dir is not None or csv or preview or sr
+
+    def process(case: Any) -> CaseOutcome:
+        target = None
+        companions: dict[str, Path] = {}
+        if writes:
+            target = policy.target(case, "_boxes", ".dcm" if sr else ".json")
+            if policy.should_skip(target, case):
+                return CaseOutcome(output=target, skipped=True)
+            if csv:
+                companions["csv"] = sibling(target, "", ".csv")
+            if preview:
+                companions["preview"] = sibling(target, "_preview", ".png")
+            if sr:
+                companions["json"] = sibling(target, "", ".json")
+            for path in companions.values():
+                policy.check_companion(path, case)
+        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
+        if sr and "dicom" not in image.meta:
+            from mitk.errors import UsageError
+
+            raise UsageError("--format dicom-sr needs a DICOM input", case.path)
+        result = runner(image)
+        records = result.to_dicts()
+        details: dict[str, Any] = result.record()  # what the Python API's result.save() writes too
+        if target is not None:
+            inputs = policy.inputs_for(case)
+            with contextlib.ExitStack() as outputs:  # all of a case's files or none; the main one last
+                def temporary(path: Path) -> Path:
+                    overwrite = policy.overwrite if path == target else policy.companion_overwrite
+                    return outputs.enter_context(atomic_path(path, overwrite=overwrite, inputs=inputs))
+
+                document = record_text(case.path, details)
+                if sr:
+                    from mitk.tasks.detect.dicom_sr import write_detection_sr
+
+                    write_detection_sr(result, image, temporary(target), plugin_name=model.name,
+                                       deidentify=deidentify)
+                else:
+                    temporary(target).write_text(document, encoding="utf-8")
+                if "json" in companions:
+                    temporary(companions["json"]).write_text(document, encoding="utf-8")
+                if "csv" in companions:
+                    write_csv(csv_rows(records), temporary(companions["csv"]), CSV_COLUMNS)
+                if "preview" in companions:
+                    from mitk.preview import save_training_preview
+
+                    masks = box_masks(result, image.spatial_shape) or [np.zeros(image.spatial_shape, np.int64)]
+                    names = [f"{r['name']} {r['score']:.2f}" for r in
+                             sorted(records, key=lambda r: -r["score"])[:PREVIEW_BOXES]] or ["no boxes"]
+                    save_training_preview([(image, mask) for mask in masks], runner.labels,
+                                          temporary(companions["preview"]), names=names)
+            details.update({k: str(v) for k, v in companions.items()})
+        return CaseOutcome(output=target, details=details)
+
+    return process

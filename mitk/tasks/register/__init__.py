@@ -1,0 +1,2 @@
+"""The register task (registration): its row of the task table (``task``), plugin base, result, runner, training recipe,
+evaluation and command bodies."""

@@ -1,0 +1,195 @@
+"""Registration: a fixed and a moving image in; a transform and the moving image on the fixed grid out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mitk.errors import PluginError
+from mitk.image import Image
+from mitk.runner.batch import CaseJob
+from mitk.runner.model import LoadedModel
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.resample import resample_through, warp
+from mitk.tasks.register.plugin import RegistrationPlugin
+from mitk.tasks.register.result import RegistrationResult, write_transform, write_warped
+
+
+def takes_masks(plugin: RegistrationPlugin) -> bool:
+    """Whether the plugin's ``register`` accepts the ``fixed_mask=`` and ``moving_mask=`` keywords (plugins
+    written before masks existed do not, and keep working without them)."""
+    import inspect
+
+    if plugin.is_learned():
+        return False
+    parameters = inspect.signature(plugin.register).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    return all(name in parameters and parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+               for name in ("fixed_mask", "moving_mask"))
+
+
+def mask_on(mask: Image, image: Image, role: str) -> Image:
+    """``mask`` on ``image``'s grid as a 0/1 ``uint8`` label image: as it is when it shares the grid, else
+    resampled nearest-neighbour by world position. An empty mask, or one that misses the image, is refused."""
+    from mitk.errors import InputError
+    from mitk.io.reader import as_volume_array
+
+    array = as_volume_array(np.asarray(mask.array))
+    if array.ndim != 3:
+        raise InputError(f"{role} mask must be a 3-D label image, got shape {array.shape}", mask.path)
+    if not np.any(array):
+        raise InputError(f"{role} mask is empty (no non-zero voxel)", mask.path)
+    if array.shape == image.spatial_shape and np.allclose(mask.affine, image.affine, atol=1e-4):
+        inside = array != 0
+    else:
+        indicator = Image(array=(array != 0).astype(np.float32), affine=mask.affine, path=mask.path)
+        inside = resample_through(indicator, image, lambda world: world, mode="nearest") > 0.5
+        if not inside.any():
+            raise InputError(f"{role} mask does not overlap the {role} image", mask.path)
+    return Image(array=inside.astype(np.uint8), affine=image.affine, path=mask.path)
+
+
+class RegistrationRunner:
+    """Aligns moving images to fixed ones with a loaded registration model (classical or learned).
+
+    ``fixed_mask`` and ``moving_mask`` (label images or paths; any non-zero voxel is inside) restrict the
+    plugin's metric, for plugins whose ``register`` takes them; a mask on another grid than its image is
+    resampled onto it (nearest neighbour, by world position).
+    """
+
+    def __init__(self, model: LoadedModel, fixed_mask: Any = None, moving_mask: Any = None) -> None:
+        if not isinstance(model.plugin, RegistrationPlugin):
+            raise TypeError("RegistrationRunner needs a registration plugin")
+        self.model = model
+        self.plugin: RegistrationPlugin = model.plugin
+        self.learned = self.plugin.is_learned()
+        if self.learned and model.network is None:
+            raise PluginError(f"plugin {model.name!r} neither overrides register() nor has a network")
+        if (fixed_mask is not None or moving_mask is not None) and not takes_masks(self.plugin):
+            raise PluginError(f"plugin {model.name!r} does not take masks (its register() has no fixed_mask= "
+                              "and moving_mask= keywords)")
+        from mitk.io.memory import as_image
+
+        self.fixed_mask = None if fixed_mask is None else as_image(fixed_mask)
+        self.moving_mask = None if moving_mask is None else as_image(moving_mask)
+        self.preprocess = self.plugin.inference_transforms(model.config) if self.learned else None
+
+    def __call__(self, fixed: Image, moving: Image) -> RegistrationResult:
+        """Register ``moving`` to ``fixed``; ``metrics`` holds the plugin's report (final similarity, iterations
+        per level …) and the seconds the registration took."""
+        import time
+
+        masks: dict[str, Image] = {}
+        if self.fixed_mask is not None:
+            masks["fixed_mask"] = mask_on(self.fixed_mask, fixed, "fixed")
+        if self.moving_mask is not None:
+            masks["moving_mask"] = mask_on(self.moving_mask, moving, "moving")
+        started = time.perf_counter()
+        matrix: np.ndarray | None
+        displacement: np.ndarray | None
+        report: dict[str, Any] = {}
+        if self.learned:
+            matrix, displacement = None, self.learned_displacement(fixed, moving)
+        else:
+            outcome = self.plugin.register(fixed, moving, self.model.network, self.model.config, **masks)
+            matrix, displacement = outcome[0], outcome[1]
+            if len(outcome) > 2:
+                report = dict(outcome[2])
+        report["seconds"] = round(time.perf_counter() - started, 3)
+        array = warp(moving, fixed, matrix, displacement)
+        if moving.array.dtype.kind in "iu":
+            array = np.rint(array).astype(moving.array.dtype)
+        warped = Image(array=array, affine=fixed.affine, path=None, meta=dict(fixed.meta))
+        return RegistrationResult(warped=warped, matrix=matrix, displacement=displacement, metrics=report)
+
+    @torch.inference_mode()
+    def learned_displacement(self, fixed: Image, moving: Image) -> np.ndarray:
+        """The network's displacement, as ``(I, J, K, 3)`` RAS millimetres on the fixed grid.
+
+        The moving image is first sampled on the fixed grid (world coordinates unchanged), so both pass through
+        the same spatial preprocessing onto one network grid; a displacement of ``d`` network voxels there is
+        ``A[:3, :3] @ d`` millimetres in the world, resampled (trilinear) onto the fixed grid.
+        """
+        from mitk.runner.geometry import to_input_grid
+        from mitk.runner.tensors import network_batch, to_meta_tensor
+
+        assert self.preprocess is not None and self.model.network is not None
+        on_fixed_grid = Image(array=warp(moving, fixed, None), affine=fixed.affine)
+        fixed_input = self.preprocess({"image": to_meta_tensor(fixed)})["image"]
+        moving_input = self.preprocess({"image": to_meta_tensor(on_fixed_grid)})["image"]
+        network_affine = np.asarray(fixed_input.affine, dtype=np.float64)
+        if moving_input.shape != fixed_input.shape or not np.allclose(
+                np.asarray(moving_input.affine, dtype=np.float64), network_affine, atol=1e-4):
+            raise PluginError(f"plugin {self.model.name!r}: its transforms put the fixed and moving images on "
+                              "different grids (use deterministic spatial transforms)")
+        device = self.model.device
+        ddf = self.plugin.predict_displacement(self.model.network, network_batch(fixed_input, device),
+                                               network_batch(moving_input, device), self.model.config)
+        spatial = tuple(int(n) for n in fixed_input.shape[1:])
+        if tuple(ddf.shape) != (1, 3, *spatial):
+            raise PluginError(f"plugin {self.model.name!r} gave a displacement of shape {tuple(ddf.shape)}, "
+                              f"expected {(1, 3, *spatial)}")
+        linear = torch.as_tensor(network_affine[:3, :3], dtype=torch.float32)
+        millimetres = torch.einsum("ij,j...->i...", linear, ddf[0].float().cpu())
+        field = to_input_grid(millimetres, network_affine, fixed.affine, fixed.spatial_shape)
+        return np.ascontiguousarray(np.moveaxis(np.asarray(field, dtype=np.float64), 0, -1))
+
+
+def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path, *,
+                      transform: Path | None = None, series: str | None = None, fixed_series: str | None = None,
+                      allow_resample: bool = False, fixed_mask: Path | None = None,
+                      moving_mask: Path | None = None) -> CaseJob:
+    """The batch job of ``mitk register``: each moving image on the fixed grid, and its transform.
+
+    ``series`` picks the series of each DICOM input, fixed and moving alike, unless ``fixed_series`` names
+    the fixed image's own; ``allow_resample`` lets irregular DICOM stacks be resampled on reading.
+    ``fixed_mask`` and ``moving_mask`` are label images that restrict the metric (see
+    :class:`RegistrationRunner`).
+    """
+    import contextlib
+
+    from mitk.errors import PluginError
+    from mitk.io.atomic import atomic_path
+    from mitk.io.reader import load_image, require_volume
+    from mitk.io.transforms import is_field_path
+    from mitk.runner.batch import CaseOutcome
+
+    fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
+                                      allow_resample=allow_resample))
+    runner = RegistrationRunner(model, *(None if path is None else require_volume(load_image(path))
+                                         for path in (fixed_mask, moving_mask)))
+    if runner.fixed_mask is not None:  # refused if empty before any case runs; resampled once, not per case
+        runner.fixed_mask = mask_on(runner.fixed_mask, fixed, "fixed")
+
+    def process(case: Any) -> CaseOutcome:
+        target = policy.target(case, "_warped", ".nii.gz")
+        if policy.should_skip(target, case, inputs=(fixed_path,)):
+            return CaseOutcome(output=target, skipped=True)
+        if transform is not None:  # refuse before any compute or write, as for the image
+            policy.check_companion(transform, case, inputs=(fixed_path,))
+        moving = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
+        result = runner(fixed, moving)
+        if transform is not None and not is_field_path(transform) and (
+                result.matrix is None or result.displacement is not None):
+            raise PluginError(f"plugin {model.name!r} gave a displacement field; --transform needs a matrix "
+                              "for .tfm/.txt/.json (write .nii.gz for the field)")
+        details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
+                                   "registration": result.metrics}
+        inputs = policy.inputs_for(case, fixed_path)
+        # The warped image and the transform, both or neither; the stack commits the warped image last, so that
+        # --skip-existing redoes a case interrupted between the two renames.
+        with contextlib.ExitStack() as outputs:
+            warped = outputs.enter_context(atomic_path(target, overwrite=policy.overwrite, inputs=inputs))
+            write_warped(result, warped, like=fixed, plugin=model.name)  # as result.save()
+            if transform is not None:
+                temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.companion_overwrite,
+                                                              inputs=inputs))
+                write_transform(result, temporary, fixed)
+                details["transform"] = str(transform)
+        return CaseOutcome(output=target, details=details)
+
+    return process

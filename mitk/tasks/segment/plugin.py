@@ -1,0 +1,40 @@
+"""The segmentation plugin base: what a segmentation plugin hands the runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mitk.enums import Task
+from mitk.plugin import TaskPlugin
+
+if TYPE_CHECKING:
+    import torch
+
+
+class SegmentationPlugin(TaskPlugin):
+    """Produces a label map: network logits with one channel per label, background first."""
+
+    __module__ = "mitk.tasks"  # its public home (re-exported there)
+
+    task = Task.SEGMENT
+    required_methods = ("network", "inference_transforms")
+
+    def labels(self, config: dict[str, Any]) -> dict[int, str]:
+        """Label value → name, background (0) included."""
+        raw = config.get("labels") or {0: "background", 1: "foreground"}
+        return {int(k): str(v) for k, v in raw.items()}
+
+    def inferer(self, config: dict[str, Any]) -> Any:
+        """A MONAI ``Inferer`` (e.g. ``SlidingWindowInferer``) that runs the network on a batch."""
+        from monai.inferers import SimpleInferer
+
+        return SimpleInferer()
+
+    def postprocess(self, config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
+        return None
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        """``labels`` is open: its keys are the label values the user chooses."""
+        return {"labels": (dict,)}

@@ -1,0 +1,117 @@
+"""The segmentation result: a label map on the input's exact grid, and its files."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mitk.errors import UsageError
+from mitk.image import FloatArray, Image, IntArray
+from mitk.results import PathLike, ResultFiles, atomic_output, description, nifti_target
+
+if TYPE_CHECKING:
+    import nibabel as nib
+
+
+def write_label_map(result: SegmentationResult, path: Path, like: Image, plugin: str | None) -> None:
+    """Write the label map as NIfTI on ``like``'s grid and header (``path`` is usually a temporary)."""
+    from mitk.io.nifti import write_nifti
+
+    write_nifti(result.label_map, path, like=like, intent="label", description=description(plugin, "labels"))
+
+
+def write_probabilities(result: SegmentationResult, path: Path, like: Image, plugin: str | None) -> None:
+    """Write the per-label probabilities (float32, channel last) as NIfTI on ``like``'s grid."""
+    from mitk.io.nifti import write_nifti
+
+    if result.probabilities is None:
+        raise UsageError("this result has no probabilities (run with probabilities=True)")
+    write_nifti(result.probabilities.astype(np.float32), path, like=like,
+                description=description(plugin, "probabilities"))
+
+
+@dataclass
+class SegmentationResult(ResultFiles):
+    """An integer label map on the input's exact voxel grid, with label names."""
+
+    label_map: IntArray
+    affine: FloatArray
+    labels: dict[int, str]
+    probabilities: FloatArray | None = None
+    """Optional per-class probabilities, channel last, on the same grid."""
+
+    def statistics(self, image: Image | None = None) -> list[dict[str, Any]]:
+        """Per-label voxel count, volume in mL and (given the image) mean intensity."""
+        voxel_ml = abs(float(np.linalg.det(np.asarray(self.affine)[:3, :3]))) / 1000.0
+        labels = self.label_map
+        values = None
+        if image is not None and image.array.shape[:3] == labels.shape:
+            values = np.asarray(image.array[..., 0] if image.array.ndim > 3 else image.array)
+            if values.flags.f_contiguous and not labels.flags.f_contiguous:
+                labels = np.asfortranarray(labels)  # same memory order, so ravel(order="K") pairs voxels
+            elif values.flags.c_contiguous and not labels.flags.c_contiguous:
+                labels = np.ascontiguousarray(labels)
+            elif not (values.flags.c_contiguous or values.flags.f_contiguous):
+                values, labels = np.ascontiguousarray(values), np.ascontiguousarray(labels)
+        flat = labels.ravel(order="K")
+        foreground = np.flatnonzero(flat)  # label volumes are mostly background: work on the rest only
+        length = max(max(self.labels, default=0) + 1, 1)
+        counts = np.bincount(flat[foreground], minlength=length)
+        intensity = None
+        if values is not None:
+            weights = values.ravel(order="K")[foreground]
+            intensity = np.bincount(flat[foreground], weights=weights, minlength=counts.size)
+        rows = []
+        for value, name in sorted(self.labels.items()):
+            if value == 0:
+                continue
+            count = int(counts[value]) if value < counts.size else 0
+            row: dict[str, Any] = {"label": value, "name": name, "voxels": count,
+                                   "volume_ml": round(count * voxel_ml, 4)}
+            if intensity is not None:
+                row["mean_intensity"] = round(float(intensity[value] / count), 4) if count else None
+            rows.append(row)
+        return rows
+
+
+    def _grid(self) -> Image:
+        grid = self.grid
+        if grid is not None and tuple(grid.spatial_shape) == tuple(self.label_map.shape[:3]):
+            return grid
+        return Image(array=self.label_map, affine=self.affine)
+
+    def to_numpy(self) -> np.ndarray:
+        """The label map, ``(I, J, K)`` integers on the input's voxel grid."""
+        return self.label_map
+
+    def to_nifti(self) -> nib.Nifti1Image:
+        """The label map as the nibabel image :meth:`save` writes (the input's header, intent ``label``)."""
+        from mitk.io.nifti import nifti_image
+
+        return nifti_image(self.label_map, self._grid(), intent="label",
+                           description=description(self.plugin, "labels"))
+
+    def to_sitk(self) -> Any:
+        """The label map as a ``SimpleITK.Image`` with the input's origin, spacing and direction (LPS)."""
+        from mitk.io.memory import to_sitk
+
+        return to_sitk(self.label_map, self.affine)
+
+    def save(self, path: PathLike, *, overwrite: bool = False,
+             probabilities: PathLike | None = None) -> Path:
+        """Write the label map as NIfTI (``.nii.gz``/``.nii``), as ``mitk segment`` does; with
+        ``probabilities=PATH`` also the probability maps (both files, or neither). Returns ``path``."""
+        like, target = self._grid(), nifti_target(path)
+        if probabilities is not None:
+            nifti_target(probabilities)
+        with contextlib.ExitStack() as outputs:  # the label map is entered first, so committed last
+            label_file = outputs.enter_context(atomic_output(target, overwrite, self.inputs))
+            write_label_map(self, label_file, like, self.plugin)
+            if probabilities is not None:
+                prob_file = outputs.enter_context(atomic_output(probabilities, overwrite, self.inputs))
+                write_probabilities(self, prob_file, like, self.plugin)
+        return target

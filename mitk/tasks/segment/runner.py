@@ -1,0 +1,150 @@
+"""Segmentation: one image in, a label map on the input's exact grid out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mitk.image import Image
+from mitk.runner.batch import CaseJob
+from mitk.runner.geometry import is_axis_permutation, to_input_grid
+from mitk.runner.model import LoadedModel
+from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tensors import to_meta_tensor
+from mitk.tasks.segment.plugin import SegmentationPlugin
+from mitk.tasks.segment.result import SegmentationResult
+
+
+def argmax_channels(values: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over the channel axis of ``(C, I, J, K)`` as ``(1, I, J, K)`` int64, first maximum wins.
+
+    A running comparison over channels: on the CPU ``torch.argmax(dim=0)`` walks memory with a large
+    stride and is tens of times slower for volumes.
+    """
+    best = values[0]
+    index = torch.zeros(values.shape[1:], dtype=torch.uint8 if values.shape[0] < 256 else torch.int64)
+    for channel in range(1, values.shape[0]):
+        better = values[channel] > best
+        best = torch.maximum(values[channel], best)
+        index.masked_fill_(better, channel)
+    return index.unsqueeze(0)
+
+
+def label_dtype(max_label: int) -> np.dtype[Any]:
+    return np.dtype(np.uint8 if max_label < 256 else np.uint16)
+
+
+class SegmentationRunner:
+    """Applies a loaded segmentation model to images, one at a time, with the model loaded once."""
+
+    def __init__(self, model: LoadedModel, probabilities: bool = False) -> None:
+        if not isinstance(model.plugin, SegmentationPlugin):
+            raise TypeError("SegmentationRunner needs a segmentation plugin")
+        self.model = model
+        self.plugin: SegmentationPlugin = model.plugin
+        self.config = model.config
+        self.labels = self.plugin.labels(self.config)
+        self.keep_probabilities = probabilities
+        self.preprocess = self.plugin.inference_transforms(self.config)
+        self.inferer = self.plugin.inferer(self.config)
+        self.postprocess = self.plugin.postprocess(self.config)
+
+    @torch.inference_mode()
+    def __call__(self, image: Image) -> SegmentationResult:
+        data = self.preprocess({"image": to_meta_tensor(image)})
+        network_input = data["image"]
+        source_affine = np.asarray(network_input.affine, dtype=np.float64)
+        batch = network_input.as_tensor().unsqueeze(0).to(self.model.device)
+        network = self.model.network
+        assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
+        logits = self.inferer(batch, network)[0].float().cpu()
+        del batch
+        grid = image.spatial_shape[:3]
+        if self.keep_probabilities or not is_axis_permutation(source_affine, image.affine, logits.shape[1:], grid):
+            scores = torch.softmax(logits, dim=0)  # probabilities are what gets interpolated or kept
+        else:
+            scores = logits  # an exact axis permutation: the argmax of logits is the argmax of probabilities
+        del logits
+        scores = to_input_grid(scores, source_affine, image.affine, grid)
+        label_map = argmax_channels(scores)
+        if self.postprocess is not None:
+            label_map = self.postprocess(label_map)
+        labels = np.asarray(label_map[0].cpu().numpy(), dtype=label_dtype(max(self.labels)))
+        if image.array.flags.f_contiguous:
+            labels = np.asfortranarray(labels)  # the source's order: statistics pair voxels, writers copy once
+        result = SegmentationResult(label_map=labels, affine=image.affine, labels=dict(self.labels))
+        if self.keep_probabilities:
+            result.probabilities = np.ascontiguousarray(np.moveaxis(scores.numpy(), 0, -1))
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The per-case job used by `mitk segment`
+# ---------------------------------------------------------------------------------------------------
+
+
+STATS_COLUMNS = ["label", "name", "voxels", "volume_ml", "mean_intensity"]
+
+
+def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities: bool = False, stats: bool = False,
+                     preview: bool = False, output_format: str = "nifti", series: str | None = None,
+                     allow_resample: bool = False, deidentify: bool = False) -> CaseJob:
+    """Return ``process(case) -> CaseOutcome`` for the batch runner."""
+    import contextlib
+    from pathlib import Path
+
+    from mitk.io.atomic import atomic_path
+    from mitk.io.reader import load_image, require_volume
+    from mitk.runner.batch import CaseOutcome
+    from mitk.runner.outputs import sibling, write_csv
+    from mitk.tasks.segment.result import write_label_map, write_probabilities
+
+    runner = SegmentationRunner(model, probabilities=probabilities)
+    extension = ".dcm" if output_format == "dicom-seg" else ".nii.gz"
+
+    def process(case: Any) -> CaseOutcome:
+        target = policy.target(case, "_seg", extension)
+        if policy.should_skip(target, case):
+            return CaseOutcome(output=target, skipped=True)
+        companions = {}
+        if probabilities:
+            companions["probabilities"] = sibling(target, "_prob", ".nii.gz")
+        if stats:
+            companions["stats"] = sibling(target, "_stats", ".csv")
+        if preview:
+            companions["preview"] = sibling(target, "_preview", ".png")
+        for path in companions.values():
+            policy.check_companion(path, case)  # refuse before any compute
+        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
+        result = runner(image)
+        rows = result.statistics(image)
+        # All of a case's files or none: each goes to a temporary file, renamed only when every one is written.
+        # The stack renames in reverse order, so the label map (entered first) is committed last: after a crash
+        # at any point, a case without its label map is redone by --skip-existing, companions included.
+        inputs = policy.inputs_for(case)
+        with contextlib.ExitStack() as outputs:
+            def temporary(path: Path) -> Path:
+                overwrite = policy.overwrite if path == target else policy.companion_overwrite
+                return outputs.enter_context(atomic_path(path, overwrite=overwrite, inputs=inputs))
+
+            if output_format == "dicom-seg":
+                from mitk.tasks.segment.dicom_seg import write_dicom_seg
+
+                write_dicom_seg(result, image, temporary(target), plugin_name=model.name, deidentify=deidentify)
+            else:
+                write_label_map(result, temporary(target), like=image, plugin=model.name)  # as result.save()
+            if "probabilities" in companions and result.probabilities is not None:
+                write_probabilities(result, temporary(companions["probabilities"]), like=image, plugin=model.name)
+            if "stats" in companions:
+                write_csv(rows, temporary(companions["stats"]), STATS_COLUMNS)
+            if "preview" in companions:
+                from mitk.preview import save_overlay_png
+
+                save_overlay_png(image, result.label_map, result.labels, temporary(companions["preview"]))
+        details: dict[str, Any] = {"labels": rows, "shape": list(image.spatial_shape),
+                                   **{k: str(v) for k, v in companions.items()}}
+        return CaseOutcome(output=target, details=details)
+
+    return process
