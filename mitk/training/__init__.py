@@ -1,5 +1,6 @@
-"""Training: datalists (:mod:`.data`), the one training loop (:mod:`.loop`), its epoch log (:mod:`.log`)
-and the per-task strategies (:mod:`.segment`).
+"""The one training engine: datalists (:mod:`.data`), the loop (:mod:`.loop`), what a task brings
+(:mod:`.recipe`; each task's own recipe is ``mitk.tasks.<task>.recipe``), its epoch log (:mod:`.log`), the run
+folder (:mod:`.folder`) and torchrun (:mod:`.distributed`); :func:`mitk.training.train.train` is the entry point.
 
 Import the submodules directly; this package itself stays free of torch and monai imports.
 """
