@@ -24,15 +24,6 @@ def annotated(option: Option) -> Any:
     return Annotated[option.type, info]
 
 
-def merged(*groups: Iterable[Option]) -> list[Option]:
-    """The options of all groups in order; a later option of the same name replaces an earlier one in place."""
-    by_name: dict[str, Option] = {}
-    for group in groups:
-        for option in group:
-            by_name[option.name] = option
-    return list(by_name.values())
-
-
 def command(name: str, options: Iterable[Option], body: Callable[[dict[str, Any]], Any], doc: str
             ) -> Callable[..., Any]:
     """A function Typer reads as a command with ``options`` as its parameters; it calls ``body(values)``."""

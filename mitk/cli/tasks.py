@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from mitk.cli.common import (
     say,
     stderr_console,
 )
-from mitk.cli.params import command, merged
+from mitk.cli.params import command
 from mitk.errors import UsageError
 from mitk.taskspec import Option, TaskSpec, VerbPlan
 from mitk.taskspecs import derived_suffixes, import_part, iter_tasks
@@ -176,13 +176,12 @@ def _on_record(console: Any, record: Any, progress: Any) -> None:
 
 def run_verb(spec: TaskSpec, values: dict[str, Any]) -> None:
     """A task verb: the task checks its options and says what to run (``spec.verb``); the batch runs here."""
+    from mitk.executors import build_job
     from mitk.runner.outputs import OutputPolicy
 
     plan: VerbPlan = import_part(spec.verb)(values)
     policy = OutputPolicy(output=values["output"], output_dir=values["output_dir"], overwrite=values["overwrite"],
                           skip_existing=values["skip_existing"], also_inputs=plan.also_inputs)
-    from mitk.executors import build_job
-
     build = partial(build_job, spec.name, policy=policy, series=values["series"],
                     allow_resample=values["allow_resample"], **plan.job_options)
     try:
@@ -198,11 +197,17 @@ def run_verb(spec: TaskSpec, values: dict[str, Any]) -> None:
 
 
 def verb_options(spec: TaskSpec) -> list[Option]:
-    """The verb's parameters: its arguments, the model options, its own options, then the batch options."""
-    arguments = spec.arguments if spec.arguments is not None else (shared.INPUTS,)
-    own = [option for option in spec.options if option.name not in {a.name for a in arguments}]
-    return merged(arguments, shared.MODEL_OPTIONS, own, shared.BATCH_OPTIONS,
-                  [option for option in spec.options if option.name in {o.name for o in shared.BATCH_OPTIONS}])
+    """The verb's parameters: its arguments, the model options, its own options, then the batch options. A task's
+    option named like a shared one replaces it in place (classify's wording of ``--output``)."""
+    own = {option.name: option for option in spec.options}
+
+    def shared_or_own(group: Iterable[Option]) -> list[Option]:
+        return [own.pop(option.name, option) for option in group]
+
+    head = shared_or_own(spec.arguments if spec.arguments is not None else (shared.INPUTS,))
+    head += shared_or_own(shared.MODEL_OPTIONS)
+    tail = shared_or_own(shared.BATCH_OPTIONS)
+    return [*head, *own.values(), *tail]
 
 
 def add_task_commands(app: typer.Typer) -> None:
