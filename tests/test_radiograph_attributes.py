@@ -125,7 +125,12 @@ def test_the_real_zero_spacing_of_rg1_is_warned_about(tmp_path: Path) -> None:
 
 
 def test_a_sound_radiograph_reads_without_warnings(tmp_path: Path) -> None:
+    """RG3 has no spacing at all, and an empty PixelSpacing (a type 2 element: "unknown") is no error either."""
     code, _, stderr = invoke(["info", str(pydicom_data("RG3_UNCR.dcm"))])
+    assert code == 0 and "warning" not in stderr, stderr
+    empty = edited("RG3_UNCR.dcm", tmp_path, "empty.dcm", set_attribute("PixelSpacing", None))
+    assert pydicom.dcmread(empty)["PixelSpacing"].is_empty
+    code, _, stderr = invoke(["info", str(empty)])
     assert code == 0 and "warning" not in stderr, stderr
 
 

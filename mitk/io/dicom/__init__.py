@@ -96,10 +96,10 @@ def _read_image(info: SeriesInfo, path: Path) -> Image:
 def _image_spacing(record: SliceRecord, header: Dataset) -> tuple[tuple[float, float], str]:
     """PixelSpacing, else ImagerPixelSpacing, else one ultrasound region's physical deltas (cm → mm).
 
-    A spacing element that is present but not two positive finite numbers (``0\\0``, negative, NaN) is
+    A spacing element that has a value but not two positive finite numbers (``0\\0``, negative, NaN) is
     skipped with a :class:`~mitk.errors.MitkWarning` that says what was used instead."""
     broken = [f"{keyword} {_spacing_text(header, keyword)}" for keyword in ("PixelSpacing", "ImagerPixelSpacing")
-              if keyword in header and not _usable_spacing(header, keyword)]
+              if raw_value(header, keyword) is not None and not _usable_spacing(header, keyword)]  # empty: unknown
     spacing, source = _found_spacing(record, header)
     if broken:
         unused = " and ".join(broken)
