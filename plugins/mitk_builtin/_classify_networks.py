@@ -70,8 +70,7 @@ class MonaiClassifier(ClassificationPlugin):
             "multi_label": "true: independent sigmoid per class (labels may name several classes)",
             "threshold": "probability at or above which a class is predicted when multi_label",
             "class_weights": "loss weight per class; found as inverse class frequency from the training labels",
-            "augmentation.flip": "probability of a flip along each spatial axis (2-D: left-right only); 0 (default): "
-                                 "off, since a flip swaps the patient's sides (opt in where side does not matter)",
+            "augmentation.flip": "flip probability per axis (2-D: left-right only); 0 by default: a flip swaps sides",
             "augmentation.rotate": "probability of a small random rotation",
             "augmentation.rotate_deg": "largest rotation angle in degrees",
             "augmentation.zoom": "probability of a random zoom",
