@@ -147,3 +147,12 @@ def test_palette_colour_with_its_tables_reads_as_rgb() -> None:
     code, stdout, stderr = invoke(["info", str(path), "--json"])
     assert code == 0, stderr
     assert json.loads(stdout)["shape"] == [800, 600, 1, 3]
+
+
+def test_palette_colour_rgb_is_bounded_like_any_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 480 KB of indices pass a 1 MB limit; the 2.7 MiB of RGB they expand to is refused in one line."""
+    path = pydicom_data("OBXXXX1A.dcm")
+    monkeypatch.setenv("MITK_MAX_IMAGE_BYTES", "1000000")
+    code, _, stderr = invoke(["info", str(path)])
+    assert code == 1 and "RGB of 1 palette colour frame(s) of 800×600 uint8" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1

@@ -29,7 +29,7 @@ from mitk.io.dicom.pixels import (
     decode_into,
     load_dataset,
 )
-from mitk.io.limits import allocate
+from mitk.io.limits import allocate, check_image_bytes
 
 LOG = logging.getLogger("mitk.io.dicom")
 
@@ -152,6 +152,9 @@ def assemble(refs: Sequence[FrameRef], workers: int | None = None) -> np.ndarray
     for syntax_ref in {ref.transfer_syntax: ref for ref in refs}.values():
         check_decoder(syntax_ref)
     if first.layout.photometric == "PALETTE COLOR" and first.layout.samples == 1:
+        # The RGB result (up to 16 bits a colour) is bounded like any image before the indices are decoded.
+        check_image_bytes(len(refs) * int(np.prod(shape)) * 3 * 2, first.path,
+                          f"RGB of {len(refs)} palette colour frame(s) of {first.layout.describe()}")
         return apply_palette(first, _decode(refs, shape, dtype, workers))
     integral = all(float(r.slope).is_integer() and float(r.intercept).is_integer() for r in refs)
     volume = allocate((len(refs), *shape), dtype if integral else np.float32, first.path,
