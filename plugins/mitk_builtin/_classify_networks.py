@@ -5,7 +5,8 @@ Grad-CAM reads. Images arrive channel first with 2 or 3 spatial axes (``spatial_
 training data and saved in the checkpoint); MONOCHROME1 radiographs are already inverted by the core
 (:func:`mitk.tasks.classify.runner.network_input`). Preprocessing is the same in training, validation and
 inference: resize (or centre crop/pad) to ``image_size``, then intensity normalisation; training adds
-augmentations suited to the dimension.
+augmentations suited to the dimension. Flips are off unless ``augmentation.flip`` asks for them: a flipped
+radiograph or volume has its patient's sides swapped, which corrupts the label of any side-dependent task.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class MonaiClassifier(ClassificationPlugin):
             "multi_label": False,
             "threshold": 0.5,
             "class_weights": None,
-            "augmentation": {"flip": 0.5, "rotate": 0.3, "rotate_deg": 10.0, "zoom": 0.3, "zoom_range": 0.1,
+            "augmentation": {"flip": 0.0, "rotate": 0.3, "rotate_deg": 10.0, "zoom": 0.3, "zoom_range": 0.1,
                              "intensity": 0.5, "scale": 0.1, "shift": 0.1, "noise": 0.1, "noise_std": 0.05},
             "optimizer": {"lr": 1e-3, "weight_decay": 1e-4},
             "network": self.network_defaults(),
@@ -69,7 +70,7 @@ class MonaiClassifier(ClassificationPlugin):
             "multi_label": "true: independent sigmoid per class (labels may name several classes)",
             "threshold": "probability at or above which a class is predicted when multi_label",
             "class_weights": "loss weight per class; found as inverse class frequency from the training labels",
-            "augmentation.flip": "probability of a flip along each spatial axis (2-D: left-right only)",
+            "augmentation.flip": "flip probability per axis (2-D: left-right only); 0 by default: a flip swaps sides",
             "augmentation.rotate": "probability of a small random rotation",
             "augmentation.rotate_deg": "largest rotation angle in degrees",
             "augmentation.zoom": "probability of a random zoom",
@@ -168,7 +169,7 @@ class MonaiClassifier(ClassificationPlugin):
         augmentation = dict(config.get("augmentation") or {})
         steps = self._preprocessing(config)
         flip = float(augmentation.get("flip", 0.0))
-        if flip > 0:  # 2-D: left-right only (an upside-down radiograph or fundus photo is not a sample)
+        if flip > 0:  # opt-in; 2-D: left-right only (an upside-down radiograph or fundus photo is not a sample)
             steps += [RandFlipd(keys="image", prob=flip, spatial_axis=axis) for axis in range(1 if dims == 2 else 3)]
         rotate = float(augmentation.get("rotate", 0.0))
         if rotate > 0:

@@ -9,14 +9,18 @@ for colour. See ``docs/dicom.md``.
 from __future__ import annotations
 
 import logging
+import math
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from mitk.errors import GeometryError
+from mitk.errors import GeometryError, MitkWarning
 from mitk.image import Image, orientation_code, ras_to_lps
-from mitk.io.dicom.pixels import FrameRef
+from mitk.io.dicom.pixels import FrameRef, raw_value
 from mitk.io.dicom.series import SeriesInfo, SeriesListing, SliceRecord, list_series, select_series
 from mitk.io.dicom.sidecar import summarize
 from mitk.io.dicom.source import DicomSource
@@ -90,10 +94,43 @@ def _read_image(info: SeriesInfo, path: Path) -> Image:
 
 
 def _image_spacing(record: SliceRecord, header: Dataset) -> tuple[tuple[float, float], str]:
-    """PixelSpacing, else ImagerPixelSpacing, else one ultrasound region's physical deltas (cm → mm)."""
+    """PixelSpacing, else ImagerPixelSpacing, else one ultrasound region's physical deltas (cm → mm).
+
+    A spacing element that has a value but not two positive finite numbers (``0\\0``, negative, NaN) is
+    skipped with a :class:`~mitk.errors.MitkWarning` that says what was used instead."""
+    broken = [f"{keyword} {_spacing_text(header, keyword)}" for keyword in ("PixelSpacing", "ImagerPixelSpacing")
+              if raw_value(header, keyword) is not None and not _usable_spacing(header, keyword)]  # empty: unknown
+    spacing, source = _found_spacing(record, header)
+    if broken:
+        unused = " and ".join(broken)
+        instead = "1 mm assumed" if source.startswith("unknown") else f"{source} used instead"
+        warnings.warn(MitkWarning(f"{record.ref.name}: {unused} {'is' if len(broken) == 1 else 'are'} not a "
+                                  f"pixel spacing (two positive numbers); {instead}"), stacklevel=3)
+    return spacing, source
+
+
+def _usable_spacing(header: Dataset, keyword: str) -> bool:
+    try:
+        numbers = [float(v) for v in _values(header, keyword)]
+    except (TypeError, ValueError):
+        return False
+    return len(numbers) == 2 and all(math.isfinite(v) and v > 0 for v in numbers)
+
+
+def _values(header: Dataset, keyword: str) -> list[Any]:
+    value = raw_value(header, keyword)
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
+
+
+def _spacing_text(header: Dataset, keyword: str) -> str:
+    text = "\\".join(str(v) for v in _values(header, keyword))
+    return f"'{text if len(text) <= 40 else text[:37] + '...'}'"
+
+
+def _found_spacing(record: SliceRecord, header: Dataset) -> tuple[tuple[float, float], str]:
     spacing = record.pixel_spacing
     if spacing is not None:
-        source = "PixelSpacing" if header.get("PixelSpacing") else "ImagerPixelSpacing"
+        source = "PixelSpacing" if _usable_spacing(header, "PixelSpacing") else "ImagerPixelSpacing"
         return spacing, source
     regions = header.get("SequenceOfUltrasoundRegions") or []
     deltas = {(float(r.PhysicalDeltaY), float(r.PhysicalDeltaX)) for r in regions

@@ -8,7 +8,9 @@ compressed-data decoders come from the pylibjpeg plugins (``pip install "mitk[di
 Every path ends in :func:`mask_unused_bits`: the bits above BitsStored, which PS3.5 §8.1.1 lets a writer
 fill with anything, are cleared (unsigned data) or replaced by the sign bit (PixelRepresentation 1), as
 pydicom's ``pixel_array`` and SimpleITK do. Values are never inverted: MONOCHROME1 (higher is darker)
-keeps its stored values, the photometric interpretation only says how to display them.
+keeps its stored values, the photometric interpretation only says how to display them. :func:`check_layout`
+refuses headers whose values cannot be read as meant (BitsStored 0, PALETTE COLOR without its tables);
+:func:`apply_palette` turns palette indices into RGB.
 """
 
 from __future__ import annotations
@@ -158,6 +160,36 @@ def raw_value(dataset: Dataset, keyword: str) -> Any:
         parts = [part.strip(" \x00") for part in data.decode("latin-1").split("\\")]
         return (parts[0] or None) if len(parts) == 1 else parts
     return dataset.get(keyword)
+
+
+PALETTE_TABLES = tuple(f"{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue")
+                       for part in ("Descriptor", "Data"))
+"""The elements a PALETTE COLOR image needs (segmented tables are not read)."""
+
+
+def check_layout(ref: FrameRef) -> None:
+    """Refuse, with one line naming the file, an Image Pixel module whose values cannot be read as meant:
+    BitsStored of 0 or more than BitsAllocated, or PALETTE COLOR without its three lookup tables."""
+    layout = ref.layout
+    if layout.bits_allocated != 1 and not 0 < layout.bits_stored <= layout.bits_allocated:
+        raise InputError(f"BitsStored {layout.bits_stored} is not a bit depth between 1 and BitsAllocated "
+                         f"{layout.bits_allocated}: the header is broken", ref.name)
+    if layout.photometric == "PALETTE COLOR":
+        missing = [keyword for keyword in PALETTE_TABLES if raw_value(ref.header, keyword) is None]
+        if missing:
+            raise InputError(f"PhotometricInterpretation is PALETTE COLOR but {missing[0]} is missing: the stored "
+                             "values are indices into a colour table the file does not have", ref.name)
+
+
+def apply_palette(ref: FrameRef, indices: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR indices through the file's red, green and blue tables: RGB on a new last axis."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        return np.asarray(apply_color_lut(indices, ref.header))
+    except Exception as error:  # pydicom raises several types for inconsistent tables
+        raise InputError(f"unusable palette colour lookup table ({type(error).__name__}: {_error_text(error)})",
+                         ref.name) from None
 
 
 def check_decoder(ref: FrameRef) -> None:

@@ -21,8 +21,15 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError, InputError
-from mitk.io.dicom.pixels import FrameRef, check_decoder, decode_into, load_dataset
-from mitk.io.limits import allocate
+from mitk.io.dicom.pixels import (
+    FrameRef,
+    apply_palette,
+    check_decoder,
+    check_layout,
+    decode_into,
+    load_dataset,
+)
+from mitk.io.limits import allocate, check_image_bytes
 
 LOG = logging.getLogger("mitk.io.dicom")
 
@@ -131,7 +138,9 @@ def assemble(refs: Sequence[FrameRef], workers: int | None = None) -> np.ndarray
     :func:`~mitk.io.dicom.pixels.decode_into`) through each slice's RescaleSlope/RescaleIntercept.
 
     Integer results keep an integer dtype (the stored one where the rescaled values fit, else the signed
-    type of the same size, else int32); a non-integral RescaleSlope/Intercept gives float32.
+    type of the same size, else int32); a non-integral RescaleSlope/Intercept gives float32. PALETTE COLOR
+    indices go through the file's colour tables instead (``[slice, row, column, 3]``, no rescale). A header
+    that :func:`~mitk.io.dicom.pixels.check_layout` refuses raises an InputError naming the file.
     """
     first = refs[0]
     shape, dtype = first.layout.shape, first.layout.dtype
@@ -139,8 +148,14 @@ def assemble(refs: Sequence[FrameRef], workers: int | None = None) -> np.ndarray
         if ref.layout.shape != shape or ref.layout.dtype != dtype:
             raise GeometryError(f"mixed image sizes or pixel types: {first.name} is {first.layout.describe()}, "
                                 f"{ref.name} is {ref.layout.describe()}")
+    check_layout(first)
     for syntax_ref in {ref.transfer_syntax: ref for ref in refs}.values():
         check_decoder(syntax_ref)
+    if first.layout.photometric == "PALETTE COLOR" and first.layout.samples == 1:
+        # The RGB result (up to 16 bits a colour) is bounded like any image before the indices are decoded.
+        check_image_bytes(len(refs) * int(np.prod(shape)) * 3 * 2, first.path,
+                          f"RGB of {len(refs)} palette colour frame(s) of {first.layout.describe()}")
+        return apply_palette(first, _decode(refs, shape, dtype, workers))
     integral = all(float(r.slope).is_integer() and float(r.intercept).is_integer() for r in refs)
     volume = allocate((len(refs), *shape), dtype if integral else np.float32, first.path,
                       f"a volume of {len(refs)} slice{'s' if len(refs) != 1 else ''} of {first.layout.describe()}")
@@ -161,6 +176,18 @@ def assemble(refs: Sequence[FrameRef], workers: int | None = None) -> np.ndarray
 
     _run(decode, len(refs), workers)
     return _rescale_integers(volume, refs, ranges) if integral else volume
+
+
+def _decode(refs: Sequence[FrameRef], shape: tuple[int, ...], dtype: np.dtype, workers: int | None) -> np.ndarray:
+    """The stored values of ``refs``, undecorated (palette indices)."""
+    volume = allocate((len(refs), *shape), dtype, refs[0].path, f"{len(refs)} frame(s) of {refs[0].layout.describe()}")
+    sources = _multiframe_sources(refs)
+
+    def decode(k: int) -> None:
+        decode_into(refs[k], volume[k], sources.get((refs[k].path, refs[k].member)))
+
+    _run(decode, len(refs), workers)
+    return volume
 
 
 def _multiframe_sources(refs: Sequence[FrameRef]) -> dict[tuple[Path, str | None], Dataset]:

@@ -32,7 +32,8 @@ class ClassificationResult(RecordFiles):
     def to_dict(self) -> dict[str, Any]:
         return {
             "predicted": self.predicted,
-            "probabilities": {n: round(float(p), 6) for n, p in zip(self.class_names, self.probabilities, strict=True)},
+            # Full precision: ``--csv`` and ``--json`` feed ``mitk evaluate classify``, whose AUC must be training's.
+            "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probabilities, strict=True)},
         }
 
     def record(self) -> dict[str, Any]:

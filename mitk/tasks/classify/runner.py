@@ -8,6 +8,7 @@ repeated to colour to match the network, and a 2-D network gets its image withou
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitk.errors import InputError
+from mitk.errors import InputError, MitkWarning
 from mitk.image import Image
 from mitk.io.atomic import InputFiles
 from mitk.io.inputs import Case, output_for
@@ -110,6 +111,7 @@ class ClassificationRunner:
         self.spatial_dims = int(config.get("spatial_dims") or 3)
         self.in_channels = int(config.get("in_channels") or 1)
         self.preprocess = self.plugin.inference_transforms(config)
+        self._cams: dict[str, Any] = {}
 
     def prepare(self, image: Image) -> Any:
         """The preprocessed ``MetaTensor`` (channel first, no batch axis) the network sees."""
@@ -147,13 +149,31 @@ class ClassificationRunner:
             raise InputError(f"plugin {self.model.name!r} names no layer for Grad-CAM (cam_layer)")
         prepared = self.prepare(image)
         batch = prepared.as_tensor().unsqueeze(0).to(self.model.device).requires_grad_(True)
-        cam = GradCAM(nn_module=self.network, target_layers=layer(self.model.config))
+        name = layer(self.model.config)
+        # MONAI's default postprocessing maps (min, max) to (1, 0), i.e. shows the most important region as
+        # the least; the map is rescaled the usual way instead (largest value 1).
+        # One GradCAM per layer for the runner's life: each one hooks the layer, and hooks are never removed.
+        cam = self._cams.get(name)
+        if cam is None:
+            cam = self._cams[name] = GradCAM(nn_module=self.network, target_layers=name, postprocessing=_unit_range)
         with torch.enable_grad():
             logits = self.network(batch).detach()
             result = self.result(logits[0])
             index = result.predicted_index if class_index is None else int(class_index)
-            heat = cam(batch, class_idx=index).detach().float().cpu()
+            raw = cam.compute_map(batch, class_idx=index)
+            features = tuple(int(n) for n in raw.shape[2:])
+            heat = cam.postprocessing(cam.upsampler(tuple(batch.shape[2:]))(raw)).detach().float().cpu()
         self.network.zero_grad(set_to_none=True)
+        if all(n == 1 for n in features):
+            warnings.warn(MitkWarning(
+                f"{image.name}: Grad-CAM layer {name!r} of plugin {self.model.name!r} has a "
+                f"{'×'.join(map(str, features))} feature map at this input size "
+                f"({'×'.join(map(str, batch.shape[2:]))}), so its map is one constant and shows nothing; "
+                "train with a larger image_size"), stacklevel=2)
+        elif not bool((raw > 0).any()):
+            warnings.warn(MitkWarning(
+                f"{image.name}: Grad-CAM map of class {result.class_names[index]!r} is zero everywhere (no region "
+                f"of layer {name!r} adds evidence for it), so its overlay shows nothing"), stacklevel=2)
         return result, self._on_input_grid(heat[0], prepared, image)
 
     def _on_input_grid(self, heat: torch.Tensor, prepared: Any, image: Image) -> np.ndarray:
@@ -175,6 +195,14 @@ class ClassificationRunner:
             raise InputError(f"Grad-CAM map of shape {array.shape} does not fit the image "
                              f"{image.spatial_shape}", image.path)
         return np.clip(array, 0.0, 1.0)
+
+
+def _unit_range(heat: torch.Tensor) -> torch.Tensor:
+    """Each map of a batch ``(B, 1, ...)`` scaled to ``[0, 1]`` (largest 1); a constant map becomes 0."""
+    flat = heat.reshape(heat.shape[0], -1)
+    low = flat.min(dim=1).values.reshape(-1, *([1] * (heat.ndim - 1)))
+    span = (flat.max(dim=1).values - flat.min(dim=1).values).reshape(low.shape)
+    return torch.where(span > 0, (heat - low) / span.clamp_min(torch.finfo(heat.dtype).tiny), torch.zeros_like(heat))
 
 
 def _smooth_resize(operation: Any) -> Any:
