@@ -17,7 +17,7 @@ PROBABILITY_PREFIX = "prob_"
 def prepare(values: dict[str, Any]) -> VerbPlan:
     """``mitk classify``: with ``--csv``, the rows of every classified input are written after the batch (and a
     table printed for people)."""
-    from mitk.io.atomic import check_output
+    from mitk.io.atomic import check_output, model_files
     from mitk.io.inputs import expand_inputs
     from mitk.taskspecs import derived_suffixes
 
@@ -30,7 +30,7 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
                              "use --manifest per shard (each record holds the probabilities) and "
                              "mitk manifest merge")
         cases = expand_inputs(values["inputs"], derived_suffixes())
-        check_output(csv, overwrite, inputs=tuple(case.path for case in cases))
+        check_output(csv, overwrite, inputs=(*(case.path for case in cases), *model_files(values["weights"])))
     rows: list[dict[str, Any]] = []
 
     def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
