@@ -12,6 +12,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,23 +65,28 @@ def run_pytest(folder: Path, *tests: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=folder, env=environment, timeout=120)
 
 
-def test_the_suite_has_a_time_limit() -> None:
-    import tomllib
+def pyproject() -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8")))
 
-    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+
+def test_the_suite_has_a_time_limit() -> None:
+    settings = pyproject()["tool"]["pytest"]["ini_options"]
     assert 0 < float(settings["timeout"]) <= 1800
-    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    test_extra = pyproject()["project"]["optional-dependencies"]["test"]
     assert any(requirement.startswith("pytest-timeout") for requirement in test_extra)
 
 
 def test_the_test_tools_are_bounded_and_this_environment_is_within_the_bounds() -> None:
     """A fresh install resolves the test tools within tested bounds; this environment is one of them."""
-    import tomllib
     from importlib.metadata import version
 
     from packaging.requirements import Requirement
 
-    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    test_extra = pyproject()["project"]["optional-dependencies"]["test"]
     bounded = {requirement.name: requirement for requirement in map(Requirement, test_extra)
                if requirement.name in ("pytest", "pytest-timeout", "pytest-xdist", "import-linter")}
     assert sorted(bounded) == ["import-linter", "pytest", "pytest-timeout", "pytest-xdist"]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from mitk.cli.common import STATE, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings
+from mitk.cli.common import STATE, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings, plain
 from mitk.errors import UsageError
 from mitk.taskspecs import TaskSpec, iter_tasks
 
@@ -145,7 +145,7 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
         run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
                     resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
     except KeyboardInterrupt as stop:
-        _interrupted(task, output_dir, stop, console, as_json and main_process)
+        _interrupted(task, output_dir, stop, console if main_process else None, as_json and main_process)
     document = {"task": task, **run.to_dict()}
     if not main_process:
         return
@@ -159,8 +159,8 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
 
 
 def _interrupted(task: str, output_dir: Path, stop: KeyboardInterrupt, console: Any, as_json: bool) -> NoReturn:
-    """SIGINT/SIGTERM stopped training: say how far it got and how to go on, with ``--json`` the document so
-    far, and exit 130/143 as the task verbs do."""
+    """SIGINT/SIGTERM stopped training: say how far it got and how to go on (on ``console``; None under torchrun
+    but rank 0), with ``--json`` the document so far, and exit 130/143 as the task verbs do."""
     import signal
 
     from mitk.runner.batch import Interrupted
@@ -177,7 +177,9 @@ def _interrupted(task: str, output_dir: Path, stop: KeyboardInterrupt, console: 
     else:
         again = " with --overwrite" if output_dir.is_dir() and any(output_dir.iterdir()) else ""
         where, hint = "before the first epoch finished", f"nothing to resume; start the run again{again}"
-    console.print(f"mitk: interrupted ({name}) {where}: {hint}", markup=False, emoji=False, highlight=False)
+    if console is not None:
+        console.print(plain(f"mitk: interrupted ({name}) {where}: {hint}"), markup=False, emoji=False,
+                      highlight=False)
     if as_json:
         document: dict[str, Any] = {"task": task, "output_dir": str(output_dir), "epochs_run": 0}
         if run is not None:
