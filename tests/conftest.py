@@ -38,6 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
         _REPORTS["stderr"] = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stderr = _REPORTS.pop("stderr", None)
+    if stderr is not None:
+        stderr.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
     """A backstop behind pytest-timeout: a test still running ``BACKSTOP_GRACE`` s after its limit (a hang that

@@ -50,6 +50,7 @@ mitk_conftest = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mitk_conftest)
 mitk_conftest.BACKSTOP_GRACE = 2.0
 pytest_configure = mitk_conftest.pytest_configure
+pytest_unconfigure = mitk_conftest.pytest_unconfigure
 pytest_runtest_protocol = mitk_conftest.pytest_runtest_protocol
 '''
 
