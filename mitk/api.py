@@ -154,14 +154,16 @@ class Model:
         if spec.takes_fixed:
             fixed = self._read(spec, inputs[0], reading)
         items = inputs[-1]
+        from mitk.io.atomic import model_files
+        from mitk.results import describe_origin
+
+        others = (*((fixed.path,) if fixed is not None and fixed.path is not None else ()),
+                  *model_files(self.loaded.checkpoint))  # result.save never writes over the model either
 
         def one(item: Any) -> Any:
             image = self._read(spec, item, reading)
             with self._lock:
                 result = runner(fixed, image) if fixed is not None else runner(image)
-            from mitk.results import describe_origin
-
-            others = (fixed.path,) if fixed is not None and fixed.path is not None else ()
             describe_origin(result, image, self.plugin, others)
             return result
 

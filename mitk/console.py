@@ -119,6 +119,65 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+ELLIPSIS = "…"
+
+
+def elide_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` terminal cells: whole when it fits; otherwise its start and its end around
+    ``…``, the end first: the last part of a path (the file name) stays whole whenever it fits, and the end of
+    the text is never cut."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:max(width, 0)]
+    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+    budget = width - 1  # the cells left besides the ellipsis
+    tail = ""
+    if cell_len(name) > budget:  # a name too long for the cell: as much of its end as fits
+        for character in reversed(text):
+            if cell_len(character + tail) > budget:
+                break
+            tail = character + tail
+        return ELLIPSIS + tail
+    tail = name
+    while len(tail) < len(text):  # a short name keeps its nearest folders, whole, in up to half the cell
+        cut = max(text.rfind("/", 0, len(text) - len(tail) - 1), text.rfind("\\", 0, len(text) - len(tail) - 1))
+        longer = text[cut + 1:]
+        if cell_len(longer) > budget // 2:
+            break
+        tail = longer
+    head = ""
+    for character in text[:len(text) - len(tail)]:
+        if cell_len(head + character) + cell_len(tail) > budget:
+            break
+        head += character
+    return head + ELLIPSIS + tail
+
+
+class PathCell:
+    """A table cell holding a path (or a case name): printed as plain text, and when its column is too narrow,
+    elided in the middle (:func:`elide_middle`) so that the file name stays visible. Rich tables cut or fold
+    text from the right, which keeps the start of a long install path and loses the name."""
+
+    def __init__(self, path: object) -> None:
+        self.text = plain(path)
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        full = cell_len(self.text)
+        name = cell_len(self.text.replace("\\", "/").rsplit("/", 1)[-1]) + 1
+        return Measurement(min(full, name, options.max_width), min(full, options.max_width))
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Any]:
+        from rich.text import Text
+
+        yield Text(elide_middle(self.text, options.max_width), no_wrap=True, overflow="ignore", end="")
+
+
 def plain_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Aligned text columns (no rich: used on start-up-sensitive paths such as ``mitk plugins list``)."""
     cells = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import faulthandler
+import os
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +15,50 @@ from mitk.testing import run_mitk
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = ROOT / "tests" / "data"
+BACKSTOP_GRACE = 60.0
+"""Seconds past a test's time limit (pytest-timeout's) before the backstop below ends the run."""
+
+
+def time_limit(item: pytest.Item) -> float:
+    """The test's limit: its ``timeout`` marker, else the ``timeout`` setting (pyproject); 0 for none."""
+    marker = item.get_closest_marker("timeout")
+    try:
+        value = marker.args[0] if marker is not None and marker.args else item.config.getini("timeout")
+        return float(value or 0)
+    except (TypeError, ValueError):  # pytest-timeout not installed, or a limit that is not a number
+        return 0.0
+
+
+_REPORTS: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep a copy of the real stderr for the backstop: while a test runs, pytest captures file descriptor 2."""
+    if "stderr" not in _REPORTS and sys.__stderr__ is not None:
+        _REPORTS["stderr"] = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stderr = _REPORTS.pop("stderr", None)
+    if stderr is not None:
+        stderr.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """A backstop behind pytest-timeout: a test still running ``BACKSTOP_GRACE`` s after its limit (a hang that
+    holds the interpreter, where pytest-timeout's signal cannot act) gets every thread's stack printed, the test's
+    own frame among them, and the run ends (exit status 1) instead of hanging. faulthandler's watchdog is a C
+    thread: it needs no Python code to run. Off when ``faulthandler_timeout`` is set (it would replace this)."""
+    limit = time_limit(item)
+    armed = limit > 0 and not float(item.config.getini("faulthandler_timeout") or 0) and "stderr" in _REPORTS
+    if armed:
+        faulthandler.dump_traceback_later(limit + BACKSTOP_GRACE, exit=True, file=_REPORTS["stderr"])
+    try:
+        yield
+    finally:
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def data_file(name: str) -> Path:

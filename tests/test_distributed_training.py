@@ -15,7 +15,10 @@ import contextlib
 import json
 import math
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,12 +56,33 @@ gradient averaging are those of one process; the random patches are not (each ra
 these runs moves the Dice by about 0.01."""
 
 
+def run_in_session(command: list[str], environment: dict[str, str], timeout: float
+                   ) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in a session of its own, so that every process it starts (torchrun's workers) can be
+    stopped with it: past ``timeout`` s the whole session is killed and the test fails naming the command. Its
+    processes left after it ends are killed too. (``subprocess.run(timeout=)`` kills only the first process,
+    then waits for the pipes that the orphaned workers still hold open: it could hang.)"""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"{shlex.join(command)} did not end within {timeout} s; its processes were killed\n"
+                    f"{stderr[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def torchrun(processes: int, *args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc-per-node N -m mitk ARGS`` with one torch thread per process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "mitk", *map(str, args)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MITK_DIST_TIMEOUT": "120"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
+    return run_in_session(command, environment, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +230,7 @@ def test_a_rank_that_does_not_answer_ends_the_run_with_one_clear_line(tmp_path: 
         "    os._exit(3)\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MITK_DIST_TIMEOUT": "3"}
-    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=90)
+    done = run_in_session(command, environment, timeout=90)
     assert done.returncode != 0
     assert "rank 0: distributed training stopped: another process failed or did not answer within 3 s" \
         in done.stdout
@@ -377,45 +401,64 @@ def test_ranks_draw_their_own_augmentation() -> None:
     assert draws(0) == draws(0) and draws(0) != draws(1)
 
 
-class _SometimesHead(torch.nn.Module):
-    """A network whose second head takes no part in the training forward (deep supervision switched off)."""
+UNUSED_PARAMETERS = """
+import json
+import sys
+from pathlib import Path
 
-    def __init__(self) -> None:
+import torch
+import torch.distributed as dist
+
+from mitk.tasks import SegmentationPlugin
+from mitk.training.distributed import World
+from mitk.training.loop import ModelSpec, Trainer, TrainingOptions
+
+
+class SometimesHead(torch.nn.Module):
+    \"\"\"A network whose second head takes no part in the training forward (deep supervision switched off).\"\"\"
+
+    def __init__(self):
         super().__init__()
         self.body = torch.nn.Linear(4, 4)
         self.unused = torch.nn.Linear(4, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):
         return self.body(x)
+
+
+store, declared = sys.argv[1], sys.argv[2] == "declared"
+plugin = type("Plugin", (SegmentationPlugin,), {"unused_parameters": declared})()
+spec = ModelSpec(task="segment", plugin_name="p", plugin_version=None, plugin=plugin, config={})
+dist.init_process_group("gloo", store=dist.FileStore(store, 1), rank=0, world_size=1)
+trainer = Trainer(spec, step=None, train_dataset=None, val_dataset=None, options=TrainingOptions(),
+                  output_dir=Path(store).parent, device=torch.device("cpu"),
+                  world=World(rank=0, local_rank=0, size=1))
+network = trainer._parallel(SometimesHead())
+try:
+    for _ in range(2):
+        network(torch.ones(2, 4)).sum().backward()
+    outcome = "trained"
+except RuntimeError as error:
+    outcome = str(error)
+print(json.dumps({"outcome": outcome}), flush=True)
+dist.destroy_process_group()
+"""
 
 
 @pytest.mark.parametrize("declared", [False, True])
 def test_a_plugin_declares_parameters_its_forward_leaves_unused(tmp_path: Path, declared: bool) -> None:
     """The trainer's DistributedDataParallel searches for unused parameters only when the plugin says so; without
-    it such a network stops at the second step with PyTorch's error (a one-process gloo group, in this process)."""
-    import torch.distributed as dist
-
-    from mitk.tasks import SegmentationPlugin
-    from mitk.training.distributed import World
-    from mitk.training.loop import ModelSpec, Trainer, TrainingOptions
-
-    plugin = type("Plugin", (SegmentationPlugin,), {"unused_parameters": declared})()
-    spec = ModelSpec(task="segment", plugin_name="p", plugin_version=None, plugin=plugin, config={})
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    try:
-        trainer = Trainer(spec, step=None, train_dataset=None, val_dataset=None,  # type: ignore[arg-type]
-                          options=TrainingOptions(), output_dir=tmp_path, device=torch.device("cpu"),
-                          world=World(rank=0, local_rank=0, size=1))
-        network = trainer._parallel(_SometimesHead())
-
-        def two_steps() -> None:
-            for _ in range(2):
-                network(torch.ones(2, 4)).sum().backward()
-
-        if declared:
-            two_steps()
-        else:
-            with pytest.raises(RuntimeError, match=r"unused parameters|find_unused_parameters"):
-                two_steps()
-    finally:
-        dist.destroy_process_group()
+    it such a network stops at the second step with PyTorch's error. A one-process gloo group, in a process of
+    its own with a time limit: a process group in the test process once hung the suite in ProcessGroupGloo's
+    destructor."""
+    script = tmp_path / "unused.py"
+    script.write_text(UNUSED_PARAMETERS)
+    done = run_in_session([sys.executable, str(script), str(tmp_path / "store"),
+                           "declared" if declared else "undeclared"], {**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout)["outcome"]
+    if declared:
+        assert outcome == "trained"
+    else:
+        assert re.search(r"unused parameters|find_unused_parameters", outcome), outcome

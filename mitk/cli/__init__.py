@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 from typing import Annotated, Any
@@ -71,10 +72,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mitk.cli' has no attribute {name!r}")
 
 
+def interrupts_reach_main(command: Any) -> Any:
+    """Wrap every callback of the click ``command`` tree so that an interruption leaves it as ``click.Abort``
+    (from the :class:`~mitk.runner.batch.Interrupted`): Typer would turn a ``KeyboardInterrupt`` into a silent
+    exit 130, even for SIGTERM. Returns ``command``."""
+    import functools
+
+    import click
+
+    callback = command.callback
+    if callback is not None:
+        @functools.wraps(callback)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt as stop:
+                raise click.exceptions.Abort() from stop
+
+        command.callback = guarded
+    for subcommand in getattr(command, "commands", {}).values():
+        interrupts_reach_main(subcommand)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning expected errors into one line on stderr and an exit status.
 
-    SIGTERM is handled like Ctrl-C (exit 143 instead of 130); warnings from libraries are hidden unless
+    SIGTERM is handled like Ctrl-C (exit 143 instead of 130), whether a command reports the interruption itself
+    (a batch, training) or not (one line here); warnings from libraries are hidden unless
     ``--debug`` and counted in one line at the end.
     """
     import click
@@ -86,13 +111,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(plain(message) + "\n")
         return code
 
+    def interrupted(stop: BaseException | None) -> int:
+        """A signal that no command reported itself: one line, and 130 (SIGINT) or 143 (SIGTERM)."""
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        return fail(f"mitk: interrupted ({signal.Signals(signum).name})", 128 + signum)
+
     hidden: list[str] = []
     logger, shown = logging.getLogger("mitk"), logging.StreamHandler(sys.stderr)  # the library's log warnings
     shown.setLevel(logging.WARNING)
     logger.addHandler(shown)
     try:
         with stop_on_signals(), library_warnings() as hidden:
-            result = build_app()(args=argv, standalone_mode=False)
+            result = interrupts_reach_main(typer.main.get_command(build_app()))(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:
         code = done.exit_code
@@ -100,8 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         error.show()
         code = 2
     except (click.exceptions.Abort, KeyboardInterrupt) as stop:
-        cause = stop.__cause__ if isinstance(stop, click.exceptions.Abort) else stop
-        code = fail("mitk: interrupted", cause.exit_code if isinstance(cause, Interrupted) else 130)
+        code = interrupted(stop.__cause__ if isinstance(stop, click.exceptions.Abort) else stop)
     except MitkError as error:
         if STATE.debug:
             traceback.print_exc()

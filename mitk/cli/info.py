@@ -84,6 +84,8 @@ def info(
     from rich.table import Table
     from rich.text import Text
 
+    from mitk.console import PathCell
+
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -94,7 +96,8 @@ def info(
             value = " × ".join(str(v) for v in value) if key in ("shape", "spacing") else str(value)
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
-        table.add_row(key, Text(str(value)))  # file names and header text are never markup
+        # file names and header text are never markup; a long path loses its middle, never its file name
+        table.add_row(key, PathCell(value) if key == "path" else Text(str(value)))
     Console().print(table)
 
 

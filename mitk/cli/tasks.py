@@ -177,11 +177,13 @@ def _on_record(console: Any, record: Any, progress: Any) -> None:
 def run_verb(spec: TaskSpec, values: dict[str, Any]) -> None:
     """A task verb: the task checks its options and says what to run (``spec.verb``); the batch runs here."""
     from mitk.executors import build_job
+    from mitk.io.atomic import model_files
     from mitk.runner.outputs import OutputPolicy
 
     plan: VerbPlan = import_part(spec.verb)(values)
     policy = OutputPolicy(output=values["output"], output_dir=values["output_dir"], overwrite=values["overwrite"],
-                          skip_existing=values["skip_existing"], also_inputs=plan.also_inputs)
+                          skip_existing=values["skip_existing"], also_inputs=plan.also_inputs,
+                          model=model_files(values["weights"]))  # the model is an input too
     build = partial(build_job, spec.name, policy=policy, series=values["series"],
                     allow_resample=values["allow_resample"], **plan.job_options)
     try:

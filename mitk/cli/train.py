@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from mitk.cli.common import STATE, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings
+from mitk.cli.common import STATE, JsonOption, OverwriteOption, SetOption, emit_json, parse_settings, plain
 from mitk.errors import UsageError
 from mitk.taskspecs import TaskSpec, iter_tasks
 
@@ -141,8 +141,11 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
         console.print(f"{text} ({row['seconds']:.1f} s)", markup=False)
 
     keep_freed_memory()
-    run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
-                resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
+    try:
+        run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
+                    resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
+    except KeyboardInterrupt as stop:
+        _interrupted(task, output_dir, stop, console if main_process else None, as_json and main_process)
     document = {"task": task, **run.to_dict()}
     if not main_process:
         return
@@ -153,6 +156,36 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
         value = "n/a" if best["value"] is None else f"{best['value']:.4f}"
         console.print(f"best {best['name']} {value} at epoch {best['epoch']} → {document['checkpoint']}",
                       markup=False)
+
+
+def _interrupted(task: str, output_dir: Path, stop: KeyboardInterrupt, console: Any, as_json: bool) -> NoReturn:
+    """SIGINT/SIGTERM stopped training: say how far it got and how to go on (on ``console``; None under torchrun
+    but rank 0), with ``--json`` the document so far, and exit 130/143 as the task verbs do."""
+    import signal
+
+    from mitk.runner.batch import Interrupted
+    from mitk.training.folder import STATE_NAME
+    from mitk.training.loop import TrainingInterrupted
+
+    signum = stop.signum if isinstance(stop, Interrupted) else int(signal.SIGINT)
+    name, code = signal.Signals(signum).name, 128 + signum
+    run = stop.run if isinstance(stop, TrainingInterrupted) else None
+    last = run.last_epoch if run is not None else None
+    if (output_dir / STATE_NAME).is_file():
+        where = f"after epoch {last}" if last else "before an epoch finished"
+        hint = f"run `mitk train {task} -d {output_dir} --resume` to continue"
+    else:
+        again = " with --overwrite" if output_dir.is_dir() and any(output_dir.iterdir()) else ""
+        where, hint = "before the first epoch finished", f"nothing to resume; start the run again{again}"
+    if console is not None:
+        console.print(plain(f"mitk: interrupted ({name}) {where}: {hint}"), markup=False, emoji=False,
+                      highlight=False)
+    if as_json:
+        document: dict[str, Any] = {"task": task, "output_dir": str(output_dir), "epochs_run": 0}
+        if run is not None:
+            document.update(run.to_dict())
+        emit_json({**document, "interrupted": name, "exit_code": code})
+    raise typer.Exit(code)
 
 
 def build_app() -> typer.Typer:

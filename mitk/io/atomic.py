@@ -90,6 +90,21 @@ class InputFiles:
 NO_INPUTS = InputFiles({}, {})
 
 
+def model_files(weights: str | os.PathLike[str] | None) -> tuple[Path, ...]:
+    """The files of a model given with ``--weights`` (or ``weights=``): inputs like the images, never to be written
+    over. A checkpoint file is itself; a bundle or model folder is every file in it (symbolic links not
+    followed into other folders); nothing given, nothing."""
+    if weights is None:
+        return ()
+    path = Path(weights)
+    if not path.is_dir():
+        return (path,)
+    found = [path]
+    for folder, _, names in os.walk(path):
+        found.extend(Path(folder) / name for name in names)
+    return tuple(found)
+
+
 def refuse_inputs(target: str | os.PathLike[str],
                   inputs: InputFiles | Iterable[str | os.PathLike[str]]) -> None:
     """Raise :class:`UsageError` naming ``target`` when it is one of ``inputs``.

@@ -152,6 +152,19 @@ def stop_on_signals(handler: Callable[[int, FrameType | None], None] | None = No
             signal.signal(number, old if old is not None else signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Finish the enclosed steps (files that belong together), then act on a SIGINT/SIGTERM that arrived
+    meanwhile as the handler in place before would have (raise :class:`Interrupted`, ``KeyboardInterrupt``, or
+    end the process)."""
+    latch = _SignalLatch()
+    latch.holding = True
+    with stop_on_signals(latch):
+        yield
+    if latch.received is not None:
+        signal.raise_signal(latch.received)
+
+
 def run_batch(
     cases: Iterable[Case],
     process: CaseJob,

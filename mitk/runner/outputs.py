@@ -13,6 +13,7 @@ from mitk.io.atomic import (
     check_name_length,
     check_output,
     check_writable_folder,
+    refuse_inputs,
     remove_stale_partials,
     split_suffix,
 )
@@ -32,6 +33,9 @@ class OutputPolicy:
     skip_existing: bool = False
     also_inputs: tuple[Path, ...] = ()
     """Inputs besides the cases (a registration's fixed image): never written over either."""
+    model: tuple[Path, ...] = ()
+    """The model's files (``--weights``: a checkpoint, or a folder's files): inputs too. ``-o`` on one of them is
+    refused before anything runs, with or without ``--overwrite``."""
     inputs: InputFiles = NO_INPUTS
     """Every input of the call, set by :meth:`prepare`; no output of any case may land on one of them."""
     claimed: dict[Path, Path] = field(default_factory=dict, repr=False)
@@ -55,9 +59,10 @@ class OutputPolicy:
         """Check the command line against the expanded inputs, before any model is loaded: one output for
         one input, and the ``-o``/``--output-dir`` folder writable. (``-o`` over an input fails its case.)"""
         self.check_batch(len(cases))
-        self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs])
+        self.inputs = InputFiles.of([*(case.path for case in cases), *self.also_inputs, *self.model])
         folder = None
         if self.output is not None:
+            refuse_inputs(self.output, self.model)
             check_name_length(self.output)
             folder = self.output.parent
         elif self.output_dir is not None:

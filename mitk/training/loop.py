@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +38,7 @@ import torch
 from mitk.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_state_load, training_state_save
 from mitk.errors import MitkError, UsageError
 from mitk.plugin import TaskPlugin
+from mitk.runner.batch import Interrupted, signals_held
 from mitk.training.distributed import (
     GlobalBatchSampler,
     World,
@@ -150,6 +152,24 @@ class TrainingRun:
                 "best_metric": {"name": self.monitor, "mode": self.mode, "epoch": self.best_epoch,
                                 "value": self.best_score if _is_finite(self.best_score) else None},
                 "epochs_run": self.epochs_run, "last_epoch": self.last_epoch, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Best:
+    """The best validation score so far, its epoch and its tie-break value."""
+
+    score: float | None = None
+    epoch: int | None = None
+    tie: float | None = None
+
+
+class TrainingInterrupted(Interrupted):
+    """SIGINT/SIGTERM (or Ctrl-C) stopped training; ``run`` is what the finished epochs left (their checkpoints
+    and training state are complete: a resumed run continues after the last of them)."""
+
+    def __init__(self, signum: int, run: TrainingRun) -> None:
+        super().__init__(signum)
+        self.run = run
 
 
 @contextlib.contextmanager
@@ -336,19 +356,14 @@ class Trainer:
         network = self.spec.plugin.network(self.spec.config).to(self.device)
         optimizer = build_optimizer(network.parameters(), self.optimizer_settings)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        best_score: float | None = None
-        best_epoch: int | None = None
-        best_tie: float | None = None
-        tie_break: str | None = getattr(self.step, "tie_break", None)
+        best = _Best()
         start = 1
         if resume is not None:
             network.load_state_dict(resume.state_dict, strict=True)
             optimizer.load_state_dict(resume.state["optimizer"])
             if self.amp and resume.state.get("scaler"):
                 scaler.load_state_dict(resume.state["scaler"])
-            best_score = resume.state.get("best_score")
-            best_epoch = resume.state.get("best_epoch")
-            best_tie = resume.state.get("best_tie")
+            best = _Best(resume.state.get("best_score"), resume.state.get("best_epoch"), resume.state.get("best_tie"))
             start = resume.epoch + 1
             if start > options.epochs:
                 raise UsageError(f"the run has finished {resume.epoch} epochs already; give a larger --epochs "
@@ -358,48 +373,72 @@ class Trainer:
         train_loader, val_loader, generator = self._loaders()
         if len(train_loader) == 0:
             raise UsageError("no training batches: the training list is empty")
-        with self._progress() as progress:
-            epoch_task = progress.add_task("epochs", total=options.epochs, completed=start - 1)
-            for epoch in range(start, options.epochs + 1):
-                epoch_started = time.perf_counter()
-                self._seed_epoch(epoch, generator)
-                learning_rate = scheduled_learning_rate(self.schedule, self.base_lr, epoch, options.epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate
-                loss = self._train_epoch(model, optimizer, scaler, train_loader, progress, epoch)
-                row: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": learning_rate}
-                metrics: dict[str, Any] = {}
-                if epoch % options.val_every == 0 or epoch == options.epochs:
-                    batches = progress.add_task("validation", total=len(val_loader))
-                    with sharded_validation(self.validation_cases is not None):  # the ranks' shards combined
-                        metrics = self.step.validate(network, _advancing(val_loader, progress, batches),
-                                                     self.device, self.autocast)
-                    progress.remove_task(batches)
-                    row.update({f"val_{name}": value for name, value in metrics.items()})
-                    score = float(metrics.get(self.step.monitor, math.nan))
-                    tie = float(metrics.get(tie_break, math.nan)) if tie_break else math.nan
-                    if is_better(score, best_score, self.mode) or breaks_tie(score, best_score, tie, best_tie):
-                        best_score, best_epoch, best_tie = score, epoch, tie
-                        self._save_weights(BEST_NAME, network, {**metrics, "epoch": epoch})
-                self._save_weights(LAST_NAME, network, {**metrics, "epoch": epoch})
-                if self.is_main:
-                    training_state_save(self.output_dir / STATE_NAME, {
-                        "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if self.amp else {}, "best_score": best_score,
-                        "best_epoch": best_epoch, "best_tie": best_tie, "options": json.dumps(asdict(options)),
-                        "extra": json.dumps(self.extra_state)})
-                row["seconds"] = round(time.perf_counter() - epoch_started, 3)
-                log.append(row, plot=bool(metrics) or epoch == options.epochs, write=self.is_main)
-                progress.advance(epoch_task)
-                if self.on_epoch is not None:
-                    self.on_epoch(row)
+        try:
+            with self._progress() as progress:
+                epoch_task = progress.add_task("epochs", total=options.epochs, completed=start - 1)
+                for epoch in range(start, options.epochs + 1):
+                    self._epoch(epoch, model, network, optimizer, scaler, (train_loader, val_loader, generator),
+                                progress, log, best)
+                    progress.advance(epoch_task)
+        except KeyboardInterrupt as stop:  # the epochs finished so far are complete on disk: say so
+            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            finished = int(log.rows[-1]["epoch"]) if log.rows else start - 1  # logged with its checkpoints
+            raise TrainingInterrupted(signum, self._run(best, log, start, finished, started)) from None
         distributed = self._check_replicas(network, log)
-        best = self.output_dir / BEST_NAME
-        return TrainingRun(output_dir=self.output_dir, best_checkpoint=best if best.is_file() else None,
-                           monitor=self.step.monitor, mode=self.mode, best_score=best_score, best_epoch=best_epoch,
-                           epochs_run=options.epochs - start + 1, last_epoch=options.epochs,
+        return self._run(best, log, start, options.epochs, started, network=network, distributed=distributed)
+
+    def _run(self, best: _Best, log: TrainingLog, start: int, last: int, started: float,
+             network: torch.nn.Module | None = None, distributed: dict[str, Any] | None = None) -> TrainingRun:
+        """The run so far: epochs ``start`` … ``last`` of this call (none when ``last`` < ``start``)."""
+        checkpoint = self.output_dir / BEST_NAME
+        return TrainingRun(output_dir=self.output_dir, best_checkpoint=checkpoint if checkpoint.is_file() else None,
+                           monitor=self.step.monitor, mode=self.mode, best_score=best.score, best_epoch=best.epoch,
+                           epochs_run=max(0, last - start + 1), last_epoch=last,
                            seconds=time.perf_counter() - started, history=list(log.rows), network=network,
                            distributed=distributed)
+
+    def _epoch(self, epoch: int, model: torch.nn.Module, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: Any, loaders: tuple[Any, Any, torch.Generator], progress: Any, log: TrainingLog,
+               best: _Best) -> None:
+        """Train and validate one epoch, then write its checkpoints, training state and log together: a signal
+        that arrives while they are written stops the run after them, never between them."""
+        options = self.options
+        train_loader, val_loader, generator = loaders
+        tie_break: str | None = getattr(self.step, "tie_break", None)
+        epoch_started = time.perf_counter()
+        self._seed_epoch(epoch, generator)
+        learning_rate = scheduled_learning_rate(self.schedule, self.base_lr, epoch, options.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        loss = self._train_epoch(model, optimizer, scaler, train_loader, progress, epoch)
+        row: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": learning_rate}
+        metrics: dict[str, Any] = {}
+        improved = False
+        if epoch % options.val_every == 0 or epoch == options.epochs:
+            batches = progress.add_task("validation", total=len(val_loader))
+            with sharded_validation(self.validation_cases is not None):  # the ranks' shards combined
+                metrics = self.step.validate(network, _advancing(val_loader, progress, batches),
+                                             self.device, self.autocast)
+            progress.remove_task(batches)
+            row.update({f"val_{name}": value for name, value in metrics.items()})
+            score = float(metrics.get(self.step.monitor, math.nan))
+            tie = float(metrics.get(tie_break, math.nan)) if tie_break else math.nan
+            improved = is_better(score, best.score, self.mode) or breaks_tie(score, best.score, tie, best.tie)
+        with signals_held():
+            if improved:
+                best.score, best.epoch, best.tie = score, epoch, tie
+                self._save_weights(BEST_NAME, network, {**metrics, "epoch": epoch})
+            self._save_weights(LAST_NAME, network, {**metrics, "epoch": epoch})
+            if self.is_main:
+                training_state_save(self.output_dir / STATE_NAME, {
+                    "format": STATE_FORMAT, "epoch": epoch, "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if self.amp else {}, "best_score": best.score,
+                    "best_epoch": best.epoch, "best_tie": best.tie, "options": json.dumps(asdict(options)),
+                    "extra": json.dumps(self.extra_state)})
+            row["seconds"] = round(time.perf_counter() - epoch_started, 3)
+            log.append(row, plot=bool(metrics) or epoch == options.epochs, write=self.is_main)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
 
     def _parallel(self, network: torch.nn.Module) -> torch.nn.Module:
         """``DistributedDataParallel`` around ``network`` under torchrun (it averages the gradients over the

@@ -17,7 +17,7 @@ PROBABILITY_PREFIX = "prob_"
 def prepare(values: dict[str, Any]) -> VerbPlan:
     """``mitk classify``: with ``--csv``, the rows of every classified input are written after the batch (and a
     table printed for people)."""
-    from mitk.io.atomic import check_output
+    from mitk.io.atomic import check_output, model_files
     from mitk.io.inputs import expand_inputs
     from mitk.taskspecs import derived_suffixes
 
@@ -30,7 +30,7 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
                              "use --manifest per shard (each record holds the probabilities) and "
                              "mitk manifest merge")
         cases = expand_inputs(values["inputs"], derived_suffixes())
-        check_output(csv, overwrite, inputs=tuple(case.path for case in cases))
+        check_output(csv, overwrite, inputs=(*(case.path for case in cases), *model_files(values["weights"])))
     rows: list[dict[str, Any]] = []
 
     def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
@@ -155,13 +155,17 @@ def _write_csv(rows: list[dict[str, Any]], path: Path, overwrite: bool) -> None:
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from mitk.console import PathCell
 
     columns = _columns(rows)
     table = Table(box=None, pad_edge=False)
-    table.add_column("input", overflow="fold")
+    table.add_column("input")  # a long path loses its middle, never its file name
     table.add_column("predicted")
     for column in columns[2:]:
         table.add_column(column[len(PROBABILITY_PREFIX):], justify="right")
     for row in rows:
-        table.add_row(row["input"], row["predicted"], *(f"{row[c]:.4f}" if c in row else "" for c in columns[2:]))
+        probabilities = (f"{row[c]:.4f}" if c in row else "" for c in columns[2:])
+        table.add_row(PathCell(row["input"]), Text(row["predicted"]), *probabilities)
     Console(highlight=False).print(table)

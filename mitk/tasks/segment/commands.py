@@ -206,13 +206,14 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
                  tolerance: float, missing_distance: str) -> None:
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
+
+    from mitk.console import PathCell
 
     columns = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
                ("surface_dice_voxel", "NSD voxel", 4), ("reference_volume_ml", "Ref mL", 1),
                ("predicted_volume_ml", "Pred mL", 1))
     table = Table(box=None, pad_edge=False)
-    table.add_column("case", no_wrap=True)
+    table.add_column("case")  # a long case name loses its middle, never its end (PathCell)
     table.add_column("label", justify="right")
     table.add_column("empty")
     for _, header, _ in columns:
@@ -222,7 +223,7 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
         return ["—" if values[m] is None else f"{values[m]:.{digits}f}" for m, _, digits in columns]
 
     for row in rows:
-        table.add_row(Text(str(row["case"])), str(row["label"]), "" if row["empty"] == "none" else row["empty"],
+        table.add_row(PathCell(row["case"]), str(row["label"]), "" if row["empty"] == "none" else row["empty"],
                       *cells(row))  # case names are file names: never markup
     table.add_section()
     for label, stats in summary.items():
