@@ -93,6 +93,8 @@ def read_transform(path: Path) -> Transform:
             matrix = np.asarray(json.loads(path.read_text())["matrix_ras"], float)
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(f"not a mitk transform record ({error})", path) from None
+        except RecursionError:
+            raise InputError("not a mitk transform record (JSON nested too deeply)", path) from None
         if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
             raise InputError("matrix_ras must be a finite 4×4 matrix", path)
         if not np.array_equal(matrix[3], [0.0, 0.0, 0.0, 1.0]):

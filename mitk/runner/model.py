@@ -108,6 +108,7 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
         if network is None:
             raise CheckpointError(f"plugin {plugin!r} has no network to load weights into", weights)
         missing, unexpected = _compatible(network, checkpoint.state_dict)
+        _refuse_label_count(instance, config, network, checkpoint.state_dict, weights)
         if missing or unexpected:
             raise CheckpointError(
                 f"weights do not fit plugin {plugin!r}'s network ({len(missing)} missing, "
@@ -133,6 +134,36 @@ def _build_inference_pieces(instance: TaskPlugin, config: dict[str, Any]) -> Non
             continue
         with contextlib.suppress(NotImplementedError):
             build(config)
+
+
+def label_count(instance: TaskPlugin, config: dict[str, Any]) -> int | None:
+    """How many outputs the plugin's settings name (its ``labels`` or ``class_names``), or None."""
+    for piece in ("labels", "class_names"):
+        build = getattr(instance, piece, None)
+        if build is None:
+            continue
+        try:
+            return len(build(config))
+        except NotImplementedError:
+            continue
+    return None
+
+
+def _refuse_label_count(instance: TaskPlugin, config: dict[str, Any], network: torch.nn.Module,
+                        state: dict[str, torch.Tensor], weights: str | Path | None) -> None:
+    """Refuse a checkpoint whose settings name another number of labels (or classes) than the output channels
+    its weights have: the network built from those settings has ``n`` outputs where the saved one has ``m``,
+    so loading would fail on an unexplained shape, or map channels to the wrong names."""
+    count = label_count(instance, config)
+    if count is None:
+        return
+    own = network.state_dict()
+    for name, tensor in state.items():
+        if name in own and tensor.ndim >= 1 and own[name].ndim == tensor.ndim and own[name].shape[0] == count \
+                and tensor.shape[0] != count and tuple(own[name].shape[1:]) == tuple(tensor.shape[1:]):
+            raise CheckpointError(f"the checkpoint's settings name {count} labels/classes but its weights have "
+                                  f"{tensor.shape[0]} output channels ({name}): the labels do not belong to "
+                                  "these weights", weights)
 
 
 def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -259,7 +259,7 @@ def _contradiction(entry: dict[str, Any]) -> str | None:
     shards, total, inputs = entry.get("shards"), entry.get("total"), len(entry["inputs"])
     if shards is not None and shards < 1:
         return f"{shards} shards (a split has at least 1)"
-    if "shard" in entry and not 0 <= entry["shard"] < shards:
+    if "shard" in entry and shards is not None and not 0 <= entry["shard"] < shards:
         return f"shard {entry['shard']} of {shards} (shards count from 0 to {shards - 1})"
     merged = [index for index in entry.get("merged") or [] if shards is None or not 0 <= index < shards]
     if merged:
