@@ -109,12 +109,16 @@ class _SignalLatch:
     def __init__(self) -> None:
         self.received: int | None = None
         self.holding = False
+        self.delivered = False
+        """Whether :class:`Interrupted` was raised already: the records an executor still hands over while it
+        stops (cases its workers finished) are then kept, not cut off after the first."""
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
             return  # already stopping: a second signal must not break the clean-up of the first
         self.received = signum
         if not self.holding:
+            self.delivered = True
             raise Interrupted(signum)
 
     @contextlib.contextmanager
@@ -125,7 +129,8 @@ class _SignalLatch:
             yield
         finally:
             self.holding = False
-        if self.received is not None:
+        if self.received is not None and not self.delivered:
+            self.delivered = True
             raise Interrupted(self.received)
 
 
