@@ -21,8 +21,8 @@ from helpers import invoke
 
 from mitk import hookimpl
 from mitk.errors import InputError
-from mitk.tasks import RegistrationPlugin
 from mitk.image import Image
+from mitk.tasks import RegistrationPlugin
 
 
 class Identity(RegistrationPlugin):
@@ -100,7 +100,7 @@ def test_a_constant_fixed_image_is_refused_before_any_case(images: dict[str, Pat
 def test_a_2d_fixed_image_with_a_3d_moving_one_is_refused(images: dict[str, Path], tmp_path: Path) -> None:
     code, stdout, stderr = invoke(["register", str(images["slice"]), str(images["brain"]), "-p", "affine",
                                    "-d", str(tmp_path / "out"), "--json"])
-    assert code == 1
+    assert code == 1 and "internal error" not in stderr
     [record] = json.loads(stdout)["cases"]
     assert "a 2-D image (shape (128, 128, 1)) cannot be registered to a 3-D one" in record["error"]
     assert str(images["slice"]) in record["error"] and not (tmp_path / "out").exists()
@@ -115,7 +115,7 @@ def test_the_python_api_refuses_the_same_pairs(images: dict[str, Path]) -> None:
             model.register(images["brain"], images["zero"])
         with pytest.raises(InputError, match="the fixed image is constant"):
             model.register(images["constant"], images["brain"])
-        with pytest.raises(InputError, match="a 2-D image .* cannot be registered to a 3-D one"):
+        with pytest.raises(InputError, match=r"a 2-D image .* cannot be registered to a 3-D one"):
             model.register(images["brain"], images["slice"])
     result = mitk.load("identity").register(images["slice"], images["slice"])  # two slices register as before
     assert result.warped.array.shape == (128, 128, 1)
@@ -166,7 +166,7 @@ def test_warp_refuses_an_overflowing_composite_and_a_non_affine_matrix(images: d
     for names, message in expected.items():
         chain = [argument for name in names for argument in ("-t", str(transforms[name]))]
         code, stdout, stderr = invoke(["warp", brain, *chain, "-r", brain, "-o", str(output)])
-        assert code == 1 and stderr == f"mitk: error: {message}\n", (names, stderr)
+        assert code == 1 and stdout == "" and stderr == f"mitk: error: {message}\n", (names, stderr)
         assert not output.exists()
 
 

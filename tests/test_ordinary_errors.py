@@ -136,9 +136,9 @@ def test_device_meta_is_a_usage_error(brain_mr: Path, tmp_path: Path) -> None:
     assert code == 2 and stdout == ""
     assert stderr == "mitk: error: device 'meta' cannot run a model (use auto, cpu or cuda)\n"
     assert not (tmp_path / "out").exists()
-    with pytest.raises(UsageError, match="^device 'meta' cannot run a model"):
+    with pytest.raises(UsageError, match=r"^device 'meta' cannot run a model"):
         mitk.load("threshold", device="meta")
-    with pytest.raises(UsageError, match="^invalid device 'gpu0'"):
+    with pytest.raises(UsageError, match=r"^invalid device 'gpu0'"):
         mitk.load("threshold", device="gpu0")
 
 
