@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from helpers import invoke
 
-from mitk.errors import CheckpointError, MitkError, PluginError, UsageError
+from mitk.errors import CheckpointError, MitkError, OutputExistsError, PluginError, UsageError
 
 
 def header(shard: int, shards: int, *inputs: str, total: int) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def test_a_malformed_size_limit_is_a_usage_error_before_the_batch(variable: str,
     assert not out.exists() and not manifest_path.exists()
 
 
-def test_the_python_api_errors_name_keywords_not_flags(tmp_path: Path) -> None:
+def test_the_python_api_errors_name_keywords_not_flags(brain_mr: Path, tmp_path: Path) -> None:
     import mitk
 
     def message(**arguments: Any) -> str:
@@ -107,6 +107,10 @@ def test_the_python_api_errors_name_keywords_not_flags(tmp_path: Path) -> None:
         assert "--" not in text.replace("`mitk train segment --plugin unet`", ""), (name, text)
     with pytest.raises(PluginError):
         mitk.load("unet")
+    result = mitk.load("threshold").segment(brain_mr)
+    result.save(tmp_path / "seg.nii.gz")
+    with pytest.raises(OutputExistsError, match=r"\(pass overwrite=True to replace it\)$"):
+        result.save(tmp_path / "seg.nii.gz")
     code, _, stderr = invoke(["segment", "x.nii.gz", "-p", "unet", "-d", str(tmp_path / "out")])  # the CLI's words
     assert code == 1 and "give --weights FILE" in stderr
 
