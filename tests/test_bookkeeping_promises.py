@@ -163,3 +163,16 @@ def test_settings_errors_from_the_api_are_usage_errors() -> None:
 
     with pytest.raises(UsageError, match=r"^settings= bins: plugin 'threshold' expects an integer"):
         mitk.load("threshold", settings={"bins": "many"})
+
+
+def test_dicom_errors_from_the_api_name_the_keyword_too() -> None:
+    """A folder of several series (pydicom's MR700 projections): the message names ``series=`` beside the
+    command line's ``--series``."""
+    from pydicom import data as pydicom_data
+
+    import mitk
+
+    folder = Path(pydicom_data.__file__).parent / "test_files" / "dicomdirtests" / "98892003" / "MR700"
+    with pytest.raises(UsageError, match=r"^.*7 series found .*choose one with --series INDEX\|UID \(series= in "
+                                         r"Python\): "):
+        mitk.load("threshold").segment(folder)
