@@ -15,6 +15,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from helpers import invoke
 
 from mitk import hookimpl
@@ -96,6 +97,8 @@ def failing_forward(error: BaseException) -> type:
      "not enough memory for 3.0 GiB (torch could not allocate it)"),
     (MemoryError("Unable to allocate 8.00 GiB for an array with shape (1024, 1024, 1024) and data type float64"),
      "not enough memory for an array of 8.00 GiB (shape (1024, 1024, 1024), float64)"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 "
+                            "GiB of which 1.2 GiB is free."), "not enough GPU memory for 2.00 GiB"),
 ])
 def test_running_out_of_memory_says_not_enough_memory(error: BaseException, message: str, brain_mr: Path,
                                                       tmp_path: Path, mitk_plugins: Callable[..., Any]) -> None:
