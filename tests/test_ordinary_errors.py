@@ -201,3 +201,15 @@ def test_manifest_merge_skips_a_deeply_nested_line_as_damaged(tmp_path: Path) ->
     report = json.loads(stdout)
     assert report["damaged_lines"] == [f"{manifest}:3"] and report["summary"]["ok"] == 2
     assert "1 damaged line(s) skipped" in stderr and "internal error" not in stderr
+
+
+@pytest.mark.parametrize(("task", "plugin"), [("segment", "unet"), ("classify", "densenet121")])
+def test_a_deeply_nested_datalist_is_refused_by_name(task: str, plugin: str, tmp_path: Path) -> None:
+    datalist = tmp_path / "dataset.json"
+    datalist.write_text(deep_json("training"))
+    run = tmp_path / "run"
+    code, _, stderr = invoke(["train", task, "--plugin", plugin, "--data", str(datalist), "--epochs", "1",
+                              "-d", str(run)])
+    assert code == 1 and stderr.splitlines()[0] == (
+        f"mitk: error: {datalist}: not a readable datalist JSON (nested too deeply)")
+    assert not run.exists()
