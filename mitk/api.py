@@ -48,7 +48,8 @@ def load(plugin: str | None = None, *, weights: str | Path | None = None, task: 
     from mitk.runner import model as runner_model
 
     resolved = runner_model.resolve_task(plugin, weights, task)
-    loaded = runner_model.load_model(resolved, plugin, weights, runner_model.nested_settings(settings), device)
+    loaded = runner_model.load_model(resolved, plugin, weights, runner_model.nested_settings(settings), device,
+                                     caller="api")
     return Model(loaded)
 
 

@@ -112,6 +112,8 @@ def _load_safetensors(path: Path) -> Checkpoint:
         metrics = json.loads(metadata.get("metrics", "{}"))
     except json.JSONDecodeError as error:
         raise CheckpointError(f"checkpoint metadata is not valid JSON ({error})", path) from None
+    except RecursionError:
+        raise CheckpointError("checkpoint metadata is nested too deeply to read", path) from None
     return Checkpoint(state_dict=state, task=metadata.get("task"), plugin=metadata.get("plugin"),
                       plugin_version=metadata.get("plugin_version") or None, config=config,
                       metrics=metrics, path=path)

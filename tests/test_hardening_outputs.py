@@ -311,7 +311,7 @@ def test_memory_errors_fail_the_case_not_the_batch(folder: Path, tmp_path: Path,
     code, stdout, stderr = invoke(["segment", "--plugin", "hungry", str(folder), "-d", str(tmp_path / "out"), "--json"])
     assert code == 3, stderr
     first, second = json.loads(stdout)["cases"]
-    assert first["error"] == f"{folder / 'a.nii'}: out of memory" and second["status"] == "ok"
+    assert first["error"] == f"{folder / 'a.nii'}: not enough memory for this case" and second["status"] == "ok"
 
 
 def test_monai_wrapped_errors_are_reduced_to_the_cause(folder: Path, tmp_path: Path,

@@ -419,14 +419,14 @@ def test_merge_takes_the_latest_record_and_skipped_after_ok_is_done(tmp_path: Pa
 
 
 def test_merge_exit_1_when_nothing_succeeded(tmp_path: Path, run_inprocess: Any) -> None:
-    only = manifest(tmp_path / "0.jsonl", header(0, 1, "a", "b"), record("a", "failed"), record("b", "failed"))
+    only = manifest(tmp_path / "0.jsonl", header(0, 1, "a", "b", total=2), record("a", "failed"), record("b", "failed"))
     assert merge(run_inprocess, only)[0] == 1
     report = merge_manifests([only])
     assert report.exit_code == 1 and report.shards_to_rerun() == [0]
 
 
 def test_merge_refuses_bad_input_and_protects_files(tmp_path: Path, run_inprocess: Any) -> None:
-    first = manifest(tmp_path / "0.jsonl", header(0, 2, "a"), record("a"))
+    first = manifest(tmp_path / "0.jsonl", header(0, 2, "a", total=1), record("a"))
     other_split = manifest(tmp_path / "x.jsonl", header(1, 3, "b"), record("b", shard=1))
     code, _, stderr = run_inprocess("manifest", "merge", first, other_split)
     assert code == 2 and "different splits (2 and 3 shards)" in stderr
@@ -442,7 +442,7 @@ def test_merge_refuses_bad_input_and_protects_files(tmp_path: Path, run_inproces
     target.write_text("keep\n")
     code, _, stderr = run_inprocess("manifest", "merge", first, "-o", target)
     assert code == 1 and "--overwrite" in stderr and target.read_text() == "keep\n"
-    code, _, _ = run_inprocess("manifest", "merge", manifest(tmp_path / "1.jsonl", header(1, 2)), first, "-o",
+    code, _, _ = run_inprocess("manifest", "merge", manifest(tmp_path / "1.jsonl", header(1, 2, total=1)), first, "-o",
                                target, "--overwrite")
     assert code == 0 and read_lines(target)[1] == record("a")
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]

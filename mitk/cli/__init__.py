@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     from mitk.cli.common import library_warnings, plain
-    from mitk.runner.batch import Interrupted, describe_error, stop_on_signals
+    from mitk.runner.batch import Interrupted, describe_error, is_ordinary, stop_on_signals
 
     def fail(message: str, code: int) -> int:
         sys.stderr.write(plain(message) + "\n")
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # an unexpected failure: still one line unless --debug
         if STATE.debug:
             traceback.print_exc()
-        code = fail(f"mitk: internal error: {describe_error(error)} (run with --debug for details)", 1)
+        code = fail(f"mitk: error: {describe_error(error)}" if is_ordinary(error) else
+                    f"mitk: internal error: {describe_error(error)} (run with --debug for details)", 1)
     finally:
         logger.removeHandler(shown)
     if hidden and not STATE.quiet:

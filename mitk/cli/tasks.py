@@ -51,6 +51,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     """
     from mitk.io.atomic import check_name_length, refuse_inputs
     from mitk.io.inputs import expand_inputs
+    from mitk.io.limits import check_limits
     from mitk.runner.batch import Interrupted, keep_records
     from mitk.runner.shards import SPLITS, Shard, ends_mid_line, manifest_header
 
@@ -59,6 +60,7 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     if shard is None and shard_by != "hash":
         raise UsageError("--shard-by chooses how --shard splits the inputs: add --shard I/N")
     part = Shard.parse(shard, shard_by) if shard is not None else None
+    check_limits()  # a malformed MITK_MAX_IMAGE_BYTES is a usage error, not a failure of every case
     cases = expand_inputs(inputs, derived_suffixes())
     if not cases:
         raise UsageError("no inputs given")

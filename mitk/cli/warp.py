@@ -39,7 +39,7 @@ def warp(
     from mitk.io.atomic import atomic_path, check_output
     from mitk.io.nifti import is_nifti, write_nifti
     from mitk.io.reader import load_image, require_volume
-    from mitk.io.transforms import read_transform
+    from mitk.io.transforms import check_chain, read_transform
     from mitk.runner.resample import resample_through
 
     mode = interpolation or ("labels" if labels else "linear")
@@ -51,6 +51,7 @@ def warp(
     check_output(output, overwrite, inputs)
     started = time.perf_counter()
     chain = [read_transform(path) for path in transform]
+    check_chain(chain, transform)
     image = require_volume(load_image(input_path, series=series))
     grid = require_volume(load_image(reference, series=series))
     if mode != "linear" and image.array.dtype.kind == "f" and not np.array_equal(image.array,

@@ -177,16 +177,43 @@ class DaskExecutor(Executor):
         client.subscribe_topic(records_topic(token), on_event)
         try:
             fill()
-            for future in finished:
-                index, case = running.pop(future)
-                record = self._record(future, index, case, arrived, condition)
-                del future  # released: a worker that dies now does not make the case run again
-                fill()
-                yield record
+            try:
+                for future in finished:
+                    index, case = running[future]
+                    record = self._record(future, index, case, arrived, condition)
+                    del running[future], future  # released: a worker that dies now does not run the case again
+                    fill()
+                    yield record
+            except KeyboardInterrupt:  # SIGINT/SIGTERM while waiting: keep what the workers finished, then stop
+                yield from self._finished_when_stopped(running, arrived, condition)
+                raise
         finally:
             client.unsubscribe_topic(records_topic(token))
             if running:
                 client.cancel(list(running), force=True)
+
+    @staticmethod
+    def _finished_when_stopped(running: dict[Any, tuple[int, Case]], arrived: dict[int, dict[str, Any]],
+                               condition: Any) -> Iterator[CaseRecord]:
+        """The records of the cases in ``running`` that their workers finished (their record arrived, or their
+        task is done) when the batch was interrupted: their outputs are written, so they are recorded as done,
+        not left out of the manifest. They leave ``running``; the rest are cancelled by the caller."""
+        from mitk.runner.batch import CaseRecord
+
+        for future, (index, _case) in list(running.items()):
+            with condition:
+                sent = arrived.pop(index, None)
+            if sent is not None:
+                record = CaseRecord(**sent)
+            elif future.status == "finished":
+                try:
+                    record = future.result(timeout=RECORD_WAIT_S)
+                except Exception:  # the result is lost with its worker: the case stays not done
+                    continue
+            else:
+                continue
+            del running[future]
+            yield record
 
     @staticmethod
     def _record(future: Any, index: int, case: Case, arrived: dict[int, dict[str, Any]],

@@ -46,6 +46,13 @@ def max_zip_bytes() -> int:
     return env_size(MAX_ZIP_BYTES, DEFAULT_MAX_ZIP_BYTES)
 
 
+def check_limits() -> None:
+    """Read both limits now, so that a malformed value is a usage error (exit 2) before a batch starts, not a
+    failure of every case."""
+    max_image_bytes()
+    max_zip_bytes()
+
+
 def format_bytes(count: int) -> str:
     """``1536`` → ``1.5 KiB``; exact bytes below 1 KiB."""
     value = float(count)

@@ -34,7 +34,7 @@ def read_photo(path: str | Path) -> Image:
 
     path = Path(path)
     try:
-        with PillowImage.open(path) as picture:
+        with PillowImage.open(path) as picture:  # over twice Pillow's limit, open() itself refuses (below)
             if picture.width * picture.height > MAX_PIXELS:
                 raise InputError(f"picture of {picture.width}×{picture.height} pixels is too large", path)
             picture = ImageOps.exif_transpose(picture) or picture
@@ -47,6 +47,10 @@ def read_photo(path: str | Path) -> Image:
             else:  # RGB, RGBA, P, CMYK, YCbCr, LAB …
                 pixels = np.asarray(picture.convert("RGB"))
             file_format = picture.format or path.suffix.lstrip(".").upper()
+    except PillowImage.DecompressionBombError:
+        raise InputError(f"picture is too large (over twice Pillow's decompression-bomb limit of "
+                         f"{PillowImage.MAX_IMAGE_PIXELS or 0:,} pixels; mitk reads up to {MAX_PIXELS:,})",
+                         path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InputError(f"not a readable PNG or JPEG picture ({error})", path) from None
     if pixels.ndim == 3 and pixels.shape[2] == 3 and _is_grey(pixels):

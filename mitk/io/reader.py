@@ -50,8 +50,29 @@ def as_volume_array(array: np.ndarray) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+SINGULAR_CONDITION = 1e12
+"""An affine's linear part with a larger condition number is singular for mitk's purposes (float64 inverses
+of it are noise): its voxel axes do not span three dimensions."""
+
+
+def require_invertible_affine(image: Image) -> None:
+    """Refuse an image whose voxel-to-world affine is not finite or is singular (a zero voxel size, or two voxel
+    axes along one direction): no resampling, mapping back or world position can be computed on it."""
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise InputError("the affine (voxel-to-world matrix) has NaN or infinite entries", image.path)
+    with np.errstate(all="ignore"):
+        condition = np.linalg.cond(affine[:3, :3])
+    if not np.isfinite(condition) or condition > SINGULAR_CONDITION:
+        spacing = ", ".join(f"{n:g}" for n in np.linalg.norm(affine[:3, :3], axis=0))
+        raise InputError(f"the affine is singular (voxel sizes {spacing} mm; its voxel axes do not span 3-D "
+                         "space): fix the header's sform/qform", image.path)
+
+
 def require_volume(image: Image, channels: bool = False) -> Image:
-    """Check that ``image`` is a finite 3-D volume (trailing singleton axes are dropped)."""
+    """Check that ``image`` is a finite 3-D volume (trailing singleton axes are dropped) on a grid whose affine
+    is finite and invertible."""
+    require_invertible_affine(image)
     array = as_volume_array(image.array)
     if array.ndim != 3 and not (channels and array.ndim == 4):
         raise InputError(f"expected a 3-D volume, got {array.ndim}-D data of shape {array.shape}", image.path)

@@ -93,11 +93,16 @@ def read_transform(path: Path) -> Transform:
             matrix = np.asarray(json.loads(path.read_text())["matrix_ras"], float)
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(f"not a mitk transform record ({error})", path) from None
+        except RecursionError:
+            raise InputError("not a mitk transform record (JSON nested too deeply)", path) from None
         if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
             raise InputError("matrix_ras must be a finite 4×4 matrix", path)
-        return Transform(matrix=matrix)
+        if not np.array_equal(matrix[3], [0.0, 0.0, 0.0, 1.0]):
+            raise InputError(f"matrix_ras is not affine: its bottom row is {matrix[3].tolist()}, not [0, 0, 0, 1]",
+                             path)
+        return Transform(matrix=require_invertible(matrix, path))
     if path.suffix.lower() in (".tfm", ".txt"):
-        return Transform(matrix=FLIP @ _read_itk_text(path) @ FLIP)
+        return Transform(matrix=require_invertible(FLIP @ _read_itk_text(path) @ FLIP, path))
     raise InputError("unknown transform format (use .tfm, .txt, .json, .nii or .nii.gz)", path)
 
 
@@ -130,9 +135,35 @@ def _read_itk_text(path: Path) -> np.ndarray:
         raise InputError(f"{len(blocks)} transforms but no CompositeTransform header: ITK readers disagree on "
                          "how to chain them (write a CompositeTransform, or one file per transform)", path)
     matrix = np.eye(4)
-    for kind, fields in blocks:  # T(x) = T1(T2(…Tn(x))): each later transform is applied before this one
-        matrix = matrix @ _itk_matrix(kind, fields, path)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for kind, fields in blocks:  # T(x) = T1(T2(…Tn(x))): each later transform is applied before this one
+            matrix = matrix @ _itk_matrix(kind, fields, path)
+    if not np.isfinite(matrix).all():
+        raise InputError(f"the {len(blocks)} transforms compose to a matrix that overflows (not finite)", path)
     return matrix
+
+
+def require_invertible(matrix: np.ndarray, path: Path) -> np.ndarray:
+    """``matrix`` if its linear part maps 3-D onto 3-D with room to spare in float64; a collapsing or
+    overflowing transform would sample nothing and write an invented (all-zero) image."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        condition = np.linalg.cond(matrix[:3, :3])
+    if not np.isfinite(condition) or condition > 1e12:
+        raise InputError("the transform's linear part is singular or too ill-conditioned to apply", path)
+    return matrix
+
+
+def check_chain(chain: list[Transform], paths: list[Path]) -> None:
+    """Refuse a chain of matrices (points go through the first, then the next) whose product overflows: each
+    file finite, their product not. The error names the file where it first does."""
+    matrix = np.eye(4)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step, path in zip(chain, paths, strict=True):
+            if step.matrix is None:
+                continue
+            matrix = step.matrix @ matrix
+            if not np.isfinite(matrix).all() or not np.isfinite(np.linalg.cond(matrix[:3, :3])):
+                raise InputError("the chain of transforms up to this one overflows (not finite)", path)
 
 
 def _itk_matrix(kind: str, fields: dict[str, str], path: Path) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -108,12 +109,16 @@ class _SignalLatch:
     def __init__(self) -> None:
         self.received: int | None = None
         self.holding = False
+        self.delivered = False
+        """Whether :class:`Interrupted` was raised already: the records an executor still hands over while it
+        stops (cases its workers finished) are then kept, not cut off after the first."""
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
             return  # already stopping: a second signal must not break the clean-up of the first
         self.received = signum
         if not self.holding:
+            self.delivered = True
             raise Interrupted(signum)
 
     @contextlib.contextmanager
@@ -124,7 +129,8 @@ class _SignalLatch:
             yield
         finally:
             self.holding = False
-        if self.received is not None:
+        if self.received is not None and not self.delivered:
+            self.delivered = True
             raise Interrupted(self.received)
 
 
@@ -269,7 +275,7 @@ def run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
             log_error(traceback.format_exc())
     except Exception as error:
         record.status = "failed"
-        record.error = _with_path(f"internal error: {describe_error(error)}", case.path)
+        record.error = _with_path(failure_text(error), case.path)
         if debug and log_error is not None:
             log_error(traceback.format_exc())
     record.seconds = round(time.perf_counter() - started, 3)
@@ -281,25 +287,78 @@ MESSAGE_LIMIT = 300
 
 
 def describe_error(error: BaseException) -> str:
-    """One line for a user: mitk's own message, an OS condition with the file it concerns, or the first line
-    of a library's message (MONAI's "applying transform" wrapper is replaced by the error it wraps)."""
+    """One line for a user: mitk's own message, an OS condition with the file it concerns, running out of memory
+    (``not enough memory for …``), or the first line of a library's message (MONAI's "applying transform"
+    wrapper is replaced by the error it wraps)."""
     if isinstance(error, MitkError):
         return _first_line(str(error))
-    if isinstance(error, MemoryError):
-        return "out of memory" + (f" ({_first_line(str(error))})" if str(error) else "")
+    memory = describe_out_of_memory(error)
+    if memory is not None:
+        return memory
     if isinstance(error, OSError):
         reason = error.strerror or _first_line(str(error)) or type(error).__name__
         names = [name for name in (error.filename, error.filename2) if name is not None]
         return ": ".join([*map(os.fsdecode, names), reason]) if names else reason
+    if _too_deep(error):
+        return "the input is nested too deeply to read (" + _first_line(str(error))[:MESSAGE_LIMIT] + ")"
     while (isinstance(error, RuntimeError) and str(error).startswith("applying transform")
            and error.__cause__ is not None):
         error = error.__cause__
-    if isinstance(error, (MitkError, OSError, MemoryError)):
+    if is_ordinary(error):
         return describe_error(error)
     message = _first_line(str(error))
     if len(message) > MESSAGE_LIMIT:
         message = message[: MESSAGE_LIMIT - 1] + "…"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def is_ordinary(error: BaseException) -> bool:
+    """Whether ``error`` is an ordinary condition (mitk's own, the OS's, running out of memory, an input nested
+    too deeply to parse) rather than a bug, which is reported as ``internal error``."""
+    while (isinstance(error, RuntimeError) and str(error).startswith("applying transform")
+           and error.__cause__ is not None):
+        error = error.__cause__
+    return (isinstance(error, (MitkError, OSError)) or describe_out_of_memory(error) is not None
+            or _too_deep(error))
+
+
+def failure_text(error: BaseException) -> str:
+    """:func:`describe_error`, marked ``internal error:`` unless the error is ordinary (:func:`is_ordinary`)."""
+    return describe_error(error) if is_ordinary(error) else f"internal error: {describe_error(error)}"
+
+
+_NUMPY_OOM = re.compile(r"Unable to allocate (?P<size>[\d.]+ \w+) for an array with shape (?P<shape>\(.*?\)) "
+                        r"and data type (?P<dtype>\w+)")
+_TORCH_OOM = re.compile(r"(?:not enough memory|can't allocate memory): you tried to allocate (?P<bytes>\d+) bytes")
+_CUDA_OOM = re.compile(r"out of memory\. Tried to allocate (?P<size>[\d.]+ \w+)")
+
+
+def describe_out_of_memory(error: BaseException) -> str | None:
+    """``not enough memory for …`` for numpy's and Python's ``MemoryError``, torch's CPU allocator failure and
+    CUDA's out-of-memory error; None for anything else."""
+    from mitk.io.limits import format_bytes
+
+    message = _first_line(str(error))
+    if isinstance(error, MemoryError):
+        found = _NUMPY_OOM.search(message)
+        if found:
+            return (f"not enough memory for an array of {found['size']} (shape {found['shape']}, "
+                    f"{found['dtype']})")
+        return "not enough memory" + (f" for this case ({message})" if message else " for this case")
+    if not isinstance(error, RuntimeError):
+        return None
+    found = _TORCH_OOM.search(message)
+    if found:
+        return f"not enough memory for {format_bytes(int(found['bytes']))} (torch could not allocate it)"
+    if type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in message:
+        found = _CUDA_OOM.search(message)
+        return f"not enough GPU memory for {found['size']}" if found else "not enough GPU memory for this case"
+    return None
+
+
+def _too_deep(error: BaseException) -> bool:
+    """A ``RecursionError`` raised while parsing nested data (``json``'s decoder): an input, not a bug."""
+    return isinstance(error, RecursionError) and "decoding" in str(error)
 
 
 def _first_line(message: str) -> str:

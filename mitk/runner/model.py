@@ -38,43 +38,66 @@ class LoadedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+RUNNABLE_DEVICES = ("cpu", "cuda", "mps", "xpu")
+"""Device types a model runs on; others (``meta`` holds no data, ``ipu``, ``hpu`` …) are refused by name."""
+
+
 def resolve_device(device: str | None) -> torch.device:
-    """``auto`` (default) picks CUDA when available, else CPU."""
+    """``auto`` (default) picks CUDA when available, else CPU; a device that cannot run a model (``meta``,
+    an unavailable backend, a CUDA index beyond the GPUs present) is a :class:`UsageError`."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise UsageError(f"invalid --device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
+        resolved = torch.device(str(device))
+    except (RuntimeError, TypeError) as error:
+        raise UsageError(f"invalid device {device!r}: {error}") from None
+    if resolved.type not in RUNNABLE_DEVICES:
+        raise UsageError(f"device {device!r} cannot run a model (use auto, cpu or cuda)")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif resolved.type != "cpu":
+        backend = getattr(torch.backends, resolved.type, None) if resolved.type == "mps" else getattr(
+            torch, resolved.type, None)
+        if backend is None or not backend.is_available():
+            raise UsageError(f"device {device!r} requested but it is not available")
     return resolved
 
 
 def load_model(task: Any, plugin: str | None, weights: str | Path | None,
-               overrides: dict[str, Any] | None = None, device: str | None = None) -> LoadedModel:
-    """Load the plugin named by ``plugin`` or by the checkpoint, apply the weights, and return it."""
+               overrides: dict[str, Any] | None = None, device: str | None = None,
+               caller: str = "cli") -> LoadedModel:
+    """Load the plugin named by ``plugin`` or by the checkpoint, apply the weights, and return it.
+
+    ``caller`` (``"cli"`` or ``"api"``) words the errors for who asked: ``--weights FILE`` or ``weights=``.
+    """
+    api = caller == "api"
     task = task_name(get_task(task).name)
     checkpoint: Checkpoint | None = load_checkpoint(weights) if weights else None
     if checkpoint is not None and checkpoint.self_describing:
         if checkpoint.task != task:
             raise CheckpointError(f"checkpoint is for the {checkpoint.task} task, not {task}", weights)
         if plugin and plugin != checkpoint.plugin:
-            raise CheckpointError(f"checkpoint was trained with plugin {checkpoint.plugin!r}, "
-                                  f"not {plugin!r} (omit --plugin to use it)", weights)
+            raise CheckpointError(f"checkpoint was trained with plugin {checkpoint.plugin!r}, not {plugin!r} "
+                                  f"({'name no plugin' if api else 'omit --plugin'} to use it)", weights)
         plugin = checkpoint.plugin
     if not plugin:
-        raise UsageError("--plugin is required (or give --weights with a mitk checkpoint)")
+        raise UsageError("name a plugin (or give weights= with a mitk checkpoint)" if api else
+                         "--plugin is required (or give --weights with a mitk checkpoint)")
     entry = get_registry().get(plugin, task)
     instance: TaskPlugin = entry.load()
-    check_overrides(instance, overrides, name=plugin)
+    source = "settings=" if api else "--set"
+    check_overrides(instance, overrides, source=source, name=plugin)
     saved = check_saved_config(instance, checkpoint.config, source=str(weights), name=plugin) if checkpoint else None
     resolved = resolve_device(device)
     network = None
     if checkpoint is None and instance.needs_weights:
-        raise PluginError(f"plugin {plugin!r} needs trained weights: give --weights FILE "
+        given = "weights=PATH" if api else "--weights FILE"
+        raise PluginError(f"plugin {plugin!r} needs trained weights: give {given} "
                           f"(train one with `mitk train {task} --plugin {plugin}`)")
-    with settings_errors(plugin, overrides, checkpoint=weights if checkpoint else None):
+    with settings_errors(plugin, overrides, source=source, checkpoint=weights if checkpoint else None):
         config = instance.resolve_config(saved, overrides)
         try:
             network = instance.network(config)
@@ -85,6 +108,7 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
         if network is None:
             raise CheckpointError(f"plugin {plugin!r} has no network to load weights into", weights)
         missing, unexpected = _compatible(network, checkpoint.state_dict)
+        _refuse_label_count(instance, config, network, checkpoint.state_dict, weights)
         if missing or unexpected:
             raise CheckpointError(
                 f"weights do not fit plugin {plugin!r}'s network ({len(missing)} missing, "
@@ -110,6 +134,36 @@ def _build_inference_pieces(instance: TaskPlugin, config: dict[str, Any]) -> Non
             continue
         with contextlib.suppress(NotImplementedError):
             build(config)
+
+
+def label_count(instance: TaskPlugin, config: dict[str, Any]) -> int | None:
+    """How many outputs the plugin's settings name (its ``labels`` or ``class_names``), or None."""
+    for piece in ("labels", "class_names"):
+        build = getattr(instance, piece, None)
+        if build is None:
+            continue
+        try:
+            return len(build(config))
+        except NotImplementedError:
+            continue
+    return None
+
+
+def _refuse_label_count(instance: TaskPlugin, config: dict[str, Any], network: torch.nn.Module,
+                        state: dict[str, torch.Tensor], weights: str | Path | None) -> None:
+    """Refuse a checkpoint whose settings name another number of labels (or classes) than the output channels
+    its weights have: the network built from those settings has ``n`` outputs where the saved one has ``m``,
+    so loading would fail on an unexplained shape, or map channels to the wrong names."""
+    count = label_count(instance, config)
+    if count is None:
+        return
+    own = network.state_dict()
+    for name, tensor in state.items():
+        if name in own and tensor.ndim >= 1 and own[name].ndim == tensor.ndim and own[name].shape[0] == count \
+                and tensor.shape[0] != count and tuple(own[name].shape[1:]) == tuple(tensor.shape[1:]):
+            raise CheckpointError(f"the checkpoint's settings name {count} labels/classes but its weights have "
+                                  f"{tensor.shape[0]} output channels ({name}): the labels do not belong to "
+                                  "these weights", weights)
 
 
 def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

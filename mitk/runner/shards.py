@@ -254,6 +254,21 @@ def _valid_header(entry: dict[str, Any]) -> bool:
             and entry.get("by", "hash") in SPLITS)
 
 
+def _contradiction(entry: dict[str, Any]) -> str | None:
+    """What a well-formed header says against itself (shard 7 of 4, a total below its own inputs), or None."""
+    shards, total, inputs = entry.get("shards"), entry.get("total"), len(entry["inputs"])
+    if shards is not None and shards < 1:
+        return f"{shards} shards (a split has at least 1)"
+    if "shard" in entry and shards is not None and not 0 <= entry["shard"] < shards:
+        return f"shard {entry['shard']} of {shards} (shards count from 0 to {shards - 1})"
+    merged = [index for index in entry.get("merged") or [] if shards is None or not 0 <= index < shards]
+    if merged:
+        return f"merged shard {merged[0]} of {shards}"
+    if total is not None and total < inputs:
+        return f"a total of {total} inputs, but it lists {inputs}"
+    return None
+
+
 def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
     """Headers and records of one manifest file; lines that are not JSON objects are noted in ``damaged``."""
     try:
@@ -270,7 +285,7 @@ def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
             continue
         try:
             entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested too deep: damaged too
             entry = None
         if isinstance(entry, dict) and HEADER_KEY in entry:
             version = entry[HEADER_KEY]
@@ -278,6 +293,9 @@ def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
                 raise InputError(f"manifest format {version!r} is newer than this mitk reads "
                                  f"({MANIFEST_FORMAT}); upgrade mitk", path)
             if _valid_header(entry):
+                problem = _contradiction(entry)
+                if problem is not None:
+                    raise InputError(f"line {number}: the header contradicts itself ({problem})", path)
                 manifest.headers.append(entry)
             else:
                 bad.append(f"{path}:{number}")
@@ -285,8 +303,9 @@ def read_manifest(path: Path, damaged: list[str]) -> _Manifest:
             manifest.records.append(entry)
         else:
             bad.append(f"{path}:{number}")
-    if bad and not (manifest.headers or manifest.records):
-        raise InputError("not a mitk manifest (no JSON records)", path)
+    if not (manifest.headers or manifest.records):
+        raise InputError("not a mitk manifest (no JSON records)" if bad else "empty manifest (no header and no "
+                         "records)", path)
     damaged.extend(bad)
     return manifest
 
@@ -355,6 +374,30 @@ def merge_manifests(paths: Sequence[Path]) -> MergeReport:
         report.cases.append(MergedCase(name, shard, status if status in (*DONE, "failed") else "failed",
                                        chosen))
     report.seen = sorted(seen)
-    totals = [h["total"] for m in manifests for h in m.headers if isinstance(h.get("total"), int)]
-    report.total = max(totals) if totals else None
+    report.total = _agreed_total(manifests, assigned, report)
     return report
+
+
+def _agreed_total(manifests: list[_Manifest], assigned: dict[int | None, list[str]], report: MergeReport
+                  ) -> int | None:
+    """The batch's total as every header gives it (each shard's latest); headers that disagree, or shards that
+    all ran and list another number of inputs than that total, are refused."""
+    latest: dict[int | None, int] = {}
+    merges: list[int] = []
+    for manifest in manifests:
+        for header in manifest.headers:
+            if isinstance(header.get("total"), int):
+                if isinstance(header.get("shard"), int):
+                    latest[header["shard"]] = header["total"]
+                else:
+                    merges.append(header["total"])
+    totals = {*latest.values(), *merges}
+    if len(totals) > 1:
+        raise UsageError(f"these manifests disagree on the batch's total ({' and '.join(map(str, sorted(totals)))} "
+                         "inputs): they are not the shards of one split; merge one split at a time")
+    total = next(iter(totals), None)
+    listed = sum(len(set(names)) for shard, names in assigned.items() if shard is not None)
+    if (total is not None and latest and not merges and report.shards is not None and not report.missing_shards
+            and listed != total):
+        raise UsageError(f"the shards' headers give a total of {total} inputs but together list {listed}")
+    return total

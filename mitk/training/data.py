@@ -97,7 +97,7 @@ def hold_out(cases: list[dict[str, Any]], seed: int, fraction: float, source: Pa
 def _has_training_list(path: Path) -> bool:
     try:
         return isinstance(json.loads(path.read_text(encoding="utf-8")).get("training"), list)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -107,6 +107,8 @@ def read_datalist_document(path: Path) -> dict[str, Any]:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"not a readable datalist JSON ({error})", path) from None
+    except RecursionError:
+        raise InputError("not a readable datalist JSON (nested too deeply)", path) from None
     if not isinstance(document, dict) or not isinstance(document.get("training"), list):
         raise InputError('datalist JSON needs a "training" list of {"image": ..., "label": ...}', path)
     return document

@@ -59,7 +59,8 @@ def read_series(info: SeriesInfo, path: Path, allow_resample: bool = False) -> I
         raise GeometryError(f"series {info.index} is not a volume: {info.problem}", path)
     plan = info.plan
     if plan.problem is not None and not (allow_resample and plan.resamplable):
-        hint = " (use --allow-resample to resample it onto a regular grid)" if plan.resamplable else ""
+        hint = (" (resample it onto a regular grid with --allow-resample, or allow_resample=True in Python)"
+                if plan.resamplable else "")
         raise GeometryError(f"{plan.problem}{hint}", path)
     records = [info.records[k] for k in plan.order]
     volume = assemble([r.ref for r in records])

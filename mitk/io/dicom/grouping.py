@@ -286,7 +286,8 @@ def select_series(listing: SeriesListing, series: str | int | None) -> SeriesInf
                             "; ".join(f"{s.label()} ({s.problem})" for s in others))
             return volumes[0]
         raise UsageError(f"{len(found)} series found ({len(volumes)} regular volumes); choose one with "
-                         f"--series INDEX|UID: " + "; ".join(s.label() for s in found), listing.path)
+                         f"--series INDEX|UID (series= in Python): " + "; ".join(s.label() for s in found),
+                         listing.path)
     text = str(series).strip()
     if text.isdigit():
         index = int(text)

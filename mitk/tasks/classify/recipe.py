@@ -62,6 +62,21 @@ def _resolve(path: Any, base: Path, source: Path) -> str:
     return str(candidate if candidate.is_absolute() else base / candidate)
 
 
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg", ".nrrd", ".mha", ".mhd", ".zip")
+"""Endings of image files: a "class name" that ends so is the label map of a segmentation data set."""
+
+
+def _names_a_file(name: str, base: Path) -> bool:
+    """Whether a label names an image file (by its ending) or any existing file beside the labels file."""
+    text = name.strip()
+    if text.lower().endswith(IMAGE_SUFFIXES):
+        return True
+    if "/" not in text and "\\" not in text:
+        return False
+    candidate = Path(text)
+    return (candidate if candidate.is_absolute() else base / candidate).is_file()
+
+
 def _case(image: Any, label: Any, base: Path, source: Path, where: str) -> dict[str, Any]:
     if label is None or (isinstance(label, str) and not label.strip()) or label == []:
         raise InputError(f"{where}: every case needs a label", source)
@@ -71,6 +86,11 @@ def _case(image: Any, label: Any, base: Path, source: Path, where: str) -> dict[
     images = [_resolve(p, base, source) for p in image] if isinstance(image, list) else _resolve(image, base,
                                                                                                    source)
     label = [str(v) for v in label] if isinstance(label, list) else str(label).strip()
+    for name in label if isinstance(label, list) else [label]:
+        if _names_a_file(name, base):
+            raise InputError(f"{where}: the label {name!r} is a file, not a class name: this looks like a "
+                             "segmentation data set (image and label-map pairs); classification needs a class "
+                             "name per image (train segmentation with `mitk train segment`)", source)
     return {"image": images, "label": label}
 
 

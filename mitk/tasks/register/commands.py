@@ -31,7 +31,7 @@ def evaluate(warped_labels: Path | None = None, fixed_labels: Path | None = None
     import numpy as np
 
     from mitk.io.reader import load_image, require_volume
-    from mitk.io.transforms import read_transform
+    from mitk.io.transforms import check_chain, read_transform
     from mitk.tasks.register.evaluation import (
         dice_per_label,
         jacobian_statistics,
@@ -46,6 +46,7 @@ def evaluate(warped_labels: Path | None = None, fixed_labels: Path | None = None
     if warped_labels is None and fixed_landmarks is None and not transform:
         raise UsageError("nothing to evaluate: give label maps, landmarks or a displacement field")
     chain = [read_transform(path) for path in transform or []]
+    check_chain(chain, transform or [])
     document: dict[str, Any] = {}
     lines: list[str] = []
     if warped_labels is not None and fixed_labels is not None:

@@ -53,6 +53,36 @@ def mask_on(mask: Image, image: Image, role: str) -> Image:
     return Image(array=inside.astype(np.uint8), affine=image.affine, path=mask.path)
 
 
+def is_slice(image: Image) -> bool:
+    """Whether ``image`` is a 2-D image (stored as a volume with exactly one axis of one voxel)."""
+    return sum(n == 1 for n in image.spatial_shape) == 1
+
+
+def refuse_constant(image: Image, role: str) -> None:
+    """Refuse an image whose voxels all hold one value: it has no structure to align, and any transform
+    reported for it would be invented."""
+    from mitk.errors import InputError
+
+    array = np.asarray(image.array)
+    if array.size and array.min() == array.max():
+        raise InputError(f"the {role} image is constant (every voxel is {array.flat[0]}): nothing to register",
+                         image.path)
+
+
+def refuse_degenerate_pair(fixed: Image, moving: Image) -> None:
+    """Refuse a constant fixed or moving image, and a 2-D image paired with a 3-D one (no slice-to-volume
+    registration: the answer would be a transform that ignores the missing axis)."""
+    from mitk.errors import InputError
+
+    refuse_constant(fixed, "fixed")
+    refuse_constant(moving, "moving")
+    if is_slice(fixed) != is_slice(moving):
+        flat, full = (moving, fixed) if is_slice(moving) else (fixed, moving)
+        raise InputError(f"a 2-D image (shape {flat.spatial_shape}) cannot be registered to a 3-D one "
+                         f"(shape {full.spatial_shape}); give two volumes or two slices",
+                         moving.path if moving is flat else fixed.path)
+
+
 class RegistrationRunner:
     """Aligns moving images to fixed ones with a loaded registration model (classical or learned).
 
@@ -83,6 +113,7 @@ class RegistrationRunner:
         per level …) and the seconds the registration took."""
         import time
 
+        refuse_degenerate_pair(fixed, moving)
         masks: dict[str, Image] = {}
         if self.fixed_mask is not None:
             masks["fixed_mask"] = mask_on(self.fixed_mask, fixed, "fixed")
@@ -160,6 +191,7 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
 
     fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
                                       allow_resample=allow_resample))
+    refuse_constant(fixed, "fixed")  # before any case runs: every case would be refused
     runner = RegistrationRunner(model, *(None if path is None else require_volume(load_image(path))
                                          for path in (fixed_mask, moving_mask)))
     if runner.fixed_mask is not None:  # refused if empty before any case runs; resampled once, not per case
