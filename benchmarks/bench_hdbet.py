@@ -66,7 +66,8 @@ def dice(first: Path, second: Path) -> float:
     import nibabel as nib
     import numpy as np
 
-    a, b = (np.asarray(nib.load(p).dataobj) > 0 for p in (first, second))
+    images: list[Any] = [nib.load(p) for p in (first, second)]
+    a, b = (np.asarray(image.dataobj) > 0 for image in images)
     return round(float(2 * (a & b).sum() / (a.sum() + b.sum())), 4)
 
 

@@ -27,7 +27,7 @@ except ImportError:  # not installed: test the source tree
 
 from mitk_hdbet import _weights as weights
 from mitk_hdbet._inferer import HdBetInferer, padded_shape
-from mitk_hdbet._network import HdBetNetwork
+from mitk_hdbet._network import HdBetEnsemble, HdBetNetwork
 from mitk_hdbet._plugin import HdBet, fold_list
 from mitk_hdbet._preprocess import HdBetPreprocess, resize_affine
 
@@ -66,12 +66,12 @@ with torch.no_grad():
 result = {"diff": float((a - b).abs().max()), "spread": float(a.std())}
 """, tmp_path)
     assert result["spread"] > 0.01  # a real output, not a constant
-    assert result["diff"] < 1e-5
+    assert result["diff"] < 2e-4  # probabilities; float32 sums in another order (the in-place instance norm)
 
 
 def test_preprocessing_equals_hd_bets_own(tmp_path: Path) -> None:
     """The same voxels as ``preprocess_image_numpy`` on the array HD-BET expects (axes S, A, L)."""
-    image = nib.load(T1)
+    image: Any = nib.load(T1)
     from mitk.io.reader import load_image
     from mitk.runner.tensors import to_meta_tensor
 
@@ -184,7 +184,7 @@ def test_bad_fold_settings_are_refused(value: Any) -> None:
 
 def test_ensemble_of_all_folds() -> None:
     network = HdBet().network(HdBet().resolve_config({"folds": "all"}))
-    assert len(next(iter(network.children()))) == 5
+    assert isinstance(network, HdBetEnsemble) and len(network.folds) == 5
 
 
 @pytest.mark.parametrize(("values", "message"), [

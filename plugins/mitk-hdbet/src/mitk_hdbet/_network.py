@@ -27,6 +27,22 @@ def _act(x: torch.Tensor, slope: float = BLOCK_SLOPE) -> torch.Tensor:
     return F.leaky_relu(x, negative_slope=slope, inplace=True)
 
 
+def _norm_act_(x: torch.Tensor, norm: nn.InstanceNorm3d, slope: float = BLOCK_SLOPE) -> torch.Tensor:
+    """``lrelu(norm(x))`` written over ``x`` (a fresh convolution output) when no gradient is recorded.
+
+    The same instance norm (biased variance over each channel, ``eps``, affine), computed without the second
+    full-size tensor ``norm(x)`` would allocate: at HD-BET's full resolution that tensor is 42 channels of the
+    padded volume, the largest allocation of the pass. With gradients on, the module runs as usual.
+    """
+    if torch.is_grad_enabled():
+        return _act(norm(x), slope)
+    variance, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+    shape = (1, -1, 1, 1, 1)
+    scale = torch.rsqrt(variance.add_(norm.eps)).mul_(norm.weight.view(shape))
+    x.sub_(mean).mul_(scale).add_(norm.bias.view(shape))
+    return F.leaky_relu_(x, negative_slope=slope)
+
+
 class EncodingModule(nn.Module):
     """Pre-activation residual block: norm, lrelu, conv, norm, lrelu, conv, plus the input."""
 
@@ -40,8 +56,8 @@ class EncodingModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x
         x = self.conv1(_act(self.bn_1(x)))
-        x = self.conv2(_act(self.bn_2(x)))
-        return x + skip
+        x = self.conv2(_norm_act_(x, self.bn_2))
+        return x.add_(skip)
 
 
 class DownsamplingModule(nn.Module):
@@ -53,7 +69,7 @@ class DownsamplingModule(nn.Module):
         self.downsample = nn.Conv3d(in_channels, out_channels, 3, 2, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _act(self.bn(x))
+        x = _norm_act_(x, self.bn)  # x is the context block's fresh output
         return x, self.downsample(x)
 
 
@@ -66,8 +82,8 @@ class UpsamplingModule(nn.Module):
         self.bn = _norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=True)
-        return _act(self.bn(self.upsample_conv(x)))
+        x = self.upsample_conv(F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=True))
+        return _norm_act_(x, self.bn)
 
 
 class LocalizationModule(nn.Module):
@@ -81,7 +97,8 @@ class LocalizationModule(nn.Module):
         self.bn_2 = _norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _act(self.bn_2(self.conv2(_act(self.bn_1(self.conv1(x))))))
+        x = _norm_act_(self.conv1(x), self.bn_1)
+        return _norm_act_(self.conv2(x), self.bn_2)
 
 
 class HdBetNetwork(nn.Module):
@@ -90,10 +107,10 @@ class HdBetNetwork(nn.Module):
     def __init__(self, base: int = BASE_FILTERS, num_classes: int = 2) -> None:
         super().__init__()
         self.init_conv = nn.Conv3d(1, base, 3, 1, 1)
-        for level, width in enumerate((1, 2, 4, 8, 16), start=1):
+        for level, width in enumerate((1, 2, 4, 8), start=1):
             setattr(self, f"context{level}", EncodingModule(width * base))
-            if level < 5:
-                setattr(self, f"down{level}", DownsamplingModule(width * base, 2 * width * base))
+            setattr(self, f"down{level}", DownsamplingModule(width * base, 2 * width * base))
+        self.context5 = EncodingModule(16 * base)
         self.bn_after_context5 = _norm(16 * base)
         self.up1 = UpsamplingModule(16 * base, 8 * base)
         self.loc1 = LocalizationModule(16 * base, 8 * base)
@@ -111,18 +128,18 @@ class HdBetNetwork(nn.Module):
         self.seg_layer = nn.Conv3d(2 * base, num_classes, 1, 1, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.context1(self.init_conv(x))
-        skip1, x = self.down1(x)
-        skip2, x = self.down2(self.context2(x))
-        skip3, x = self.down3(self.context3(x))
-        skip4, x = self.down4(self.context4(x))
-        x = self.up1(_act(self.bn_after_context5(self.context5(x)), TOP_SLOPE))
-        x = self.up2(self.loc1(torch.cat((skip4, x), dim=1)))
-        x = self.up3(self.loc2(torch.cat((skip3, x), dim=1)))
-        x = self.up4(self.loc3(torch.cat((skip2, x), dim=1)))
-        x = torch.cat((skip1, x), dim=1)
-        x = _act(self.end_conv_1_bn(self.end_conv_1(x)), TOP_SLOPE)
-        x = _act(self.end_conv_2_bn(self.end_conv_2(x)), TOP_SLOPE)
+        skips = []
+        x = self.init_conv(x)
+        for level in range(1, 5):
+            skip, x = getattr(self, f"down{level}")(getattr(self, f"context{level}")(x))
+            skips.append(skip)
+        del skip
+        x = self.up1(_norm_act_(self.context5(x), self.bn_after_context5, TOP_SLOPE))
+        for localization, upsampling in ((self.loc1, self.up2), (self.loc2, self.up3), (self.loc3, self.up4)):
+            x = upsampling(localization(torch.cat((skips.pop(), x), dim=1)))
+        x = torch.cat((skips.pop(), x), dim=1)  # each skip is released as soon as it is used
+        x = _norm_act_(self.end_conv_1(x), self.end_conv_1_bn, TOP_SLOPE)
+        x = _norm_act_(self.end_conv_2(x), self.end_conv_2_bn, TOP_SLOPE)
         return torch.softmax(self.seg_layer(x), dim=1)
 
 

@@ -57,11 +57,11 @@ class HdBetPreprocess:
         from monai.transforms import Orientation
         from skimage.transform import resize
 
-        image = data["image"]
+        image: Any = data["image"]
         if image.ndim != 4 or image.shape[0] != 1:
             raise InputError(f"HD-BET takes one 3-D T1 volume; this image has shape {tuple(image.shape)} "
                              "(channel first)")
-        oriented = Orientation(axcodes=AXIS_CODES)(image)
+        oriented: Any = Orientation(axcodes=AXIS_CODES)(image)
         affine = np.asarray(oriented.affine, dtype=np.float64)
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         values = np.asarray(oriented.as_tensor()[0].numpy(), dtype=np.float32)

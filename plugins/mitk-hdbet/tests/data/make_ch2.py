@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -24,8 +25,9 @@ def blocks(values: np.ndarray) -> np.ndarray:
 
 
 def main(folder: Path) -> None:
-    head = nib.load(folder / "ch2.nii.gz")
-    brain = ndimage.binary_fill_holes(np.asarray(nib.load(folder / "ch2bet.nii.gz").dataobj) > 0)
+    head: Any = nib.load(folder / "ch2.nii.gz")
+    bet: Any = nib.load(folder / "ch2bet.nii.gz")
+    brain = ndimage.binary_fill_holes(np.asarray(bet.dataobj) > 0)
     for axis in range(3):
         brain = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(brain, axis, 0)]), 0, axis)
     affine = head.affine.copy()
