@@ -61,7 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"})
     assert result.returncode == 0, result.stderr
-    assert (target / "mitk_hdbet" / "network.py").exists()
+    assert (target / "mitk_hdbet" / "_network.py").exists()
     return target
 
 
