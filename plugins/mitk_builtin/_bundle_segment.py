@@ -9,57 +9,17 @@ inverted onto the input grid and its argmax taken by mitk's runner (what ``Activ
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from mitk.bundles.resolver import SafeResolver
-from mitk.errors import CheckpointError, InputError, MitkWarning, PluginError
+from mitk.errors import CheckpointError
 from mitk.taskspecs import get_task
+from mitk_builtin._bundle_common import (BUNDLE_DEFAULTS, BUNDLE_HELP, BUNDLE_SCHEMA, bundle_preprocess,
+                                         channel_names, postprocessing_steps, resolver)
 
 SegmentationPlugin: Any = get_task("segment").base_class()
-
-
-def resolver(config: Mapping[str, Any]) -> SafeResolver:
-    if not config.get("bundle"):
-        raise PluginError("this plugin runs MONAI bundles: give --weights BUNDLE_FOLDER")
-    return SafeResolver(config["bundle"])
-
-
-def image_key(config: Mapping[str, Any]) -> str:
-    found = resolver(config)
-    return str(found.value("image_key")) if found.has("image_key") else "image"
-
-
-def postprocessing_steps(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The bundle's postprocessing steps, resolved but not built (``transform: @preprocessing`` left as is)."""
-    found = resolver(config)
-    if not found.has("postprocessing#transforms"):
-        return []
-    steps = []
-    for n, step in enumerate(found.raw("postprocessing#transforms")):
-        if isinstance(step, Mapping) and "_target_" in step:
-            reduced = {k: v for k, v in step.items() if k in ("_target_", "softmax", "sigmoid", "argmax",
-                                                                "threshold", "applied_labels", "independent",
-                                                                "connectivity", "_disabled_")}
-            steps.append(found.resolve(reduced, f"postprocessing#transforms#{n}"))
-    return [step for step in steps if isinstance(step, dict)]
-
-
-def check_input(image: Any, metadata: Mapping[str, Any]) -> None:
-    """Refuse an image whose channel count the network cannot take; warn when a CT model gets no CT values."""
-    inputs = (metadata.get("network_data_format") or {}).get("inputs") or {}
-    declared = dict(inputs.get("image") or next(iter(inputs.values()), {}))
-    channels = declared.get("num_channels")
-    if isinstance(channels, int) and int(image.shape[0]) != channels:
-        names = ", ".join(str(v) for v in (declared.get("channel_def") or {}).values())
-        raise InputError(f"the bundle expects {channels} channel(s){f' ({names})' if names else ''}, "
-                         f"the image has {int(image.shape[0])}")
-    if str(declared.get("modality", "")).upper() == "CT" and float(image.min()) >= -100:
-        warnings.warn("the bundle was trained on CT (Hounsfield units) but this image has no value below -100 "
-                      "(no air): is it CT?", MitkWarning, stacklevel=2)
 
 
 class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
@@ -69,15 +29,13 @@ class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
     cpu_kernels = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"bundle": {}, "metadata": {}, "torchscript_sha256": None}
+        return dict(BUNDLE_DEFAULTS)
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
-        return {"labels": (dict,), "bundle": (dict,), "metadata": (dict,), "torchscript_sha256": (str, None)}
+        return {"labels": (dict,), **BUNDLE_SCHEMA}
 
     def settings_help(self) -> dict[str, str]:
-        return {"bundle": "the bundle's configs/inference.json (read from --weights BUNDLE_FOLDER)",
-                "metadata": "the bundle's configs/metadata.json",
-                "torchscript_sha256": "run a TorchScript models/model.ts only if its sha256 is this"}
+        return dict(BUNDLE_HELP)
 
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         self._check_output(config)
@@ -87,24 +45,10 @@ class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
         return network
 
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
-        output = ((config.get("metadata") or {}).get("network_data_format") or {}).get("outputs") or {}
-        channel_def = dict(output.get("pred") or next(iter(output.values()), {})).get("channel_def") or {}
-        if channel_def:
-            return {int(k): str(v) for k, v in channel_def.items()}
-        return super().labels(config)  # type: ignore[no-any-return]
+        return channel_names(config) or super().labels(config)
 
     def inference_transforms(self, config: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        found = resolver(config)
-        key = image_key(config)
-        compose = found.build("preprocessing") if found.has("preprocessing") else None
-        metadata = config.get("metadata") or {}
-
-        def preprocess(data: dict[str, Any]) -> dict[str, Any]:
-            check_input(data["image"], metadata)
-            out = compose({key: data["image"]}) if compose is not None else {key: data["image"]}
-            return {**data, "image": out[key]}
-
-        return preprocess
+        return bundle_preprocess(config)
 
     def inferer(self, config: dict[str, Any]) -> Any:
         found = resolver(config)

@@ -10,3 +10,5 @@ from mitk.registry import PluginRegistrar
 def mitk_register_plugins(register: PluginRegistrar) -> None:
     register("monai-bundle-segmentation", task="segment", factory="mitk_builtin._bundle_segment:BundleSegmenter",
              summary="a MONAI bundle folder whose output is a segmentation (--weights BUNDLE_FOLDER)")
+    register("monai-bundle-classes", task="classify", factory="mitk_builtin._bundle_classify:BundleClassifier",
+             summary="a MONAI bundle folder whose output is class probabilities (--weights BUNDLE_FOLDER)")
