@@ -87,15 +87,23 @@ class SafeResolver:
 
     def _component(self, node: Mapping[str, Any], key: str, *, build: bool) -> Any:
         name = target_name(node["_target_"], f"{key}#_target_")
+        if name in DROPPED:
+            raise CheckpointError(f"{key}: {name} is mitk's own step, taken only from a preprocessing Compose")
         mode = node.get("_mode_", "default")
         if mode != "default":
             raise CheckpointError(f"{key}#_mode_: {mode!r} is refused (mitk only builds components)")
         if "_disabled_" in node and self._resolve(node["_disabled_"], f"{key}#_disabled_", build=False):
             return _DISABLED
-        if name == "Compose" and isinstance(node.get("transforms"), list):
-            node = {**node, "transforms": [t for t in node["transforms"] if not _dropped(t, key)]}
         arguments = {k: self._resolve(v, f"{key}#{k}", build=build) for k, v in node.items()
-                     if k not in ("_target_", "_mode_", "_disabled_", *IGNORED_KEYS)}
+                     if k not in ("_target_", "_mode_", "_disabled_", "transforms", *IGNORED_KEYS)}
+        if "transforms" in node:
+            transforms = node["transforms"]
+            if name == "Compose" and isinstance(transforms, list):  # keys keep their places in the file
+                kept = [self._resolve(t, f"{key}#transforms#{n}", build=build) for n, t in enumerate(transforms)
+                        if not _dropped(t, f"{key}#transforms#{n}")]
+                arguments["transforms"] = [t for t in kept if t is not _DISABLED]
+            else:
+                arguments["transforms"] = self._resolve(transforms, f"{key}#transforms", build=build)
         if not build:
             return {"_target_": name, **arguments}
         try:

@@ -13,12 +13,10 @@ NETWORKS = ("UNet", "BasicUNet", "SegResNet", "SegResNetDS", "SwinUNETR", "UNETR
 
 TRANSFORMS = ("Compose", "LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "ScaleIntensityRanged",
               "ScaleIntensityd", "NormalizeIntensityd", "Resized", "CastToTyped", "EnsureTyped", "ToTensord",
-              "CropForegroundd", "SpatialPadd", "DivisiblePadd", "CenterSpatialCropd", "ScaleIntensityRangePercentilesd",
-              "ThresholdIntensityd", "Identityd",
-              # postprocessing: read for their meaning, never built (mitk inverts, takes the argmax and saves)
-              "Activationsd", "Invertd", "AsDiscreted", "SaveImaged", "KeepLargestConnectedComponentd",
-              "SaveClassificationd", "FillHolesd")
-"""MONAI dictionary transforms (``monai.transforms``)."""
+              "CropForegroundd", "SpatialPadd", "DivisiblePadd", "CenterSpatialCropd",
+              "ScaleIntensityRangePercentilesd", "ThresholdIntensityd", "Identityd")
+"""MONAI dictionary transforms (``monai.transforms``) that preprocess in memory; none reads or writes files
+(``LoadImaged`` is named so that it can be left out, never built)."""
 
 INFERERS = ("SimpleInferer", "SlidingWindowInferer")
 """MONAI inferers (``monai.inferers``)."""

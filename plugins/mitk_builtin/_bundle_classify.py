@@ -14,8 +14,15 @@ import torch
 
 from mitk.errors import CheckpointError
 from mitk.taskspecs import get_task
-from mitk_builtin._bundle_common import (BUNDLE_DEFAULTS, BUNDLE_HELP, BUNDLE_SCHEMA, bundle_preprocess,
-                                         channel_names, postprocessing_steps, resolver)
+from mitk_builtin._bundle_common import (
+    BUNDLE_DEFAULTS,
+    BUNDLE_HELP,
+    BUNDLE_SCHEMA,
+    bundle_preprocess,
+    channel_names,
+    postprocessing_steps,
+    resolver,
+)
 
 ClassificationPlugin: Any = get_task("classify").base_class()
 

@@ -28,18 +28,26 @@ def image_key(config: Mapping[str, Any]) -> str:
     return str(found.value("image_key")) if found.has("image_key") else "image"
 
 
+MEANINGFUL = ("softmax", "sigmoid", "argmax", "threshold", "applied_labels", "independent", "connectivity",
+              "_disabled_")
+"""The arguments of a postprocessing step that mitk reads; the steps themselves are never built."""
+FORMATTING = frozenset({"Activationsd", "Invertd", "AsDiscreted", "SaveImaged", "SaveClassificationd", "EnsureTyped",
+                        "Lambdad", "CopyItemsd", "DeleteItemsd", "ToTensord", "SqueezeDimd"})
+"""Postprocessing steps whose work mitk's runner does itself (activation, inversion, argmax, saving), or that only
+reshape the output for saving (a ``Lambdad`` is code, and never run)."""
+
+
 def postprocessing_steps(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The bundle's postprocessing steps, resolved but not built (``transform: @preprocessing`` left as is)."""
+    """The bundle's postprocessing steps by name, with only the arguments of :data:`MEANINGFUL` resolved."""
     found = resolver(config)
     if not found.has("postprocessing#transforms"):
         return []
     steps = []
     for n, step in enumerate(found.raw("postprocessing#transforms")):
-        if isinstance(step, Mapping) and "_target_" in step:
-            reduced = {k: v for k, v in step.items() if k in ("_target_", "softmax", "sigmoid", "argmax",
-                                                                "threshold", "applied_labels", "independent",
-                                                                "connectivity", "_disabled_")}
-            steps.append(found.resolve(reduced, f"postprocessing#transforms#{n}"))
+        if isinstance(step, Mapping) and isinstance(step.get("_target_"), str):
+            key = f"postprocessing#transforms#{n}"
+            read = {k: found.resolve(v, f"{key}#{k}") for k, v in step.items() if k in MEANINGFUL}
+            steps.append({"_target_": step["_target_"].rsplit(".", 1)[-1], **read})
     return [step for step in steps if isinstance(step, dict)]
 
 

@@ -9,15 +9,24 @@ inverted onto the input grid and its argmax taken by mitk's runner (what ``Activ
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from mitk.errors import CheckpointError
+from mitk.errors import CheckpointError, MitkWarning
 from mitk.taskspecs import get_task
-from mitk_builtin._bundle_common import (BUNDLE_DEFAULTS, BUNDLE_HELP, BUNDLE_SCHEMA, bundle_preprocess,
-                                         channel_names, postprocessing_steps, resolver)
+from mitk_builtin._bundle_common import (
+    BUNDLE_DEFAULTS,
+    BUNDLE_HELP,
+    BUNDLE_SCHEMA,
+    FORMATTING,
+    bundle_preprocess,
+    channel_names,
+    postprocessing_steps,
+    resolver,
+)
 
 SegmentationPlugin: Any = get_task("segment").base_class()
 
@@ -68,7 +77,11 @@ class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
         return None
 
     def _check_output(self, config: dict[str, Any]) -> None:
-        for step in postprocessing_steps(config):
-            if step["_target_"] == "Activationsd" and step.get("sigmoid"):
-                raise CheckpointError("postprocessing: the bundle's output is sigmoid multi-label (overlapping "
-                                      "channels); mitk runs softmax/argmax segmentation bundles only")
+        steps = postprocessing_steps(config)
+        if any(step["_target_"] == "Activationsd" and step.get("sigmoid") for step in steps):
+            raise CheckpointError("postprocessing: the bundle's output is sigmoid multi-label (overlapping "
+                                  "channels); mitk runs softmax/argmax segmentation bundles only")
+        skipped = sorted({s["_target_"] for s in steps} - FORMATTING - {"KeepLargestConnectedComponentd"})
+        if skipped:
+            warnings.warn(f"postprocessing: mitk does not run the bundle's {', '.join(skipped)}", MitkWarning,
+                          stacklevel=2)
