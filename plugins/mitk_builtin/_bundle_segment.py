@@ -44,7 +44,7 @@ class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
         return {"labels": (dict,), **BUNDLE_SCHEMA}
 
     def settings_help(self) -> dict[str, str]:
-        return dict(BUNDLE_HELP)
+        return {**BUNDLE_HELP, "labels": "label value → name (default: the metadata's output channel_def)"}
 
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         self._check_output(config)
@@ -54,6 +54,8 @@ class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
         return network
 
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
+        if config.get("labels"):
+            return super().labels(config)  # type: ignore[no-any-return]
         return channel_names(config) or super().labels(config)
 
     def inference_transforms(self, config: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
