@@ -60,5 +60,5 @@ def test_every_command_runs(workdir: Path, run_inprocess) -> None:
 
 
 def test_the_python_example_runs(workdir: Path) -> None:
-    exec(compile(python_blocks()[0], "docs/pretrained-models.md", "exec"), {})  # noqa: S102 - our own page
+    exec(compile(python_blocks()[0], "docs/pretrained-models.md", "exec"), {})
     assert (workdir / "ct_seg_api.nii.gz").is_file()
