@@ -204,3 +204,17 @@ def test_weights_that_do_not_fit_the_bundle_network_are_refused(spleen: dict[str
     edit_config(root, "configs/inference.json", lambda d: d["network_def"].update(channels=[8, 16, 32, 64, 128]))
     code, _, err = run_inprocess("segment", LUNG_CT, "--weights", root, "-o", tmp_path / "seg.nii.gz")
     assert code != 0 and "weights do not fit" in err
+
+
+def test_a_bad_case_fails_alone_in_a_bundle_batch(spleen: dict[str, Path], tmp_path: Path, run_inprocess) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "good.nii.gz").write_bytes(LUNG_CT.read_bytes())
+    (inputs / "bad.nii.gz").write_bytes(b"not a NIfTI file")
+    code, out, err = run_inprocess("segment", inputs, "--weights", spleen["bundle"], "-d", tmp_path / "out", "--json")
+    document = json.loads(out)
+    assert code != 0 and document["summary"]["ok"] == 1 and document["summary"]["failed"] == 1
+    assert document["plugin"] == "monai-bundle-segmentation"
+    assert (tmp_path / "out" / "good_seg.nii.gz").is_file() and not (tmp_path / "out" / "bad_seg.nii.gz").exists()
+    failed = next(case for case in document["cases"] if case["status"] == "failed")
+    assert "bad.nii.gz" in failed["input"] and "Traceback" not in err
