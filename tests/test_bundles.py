@@ -84,9 +84,13 @@ def test_info_shows_what_a_bundle_declares(spleen: dict[str, Path], run_inproces
 
 
 def test_ct_bundle_warns_about_an_mr_image(spleen: dict[str, Path], tmp_path: Path, run_inprocess) -> None:
-    code, _, err = run_inprocess("segment", BRAIN_MR, "--weights", spleen["bundle"], "-o", tmp_path / "s.nii.gz")
+    inputs = tmp_path / "mr"
+    inputs.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (inputs / name).write_bytes(BRAIN_MR.read_bytes())
+    code, _, err = run_inprocess("segment", inputs, "--weights", spleen["bundle"], "-d", tmp_path / "out")
     assert code == 0, err
-    assert "trained on CT" in err
+    assert err.count("trained on CT") == 2  # once for each image, not once per process
     code, _, err = run_inprocess("segment", LUNG_CT, "--weights", spleen["bundle"], "-o", tmp_path / "l.nii.gz")
     assert code == 0 and "trained on CT" not in err
 

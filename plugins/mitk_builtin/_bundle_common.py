@@ -61,8 +61,9 @@ def check_input(image: Any, metadata: Mapping[str, Any]) -> None:
         raise InputError(f"the bundle expects {channels} channel(s){f' ({names})' if names else ''}, "
                          f"the image has {int(image.shape[0])}")
     if str(declared.get("modality", "")).upper() == "CT" and float(image.min()) >= -100:
-        warnings.warn("the bundle was trained on CT (Hounsfield units) but this image has no value below -100 "
-                      "(no air): is it CT?", MitkWarning, stacklevel=2)
+        # Once per image, not once per process: a fresh registry keeps the default filter from deduplicating.
+        warnings.warn_explicit("the bundle was trained on CT (Hounsfield units) but this image has no value below "
+                               "-100 (no air): is it CT?", MitkWarning, __file__, 0, registry={})
 
 
 def declared_output(config: Mapping[str, Any]) -> dict[str, Any]:
