@@ -222,3 +222,20 @@ def test_a_bad_case_fails_alone_in_a_bundle_batch(spleen: dict[str, Path], tmp_p
     assert (tmp_path / "out" / "good_seg.nii.gz").is_file() and not (tmp_path / "out" / "bad_seg.nii.gz").exists()
     failed = next(case for case in document["cases"] if case["status"] == "failed")
     assert "bad.nii.gz" in failed["input"] and "Traceback" not in err
+
+
+def test_info_weights_describes_a_mitk_checkpoint_too(tmp_path: Path, run_inprocess) -> None:
+    import torch
+
+    from mitk.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "tiny.safetensors", {"w": torch.zeros(2)}, task="segment", plugin="unet",
+                           plugin_version="0.0.1", config={}, metrics={"dice": 0.5})
+    code, out, err = run_inprocess("info", "--weights", path, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"path": str(path), "task": "segment", "plugin": "unet", "plugin_version": "0.0.1",
+                               "tensors": 1, "metrics": {"dice": 0.5}}
+    code, _, err = run_inprocess("info", LUNG_CT, "--weights", path)
+    assert code != 0 and "not both" in err
+    code, _, err = run_inprocess("info")
+    assert code != 0 and "give an image" in err
