@@ -177,3 +177,16 @@ def test_expression_outside_the_subset_is_refused(expression: str) -> None:
 
     with pytest.raises(CheckpointError, match=r"^key: "):
         evaluate(expression, "key", lambda name: [1])
+
+
+def test_a_network_that_would_download_weights_is_refused() -> None:
+    from bundle_factory import BUNDLES
+
+    from mitk.bundles import read_bundle
+    from mitk.bundles.resolver import SafeResolver
+    from mitk.errors import CheckpointError
+
+    config = read_bundle(BUNDLES / "endoscopic_tool_segmentation").inference
+    config["network_def"]["pretrained"] = True
+    with pytest.raises(CheckpointError, match=r"^network_def#pretrained: would download pretrained weights"):
+        SafeResolver(config).build("network_def")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mitk.bundles.expressions import evaluate
-from mitk.bundles.targets import DROPPED, load_target, target_name
+from mitk.bundles.targets import DROPPED, NETWORKS, load_target, target_name
 from mitk.errors import CheckpointError
 
 _DISABLED = object()
@@ -104,6 +104,10 @@ class SafeResolver:
                 arguments["transforms"] = [t for t in kept if t is not _DISABLED]
             else:
                 arguments["transforms"] = self._resolve(transforms, f"{key}#transforms", build=build)
+        asked = [k for k, v in arguments.items() if "pretrain" in k.lower() and v not in (False, None, "", 0)]
+        if name in NETWORKS and asked:
+            raise CheckpointError(f"{key}#{asked[0]}: would download pretrained weights; refused (the bundle's "
+                                  "own models/model.pt holds its weights)")
         if not build:
             return {"_target_": name, **arguments}
         try:
