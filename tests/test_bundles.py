@@ -239,3 +239,39 @@ def test_info_weights_describes_a_mitk_checkpoint_too(tmp_path: Path, run_inproc
     assert code != 0 and "not both" in err
     code, _, err = run_inprocess("info")
     assert code != 0 and "give an image" in err
+
+
+def test_a_folder_that_is_not_a_bundle_is_named(tmp_path: Path, run_inprocess) -> None:
+    (tmp_path / "model" / "configs").mkdir(parents=True)
+    code, _, err = run_inprocess("segment", LUNG_CT, "--weights", tmp_path / "model", "-o", tmp_path / "s.nii.gz")
+    assert code != 0 and "is a folder but not a MONAI bundle (no configs/inference.json)" in err
+    (tmp_path / "model" / "configs" / "inference.yaml").write_text("network_def: {}\n")
+    code, _, err = run_inprocess("segment", LUNG_CT, "--weights", tmp_path / "model", "-o", tmp_path / "s.nii.gz")
+    assert code != 0 and "only JSON bundle configs are read" in err
+
+
+def test_keep_largest_component_of_the_bundle_is_applied(spleen: dict[str, Path], tmp_path: Path) -> None:
+    """The bundle's KeepLargestConnectedComponentd becomes the plugin's postprocess step (here on the air of the
+    real CT, which is in many pieces)."""
+    import shutil
+
+    import torch
+    from scipy import ndimage
+
+    from mitk.bundles import read_bundle
+    from mitk.plugin_manager import get_registry
+
+    root = tmp_path / "bundle"
+    shutil.copytree(spleen["bundle"], root)
+    edit_config(root, "configs/inference.json", lambda d: d["postprocessing"]["transforms"].insert(
+        3, {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [1]}))
+    bundle = read_bundle(root)
+    plugin = get_registry().get("monai-bundle-segmentation").load()
+    postprocess = plugin.postprocess(plugin.resolve_config({"bundle": bundle.inference,
+                                                            "metadata": bundle.metadata}))
+    air = (np.asarray(load(LUNG_CT).dataobj) < -500).astype(np.uint8)
+    assert ndimage.label(air)[1] > 1
+    kept = postprocess(torch.from_numpy(air)[None]).numpy()[0]
+    labelled, _ = ndimage.label(air)
+    largest = np.bincount(labelled[labelled > 0]).argmax()
+    np.testing.assert_array_equal(kept, labelled == largest)

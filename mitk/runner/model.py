@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from mitk.bundles import is_bundle
 from mitk.bundles.loading import bundle_checkpoint, bundle_task
 from mitk.checkpoint import Checkpoint, load_checkpoint
 from mitk.enums import Task, task_name
@@ -58,7 +57,7 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
     """Load the plugin named by ``plugin`` or by the checkpoint, apply the weights, and return it."""
     task = task_name(get_task(task).name)
     checkpoint: Checkpoint | None = None
-    if weights and is_bundle(weights):
+    if weights and Path(weights).is_dir():
         checkpoint = bundle_checkpoint(weights, overrides)  # a MONAI bundle folder, read by the safe loader
     elif weights:
         checkpoint = load_checkpoint(weights)
@@ -144,7 +143,7 @@ def resolve_task(plugin: str | None, weights: str | Path | None, task: Any = Non
 def checkpoint_task(path: Path) -> str | None:
     """The task a mitk checkpoint was trained for, read from its metadata only (the tensors load later); for
     a MONAI bundle folder, the task of the plugin that runs it."""
-    if is_bundle(path):
+    if Path(path).is_dir():
         return bundle_task(path)
     try:
         from safetensors import safe_open
