@@ -275,3 +275,13 @@ def test_keep_largest_component_of_the_bundle_is_applied(spleen: dict[str, Path]
     labelled, _ = ndimage.label(air)
     largest = np.bincount(labelled[labelled > 0]).argmax()
     np.testing.assert_array_equal(kept, labelled == largest)
+
+
+def test_every_vendored_bundle_is_described_and_licensed() -> None:
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    folders = sorted(p.name for p in BUNDLES.iterdir() if p.is_dir())
+    assert len(folders) >= 5
+    for name in folders:
+        assert f"`{name}`" in readme
+        assert "Apache License" in (BUNDLES / name / "LICENSE").read_text(encoding="utf-8")
+        assert sorted(p.name for p in (BUNDLES / name / "configs").iterdir()) == ["inference.json", "metadata.json"]
