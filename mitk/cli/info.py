@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from mitk.cli.common import JsonOption, SeriesOption, emit_json
+from mitk.errors import UsageError
 
 IncludeDescriptionsOption = Annotated[bool, typer.Option(
     "--include-descriptions",
@@ -52,10 +53,16 @@ def describe_image(image: Any, include_descriptions: bool = False) -> dict[str, 
     return document
 
 
+WeightsInfoOption = Annotated[Path | None, typer.Option(
+    "--weights", help="Instead of an image, describe a model: a MONAI bundle folder (what its metadata declares: "
+                      "task, channels, labels, spacing, licence) or a mitk checkpoint.")]
+
+
 def info(
-    path: Annotated[Path, typer.Argument(help="A NIfTI file, DICOM file, DICOM folder or zip.")],
+    path: Annotated[Path | None, typer.Argument(help="A NIfTI file, DICOM file, DICOM folder or zip.")] = None,
     series: SeriesOption = None,
     include_descriptions: IncludeDescriptionsOption = False,
+    weights: WeightsInfoOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Geometry and intensities of an image: shape, spacing, orientation code, affine, dtype, range.
@@ -69,6 +76,13 @@ def info(
     """
     from mitk.io.reader import load_image, looks_like_dicom
 
+    if weights is not None:
+        if path is not None:
+            raise UsageError("give an image or --weights, not both")
+        _print_document(describe_weights(weights), as_json)
+        return
+    if path is None:
+        raise UsageError("give an image (or --weights MODEL to describe a model)")
     if looks_like_dicom(path) and series is None and (path.is_dir() or path.suffix.lower() == ".zip"):
         from mitk.io.dicom import list_series
 
@@ -76,7 +90,26 @@ def info(
         if len(listing.series) != 1:
             _print_series(listing, as_json, include_descriptions)
             return
-    document = describe_image(load_image(path, series=series), include_descriptions)
+    _print_document(describe_image(load_image(path, series=series), include_descriptions), as_json)
+
+
+def describe_weights(weights: Path) -> dict[str, Any]:
+    """What a model declares: a MONAI bundle folder's metadata, or a mitk checkpoint's task, plugin and metrics."""
+    from mitk.bundles import is_bundle
+
+    if is_bundle(weights):
+        from mitk.bundles.loading import describe_bundle
+
+        return describe_bundle(weights)
+    from mitk.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(weights)
+    return {"path": str(weights), "task": checkpoint.task, "plugin": checkpoint.plugin,
+            "plugin_version": checkpoint.plugin_version, "tensors": len(checkpoint.state_dict),
+            "metrics": checkpoint.metrics}
+
+
+def _print_document(document: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit_json(document)
         return

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mitk.bundles.loading import bundle_checkpoint, bundle_task
 from mitk.checkpoint import Checkpoint, load_checkpoint
 from mitk.enums import Task, task_name
 from mitk.errors import CheckpointError, PluginError, UsageError
@@ -75,7 +76,11 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
     """
     api = caller == "api"
     task = task_name(get_task(task).name)
-    checkpoint: Checkpoint | None = load_checkpoint(weights) if weights else None
+    checkpoint: Checkpoint | None = None
+    if weights and Path(weights).is_dir():
+        checkpoint = bundle_checkpoint(weights, overrides)  # a MONAI bundle folder, read by the safe loader
+    elif weights:
+        checkpoint = load_checkpoint(weights)
     if checkpoint is not None and checkpoint.self_describing:
         if checkpoint.task != task:
             raise CheckpointError(f"checkpoint is for the {checkpoint.task} task, not {task}", weights)
@@ -190,7 +195,10 @@ def resolve_task(plugin: str | None, weights: str | Path | None, task: Any = Non
 
 
 def checkpoint_task(path: Path) -> str | None:
-    """The task a mitk checkpoint was trained for, read from its metadata only (the tensors load later)."""
+    """The task a mitk checkpoint was trained for, read from its metadata only (the tensors load later); for
+    a MONAI bundle folder, the task of the plugin that runs it."""
+    if Path(path).is_dir():
+        return bundle_task(path)
     try:
         from safetensors import safe_open
 

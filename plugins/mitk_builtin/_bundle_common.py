@@ -1,0 +1,93 @@
+"""What the bundle plugins share: the safe resolver over their settings, the declared input and labels."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mitk.bundles.resolver import SafeResolver
+from mitk.errors import InputError, MitkWarning, PluginError
+
+BUNDLE_DEFAULTS: dict[str, Any] = {"bundle": {}, "metadata": {}, "torchscript_sha256": None}
+BUNDLE_SCHEMA: dict[str, tuple[type | None, ...]] = {"bundle": (dict,), "metadata": (dict,),
+                                                      "torchscript_sha256": (str, None)}
+BUNDLE_HELP = {"bundle": "the bundle's configs/inference.json (read from --weights BUNDLE_FOLDER)",
+               "metadata": "the bundle's configs/metadata.json",
+               "torchscript_sha256": "run a TorchScript models/model.ts only if its sha256 is this"}
+
+
+def resolver(config: Mapping[str, Any]) -> SafeResolver:
+    if not config.get("bundle"):
+        raise PluginError("this plugin runs MONAI bundles: give --weights BUNDLE_FOLDER")
+    return SafeResolver(config["bundle"])
+
+
+def image_key(config: Mapping[str, Any]) -> str:
+    found = resolver(config)
+    return str(found.value("image_key")) if found.has("image_key") else "image"
+
+
+MEANINGFUL = ("softmax", "sigmoid", "argmax", "threshold", "applied_labels", "independent", "connectivity",
+              "_disabled_")
+"""The arguments of a postprocessing step that mitk reads; the steps themselves are never built."""
+FORMATTING = frozenset({"Activationsd", "Invertd", "AsDiscreted", "SaveImaged", "SaveClassificationd", "EnsureTyped",
+                        "Lambdad", "CopyItemsd", "DeleteItemsd", "ToTensord", "SqueezeDimd"})
+"""Postprocessing steps whose work mitk's runner does itself (activation, inversion, argmax, saving), or that only
+reshape the output for saving (a ``Lambdad`` is code, and never run)."""
+
+
+def postprocessing_steps(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The bundle's postprocessing steps by name, with only the arguments of :data:`MEANINGFUL` resolved."""
+    found = resolver(config)
+    if not found.has("postprocessing#transforms"):
+        return []
+    steps = []
+    for n, step in enumerate(found.raw("postprocessing#transforms")):
+        if isinstance(step, Mapping) and isinstance(step.get("_target_"), str):
+            key = f"postprocessing#transforms#{n}"
+            read = {k: found.resolve(v, f"{key}#{k}") for k, v in step.items() if k in MEANINGFUL}
+            steps.append({"_target_": step["_target_"].rsplit(".", 1)[-1], **read})
+    return [step for step in steps if isinstance(step, dict)]
+
+
+def check_input(image: Any, metadata: Mapping[str, Any]) -> None:
+    """Refuse an image whose channel count the network cannot take; warn when a CT model gets no CT values."""
+    inputs = (metadata.get("network_data_format") or {}).get("inputs") or {}
+    declared = dict(inputs.get("image") or next(iter(inputs.values()), {}))
+    channels = declared.get("num_channels")
+    if isinstance(channels, int) and int(image.shape[0]) != channels:
+        names = ", ".join(str(v) for v in (declared.get("channel_def") or {}).values())
+        raise InputError(f"the bundle expects {channels} channel(s){f' ({names})' if names else ''}, "
+                         f"the image has {int(image.shape[0])}")
+    if str(declared.get("modality", "")).upper() == "CT" and float(image.min()) >= -100:
+        # Once per image, not once per process: a fresh registry keeps the default filter from deduplicating.
+        warnings.warn_explicit("the bundle was trained on CT (Hounsfield units) but this image has no value below "
+                               "-100 (no air): is it CT?", MitkWarning, __file__, 0, registry={})
+
+
+def declared_output(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``network_data_format.outputs.pred`` of the metadata (or its first output)."""
+    outputs = ((config.get("metadata") or {}).get("network_data_format") or {}).get("outputs") or {}
+    return dict(outputs.get("pred") or next(iter(outputs.values()), {}))
+
+
+def channel_names(config: Mapping[str, Any]) -> dict[int, str]:
+    """The output channels' names, by index, as the metadata declares them."""
+    return {int(k): str(v) for k, v in (declared_output(config).get("channel_def") or {}).items()}
+
+
+def bundle_preprocess(config: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The bundle's preprocessing (reading and channel-first steps left to mitk) on ``{"image": ...}``, after
+    :func:`check_input`; the bundle's own image key is used inside."""
+    found = resolver(config)
+    key = image_key(config)
+    compose = found.build("preprocessing") if found.has("preprocessing") else None
+    metadata = config.get("metadata") or {}
+
+    def preprocess(data: dict[str, Any]) -> dict[str, Any]:
+        check_input(data["image"], metadata)
+        out = compose({key: data["image"]}) if compose is not None else {key: data["image"]}
+        return {**data, "image": out[key]}
+
+    return preprocess
