@@ -110,3 +110,26 @@ def test_a_whole_head_to_a_brain_template_with_defaults(mni_t1_2mm: Path, tmp_pa
     assert all(0.9 < scale < 1.1 for scale in report["scales"])
     assert brain_dice({"matrix_ras": np.eye(4)}, subject) < 0.75  # the scanner frames disagree
     assert brain_dice(record, subject) > 0.95
+
+
+def test_ncc_ending_worse_than_the_identity_on_a_subject_in_template_space(mni_t1_2mm: Path,
+                                                                           tmp_path: Path) -> None:
+    """Issue 26's case: a subject already in the template's space (here someones_anatomy, rigidly aligned to
+    the MNI152 by mitk and written with that header), where the 12-dof NCC fit shrinks the brain from the
+    identity's Dice 0.96 to about 0.7. It must not come back as a silent ``ok``."""
+    subject = DATA / "someones_anatomy.nii.gz"
+    code, record, stderr = register(subject, mni_t1_2mm, tmp_path / "rigid", "--set", "transform=rigid")
+    assert code == 0 and record is not None, stderr
+    image = nib.load(subject)
+    aligned = tmp_path / "someones_in_mni.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.asarray(record["matrix_ras"]) @ image.affine), aligned)
+    assert brain_dice({"matrix_ras": np.eye(4)}, aligned) > 0.95
+
+    code, record, stderr = register(aligned, mni_t1_2mm, tmp_path, "--set", "metric=ncc")
+    assert code == 0 and record is not None and record["status"] == "ok", stderr
+    report = record["registration"]
+    assert report["init"] == "identity"  # init=auto kept the frames as they are
+    assert brain_dice(record, aligned) < 0.85  # the fit itself goes wrong ...
+    assert report["similarity_final"] < report["similarity_identity"]  # ... and the report says so
+    assert any("worse than at the identity" in problem for problem in report["warnings"])
+    assert "mitk: warning: registration result is suspect" in stderr
