@@ -3,6 +3,7 @@ Adam) and ``deformable_register`` (affine, then a dense field with MONAI's Warp)
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import dataclass
@@ -151,8 +152,24 @@ def choose_start(problem: AffineProblem, kind: str, init: str, level: LevelSampl
 
 def optimise(problem: AffineProblem, transform: CentredTransform, levels: list[tuple[Level, LevelSamples]],
              config: dict[str, Any], normal: torch.Tensor | None, report: dict[str, Any]) -> None:
-    """Adam on the transform's parameters through the pyramid, coarse to fine (cosine-decayed steps)."""
-    for level, samples in levels:
+    """Adam on the transform's parameters through the pyramid, coarse to fine (cosine-decayed steps).
+
+    A finer level whose metric is better at the start transform than where the coarser levels left it starts
+    again from there (``report["restarted"]`` lists those levels): the optimum of a blurred, coarse level can
+    lie far from the fine one (a brain-only template against a whole head: the coarse fit shrinks the brain).
+    """
+    start = copy.deepcopy(transform.state_dict())
+    for number, (level, samples) in enumerate(levels):
+        if number > 0:
+            with torch.no_grad():
+                current = float(problem.similarity(transform.matrix(), samples)[0])
+                keep = copy.deepcopy(transform.state_dict())
+                transform.load_state_dict(start)
+                restart = float(problem.similarity(transform.matrix(), samples)[0])
+                if restart <= current:
+                    transform.load_state_dict(keep)
+                else:
+                    report.setdefault("restarted", []).append(number)
         step = float(config["step_voxels"]) * level.spacing_mm
         optimiser = torch.optim.Adam(transform.trainable(), lr=step)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, level.iterations),
@@ -250,7 +267,7 @@ PLAUSIBLE_SCALES = (0.7, 1.4)
 
 def check_quality(report: dict[str, Any], strict: bool = False) -> None:
     """Warn (one line on stderr, and ``report["warnings"]``) when the result is worse than the identity or than
-    its start, or scales an axis outside :data:`PLAUSIBLE_SCALES`; with ``strict``, refuse it instead."""
+    its start, scales an axis outside :data:`PLAUSIBLE_SCALES` or mirrors; with ``strict``, refuse it instead."""
     problems = []
     final = report["similarity_final"]
     for name in ("identity", "initial"):
@@ -263,6 +280,8 @@ def check_quality(report: dict[str, Any], strict: bool = False) -> None:
     if any(not low <= scale <= high for scale in report["scales"]):
         problems.append(f"the {report['transform']} result scales the axes by "
                         f"{', '.join(f'{scale:.2f}' for scale in report['scales'])} (plausible: {low}-{high})")
+    if report["determinant"] <= 0:
+        problems.append(f"the {report['transform']} result mirrors the image (determinant {report['determinant']:.3g})")
     if not problems:
         return
     message = f"registration result is suspect: {'; '.join(problems)}"
