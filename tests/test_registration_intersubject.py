@@ -151,3 +151,15 @@ def test_ncc_on_a_subject_in_template_space(mni_t1_2mm: Path, tmp_path: Path) ->
     assert brain_dice(record, aligned) >= identity - 0.005
     assert report["similarity_final"] >= report["similarity_identity"]
     assert "warnings" not in report and "registration result is suspect" not in stderr
+
+
+def test_rigid_first_stages_the_fit(mni_t1_2mm: Path, tmp_path: Path) -> None:
+    """``rigid_first``: a rigid stage through the pyramid, then the 12-dof fit from where it ended."""
+    code, record, stderr = register(DATA / "someones_anatomy.nii.gz", mni_t1_2mm, tmp_path, "--set",
+                                    "rigid_first=true")
+    assert code == 0 and record is not None and record["status"] == "ok", stderr
+    report = record["registration"]
+    assert len(report["rigid"]["similarity"]) == len(report["similarity"]) == 3
+    assert report["similarity_final"] >= report["rigid"]["similarity"][-1] - 0.01
+    assert "warnings" not in report
+    assert brain_dice(record, DATA / "someones_anatomy.nii.gz") > 0.95

@@ -102,7 +102,7 @@ class CentredTransform(torch.nn.Module):
 def from_matrix(kind: str, matrix: torch.Tensor, like: CentredTransform) -> CentredTransform:
     """A centred transform of ``kind`` (same centre and radius as ``like``) that starts at ``matrix``."""
     array = matrix.detach().cpu().numpy().astype(np.float64)
-    centre = like.centre.detach().cpu().numpy()
+    centre = np.asarray(like.state_dict()["centre"].cpu(), dtype=np.float64)
     linear = array[:3, :3]
     return CentredTransform(kind, centre, linear @ centre + array[:3, 3] - centre, linear, like.radius)
 
