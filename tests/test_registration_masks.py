@@ -228,7 +228,8 @@ def test_a_collapsed_masked_registration_fails_the_case_instead_of_writing_it(tm
     code, stdout, stderr = invoke([*common, "-o", str(tmp_path / "affine.nii.gz"), "--set", "step_voxels=5"])
     assert code == 1, stdout + stderr
     [record] = json.loads(stdout)["cases"]
-    assert record["status"] == "failed" and "counted no sampled fixed point" in record["error"], record
+    assert record["status"] == "failed", record  # the finer levels' restart can leave a few samples counting
+    assert "counted no sampled fixed point" in record["error"] or "collapsed" in record["error"], record
     assert "transform=similarity" in record["error"] and "\n" not in record["error"]
     assert not (tmp_path / "affine.nii.gz").exists()
     code, stdout, stderr = invoke([*common, "-o", str(tmp_path / "similarity.nii.gz"),

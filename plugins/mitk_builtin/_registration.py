@@ -2,7 +2,9 @@
 
 Both work in world millimetres (RAS), so flipped, permuted and oblique grids need no special case. The affine
 plugin follows ITK's recipe: a Gaussian pyramid, a metric evaluated on a random sample of fixed-image points
-(not the dense volume), and a centred transform initialised from the images' centres of mass. The deformable
+(not the dense volume), and a centred transform started from the best (by the metric) of the identity, the grid
+centres and the centres of mass; it reports the metric at identity, start and end and warns when the result is
+worse than either or implausibly scaled. The deformable
 plugin starts from that affine and optimises a dense displacement field on a coarse grid with MONAI's ``Warp``,
 its local NCC (or MSE / mutual information) and a bending-energy or diffusion penalty.
 
@@ -40,21 +42,25 @@ class AffineRegistration(RegistrationPlugin):
     trainable = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"transform": "affine", "metric": "mi", "init": "com", "levels": [4, 2, 1],
+        return {"transform": "affine", "metric": "mi", "init": "auto", "rigid_first": False, "levels": [4, 2, 1],
                 "iterations": [100, 50, 25], "samples": 20000, "bins": 32, "step_voxels": 0.5, "seed": 0,
-                "device": "auto"}
+                "strict": False, "device": "auto"}
 
     def settings_help(self) -> dict[str, str]:
         return {
             "transform": "rigid (6 dof), similarity (7 dof) or affine (12 dof)",
             "metric": "mi (mutual information: any modality pair), ncc (correlation) or mse (same intensities)",
-            "init": "com (centres of mass), moments (and principal axes), geometry (grid centres) or identity",
+            "init": "auto (the best by the metric of identity, geometry and com), com (centres of mass), moments "
+                    "(and principal axes), geometry (grid centres) or identity",
+            "rigid_first": "for similarity/affine: a rigid stage through the pyramid first, then the full transform",
             "levels": "pyramid levels as multiples of the fixed image's finest spacing, coarse to fine",
             "iterations": "optimiser iterations at each pyramid level",
             "samples": "fixed-image points sampled per level for the metric (ITK-style sampling)",
             "bins": "histogram bins of the mutual information",
             "step_voxels": "initial optimiser step, in voxels of each level (decays over the level)",
             "seed": "random seed of the point sampling",
+            "strict": "refuse a result worse than the identity or its start, or scaled outside 0.7-1.4 per axis "
+                      "(else a warning)",
             "device": "auto (CUDA when available) or cpu",
         }
 
@@ -74,7 +80,8 @@ class DeformableRegistration(RegistrationPlugin):
     def default_config(self) -> dict[str, Any]:
         return {"affine": AffineRegistration().default_config(), "loss": "lncc", "lncc_kernel": 5,
                 "regulariser": "bending", "regularisation": 1.0, "levels": [4, 2], "iterations": [100, 50],
-                "step_voxels": 0.1, "diffeomorphic": True, "integration_steps": 7, "device": "auto"}
+                "step_voxels": 0.1, "diffeomorphic": True, "integration_steps": 7, "strict": False,
+                "device": "auto"}
 
     def settings_help(self) -> dict[str, str]:
         described = {f"affine.{key}": f"initial affine: {text}" for key, text in
@@ -90,6 +97,8 @@ class DeformableRegistration(RegistrationPlugin):
             "step_voxels": "Adam step, in voxels of each level",
             "diffeomorphic": "optimise a stationary velocity field, integrated by scaling and squaring",
             "integration_steps": "scaling-and-squaring steps (MONAI DVF2DDF)",
+            "strict": "refuse an affine stage that ends worse than the identity or its start, or scales an axis "
+                      "outside 0.7-1.4 (else a warning)",
             "device": "auto (CUDA when available) or cpu",
         }
 

@@ -3,14 +3,16 @@ Adam) and ``deformable_register`` (affine, then a dense field with MONAI's Warp)
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from mitk.errors import PluginError
+from mitk.errors import MitkWarning, PluginError
 from mitk.image import Image
 from mitk_builtin._registration_metrics import fixed_bins, masked_loss, similarity
 from mitk_builtin._registration_pyramid import (
@@ -27,9 +29,11 @@ from mitk_builtin._registration_pyramid import (
     world_to_grid,
 )
 from mitk_builtin._registration_transform import (
+    CentredTransform,
     affine_resample,
     as_volume,
     flat_axis,
+    from_matrix,
     in_plane,
     initial_transform,
     keep_in_plane,
@@ -39,9 +43,15 @@ from mitk_builtin._registration_transform import (
 
 TRANSFORMS = ("rigid", "similarity", "affine")
 METRICS = ("mi", "ncc", "mse")
-INITIALISATIONS = ("com", "moments", "geometry", "identity")
+INITIALISATIONS = ("auto", "com", "moments", "geometry", "identity")
+STARTS = ("identity", "geometry", "com")
+"""The starts ``init=auto`` compares by the metric at the coarsest level."""
 DEFORMABLE_LOSSES = ("lncc", "mse", "mi")
 REGULARISERS = ("bending", "diffusion")
+
+
+class RegistrationQualityWarning(MitkWarning):
+    """A registration result worse than where it started, or with implausible scales."""
 
 
 @dataclass
@@ -59,80 +69,117 @@ def resolve_levels(config: dict[str, Any], fixed_spacing: np.ndarray) -> list[Le
     return [Level(max(base, base * f), n) for f, n in zip(shrink_list, iterations, strict=True)]
 
 
-def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
-                    fixed_mask: Image | None = None, moving_mask: Image | None = None
-                    ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Optimise a centred rigid/similarity/affine transform; returns the matrix and a report.
+class AffineProblem:
+    """The fixed and moving volumes, masks and metric of one affine registration, and its sampled levels."""
 
-    With masks (ITK's semantics), the metric is sampled only at fixed points inside ``fixed_mask``, and only
-    samples whose mapped point falls inside ``moving_mask`` count; the centres of mass of the initialisation
-    are taken inside the masks too (the intensity windows stay those of the whole images, so that one
-    intensity keeps one normalised value in both).
-    """
-    started = time.perf_counter()
-    kind, metric, init = config["transform"], config["metric"], config["init"]
-    if kind not in TRANSFORMS:
-        raise PluginError(f"setting transform must be one of {', '.join(TRANSFORMS)}, not {kind!r}")
-    if metric not in METRICS:
-        raise PluginError(f"setting metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    if init not in INITIALISATIONS:
-        raise PluginError(f"setting init must be one of {', '.join(INITIALISATIONS)}, not {init!r}")
-    bins = int(config["bins"])
-    generator = torch.Generator(device="cpu").manual_seed(int(config["seed"]))
+    def __init__(self, fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
+                 fixed_mask: Image | None, moving_mask: Image | None) -> None:
+        self.metric, self.bins, self.device = config["metric"], int(config["bins"]), device
+        self.samples = int(config["samples"])
+        self.generator = torch.Generator(device="cpu").manual_seed(int(config["seed"]))
+        self.fixed, self.moving = to_volume(fixed, device), to_volume(moving, device)
+        self.fixed_inside, self.moving_inside = to_mask(fixed_mask, self.fixed), to_mask(moving_mask, self.moving)
+        self.fixed_window, self.moving_window = intensity_window(self.fixed.tensor), intensity_window(
+            self.moving.tensor)
+        self.moving_mask_grid = None if self.moving_inside is None else world_to_grid(
+            self.moving.affine, self.moving.shape, device).double()
 
-    fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
-    fixed_inside, moving_inside = to_mask(fixed_mask, fixed_volume), to_mask(moving_mask, moving_volume)
-    fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
-    transform = initial_transform(fixed_volume, moving_volume, fixed_window, moving_window, kind, init,
-                                  fixed_inside, moving_inside).to(device)
-    moving_mask_grid = None if moving_inside is None else world_to_grid(moving_volume.affine, moving_volume.shape,
-                                                                        device).double()
-    levels = resolve_levels(config, fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]])
-    normal = plane_normal(fixed_volume, device)
-    report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
-    if fixed_inside is not None or moving_inside is not None:
-        report["masks"] = [name for name, mask in (("fixed", fixed_inside), ("moving", moving_inside))
-                           if mask is not None]
-        report["counted_share"] = []  # of the sampled points, the share the metric counted at each level's end
-    for level in levels:
-        fixed_factors = shrink_factors(fixed_volume.spacing, level.spacing_mm, fixed_volume.shape)
-        fixed_level = shrink(fixed_volume, fixed_factors)
-        moving_level = shrink(moving_volume, shrink_factors(moving_volume.spacing, level.spacing_mm,
-                                                            moving_volume.shape))
-        moving_values = normalise(moving_level.tensor, moving_window)
-        fixed_values = normalise(fixed_level.tensor, fixed_window).flatten()
-        if fixed_inside is None:
+    def level(self, spacing_mm: float) -> LevelSamples:
+        """The fixed points sampled at one pyramid level, their intensities, and the moving level."""
+        device = self.device
+        fixed_factors = shrink_factors(self.fixed.spacing, spacing_mm, self.fixed.shape)
+        fixed_level = shrink(self.fixed, fixed_factors)
+        moving_level = shrink(self.moving, shrink_factors(self.moving.spacing, spacing_mm, self.moving.shape))
+        fixed_values = normalise(fixed_level.tensor, self.fixed_window).flatten()
+        if self.fixed_inside is None:
             count = fixed_values.numel()
-            samples = min(count, int(config["samples"]))
-            chosen = torch.randint(count, (samples,), generator=generator).to(device)
+            samples = min(count, self.samples)
+            chosen = torch.randint(count, (samples,), generator=self.generator).to(device)
         else:  # sample only fixed points inside the fixed mask
-            candidates = torch.nonzero(shrink_mask(fixed_inside, fixed_factors).flatten()).squeeze(1)
-            samples = min(candidates.numel(), int(config["samples"]))
-            chosen = candidates[torch.randint(candidates.numel(), (samples,), generator=generator).to(device)]
+            candidates = torch.nonzero(shrink_mask(self.fixed_inside, fixed_factors).flatten()).squeeze(1)
+            samples = min(candidates.numel(), self.samples)
+            chosen = candidates[torch.randint(candidates.numel(), (samples,), generator=self.generator).to(device)]
         index = torch.stack(torch.unravel_index(chosen, fixed_level.shape), dim=-1).double()
         world = index @ torch.as_tensor(fixed_level.affine[:3, :3].T, device=device) + torch.as_tensor(
             fixed_level.affine[:3, 3], device=device)
         points = torch.cat([world, torch.ones(samples, 1, dtype=torch.float64, device=device)], dim=1).float()
         reference = fixed_values[chosen]
-        reference_weights = fixed_bins(reference, bins) if metric == "mi" else None
-        to_grid = world_to_grid(moving_level.affine, moving_level.shape, device).double()
+        return LevelSamples(points, reference, fixed_bins(reference, self.bins) if self.metric == "mi" else None,
+                            normalise(moving_level.tensor, self.moving_window),
+                            world_to_grid(moving_level.affine, moving_level.shape, device).double())
+
+    def similarity(self, matrix: torch.Tensor, level: LevelSamples) -> tuple[torch.Tensor, torch.Tensor]:
+        """The metric of the fixed → moving ``matrix`` on a level's samples, and which samples counted."""
+        grid = level.points @ (level.to_grid @ matrix)[:3].T.float()
+        warped = sample(level.moving_values, grid)[0]
+        valid = inside(grid)
+        if self.moving_inside is not None and self.moving_mask_grid is not None:  # only inside the moving mask
+            with torch.no_grad():
+                mask_points = level.points.double() @ (self.moving_mask_grid @ matrix)[:3].T
+                valid = valid & (sample(self.moving_inside.float(), mask_points.float(), mode="nearest")[0] > 0.5)
+        return similarity(self.metric, level.reference, level.reference_weights, warped, valid, self.bins), valid
+
+
+@dataclass
+class LevelSamples:
+    points: torch.Tensor
+    reference: torch.Tensor
+    reference_weights: torch.Tensor | None
+    moving_values: torch.Tensor
+    to_grid: torch.Tensor
+
+
+def choose_start(problem: AffineProblem, kind: str, init: str, level: LevelSamples
+                 ) -> tuple[CentredTransform, dict[str, float]]:
+    """The initial transform; ``auto`` tries identity, grid centres and centres of mass, keeping the one with
+    the best metric at the coarsest level (a whole head against a brain-only template, or two fields of view,
+    put the centres of mass centimetres apart while the scanner frames already agree, or the reverse)."""
+    candidates = STARTS if init == "auto" else (init,)
+    scored: dict[str, float] = {}
+    best: CentredTransform | None = None
+    for name in candidates:
+        transform = initial_transform(problem.fixed, problem.moving, problem.fixed_window, problem.moving_window,
+                                      kind, name, problem.fixed_inside, problem.moving_inside).to(problem.device)
+        if len(candidates) == 1:
+            return transform, scored
+        with torch.no_grad():
+            scored[name] = round(float(problem.similarity(transform.matrix(), level)[0]), 6)
+        if best is None or scored[name] > max(value for key, value in scored.items() if key != name):
+            best = transform
+    assert best is not None
+    return best, scored
+
+
+def optimise(problem: AffineProblem, transform: CentredTransform, levels: list[tuple[Level, LevelSamples]],
+             config: dict[str, Any], normal: torch.Tensor | None, report: dict[str, Any]) -> None:
+    """Adam on the transform's parameters through the pyramid, coarse to fine (cosine-decayed steps).
+
+    A finer level whose metric is better at the start transform than where the coarser levels left it starts
+    again from there (``report["restarted"]`` lists those levels): the optimum of a blurred, coarse level can
+    lie far from the fine one (a brain-only template against a whole head: the coarse fit shrinks the brain).
+    """
+    start = copy.deepcopy(transform.state_dict())
+    for number, (level, samples) in enumerate(levels):
+        if number > 0:
+            with torch.no_grad():
+                current = float(problem.similarity(transform.matrix(), samples)[0])
+                keep = copy.deepcopy(transform.state_dict())
+                transform.load_state_dict(start)
+                restart = float(problem.similarity(transform.matrix(), samples)[0])
+                if restart <= current:
+                    transform.load_state_dict(keep)
+                else:
+                    report.setdefault("restarted", []).append(number)
         step = float(config["step_voxels"]) * level.spacing_mm
         optimiser = torch.optim.Adam(transform.trainable(), lr=step)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, level.iterations),
                                                               eta_min=step * 0.01)
         value = torch.zeros(())
-        valid = torch.ones(samples, dtype=torch.bool, device=device)
+        valid = torch.ones(1, dtype=torch.bool)
         done = 0
         for done in range(1, level.iterations + 1):  # noqa: B007 - the count is reported
             optimiser.zero_grad(set_to_none=True)
-            grid = points @ (to_grid @ transform.matrix())[:3].T.float()
-            warped = sample(moving_values, grid)[0]
-            valid = inside(grid)
-            if moving_inside is not None and moving_mask_grid is not None:  # only samples inside the moving mask
-                with torch.no_grad():
-                    mask_points = points.double() @ (moving_mask_grid @ transform.matrix())[:3].T
-                    valid = valid & (sample(moving_inside.float(), mask_points.float(), mode="nearest")[0] > 0.5)
-            value = similarity(metric, reference, reference_weights, warped, valid, bins)
+            value, valid = problem.similarity(transform.matrix(), samples)
             if "counted_share" in report and "counted_share_start" not in report:
                 report["counted_share_start"] = round(float(valid.float().mean()), 4)
             (-value).backward()
@@ -144,9 +191,103 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         report["similarity"].append(float(value.detach()))
         if "counted_share" in report:
             report["counted_share"].append(round(float(valid.float().mean()), 4))
+
+
+def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
+                    fixed_mask: Image | None = None, moving_mask: Image | None = None
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Optimise a centred rigid/similarity/affine transform; returns the matrix and a report.
+
+    With masks (ITK's semantics), the metric is sampled only at fixed points inside ``fixed_mask``, and only
+    samples whose mapped point falls inside ``moving_mask`` count; the centres of mass of the initialisation
+    are taken inside the masks too (the intensity windows stay those of the whole images, so that one
+    intensity keeps one normalised value in both). With ``rigid_first``, a similarity or affine transform is
+    preceded by a rigid stage through the same pyramid, and starts where it ended (ANTs' staged schedule).
+    The report carries the quality checks of :func:`check_quality`.
+    """
+    started = time.perf_counter()
+    kind, metric, init = config["transform"], config["metric"], config["init"]
+    if kind not in TRANSFORMS:
+        raise PluginError(f"setting transform must be one of {', '.join(TRANSFORMS)}, not {kind!r}")
+    if metric not in METRICS:
+        raise PluginError(f"setting metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    if init not in INITIALISATIONS:
+        raise PluginError(f"setting init must be one of {', '.join(INITIALISATIONS)}, not {init!r}")
+    problem = AffineProblem(fixed, moving, config, device, fixed_mask, moving_mask)
+    levels = resolve_levels(config, problem.fixed.spacing[[n > 1 for n in problem.fixed.shape]])
+    sampled = [(level, problem.level(level.spacing_mm)) for level in levels]
+    normal = plane_normal(problem.fixed, device)
+    report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
+    if problem.fixed_inside is not None or problem.moving_inside is not None:
+        report["masks"] = [name for name, mask in (("fixed", problem.fixed_inside), ("moving", problem.moving_inside))
+                           if mask is not None]
+        report["counted_share"] = []  # of the sampled points, the share the metric counted at each level's end
+    staged = bool(config.get("rigid_first", False)) and kind != "rigid"
+    transform, scored = choose_start(problem, "rigid" if staged else kind, init, sampled[0][1])
+    if scored:
+        report["init"] = max(scored, key=lambda name: scored[name])
+        report["init_similarity"] = scored
+    with torch.no_grad():
+        initial = transform.matrix().detach().clone()
+    if staged:
+        rigid_report: dict[str, Any] = {"iterations": [], "similarity": []}
+        optimise(problem, transform, sampled, config, normal, rigid_report)
+        report["rigid"] = rigid_report
+        transform = from_matrix(kind, transform.matrix().detach(), transform).to(device)
+    optimise(problem, transform, sampled, config, normal, report)
     check_not_collapsed(report)
+    matrix = transform.matrix().detach()
+    report.update(quality(problem, sampled[-1][1], initial, matrix, kind))
+    check_quality(report, strict=bool(config.get("strict", False)))
+    if "warnings" in report:
+        warnings.warn(RegistrationQualityWarning(f"registration result is suspect: {'; '.join(report['warnings'])}"),
+                      stacklevel=2)
     report["seconds"] = time.perf_counter() - started
-    return transform.matrix().detach().cpu().numpy(), report
+    return matrix.cpu().numpy(), report
+
+
+def quality(problem: AffineProblem, level: LevelSamples, initial: torch.Tensor, final: torch.Tensor,
+            kind: str) -> dict[str, Any]:
+    """The metric at identity, at the start and at the end on the finest level's samples, and the final
+    transform's scales (singular values of its linear part) and determinant."""
+    with torch.no_grad():
+        values = {name: round(float(problem.similarity(matrix, level)[0]), 6) for name, matrix in (
+            ("identity", torch.eye(4, dtype=torch.float64, device=problem.device)), ("initial", initial),
+            ("final", final))}
+    linear = final[:3, :3].cpu().numpy()
+    return {"similarity_identity": values["identity"], "similarity_initial": values["initial"],
+            "similarity_final": values["final"],
+            "scales": [round(float(s), 4) for s in np.linalg.svd(linear, compute_uv=False)],
+            "determinant": round(float(np.linalg.det(linear)), 4)}
+
+
+PLAUSIBLE_SCALES = (0.7, 1.4)
+"""The per-axis scales of a same-anatomy pair; outside them an affine result is reported as implausible."""
+
+
+def check_quality(report: dict[str, Any], strict: bool = False) -> None:
+    """Warn (one line on stderr, and ``report["warnings"]``) when the result is worse than the identity or than
+    its start, scales an axis outside :data:`PLAUSIBLE_SCALES` or mirrors; with ``strict``, refuse it instead."""
+    problems = []
+    final = report["similarity_final"]
+    for name in ("identity", "initial"):
+        before = report[f"similarity_{name}"]
+        if final < before - 1e-3 * max(abs(before), 1e-6):
+            problems.append(f"the {report['metric']} similarity ended worse than at the "
+                            f"{'identity' if name == 'identity' else 'initial transform'} "
+                            f"({final:.4g} < {before:.4g})")
+    low, high = PLAUSIBLE_SCALES
+    if any(not low <= scale <= high for scale in report["scales"]):
+        problems.append(f"the {report['transform']} result scales the axes by "
+                        f"{', '.join(f'{scale:.2f}' for scale in report['scales'])} (plausible: {low}-{high})")
+    if report["determinant"] <= 0:
+        problems.append(f"the {report['transform']} result mirrors the image (determinant {report['determinant']:.3g})")
+    if not problems:
+        return
+    message = f"registration result is suspect: {'; '.join(problems)}"
+    if strict:
+        raise PluginError(f"{message} (strict=true)")
+    report["warnings"] = problems
 
 
 COLLAPSE_SHARE = 0.25
@@ -205,7 +346,8 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     if not levels or len(levels) != len(iterations) or any(f < 1 for f in levels):
         raise PluginError("settings 'levels' (each ≥ 1) and 'iterations' must be lists of the same length")
 
-    matrix, affine_report = affine_register(fixed, moving, config["affine"], device, fixed_mask, moving_mask)
+    affine_config = {**config["affine"], "strict": bool(config.get("strict")) or bool(config["affine"].get("strict"))}
+    matrix, affine_report = affine_register(fixed, moving, affine_config, device, fixed_mask, moving_mask)
     fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
     fixed_inside = to_mask(fixed_mask, fixed_volume)
     fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)

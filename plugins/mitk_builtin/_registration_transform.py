@@ -99,6 +99,14 @@ class CentredTransform(torch.nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+def from_matrix(kind: str, matrix: torch.Tensor, like: CentredTransform) -> CentredTransform:
+    """A centred transform of ``kind`` (same centre and radius as ``like``) that starts at ``matrix``."""
+    array = matrix.detach().cpu().numpy().astype(np.float64)
+    centre = np.asarray(like.state_dict()["centre"].cpu(), dtype=np.float64)
+    linear = array[:3, :3]
+    return CentredTransform(kind, centre, linear @ centre + array[:3, 3] - centre, linear, like.radius)
+
+
 def plane_normal(volume: Volume, device: torch.device) -> torch.Tensor | None:
     """The world normal of a single-slice (2-D) image, or None for a volume."""
     flat = flat_axis(volume.shape)
@@ -140,7 +148,7 @@ def initial_transform(fixed: Volume, moving: Volume, fixed_window: tuple[float, 
         coarse_moving_mask = None if moving_mask is None else shrink_mask(moving_mask, moving_factors)
         linear = moments_rotation(principal_axes(coarse_fixed, fixed_window, fixed_centre, coarse_fixed_mask),
                                   principal_axes(coarse_moving, moving_window, moving_centre, coarse_moving_mask))
-    if init == "identity":
+    if init == "identity":  # the scanner frames as they are: no shift
         moving_centre = fixed_centre
     extent = np.array(fixed.shape) * fixed.spacing
     radius = float(np.linalg.norm(extent)) / 4.0
