@@ -50,8 +50,7 @@ class AffineRegistration(RegistrationPlugin):
         return {
             "transform": "rigid (6 dof), similarity (7 dof) or affine (12 dof)",
             "metric": "mi (mutual information: any modality pair), ncc (correlation) or mse (same intensities)",
-            "init": "auto (the best by the metric of identity, geometry and com), com (centres of mass), moments "
-                    "(and principal axes), geometry (grid centres) or identity",
+            "init": "auto (best of identity, geometry, com by the metric), com, moments, geometry or identity",
             "rigid_first": "for similarity/affine: a rigid stage through the pyramid first, then the full transform",
             "levels": "pyramid levels as multiples of the fixed image's finest spacing, coarse to fine",
             "iterations": "optimiser iterations at each pyramid level",
@@ -59,8 +58,7 @@ class AffineRegistration(RegistrationPlugin):
             "bins": "histogram bins of the mutual information",
             "step_voxels": "initial optimiser step, in voxels of each level (decays over the level)",
             "seed": "random seed of the point sampling",
-            "strict": "refuse a result worse than the identity or its start, or scaled outside 0.7-1.4 per axis "
-                      "(else a warning)",
+            "strict": "refuse a result worse than identity or start, or scaled outside 0.7-1.4 (else warn)",
             "device": "auto (CUDA when available) or cpu",
         }
 
@@ -97,8 +95,7 @@ class DeformableRegistration(RegistrationPlugin):
             "step_voxels": "Adam step, in voxels of each level",
             "diffeomorphic": "optimise a stationary velocity field, integrated by scaling and squaring",
             "integration_steps": "scaling-and-squaring steps (MONAI DVF2DDF)",
-            "strict": "refuse an affine stage that ends worse than the identity or its start, or scales an axis "
-                      "outside 0.7-1.4 (else a warning)",
+            "strict": "refuse an affine stage worse than identity or start, or scaled outside 0.7-1.4",
             "device": "auto (CUDA when available) or cpu",
         }
 
