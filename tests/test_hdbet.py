@@ -150,3 +150,10 @@ def test_hdbet_extracts_the_brain_offline(site: Path, case: tuple[Path, np.ndarr
     assert own.returncode == 0, own.stderr[-2000:]
     own_mask = np.transpose(np.flip(array(tmp_path / "own.nii.gz"), axis=1), PERMUTATION)
     assert dice(mask, own_mask) >= 0.99  # measured 0.993: the same network, preprocessing and fold
+
+
+@pytest.mark.slow
+def test_the_five_fold_ensemble(site: Path, case: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """``--set folds=all`` (five passes, about five times one fold's time)."""
+    t1, reference = case
+    assert dice(segment(site, t1, tmp_path, "--set", "folds=all"), reference) >= 0.95
