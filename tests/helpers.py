@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +43,15 @@ def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray
     ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
     rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def install_plugin_project(project: Path, target: Path) -> Path:
+    """``pip install --no-deps --no-build-isolation --no-index --target TARGET PROJECT``: a plugin package installed
+    the way a user installs it, into a private folder (put it on ``PYTHONPATH`` of subprocesses only)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
+         "--target", str(target), str(project)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"})
+    assert result.returncode == 0, result.stderr
+    return target

@@ -18,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import install_plugin_project
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_PROJECT = ROOT / "plugins" / "mitk-example-blobs"
@@ -42,13 +43,7 @@ def load(path: Path) -> Any:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip install --no-deps --no-build-isolation --target SITE plugins/mitk-example-blobs``."""
-    target = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
-         "--target", str(target), str(PLUGIN_PROJECT)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"})
-    assert result.returncode == 0, result.stderr
+    target = install_plugin_project(PLUGIN_PROJECT, tmp_path_factory.mktemp("site"))
     assert (target / "mitk_example_blobs" / "_detector.py").exists()
     return target
 
