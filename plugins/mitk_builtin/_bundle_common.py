@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitk.bundles.resolver import SafeResolver
-from mitk.errors import InputError, MitkWarning, PluginError
+from mitk.errors import CheckpointError, InputError, MitkWarning, PluginError
 
 BUNDLE_DEFAULTS: dict[str, Any] = {"bundle": {}, "metadata": {}, "torchscript_sha256": None}
 BUNDLE_SCHEMA: dict[str, tuple[type | None, ...]] = {"bundle": (dict,), "metadata": (dict,),
@@ -91,3 +91,32 @@ def bundle_preprocess(config: Mapping[str, Any]) -> Callable[[dict[str, Any]], d
         return {**data, "image": out[key]}
 
     return preprocess
+
+
+class BundlePieces:
+    """What every bundle plugin shares: its settings are the bundle's configs, its network is ``network_def``
+    built by the safe resolver, its preprocessing the bundle's own; it runs as given (no training, no kernel
+    rewrites). Mixed in before the task's plugin base."""
+
+    trainable = False
+    cpu_kernels = False
+
+    def default_config(self) -> dict[str, Any]:
+        return dict(BUNDLE_DEFAULTS)
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        return dict(BUNDLE_SCHEMA)
+
+    def settings_help(self) -> dict[str, str]:
+        return dict(BUNDLE_HELP)
+
+    def network(self, config: dict[str, Any]) -> Any:
+        import torch
+
+        network = resolver(config).build("network_def")
+        if not isinstance(network, torch.nn.Module):
+            raise CheckpointError("network_def: does not build a network")
+        return network
+
+    def inference_transforms(self, config: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        return bundle_preprocess(config)

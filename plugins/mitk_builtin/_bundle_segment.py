@@ -16,50 +16,27 @@ from typing import Any
 import torch
 
 from mitk.errors import CheckpointError, MitkWarning
-from mitk.taskspecs import get_task
-from mitk_builtin._bundle_common import (
-    BUNDLE_DEFAULTS,
-    BUNDLE_HELP,
-    BUNDLE_SCHEMA,
-    FORMATTING,
-    bundle_preprocess,
-    channel_names,
-    postprocessing_steps,
-    resolver,
-)
-
-SegmentationPlugin: Any = get_task("segment").base_class()
+from mitk.tasks import SegmentationPlugin
+from mitk_builtin._bundle_common import FORMATTING, BundlePieces, channel_names, postprocessing_steps, resolver
 
 
-class BundleSegmenter(SegmentationPlugin):  # type: ignore[misc]
+class BundleSegmenter(BundlePieces, SegmentationPlugin):
     """A MONAI Model Zoo segmentation bundle (``--weights BUNDLE_FOLDER``)."""
 
-    trainable = False
-    cpu_kernels = False
-
-    def default_config(self) -> dict[str, Any]:
-        return dict(BUNDLE_DEFAULTS)
-
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
-        return {"labels": (dict,), **BUNDLE_SCHEMA}
+        return {"labels": (dict,), **super().settings_schema()}
 
     def settings_help(self) -> dict[str, str]:
-        return {**BUNDLE_HELP, "labels": "label value → name (default: the metadata's output channel_def)"}
+        return {**super().settings_help(), "labels": "label value → name (default: the metadata's output channel_def)"}
 
-    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+    def network(self, config: dict[str, Any]) -> Any:
         self._check_output(config)
-        network = resolver(config).build("network_def")
-        if not isinstance(network, torch.nn.Module):
-            raise CheckpointError("network_def: does not build a network")
-        return network
+        return super().network(config)
 
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
         if config.get("labels"):
-            return super().labels(config)  # type: ignore[no-any-return]
+            return super().labels(config)
         return channel_names(config) or super().labels(config)
-
-    def inference_transforms(self, config: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        return bundle_preprocess(config)
 
     def inferer(self, config: dict[str, Any]) -> Any:
         found = resolver(config)
