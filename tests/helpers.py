@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,16 @@ def install_plugin_project(project: Path, target: Path) -> Path:
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"})
     assert result.returncode == 0, result.stderr
     return target
+
+
+def use_segmenter(mitk_plugins: Callable[..., Any], name: str, factory: Callable[[], Any]) -> None:
+    """Register a segmentation plugin for this test only (through the ``mitk_plugins`` fixture)."""
+    from mitk import hookimpl
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugins(register: Any) -> None:
+            register(name, task="segment", factory=factory)
+
+    mitk_plugins(Plugin())

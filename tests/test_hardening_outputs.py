@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import invoke
-
-from mitk import hookimpl
+from helpers import invoke, use_segmenter
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
@@ -45,16 +43,6 @@ def names(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 
 
-def use_segmenter(mitk_plugins: Callable[..., Any], name: str, factory: Callable[[], Any]) -> None:
-    """Register a segmentation plugin for this test only (through the ``mitk_plugins`` fixture)."""
-
-    class Plugin:
-        @staticmethod
-        @hookimpl
-        def mitk_register_plugins(register: Any) -> None:
-            register(name, task="segment", factory=factory)
-
-    mitk_plugins(Plugin())
 
 
 # -------------------------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import invoke
+from helpers import invoke, use_segmenter
 
-from mitk import hookimpl
 from mitk.errors import CheckpointError, InputError, UsageError
 
 DEEP = 100_000
@@ -60,14 +59,6 @@ def test_a_singular_affine_fails_its_case_in_one_line(singular: Path, brain_mr: 
         mitk.load("threshold").segment(singular)
 
 
-def use_segmenter(mitk_plugins: Callable[..., Any], name: str, factory: Callable[[], Any]) -> None:
-    class Plugin:
-        @staticmethod
-        @hookimpl
-        def mitk_register_plugins(register: Any) -> None:
-            register(name, task="segment", factory=factory)
-
-    mitk_plugins(Plugin())
 
 
 def failing_forward(error: BaseException) -> type:
