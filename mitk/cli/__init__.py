@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from mitk.cli import convert as convert_cmd
+from mitk.cli import deidentify as deidentify_cmd
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
@@ -62,6 +63,7 @@ def build_app() -> typer.Typer:
     app.add_typer(manifest_cmd.app, name="manifest")
     app.command("convert")(convert_cmd.convert)
     app.command("warp")(warp_cmd.warp)
+    app.command("deidentify", epilog=deidentify_cmd.EPILOG)(deidentify_cmd.deidentify)
     return app
 
 
