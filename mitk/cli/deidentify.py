@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mitk.cli.common import STATE, JsonOption, OverwriteOption, emit_json, plain_table, say
+
+if TYPE_CHECKING:
+    from mitk.io.dicom.deidentify_files import FileResult
 
 EPILOG = ("Exit status: 0 every file written; 1 none written; 2 usage error; 3 some file failed or was refused. "
           "Outputs are OUT/<study>/<series>/<instance>.dcm, named by remapped UIDs.")
@@ -69,7 +72,7 @@ def deidentify(
     options = Options(retain_dates, retain_device, retain_patient_characteristics, clean_descriptors,
                       allow_burned_in)
 
-    def report_line(result: object) -> None:
+    def report_line(result: FileResult) -> None:
         status, reason = result.status, result.reason
         if status in ("failed", "refused"):
             sys.stderr.write(f"mitk: {status}: {result.source}: {reason}\n")
