@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from helpers import invoke
 from pydicom.data import get_testdata_file
-
-from tests.helpers import invoke
 
 pytest.importorskip("dicomanonymizer")
 
