@@ -21,7 +21,9 @@ LABEL_COLOURS = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
 )
-"""A fixed colour per label value (label 1 is the first colour; the table repeats after twelve)."""
+"""The first twelve label colours (label 1 is the first); later labels get :func:`label_colour`'s extra hues."""
+LEGEND_COLUMNS = 6
+LEGEND_ROW_INCHES = 0.2
 FILL_ALPHA = 0.4
 PANEL_INCHES = 4.0
 DPI = 100
@@ -36,9 +38,18 @@ def require_preview(feature: str = "--preview") -> None:
 
 
 def label_colour(value: int) -> tuple[float, float, float]:
-    """The display colour of a label value, as RGB in [0, 1]."""
-    red, green, blue = LABEL_COLOURS[(int(value) - 1) % len(LABEL_COLOURS)]
-    return red / 255.0, green / 255.0, blue / 255.0
+    """The display colour of a label value, as RGB in [0, 1]: the twelve colours of :data:`LABEL_COLOURS`, then
+    hues a golden angle apart in three bands of lightness, so that an atlas of a hundred labels (AAL has 116)
+    has no two neighbouring values alike."""
+    import colorsys
+
+    index = int(value) - 1
+    if 0 <= index < len(LABEL_COLOURS):
+        red, green, blue = LABEL_COLOURS[index]
+        return red / 255.0, green / 255.0, blue / 255.0
+    hue = (index * 0.381966) % 1.0
+    lightness, saturation = ((0.55, 0.85), (0.4, 0.9), (0.7, 0.75))[index % 3]
+    return colorsys.hls_to_rgb(hue, lightness, saturation)
 
 
 def to_ras_order(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -148,7 +159,9 @@ def _render(rows: Sequence[tuple[Image, np.ndarray]], labels: dict[int, str], pa
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    legend_inches = 0.5
+    values = sorted(v for v in set(labels) | {int(v) for _, m in rows for v in np.unique(m) if v > 0} if v > 0)
+    legend_rows = max(1, -(-len(values) // LEGEND_COLUMNS))
+    legend_inches = 0.5 if legend_rows == 1 else 0.2 + legend_rows * LEGEND_ROW_INCHES
     figure = Figure(figsize=(3 * PANEL_INCHES, len(rows) * PANEL_INCHES + legend_inches), dpi=DPI,
                     facecolor="black")
     FigureCanvasAgg(figure)  # the Agg backend for this figure only; the global backend is left alone
@@ -162,15 +175,22 @@ def _render(rows: Sequence[tuple[Image, np.ndarray]], labels: dict[int, str], pa
         if row_titles is not None:
             axes[0].text(-0.02, 0.5, row_titles[row], color="white", fontsize=9, rotation=90, ha="right",
                          va="center", transform=axes[0].transAxes)
-    values = sorted(v for v in set(labels) | shown if v > 0)
+    values = sorted(set(values) | shown)
     if values:
-        handles = [Patch(facecolor=label_colour(v), edgecolor="none", label=f"{v}: {labels.get(v, str(v))}")
+        handles = [Patch(facecolor=label_colour(v), edgecolor="none", label=_legend_text(v, labels))
                    for v in values]
-        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-                      labelcolor="white", fontsize=9)
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), LEGEND_COLUMNS), frameon=False,
+                      labelcolor="white", fontsize=9 if len(values) <= 2 * LEGEND_COLUMNS else 7,
+                      handlelength=1.0, columnspacing=1.0, labelspacing=0.25)
     path = Path(path)
     figure.savefig(path, format="png", dpi=DPI, facecolor="black")
     return path
+
+
+def _legend_text(value: int, labels: dict[int, str], width: int = 24) -> str:
+    """``value: name``, a long name cut to ``width`` characters so that the legend's columns stay aligned."""
+    name = labels.get(value, str(value))
+    return f"{value}: {name if len(name) <= width else name[:width - 1] + '…'}"
 
 
 def save_overlay_png(image: Image, label_map: np.ndarray, labels: dict[int, str], path: str | Path) -> Path:

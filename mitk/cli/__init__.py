@@ -15,6 +15,7 @@ from mitk.cli import deidentify as deidentify_cmd
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
+from mitk.cli import preview as preview_cmd
 from mitk.cli import sample as sample_cmd
 from mitk.cli import train as train_cmd
 from mitk.cli import warp as warp_cmd
@@ -64,6 +65,7 @@ def build_app() -> typer.Typer:
     app.command("convert")(convert_cmd.convert)
     app.command("warp")(warp_cmd.warp)
     app.command("deidentify", epilog=deidentify_cmd.EPILOG)(deidentify_cmd.deidentify)
+    app.command("preview")(preview_cmd.preview)
     return app
 
 
