@@ -22,6 +22,11 @@ def main() -> None:
     for number in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(number) is not signal.SIG_IGN:
             signal.signal(number, _stop_while_starting)
+    from mitk.serve.client import delegate
+
+    code = delegate(sys.argv[1:])  # MITK_SERVE=1 and a warm worker running: the call runs there
+    if code is not None:
+        raise SystemExit(code)
     from mitk.cli import main as cli_main
 
     cli_main()

@@ -237,6 +237,12 @@ def _installed_registry() -> Registry:
     return build_plugin_manager()[1]
 
 
+def forget_installed_plugins() -> None:
+    """Drop the registry built from the installed plugins, so the next :func:`get_registry` builds it again
+    (the warm worker does this when a call's ``MITK_*`` switches differ from its own)."""
+    _installed_registry.cache_clear()
+
+
 def get_registry() -> Registry:
     """The process-wide registry: the installed plugins, built once, unless a test overrides it."""
     if _overrides:

@@ -17,6 +17,7 @@ from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
 from mitk.cli import preview as preview_cmd
 from mitk.cli import sample as sample_cmd
+from mitk.cli import serve as serve_cmd
 from mitk.cli import train as train_cmd
 from mitk.cli import warp as warp_cmd
 from mitk.cli.common import STATE
@@ -66,6 +67,7 @@ def build_app() -> typer.Typer:
     app.command("warp")(warp_cmd.warp)
     app.command("deidentify", epilog=deidentify_cmd.EPILOG)(deidentify_cmd.deidentify)
     app.command("preview")(preview_cmd.preview)
+    app.command("serve", epilog=serve_cmd.EPILOG)(serve_cmd.serve)
     return app
 
 

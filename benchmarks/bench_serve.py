@@ -1,0 +1,91 @@
+"""Per-file calls with and without the warm worker (`mitk serve`), against one call over all the files.
+
+Whole process, wall time, on copies of a real MR (pyradiomics brain1, 128×128×25): a UNet with seeded weights and
+the classical `threshold` plugin. Contenders, each timed end to end in the same run:
+
+- one call: `mitk segment DIR --weights W -d OUT` over N files (the fastest way: one start-up, one model load);
+- cold per-file: N calls `mitk segment FILE ...`, each paying Python, torch and MONAI imports;
+- warm per-file: the same N calls with MITK_SERVE=1 and a worker started beforehand (its start-up is reported
+  separately, as a script would pay it once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import save, table
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"spacing": [2.0, 2.0, 4.0], "network": {"channels": [8, 16, 32, 64, 128]}, "patch_size": [48, 48, 16]}
+
+
+def make_checkpoint(directory: Path) -> Path:
+    import torch
+
+    from mitk.checkpoint import save_checkpoint
+    from mitk.plugin_manager import get_registry
+
+    plugin = get_registry().get("unet", "segment").load()
+    config = plugin.resolve_config(SETTINGS)
+    torch.manual_seed(0)
+    return save_checkpoint(directory / "unet.safetensors", plugin.network(config).state_dict(), task="segment",
+                           plugin="unet", plugin_version=None, config=config)
+
+
+def timed(commands: list[list[str]], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    for command in commands:
+        subprocess.run(command, check=True, capture_output=True, env=env)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=20)
+    args = parser.parse_args()
+    mitk = [sys.executable, "-m", "mitk"]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        scans = directory / "scans"
+        scans.mkdir()
+        for index in range(args.files):
+            shutil.copy(ROOT / "tests" / "data" / "brain1_image.nii.gz", scans / f"case_{index:03d}.nii.gz")
+        weights = make_checkpoint(directory)
+        sock = directory / "run" / "serve.sock"
+        sock.parent.mkdir(mode=0o700)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("MITK_SERVE")}
+        env["MITK_SERVE_SOCKET"] = str(sock)
+        files = sorted(scans.iterdir())
+        rows = []
+        for plugin, extra in (("unet", ["--weights", str(weights)]), ("threshold", ["--plugin", "threshold"])):
+            one = timed([[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]], env)
+            cold = timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_cold")]
+                          for path in files], env)
+            started = time.perf_counter()
+            subprocess.run([*mitk, "serve", "--detach", "--idle-timeout", "300"], check=True, env=env,
+                           capture_output=True)
+            worker_start = time.perf_counter() - started
+            warm = timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
+                          for path in files], {**env, "MITK_SERVE": "1"})
+            subprocess.run([*mitk, "serve", "--stop"], env=env, capture_output=True)
+            for name in ("cold", "warm"):
+                first = sorted((directory / f"{plugin}_one").glob("*.nii.gz"))
+                other = sorted((directory / f"{plugin}_{name}").glob("*.nii.gz"))
+                assert [a.read_bytes() for a in first] == [b.read_bytes() for b in other], name
+            rows.append({"plugin": plugin, "files": args.files, "one_call_s": round(one, 2),
+                         "cold_per_file_s": round(cold, 2), "warm_per_file_s": round(warm, 2),
+                         "worker_start_s": round(worker_start, 2), "warm_over_one_call": round(warm / one, 2),
+                         "cold_over_one_call": round(cold / one, 2)})
+    print(table(rows, list(rows[0])))
+    save("serve", {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
