@@ -84,6 +84,9 @@ class TaskPlugin:
     needs_weights: ClassVar[bool] = True
     """False for classical methods that run without a checkpoint."""
     trainable: ClassVar[bool] = True
+    needs_torch: ClassVar[bool] = True
+    """False for a classical plugin that implements its task's array method (segmentation:
+    ``segment_array``) and so runs without importing torch or MONAI: a per-file call costs milliseconds."""
     cpu_kernels: ClassVar[bool] = True
     """False keeps mitk's exact CPU convolution rewrites (``mitk.runner.cpu_kernels``) off this plugin's network."""
     unused_parameters: ClassVar[bool] = False

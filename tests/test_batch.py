@@ -111,6 +111,8 @@ def counting_plugin(mitk_plugins: Callable[..., Any]) -> dict[str, int]:
     counts = {"built": 0, "networks": 0, "forwards": 0}
 
     class CountingSegmenter(ThresholdSegmenter):
+        needs_torch = True  # its network is what the test holds, breaks or counts
+
         def __init__(self) -> None:
             counts["built"] += 1
 

@@ -53,6 +53,8 @@ class Crash(torch.nn.Module):
 
 
 class CrashingSegmenter(ThresholdSegmenter):
+    needs_torch = True  # its network is what the test holds, breaks or counts
+
     def network(self, config):
         return Crash(super().network(config))
 

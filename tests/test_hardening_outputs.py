@@ -282,6 +282,8 @@ def test_memory_errors_fail_the_case_not_the_batch(folder: Path, tmp_path: Path,
     from mitk_builtin._threshold import ThresholdSegmenter
 
     class Hungry(ThresholdSegmenter):
+        needs_torch = True  # its network is what the test holds, breaks or counts
+
         def network(self, config: dict[str, Any]) -> Any:
             network = super().network(config)
             forward, calls = network.forward, []
@@ -311,6 +313,8 @@ def test_monai_wrapped_errors_are_reduced_to_the_cause(folder: Path, tmp_path: P
         raise ValueError("pixdim must be positive\nmore detail on a second line")
 
     class Fussy(ThresholdSegmenter):
+        needs_torch = True  # its network is what the test holds, breaks or counts
+
         def inference_transforms(self, config: dict[str, Any]) -> Any:
             return Compose([Lambdad("image", refuse)])
 
@@ -335,6 +339,8 @@ def test_library_warnings_are_hidden_unless_debug(folder: Path, tmp_path: Path,
     from mitk_builtin._threshold import ThresholdSegmenter
 
     class Noisy(ThresholdSegmenter):
+        needs_torch = True  # its network is what the test holds, breaks or counts
+
         def inference_transforms(self, config: dict[str, Any]) -> Any:
             def warn(data: Any) -> Any:
                 warnings.warn("a noisy library speaks\nat length", UserWarning, stacklevel=1)

@@ -52,6 +52,8 @@ def gate(where):
 
 
 class GatedSegmenter(ThresholdSegmenter):
+    needs_torch = True  # its network is what the test holds, breaks or counts
+
     def network(self, config):
         network = super().network(config)
         forward = network.forward

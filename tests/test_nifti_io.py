@@ -182,6 +182,8 @@ def reorienting_threshold_plugin() -> Any:
             from mitk_builtin._threshold import ThresholdSegmenter
 
             class ReorientingThreshold(ThresholdSegmenter):
+                needs_torch = True  # its network is what the test holds, breaks or counts
+
                 def inference_transforms(self, config: dict[str, Any]) -> Any:
                     from monai.transforms import Orientationd
 

@@ -66,6 +66,8 @@ def failing_forward(error: BaseException) -> type:
     from mitk_builtin._threshold import ThresholdSegmenter
 
     class RunsOut(ThresholdSegmenter):
+        needs_torch = True  # its network is what the test holds, breaks or counts
+
         def network(self, config: dict[str, Any]) -> Any:
             network = super().network(config)
             forward, calls = network.forward, []

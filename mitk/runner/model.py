@@ -6,9 +6,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mitk.bundles.loading import bundle_checkpoint, bundle_task
 from mitk.checkpoint import Checkpoint, load_checkpoint
@@ -16,9 +14,11 @@ from mitk.enums import Task, task_name
 from mitk.errors import CheckpointError, PluginError, UsageError
 from mitk.plugin import TaskPlugin
 from mitk.plugin_manager import get_registry
-from mitk.runner.cpu_kernels import apply_cpu_kernels
 from mitk.settings import check_overrides, check_saved_config, settings_errors
 from mitk.taskspecs import get_task
+
+if TYPE_CHECKING:
+    import torch
 
 INFERENCE_PIECES = ("inference_transforms", "labels", "class_names", "inferer", "postprocess")
 """The plugin methods that turn the config into the pieces a task runner uses (those a plugin has)."""
@@ -33,7 +33,8 @@ class LoadedModel:
     plugin: TaskPlugin
     config: dict[str, Any]
     network: torch.nn.Module | None
-    device: torch.device
+    device: torch.device | str
+    """A ``torch.device``; the string ``"cpu"`` for a classical plugin that runs without torch."""
     version: str | None = None
     checkpoint: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +47,8 @@ RUNNABLE_DEVICES = ("cpu", "cuda", "mps", "xpu")
 def resolve_device(device: str | None) -> torch.device:
     """``auto`` (default) picks CUDA when available, else CPU; a device that cannot run a model (``meta``,
     an unavailable backend, a CUDA index beyond the GPUs present) is a :class:`UsageError`."""
+    import torch
+
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -96,6 +99,8 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
     source = "settings=" if api else "--set"
     check_overrides(instance, overrides, source=source, name=plugin)
     saved = check_saved_config(instance, checkpoint.config, source=str(weights), name=plugin) if checkpoint else None
+    if not instance.needs_torch and checkpoint is None and device in (None, "", "auto", "cpu"):
+        return _classical(instance, plugin, task, entry.version, saved, overrides, source)
     resolved = resolve_device(device)
     network = None
     if checkpoint is None and instance.needs_weights:
@@ -124,11 +129,24 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         if resolved.type == "cpu" and getattr(instance, "cpu_kernels", True):
+            from mitk.runner.cpu_kernels import apply_cpu_kernels
+
             apply_cpu_kernels(network)
     return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=network,
                        device=resolved, version=entry.version,
                        checkpoint=Path(weights) if weights else None,
                        metrics=checkpoint.metrics if checkpoint else {})
+
+
+def _classical(instance: TaskPlugin, plugin: str, task: str, version: str | None, saved: dict[str, Any] | None,
+               overrides: dict[str, Any] | None, source: str) -> LoadedModel:
+    """A plugin that runs without torch (``needs_torch = False``) on the CPU: its settings, no network. (Asked
+    for another device, it takes the network path like any plugin.)"""
+    with settings_errors(plugin, overrides, source=source, checkpoint=None):
+        config = instance.resolve_config(saved, overrides)
+        label_count(instance, config)  # a labels/class_names setting that does not fit fails here
+    return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=None, device="cpu",
+                       version=version)
 
 
 def _build_inference_pieces(instance: TaskPlugin, config: dict[str, Any]) -> None:

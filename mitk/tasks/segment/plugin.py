@@ -9,7 +9,10 @@ from mitk.enums import Task
 from mitk.plugin import TaskPlugin
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from mitk.image import Image
 
 
 class SegmentationPlugin(TaskPlugin):
@@ -34,6 +37,12 @@ class SegmentationPlugin(TaskPlugin):
     def postprocess(self, config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
         return None
+
+    def segment_array(self, image: Image, config: dict[str, Any]) -> np.ndarray:
+        """For a plugin with ``needs_torch = False``: the integer label map on ``image``'s grid (its spatial
+        shape), computed with NumPy/SciPy alone. The runner uses it instead of the network path, so it must give
+        the labels the network path would."""
+        raise NotImplementedError
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
         """``labels`` is open: its keys are the label values the user chooses."""

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from mitk.errors import PluginError
 from mitk.image import Image
 from mitk.runner.batch import CaseJob
-from mitk.runner.geometry import is_axis_permutation, to_input_grid
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
-from mitk.runner.tensors import to_meta_tensor
 from mitk.tasks.segment.plugin import SegmentationPlugin
 from mitk.tasks.segment.result import SegmentationResult
+
+if TYPE_CHECKING:
+    import torch
 
 
 def argmax_channels(values: torch.Tensor) -> torch.Tensor:
@@ -23,6 +24,8 @@ def argmax_channels(values: torch.Tensor) -> torch.Tensor:
     A running comparison over channels: on the CPU ``torch.argmax(dim=0)`` walks memory with a large
     stride and is tens of times slower for volumes.
     """
+    import torch
+
     best = values[0]
     index = torch.zeros(values.shape[1:], dtype=torch.uint8 if values.shape[0] < 256 else torch.int64)
     for channel in range(1, values.shape[0]):
@@ -47,17 +50,50 @@ class SegmentationRunner:
         self.config = model.config
         self.labels = self.plugin.labels(self.config)
         self.keep_probabilities = probabilities
+        self.network, self.device = model.network, model.device
+        self.classical = model.network is None and not self.plugin.needs_torch and not probabilities
+        if self.classical:
+            return
+        if self.network is None and not self.plugin.needs_torch:  # probabilities: only the network path has them
+            import torch
+
+            self.network, self.device = self.plugin.network(self.config).eval(), torch.device("cpu")
         self.preprocess = self.plugin.inference_transforms(self.config)
         self.inferer = self.plugin.inferer(self.config)
         self.postprocess = self.plugin.postprocess(self.config)
 
-    @torch.inference_mode()
     def __call__(self, image: Image) -> SegmentationResult:
+        if self.classical:
+            return self._from_array(image)
+        import torch
+
+        with torch.inference_mode():
+            return self._from_network(image)
+
+    def _from_array(self, image: Image) -> SegmentationResult:
+        """A classical plugin's NumPy label map, checked and stored as the network path stores its own."""
+        label_map = np.asarray(self.plugin.segment_array(image, self.config))
+        grid = tuple(image.spatial_shape[:3])
+        if label_map.shape != grid or not np.issubdtype(label_map.dtype, np.integer) and label_map.dtype != bool:
+            raise PluginError(f"plugin {self.model.name!r} returned a label map of shape {label_map.shape} "
+                              f"({label_map.dtype}) for an image grid of {grid}")
+        labels = np.asarray(label_map, dtype=label_dtype(max(self.labels)))
+        if image.array.flags.f_contiguous:
+            labels = np.asfortranarray(labels)
+        result = SegmentationResult(label_map=labels, affine=image.affine, labels=dict(self.labels))
+        return result
+
+    def _from_network(self, image: Image) -> SegmentationResult:
+        import torch
+
+        from mitk.runner.geometry import is_axis_permutation, to_input_grid
+        from mitk.runner.tensors import to_meta_tensor
+
         data = self.preprocess({"image": to_meta_tensor(image)})
         network_input = data["image"]
         source_affine = np.asarray(network_input.affine, dtype=np.float64)
-        batch = network_input.as_tensor().unsqueeze(0).to(self.model.device)
-        network = self.model.network
+        batch = network_input.as_tensor().unsqueeze(0).to(self.device)
+        network = self.network
         assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
         logits = self.inferer(batch, network)[0].float().cpu()
         del batch

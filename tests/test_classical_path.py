@@ -1,0 +1,103 @@
+"""Classical plugins run without torch or MONAI, and their NumPy path gives the network path's labels exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import invoke
+
+from mitk.io.reader import load_image
+from mitk.runner.model import load_model
+
+CHILD = """
+import json, sys
+from mitk.cli import main
+code = 0
+try:
+    main(sys.argv[2:])
+except SystemExit as done:
+    code = done.code
+with open(sys.argv[1], "w") as report:
+    json.dump({"code": code, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "monai"))},
+              report)
+"""
+
+
+def heavy_modules(tmp_path: Path, *args: str) -> list[str]:
+    import json
+
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-c", CHILD, str(report), *args], capture_output=True, text=True,
+                          timeout=120)
+    document = json.loads(report.read_text())
+    assert document["code"] in (0, None), done.stderr
+    return list(document["heavy"])
+
+
+def test_threshold_segmentation_imports_neither_torch_nor_monai(tmp_path: Path, lung_ct: Path) -> None:
+    assert heavy_modules(tmp_path, "segment", str(lung_ct), "--plugin", "threshold", "-d", str(tmp_path / "a"),
+                         "--stats") == []
+    assert (tmp_path / "a" / "lung1_image_seg.nii.gz").is_file()
+
+
+def test_the_check_sees_torch_when_a_call_needs_it(tmp_path: Path, lung_ct: Path) -> None:
+    """--probabilities takes the network path (only it has probabilities): the probe sees torch there."""
+    assert "torch" in heavy_modules(tmp_path, "segment", str(lung_ct), "--plugin", "threshold", "-d",
+                                    str(tmp_path / "b"), "--probabilities")
+
+
+def network_labels(model, image):  # type: ignore[no-untyped-def]
+    import torch
+
+    from mitk.tasks.segment.runner import SegmentationRunner
+
+    network = model.plugin.network(model.config).eval()
+    return SegmentationRunner(dataclasses.replace(model, network=network, device=torch.device("cpu")))(image)
+
+
+@pytest.mark.parametrize("settings", [{}, {"threshold": 300}, {"largest_component": False},
+                                      {"threshold": -500, "largest_component": False}, {"bins": 64}],
+                         ids=["otsu", "fixed", "otsu-all", "fixed-all", "otsu-64"])
+def test_the_numpy_path_gives_the_network_paths_labels(settings: dict[str, object], lung_ct: Path,
+                                                       brain_mr: Path, anatomical_t1: Path,
+                                                       tmp_path: Path) -> None:
+    from mitk.tasks.segment.runner import SegmentationRunner
+
+    model = load_model("segment", "threshold", None, overrides=dict(settings))
+    assert model.network is None and model.device == "cpu"
+    lps = tmp_path / "lps_float64.nii.gz"  # another axis order and a float64 image
+    source = nib.load(lung_ct)
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj, dtype=np.float64)[::-1, :, ::-1] * 0.37,
+                             source.affine @ np.diag([-1, 1, -1, 1]) + np.array(
+                                 [[0, 0, 0, source.affine[0, 0] * 127], [0] * 4,
+                                  [0, 0, 0, source.affine[2, 2] * 47], [0] * 4])), lps)
+    for path in (lung_ct, brain_mr, anatomical_t1, lps):
+        image = load_image(path)
+        fast = SegmentationRunner(model)(image)
+        slow = network_labels(model, image)
+        assert fast.label_map.dtype == slow.label_map.dtype
+        assert np.array_equal(fast.label_map, slow.label_map), path.name
+        assert fast.label_map.any()
+        assert fast.statistics(image) == slow.statistics(image)
+
+
+def test_segment_array_must_fit_the_grid(lung_ct: Path, mitk_plugins) -> None:  # type: ignore[no-untyped-def]
+    """A classical plugin that returns the wrong shape fails that case with a one-line error naming it."""
+    from helpers import use_segmenter
+    from mitk_builtin._threshold import ThresholdSegmenter
+
+    class Broken(ThresholdSegmenter):
+        def segment_array(self, image, config):  # type: ignore[no-untyped-def]
+            return np.zeros((3, 3, 3), np.uint8)
+
+    use_segmenter(mitk_plugins, "broken", Broken)
+    target = lung_ct.parent.parent / "never_written.nii.gz"
+    code, _, err = invoke(["segment", str(lung_ct), "--plugin", "broken", "-o", str(target)])
+    assert code == 1 and "returned a label map of shape (3, 3, 3)" in err
+    assert not target.exists()
