@@ -23,7 +23,7 @@ def to_meta_tensor(image: Image) -> Any:
     return MetaTensor(tensor, affine=torch.as_tensor(image.affine, dtype=torch.float64))
 
 
-def network_batch(meta: Any, device: torch.device) -> torch.Tensor:
+def network_batch(meta: Any, device: torch.device | str) -> torch.Tensor:
     """A preprocessed channel-first ``MetaTensor`` as a plain one-item batch on ``device``."""
     tensor = meta.as_tensor() if hasattr(meta, "as_tensor") else torch.as_tensor(meta)
     return tensor.unsqueeze(0).to(device)

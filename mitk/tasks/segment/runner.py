@@ -74,7 +74,7 @@ class SegmentationRunner:
         """A classical plugin's NumPy label map, checked and stored as the network path stores its own."""
         label_map = np.asarray(self.plugin.segment_array(image, self.config))
         grid = tuple(image.spatial_shape[:3])
-        if label_map.shape != grid or not np.issubdtype(label_map.dtype, np.integer) and label_map.dtype != bool:
+        if label_map.shape != grid or (not np.issubdtype(label_map.dtype, np.integer) and label_map.dtype != bool):
             raise PluginError(f"plugin {self.model.name!r} returned a label map of shape {label_map.shape} "
                               f"({label_map.dtype}) for an image grid of {grid}")
         labels = np.asarray(label_map, dtype=label_dtype(max(self.labels)))
