@@ -156,7 +156,7 @@ def test_result_save_writes_nrrd(brain_mr: Path, tmp_path: Path) -> None:
     written = sitk.ReadImage(str(target))
     assert written.GetSize() == (181, 217, 3)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), result.label_map)
-    with pytest.raises(UsageError, match="name the output .mha"):
+    with pytest.raises(UsageError, match=r"name the output \.mha"):
         result.save(tmp_path / "labels.mhd")
 
 

@@ -42,9 +42,9 @@ def convert(
     from mitk.io.atomic import atomic_path, check_output
     from mitk.io.dicom.sidecar import descriptions, sidecar_document, sidecar_path
     from mitk.io.reader import load_image
-    from mitk.io.writer import output_kind, write_image
+    from mitk.io.writer import check_target, write_image
 
-    output_kind(output)  # a name mitk cannot write is refused before anything is read
+    check_target(output)  # a name mitk cannot write (or SimpleITK missing) is refused before anything is read
     sidecar = sidecar_path(output)
     inputs = (input_path,)
     check_output(output, overwrite, inputs)

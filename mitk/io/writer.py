@@ -45,8 +45,12 @@ def output_kind(path: Path, what: str = "image") -> Kind:
 
 
 def check_target(path: Path, what: str = "image") -> Path:
-    """``path`` when mitk can write it (see :func:`output_kind`)."""
-    output_kind(path, what)
+    """``path`` when mitk can write it (see :func:`output_kind`) with what is installed: an ITK format needs
+    SimpleITK (the ``itk`` extra), named in a one-line error before any work."""
+    if output_kind(path, what) == "itk":
+        from mitk.io.itk import import_sitk
+
+        import_sitk(path, "writing")
     return path
 
 

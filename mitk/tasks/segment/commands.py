@@ -20,9 +20,9 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
         raise UsageError(f"--format must be auto, nifti or dicom-seg, not {output_format!r}")
     output = values.get("output")
     if output is not None and output_format != "dicom-seg":
-        from mitk.io.writer import output_kind
+        from mitk.io.writer import check_target, output_kind
 
-        if output_kind(output, "label map") != "nifti" and output_format == "nifti":
+        if output_kind(check_target(output, "label map")) != "nifti" and output_format == "nifti":
             raise UsageError("--format nifti writes .nii.gz or .nii; drop --format to write what -o names", output)
     from mitk.extras import require_segment_extras
 

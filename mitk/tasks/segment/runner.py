@@ -133,11 +133,10 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
     import contextlib
     from pathlib import Path
 
-    from mitk.io.atomic import atomic_path
+    from mitk.io.atomic import atomic_path, split_suffix
     from mitk.io.reader import is_planar, load_image, require_volume
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.outputs import sibling, write_csv
-    from mitk.io.atomic import split_suffix
     from mitk.tasks.segment.result import write_label_map, write_probabilities
 
     runner = SegmentationRunner(model, probabilities=probabilities)

@@ -80,7 +80,8 @@ TASK = TaskSpec(
     image_companions=("_prob",),
     image_channels=True,  # colour reaches the plugins that take it (SegmentationPlugin.colour)
     verb=f"{HERE}.commands:prepare",
-    verb_help="Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz; <input>_seg.png for a PNG or JPEG, <input>_seg.nrrd for NRRD).",
+    verb_help="Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz; "
+              "<input>_seg.png for a PNG or JPEG, <input>_seg.nrrd for NRRD).",
     options=OPTIONS,
     recipe=f"{HERE}.recipe:SegmentationRecipe",
     evaluation=f"{HERE}.commands:evaluate",
