@@ -157,3 +157,33 @@ def test_detect_still_runs_on_a_2d_picture(pictures: dict[str, Path], tmp_path: 
     code, _, err = run_inprocess("detect", pictures["grey"], "--plugin", "blob", "--output-dir", tmp_path)
     assert code == 0, err
     assert list(tmp_path.glob("micro*"))
+
+
+def test_the_preview_of_a_picture_is_one_panel(pictures: dict[str, Path], tmp_path: Path, run_inprocess) -> None:
+    code, _, err = run_inprocess("segment", pictures["colour"], "--plugin", "threshold", "--preview",
+                                 "--output-dir", tmp_path)
+    assert code == 0, err
+    with Picture.open(tmp_path / "fundus_seg_preview.png") as preview:
+        assert preview.size == (400, 450)  # one 400-pixel panel and the legend, no empty side views
+        pixels = np.asarray(preview.convert("RGB")).astype(int)
+    assert (pixels[50:350, 50:350, 0] - pixels[50:350, 50:350, 2]).mean() > 10  # the red label overlay shows
+
+
+def test_a_folder_of_pictures_stands_for_its_pictures_not_their_masks(pictures: dict[str, Path], tmp_path: Path,
+                                                                       run_inprocess) -> None:
+    from mitk.io.inputs import expand_inputs
+    from mitk.taskspecs import derived_suffixes
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for path in pictures.values():
+        (folder / path.name).write_bytes(path.read_bytes())
+    code, _, err = run_inprocess("segment", folder, "--plugin", "threshold")
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["fundus.jpg", "fundus_seg.png", "micro.png", "micro_seg.png"]
+    assert [case.path.name for case in expand_inputs([str(folder)], derived_suffixes())] == ["fundus.jpg",
+                                                                                            "micro.png"]
+    code, out, err = run_inprocess("evaluate", "segment", "--pred", folder / "micro_seg.png", "--ref",
+                                   folder / "micro_seg.png", "--json")
+    assert code == 0, err
+    assert '"dice": 1.0' in out
