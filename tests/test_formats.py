@@ -173,3 +173,12 @@ def test_an_unreadable_nrrd_is_one_line_naming_the_file(tmp_path: Path, run_inpr
     bad.write_text("NRRD0004\ntype: nonsense\n")
     code, _, err = run_inprocess("info", bad)
     assert code == 1 and "bad.nrrd: not a readable NRRD image" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_2d_simpleitk_image_in_memory_is_read_as_its_file() -> None:
+    from mitk.io.memory import as_image
+
+    path = DATA / HEADERS[0]
+    in_memory, from_file = as_image(sitk.ReadImage(str(path))), load_image(path)
+    assert np.array_equal(in_memory.affine, from_file.affine)
+    np.testing.assert_array_equal(in_memory.array, from_file.array)
