@@ -187,3 +187,19 @@ def test_a_folder_of_pictures_stands_for_its_pictures_not_their_masks(pictures: 
                                    folder / "micro_seg.png", "--json")
     assert code == 0, err
     assert '"dice": 1.0' in out
+
+
+def test_png_label_maps_round_trip_8_and_16_bit_and_refuse_other_values(tmp_path: Path) -> None:
+    from mitk.errors import InputError
+    from mitk.io.photo import write_png
+
+    labels = (np.arange(40 * 30).reshape(40, 30, 1) % 300).astype(np.uint16)
+    for name, array in (("l16.png", labels), ("l8.png", (labels % 200).astype(np.uint8))):
+        write_png(array, tmp_path / name)
+        back = load_image(tmp_path / name).array
+        assert back.dtype == array.dtype
+        np.testing.assert_array_equal(back, array)
+    for bad in (labels.astype(np.float32) / 2, labels.astype(np.int16) - 1, np.zeros((4, 4, 2), np.uint8)):
+        with pytest.raises(InputError):
+            write_png(bad, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
