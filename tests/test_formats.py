@@ -182,3 +182,13 @@ def test_a_2d_simpleitk_image_in_memory_is_read_as_its_file() -> None:
     in_memory, from_file = as_image(sitk.ReadImage(str(path))), load_image(path)
     assert np.array_equal(in_memory.affine, from_file.affine)
     np.testing.assert_array_equal(in_memory.array, from_file.array)
+
+
+def test_a_2d_oblique_header_gives_a_2d_label_map_with_its_direction(tmp_path: Path, run_inprocess) -> None:
+    source = DATA / HEADERS[1]  # MetaImage, direction rotated −30°, detached compressed data
+    code, _, err = run_inprocess("segment", source, "--plugin", "threshold", "--output-dir", tmp_path)
+    assert code == 0, err
+    written, original = sitk.ReadImage(str(tmp_path / f"{source.stem}_seg.mha")), sitk.ReadImage(str(source))
+    assert written.GetDimension() == 2 and written.GetSize() == original.GetSize()
+    assert written.GetDirection() == original.GetDirection() and written.GetOrigin() == original.GetOrigin()
+    assert "mm²" in err

@@ -2,7 +2,7 @@
 
 Geometry is SimpleITK's: the voxel → RAS+ affine is exactly ``flip(LPS) · [direction · diag(spacing) | origin]``
 as the file's origin, spacing and direction say, for any axis order and oblique directions. A 2-D file becomes
-``(columns, rows, 1)`` with its in-plane direction and a third axis of 1 mm along the plane's normal; a vector
+``(columns, rows, 1)`` with its in-plane direction and a third axis of 1 mm along z (as ITK embeds 2-D in 3-D); a vector
 pixel (RGB, RGBA, a displacement) becomes channels last. Writing goes the other way: a one-slice image whose
 grid lies in a patient plane at z = 0 is written 2-D, anything else 3-D with the exact origin, spacing and
 direction of the source when it was read from an ITK file.
@@ -90,9 +90,8 @@ def from_sitk_image(source: Any, path: Path | None = None) -> Image:
     if dimension == 2:
         array = np.swapaxes(array, 0, 1)[:, :, None, ...]
         origin, spacing = np.append(origin, 0.0), np.append(spacing, 1.0)
-        plane = np.eye(3)
+        plane = np.eye(3)  # the third axis along z, as ITK embeds a 2-D image in 3-D
         plane[:2, :2] = direction
-        plane[:, 2] = np.cross(plane[:, 0], plane[:, 1])  # the plane's normal: a right-handed 2-D embedding
         direction = plane
     elif dimension == 3:
         array = array.transpose((2, 1, 0, 3) if vector else (2, 1, 0))
