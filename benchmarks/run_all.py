@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHMARKS = ["bench_startup.py", "bench_nifti_read.py", "bench_dicom_read.py", "bench_cpu_kernels.py",
               "bench_cpu_kernels_3d.py", "bench_segment.py", "bench_classify.py", "bench_detect.py",
-              "bench_register.py", "bench_scaleout.py", "bench_bundle.py"]
+              "bench_register.py", "bench_scaleout.py", "bench_bundle.py", "bench_itk_read.py"]
 
 
 def main() -> int:

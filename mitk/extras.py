@@ -10,7 +10,7 @@ import importlib
 from mitk.errors import UsageError
 
 EXTRA_OF_MODULE = {"matplotlib": "preview", "highdicom": "dicom", "nilearn": "sample",
-                   "dicomanonymizer": "dicom"}
+                   "dicomanonymizer": "dicom", "SimpleITK": "itk"}
 """The extra that installs each optional module mitk imports (the pylibjpeg decoders: see io/dicom/pixels)."""
 
 

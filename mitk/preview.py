@@ -86,6 +86,10 @@ def slice_views(volume: np.ndarray, label_map: np.ndarray, spacing: Sequence[flo
 def _prepare(image: Image, label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float],
                                                             tuple[int, int, int]]:
     volume = np.asarray(image.array)
+    if volume.ndim == 4 and volume.shape[-1] in (3, 4):
+        from mitk.io.photo import luminance
+
+        volume = luminance(volume)  # a colour picture is shown by its grey value
     while volume.ndim > 3:
         volume = volume[..., 0]
     if volume.ndim == 2:
@@ -133,23 +137,27 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
 
 
 def _draw_row(axes: Sequence[Any], image: Image, label_map: np.ndarray) -> set[int]:
-    """Draw the three views of one image into ``axes``; return the label values shown."""
+    """Draw the three views of one image into ``axes`` (one axis: its only slice, for a picture, radiograph or
+    single slice); return the label values shown."""
     volume, labels, spacing, centre = _prepare(image, label_map)
     low, high = _window(volume)
-    for ax, (name, view, view_labels, aspect) in zip(axes, slice_views(volume, labels, spacing, centre), strict=True):
+    views = slice_views(volume, labels, spacing, centre)[: len(axes)]
+    for ax, (name, view, view_labels, aspect) in zip(axes, views, strict=True):
         ax.imshow(view, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
         ax.imshow(_overlay(view_labels), aspect=aspect, interpolation="nearest")
         for value in np.unique(view_labels):
             if value > 0 and min(view_labels.shape) >= 2:  # a one-slice volume's side views are 1 pixel thin
                 ax.contour(view_labels == value, levels=[0.5], colors=[label_colour(int(value))], linewidths=1.0)
-        ax.set_title(name, color="white", fontsize=10)
+        ax.set_axis_off()
+        if image.meta.get("format") == "photo":
+            continue  # a photograph has no patient directions to name
+        ax.set_title(name if len(axes) > 1 else "slice", color="white", fontsize=10)
         left, right, top, bottom = EDGE_LETTERS[name]
         style = {"color": "yellow", "fontsize": 9, "transform": ax.transAxes}
         ax.text(0.01, 0.5, left, ha="left", va="center", **style)
         ax.text(0.99, 0.5, right, ha="right", va="center", **style)
         ax.text(0.5, 0.99, top, ha="center", va="top", **style)
         ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
-        ax.set_axis_off()
     return {int(v) for v in np.unique(labels) if v > 0}
 
 
@@ -162,15 +170,16 @@ def _render(rows: Sequence[tuple[Image, np.ndarray]], labels: dict[int, str], pa
     values = sorted(v for v in set(labels) | {int(v) for _, m in rows for v in np.unique(m) if v > 0} if v > 0)
     legend_rows = max(1, -(-len(values) // LEGEND_COLUMNS))
     legend_inches = 0.5 if legend_rows == 1 else 0.2 + legend_rows * LEGEND_ROW_INCHES
-    figure = Figure(figsize=(3 * PANEL_INCHES, len(rows) * PANEL_INCHES + legend_inches), dpi=DPI,
+    columns = 1 if all(_one_slice(image) for image, _ in rows) else 3  # a picture has no side views
+    figure = Figure(figsize=(columns * PANEL_INCHES, len(rows) * PANEL_INCHES + legend_inches), dpi=DPI,
                     facecolor="black")
     FigureCanvasAgg(figure)  # the Agg backend for this figure only; the global backend is left alone
     bottom = legend_inches / (len(rows) * PANEL_INCHES + legend_inches)
-    grid = figure.add_gridspec(len(rows), 3, left=0.01, right=0.99, top=0.97 - 0.03 / len(rows), bottom=bottom,
+    grid = figure.add_gridspec(len(rows), columns, left=0.01, right=0.99, top=0.97 - 0.03 / len(rows), bottom=bottom,
                                wspace=0.02, hspace=0.08)
     shown: set[int] = set()
     for row, (image, label_map) in enumerate(rows):
-        axes = [figure.add_subplot(grid[row, column]) for column in range(3)]
+        axes = [figure.add_subplot(grid[row, column]) for column in range(columns)]
         shown |= _draw_row(axes, image, label_map)
         if row_titles is not None:
             axes[0].text(-0.02, 0.5, row_titles[row], color="white", fontsize=9, rotation=90, ha="right",
@@ -179,8 +188,9 @@ def _render(rows: Sequence[tuple[Image, np.ndarray]], labels: dict[int, str], pa
     if values:
         handles = [Patch(facecolor=label_colour(v), edgecolor="none", label=_legend_text(v, labels))
                    for v in values]
-        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), LEGEND_COLUMNS), frameon=False,
-                      labelcolor="white", fontsize=9 if len(values) <= 2 * LEGEND_COLUMNS else 7,
+        ncol = min(len(handles), LEGEND_COLUMNS if columns == 3 else 2)
+        figure.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, labelcolor="white",
+                      fontsize=9 if len(values) <= 2 * LEGEND_COLUMNS else 7,
                       handlelength=1.0, columnspacing=1.0, labelspacing=0.25)
     path = Path(path)
     figure.savefig(path, format="png", dpi=DPI, facecolor="black")
@@ -193,12 +203,18 @@ def _legend_text(value: int, labels: dict[int, str], width: int = 24) -> str:
     return f"{value}: {name if len(name) <= width else name[:width - 1] + '…'}"
 
 
+def _one_slice(image: Image) -> bool:
+    """True for a picture, a radiograph or a single slice: its only view is the slice itself."""
+    return image.array.ndim == 2 or (image.array.ndim >= 3 and image.array.shape[2] == 1)
+
+
 def save_overlay_png(image: Image, label_map: np.ndarray, labels: dict[int, str], path: str | Path) -> Path:
     """Write a three-view overlay of ``label_map`` on ``image`` through the foreground's centre of mass.
 
     The views cross at the centre of mass of all non-zero labels (the volume centre when there are none);
     intensities are windowed to the 1st–99th percentile; each label has a fixed colour and a legend entry.
-    The PNG is ``3 × 400`` by ``400 + 50`` pixels.
+    The PNG is ``3 × 400`` by ``400 + 50`` pixels; for a one-slice image (a picture, a radiograph) one panel,
+    ``400`` by ``400 + 50``, of the slice as stored (a colour picture by its luminance).
     """
     return _render([(image, label_map)], labels, path)
 

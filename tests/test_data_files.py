@@ -30,9 +30,11 @@ def test_every_file_is_described_and_licensed() -> None:
     assert sum(p.stat().st_size for p in TEST_DATA.rglob("*") if p.is_file()) < 3_000_000  # stays light
 
 
-@pytest.mark.parametrize(("folder", "holder"), [("itk", "Apache License"), ("nibabel", "Matthew Brett")])
+@pytest.mark.parametrize(("folder", "holder"), [("itk", "Apache License"), ("nibabel", "Matthew Brett"),
+                                                ("itk_formats", "Apache License")])
 def test_every_borrowed_folder_is_described_and_licensed(folder: str, holder: str) -> None:
-    files = sorted(p.name for p in (TEST_DATA / folder).iterdir() if p.name != "LICENSE.txt")
+    files = sorted(p.name for p in (TEST_DATA / folder).iterdir() if p.name != "LICENSE.txt"
+                   and not p.name.startswith("."))  # .gitattributes
     assert files
     assert holder in (TEST_DATA / folder / "LICENSE.txt").read_text(encoding="utf-8")
     readme = (TEST_DATA / "README.md").read_text(encoding="utf-8")

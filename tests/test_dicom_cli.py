@@ -66,7 +66,7 @@ def test_convert_never_overwrites_without_permission(oblique_series, tmp_path, r
     assert run_inprocess("convert", source, str(output), "--overwrite")[0] == 0
     status, _, error = run_inprocess("convert", str(output), str(output), "--overwrite")
     assert status == 2 and "over the input" in error
-    status, _, error = run_inprocess("convert", source, str(tmp_path / "t1.mha"))
+    status, _, error = run_inprocess("convert", source, str(tmp_path / "t1.txt"))  # .mha is written: formats.md
     assert status == 2 and ".nii" in error
 
 

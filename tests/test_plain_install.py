@@ -133,6 +133,14 @@ def test_optional_features_name_their_extra(plain_env: dict[str, str], brain_mr:
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_nrrd_and_metaimage_name_the_itk_extra(plain_env: dict[str, str], brain_mr: Path, tmp_path: Path) -> None:
+    """Reading or writing NRRD/MetaImage without SimpleITK: one line naming ``mitk[itk]``, nothing written."""
+    header = Path(__file__).resolve().parent / "data" / "itk_formats" / "BrainProtonDensity3Slices.mha"
+    one_line_error(plain_mitk(plain_env, "info", header), 2, 'pip install "mitk[itk]"')
+    one_line_error(plain_mitk(plain_env, "convert", brain_mr, tmp_path / "out.nrrd"), 2, 'pip install "mitk[itk]"')
+    assert not list(tmp_path.iterdir())
+
+
 def write_tiny_cases(brain_mr: Path, brain_mr_label: Path, folder: Path) -> None:
     """Three 40×40×8 crops of the real MR and its tumour label, in imagesTr/labelsTr form."""
     image, label = nib.load(brain_mr), nib.load(brain_mr_label)

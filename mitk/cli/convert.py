@@ -1,4 +1,5 @@
-"""``mitk convert``: a DICOM series (file, folder or zip) to NIfTI, with a non-identifying JSON sidecar."""
+"""``mitk convert``: a DICOM series (file, folder or zip), NRRD, MetaImage or other image to NIfTI, NRRD,
+MetaImage or PNG, with a non-identifying JSON sidecar for DICOM."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Annotated
 import typer
 
 from mitk.cli.common import AllowResampleOption, JsonOption, OverwriteOption, SeriesOption, emit_json, say
-from mitk.errors import UsageError
 
 IncludeDescriptionsOption = Annotated[bool, typer.Option(
     "--include-descriptions",
@@ -17,17 +17,19 @@ IncludeDescriptionsOption = Annotated[bool, typer.Option(
 
 
 def convert(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A DICOM file, DICOM folder or zip "
-                                                                    "(or a NIfTI file to re-save).")],
-    output: Annotated[Path, typer.Argument(metavar="OUT.nii.gz", help="Output NIfTI file (.nii or .nii.gz); "
-                                                                      "the sidecar is written to OUT.json.")],
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A DICOM file, DICOM folder or zip, "
+                                                                    "or a NIfTI, NRRD, MetaImage, PNG … file.")],
+    output: Annotated[Path, typer.Argument(metavar="OUT.nii.gz", help="Output file: NIfTI (.nii.gz, .nii), NRRD "
+                                           "(.nrrd), MetaImage (.mha) or PNG (one slice); a DICOM input's "
+                                           "sidecar is written to OUT.json.")],
     series: SeriesOption = None,
     allow_resample: AllowResampleOption = False,
     include_descriptions: IncludeDescriptionsOption = False,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Convert a DICOM series to NIfTI with its exact geometry (sform and qform code 1).
+    """Convert a DICOM series or an image file to NIfTI (sform and qform code 1), NRRD or MetaImage with its
+    exact geometry (the output's extension picks the format).
 
     Beside OUT.nii.gz, OUT.json records non-identifying acquisition parameters (modality, manufacturer,
     spacing, kVp, TR/TE...); never patient names, IDs, dates, UIDs, institution or staff, and the
@@ -39,11 +41,10 @@ def convert(
 
     from mitk.io.atomic import atomic_path, check_output
     from mitk.io.dicom.sidecar import descriptions, sidecar_document, sidecar_path
-    from mitk.io.nifti import is_nifti, write_nifti
     from mitk.io.reader import load_image
+    from mitk.io.writer import check_target, write_image
 
-    if not is_nifti(output):
-        raise UsageError("the output must end in .nii or .nii.gz", output)
+    check_target(output)  # a name mitk cannot write (or SimpleITK missing) is refused before anything is read
     sidecar = sidecar_path(output)
     inputs = (input_path,)
     check_output(output, overwrite, inputs)
@@ -61,7 +62,7 @@ def convert(
             sidecar_temporary = stack.enter_context(atomic_path(sidecar, overwrite=overwrite, inputs=inputs))
             content = sidecar_document(summary, include_descriptions)
             sidecar_temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-        write_nifti(image.array, nifti_temporary, like=image)
+        write_image(image.array, nifti_temporary, like=image)
     document = {
         "input": str(input_path), "output": str(output), "sidecar": str(sidecar) if summary is not None else None,
         "shape": list(image.shape), "spacing": [round(s, 6) for s in image.spacing],

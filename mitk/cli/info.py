@@ -42,6 +42,9 @@ def describe_image(image: Any, include_descriptions: bool = False) -> dict[str, 
     if header is not None:
         document["qform_code"] = int(header["qform_code"])
         document["sform_code"] = int(header["sform_code"])
+    for key in ("itk", "photo"):  # the file format, pixel type and where the pixel spacing came from
+        if image.meta.get(key):
+            document[key] = dict(image.meta[key])
     dicom = image.meta.get("dicom_summary")
     if dicom:
         document["dicom"] = dict(dicom)
@@ -59,7 +62,8 @@ WeightsInfoOption = Annotated[Path | None, typer.Option(
 
 
 def info(
-    path: Annotated[Path | None, typer.Argument(help="A NIfTI file, DICOM file, DICOM folder or zip.")] = None,
+    path: Annotated[Path | None, typer.Argument(help="A NIfTI, NRRD, MetaImage, PNG or JPEG file, a DICOM file, "
+                                                               "DICOM folder or zip.")] = None,
     series: SeriesOption = None,
     include_descriptions: IncludeDescriptionsOption = False,
     weights: WeightsInfoOption = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mitk.errors import OutputExistsError, UsageError
 
-COMPOUND_SUFFIXES = (".nii.gz", ".tar.gz")
+COMPOUND_SUFFIXES = (".nii.gz", ".tar.gz", ".gipl.gz")
 NAME_MAX = 255
 """Bytes in one file name on the file systems mitk writes to (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)."""
 PARTIAL_PATTERN = re.compile(r"^\.mitk-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.partial")

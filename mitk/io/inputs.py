@@ -12,11 +12,14 @@ from mitk.errors import UsageError
 from mitk.io.atomic import split_suffix
 
 NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
+"""Files a folder input stands for (NIfTI, NRRD, MetaImage, PNG and JPEG); a folder with none is one DICOM input."""
 
 
 @dataclass(frozen=True)
 class Case:
-    """One input of a batch: a NIfTI file, a DICOM file, or a DICOM folder or zip."""
+    """One input of a batch: an image file (NIfTI, NRRD, MetaImage, PNG …), a DICOM file, or a DICOM folder or
+    zip."""
 
     path: Path
 
@@ -27,12 +30,13 @@ class Case:
 
 
 def nifti_files(directory: Path, derived: Sequence[str] = ()) -> list[Path]:
-    """NIfTI files below ``directory``, without outputs written beside their inputs earlier: with ``derived``
-    (the suffixes of image outputs, :func:`mitk.taskspecs.derived_suffixes`), ``a_seg.nii.gz`` beside
-    ``a.nii.gz`` is left out."""
+    """Image files (:data:`IMAGE_SUFFIXES`) below ``directory``, without outputs written beside their inputs
+    earlier: with ``derived`` (the suffixes of image outputs, :func:`mitk.taskspecs.derived_suffixes`),
+    ``a_seg.nii.gz`` beside ``a.nii.gz`` (or ``a_seg.png`` beside ``a.jpg``) is left out."""
     found: set[Path] = set()
-    for pattern in NIFTI_PATTERNS:
-        found.update(p for p in directory.rglob(pattern) if p.is_file() and not p.name.startswith("."))
+    for path in directory.rglob("*"):
+        if path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".") and path.is_file():
+            found.add(path)
     return sorted(p for p in found if not _is_derived(p, found, derived))
 
 
@@ -41,7 +45,7 @@ def _is_derived(path: Path, siblings: set[Path], derived: Sequence[str]) -> bool
     for marker in derived:
         if stem.endswith(marker):
             original = stem[: -len(marker)]
-            if any(path.with_name(original + ext) in siblings for ext in (suffix, ".nii", ".nii.gz")):
+            if any(path.with_name(original + ext) in siblings for ext in (suffix, *IMAGE_SUFFIXES)):
                 return True
     return False
 
@@ -49,7 +53,8 @@ def _is_derived(path: Path, siblings: set[Path], derived: Sequence[str]) -> bool
 def expand_inputs(arguments: Sequence[str], derived: Sequence[str] = ()) -> list[Case]:
     """Turn arguments into cases, in order, without duplicates (``derived``: see :func:`nifti_files`).
 
-    A directory holding NIfTI files stands for those files; any other directory is one DICOM input.
+    A directory holding image files (NIfTI, NRRD, MetaImage, PNG, JPEG) stands for those files; any other
+    directory is one DICOM input.
     An argument that does not exist but contains ``*``, ``?`` or ``[`` is expanded as a glob. Paths that
     do not exist (or are symlink loops) are kept, so that the batch reports them as failed cases.
     """

@@ -17,6 +17,7 @@ import numpy as np
 
 from mitk.errors import InputError, UsageError
 from mitk.image import Image, ras_to_lps
+from mitk.io.itk import sitk_affine  # noqa: F401  (re-exported: its home before mitk.io.itk)
 
 ImageLike = Any
 """What the Python API accepts as an image: a path (``str`` or ``os.PathLike``), an :class:`Image`, a nibabel
@@ -107,23 +108,14 @@ def _from_nibabel(source: Any) -> Image:
                  path=Path(filename) if filename else None, meta=meta)
 
 
-def sitk_affine(origin: Any, spacing: Any, direction: Any) -> np.ndarray:
-    """The voxel → RAS+ affine of an ITK grid (``origin``, ``spacing``, ``direction`` are in LPS)."""
-    lps = np.eye(4)
-    lps[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(np.asarray(spacing, float))
-    lps[:3, 3] = np.asarray(origin, dtype=np.float64)
-    return ras_to_lps(lps)
-
-
 def _from_sitk(source: Any) -> Image:
-    import SimpleITK as sitk
+    """A 2-D or 3-D ``SimpleITK.Image`` (vector pixels as channels last), as :func:`mitk.io.itk.read_itk` reads
+    a file."""
+    from mitk.io.itk import from_sitk_image
 
-    if source.GetDimension() != 3:
-        raise InputError(f"expected a 3-D SimpleITK image, got {source.GetDimension()}-D")
-    array = sitk.GetArrayFromImage(source)  # (k, j, i[, components]): reverse the spatial axes
-    axes = (2, 1, 0, 3) if array.ndim == 4 else (2, 1, 0)
-    affine = sitk_affine(source.GetOrigin(), source.GetSpacing(), source.GetDirection())
-    return Image(array=array.transpose(axes), affine=affine, meta={"format": "sitk"})
+    image = from_sitk_image(source)
+    image.meta["format"] = "sitk"
+    return image
 
 
 def _from_metatensor(source: Any) -> Image:

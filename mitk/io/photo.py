@@ -64,6 +64,45 @@ def read_photo(path: str | Path) -> Image:
     return Image(array=array, affine=PHOTO_AFFINE.copy(), path=path, meta={"format": "photo", "photo": summary})
 
 
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of red, green and blue: Pillow's ``convert("L")``, OpenCV and MATLAB's ``rgb2gray``."""
+
+
+def luminance(array: np.ndarray) -> np.ndarray:
+    """The grey value (float32) of each pixel of a channels-last RGB (or RGBA: alpha ignored) array."""
+    values = np.asarray(array)
+    return np.tensordot(values[..., :3].astype(np.float32), np.asarray(LUMA, np.float32), axes=([-1], [0]))
+
+
 def _is_grey(pixels: np.ndarray) -> bool:
     """True when every pixel of a colour picture has equal red, green and blue (a greyscale JPEG saved as RGB)."""
     return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+
+
+def write_png(array: np.ndarray, path: str | Path, like: Image | None = None) -> Path:
+    """Write a one-slice ``(columns, rows, 1[, 3])`` array as a lossless PNG, the right way up (the inverse of
+    :func:`read_photo`): greyscale 8 or 16 bit as the values need, colour as 8-bit RGB. Label maps keep their
+    values (0, 1, 2 …), as nnU-Net's 2-D label files do. ``like`` is only named in errors."""
+    from PIL import Image as PillowImage
+
+    path = Path(path)
+    source = like.path if like is not None else path
+    values = np.asarray(array)
+    if values.ndim == 2:
+        values = values[:, :, None]
+    if values.ndim not in (3, 4) or values.shape[2] != 1:
+        depth = values.shape[2] if values.ndim >= 3 else 1
+        raise InputError(f"a PNG holds one 2-D picture, this image has {depth} slices: name the output "
+                         ".nii.gz, .nrrd or .mha", source)
+    plane = np.swapaxes(values[:, :, 0, ...], 0, 1)
+    if values.ndim == 4 and plane.shape[-1] not in (3, 4):
+        raise InputError(f"a PNG holds grey or RGB(A) pixels, not {plane.shape[-1]} channels", source)
+    if values.dtype == np.bool_:
+        plane = plane.astype(np.uint8)
+    low, high = (int(plane.min()), int(plane.max())) if plane.size and plane.dtype.kind in "iu" else (0, -1)
+    if plane.dtype.kind not in "iu" or low < 0 or high > (255 if values.ndim == 4 else 65535):
+        raise InputError(f"a PNG holds whole numbers 0–65535 (0–255 in colour); this image is {values.dtype} "
+                         "with other values: name the output .nii.gz, .nrrd or .mha", source)
+    plane = np.ascontiguousarray(plane.astype(np.uint8 if high < 256 else np.uint16))
+    PillowImage.fromarray(plane).save(path, format="PNG", optimize=False)
+    return path

@@ -1,4 +1,5 @@
-"""One entry point for reading any supported image: NIfTI files, DICOM files, folders and zips."""
+"""One entry point for reading any supported image: NIfTI files, DICOM files, folders and zips, NRRD, MetaImage
+and the other formats ITK reads (through SimpleITK, the ``itk`` extra), PNG and JPEG pictures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 
 from mitk.errors import InputError
 from mitk.image import Image
+from mitk.io.itk import is_itk_file
 from mitk.io.nifti import is_nifti, read_nifti
 from mitk.io.photo import is_photo, read_photo
 
@@ -33,13 +35,33 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
         raise InputError("broken symlink or symlink loop" if path.is_symlink() else "no such file or directory", path)
     if is_nifti(path):
         return read_nifti(path)
+    if not path.is_dir() and is_itk_file(path):
+        from mitk.io.itk import read_itk
+
+        return read_itk(path)
     if looks_like_dicom(path):
         from mitk.io.dicom import read_dicom
 
         return read_dicom(path, series=series, allow_resample=allow_resample)
     if is_photo(path):
         return read_photo(path)
-    raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, PNG or JPEG image", path)
+    raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), other ITK "
+                     "format, PNG or JPEG image", path)
+
+
+def is_planar(image: Image) -> bool:
+    """True for a picture, radiograph or single slice: one voxel deep (its areas are in mm², not mL)."""
+    return image.spatial_shape[2] == 1
+
+
+def spacing_source(image: Image) -> str:
+    """Where the pixel spacing came from: the file header, a DICOM attribute, or ``"unknown (1 mm assumed)"``
+    for a picture or a radiograph without one."""
+    for key in ("photo", "dicom_summary", "itk"):
+        found = (image.meta.get(key) or {}).get("spacing_source")
+        if found:
+            return str(found)
+    return "DICOM PixelSpacing" if image.meta.get("dicom_summary") else "file header"
 
 
 def as_volume_array(array: np.ndarray) -> np.ndarray:

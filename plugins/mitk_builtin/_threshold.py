@@ -85,6 +85,7 @@ class ThresholdSegmenter(SegmentationPlugin):
     needs_weights = False
     trainable = False
     needs_torch = False
+    colour = "luminance"  # an RGB picture is thresholded on its grey value (ITU-R BT.601)
 
     def default_config(self) -> dict[str, Any]:
         return {

@@ -16,13 +16,59 @@ from mitk.taskspec import VerbPlan
 def prepare(values: dict[str, Any]) -> VerbPlan:
     """``mitk segment``: the output format and the extras it needs are checked before the model loads."""
     output_format = values["output_format"]
-    if output_format not in ("nifti", "dicom-seg"):
-        raise UsageError(f"--format must be nifti or dicom-seg, not {output_format!r}")
+    if output_format not in ("auto", "nifti", "dicom-seg"):
+        raise UsageError(f"--format must be auto, nifti or dicom-seg, not {output_format!r}")
+    output = values.get("output")
+    if output is not None and output_format != "dicom-seg":
+        from mitk.io.writer import check_target, output_kind
+
+        if output_kind(check_target(output, "label map")) != "nifti" and output_format == "nifti":
+            raise UsageError("--format nifti writes .nii.gz or .nii; drop --format to write what -o names", output)
     from mitk.extras import require_segment_extras
 
     require_segment_extras(preview=values["preview"], dicom_seg=output_format == "dicom-seg")
+    rows: list[dict[str, Any]] = []
+
+    def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
+        if record.status == "ok" and not record.details.get("skipped"):
+            rows.extend({"case": Path(record.input).name, **row} for row in record.details.get("labels", ()))
+
+    def finish() -> None:
+        if rows and not values["as_json"] and not STATE.quiet:
+            print_label_table(rows)
+
     return VerbPlan(values["inputs"], {name: values[name] for name in
-                                       ("probabilities", "stats", "preview", "output_format", "deidentify")})
+                                       ("probabilities", "stats", "preview", "output_format", "deidentify")},
+                    on_record=collect, finish=finish)
+
+
+TABLE_ROWS = 20
+"""At most this many label rows are printed after a batch (every row is in the --json document and --stats)."""
+
+
+def print_label_table(rows: list[dict[str, Any]]) -> None:
+    """Per case and label: voxels and mL, or for a one-slice image pixels and mm² with the pixel spacing's
+    source (``unknown (1 mm assumed)`` for a picture or a radiograph without one), on stderr."""
+    from rich.table import Table
+
+    from mitk.console import PathCell
+
+    table = Table(box=None, pad_edge=False)
+    for header in ("case", "label", "name", "count", "size", "spacing"):
+        table.add_column(header, justify="right" if header in ("label", "count", "size") else "left")
+    for row in rows[:TABLE_ROWS]:
+        if "area_mm2" in row:
+            count, size = f"{row['pixels']} px", f"{row['area_mm2']:.1f} mm²"
+            source = str(row["spacing_source"])
+            spacing = (f"{row['pixel_spacing_mm']} mm assumed (none in the file)" if source.startswith("unknown")
+                       else f"{row['pixel_spacing_mm']} mm ({source})")
+        else:
+            count, size, spacing = f"{row['voxels']} vox", f"{row['volume_ml']:.3f} mL", ""
+        table.add_row(PathCell(row["case"]), str(row["label"]), row["name"], count, size, spacing)
+    console = stderr_console()
+    console.print(table)
+    if len(rows) > TABLE_ROWS:
+        console.print(f"… and {len(rows) - TABLE_ROWS} more label rows (all of them in --json and --stats)")
 
 
 COLUMNS = ("case", "prediction", "reference", "label", "empty", "dice", "iou", "hd95_mm", "asd_mm",

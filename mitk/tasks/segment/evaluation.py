@@ -222,14 +222,17 @@ def _stem(path: Path) -> str:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
+    """The label-map files of a folder: NIfTI, NRRD, MetaImage, PNG (:data:`mitk.io.inputs.IMAGE_SUFFIXES`)."""
+    from mitk.io.inputs import IMAGE_SUFFIXES
+
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith((".nii", ".nii.gz")))
+                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def pair_files(pred: Path, ref: Path) -> Pairing:
     """Pair prediction and reference label maps.
 
-    Two images (files, or DICOM folders) make one pair. Two folders of NIfTI files are matched per
+    Two images (files, or DICOM folders) make one pair. Two folders of image files are matched per
     prediction, in this order: a reference with the same file name; else, with the prediction's name
     less a trailing ``_seg`` as the case, ``<case>_label.nii[.gz]``, then ``<case>.nii[.gz]``. Each
     reference is used once. Predictions ending ``_prob`` (probability maps) are ignored.
@@ -242,7 +245,8 @@ def pair_files(pred: Path, ref: Path) -> Pairing:
     if not pred_files and not ref_files:
         return Pairing(pairs=[Pair(case_of(pred, PREDICTION_SUFFIX), pred, ref)])
     if not pred_files or not ref_files:
-        raise UsageError(f"--pred {pred} and --ref {ref} must both be images or both be folders of NIfTI files")
+        raise UsageError(f"--pred {pred} and --ref {ref} must both be images or both be folders of image "
+                         "files (NIfTI, NRRD, MetaImage, PNG)")
     by_name = {p.name: p for p in ref_files}
     by_case: dict[str, list[Path]] = {}
     for path in ref_files:

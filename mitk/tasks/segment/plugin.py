@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from mitk.enums import Task
 from mitk.plugin import TaskPlugin
@@ -22,6 +22,15 @@ class SegmentationPlugin(TaskPlugin):
 
     task = Task.SEGMENT
     required_methods = ("network", "inference_transforms")
+    colour: ClassVar[Literal["channels", "luminance", "refuse"]] = "channels"
+    """What the plugin does with a multi-channel image (an RGB photograph, a multi-sequence MR): ``"channels"``
+    — its network takes them as input channels when :meth:`image_channels` says that many; ``"luminance"`` —
+    the runner turns RGB into grey first (ITU-R BT.601, as Pillow's ``convert("L")``); ``"refuse"`` — never.
+    Any other image is refused with a one-line message naming the plugin and the channels it takes."""
+
+    def image_channels(self, config: dict[str, Any]) -> int:
+        """How many image channels the network takes: ``in_channels`` of the config, else 1."""
+        return int(config.get("in_channels") or 1)
 
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
         """Label value → name, background (0) included."""

@@ -11,26 +11,27 @@ import numpy as np
 
 from mitk.errors import UsageError
 from mitk.image import FloatArray, Image, IntArray
-from mitk.results import PathLike, ResultFiles, atomic_output, description, nifti_target
+from mitk.results import PathLike, ResultFiles, atomic_output, description
 
 if TYPE_CHECKING:
     import nibabel as nib
 
 
 def write_label_map(result: SegmentationResult, path: Path, like: Image, plugin: str | None) -> None:
-    """Write the label map as NIfTI on ``like``'s grid and header (``path`` is usually a temporary)."""
-    from mitk.io.nifti import write_nifti
+    """Write the label map on ``like``'s grid in the format ``path`` names (``path`` is usually a temporary):
+    NIfTI with ``like``'s header, NRRD/MetaImage with its origin, spacing and direction, or PNG (one slice)."""
+    from mitk.io.writer import write_image
 
-    write_nifti(result.label_map, path, like=like, intent="label", description=description(plugin, "labels"))
+    write_image(result.label_map, path, like=like, intent="label", description=description(plugin, "labels"))
 
 
 def write_probabilities(result: SegmentationResult, path: Path, like: Image, plugin: str | None) -> None:
-    """Write the per-label probabilities (float32, channel last) as NIfTI on ``like``'s grid."""
-    from mitk.io.nifti import write_nifti
+    """Write the per-label probabilities (float32, channel last) on ``like``'s grid (NIfTI or an ITK format)."""
+    from mitk.io.writer import write_image
 
     if result.probabilities is None:
         raise UsageError("this result has no probabilities (run with probabilities=True)")
-    write_nifti(result.probabilities.astype(np.float32), path, like=like,
+    write_image(result.probabilities.astype(np.float32), path, like=like,
                 description=description(plugin, "probabilities"))
 
 
@@ -45,12 +46,21 @@ class SegmentationResult(ResultFiles):
     """Optional per-class probabilities, channel last, on the same grid."""
 
     def statistics(self, image: Image | None = None) -> list[dict[str, Any]]:
-        """Per-label voxel count, volume in mL and (given the image) mean intensity."""
-        voxel_ml = abs(float(np.linalg.det(np.asarray(self.affine)[:3, :3]))) / 1000.0
+        """Per-label voxel count, volume in mL and (given the image) mean intensity (of an RGB image: its
+        luminance). A one-slice map (picture, radiograph, single slice) counts pixels and areas in mm² instead,
+        with the pixel spacing and where it came from (``unknown (1 mm assumed)`` when the file has none)."""
+        matrix = np.asarray(self.affine, dtype=np.float64)[:3, :3]
+        voxel_ml = abs(float(np.linalg.det(matrix))) / 1000.0
         labels = self.label_map
+        planar = labels.ndim == 3 and labels.shape[2] == 1
+        pixel_mm2 = float(np.linalg.norm(np.cross(matrix[:, 0], matrix[:, 1])))
         values = None
         if image is not None and image.array.shape[:3] == labels.shape:
-            values = np.asarray(image.array[..., 0] if image.array.ndim > 3 else image.array)
+            values = np.asarray(image.array)
+            if values.ndim > 3:
+                from mitk.io.photo import luminance
+
+                values = luminance(values) if values.shape[-1] in (3, 4) else values[..., 0]
             if values.flags.f_contiguous and not labels.flags.f_contiguous:
                 labels = np.asfortranarray(labels)  # same memory order, so ravel(order="K") pairs voxels
             elif values.flags.c_contiguous and not labels.flags.c_contiguous:
@@ -66,14 +76,24 @@ class SegmentationResult(ResultFiles):
             weights = values.ravel(order="K")[foreground]
             intensity = np.bincount(flat[foreground], weights=weights, minlength=counts.size)
         rows = []
+        if planar:
+            from mitk.io.reader import spacing_source
+
+            spacing = "×".join(f"{v:g}" for v in np.linalg.norm(matrix[:, :2], axis=0))
+            source = spacing_source(image) if image is not None else "the affine"
         for value, name in sorted(self.labels.items()):
             if value == 0:
                 continue
             count = int(counts[value]) if value < counts.size else 0
-            row: dict[str, Any] = {"label": value, "name": name, "voxels": count,
-                                   "volume_ml": round(count * voxel_ml, 4)}
+            row: dict[str, Any] = {"label": value, "name": name}
+            if planar:
+                row.update(pixels=count, area_mm2=round(count * pixel_mm2, 4))
+            else:
+                row.update(voxels=count, volume_ml=round(count * voxel_ml, 4))
             if intensity is not None:
                 row["mean_intensity"] = round(float(intensity[value] / count), 4) if count else None
+            if planar:
+                row.update(pixel_spacing_mm=spacing, spacing_source=source)
             rows.append(row)
         return rows
 
@@ -103,11 +123,15 @@ class SegmentationResult(ResultFiles):
 
     def save(self, path: PathLike, *, overwrite: bool = False,
              probabilities: PathLike | None = None) -> Path:
-        """Write the label map as NIfTI (``.nii.gz``/``.nii``), as ``mitk segment`` does; with
-        ``probabilities=PATH`` also the probability maps (both files, or neither). Returns ``path``."""
-        like, target = self._grid(), nifti_target(path)
-        if probabilities is not None:
-            nifti_target(probabilities)
+        """Write the label map as ``mitk segment`` does, in the format the name asks for: NIfTI (``.nii.gz``,
+        ``.nii``), NRRD/MetaImage (``.nrrd``, ``.mha``) or PNG (one slice); with ``probabilities=PATH`` also the
+        probability maps (NIfTI or an ITK format; both files, or neither). Returns ``path``."""
+        from mitk.io.writer import check_target
+
+        like, target = self._grid(), check_target(Path(path), "label map")
+        if probabilities is not None and check_target(Path(probabilities)).name.lower().endswith(".png"):
+            raise UsageError("probabilities are fractions: name them .nii.gz, .nrrd or .mha, not .png",
+                             Path(probabilities))
         with contextlib.ExitStack() as outputs:  # the label map is entered first, so committed last
             label_file = outputs.enter_context(atomic_output(target, overwrite, self.inputs))
             write_label_map(self, label_file, like, self.plugin)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitk.errors import PluginError
+from mitk.errors import InputError, PluginError
 from mitk.image import Image
 from mitk.runner.batch import CaseJob
 from mitk.runner.model import LoadedModel
@@ -62,7 +62,31 @@ class SegmentationRunner:
         self.inferer = self.plugin.inferer(self.config)
         self.postprocess = self.plugin.postprocess(self.config)
 
+    def channel_input(self, image: Image) -> Image:
+        """``image`` as the plugin takes it: a multi-channel image passes when the network takes that many
+        channels, RGB becomes its luminance for a plugin that asks for it, anything else is refused in one line
+        that says what the plugin takes (:attr:`SegmentationPlugin.colour`)."""
+        if image.array.ndim < 4:
+            return image
+        count, takes = int(image.array.shape[-1]), self.plugin.image_channels(self.config)
+        mode = self.plugin.colour
+        if mode == "channels" and takes == count:
+            return image
+        if mode == "luminance" and count in (3, 4):
+            from mitk.io.photo import luminance
+
+            return Image(array=luminance(image.array), affine=image.affine, path=image.path, meta=image.meta)
+        if count in (3, 4):
+            raise InputError(f"plugin {self.model.name} cannot take colour images (it takes {takes} channel"
+                             f"{'s' if takes > 1 else ''}; this image has {count}: RGB{'A' if count == 4 else ''}): "
+                             "convert it to greyscale, or use a plugin that accepts colour (threshold segments "
+                             "its luminance)", image.path)
+        raise InputError(f"expected a 3-D volume, got 4-D data of shape {image.array.shape}: plugin "
+                         f"{self.model.name} takes {takes} channel{'s' if takes > 1 else ''}, this image has {count}",
+                         image.path)
+
     def __call__(self, image: Image) -> SegmentationResult:
+        image = self.channel_input(image)
         if self.classical:
             return self._from_array(image)
         import torch
@@ -122,6 +146,19 @@ class SegmentationRunner:
 
 
 STATS_COLUMNS = ["label", "name", "voxels", "volume_ml", "mean_intensity"]
+PLANAR_STATS_COLUMNS = ["label", "name", "pixels", "area_mm2", "mean_intensity", "pixel_spacing_mm", "spacing_source"]
+"""A one-slice image (picture, radiograph, single slice): areas in mm², with where the pixel spacing came from."""
+
+
+def output_extension(path: Any, output_format: str) -> str:
+    """The label map's extension: DICOM SEG, NIfTI, or (``auto``) the input's format family."""
+    if output_format == "dicom-seg":
+        return ".dcm"
+    if output_format == "nifti":
+        return ".nii.gz"
+    from mitk.io.writer import default_extension
+
+    return default_extension(path)
 
 
 def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities: bool = False, stats: bool = False,
@@ -131,31 +168,33 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
     import contextlib
     from pathlib import Path
 
-    from mitk.io.atomic import atomic_path
-    from mitk.io.reader import load_image, require_volume
+    from mitk.io.atomic import atomic_path, split_suffix
+    from mitk.io.reader import is_planar, load_image, require_volume
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.outputs import sibling, write_csv
     from mitk.tasks.segment.result import write_label_map, write_probabilities
 
     runner = SegmentationRunner(model, probabilities=probabilities)
-    extension = ".dcm" if output_format == "dicom-seg" else ".nii.gz"
 
     def process(case: Any) -> CaseOutcome:
-        target = policy.target(case, "_seg", extension)
+        target = policy.target(case, "_seg", output_extension(case.path, output_format))
         if policy.should_skip(target, case):
             return CaseOutcome(output=target, skipped=True)
         companions = {}
-        if probabilities:
-            companions["probabilities"] = sibling(target, "_prob", ".nii.gz")
+        if probabilities:  # float maps: NIfTI beside a PNG or DICOM SEG, else the label map's own format
+            extension = split_suffix(target)[1].lower()
+            companions["probabilities"] = sibling(target, "_prob", ".nii.gz" if extension in (".png", ".dcm")
+                                                  else extension)
         if stats:
             companions["stats"] = sibling(target, "_stats", ".csv")
         if preview:
             companions["preview"] = sibling(target, "_preview", ".png")
         for path in companions.values():
             policy.check_companion(path, case)  # refuse before any compute
-        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
+        image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample), channels=True)
         result = runner(image)
         rows = result.statistics(image)
+        planar = "area_mm2" in rows[0] if rows else is_planar(image)
         # All of a case's files or none: each goes to a temporary file, renamed only when every one is written.
         # The stack renames in reverse order, so the label map (entered first) is committed last: after a crash
         # at any point, a case without its label map is redone by --skip-existing, companions included.
@@ -174,7 +213,7 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
             if "probabilities" in companions and result.probabilities is not None:
                 write_probabilities(result, temporary(companions["probabilities"]), like=image, plugin=model.name)
             if "stats" in companions:
-                write_csv(rows, temporary(companions["stats"]), STATS_COLUMNS)
+                write_csv(rows, temporary(companions["stats"]), PLANAR_STATS_COLUMNS if planar else STATS_COLUMNS)
             if "preview" in companions:
                 from mitk.preview import save_overlay_png
 

@@ -10,7 +10,9 @@ from mitk.taskspec import Option, TaskSpec
 HERE = "mitk.tasks.segment"
 
 OPTIONS = (
-    Option("output_format", ("--format",), str, "nifti", "nifti (default) or dicom-seg (DICOM input only)."),
+    Option("output_format", ("--format",), str, "auto",
+           "auto (default): the input's format family (PNG for PNG/JPEG, NRRD/MetaImage for those, else NIfTI; "
+           "-o's extension decides when given), nifti, or dicom-seg (DICOM input only)."),
     Option(
         "probabilities", ("--probabilities",), bool, False, "Also write per-label probability maps (<out>_prob.nii.gz)."
     ),
@@ -76,8 +78,10 @@ TASK = TaskSpec(
     suffix="_seg",
     extension=".nii.gz",
     image_companions=("_prob",),
+    image_channels=True,  # colour reaches the plugins that take it (SegmentationPlugin.colour)
     verb=f"{HERE}.commands:prepare",
-    verb_help="Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz).",
+    verb_help="Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz; "
+              "<input>_seg.png for a PNG or JPEG, <input>_seg.nrrd for NRRD).",
     options=OPTIONS,
     recipe=f"{HERE}.recipe:SegmentationRecipe",
     evaluation=f"{HERE}.commands:evaluate",
