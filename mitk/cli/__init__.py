@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mitk.cli import boxes as boxes_cmd
 from mitk.cli import convert as convert_cmd
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
@@ -62,6 +63,7 @@ def build_app() -> typer.Typer:
     app.add_typer(manifest_cmd.app, name="manifest")
     app.command("convert")(convert_cmd.convert)
     app.command("warp")(warp_cmd.warp)
+    app.command("boxes")(boxes_cmd.boxes)
     return app
 
 
