@@ -112,7 +112,7 @@ def test_four_encodings_of_one_radiograph_stay_in_one_split(tmp_path: Path, capl
     cases = datalist.training + datalist.validation
     groups = same_content_groups(cases, lambda image: read_case_image(image).array, labels)
     for seed in range(1, 10):
-        training, validation = stratified_hold_out(cases, seed, 0.2, labels, groups)
+        training, _ = stratified_hold_out(cases, seed, 0.2, labels, groups)
         assert len({"t" if c in training else "v" for c in cases if c["image"] in chest}) == 1
 
 

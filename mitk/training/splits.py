@@ -87,10 +87,11 @@ def grouped_hold_out(cases: list[dict[str, Any]], seed: int, fraction: float,
 
 def warn_shared_groups(training: list[dict[str, Any]], validation: list[dict[str, Any]], source: Path) -> int:
     """Warn when a group has cases on both sides of a given split; returns the number of such groups."""
-    shared = {case_group(c) for c in training} & {case_group(c) for c in validation} - {None}
+    shared = sorted({g for c in training if (g := case_group(c)) is not None}
+                    & {g for c in validation if (g := case_group(c)) is not None})
     if shared:
         LOG.warning("%s: %d group(s) have cases in both the training and the validation list (e.g. %r): "
-                    "validation scores will be optimistic", source, len(shared), sorted(shared)[0])
+                    "validation scores will be optimistic", source, len(shared), shared[0])
     return len(shared)
 
 

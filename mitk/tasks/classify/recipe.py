@@ -5,8 +5,8 @@ column says ``training`` or ``validation``), a datalist JSON whose cases carry a
 (``{"training": [{"image": "a.png", "label": "fracture"}], "validation": [...]}``), or a class-per-folder
 image set (``train/<class>/*.png``, optional ``val/<class>/``: :mod:`mitk.training.imagefolder`). A ``group``
 (or ``patient``) column or key keeps a patient's images on one side of a split mitk draws; without one, images
-that show the same picture (same pixels, or re-encoded) are found, warned about and kept together. A label naming several
-classes (a JSON list, or ``a;b`` in a CSV) makes the run multi-label. Class names are the labels found,
+that show the same picture (same pixels, or re-encoded) are found, warned about and kept together. A label
+naming several classes (a JSON list, or ``a;b`` in a CSV) makes the run multi-label. Class names are the labels found,
 sorted (numerically when they are all whole numbers). Without a validation list, a seeded, stratified share of
 each class is held out, so that validation sees every class that has at least two cases.
 
