@@ -20,6 +20,8 @@ TINY_DENSENET = ["--set", "image_size=[32,32]", "--set", "network.block_config=[
                  "--set", "network.init_features=8", "--set", "network.growth_rate=8"]
 RG1 = ["RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_UNCI.dcm"]
 
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
+
 
 def dicom_file(name: str) -> str:
     pydicom_data = pytest.importorskip("pydicom.data")

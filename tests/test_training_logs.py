@@ -13,6 +13,8 @@ from helpers import invoke
 
 from mitk.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
+
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -169,17 +169,21 @@ def evaluate(pred: Path, ref: Path, images: Path | None = None, froc_png: Path |
         else:
             say(f"for reference {reference_file}: scored as no boxes", label="no prediction", style="yellow")
             prediction = CaseBoxes(reference.boxes[:0], reference.labels[:0], reference.scores[:0], reference.space)
-        affine = None
-        needs_grid = (prediction.in_world() is None) != (reference.in_world() is None)
-        if image_index is not None or needs_grid:
-            affine = case_affine(case, prediction if prediction.input else reference, image_index,
-                                 predictions.get(case, reference_file))
+        source = predictions.get(case, reference_file)
+        record = prediction if prediction.input else reference
+        affine = case_affine(case, record, image_index, source) if image_index is not None else None
         try:
-            prediction, reference = common_space(prediction, reference, affine)
+            try:
+                prediction, reference = common_space(prediction, reference, affine)
+            except InputError:
+                if affine is not None or not record.input:
+                    raise
+                affine = case_affine(case, record, None, source)  # the image the record names, if it is there
+                prediction, reference = common_space(prediction, reference, affine)
         except InputError as error:
             if error.path is not None:
                 raise
-            raise InputError(str(error), predictions.get(case, reference_file)) from None
+            raise InputError(str(error), source) from None
         pairs.append((case, prediction, reference))
     result = evaluate_detection([p for _, p, _ in pairs], [r for _, _, r in pairs])
     document = {"cases": [{"case": case, "prediction": str(predictions.get(case)), "reference": str(references[case]),
