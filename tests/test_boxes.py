@@ -119,3 +119,18 @@ def test_world_predictions_against_voxel_references_of_real_lesions(tmp_path: Pa
     # The same references with their world boxes (what `mitk boxes` writes) give the same numbers.
     code, stdout, _ = invoke(["evaluate", "detect", "--pred", str(tmp_path / "pred"), "--ref", str(refs), "--json"])
     assert code == 0 and json.loads(stdout)["mAP"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_2d_label_map_is_8_connected(tmp_path: Path) -> None:
+    """Two squares touching at a corner are one lesion in 2-D; a PNG's pixels are (column, row) = (i, j)."""
+    from PIL import Image as Picture
+
+    mask = np.zeros((40, 30), np.uint8)  # rows, columns
+    mask[5:10, 5:10] = 1
+    mask[10:14, 10:14] = 1
+    mask[20:25, 2:6] = 2
+    Picture.fromarray(mask).save(tmp_path / "m_label.png")
+    assert invoke(["boxes", str(tmp_path / "m_label.png"), "-o", str(tmp_path)])[0] == 0
+    document = json.loads((tmp_path / "m_boxes.json").read_text())
+    assert [(b["label"], b["box_voxel"][:2] + b["box_voxel"][3:5], b["voxels"]) for b in document["boxes"]] == \
+        [(1, [5, 5, 14, 14], 41), (2, [2, 20, 6, 25], 20)]
