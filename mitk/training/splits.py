@@ -23,7 +23,7 @@ GROUP_KEYS = ("group", "patient", "patient_id", "subject")
 """Case keys (CSV columns) that name the group a case belongs to, the first present wins."""
 THUMBNAIL = 32
 """Images are compared as THUMBNAIL² (or ³) block means, normalised to zero mean and unit variance."""
-SAME_PICTURE = 0.995
+SAME_PICTURE = 0.999
 """Correlation of two thumbnails above which two images of one shape are taken for the same picture."""
 MAX_COMPARED = 4000
 """Near-duplicates are looked for among at most this many images of one shape (exact copies among all)."""
