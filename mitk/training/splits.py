@@ -22,7 +22,8 @@ from mitk.errors import InputError
 GROUP_KEYS = ("group", "patient", "patient_id", "subject")
 """Case keys (CSV columns) that name the group a case belongs to, the first present wins."""
 THUMBNAIL = 32
-"""Images are compared as THUMBNAIL² (or ³) block means, normalised to zero mean and unit variance."""
+"""Pictures are compared as THUMBNAIL² block means (volumes as (THUMBNAIL/2)³), normalised to zero mean and unit
+length."""
 SAME_PICTURE = 0.999
 """Correlation of two thumbnails above which two images of one shape are taken for the same picture."""
 MAX_COMPARED = 4000
@@ -107,7 +108,13 @@ def _fingerprint(array: np.ndarray) -> tuple[str, tuple[int, ...], np.ndarray]:
     if spatial.ndim == 3 and spatial.shape[-1] in (3, 4) and min(spatial.shape[:2]) > 16:
         spatial = spatial.mean(axis=-1)  # a colour picture
     shape = tuple(int(n) for n in spatial.shape)
-    thumbnail = resize(spatial, (THUMBNAIL,) * spatial.ndim, anti_aliasing=True, preserve_range=True).ravel()
+    side = THUMBNAIL if spatial.ndim <= 2 else THUMBNAIL // 2  # 32² pictures, 16³ volumes
+    factors = [max(1, n // side) for n in spatial.shape]  # block means first: cheap on a 2000² radiograph
+    cropped = spatial[tuple(slice(0, n - n % f) for n, f in zip(spatial.shape, factors, strict=True))]
+    blocks = cropped.reshape([v for n, f in zip(cropped.shape, factors, strict=True) for v in (n // f, f)])
+    reduced = blocks.mean(axis=tuple(range(1, blocks.ndim, 2)))
+    thumbnail = resize(reduced, (side,) * spatial.ndim, order=1, anti_aliasing=False,
+                       preserve_range=True).ravel().astype(np.float32)
     thumbnail = thumbnail - thumbnail.mean()
     norm = float(np.linalg.norm(thumbnail))
     return digest.hexdigest(), shape, thumbnail / norm if norm > 0 else thumbnail
