@@ -10,7 +10,8 @@ import importlib
 from mitk.errors import UsageError
 
 EXTRA_OF_MODULE = {"matplotlib": "preview", "highdicom": "dicom", "nilearn": "sample",
-                   "dicomanonymizer": "dicom", "SimpleITK": "itk"}
+                   "dicomanonymizer": "dicom", "SimpleITK": "itk", "tensorboard": "tensorboard", "mlflow": "mlflow",
+                   "yaml": "yaml"}
 """The extra that installs each optional module mitk imports (the pylibjpeg decoders: see io/dicom/pixels)."""
 
 

@@ -397,24 +397,11 @@ def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, co
 
 def label_boxes(label: Image, names: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """One box per connected component (26-connected) of each non-zero label value: its voxel box and its world
-    extent (RAS mm, through :func:`mitk.image.map_box_extents`)."""
-    from scipy import ndimage
+    extent (RAS mm), as :func:`mitk.evaluation.lesions.lesion_boxes` finds them."""
+    from mitk.evaluation.lesions import lesion_boxes
 
-    from mitk.image import map_box_extents
-
-    values = np.asarray(label.array)
-    records: list[dict[str, Any]] = []
-    for value in sorted(int(v) for v in np.unique(values) if v > 0):
-        components, _ = ndimage.label(values == value, structure=np.ones((3, 3, 3)))
-        for extent in ndimage.find_objects(components):
-            if extent is None:
-                continue
-            box = np.array([s.start for s in extent] + [s.stop for s in extent], dtype=float)
-            records.append({"label": value, "name": (names or {}).get(value, "lesion"),
-                            "box_voxel": box.tolist(),
-                            "box_world_mm": np.round(map_box_extents(box, label.affine)[0], 4).tolist(),
-                            "coordinate_system": "RAS"})
-    return records
+    return [{"label": r["label"], "name": (names or {}).get(r["label"], "lesion"), "box_voxel": r["box_voxel"],
+             "box_world_mm": r["box_world_mm"], "coordinate_system": "RAS"} for r in lesion_boxes(label)]
 
 
 def _restored(image: Image, orientation: np.ndarray) -> Image:

@@ -113,3 +113,36 @@ def test_evaluate_detect_refuses_a_bad_file(tmp_path: Path) -> None:
     write_boxes(good, REFERENCES[0])
     code, _, stderr = invoke(["evaluate", "detect", "--pred", str(bad), "--ref", str(good)])
     assert code != 0 and "a_boxes.json" in stderr and "Traceback" not in stderr
+
+
+def test_evaluate_detect_reads_the_folder_detect_writes(tmp_path: Path) -> None:
+    """``mitk detect --csv -d DIR`` writes a JSON and a CSV per case: the JSON is read. World-only predictions
+    against voxel-only references are compared through the grid the prediction record carries."""
+    sample, pred = tmp_path / "sample", tmp_path / "pred"
+    assert invoke(["sample", "detect", "-d", str(sample), "--cases", "6", "--size", "32"])[0] == 0
+    code, _, stderr = invoke(["detect", "-p", "blob", "--set", "polarity=both", "--set", "threshold=0.3",
+                              str(sample / "imagesTs"), "-d", str(pred), "--csv"])
+    assert code == 0, stderr
+    assert sorted(p.suffix for p in pred.iterdir()) == [".csv", ".json"]
+    code, stdout, stderr = invoke(["evaluate", "detect", "--pred", str(pred), "--ref", str(sample / "boxesTs"),
+                                   "--json"])
+    assert code == 0, stderr
+    both = json.loads(stdout)
+    assert both["cases"][0]["prediction"].endswith("_boxes.json") and both["reference_boxes"] >= 1
+    assert both["predicted_boxes"] >= 1 and both["mAP"] is not None
+
+    world_only, voxel_only = tmp_path / "world_pred", tmp_path / "voxel_ref"
+    for folder, source, drop in ((world_only, pred, "box_voxel"), (voxel_only, sample / "boxesTs", "box_world_mm")):
+        folder.mkdir()
+        for file in source.glob("*.json"):
+            document = json.loads(file.read_text())
+            document["boxes"] = [{k: v for k, v in b.items() if k != drop} for b in document["boxes"]]
+            document.pop("input", None)
+            (folder / file.name).write_text(json.dumps(document))
+    code, stdout, stderr = invoke(["evaluate", "detect", "--pred", str(world_only), "--ref", str(voxel_only),
+                                   "--json"])
+    assert code == 0, stderr
+    converted = json.loads(stdout)
+    assert converted["cases"][0]["space"] == "RAS"
+    assert converted["mAP"] == pytest.approx(both["mAP"], abs=1e-3)
+    assert converted["froc"]["sensitivity"] == pytest.approx(both["froc"]["sensitivity"])

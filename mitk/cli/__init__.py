@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mitk.cli import boxes as boxes_cmd
 from mitk.cli import convert as convert_cmd
 from mitk.cli import deidentify as deidentify_cmd
 from mitk.cli import evaluate as evaluate_cmd
@@ -68,6 +69,7 @@ def build_app() -> typer.Typer:
     app.command("deidentify", epilog=deidentify_cmd.EPILOG)(deidentify_cmd.deidentify)
     app.command("preview")(preview_cmd.preview)
     app.command("serve", epilog=serve_cmd.EPILOG)(serve_cmd.serve)
+    app.command("boxes")(boxes_cmd.boxes)
     return app
 
 

@@ -14,7 +14,8 @@ from mitk.taskspecs import TaskSpec, iter_tasks
 
 TRAIN_EPILOG = ("Writes RUN/best.safetensors (best validation score), RUN/last.safetensors, "
                 "RUN/training_state.pt and RUN/split.json (for --resume), RUN/log.csv, RUN/log.json and "
-                "RUN/training_curve.png.")
+                "RUN/training_curve.png (with --log: RUN/tensorboard/, RUN/mlruns/). Precedence: a flag on the "
+                "command line (and --set) over --config FILE over the plugin's and mitk's defaults.")
 
 
 def parse_patch_size(text: str | None) -> list[int] | None:
@@ -84,11 +85,36 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
                                                         "default 0.")] = None,
         cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Keep preprocessed cases in "
                                                    "memory (default on).")] = None,
+        config: Annotated[Path | None, typer.Option("--config", help="Options from a JSON or YAML file (keys: "
+                                                    "the long flag names, plugin settings under `set`); flags "
+                                                    "and --set given here win.")] = None,
+        log: Annotated[str | None, typer.Option("--log", help="Also log each epoch to tensorboard and/or mlflow "
+                                                "(comma-separated; extras mitk[tensorboard], mitk[mlflow]).")]
+        = None,
         as_json: JsonOption = False,
     ) -> None:
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other")
-        overrides: dict[str, Any] = parse_settings(settings)
+        from mitk.cli.train_config import merge_settings, read_config
+
+        given = read_config(config) if config is not None else {}
+
+        def pick(flag: Any, key: str) -> Any:
+            return flag if flag is not None else given.get(key)
+
+        plugin, epochs, batch_size, seed = (pick(plugin, "plugin"), pick(epochs, "epochs"),
+                                            pick(batch_size, "batch_size"), pick(seed, "seed"))
+        device, amp, val_every, val_fraction = (pick(device, "device"), pick(amp, "amp"), pick(val_every, "val_every"),
+                                                pick(val_fraction, "val_fraction"))
+        num_workers, cache, patch_size, labels = (pick(num_workers, "num_workers"), pick(cache, "cache"),
+                                                  pick(patch_size, "patch_size"), pick(labels, "labels"))
+        learning_rate, log = pick(learning_rate, "lr"), pick(log, "log")
+        data = data if data is not None else (Path(given["data"]) if given.get("data") else None)
+        if log:
+            from mitk.training.log import check_loggers
+
+            check_loggers(log)  # a missing extra is named before anything loads
+        overrides: dict[str, Any] = merge_settings(given.get("set") or {}, parse_settings(settings))
         if patch_size is not None:
             overrides["patch_size"] = parse_patch_size(patch_size)
         if labels is not None:
@@ -99,7 +125,7 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
             overrides.setdefault("optimizer", {})["lr"] = learning_rate
         options = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device, "amp": amp,
                    "val_every": val_every, "validation_fraction": val_fraction, "num_workers": num_workers,
-                   "cache": cache}
+                   "cache": cache, "loggers": log}
 
         from mitk.training.folder import check_output_dir
 

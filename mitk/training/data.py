@@ -8,7 +8,6 @@ into channel-first MONAI ``MetaTensor`` objects carrying their RAS affine.
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ def read_datalist(source: str | Path, seed: int = 0, validation_fraction: float 
     """Read a Decathlon datalist JSON, or a folder with ``imagesTr/`` and ``labelsTr/`` (or a ``dataset.json``).
 
     Without a ``validation`` list, a seeded ``validation_fraction`` of the training cases (at least one)
-    is held out.
+    is held out, keeping the cases of a ``group`` (or ``patient``) together.
     """
     source = Path(source)
     if not source.exists():
@@ -78,20 +77,20 @@ def read_datalist(source: str | Path, seed: int = 0, validation_fraction: float 
         datalist.training, datalist.validation = hold_out(datalist.training, seed, validation_fraction,
                                                           datalist.source)
         datalist.held_out = True
+    else:
+        from mitk.training.splits import warn_shared_groups
+
+        warn_shared_groups(datalist.training, datalist.validation, datalist.source)
     return datalist
 
 
 def hold_out(cases: list[dict[str, Any]], seed: int, fraction: float, source: Path
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split ``cases`` into (training, validation) with a seeded shuffle; at least one of each."""
-    if len(cases) < 2:
-        raise InputError(f"{len(cases)} training case(s): need at least 2 to hold one out for validation, "
-                         "or give a \"validation\" list", source)
-    order = list(range(len(cases)))
-    random.Random(seed).shuffle(order)
-    count = min(len(cases) - 1, max(1, round(fraction * len(cases))))
-    chosen = set(order[:count])
-    return ([c for i, c in enumerate(cases) if i not in chosen], [c for i, c in enumerate(cases) if i in chosen])
+    """Split ``cases`` into (training, validation) with a seeded shuffle; at least one of each. Cases that name a
+    ``group`` or ``patient`` stay together (:mod:`mitk.training.splits`)."""
+    from mitk.training.splits import split_by_groups
+
+    return split_by_groups(cases, seed, fraction, source)
 
 
 def _has_training_list(path: Path) -> bool:

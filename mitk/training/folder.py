@@ -17,6 +17,10 @@ JSON_NAME = "log.json"
 CURVE_NAME = "training_curve.png"
 SPLIT_NAME = "split.json"
 RUN_FILES = (BEST_NAME, LAST_NAME, STATE_NAME, CSV_NAME, JSON_NAME, CURVE_NAME, SPLIT_NAME)
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DIR = "mlruns"
+RUN_FOLDERS = (TENSORBOARD_DIR, MLFLOW_DIR)
+"""Folders of the optional loggers (``--log tensorboard,mlflow``), removed with the files on ``--overwrite``."""
 
 
 def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -41,4 +45,9 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
     if not resume and overwrite and output_dir.is_dir():
         for name in RUN_FILES:
             (output_dir / name).unlink(missing_ok=True)
+        import shutil
+
+        for name in RUN_FOLDERS:
+            if (output_dir / name).is_dir() and not (output_dir / name).is_symlink():
+                shutil.rmtree(output_dir / name)
     output_dir.mkdir(parents=True, exist_ok=True)

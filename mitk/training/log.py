@@ -1,4 +1,6 @@
-"""The epoch log of a training run: ``log.csv``, ``log.json`` and ``training_curve.png``."""
+"""The epoch log of a training run: ``log.csv``, ``log.json`` and ``training_curve.png``, and, when asked for
+(``--log tensorboard,mlflow``), the same rows as TensorBoard scalars (``RUN/tensorboard/``) and MLflow metrics
+(a file store in ``RUN/mlruns/``, no server)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mitk.errors import UsageError
 from mitk.io.atomic import atomic_path, write_text_atomic
-from mitk.training.folder import CSV_NAME, CURVE_NAME, JSON_NAME
+from mitk.training.folder import CSV_NAME, CURVE_NAME, JSON_NAME, MLFLOW_DIR, TENSORBOARD_DIR
 
 FIXED_COLUMNS = ("epoch", "loss", "lr", "seconds")
 LOG = logging.getLogger("mitk.training")
+LOGGERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+"""``--log`` names → the module each needs (its extra has the same name: ``pip install "mitk[tensorboard]"``)."""
+MLFLOW_EXPERIMENT = "mitk"
 
 
 def _finite(value: Any) -> Any:
@@ -34,6 +40,25 @@ class TrainingLog:
         """About the run as a whole (e.g. ``distributed``: the torchrun check), beside ``epochs`` in log.json."""
         self.can_plot = True
         """False once matplotlib was found missing: the curve is then skipped (warned about once)."""
+        self.sinks: list[Any] = []
+        """TensorBoard / MLflow writers that get every row too (:meth:`open_sinks`)."""
+
+    def open_sinks(self, names: Any, params: dict[str, Any], first_epoch: int = 1) -> None:
+        """Start the loggers ``names`` (``tensorboard``, ``mlflow``) in the run folder; ``params`` (the training
+        options and the plugin's settings) go to MLflow as run parameters. Resuming at ``first_epoch`` > 1 drops
+        TensorBoard events of later epochs and continues the run's MLflow run."""
+        for name in check_loggers(names):
+            sink = TensorBoardSink(self.directory, first_epoch) if name == "tensorboard" else \
+                MlflowSink(self.directory, params, first_epoch)
+            self.sinks.append(sink)
+
+    def close_sinks(self, status: str = "FINISHED") -> None:
+        for sink in self.sinks:
+            try:
+                sink.close(status)
+            except Exception as error:  # a logger that fails at the end must not lose the run
+                LOG.warning("closing the %s log failed: %s", type(sink).__name__, error)
+        self.sinks = []
 
     @classmethod
     def load(cls, directory: str | Path, up_to_epoch: int | None = None) -> TrainingLog:
@@ -62,6 +87,8 @@ class TrainingLog:
         self.rows.append({key: _finite(value) for key, value in row.items()})
         if write:
             self.write(plot=plot)
+            for sink in self.sinks:
+                sink.log(self.rows[-1])
 
     def write(self, plot: bool = True) -> None:
         buffer = io.StringIO()
@@ -114,3 +141,92 @@ class TrainingLog:
         with atomic_path(target, overwrite=True) as temporary:
             figure.savefig(temporary, format="png")
         return target
+
+
+def check_loggers(names: Any) -> list[str]:
+    """``"tensorboard,mlflow"`` or a list of names → the names, each checked: known, and its package installed
+    (a one-line error naming the extra otherwise)."""
+    from mitk.extras import require_module
+
+    if isinstance(names, str):
+        names = [names]
+    found = [part.strip().lower() for name in names or [] for part in str(name).split(",") if part.strip()]
+    for name in found:
+        if name not in LOGGERS:
+            raise UsageError(f"--log takes tensorboard and/or mlflow, not {name!r}")
+        require_module(LOGGERS[name], f"--log {name}")
+    return list(dict.fromkeys(found))
+
+
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric columns of an epoch row but the epoch itself."""
+    return {key: float(value) for key, value in row.items() if key != "epoch" and isinstance(value, int | float)
+            and not isinstance(value, bool) and math.isfinite(float(value))}
+
+
+class TensorBoardSink:
+    """Every column of an epoch row as a scalar at step ``epoch``, in ``RUN/tensorboard/``."""
+
+    def __init__(self, directory: Path, first_epoch: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(directory / TENSORBOARD_DIR),
+                                    purge_step=first_epoch if first_epoch > 1 else None)
+
+    def log(self, row: dict[str, Any]) -> None:
+        for key, value in _scalars(row).items():
+            self.writer.add_scalar(key.replace("val_", "val/", 1) if key.startswith("val_") else f"train/{key}",
+                                   value, int(row["epoch"]))
+        self.writer.flush()
+
+    def close(self, status: str) -> None:
+        self.writer.close()
+
+
+class MlflowSink:
+    """Every column of an epoch row as an MLflow metric at step ``epoch``; one MLflow run per mitk run, in a file
+    store ``RUN/mlruns/`` (experiment ``mitk``), continued on ``--resume``."""
+
+    def __init__(self, directory: Path, params: dict[str, Any], first_epoch: int) -> None:
+        import os
+
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind a flag
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=(directory / MLFLOW_DIR).resolve().as_uri())
+        experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(MLFLOW_EXPERIMENT)
+        earlier = self.client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1) \
+            if first_epoch > 1 else []
+        if earlier:
+            self.run_id = earlier[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(experiment_id, run_name=directory.name).info.run_id
+            flat = _flatten(params)
+            items = [Param(key, str(value)[:6000]) for key, value in sorted(flat.items())]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log(self, row: dict[str, Any]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(key, value, stamp, int(row["epoch"])) for key, value in _scalars(row).items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

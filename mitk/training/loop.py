@@ -72,8 +72,10 @@ class TrainingOptions:
     cache: bool = True
     validation_fraction: float = 0.2
     """Share of the training cases held out for validation when the data names no validation list."""
+    loggers: tuple[str, ...] = ()
+    """Where the epoch rows go besides log.csv: ``tensorboard``, ``mlflow`` (:mod:`mitk.training.log`)."""
 
-    RUNTIME = ("epochs", "device", "num_workers", "cache")
+    RUNTIME = ("epochs", "device", "num_workers", "cache", "loggers")
     """Options a resumed run may change: they do not change what the run computes (``epochs`` extends it)."""
 
     def __post_init__(self) -> None:
@@ -84,6 +86,8 @@ class TrainingOptions:
             raise UsageError("--num-workers must be 0 or more")
         if not 0.0 < float(self.validation_fraction) < 1.0:
             raise UsageError("--val-fraction must lie between 0 and 1")
+        names = self.loggers.split(",") if isinstance(self.loggers, str) else self.loggers
+        self.loggers = tuple(dict.fromkeys(str(n).strip().lower() for n in names if str(n).strip()))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingOptions:
@@ -373,6 +377,10 @@ class Trainer:
         train_loader, val_loader, generator = self._loaders()
         if len(train_loader) == 0:
             raise UsageError("no training batches: the training list is empty")
+        if self.is_main and options.loggers:
+            log.open_sinks(options.loggers, {"task": self.spec.task, "plugin": self.spec.plugin_name,
+                                             "options": vars(options), "settings": self.spec.config}, start)
+        status = "FAILED"
         try:
             with self._progress() as progress:
                 epoch_task = progress.add_task("epochs", total=options.epochs, completed=start - 1)
@@ -380,10 +388,14 @@ class Trainer:
                     self._epoch(epoch, model, network, optimizer, scaler, (train_loader, val_loader, generator),
                                 progress, log, best)
                     progress.advance(epoch_task)
+            status = "FINISHED"
         except KeyboardInterrupt as stop:  # the epochs finished so far are complete on disk: say so
+            status = "KILLED"
             signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
             finished = int(log.rows[-1]["epoch"]) if log.rows else start - 1  # logged with its checkpoints
             raise TrainingInterrupted(signum, self._run(best, log, start, finished, started)) from None
+        finally:
+            log.close_sinks(status)
         distributed = self._check_replicas(network, log)
         return self._run(best, log, start, options.epochs, started, network=network, distributed=distributed)
 

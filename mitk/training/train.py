@@ -94,7 +94,8 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
         config = instance.resolve_config(recipe.found_config(datalist), overrides)
     check_optimisation(config)
     _refuse_writing_over_data(output_dir, Path(data), datalist)
-    config["training"] = {k: v for k, v in vars(training_options).items() if k not in ("device", "num_workers")}
+    config["training"] = {k: v for k, v in vars(training_options).items()
+                          if k not in ("device", "num_workers", "loggers")}
     device = (resolve_device(training_options.device) if world is None
               else distributed.rank_device(world, training_options.device))
     with distributed.process_group(world, device) as backend:  # no group for a single process

@@ -1,9 +1,12 @@
 """Training a classification plugin: the classification recipe and its :class:`~mitk.training.recipe.TrainingStep`.
 
 The data is a CSV with ``image`` and ``label`` columns (image paths relative to the CSV; an optional ``split``
-column says ``training`` or ``validation``), or a datalist JSON whose cases carry a ``label`` field
-(``{"training": [{"image": "a.png", "label": "fracture"}], "validation": [...]}``). A label naming several
-classes (a JSON list, or ``a;b`` in a CSV) makes the run multi-label. Class names are the labels found,
+column says ``training`` or ``validation``), a datalist JSON whose cases carry a ``label`` field
+(``{"training": [{"image": "a.png", "label": "fracture"}], "validation": [...]}``), or a class-per-folder
+image set (``train/<class>/*.png``, optional ``val/<class>/``: :mod:`mitk.training.imagefolder`). A ``group``
+(or ``patient``) column or key keeps a patient's images on one side of a split mitk draws; without one, images
+that show the same picture (same pixels, or re-encoded) are found, warned about and kept together. A label
+naming several classes (a JSON list, or ``a;b`` in a CSV) makes the run multi-label. Class names are the labels found,
 sorted (numerically when they are all whole numbers). Without a validation list, a seeded, stratified share of
 each class is held out, so that validation sees every class that has at least two cases.
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import math
-import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,7 +35,9 @@ from mitk.plugin import TaskPlugin
 from mitk.tasks.classify.plugin import ClassificationPlugin
 from mitk.training.data import Datalist, case_name, read_case_image, read_datalist_document, tensor_of
 from mitk.training.distributed import gather_validation_rows
+from mitk.training.imagefolder import read_image_folder
 from mitk.training.recipe import TrainingRecipe, TrainingStep
+from mitk.training.splits import GROUP_KEYS, case_group, same_content_groups, split_by_groups, warn_shared_groups
 
 SPLIT_WORDS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
 MULTI_LABEL_SEPARATOR = ";"
@@ -110,7 +114,7 @@ def read_csv_datalist(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, 
         split = SPLIT_WORDS.get((row.get("split") or "training").lower())
         if split is None:
             raise InputError(f"line {number}: split must be training or validation, got {row['split']!r}", path)
-        lists[split].append(_case(row["image"], row["label"], path.parent, path, f"line {number}"))
+        lists[split].append(_keep_groups(_case(row["image"], row["label"], path.parent, path, f"line {number}"), row))
     return lists["training"], lists["validation"]
 
 
@@ -122,31 +126,23 @@ def read_json_datalist(path: Path) -> tuple[list[dict[str, Any]], list[dict[str,
         cases = document.get(key) or []
         if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
             raise InputError(f'"{key}" must be a list of {{"image": ..., "label": ...}}', path)
-        lists[key] = [_case(c.get("image"), c.get("label"), path.parent, path, f"{key}[{i}]")
+        lists[key] = [_keep_groups(_case(c.get("image"), c.get("label"), path.parent, path, f"{key}[{i}]"), c)
                       for i, c in enumerate(cases)]
     return lists["training"], lists["validation"]
 
 
-def stratified_hold_out(cases: list[dict[str, Any]], seed: int, fraction: float, source: Path
+def stratified_hold_out(cases: list[dict[str, Any]], seed: int, fraction: float, source: Path,
+                        groups: list[str | None] | None = None
                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out a seeded ``fraction`` of each class (by first class name; at least one of a class with two or
-    more cases, never all of a class)."""
-    if len(cases) < 2:
-        raise InputError(f"{len(cases)} training case(s): need at least 2 to hold one out for validation, "
-                         'or give a validation list', source)
-    by_class: dict[str, list[int]] = {}
-    for i, case in enumerate(cases):
-        by_class.setdefault(case_classes(case)[0], []).append(i)
-    generator = random.Random(seed)
-    chosen: set[int] = set()
-    for name in sorted(by_class):
-        members = by_class[name]
-        generator.shuffle(members)
-        if len(members) >= 2:
-            chosen.update(members[: min(len(members) - 1, max(1, round(fraction * len(members))))])
-    if not chosen:
-        raise InputError("no class has two cases to hold one out for validation; give a validation list", source)
-    return ([c for i, c in enumerate(cases) if i not in chosen], [c for i, c in enumerate(cases) if i in chosen])
+    more cases, never all of a class), a group's cases (``group``/``patient``, or ``groups``) together."""
+    return split_by_groups(cases, seed, fraction, source, stratum=lambda case: case_classes(case)[0], groups=groups)
+
+
+def _keep_groups(case: dict[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """The case with the group/patient column of its row, if any."""
+    case.update({key: str(row[key]).strip() for key in GROUP_KEYS if row.get(key) not in (None, "")})
+    return case
 
 
 def class_weights(cases: list[dict[str, Any]], names: list[str], multi_label: bool) -> list[float]:
@@ -266,10 +262,12 @@ class ClassificationRecipe(TrainingRecipe):
 
     def read_datalist(self, source: Path, *, seed: int, validation_fraction: float) -> Datalist:
         source = Path(source)
-        if not source.is_file():
-            raise InputError("no such labels file (give a CSV with image,label columns or a datalist JSON)",
-                             source)
-        if source.suffix.lower() == ".json":
+        if source.is_dir():
+            training, validation = read_image_folder(source)
+        elif not source.is_file():
+            raise InputError("no such labels file or folder (give a CSV with image,label columns, a datalist JSON "
+                             "or a train/<class>/ image folder)", source)
+        elif source.suffix.lower() == ".json":
             training, validation = read_json_datalist(source)
         else:
             training, validation = read_csv_datalist(source)
@@ -278,8 +276,18 @@ class ClassificationRecipe(TrainingRecipe):
         for case in training + validation:
             self.check_case(case, source)
         held_out = not validation
+        groups = None
+        if not any(case_group(c) for c in training + validation):  # look for one picture under several names
+            found = same_content_groups(training + validation, lambda image: read_case_image(image).array, source)
+            if held_out:
+                groups = found[: len(training)]
+            else:
+                warn_shared_groups([{"group": g} for g in found[: len(training)]],
+                                   [{"group": g} for g in found[len(training):]], source)
+        elif not held_out:
+            warn_shared_groups(training, validation, source)
         if held_out:
-            training, validation = stratified_hold_out(training, seed, validation_fraction, source)
+            training, validation = stratified_hold_out(training, seed, validation_fraction, source, groups)
         names = sorted_classes({n for case in training + validation for n in case_classes(case)})
         if len(names) < 2:
             raise InputError(f"need at least two classes to train a classifier, found {names}", source)

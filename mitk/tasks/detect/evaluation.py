@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mitk.errors import InputError
+from mitk.image import map_box_extents
 
 IOU_RANGE = (0.1, 0.5, 0.05)
 """COCO-style thresholds: IoU 0.10, 0.15, …, 0.50."""
@@ -39,6 +40,47 @@ class CaseBoxes:
     space: str
     """``"RAS"`` (world mm) or ``"voxel"``."""
     names: dict[int, str] = field(default_factory=dict)
+    world: np.ndarray | None = None
+    """RAS extents ``(N, 6)`` when the file gave world boxes for every record."""
+    voxel: np.ndarray | None = None
+    """Voxel boxes ``(N, 6)`` ``(i0, j0, k0, i1, j1, k1)`` (end exclusive) when the file gave them for every record."""
+    affine: np.ndarray | None = None
+    """Voxel → RAS mm of the grid the voxel boxes are on, when the file records it (``affine``)."""
+    input: str | None = None
+    """The image the boxes were found on, as the file names it (``input``), if any."""
+
+    def __post_init__(self) -> None:
+        if self.world is None and self.voxel is None:  # built from one array: ``boxes`` in ``space``
+            boxes = np.asarray(self.boxes, float).reshape(-1, 6)
+            if self.space == "voxel":
+                self.voxel = boxes + 0.5
+            else:
+                self.world = boxes
+
+    def in_world(self, affine: np.ndarray | None = None) -> np.ndarray | None:
+        """The boxes as RAS extents: as given, or the voxel boxes through the case's affine; None if neither."""
+        if self.world is not None or not len(self.boxes):
+            return self.world if self.world is not None else np.zeros((0, 6))
+        grid = self.affine if self.affine is not None else affine
+        if self.voxel is None or grid is None:
+            return None
+        return map_box_extents(self.voxel, grid)
+
+    def in_voxels(self, affine: np.ndarray | None = None) -> np.ndarray | None:
+        """The boxes as voxel extents (``index - 0.5``): as given, or the world boxes through the inverse affine."""
+        if self.voxel is not None or not len(self.boxes):
+            return np.asarray([_extent(b) for b in self.voxel], float).reshape(-1, 6) if self.voxel is not None \
+                else np.zeros((0, 6))
+        grid = self.affine if self.affine is not None else affine
+        if self.world is None or grid is None:
+            return None
+        return map_box_extents(self.world + 0.5, np.linalg.inv(grid)) - 0.5  # world extent → voxel extent
+
+    def as_space(self, space: str, boxes: np.ndarray) -> CaseBoxes:
+        """These boxes given in ``space`` (``"RAS"``: world extents; ``"voxel"``: voxel extents)."""
+        boxes = np.asarray(boxes, float).reshape(-1, 6)
+        world, voxel = (boxes, self.voxel) if space == "RAS" else (self.world, boxes + 0.5)
+        return CaseBoxes(boxes, self.labels, self.scores, space, self.names, world, voxel, self.affine, self.input)
 
 
 def _extent(voxel_box: Sequence[float]) -> list[float]:
@@ -51,15 +93,32 @@ def _to_ras(box: Sequence[float], system: str) -> list[float]:
     return [-x1, -y1, z0, -x0, -y0, z1] if system.upper() == "LPS" else [x0, y0, z0, x1, y1, z1]
 
 
-def _parse_records(records: list[dict[str, Any]], default_system: str, path: Path) -> CaseBoxes:
-    world = all("box_world_mm" in r for r in records)
-    boxes, labels, scores, names = [], [], [], {}
+def _affine(raw: Any, path: Path) -> np.ndarray | None:
+    if raw is None:
+        return None
+    try:
+        affine = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError):
+        affine = np.zeros(0)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("'affine' must be an invertible 4×4 voxel → RAS matrix", path)
+    return affine
+
+
+def _parse_records(records: list[dict[str, Any]], default_system: str, path: Path,
+                   affine: np.ndarray | None = None, input_image: str | None = None) -> CaseBoxes:
+    world = all(isinstance(r, dict) and "box_world_mm" in r for r in records)
+    voxel = all(isinstance(r, dict) and "box_voxel" in r for r in records)
+    world_boxes, voxel_boxes, labels, scores, names = [], [], [], [], {}
     for record in records:
         try:
             if world:
-                boxes.append(_to_ras(record["box_world_mm"], str(record.get("coordinate_system", default_system))))
-            else:
-                boxes.append(_extent(record["box_voxel"]))
+                world_boxes.append(_to_ras(np.asarray(record["box_world_mm"], dtype=float).ravel().tolist(),
+                                           str(record.get("coordinate_system", default_system))))
+            if voxel:
+                voxel_boxes.append(np.asarray(record["box_voxel"], dtype=float).ravel().tolist())
+            if not (world or voxel):
+                raise KeyError("box_world_mm")
             label = int(record.get("label", 1))
             labels.append(label)
             scores.append(float(record.get("score", 1.0)))
@@ -68,15 +127,43 @@ def _parse_records(records: list[dict[str, Any]], default_system: str, path: Pat
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"not a box record ({error}): needs box_world_mm or box_voxel, a label, a score",
                              path) from None
-    array = np.asarray(boxes, dtype=float).reshape(-1, 6)
-    if np.any(array[:, 3:] < array[:, :3]):
-        raise InputError("a box has its max corner below its min corner", path)
+    try:
+        world_array = np.asarray(world_boxes, dtype=float).reshape(-1, 6) if world else None
+        voxel_array = np.asarray(voxel_boxes, dtype=float).reshape(-1, 6) if voxel else None
+    except ValueError:
+        raise InputError("a box needs 6 numbers (min corner, then max corner)", path) from None
+    for array in (world_array, voxel_array):
+        if array is not None and np.any(array[:, 3:] < array[:, :3]):
+            raise InputError("a box has its max corner below its min corner", path)
+    if world_array is not None:
+        array, space = world_array, "RAS"
+    else:
+        array, space = np.asarray([_extent(b) for b in voxel_boxes], float).reshape(-1, 6), "voxel"
     return CaseBoxes(array, np.asarray(labels, dtype=int), np.asarray(scores, dtype=float),
-                     "RAS" if world or not records else "voxel", names)
+                     space if records else "RAS", names, world_array, voxel_array, affine, input_image)
+
+
+WORLD_COLUMNS = ("x0_mm", "y0_mm", "z0_mm", "x1_mm", "y1_mm", "z1_mm")
+VOXEL_COLUMNS = ("i0", "j0", "k0", "i1", "j1", "k1")
+
+
+def _csv_record(row: dict[str, str]) -> dict[str, Any]:
+    record: dict[str, Any] = {"label": int(row["label"]), "score": float(row.get("score") or 1.0),
+                              "coordinate_system": row.get("coordinate_system") or "RAS"}
+    if row.get("x0_mm"):
+        record["box_world_mm"] = [float(row[k]) for k in WORLD_COLUMNS]
+    if row.get("i0"):
+        record["box_voxel"] = [float(row[k]) for k in VOXEL_COLUMNS]
+    if row.get("name"):
+        record["name"] = row["name"]
+    if "box_world_mm" not in record and "box_voxel" not in record:
+        raise KeyError("x0_mm…z1_mm or i0…k1")
+    return record
 
 
 def read_boxes(path: Path) -> CaseBoxes:
-    """Boxes from a mitk ``_boxes.json`` / ``_boxes.csv`` (or any JSON with a ``boxes`` list of such records)."""
+    """Boxes from a mitk ``_boxes.json`` / ``_boxes.csv`` (or any JSON with a ``boxes`` list of such records).
+    A JSON document may also record the grid of its voxel boxes (``affine``, voxel → RAS) and its ``input``."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -84,12 +171,7 @@ def read_boxes(path: Path) -> CaseBoxes:
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
         try:
-            records = [{"label": int(row["label"]), "score": float(row.get("score") or 1.0),
-                        "coordinate_system": row.get("coordinate_system") or "RAS",
-                        **({"box_world_mm": [float(row[k]) for k in ("x0_mm", "y0_mm", "z0_mm", "x1_mm", "y1_mm",
-                                                                      "z1_mm")]} if row.get("x0_mm") else
-                           {"box_voxel": [float(row[k]) for k in ("i0", "j0", "k0", "i1", "j1", "k1")]})}
-                       for row in rows]
+            records = [_csv_record(row) for row in rows]
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"not a boxes CSV (column {error})", path) from None
         return _parse_records(records, "RAS", path)
@@ -100,8 +182,28 @@ def read_boxes(path: Path) -> CaseBoxes:
     found = document.get("boxes") if isinstance(document, dict) else document
     if not isinstance(found, list):
         raise InputError("no 'boxes' list", path)
-    system = str(document.get("coordinate_system", "RAS")) if isinstance(document, dict) else "RAS"
-    return _parse_records(found, system, path)
+    if not isinstance(document, dict):
+        return _parse_records(found, "RAS", path)
+    source = document.get("input")
+    return _parse_records(found, str(document.get("coordinate_system", "RAS")), path,
+                          _affine(document.get("affine"), path), source if isinstance(source, str) else None)
+
+
+def common_space(prediction: CaseBoxes, reference: CaseBoxes, affine: np.ndarray | None = None
+                 ) -> tuple[CaseBoxes, CaseBoxes]:
+    """The pair in one space: world RAS mm when both sides have world boxes or can be given them through an
+    affine (the file's own, else ``affine``: the case's image), else voxel extents; :class:`InputError` when one
+    side has only world and the other only voxel boxes and no grid is known."""
+    own = [case.affine for case in (prediction, reference) if case.affine is not None]
+    grid = own[0] if own and affine is None else affine
+    pred_world, ref_world = prediction.in_world(grid), reference.in_world(grid)
+    if pred_world is not None and ref_world is not None:
+        return prediction.as_space("RAS", pred_world), reference.as_space("RAS", ref_world)
+    pred_voxel, ref_voxel = prediction.in_voxels(grid), reference.in_voxels(grid)
+    if pred_voxel is not None and ref_voxel is not None:
+        return prediction.as_space("voxel", pred_voxel), reference.as_space("voxel", ref_voxel)
+    raise InputError("one side has only world boxes and the other only voxel boxes, and the case's grid is not "
+                     "known: give --images DIR (the images the boxes were found on)")
 
 
 def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -201,9 +303,8 @@ def evaluate_detection(predictions: Sequence[CaseBoxes], references: Sequence[Ca
     """COCO mAP/mAR and FROC over scans paired in order."""
     if len(predictions) != len(references):
         raise ValueError("predictions and references must pair up")
-    for prediction, reference in zip(predictions, references, strict=True):
-        if len(prediction.boxes) and len(reference.boxes) and prediction.space != reference.space:
-            raise InputError("one side has world boxes and the other voxel boxes; give both the same")
+    pairs = [common_space(p, r) for p, r in zip(predictions, references, strict=True)]
+    predictions, references = [p for p, _ in pairs], [r for _, r in pairs]
     classes = sorted({int(v) for case in (*predictions, *references) for v in case.labels}) or [1]
     return {"scans": len(predictions), "reference_boxes": int(sum(len(r.boxes) for r in references)),
             "predicted_boxes": int(sum(len(p.boxes) for p in predictions)),

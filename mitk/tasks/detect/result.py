@@ -83,8 +83,10 @@ class DetectionResult(RecordFiles):
 
     def record(self) -> dict[str, Any]:
         """``{"coordinate_system", "convention", "boxes": [{label, name, score, box_voxel, box_world_mm,
-        centre_world_mm, size_mm, …}, …]}``."""
-        return {"coordinate_system": self.coordinate_system, "convention": BOX_CONVENTION, "boxes": self.to_dicts()}
+        centre_world_mm, size_mm, …}, …], "affine"}``; ``affine`` (voxel → RAS mm of the input) lets
+        ``mitk evaluate detect`` turn voxel boxes into world boxes."""
+        return {"coordinate_system": self.coordinate_system, "convention": BOX_CONVENTION, "boxes": self.to_dicts(),
+                "affine": np.asarray(self.affine, float).tolist()}
 
     def to_numpy(self) -> np.ndarray:
         """The boxes, ``(N, 6)`` voxel indices ``(i0, j0, k0, i1, j1, k1)``; world mm: ``boxes_world``."""

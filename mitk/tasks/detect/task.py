@@ -38,7 +38,10 @@ OPTIONS = (
 
 EVALUATE_OPTIONS = (
     Option("pred", ("--pred",), Path, help="Predicted boxes (mitk's _boxes.json or .csv), or a folder.", required=True),
-    Option("ref", ("--ref",), Path, help="Reference boxes (same formats), or a folder.", required=True),
+    Option("ref", ("--ref",), Path, help="Reference boxes (same formats; `mitk boxes` makes them from label maps), "
+           "or a folder.", required=True),
+    Option("images", ("--images",), Path | None, None, "Folder of the cases' images (<case>.nii.gz, …): their "
+           "grids turn voxel boxes into world boxes when one side has only world boxes."),
     Option("froc_png", ("--froc-png",), Path | None, None, "Also draw the FROC curve here (PNG)."),
     JSON,
     OVERWRITE,
@@ -46,10 +49,12 @@ EVALUATE_OPTIONS = (
 
 EVALUATE_EPILOG = (
     "Pairing: same case name once the extension (.json, .csv) and a _boxes, _ref, _reference, _label or _gt "
-    "suffix are taken off. Boxes are compared in world mm (RAS; LPS files are converted) when both sides "
-    "have them, else as voxel boxes. A scan without a prediction file counts as a scan with no boxes; a "
-    "prediction without a reference is not scored. Classes without reference boxes are left out of every "
-    "mean. Exit status: 0 scored; 1 failure; 2 usage error."
+    "suffix are taken off (then, if still unpaired, a _0000, _image or _img suffix); of a case's .json and .csv "
+    "(mitk detect --csv writes both) the .json is read. Boxes are compared in world mm (RAS; LPS files are "
+    "converted) when both sides have them or can have them through the case's grid (the affine a box file "
+    "records, the image it names as input, or --images), else as voxel boxes. A scan without a prediction file "
+    "counts as a scan with no boxes; a prediction without a reference is not scored. Classes without reference "
+    "boxes are left out of every mean. Exit status: 0 scored; 1 failure; 2 usage error."
 )
 
 TASK = TaskSpec(
