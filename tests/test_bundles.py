@@ -111,7 +111,7 @@ def test_channel_count_that_does_not_fit_is_refused(tmp_path: Path, run_inproces
     out = tmp_path / "seg.nii.gz"
     code, _, err = run_inprocess("segment", LUNG_CT, "--weights", root, "-o", out)
     assert code != 0
-    assert "expects 4 channel(s) (T1c, T1, T2, FLAIR), the image has 1" in err and "Traceback" not in err
+    assert "has 1 channel(s) but the model expects 4 channel(s) (T1c, T1, T2, FLAIR)" in err and "Traceback" not in err
     assert not out.exists()
 
 
