@@ -96,7 +96,6 @@ def info(
 def describe_weights(weights: Path) -> dict[str, Any]:
     """What a model declares: a MONAI bundle folder's metadata, or a mitk checkpoint's task, plugin and metrics."""
     from mitk.bundles import is_bundle
-
     from mitk.runner.fit import bundle_expectations
 
     if is_bundle(weights):
