@@ -243,7 +243,13 @@ def test_info_weights_describes_a_mitk_checkpoint_too(tmp_path: Path, run_inproc
     code, out, err = run_inprocess("info", "--weights", path, "--json")
     assert code == 0, err
     assert json.loads(out) == {"path": str(path), "task": "segment", "plugin": "unet", "plugin_version": "0.0.1",
-                               "tensors": 1, "metrics": {"dice": 0.5}}
+                               "tensors": 1, "metrics": {"dice": 0.5},
+                               "expects": "not recorded (trained before mitk recorded it: inputs not checked)"}
+    expects = {"source": "training", "modality": ["CT"], "channels": 1, "spatial_dims": 3}
+    path = save_checkpoint(tmp_path / "new.safetensors", {"w": torch.zeros(2)}, task="segment", plugin="unet",
+                           plugin_version="0.0.1", config={}, expects=expects)
+    code, out, err = run_inprocess("info", "--weights", path, "--json")
+    assert code == 0 and json.loads(out)["expects"] == expects, err
     code, _, err = run_inprocess("info", LUNG_CT, "--weights", path)
     assert code != 0 and "not both" in err
     code, _, err = run_inprocess("info")

@@ -83,6 +83,8 @@ def _percentiles(array: np.ndarray) -> tuple[float | None, float | None]:
         flat = flat[np.isfinite(flat)]
     if flat.size == 0 or flat.dtype.kind not in "biuf":
         return None, None
+    if flat.dtype.kind == "b":
+        flat = flat.astype(np.uint8)
     low, high = np.percentile(flat, (1.0, 99.0))
     return float(low), float(high)
 
