@@ -203,3 +203,36 @@ def test_spacing_far_from_training_is_warned_about() -> None:
     coarse = Image(array=ct.array, affine=ct.affine @ np.diag([4.0, 4.0, 1.0, 1.0]), meta=ct.meta)
     assert [f.aspect for f in assess(expects, coarse)] == ["spacing"]
     assert assess(expects, ct) == []
+
+
+def _with_expectations(base: type, expects: dict) -> type:
+    return type(f"Expecting{base.__name__}", (base,), {"expects": expects})
+
+
+def test_detect_and_register_check_too(mitk_plugins, tmp_path: Path) -> None:
+    """A plugin's declared ``expects`` (as a pretrained plugin declares them) is checked by every task's job."""
+    from mitk_builtin._detect_blob import BlobDetector
+    from mitk_builtin._registration import AffineRegistration
+
+    from mitk import hookimpl
+
+    class Plugins:
+        @staticmethod
+        @hookimpl
+        def mitk_register_plugins(register) -> None:  # type: ignore[no-untyped-def]
+            register("blob-2d", task="detect", factory=_with_expectations(BlobDetector, {"spatial_dims": 2}))
+            register("affine-ct", task="register",
+                     factory=_with_expectations(AffineRegistration, {"modality": ["CT"], "hounsfield": True}))
+
+    mitk_plugins(Plugins())
+    code, _, stderr = invoke(["detect", str(LUNG_CT), "--plugin", "blob-2d", "-d", str(tmp_path / "boxes")])
+    assert code != 0 and "lung1_image.nii.gz: is a 3-D volume but the model takes 2-D inputs" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "boxes").exists()
+    code, stdout, stderr = invoke(["register", str(LUNG_CT), str(BRAIN_MR), "--plugin", "affine-ct",
+                                   "--set", "levels=[4]", "--set", "iterations=[5]", "--set", "samples=2000",
+                                   "--set", "transform=rigid", "-d", str(tmp_path / "warped"), "--json"])
+    assert code == 0, stderr
+    assert [line for line in warning_lines(stderr) if "trained on CT" in line] == [
+        "mitk: warning: brain1_image.nii.gz: the model was trained on CT (Hounsfield units) but this image has "
+        "almost no value below -100 (no air): is it CT?"]
+    assert "trained on CT" in json.loads(stdout)["cases"][0]["fit"][0]
