@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitk.errors import UsageError
 from mitk.io.memory import as_image, is_path
+from mitk.runner.fit import check_fit
 from mitk.taskspecs import TaskSpec, get_task, import_part, iter_tasks
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class Model:
 
         def one(item: Any) -> Any:
             image = self._read(spec, item, reading)
+            check_fit(self.loaded.expects, image)  # refuse, or warn (MitkWarning), before the network runs
             with self._lock:
                 result = runner(fixed, image) if fixed is not None else runner(image)
             describe_origin(result, image, self.plugin, others)

@@ -7,6 +7,8 @@ Tensors are the network's ``state_dict``; the safetensors metadata holds JSON st
 ``plugin``        the plugin that built the network, and ``plugin_version``
 ``config``        the plugin's resolved configuration: network hyperparameters, labels, preprocessing
 ``metrics``       validation metrics at save time (optional)
+``expects``       what the model was trained on: modality, colour, channels, dims, spacing and intensity ranges
+                  (optional; :mod:`mitk.runner.fit` checks inputs against it)
 
 Loading never unpickles: safetensors holds no code, and plain ``torch.save`` state dicts are read with
 ``torch.load(weights_only=True)``, which refuses pickled objects.
@@ -42,6 +44,8 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    expects: dict[str, Any] = field(default_factory=dict)
+    """What the training images were (empty for a checkpoint from before mitk recorded it)."""
 
     @property
     def self_describing(self) -> bool:
@@ -50,7 +54,8 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], *, task: str, plugin: str,
                     plugin_version: str | None, config: dict[str, Any],
-                    metrics: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
+                    metrics: dict[str, Any] | None = None, overwrite: bool = True,
+                    expects: dict[str, Any] | None = None) -> Path:
     """Write a self-describing checkpoint atomically."""
     from safetensors.torch import save_file
 
@@ -62,6 +67,7 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], *, ta
         "plugin_version": plugin_version or "",
         "config": json.dumps(config, sort_keys=True),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
+        **({"expects": json.dumps(expects, sort_keys=True)} if expects else {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
@@ -110,13 +116,14 @@ def _load_safetensors(path: Path) -> Checkpoint:
     try:
         config = json.loads(metadata.get("config", "{}"))
         metrics = json.loads(metadata.get("metrics", "{}"))
+        expects = json.loads(metadata.get("expects", "{}"))
     except json.JSONDecodeError as error:
         raise CheckpointError(f"checkpoint metadata is not valid JSON ({error})", path) from None
     except RecursionError:
         raise CheckpointError("checkpoint metadata is nested too deeply to read", path) from None
     return Checkpoint(state_dict=state, task=metadata.get("task"), plugin=metadata.get("plugin"),
                       plugin_version=metadata.get("plugin_version") or None, config=config,
-                      metrics=metrics, path=path)
+                      metrics=metrics, path=path, expects=expects if isinstance(expects, dict) else {})
 
 
 def _load_torch(path: Path) -> Checkpoint:

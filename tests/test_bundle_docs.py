@@ -18,7 +18,17 @@ pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def commands() -> list[list[str]]:
-    return [shlex.split(line[2:]) for line in re.findall(r"^\$ mitk .*$", PAGE.read_text(), re.MULTILINE)]
+    """The page's mitk commands but HD-BET's, which are the README's (run by tests/test_hdbet.py)."""
+    return [shlex.split(line[2:]) for line in re.findall(r"^\$ mitk .*$", PAGE.read_text(), re.MULTILINE)
+            if "--plugin hdbet" not in line]
+
+
+def test_the_hdbet_commands_are_the_readmes() -> None:
+    """The HD-BET example on the page is the README's, which tests/test_hdbet.py runs as written."""
+    from test_hdbet import readme_commands
+
+    page = re.findall(r"^\$ (.*hdbet.*)$", PAGE.read_text(), re.MULTILINE)
+    assert page and page == readme_commands()
 
 
 def python_blocks() -> list[str]:

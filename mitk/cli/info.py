@@ -83,7 +83,7 @@ def info(
     if weights is not None:
         if path is not None:
             raise UsageError("give an image or --weights, not both")
-        _print_document(describe_weights(weights), as_json)
+        print_document(describe_weights(weights), as_json)
         return
     if path is None:
         raise UsageError("give an image (or --weights MODEL to describe a model)")
@@ -94,26 +94,29 @@ def info(
         if len(listing.series) != 1:
             _print_series(listing, as_json, include_descriptions)
             return
-    _print_document(describe_image(load_image(path, series=series), include_descriptions), as_json)
+    print_document(describe_image(load_image(path, series=series), include_descriptions), as_json)
 
 
 def describe_weights(weights: Path) -> dict[str, Any]:
     """What a model declares: a MONAI bundle folder's metadata, or a mitk checkpoint's task, plugin and metrics."""
     from mitk.bundles import is_bundle
+    from mitk.runner.fit import bundle_expectations
 
     if is_bundle(weights):
+        from mitk.bundles import read_bundle
         from mitk.bundles.loading import describe_bundle
 
-        return describe_bundle(weights)
+        return {**describe_bundle(weights), "expects": bundle_expectations(read_bundle(weights).metadata)}
     from mitk.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(weights)
     return {"path": str(weights), "task": checkpoint.task, "plugin": checkpoint.plugin,
             "plugin_version": checkpoint.plugin_version, "tensors": len(checkpoint.state_dict),
-            "metrics": checkpoint.metrics}
+            "metrics": checkpoint.metrics,
+            "expects": checkpoint.expects or "not recorded (trained before mitk recorded it: inputs not checked)"}
 
 
-def _print_document(document: dict[str, Any], as_json: bool) -> None:
+def print_document(document: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit_json(document)
         return

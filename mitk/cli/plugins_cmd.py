@@ -56,9 +56,19 @@ def list_plugins(as_json: JsonOption = False) -> None:
 
 
 @app.command("info")
-def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name.")], as_json: JsonOption = False) -> None:
+def plugin_info(name: Annotated[str, typer.Argument(help="Plugin name, or a MONAI bundle folder.")],
+                as_json: JsonOption = False) -> None:
     """Describe one plugin: task, origin, its settings with defaults and descriptions, and missing methods
-    (imports the plugin)."""
+    (imports the plugin). Given a MONAI bundle folder, what the bundle declares (as ``mitk info --weights``)."""
+    from pathlib import Path
+
+    from mitk.bundles import is_bundle
+
+    if is_bundle(Path(name)):
+        from mitk.cli.info import describe_weights, print_document
+
+        print_document(describe_weights(Path(name)), as_json)
+        return
     from mitk.plugin_manager import get_registry
     from mitk.registry import missing_methods
     from mitk.settings import describe_settings

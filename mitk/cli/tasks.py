@@ -180,8 +180,10 @@ def run_verb(spec: TaskSpec, values: dict[str, Any]) -> None:
     """A task verb: the task checks its options and says what to run (``spec.verb``); the batch runs here."""
     from mitk.executors import build_job
     from mitk.io.atomic import model_files
+    from mitk.runner.imports import lean_monai_import
     from mitk.runner.outputs import OutputPolicy
 
+    lean_monai_import()  # a process that runs a model: MONAI, if imported, without what inference never uses
     plan: VerbPlan = import_part(spec.verb)(values)
     policy = OutputPolicy(output=values["output"], output_dir=values["output_dir"], overwrite=values["overwrite"],
                           skip_existing=values["skip_existing"], also_inputs=plan.also_inputs,

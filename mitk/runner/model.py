@@ -14,6 +14,7 @@ from mitk.enums import Task, task_name
 from mitk.errors import CheckpointError, PluginError, UsageError
 from mitk.plugin import TaskPlugin
 from mitk.plugin_manager import get_registry
+from mitk.runner.fit import model_expectations
 from mitk.settings import check_overrides, check_saved_config, settings_errors
 from mitk.taskspecs import get_task
 
@@ -38,6 +39,8 @@ class LoadedModel:
     version: str | None = None
     checkpoint: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    expects: dict[str, Any] | None = None
+    """What inputs the model was trained on or declares (:mod:`mitk.runner.fit`); None: not known, not checked."""
 
 
 RUNNABLE_DEVICES = ("cpu", "cuda", "mps", "xpu")
@@ -135,7 +138,8 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
     return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=network,
                        device=resolved, version=entry.version,
                        checkpoint=Path(weights) if weights else None,
-                       metrics=checkpoint.metrics if checkpoint else {})
+                       metrics=checkpoint.metrics if checkpoint else {},
+                       expects=model_expectations(config, checkpoint.expects if checkpoint else None, instance))
 
 
 def _classical(instance: TaskPlugin, plugin: str, task: str, version: str | None, saved: dict[str, Any] | None,
@@ -146,7 +150,7 @@ def _classical(instance: TaskPlugin, plugin: str, task: str, version: str | None
         config = instance.resolve_config(saved, overrides)
         label_count(instance, config)  # a labels/class_names setting that does not fit fails here
     return LoadedModel(name=plugin, task=task, plugin=instance, config=config, network=None, device="cpu",
-                       version=version)
+                       version=version, expects=model_expectations(config, None, instance))
 
 
 def _build_inference_pieces(instance: TaskPlugin, config: dict[str, Any]) -> None:

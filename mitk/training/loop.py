@@ -104,6 +104,8 @@ class ModelSpec:
     plugin_version: str | None
     plugin: TaskPlugin
     config: dict[str, Any]
+    expects: dict[str, Any] | None = None
+    """What the training images were (:func:`mitk.runner.fit.training_expectations`), saved with the weights."""
 
 
 @dataclass
@@ -343,7 +345,8 @@ class Trainer:
             return None
         return save_checkpoint(self.output_dir / name, network.state_dict(), task=self.spec.task,
                                plugin=self.spec.plugin_name, plugin_version=self.spec.plugin_version,
-                               config=self.spec.config, metrics=metrics, overwrite=True)
+                               config=self.spec.config, metrics=metrics, overwrite=True,
+                               expects=self.spec.expects)
 
     # -- the loop ----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from mitk.io.atomic import write_text_atomic
 from mitk.plugin_manager import get_registry
 from mitk.taskspecs import get_task
 from mitk.training import distributed
-from mitk.training.data import Datalist, make_dataset, pipeline
+from mitk.training.data import Datalist, make_dataset, pipeline, read_case_image
 from mitk.training.folder import RUN_FILES, SPLIT_NAME, check_output_dir, prepare_output_dir
 from mitk.training.loop import (
     ModelSpec,
@@ -119,12 +119,38 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
             prepare_output_dir(output_dir, resume, overwrite)
             if point is None:
                 save_split(output_dir, datalist)
+        expects = point.checkpoint.expects if point is not None else training_profile(datalist)
         model = ModelSpec(task=spec.name, plugin_name=plugin, plugin_version=entry.version, plugin=instance,
-                          config=config)
+                          config=config, expects=expects)
         trainer = Trainer(model, step, train_dataset, val_dataset, training_options, output_dir, device=device,
                           extra_state={"data": str(Path(data).resolve())}, console=console, on_epoch=on_epoch,
                           collate=recipe.collate(), world=world, backend=backend)
         return trainer.fit(point)
+
+
+PROFILED_CASES = 64
+"""Training images read for the model's expectations (evenly spread over the training list)."""
+PROFILED_KEYS = ("image", "moving")
+
+
+def training_profile(datalist: Datalist) -> dict[str, Any]:
+    """What the training images are (modality, colour, channels, dims, spacing and intensity ranges), saved in
+    the checkpoint so that :mod:`mitk.runner.fit` can tell when an input is unlike them; at most
+    :data:`PROFILED_CASES` images are read. Cases whose image cannot be read here are left out."""
+    from mitk.runner.fit import training_expectations
+
+    cases = datalist.training
+    step = max(1, -(-len(cases) // PROFILED_CASES))
+    images = []
+    for case in cases[::step]:
+        key = next((k for k in PROFILED_KEYS if case.get(k)), None)
+        if key is None:
+            continue
+        try:
+            images.append(read_case_image(case[key]))
+        except (InputError, OSError, ValueError):
+            continue
+    return training_expectations(images)
 
 
 def _resumed_identity(point: ResumePoint, task: str, plugin: str | None, data: str | Path | None,

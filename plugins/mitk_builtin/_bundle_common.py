@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitk.bundles.resolver import SafeResolver
-from mitk.errors import CheckpointError, InputError, MitkWarning, PluginError
+from mitk.errors import CheckpointError, PluginError
 
 BUNDLE_DEFAULTS: dict[str, Any] = {"bundle": {}, "metadata": {}, "torchscript_sha256": None}
 BUNDLE_SCHEMA: dict[str, tuple[type | None, ...]] = {"bundle": (dict,), "metadata": (dict,),
@@ -51,21 +50,6 @@ def postprocessing_steps(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [step for step in steps if isinstance(step, dict)]
 
 
-def check_input(image: Any, metadata: Mapping[str, Any]) -> None:
-    """Refuse an image whose channel count the network cannot take; warn when a CT model gets no CT values."""
-    inputs = (metadata.get("network_data_format") or {}).get("inputs") or {}
-    declared = dict(inputs.get("image") or next(iter(inputs.values()), {}))
-    channels = declared.get("num_channels")
-    if isinstance(channels, int) and int(image.shape[0]) != channels:
-        names = ", ".join(str(v) for v in (declared.get("channel_def") or {}).values())
-        raise InputError(f"the bundle expects {channels} channel(s){f' ({names})' if names else ''}, "
-                         f"the image has {int(image.shape[0])}")
-    if str(declared.get("modality", "")).upper() == "CT" and float(image.min()) >= -100:
-        # Once per image, not once per process: a fresh registry keeps the default filter from deduplicating.
-        warnings.warn_explicit("the bundle was trained on CT (Hounsfield units) but this image has no value below "
-                               "-100 (no air): is it CT?", MitkWarning, __file__, 0, registry={})
-
-
 def declared_output(config: Mapping[str, Any]) -> dict[str, Any]:
     """``network_data_format.outputs.pred`` of the metadata (or its first output)."""
     outputs = ((config.get("metadata") or {}).get("network_data_format") or {}).get("outputs") or {}
@@ -78,15 +62,14 @@ def channel_names(config: Mapping[str, Any]) -> dict[int, str]:
 
 
 def bundle_preprocess(config: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The bundle's preprocessing (reading and channel-first steps left to mitk) on ``{"image": ...}``, after
-    :func:`check_input`; the bundle's own image key is used inside."""
+    """The bundle's preprocessing (reading and channel-first steps left to mitk) on ``{"image": ...}``; the bundle's
+    own image key is used inside. Whether the image fits what the metadata declares (channels, dims, modality) is
+    checked before, by :mod:`mitk.runner.fit`, as for every model."""
     found = resolver(config)
     key = image_key(config)
     compose = found.build("preprocessing") if found.has("preprocessing") else None
-    metadata = config.get("metadata") or {}
 
     def preprocess(data: dict[str, Any]) -> dict[str, Any]:
-        check_input(data["image"], metadata)
         out = compose({key: data["image"]}) if compose is not None else {key: data["image"]}
         return {**data, "image": out[key]}
 

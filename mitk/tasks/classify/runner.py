@@ -22,6 +22,7 @@ from mitk.image import Image
 from mitk.io.atomic import InputFiles
 from mitk.io.inputs import Case, output_for
 from mitk.runner.batch import CaseJob, CaseOutcome
+from mitk.runner.fit import check_fit
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
 from mitk.runner.tensors import to_meta_tensor
@@ -243,6 +244,7 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
             if policy.should_skip(target, case):
                 return CaseOutcome(output=target, skipped=True)
         image = load_image(case.path, series=series, allow_resample=allow_resample)
+        fit = check_fit(model.expects, image)  # refuse or warn before the network runs
         heat_paths = _explain_paths(case, target, volume=image.spatial_shape[2] > 1) if explain else []
         for path in heat_paths:
             policy.check_companion(path, case)
@@ -251,6 +253,8 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
         else:
             result = runner(image)
         details = result.record()  # what the Python API's result.save() writes too
+        if fit:
+            details["fit"] = fit
         if explain:
             details["explanation"] = [str(p) for p in _write_explanation(heat, image, heat_paths, policy.overwrite,
                                                                        policy.inputs_for(case))]

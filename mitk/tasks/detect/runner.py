@@ -89,6 +89,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
     from mitk.io.reader import load_image, require_volume
     from mitk.results import record_text
     from mitk.runner.batch import CaseOutcome
+    from mitk.runner.fit import check_fit
     from mitk.runner.outputs import sibling, write_csv
 
     runner = DetectionRunner(model, coordinate_system=coordinate_system)
@@ -115,9 +116,12 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
             from mitk.errors import UsageError
 
             raise UsageError("--format dicom-sr needs a DICOM input", case.path)
+        fit = check_fit(model.expects, image)  # refuse or warn before the network runs
         result = runner(image)
         records = result.to_dicts()
         details: dict[str, Any] = result.record()  # what the Python API's result.save() writes too
+        if fit:
+            details["fit"] = fit
         if target is not None:
             inputs = policy.inputs_for(case)
             with contextlib.ExitStack() as outputs:  # all of a case's files or none; the main one last

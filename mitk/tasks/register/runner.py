@@ -188,10 +188,12 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
     from mitk.io.reader import load_image, require_volume
     from mitk.io.transforms import is_field_path
     from mitk.runner.batch import CaseOutcome
+    from mitk.runner.fit import check_fit
 
     fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
                                       allow_resample=allow_resample))
     refuse_constant(fixed, "fixed")  # before any case runs: every case would be refused
+    check_fit(model.expects, fixed)
     runner = RegistrationRunner(model, *(None if path is None else require_volume(load_image(path))
                                          for path in (fixed_mask, moving_mask)))
     if runner.fixed_mask is not None:  # refused if empty before any case runs; resampled once, not per case
@@ -204,13 +206,14 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
         if transform is not None:  # refuse before any compute or write, as for the image
             policy.check_companion(transform, case, inputs=(fixed_path,))
         moving = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
+        fit = check_fit(model.expects, moving)  # refuse or warn before the registration runs
         result = runner(fixed, moving)
         if transform is not None and not is_field_path(transform) and (
                 result.matrix is None or result.displacement is not None):
             raise PluginError(f"plugin {model.name!r} gave a displacement field; --transform needs a matrix "
                               "for .tfm/.txt/.json (write .nii.gz for the field)")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
-                                   "registration": result.metrics}
+                                   "registration": result.metrics, **({"fit": fit} if fit else {})}
         inputs = policy.inputs_for(case, fixed_path)
         # The warped image and the transform, both or neither; the stack commits the warped image last, so that
         # --skip-existing redoes a case interrupted between the two renames.

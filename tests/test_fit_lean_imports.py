@@ -1,0 +1,55 @@
+"""A task verb's process imports MONAI without mlflow, ignite, pandas and matplotlib (mitk/runner/imports.py), and
+gives the same answer as a process that imports MONAI in full."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from mitk.checkpoint import save_checkpoint
+
+LUNG_CT = Path(__file__).parent / "data" / "lung1_image.nii.gz"
+CHILD = """
+import json, sys
+from mitk.cli import main
+code = 0
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    code = done.code
+loaded = [name for name in ("monai", "mlflow", "ignite", "pandas", "matplotlib") if name in sys.modules]
+import pandas  # hidden only while MONAI imported: importable as ever afterwards
+print(json.dumps({"code": code, "loaded": loaded}))
+"""
+
+
+def test_segment_runs_on_a_lean_monai_with_the_same_labels(tmp_path: Path) -> None:
+    from mitk_builtin._segment_networks import UNetSegmenter
+
+    import mitk
+
+    plugin = UNetSegmenter()
+    config = plugin.resolve_config({"network": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+                                    "labels": ["background", "lesion"]})
+    torch.manual_seed(3)
+    weights = tmp_path / "unet.safetensors"
+    save_checkpoint(weights, plugin.network(config).state_dict(), task="segment", plugin="unet",
+                    plugin_version=None, config=config)
+    out = tmp_path / "seg.nii.gz"
+    done = subprocess.run([sys.executable, "-c", CHILD, "segment", str(LUNG_CT), "--weights", str(weights),
+                           "-o", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "loaded": ["monai"]}, report
+    # the same labels as this process, which imported MONAI in full
+    assert "pandas" in sys.modules or "ignite" in sys.modules or "mlflow" in sys.modules
+    mine = mitk.load(weights=weights, device="cpu").segment(LUNG_CT)
+    theirs = np.asarray(nib.load(out).dataobj)
+    assert theirs.any() or mine.label_map.any()
+    np.testing.assert_array_equal(theirs, mine.label_map)
