@@ -9,7 +9,7 @@ import importlib
 
 from mitk.errors import UsageError
 
-EXTRA_OF_MODULE = {"matplotlib": "preview", "highdicom": "dicom", "nilearn": "sample"}
+EXTRA_OF_MODULE = {"matplotlib": "preview", "highdicom": "dicom", "nilearn": "sample", "nnunetv2": "nnunet"}
 """The extra that installs each optional module mitk imports (the pylibjpeg decoders: see io/dicom/pixels)."""
 
 
