@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ.setdefault(key, tempfile.gettempdir())
 
-    import torch
     import nnunetv2.inference.predict_from_raw_data as predict
+    import torch
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as base
     from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs
 

@@ -32,7 +32,7 @@ def layer_class(name: str, key: str) -> Any:
 
     parts = name.split(".")
     short = parts[-1]
-    allowed = any(short in names and (len(parts) == 3 and parts[:2] == ["torch", "nn"] or
+    allowed = any(short in names and ((len(parts) == 3 and parts[:2] == ["torch", "nn"]) or
                                       parts[:-1] == ["torch", "nn", "modules", module])
                   for module, names in LAYERS.items())
     if not allowed:

@@ -58,7 +58,7 @@ def load_fold(path: Path) -> FoldWeights:
     state = loaded["network_weights"]
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("network_weights holds something other than tensors", path)
-    init = loaded.get("init_args") if isinstance(loaded.get("init_args"), dict) else {}
+    init: dict[str, Any] = loaded["init_args"] if isinstance(loaded.get("init_args"), dict) else {}
     axes = loaded.get("inference_allowed_mirroring_axes")
     return FoldWeights(state_dict={str(k): v for k, v in state.items()},
                        trainer=str(loaded.get("trainer_name") or ""),

@@ -105,7 +105,8 @@ def describe_model_folder(path: str | Path) -> dict[str, Any]:
             "plugin": PLUGIN, "trainer": folder.trainer, "plans": str(folder.plans.get("plans_name")),
             "configuration": folder.configuration, "channels": channel_names(folder.dataset),
             "labels": {str(k): v for k, v in label_names(folder.dataset, folder.root).items()},
-            "target_spacing": _image_order(configuration.get("spacing"), folder.plans), "patch_size": configuration.get("patch_size"),
+            "target_spacing": _image_order(configuration.get("spacing"), folder.plans),
+            "patch_size": configuration.get("patch_size"),
             "normalization": configuration.get("normalization_schemes"), "folds": folder.folds(),
             "checkpoints": sorted({p.name for f in folder.folds() for p in (folder.root / f"fold_{f}").glob("*.pth")}),
             "licence": folder.dataset.get("licence") or folder.dataset.get("license")}

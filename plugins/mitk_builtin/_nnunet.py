@@ -65,7 +65,7 @@ class NnunetSegmenter(SegmentationPlugin):
     def network(self, config: dict[str, Any]) -> Any:
         if not config.get("plans"):
             raise PluginError("this plugin runs nnU-Net model folders: give --weights FOLDER")
-        plans, configuration = managers(config)
+        _, configuration = managers(config)
         dataset = config["dataset"]
         channels = len(dataset.get("channel_names") or dataset.get("modality") or {})
         outputs = len(label_names(dataset))

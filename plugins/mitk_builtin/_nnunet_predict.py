@@ -61,7 +61,8 @@ def managers(config: Mapping[str, Any]) -> tuple[Any, Any]:
                               f"{configuration.previous_stage_name}); mitk runs single-stage configurations")
     for name in configuration.normalization_schemes:
         if name not in NORMALISATIONS:
-            raise CheckpointError(f"plans.json: normalization scheme {name!r} is not one of {', '.join(NORMALISATIONS)}")
+            raise CheckpointError(f"plans.json: normalization scheme {name!r} is not one of "
+                                  f"{', '.join(NORMALISATIONS)}")
     for key in ("resampling_fn_data", "resampling_fn_probabilities", "resampling_fn_seg"):
         if raw.get(key) not in RESAMPLING:
             raise CheckpointError(f"plans.json: {key} {raw.get(key)!r} is not one of {', '.join(RESAMPLING)}")

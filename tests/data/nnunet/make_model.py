@@ -6,7 +6,8 @@ Run once (``python tests/data/nnunet/make_model.py``, a few minutes on two CPU c
 and shifted so that the lesion sits in different places. nnU-Net fingerprints and plans them as it would any
 data set; only the network is made small (features 4-8-16, three stages) so that the folder stays well under
 2 MB. Two folds of ``nnUNetTrainer_1epoch`` with 3 iterations: the model is barely trained, which makes a
-demanding equality test (lesion and background both predicted, with many boundaries), and the checkpoints are nnU-Net's own files, pickles and all.
+demanding equality test (lesion and background both predicted, with many boundaries), and the checkpoints
+are nnU-Net's own files, pickles and all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 HERE = Path(__file__).resolve().parent
@@ -71,14 +71,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nnunet-build-"))
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[key] = str(work / key)
-    os.environ["nnUNet_n_proc_DA"] = "1"  # planning sets torch's threads to it
+    os.environ["nnUNet_n_proc_DA"] = "1"  # noqa: SIM112 (nnU-Net's name; planning sets torch's threads to it)
     make_raw(work / "nnUNet_raw" / NAME)
 
     import torch
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
-                                                                      preprocess)
-    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
-        nnUNetTrainer_1epoch)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+    from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import nnUNetTrainer_1epoch
 
     torch.manual_seed(0)
     torch.set_num_threads(int(torch_threads))
@@ -93,9 +91,10 @@ def main() -> None:
     (pre / "splits_final.json").write_text(json.dumps(splits, indent=1))
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset = json.loads((pre / "dataset.json").read_text())
-    os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process: no worker processes
+    os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 (augmentation in this process: no workers)
     for fold in range(FOLDS):
-        trainer = nnUNetTrainer_1epoch({**plans, "continue_training": False}, "3d_fullres", fold, dataset, device=torch.device("cpu"))
+        trainer = nnUNetTrainer_1epoch({**plans, "continue_training": False}, "3d_fullres", fold, dataset,
+                                       device=torch.device("cpu"))
         trainer.num_iterations_per_epoch = 3
         trainer.num_val_iterations_per_epoch = 2
         trainer.run_training()
