@@ -141,6 +141,8 @@ def test_a_hostile_checkpoint_runs_nothing(tmp_path: Path, run_inprocess) -> Non
     assert "fold_1" in err and "refused" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "seg.nii.gz").exists()
+    torch.load(model / "fold_1" / "checkpoint_final.pth", weights_only=False)  # what nnU-Net itself does
+    assert marker.exists()  # the payload is live: plain unpickling runs it
 
 
 def test_an_architecture_outside_the_allow_list_is_refused(tmp_path: Path, run_inprocess) -> None:
