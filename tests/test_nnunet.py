@@ -200,3 +200,21 @@ def test_nothing_imports_torchvision() -> None:
             "assert 'torchvision' not in sys.modules and 'timm' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_command_without_nnunetv2_names_the_extra(tmp_path: Path) -> None:
+    """A plain install: nnunetv2 (and its network package) do not import; one line, exit non-zero, no output."""
+    out = tmp_path / "seg.nii.gz"
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('nnunetv2', 'dynamic_network_architectures'):\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from mitk.__main__ import main\n"
+            f"sys.argv = ['mitk', 'segment', {str(LUNG_CT)!r}, '--weights', {str(MODEL)!r}, '-o', {str(out)!r}]\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert 'pip install "mitk[nnunet]"' in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
