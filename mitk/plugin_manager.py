@@ -49,7 +49,8 @@ from mitk.registry import (
 
 BUILTIN_DISTRIBUTION = "mitk"
 DEFAULT_PLUGINS = ("mitk_builtin.threshold", "mitk_builtin.segment_networks", "mitk_builtin.classify_networks",
-                   "mitk_builtin.detect", "mitk_builtin.registration", "mitk_builtin.bundle")
+                   "mitk_builtin.detect", "mitk_builtin.registration", "mitk_builtin.bundle",
+                   "mitk_builtin.nnunet")
 """Built-in plugin modules, used when mitk runs from a source tree without installed entry points (and for
 any built-in that an older install's entry points do not list yet)."""
 

@@ -13,13 +13,19 @@ from bundle_factory import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "pretrained-models.md"
+NNUNET_SECTION = "\n## nnU-Net model folders"
+"""The page's last section, run by tests/test_nnunet_docs.py."""
+
+
+def bundle_part() -> str:
+    return PAGE.read_text().split(NNUNET_SECTION)[0]
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def commands() -> list[list[str]]:
     """The page's mitk commands but HD-BET's, which are the README's (run by tests/test_hdbet.py)."""
-    return [shlex.split(line[2:]) for line in re.findall(r"^\$ mitk .*$", PAGE.read_text(), re.MULTILINE)
+    return [shlex.split(line[2:]) for line in re.findall(r"^\$ mitk .*$", bundle_part(), re.MULTILINE)
             if "--plugin hdbet" not in line]
 
 
@@ -32,7 +38,7 @@ def test_the_hdbet_commands_are_the_readmes() -> None:
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.DOTALL)
+    return re.findall(r"```python\n(.*?)```", bundle_part(), re.DOTALL)
 
 
 @pytest.fixture

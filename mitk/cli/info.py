@@ -58,7 +58,8 @@ def describe_image(image: Any, include_descriptions: bool = False) -> dict[str, 
 
 WeightsInfoOption = Annotated[Path | None, typer.Option(
     "--weights", help="Instead of an image, describe a model: a MONAI bundle folder (what its metadata declares: "
-                      "task, channels, labels, spacing, licence) or a mitk checkpoint.")]
+                      "task, channels, labels, spacing, licence), an nnU-Net model folder (dataset, labels, "
+                      "channels, configuration, target spacing, folds, trainer) or a mitk checkpoint.")]
 
 
 def info(
@@ -98,9 +99,16 @@ def info(
 
 
 def describe_weights(weights: Path) -> dict[str, Any]:
-    """What a model declares: a MONAI bundle folder's metadata, or a mitk checkpoint's task, plugin and metrics."""
+    """What a model declares: a MONAI bundle folder's metadata, an nnU-Net model folder's dataset, plans and
+    folds, or a mitk checkpoint's task, plugin and metrics."""
     from mitk.bundles import is_bundle
+    from mitk.nnunet import is_model_folder
     from mitk.runner.fit import bundle_expectations
+
+    if is_model_folder(weights):
+        from mitk.nnunet.loading import describe_model_folder
+
+        return describe_model_folder(weights)
 
     if is_bundle(weights):
         from mitk.bundles import read_bundle

@@ -12,6 +12,8 @@ from mitk.bundles.loading import bundle_checkpoint, bundle_task
 from mitk.checkpoint import Checkpoint, load_checkpoint
 from mitk.enums import Task, task_name
 from mitk.errors import CheckpointError, PluginError, UsageError
+from mitk.nnunet.folder import is_model_folder
+from mitk.nnunet.loading import nnunet_checkpoint, nnunet_task
 from mitk.plugin import TaskPlugin
 from mitk.plugin_manager import get_registry
 from mitk.runner.fit import model_expectations
@@ -83,7 +85,9 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
     api = caller == "api"
     task = task_name(get_task(task).name)
     checkpoint: Checkpoint | None = None
-    if weights and Path(weights).is_dir():
+    if weights and is_model_folder(weights):
+        checkpoint = nnunet_checkpoint(weights, overrides)  # an nnU-Net v2 model folder, weights-only loading
+    elif weights and Path(weights).is_dir():
         checkpoint = bundle_checkpoint(weights, overrides)  # a MONAI bundle folder, read by the safe loader
     elif weights:
         checkpoint = load_checkpoint(weights)
@@ -218,7 +222,9 @@ def resolve_task(plugin: str | None, weights: str | Path | None, task: Any = Non
 
 def checkpoint_task(path: Path) -> str | None:
     """The task a mitk checkpoint was trained for, read from its metadata only (the tensors load later); for
-    a MONAI bundle folder, the task of the plugin that runs it."""
+    a MONAI bundle folder or an nnU-Net model folder, the task of the plugin that runs it."""
+    if is_model_folder(path):
+        return nnunet_task(path)
     if Path(path).is_dir():
         return bundle_task(path)
     try:
