@@ -113,9 +113,13 @@ def read_folder(folder: Path) -> tuple[list[ReportCase], list[str]]:
         found, trouble = read_manifest(manifest)
         cases += found
         problems += trouble
-    named = {str(p.resolve()) for case in cases for p in [case.path(case.record.get("output"))] if p is not None}
+    named = {str(p.resolve()): case for case in cases for p in [case.path(case.record.get("output"))]
+             if p is not None}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if str(path.resolve()) in named:
+        owner = named.get(str(path.resolve()))
+        if owner is not None:
+            if path.name.endswith(tuple(RECORD_SUFFIXES)):  # the manifest has the record: is the file whole?
+                owner.problems += record_file(path, owner.task).problems
             continue
         task = next((t for s, t in RECORD_SUFFIXES.items() if path.name.endswith(s)), None)
         if task is not None:
