@@ -191,7 +191,7 @@ def provenance_html(runs: dict[str, dict[str, Any]]) -> str:
     settings = "".join(f"<details><summary>{esc(n)}: settings after defaults, and the command's options</summary>"
                        f"<pre>{esc(json.dumps({'settings': runs[n].get('settings'), 'overrides': (runs[n].get('invocation') or {}).get('overrides'), 'options': (runs[n].get('invocation') or {}).get('options')}, indent=1, default=str))}</pre></details>"  # noqa: E501
                        for n in names)
-    return "<h2>Provenance</h2>" + table(["", *names], rows) + settings
+    return "<h2>Provenance</h2><div class='wide'>" + table(["", *names], rows) + "</div>" + settings
 
 
 def evaluation_html(folders: Sequence[Path]) -> str:

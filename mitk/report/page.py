@@ -26,7 +26,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:4px 8px 8px 0;vertical-align:top}figcaption{font-size:12px;color:#555}
 img{image-rendering:pixelated;background:#000}details{margin:.3em 0}code,pre{font-size:12px}
 pre{background:#f6f8fa;padding:6px;overflow:auto;max-height:22em}.case{border-top:2px solid #889;margin-top:2em}
-.small{font-size:12px;color:#555}
+.small{font-size:12px;color:#555}.wide{overflow-x:auto;max-width:100%}
 """
 
 SORT_SCRIPT = """

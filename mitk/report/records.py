@@ -102,6 +102,11 @@ def read_manifest(path: Path) -> tuple[list[ReportCase], list[str]]:
             continue  # a shard's header line
         cases.append(ReportCase(input=str(record.get("input") or ""), task=task_of(record), record=record,
                                 source=f"{path.name}:{number}", base=path.parent))
+    tasks = {case.task for case in cases if case.task != "unknown"}
+    if len(tasks) == 1:  # a failed case's record says no task; its manifest's other records do
+        for case in cases:
+            if case.task == "unknown" and case.record.get("status") == "failed":
+                case.task = next(iter(tasks))
     return cases, problems
 
 
