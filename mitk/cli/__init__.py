@@ -14,6 +14,7 @@ from mitk.cli import convert as convert_cmd
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
+from mitk.cli import replay as replay_cmd
 from mitk.cli import report as report_cmd
 from mitk.cli import sample as sample_cmd
 from mitk.cli import train as train_cmd
@@ -64,6 +65,7 @@ def build_app() -> typer.Typer:
     app.command("convert")(convert_cmd.convert)
     app.command("warp")(warp_cmd.warp)
     app.command("report")(report_cmd.report)
+    app.command("replay")(replay_cmd.replay)
     return app
 
 
