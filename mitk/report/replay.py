@@ -104,10 +104,9 @@ def compare_files(recorded: Path, replayed: Path) -> list[str]:
         return []
     name = recorded.name
     if name.endswith((".nii.gz", ".nii")):
-        import nibabel as nib
+        from mitk.io.reader import load_image
 
-        a = np.asanyarray(nib.load(recorded).dataobj)
-        b = np.asanyarray(nib.load(replayed).dataobj)
+        a, b = np.asarray(load_image(recorded).array), np.asarray(load_image(replayed).array)
         if a.shape != b.shape:
             return [f"{name}: shape {a.shape} → {b.shape}"]
         difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
