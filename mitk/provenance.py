@@ -213,3 +213,29 @@ def recording(provenance: dict[str, Any]) -> Iterator[None]:
 def current() -> dict[str, Any] | None:
     """The provenance of the case being processed in this context, or None outside a batch."""
     return _current.get()
+
+
+def note(key: str, value: Any) -> None:
+    """Add ``value`` under ``key`` to the provenance of the case being processed (nothing outside a batch): a
+    writer's own decision, such as UIDs it had to mint."""
+    provenance = _current.get()
+    if provenance is not None:
+        provenance.setdefault(key, []).append(value)
+
+
+def with_minted_uids(source: Any, path: Path | None, what: str) -> Any:
+    """``source`` with the UIDs an anonymiser removed minted (:func:`mitk.io.dicom.uids.complete_uids`): a
+    warning says which, and the case's provenance records them (``minted_uids``)."""
+    import dataclasses
+    import warnings
+
+    from mitk.errors import MitkWarning
+    from mitk.io.dicom.uids import complete_uids
+
+    headers, minted = complete_uids(source.headers)
+    if not minted:
+        return source
+    warnings.warn(MitkWarning(f"{path}: the DICOM series has no {', '.join(minted)}; minted for the {what} "
+                              "(they reference no existing study or frame of reference)"), stacklevel=2)
+    note("minted_uids", {"for": what, "keywords": minted})
+    return dataclasses.replace(source, headers=headers)
