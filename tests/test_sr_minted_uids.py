@@ -47,6 +47,7 @@ def test_minted_uids_are_valid_stable_and_shared(anonymised: Path) -> None:
 @pytest.mark.parametrize(("task", "options", "suffix"), [
     ("segment", ["--plugin", "threshold", "--format", "dicom-seg"], "_seg.dcm"),
     ("detect", ["--plugin", "blob", "--format", "dicom-sr"], "_boxes.dcm"),
+    ("segment", ["--plugin", "threshold", "--format", "dicom-seg-sr"], "_seg_sr.dcm"),
 ])
 def test_seg_and_sr_of_an_anonymised_series(anonymised: Path, mitk_cli, tmp_path: Path, task: str,
                                             options: list[str], suffix: str) -> None:

@@ -16,11 +16,11 @@ from mitk.taskspec import VerbPlan
 def prepare(values: dict[str, Any]) -> VerbPlan:
     """``mitk segment``: the output format and the extras it needs are checked before the model loads."""
     output_format = values["output_format"]
-    if output_format not in ("nifti", "dicom-seg"):
-        raise UsageError(f"--format must be nifti or dicom-seg, not {output_format!r}")
+    if output_format not in ("nifti", "dicom-seg", "dicom-seg-sr"):
+        raise UsageError(f"--format must be nifti, dicom-seg or dicom-seg-sr, not {output_format!r}")
     from mitk.extras import require_segment_extras
 
-    require_segment_extras(preview=values["preview"], dicom_seg=output_format == "dicom-seg")
+    require_segment_extras(preview=values["preview"], dicom_seg=output_format.startswith("dicom"))
     return VerbPlan(values["inputs"], {name: values[name] for name in
                                        ("probabilities", "stats", "preview", "output_format", "deidentify")})
 

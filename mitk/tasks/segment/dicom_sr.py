@@ -22,10 +22,18 @@ from mitk.provenance import with_minted_uids
 try:
     import highdicom as hd
 except ImportError:  # pragma: no cover - the dicom extra
-    hd = None
+    hd = None  # type: ignore[assignment]
 
 TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
          "StudyTime", "ReferringPhysicianName")
+
+
+def segment_volumes(result: Any, rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Segment number (as :func:`mitk.tasks.segment.dicom_seg.write_dicom_seg` numbers them: the named labels in
+    ascending order from 1) → volume in mL, from the rows of ``result.statistics``."""
+    numbers = {value: number for number, value in enumerate(sorted(v for v in result.labels if v != 0), start=1)}
+    return {numbers[int(row["label"])]: float(row["volume_ml"]) for row in rows
+            if int(row["label"]) in numbers and row.get("volume_ml") is not None}
 
 
 def write_segmentation_sr(seg_path: str | Path, volumes_ml: Mapping[int, float], image: Image, path: str | Path, *,

@@ -10,7 +10,9 @@ from mitk.taskspec import Option, TaskSpec
 HERE = "mitk.tasks.segment"
 
 OPTIONS = (
-    Option("output_format", ("--format",), str, "nifti", "nifti (default) or dicom-seg (DICOM input only)."),
+    Option("output_format", ("--format",), str, "nifti",
+           "nifti (default), dicom-seg, or dicom-seg-sr: the SEG and a TID 1500 SR of its volumes (<out>_sr.dcm) "
+           "(DICOM input only)."),
     Option(
         "probabilities", ("--probabilities",), bool, False, "Also write per-label probability maps (<out>_prob.nii.gz)."
     ),
