@@ -3,7 +3,6 @@ its volume in mL, referencing the SEG's segment and the source series (highdicom
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,20 +11,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from mitk.constants import __version__
-from mitk.errors import InputError, UsageError
-from mitk.extras import install_hint
+from mitk.errors import InputError
 from mitk.image import Image
-from mitk.io.dicom.deidentify import deidentify_dataset
 from mitk.io.dicom.source import DicomSource
+from mitk.io.dicom.sr import evidence_of, highdicom, save_measurement_report
 from mitk.provenance import with_minted_uids
-
-try:
-    import highdicom as hd
-except ImportError:  # pragma: no cover - the dicom extra
-    hd = None  # type: ignore[assignment]
-
-TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
-         "StudyTime", "ReferringPhysicianName")
 
 
 def segment_volumes(result: Any, rows: list[dict[str, Any]]) -> dict[int, float]:
@@ -42,8 +32,7 @@ def write_segmentation_sr(seg_path: str | Path, volumes_ml: Mapping[int, float],
     TID 1500 SR whose evidence is the SEG and the series ``image`` was read from; returns ``path``."""
     import pydicom
 
-    if hd is None:
-        raise UsageError(f"a DICOM SR needs highdicom, which is not installed; {install_hint('dicom')}")
+    hd = highdicom()
     source = image.meta.get("dicom")
     if not isinstance(source, DicomSource) or not source.headers:
         raise InputError("a segmentation SR needs a DICOM input (this image was not read from DICOM)", image.path)
@@ -51,13 +40,7 @@ def write_segmentation_sr(seg_path: str | Path, volumes_ml: Mapping[int, float],
     seg = pydicom.dcmread(seg_path)
     if seg.get("Modality") != "SEG":
         raise InputError("not a DICOM SEG", seg_path)
-    evidence = [seg]
-    for header in source.headers:
-        dataset = copy.deepcopy(header)
-        for keyword in TYPE2:
-            if keyword not in dataset:
-                setattr(dataset, keyword, None)
-        evidence.append(dataset)
+    evidence = [seg, *evidence_of(source.headers)]
     algorithm = hd.sr.AlgorithmIdentification(name=plugin_name, version=__version__)
     series = hd.sr.SourceSeriesForSegmentation(str(source.headers[0].SeriesInstanceUID))
     millilitre = hd.sr.CodedConcept(value="mL", scheme_designator="UCUM", meaning="milliliter")
@@ -77,36 +60,10 @@ def write_segmentation_sr(seg_path: str | Path, volumes_ml: Mapping[int, float],
             referenced_segment=referenced, finding_type=_code(item.SegmentedPropertyTypeCodeSequence[0]),
             finding_category=_code(item.SegmentedPropertyCategoryCodeSequence[0]), algorithm_id=algorithm,
             measurements=[volume]))
-    return _save(evidence, groups, plugin_name, "segmentation", path, deidentify, image.path)
+    return save_measurement_report(evidence, groups, plugin_name, "segmentation", path, deidentify=deidentify,
+                                   source_path=image.path)
 
 
 def _code(item: Any) -> Any:
-    return hd.sr.CodedConcept(value=str(item.CodeValue), scheme_designator=str(item.CodingSchemeDesignator),
+    return highdicom().sr.CodedConcept(value=str(item.CodeValue), scheme_designator=str(item.CodingSchemeDesignator),
                               meaning=str(item.CodeMeaning))
-
-
-def _save(evidence: list[Any], groups: list[Any], plugin_name: str, what: str, path: str | Path, deidentify: bool,
-          source_path: Path | None) -> Path:
-    observer = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name=f"mitk {plugin_name}"[:64], manufacturer_name="mitk",
-            model_name=f"mitk {plugin_name}"[:64])))
-    procedures = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion,
-                  "PT": codes.LN.PETUnspecifiedBodyRegion, "NM": codes.LN.NMUnspecifiedBodyRegion}
-    procedure = procedures.get(str(evidence[-1].get("Modality") or ""), codes.LN.CTUnspecifiedBodyRegion)
-    report = hd.sr.MeasurementReport(observation_context=observer, procedure_reported=procedure,
-                                     imaging_measurements=groups)
-    try:
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=evidence, content=report[0], series_instance_uid=generate_uid(), series_number=1200,
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="mitk", is_complete=True,
-            series_description=f"mitk {plugin_name} {what}"[:64])
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        raise InputError(f"cannot build a DICOM SR for this series ({type(error).__name__}: {error})",
-                         source_path) from None
-    if deidentify:
-        deidentify_dataset(sr, keep=("SeriesDescription",))
-    target = Path(path)
-    sr.save_as(target, enforce_file_format=True)
-    return target
