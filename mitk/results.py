@@ -25,8 +25,15 @@ PathLike = str | os.PathLike[str]
 
 
 def record_text(input_path: PathLike | None, details: dict[str, Any]) -> str:
-    """The JSON file of a record result (classify, detect): the input, then the task's details."""
-    return json.dumps({"input": None if input_path is None else str(input_path), **details}, indent=2)
+    """The JSON file of a record result (classify, detect): the input, then the task's details, and in a batch the
+    case's provenance (:mod:`mitk.provenance`)."""
+    from mitk.provenance import PROVENANCE_KEY, current
+
+    document = {"input": None if input_path is None else str(input_path), **details}
+    provenance = current()
+    if provenance is not None:
+        document.setdefault(PROVENANCE_KEY, provenance)
+    return json.dumps(document, indent=2)
 
 
 def description(plugin: str | None, what: str) -> str:

@@ -133,6 +133,7 @@ def _manifest(path: Path, folder: Path) -> list[dict[str, Any]]:
         record.pop("seconds")
         record.pop("worker", None)
         record["output"] = Path(record["output"]).name if record["output"] else None
+        record["provenance"] = record["provenance"]["input_digest"]  # threads and seed are the worker's own
     assert all(Path(r["input"]).parent == folder for r in records)
     return sorted(records, key=lambda r: r["input"])
 

@@ -280,7 +280,9 @@ def test_segment_dicom_seg_deidentified_carries_no_identity(dicom_cases, mitk_cl
     manifest = tmp_path / "manifest.jsonl"
     run = mitk_cli("segment", *map(str, dicom_cases), "--plugin", "threshold", "--format", "dicom-seg",
                    "--deidentify", "--json", "--output-dir", str(out), "--stats", "--manifest", str(manifest))
-    _assert_clean(run, manifest.read_text())
+    _assert_clean(run, manifest.read_text())  # provenance included: digests of pixels and geometry only
+    records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    assert any(record.get("provenance", {}).get("input_digest", {}).get("kind") == "dicom" for record in records)
     document = json.loads(run.stdout)
     assert document["summary"]["ok"] >= 1, run.stderr
     _assert_clean_files(out)

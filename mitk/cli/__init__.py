@@ -17,6 +17,8 @@ from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
 from mitk.cli import preview as preview_cmd
+from mitk.cli import replay as replay_cmd
+from mitk.cli import report as report_cmd
 from mitk.cli import sample as sample_cmd
 from mitk.cli import serve as serve_cmd
 from mitk.cli import train as train_cmd
@@ -70,6 +72,8 @@ def build_app() -> typer.Typer:
     app.command("preview")(preview_cmd.preview)
     app.command("serve", epilog=serve_cmd.EPILOG)(serve_cmd.serve)
     app.command("boxes")(boxes_cmd.boxes)
+    app.command("report")(report_cmd.report)
+    app.command("replay")(replay_cmd.replay)
     return app
 
 

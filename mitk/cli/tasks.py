@@ -79,6 +79,10 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     console = stderr_console()
     options = ExecutorOptions(workers=executor.workers, scheduler=executor.scheduler, debug=STATE.debug,
                               log_error=lambda text: console.print(text, markup=False, emoji=False))  # --debug
+    request = {"plugin": plugin, "weights_path": str(weights.absolute()) if weights else None, "device": device,
+               "overrides": overrides}  # kept in each record's provenance, for mitk replay
+    plain_build: Any = build
+    build = partial(plain_build, provenance_request=request)
     recipe = JobRecipe(task=task, plugin=plugin, weights=weights, device=device, settings=overrides, build=build)
 
     with contextlib.ExitStack() as stack:

@@ -101,11 +101,22 @@ class JobRecipe:
 def build_job(task: str, model: LoadedModel, policy: Any, *args: Any, **options: Any) -> CaseJob:
     """The task's batch job for ``model`` (the ``job`` of its row in the task table): a module-level function, so
     that ``functools.partial(build_job, task, policy=..., ...)`` pickles and can travel to workers."""
+    from mitk.runner.batch import with_provenance
     from mitk.taskspecs import get_task, import_part
 
+    request = options.pop("provenance_request", None)  # what the command asked for: kept in each record
     make_job = import_part(get_task(task).job)
     job: CaseJob = make_job(model, policy, *args, **options)
-    return job
+    return with_provenance(job, model, task, invocation={**(request or {}), **invocation_of(policy, options)})
+
+
+def invocation_of(policy: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The job's options as JSON (the names of those that are paths listed apart), and its other inputs."""
+    paths = sorted(name for name, value in options.items() if isinstance(value, Path))
+    also = [str(Path(path).absolute()) for path in getattr(policy, "also_inputs", ())]
+    values = {name: (str(Path(value).absolute()) if name in paths else value) for name, value in options.items()}
+    return {"options": json.loads(json.dumps(values, default=str)), "path_options": paths, "also_inputs": also,
+            "cwd": str(Path.cwd())}
 
 
 def summarize(model: LoadedModel) -> ModelSummary:

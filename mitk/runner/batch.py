@@ -171,6 +171,37 @@ def signals_held() -> Iterator[None]:
         signal.raise_signal(latch.received)
 
 
+def with_provenance(job: CaseJob, model: Any, task: str, invocation: dict[str, Any] | None = None) -> CaseJob:
+    """``job`` whose records carry the case's :mod:`mitk.provenance` (input digest, plugin, versions, settings,
+    weights digest, …): in the outcome's details, and in any record file the job writes meanwhile. A skipped case
+    gets none: its output came from an earlier run. ``invocation`` (what the command asked for: plugin, weights,
+    ``--set`` values, the job's options and other inputs) is kept as it is, with the other inputs' digests, so that
+    ``mitk replay`` can run the case again."""
+    from mitk.plugin_manager import get_registry
+    from mitk.provenance import PROVENANCE_KEY, case_provenance, input_digest, recording, run_provenance
+
+    distribution = None
+    with contextlib.suppress(Exception):
+        distribution = get_registry().get(model.name).distribution
+    run = run_provenance(model, task, distribution)
+    if invocation is not None:
+        digests = {}
+        for path in invocation.get("also_inputs", ()):
+            with contextlib.suppress(OSError):
+                digests[path] = input_digest(path)
+        run["invocation"] = {**invocation, "also_input_digests": digests}
+
+    def process(case: Case) -> CaseOutcome:
+        provenance = case_provenance(run, case.path)
+        with recording(provenance):
+            outcome = job(case)
+        if not outcome.skipped:
+            outcome.details.setdefault(PROVENANCE_KEY, provenance)
+        return outcome
+
+    return process
+
+
 def run_batch(
     cases: Iterable[Case],
     process: CaseJob,

@@ -44,7 +44,14 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
         if rows and not values["as_json"] and not STATE.quiet:
             _print_rows(rows)
 
-    return VerbPlan(values["inputs"], {name: values[name] for name in ("multi_label", "threshold", "explain")},
+    if values["dicom_sr"]:
+        from mitk.extras import require_module
+
+        if values["output"] is None and values["output_dir"] is None:
+            raise UsageError("--dicom-sr writes beside the JSON record: add -o or --output-dir")
+        require_module("highdicom", "--dicom-sr")
+    return VerbPlan(values["inputs"], {name: values[name] for name in ("multi_label", "threshold", "explain",
+                                                                      "dicom_sr")},
                     on_record=collect, finish=finish)
 
 

@@ -224,8 +224,8 @@ def _smooth_resize(operation: Any) -> Any:
 
 def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
                       allow_resample: bool = False, multi_label: bool | None = None, threshold: float | None = None,
-                      explain: bool = False, on_result: Callable[[Case, dict[str, Any]], None] | None = None
-                      ) -> CaseJob:
+                      explain: bool = False, on_result: Callable[[Case, dict[str, Any]], None] | None = None,
+                      dicom_sr: bool = False) -> CaseJob:
     """The batch job of ``mitk classify``: the record (predicted class, probability per class) goes to the
     batch report, and with ``-o``/``--output-dir`` to ``<input>_class.json``. ``explain`` also writes
     ``<input>_gradcam.png`` (an overlay in the input's pixel geometry; for a volume, the slice where the map
@@ -243,6 +243,10 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
             target = policy.target(case, "_class", ".json")
             if policy.should_skip(target, case):
                 return CaseOutcome(output=target, skipped=True)
+            if dicom_sr:
+                from mitk.runner.outputs import sibling
+
+                policy.check_companion(sibling(target, "_sr", ".dcm"), case)
         image = load_image(case.path, series=series, allow_resample=allow_resample)
         fit = check_fit(model.expects, image)  # refuse or warn before the network runs
         heat_paths = _explain_paths(case, target, volume=image.spatial_shape[2] > 1) if explain else []
@@ -258,6 +262,16 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
         if explain:
             details["explanation"] = [str(p) for p in _write_explanation(heat, image, heat_paths, policy.overwrite,
                                                                        policy.inputs_for(case))]
+        if target is not None and dicom_sr:  # before the record: a case without its SR is redone whole
+            from mitk.io.atomic import atomic_path
+            from mitk.runner.outputs import sibling
+            from mitk.tasks.classify.dicom_sr import write_classification_sr
+
+            report = sibling(target, "_sr", ".dcm")
+            with atomic_path(report, overwrite=policy.companion_overwrite, inputs=policy.inputs_for(case)) as part:
+                write_classification_sr(details["probabilities"], details["predicted"], image, part,
+                                        plugin_name=model.name)
+            details["sr"] = str(report)
         if target is not None:
             write_text_atomic(target, record_text(case.path, details), overwrite=policy.overwrite,
                               inputs=policy.inputs_for(case))

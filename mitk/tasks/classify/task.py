@@ -48,6 +48,13 @@ OPTIONS = (
         ("Also write a Grad-CAM overlay <input>_gradcam.png (and, for volumes, the map as <input>_gradcam.nii.gz) "
          "beside the output or the input."),
     ),
+    Option(
+        "dicom_sr",
+        ("--dicom-sr",),
+        bool,
+        False,
+        "Also write a TID 1500 SR of the probabilities, <input>_class_sr.dcm (DICOM input; needs -o or -d).",
+    ),
 )
 """``mitk classify``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 ARGUMENTS = (

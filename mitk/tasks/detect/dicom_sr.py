@@ -25,6 +25,7 @@ from mitk.image import Image, ras_to_lps
 from mitk.io.dicom.codes import CodePair
 from mitk.io.dicom.deidentify import deidentify_dataset
 from mitk.io.dicom.source import DicomSource
+from mitk.provenance import with_minted_uids
 from mitk.tasks.detect.result import DetectionResult
 
 try:
@@ -86,6 +87,7 @@ def write_detection_sr(result: DetectionResult, image: Image, path: str | Path, 
     source = image.meta.get("dicom")
     if not isinstance(source, DicomSource) or not source.headers:
         raise InputError("--format dicom-sr needs a DICOM input (this image was not read from DICOM)", image.path)
+    source = with_minted_uids(source, image.path, "SR")
     evidence = _evidence(source, image.path)
     first = evidence[0]
     frame_of_reference = str(first.FrameOfReferenceUID)

@@ -16,17 +16,17 @@ from mitk.taskspec import VerbPlan
 def prepare(values: dict[str, Any]) -> VerbPlan:
     """``mitk segment``: the output format and the extras it needs are checked before the model loads."""
     output_format = values["output_format"]
-    if output_format not in ("auto", "nifti", "dicom-seg"):
-        raise UsageError(f"--format must be auto, nifti or dicom-seg, not {output_format!r}")
+    if output_format not in ("auto", "nifti", "dicom-seg", "dicom-seg-sr"):
+        raise UsageError(f"--format must be auto, nifti, dicom-seg or dicom-seg-sr, not {output_format!r}")
     output = values.get("output")
-    if output is not None and output_format != "dicom-seg":
+    if output is not None and not output_format.startswith("dicom"):
         from mitk.io.writer import check_target, output_kind
 
         if output_kind(check_target(output, "label map")) != "nifti" and output_format == "nifti":
             raise UsageError("--format nifti writes .nii.gz or .nii; drop --format to write what -o names", output)
     from mitk.extras import require_segment_extras
 
-    require_segment_extras(preview=values["preview"], dicom_seg=output_format == "dicom-seg")
+    require_segment_extras(preview=values["preview"], dicom_seg=output_format.startswith("dicom"))
     rows: list[dict[str, Any]] = []
 
     def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases

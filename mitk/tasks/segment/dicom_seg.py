@@ -28,6 +28,7 @@ from mitk.extras import install_hint
 from mitk.image import Image, ras_to_lps, voxel_spacing
 from mitk.io.dicom.deidentify import deidentify_dataset
 from mitk.io.dicom.source import DicomSource
+from mitk.provenance import with_minted_uids
 from mitk.tasks.segment.result import SegmentationResult
 
 try:
@@ -150,6 +151,7 @@ def write_dicom_seg(result: SegmentationResult, image: Image, path: str | Path, 
     if not isinstance(source, DicomSource) or not source.headers:
         raise InputError("--format dicom-seg needs a DICOM input (this image was not read from DICOM)",
                          image.path)
+    source = with_minted_uids(source, image.path, "SEG")  # an anonymised series: mint, warn, record
     label_map = np.asarray(result.label_map)
     check_on_source_grid(label_map.shape, image, source)
     values = sorted(value for value in result.labels if value != 0)

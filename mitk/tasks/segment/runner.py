@@ -152,7 +152,7 @@ PLANAR_STATS_COLUMNS = ["label", "name", "pixels", "area_mm2", "mean_intensity",
 
 def output_extension(path: Any, output_format: str) -> str:
     """The label map's extension: DICOM SEG, NIfTI, or (``auto``) the input's format family."""
-    if output_format == "dicom-seg":
+    if output_format.startswith("dicom"):
         return ".dcm"
     if output_format == "nifti":
         return ".nii.gz"
@@ -190,6 +190,8 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
             companions["stats"] = sibling(target, "_stats", ".csv")
         if preview:
             companions["preview"] = sibling(target, "_preview", ".png")
+        if output_format == "dicom-seg-sr":
+            companions["sr"] = sibling(target, "_sr", ".dcm")
         for path in companions.values():
             policy.check_companion(path, case)  # refuse before any compute
         image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample), channels=True)
@@ -206,10 +208,15 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
                 overwrite = policy.overwrite if path == target else policy.companion_overwrite
                 return outputs.enter_context(atomic_path(path, overwrite=overwrite, inputs=inputs))
 
-            if output_format == "dicom-seg":
+            if output_format.startswith("dicom"):
                 from mitk.tasks.segment.dicom_seg import write_dicom_seg
 
-                write_dicom_seg(result, image, temporary(target), plugin_name=model.name, deidentify=deidentify)
+                seg = write_dicom_seg(result, image, temporary(target), plugin_name=model.name, deidentify=deidentify)
+                if "sr" in companions:
+                    from mitk.tasks.segment.dicom_sr import segment_volumes, write_segmentation_sr
+
+                    write_segmentation_sr(seg, segment_volumes(result, rows), image, temporary(companions["sr"]),
+                                          plugin_name=model.name, deidentify=deidentify)
             else:
                 write_label_map(result, temporary(target), like=image, plugin=model.name)  # as result.save()
             if "probabilities" in companions and result.probabilities is not None:

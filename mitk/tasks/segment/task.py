@@ -12,7 +12,8 @@ HERE = "mitk.tasks.segment"
 OPTIONS = (
     Option("output_format", ("--format",), str, "auto",
            "auto (default): the input's format family (PNG for PNG/JPEG, NRRD/MetaImage for those, else NIfTI; "
-           "-o's extension decides when given), nifti, or dicom-seg (DICOM input only)."),
+           "-o's extension decides when given), nifti, dicom-seg, or dicom-seg-sr: the SEG and a TID 1500 SR of "
+           "its volumes (<out>_sr.dcm) (both DICOM input only)."),
     Option(
         "probabilities", ("--probabilities",), bool, False, "Also write per-label probability maps (<out>_prob.nii.gz)."
     ),
