@@ -1,0 +1,111 @@
+"""A registration's inverse: the moving-world → fixed-world transform, its files, and ``InverseWarped``.
+
+The forward transform of a registration is ``T(x) = M x + d(x)`` (fixed world → moving world, RAS mm; ``d``
+on the fixed grid, zero outside it). Its inverse is written as ANTs users expect it:
+
+* a matrix (``d`` absent) is inverted exactly, and written in the forward file's format (``.tfm``, ``.txt``,
+  ``.mat``, ``.json``);
+* a displacement field is inverted by :func:`mitk.runner.invert.invert_points` at the moving grid's voxel
+  centres and written as ``v(y) = T⁻¹(y) − y`` on the *moving* grid (the inverse's domain), ITK's convention
+  (LPS vectors): ``T⁻¹(y) = y + v(y)``. SimpleITK reads it as a ``DisplacementFieldTransform`` that maps
+  moving-world points to fixed-world points.
+
+``InverseWarped`` is the fixed image resampled on the moving grid through ``T⁻¹``: ``fixed(T⁻¹(y))``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mitk.image import Image
+from mitk.runner.invert import InversionReport, inverse_field, invert_points
+from mitk.tasks.register.result import RegistrationResult
+
+
+def forward_points(result: RegistrationResult, points: np.ndarray) -> np.ndarray:
+    """``T(x) = M x + d(x)`` at ``(N, 3)`` fixed-world points (``d`` trilinear on the fixed grid)."""
+    from mitk.io.transforms import sample_field
+
+    matrix = np.eye(4) if result.matrix is None else np.asarray(result.matrix, float)
+    mapped = points @ matrix[:3, :3].T + matrix[:3, 3]
+    if result.displacement is not None:
+        mapped = mapped + sample_field(np.asarray(result.displacement, float), result.warped.affine, points)
+    return mapped
+
+
+def inverse_matrix(result: RegistrationResult) -> np.ndarray | None:
+    """The exact inverse of a matrix-only registration (moving world → fixed world), else ``None``."""
+    if result.matrix is None or result.displacement is not None:
+        return None
+    return np.asarray(np.linalg.inv(np.asarray(result.matrix, float)))
+
+
+def inverse_displacement(result: RegistrationResult, moving: Image) -> tuple[np.ndarray, InversionReport]:
+    """``v(y) = T⁻¹(y) − y`` on the moving grid (RAS mm) and how well ``T(y + v(y)) = y`` holds."""
+    matrix = np.eye(4) if result.matrix is None else np.asarray(result.matrix, float)
+    exact = inverse_matrix(result)
+    if exact is not None:
+        shape = moving.spatial_shape
+        voxels = np.indices(shape, dtype=np.float64).reshape(3, -1)
+        world = moving.affine[:3, :3] @ voxels + moving.affine[:3, 3:]
+        moved = exact[:3, :3] @ world + exact[:3, 3:]
+        return (moved - world).T.reshape(*shape, 3), InversionReport(points=int(np.prod(shape)))
+    return inverse_field(lambda points: forward_points(result, points), matrix, moving.affine,
+                         moving.spatial_shape)
+
+
+def write_inverse_transform(result: RegistrationResult, path: Path, moving: Image,
+                            field: np.ndarray | None = None) -> None:
+    """Write ``T⁻¹`` to ``path``: a matrix file for a matrix-only registration, or (``.nii``/``.nii.gz``) the
+    inverse displacement ``field`` on the moving grid (computed here when not given)."""
+    from mitk.io.transforms import is_field_path, write_displacement_field, write_matrix
+
+    if is_field_path(path):
+        if field is None:
+            field, _ = inverse_displacement(result, moving)
+        write_displacement_field(field, moving, path)
+        return
+    exact = inverse_matrix(result)
+    if exact is None:
+        raise ValueError("this registration produced no single matrix")
+    write_matrix(exact, path)
+
+
+def inverse_warped_array(result: RegistrationResult, fixed: Image, moving: Image, field: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """The fixed image on the moving grid, ``fixed(T⁻¹(y))`` (trilinear; integer images are rounded back). With
+    a displacement, ``field`` is :func:`inverse_displacement`'s (computed here when not given); a point whose
+    inverse did not converge within half the fixed image's smallest voxel is left at 0, as outside."""
+    from mitk.io.transforms import sample_field
+    from mitk.runner.resample import resample_through
+
+    exact = inverse_matrix(result)
+    if exact is not None:
+        array = resample_through(fixed, moving, lambda points: points @ exact[:3, :3].T + exact[:3, 3])
+    else:
+        if field is None:
+            field, _ = inverse_displacement(result, moving)
+        reject = 0.5 * float(np.min(np.linalg.norm(fixed.affine[:3, :3], axis=0)))
+
+        def through(points: np.ndarray) -> np.ndarray:
+            mapped = points + sample_field(field, moving.affine, points)
+            missed = np.linalg.norm(forward_points(result, mapped) - points, axis=1) > reject
+            mapped[missed] = 1e9  # far outside: sampled as 0
+            return mapped
+
+        array = resample_through(fixed, moving, through)
+    if fixed.array.dtype.kind in "iu":
+        array = np.rint(array).astype(fixed.array.dtype)
+    return array
+
+
+def inverse_points(result: RegistrationResult, points: np.ndarray, report: InversionReport | None = None
+                   ) -> np.ndarray:
+    """``T⁻¹`` at ``(N, 3)`` moving-world points: exact for a matrix, else iterated (see the module)."""
+    exact = inverse_matrix(result)
+    if exact is not None:
+        return points @ exact[:3, :3].T + exact[:3, 3]
+    matrix = np.eye(4) if result.matrix is None else np.asarray(result.matrix, float)
+    return invert_points(lambda x: forward_points(result, x), matrix, points, report=report)
