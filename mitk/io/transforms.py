@@ -16,6 +16,7 @@ vectors have their first two components negated.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -80,13 +81,16 @@ class Transform:
     field: np.ndarray | None = None
     """``(I, J, K, 3)`` RAS displacement in mm, on the grid of ``field_affine``."""
     field_affine: np.ndarray | None = None
+    _sampler: FieldSampler | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Map ``(N, 3)`` RAS points."""
         if self.matrix is not None:
             return points @ self.matrix[:3, :3].T + self.matrix[:3, 3]
         assert self.field is not None and self.field_affine is not None
-        return points + sample_field(self.field, self.field_affine, points)
+        if self._sampler is None:
+            self._sampler = FieldSampler(self.field, self.field_affine)
+        return points + self._sampler(points)
 
     def fitted_matrix(self, points: int = 20_000) -> np.ndarray:
         """The matrix itself, or the affine closest (least squares) to a field's map ``x ↦ x + u(x)`` over a
@@ -106,22 +110,33 @@ class Transform:
         return matrix
 
 
-def sample_field(field: np.ndarray, affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+class FieldSampler:
     """Trilinear interpolation (float64) of a ``(I, J, K, 3)`` field at world points; zero displacement outside
     the grid's voxel centres (``scipy.ndimage.map_coordinates(order=1, mode="constant")``'s answer, three
-    components in one ``grid_sample`` pass)."""
-    import torch
+    components in one ``grid_sample`` pass). The field is prepared once, for the many calls of an inversion."""
 
-    index = (points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    extent = np.array(field.shape[:3], dtype=np.float64) - 1
-    normalised = 2 * index / np.maximum(extent, 1) - 1
-    source = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(field, np.float64), -1, 0)))[None]
-    grid = torch.from_numpy(np.ascontiguousarray(normalised[:, ::-1]))[None, None, None]
-    sampled = torch.nn.functional.grid_sample(source, grid, mode="bilinear", padding_mode="zeros",
-                                              align_corners=True)[0, :, 0, 0].T.numpy()
-    outside = np.any((index < 0) | (index > extent), axis=1)
-    sampled[outside] = 0.0
-    return np.asarray(sampled)
+    def __init__(self, field: np.ndarray, affine: np.ndarray) -> None:
+        import torch
+
+        self.to_index = np.linalg.inv(np.asarray(affine, float))
+        self.extent = np.array(field.shape[:3], dtype=np.float64) - 1
+        self.source = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(field, np.float64), -1, 0)))[None]
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        import torch
+
+        index = points @ self.to_index[:3, :3].T + self.to_index[:3, 3]
+        normalised = 2 * index / np.maximum(self.extent, 1) - 1
+        grid = torch.from_numpy(np.ascontiguousarray(normalised[:, ::-1]))[None, None, None]
+        sampled = torch.nn.functional.grid_sample(self.source, grid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=True)[0, :, 0, 0].T.numpy()
+        sampled[np.any((index < 0) | (index > self.extent), axis=1)] = 0.0
+        return np.asarray(sampled)
+
+
+def sample_field(field: np.ndarray, affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """:class:`FieldSampler` for one call."""
+    return FieldSampler(field, affine)(points)
 
 
 def read_transform(path: Path) -> Transform:

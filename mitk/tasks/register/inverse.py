@@ -16,22 +16,25 @@ on the fixed grid, zero outside it). Its inverse is written as ANTs users expect
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mitk.image import Image
-from mitk.runner.invert import InversionReport, inverse_field, invert_points
+from mitk.runner.invert import InversionReport, Seeds, inverse_field, invert_points
 from mitk.tasks.register.result import RegistrationResult
 
 
-def forward_points(result: RegistrationResult, points: np.ndarray) -> np.ndarray:
-    """``T(x) = M x + d(x)`` at ``(N, 3)`` fixed-world points (``d`` trilinear on the fixed grid)."""
-    from mitk.io.transforms import sample_field
+def forward_points(result: RegistrationResult, points: np.ndarray, sampler: Any = None) -> np.ndarray:
+    """``T(x) = M x + d(x)`` at ``(N, 3)`` fixed-world points (``d`` trilinear on the fixed grid; ``sampler``,
+    a :class:`~mitk.io.transforms.FieldSampler` of it, saves preparing it on every call)."""
+    from mitk.io.transforms import FieldSampler
 
     matrix = np.eye(4) if result.matrix is None else np.asarray(result.matrix, float)
     mapped = points @ matrix[:3, :3].T + matrix[:3, 3]
     if result.displacement is not None:
-        mapped = mapped + sample_field(np.asarray(result.displacement, float), result.warped.affine, points)
+        sampler = sampler or FieldSampler(np.asarray(result.displacement, float), result.warped.affine)
+        mapped = mapped + sampler(points)
     return mapped
 
 
@@ -52,8 +55,21 @@ def inverse_displacement(result: RegistrationResult, moving: Image) -> tuple[np.
         world = moving.affine[:3, :3] @ voxels + moving.affine[:3, 3:]
         moved = exact[:3, :3] @ world + exact[:3, 3:]
         return (moved - world).T.reshape(*shape, 3), InversionReport(points=int(np.prod(shape)))
-    return inverse_field(lambda points: forward_points(result, points), matrix, moving.affine,
-                         moving.spatial_shape)
+    forward = seeded_forward(result)
+    return inverse_field(forward[0], matrix, moving.affine, moving.spatial_shape, seeds=forward[1])
+
+
+def seeded_forward(result: RegistrationResult) -> tuple[Any, Seeds]:
+    """``T`` as a callable on points, and the fixed grid's :class:`~mitk.runner.invert.Seeds` for inverting it."""
+    from mitk.io.transforms import FieldSampler
+
+    sampler = None if result.displacement is None else FieldSampler(np.asarray(result.displacement, float),
+                                                                     result.warped.affine)
+
+    def forward(points: np.ndarray) -> np.ndarray:
+        return forward_points(result, points, sampler)
+
+    return forward, Seeds(forward, result.warped.affine, result.warped.spatial_shape)
 
 
 def write_inverse_transform(result: RegistrationResult, path: Path, moving: Image,
@@ -78,7 +94,7 @@ def inverse_warped_array(result: RegistrationResult, fixed: Image, moving: Image
     """The fixed image on the moving grid, ``fixed(T⁻¹(y))`` (trilinear; integer images are rounded back). With
     a displacement, ``field`` is :func:`inverse_displacement`'s (computed here when not given); a point whose
     inverse did not converge within half the fixed image's smallest voxel is left at 0, as outside."""
-    from mitk.io.transforms import sample_field
+    from mitk.io.transforms import FieldSampler
     from mitk.runner.resample import resample_through
 
     exact = inverse_matrix(result)
@@ -88,10 +104,12 @@ def inverse_warped_array(result: RegistrationResult, fixed: Image, moving: Image
         if field is None:
             field, _ = inverse_displacement(result, moving)
         reject = 0.5 * float(np.min(np.linalg.norm(fixed.affine[:3, :3], axis=0)))
+        inverse_sampler = FieldSampler(field, moving.affine)
+        forward, _ = seeded_forward(result)
 
         def through(points: np.ndarray) -> np.ndarray:
-            mapped = points + sample_field(field, moving.affine, points)
-            missed = np.linalg.norm(forward_points(result, mapped) - points, axis=1) > reject
+            mapped = points + inverse_sampler(points)
+            missed = np.linalg.norm(forward(mapped) - points, axis=1) > reject
             mapped[missed] = 1e9  # far outside: sampled as 0
             return mapped
 
@@ -108,4 +126,5 @@ def inverse_points(result: RegistrationResult, points: np.ndarray, report: Inver
     if exact is not None:
         return points @ exact[:3, :3].T + exact[:3, 3]
     matrix = np.eye(4) if result.matrix is None else np.asarray(result.matrix, float)
-    return invert_points(lambda x: forward_points(result, x), matrix, points, report=report)
+    forward, seeds = seeded_forward(result)
+    return invert_points(forward, matrix, points, report=report, seeds=seeds)

@@ -199,8 +199,8 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
 
     from mitk.errors import PluginError
     from mitk.io.atomic import atomic_path
-    from mitk.io.reader import load_image, require_volume
     from mitk.io.nifti import write_nifti
+    from mitk.io.reader import load_image, require_volume
     from mitk.io.transforms import inverse_path, is_field_path
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.outputs import sibling
