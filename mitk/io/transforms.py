@@ -171,10 +171,11 @@ def _read_itk_mat(path: Path) -> np.ndarray:
     after the transform type (``AffineTransform_double_3_3``, ``MatrixOffsetTransformBase_double_3_3`` …)
     holding its parameters, and ``fixed`` holding its centre. Read with scipy's MATLAB reader (no pickle)."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         variables = loadmat(str(path))
-    except (ValueError, TypeError, OSError, NotImplementedError) as error:
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as error:
         raise InputError(f"not an ITK MATLAB transform file ({error})", path) from None
     kinds = [name for name in variables if not name.startswith("__") and name != "fixed"]
     if len(kinds) != 1:
