@@ -101,20 +101,34 @@ def label_linear(labels: np.ndarray, shape: tuple[int, ...], normalised: np.ndar
     extent = np.array(shape, dtype=np.float64) - 1
     position = (normalised[inside] + 1) / 2 * extent  # grid_sample's unnormalisation (a 1-voxel axis → 0)
     lower = np.clip(np.floor(position), 0, np.maximum(extent - 1, 0)).astype(np.int64)
-    fraction = (position - lower).astype(np.float32)
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+    offsets = [np.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]) for corner in range(8)]
     corner_labels = []
-    corner_weights = []
-    for corner in range(8):
-        offsets = np.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
-        weight = np.ones(len(position), dtype=np.float32)
+    for offset in offsets:
         flat = np.zeros(len(position), dtype=np.int64)
         for axis in range(3):
-            along = fraction[:, axis] if offsets[axis] else 1 - fraction[:, axis]
-            weight *= along
-            flat += np.minimum(lower[:, axis] + offsets[axis], shape[axis] - 1) * strides[axis]
+            flat += np.minimum(lower[:, axis] + offset[axis], shape[axis] - 1) * strides[axis]
         corner_labels.append(labels[flat])
-        corner_weights.append(weight)
+    chosen = corner_labels[0].copy()
+    mixed = np.zeros(len(position), dtype=bool)
+    for corner in range(1, 8):
+        mixed |= corner_labels[corner] != corner_labels[0]
+    if mixed.any():  # only where the eight neighbours disagree is there anything to weigh
+        fraction = (position[mixed] - lower[mixed]).astype(np.float32)
+        corner_weights = []
+        for offset in offsets:
+            weight = np.ones(len(fraction), dtype=np.float32)
+            for axis in range(3):
+                weight *= fraction[:, axis] if offset[axis] else 1 - fraction[:, axis]
+            corner_weights.append(weight)
+        chosen[mixed] = _best_label([c[mixed] for c in corner_labels], corner_weights)
+    out = np.zeros(count, dtype=labels.dtype)
+    out[inside] = chosen
+    return out
+
+
+def _best_label(corner_labels: list[np.ndarray], corner_weights: list[np.ndarray]) -> np.ndarray:
+    """Per point, the label whose corners' weights sum highest (ties to the smaller label)."""
     scores = [weight.copy() for weight in corner_weights]  # the summed weight of each corner's label
     for first in range(8):
         for second in range(first + 1, 8):
@@ -123,13 +137,11 @@ def label_linear(labels: np.ndarray, shape: tuple[int, ...], normalised: np.ndar
             scores[second] += np.where(same, corner_weights[first], 0)
     best_score = np.maximum.reduce(scores)
     tolerance = np.float32(1e-6)
-    chosen = np.zeros(len(position), dtype=labels.dtype)
-    found = np.zeros(len(position), dtype=bool)
+    chosen = corner_labels[0].copy()
+    found = np.zeros(len(chosen), dtype=bool)
     for corner in range(8):  # among the corners whose label scores best, the smallest label
         candidate = scores[corner] >= best_score - tolerance
         replace = candidate & (~found | (corner_labels[corner] < chosen))
         chosen[replace] = corner_labels[corner][replace]
         found |= candidate
-    out = np.zeros(count, dtype=labels.dtype)
-    out[inside] = chosen
-    return out
+    return chosen
