@@ -232,7 +232,7 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
         if transform is not None and not is_field_path(transform) and (
                 result.matrix is None or result.displacement is not None):
             raise PluginError(f"plugin {model.name!r} gave a displacement field; --transform needs a matrix "
-                              "for .tfm/.txt/.json (write .nii.gz for the field)")
+                              "for .tfm/.txt/.mat/.json (write .nii.gz for the field)")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
                                    "registration": result.metrics}
         field = None  # the inverse displacement on the moving grid, computed once when a field needs it
