@@ -16,7 +16,7 @@ MODES = ("linear", "nearest", "labels")
 def warp(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Image to warp (the moving image's space).")],
     transform: Annotated[list[Path], typer.Option(
-        "--transform", "-t", help="Transform from mitk register or ITK: .tfm/.txt/.json or a displacement "
+        "--transform", "-t", help="Transform from mitk register, ITK or ANTs: .tfm/.txt/.mat/.json or a displacement "
                                   ".nii.gz. Repeat for a chain: reference points go through the first, then the "
                                   "next.")],
     reference: Annotated[Path, typer.Option("--reference", "-r", help="Image whose grid the output takes "
@@ -27,11 +27,16 @@ def warp(
     interpolation: Annotated[str | None, typer.Option(
         "--interpolation", help="linear, nearest, or labels (label-wise linear). Default: linear; labels "
                                 "with --labels.")] = None,
+    invert: Annotated[bool, typer.Option(
+        "--invert", help="Apply the inverse of the chain (moving-world → fixed-world): matrices inverted exactly, "
+                         "displacement fields by fixed-point iteration; the reference is then the moving image's "
+                         "grid.")] = False,
     series: SeriesOption = None,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Resample INPUT onto the reference grid through saved transforms (fixed-world → moving-world)."""
+    """Resample INPUT onto the reference grid through saved transforms (fixed-world → moving-world), or with
+    --invert through their inverse (an image in the fixed image's space onto the moving image's grid)."""
     import time
 
     import numpy as np
@@ -40,6 +45,7 @@ def warp(
     from mitk.io.nifti import is_nifti, write_nifti
     from mitk.io.reader import load_image, require_volume
     from mitk.io.transforms import check_chain, read_transform
+    from mitk.runner.invert import InversionReport, Seeds, inverse_mapping
     from mitk.runner.resample import resample_through
 
     mode = interpolation or ("labels" if labels else "linear")
@@ -58,9 +64,15 @@ def warp(
                                                                                   np.round(image.array)):
         raise UsageError("label interpolation needs integer labels", input_path)
 
+    report = InversionReport()
+    steps = ([inverse_mapping(step.apply, step.fitted_matrix(), exact=step.matrix is not None, report=report,
+                              seeds=None if step.field_affine is None or step.field is None
+                              else Seeds(step.apply, step.field_affine, step.field.shape[:3]))
+              for step in reversed(chain)] if invert else [step.apply for step in chain])
+
     def mapping(points: np.ndarray) -> np.ndarray:
-        for step in chain:
-            points = step.apply(points)
+        for step in steps:
+            points = step(points)
         return points
 
     array = resample_through(image, grid, mapping, mode="bilinear" if mode == "linear" else mode)
@@ -72,6 +84,10 @@ def warp(
         write_nifti(array, temporary, like=grid, description="mitk warp")
     seconds = time.perf_counter() - started
     if as_json:
-        emit_json({"input": str(input_path), "output": str(output), "reference": str(reference),
-                   "transforms": [str(p) for p in transform], "interpolation": mode, "seconds": round(seconds, 3)})
+        document = {"input": str(input_path), "output": str(output), "reference": str(reference),
+                    "transforms": [str(p) for p in transform], "invert": invert, "interpolation": mode,
+                    "seconds": round(seconds, 3)}
+        if report.points:
+            document.update(report.as_dict())
+        emit_json(document)
     say(f"{input_path} → {output} ({seconds:.1f} s)", label="ok", style="green")

@@ -7,6 +7,8 @@ vectors have their first two components negated.
 * ``.tfm`` / ``.txt``: ITK transform file (``AffineTransform_double_3_3``; reading also accepts
   ``MatrixOffsetTransformBase``, ``TranslationTransform``, ``Euler3DTransform``, ``VersorRigid3DTransform``,
   ``Similarity3DTransform``, and a ``CompositeTransform`` of these, composed in ITK's order).
+* ``.mat``: ITK's MATLAB (v4) transform file, as ANTs writes ``0GenericAffine.mat`` (one affine-family
+  transform and its ``fixed`` centre).
 * ``.json``: mitk's record, with the matrix in RAS and in LPS.
 * ``.nii`` / ``.nii.gz``: a displacement field, ITK's convention (a 5-D vector NIfTI, LPS vectors in mm,
   ``x ↦ x + u(x)``), readable by SimpleITK as a ``DisplacementFieldTransform``.
@@ -14,6 +16,7 @@ vectors have their first two components negated.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -36,7 +39,13 @@ def is_field_path(path: Path) -> bool:
 def write_matrix(matrix_ras: np.ndarray, path: Path) -> None:
     """Write a 4×4 fixed-world → moving-world RAS matrix as ``.tfm``/``.txt`` (ITK, LPS) or ``.json``."""
     lps = FLIP @ np.asarray(matrix_ras, float) @ FLIP
-    if path.suffix.lower() in (".tfm", ".txt"):
+    if path.suffix.lower() == ".mat":
+        from scipy.io import savemat
+
+        parameters = np.concatenate([lps[:3, :3].ravel(), lps[:3, 3]])[:, None]
+        with path.open("wb") as handle:
+            savemat(handle, {"AffineTransform_double_3_3": parameters, "fixed": np.zeros((3, 1))}, format="4")
+    elif path.suffix.lower() in (".tfm", ".txt"):
         linear = " ".join(f"{v:.17g}" for v in lps[:3, :3].ravel())
         translation = " ".join(f"{v:.17g}" for v in lps[:3, 3])
         path.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
@@ -47,8 +56,17 @@ def write_matrix(matrix_ras: np.ndarray, path: Path) -> None:
             "matrix_ras": np.asarray(matrix_ras, float).tolist(), "matrix_lps": lps.tolist()}, indent=2))
 
 
+def inverse_path(path: Path) -> Path:
+    """Where the inverse of the transform at ``path`` goes: beside it, ``<stem>_inverse`` with the same
+    extension (``t.tfm`` → ``t_inverse.tfm``, ``warp.nii.gz`` → ``warp_inverse.nii.gz``)."""
+    name = path.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
+    return path.with_name(f"{name[:len(name) - len(suffix)]}_inverse{suffix}")
+
+
 def write_displacement_field(field_ras: np.ndarray, fixed: Image, path: Path) -> None:
-    """Write ``(I, J, K, 3)`` RAS displacements on the fixed grid as an ITK displacement field."""
+    """Write ``(I, J, K, 3)`` RAS displacements on the grid of ``fixed`` (the fixed image for a forward
+    transform, the moving image for an inverse) as an ITK displacement field."""
     from mitk.io.nifti import write_nifti
 
     lps = np.asarray(field_ras, np.float32) * np.array([-1.0, -1.0, 1.0], np.float32)
@@ -63,22 +81,62 @@ class Transform:
     field: np.ndarray | None = None
     """``(I, J, K, 3)`` RAS displacement in mm, on the grid of ``field_affine``."""
     field_affine: np.ndarray | None = None
+    _sampler: FieldSampler | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Map ``(N, 3)`` RAS points."""
         if self.matrix is not None:
             return points @ self.matrix[:3, :3].T + self.matrix[:3, 3]
         assert self.field is not None and self.field_affine is not None
-        return points + sample_field(self.field, self.field_affine, points)
+        if self._sampler is None:
+            self._sampler = FieldSampler(self.field, self.field_affine)
+        return points + self._sampler(points)
+
+    def fitted_matrix(self, points: int = 20_000) -> np.ndarray:
+        """The matrix itself, or the affine closest (least squares) to a field's map ``x ↦ x + u(x)`` over a
+        regular subsample of its grid: the linear part that inverting the field starts from."""
+        if self.matrix is not None:
+            return self.matrix
+        assert self.field is not None and self.field_affine is not None
+        shape = self.field.shape[:3]
+        stride = max(1, round((int(np.prod(shape)) / points) ** (1 / 3)))
+        voxels = np.indices([len(range(0, n, stride)) for n in shape]).reshape(3, -1) * stride
+        world = (self.field_affine[:3, :3] @ voxels + self.field_affine[:3, 3:]).T
+        moved = world + self.field[tuple(voxels)]
+        design = np.c_[world, np.ones(len(world))]
+        solution, *_ = np.linalg.lstsq(design, moved, rcond=None)
+        matrix = np.eye(4)
+        matrix[:3] = solution.T
+        return matrix
+
+
+class FieldSampler:
+    """Trilinear interpolation (float64) of a ``(I, J, K, 3)`` field at world points; zero displacement outside
+    the grid's voxel centres (``scipy.ndimage.map_coordinates(order=1, mode="constant")``'s answer, three
+    components in one ``grid_sample`` pass). The field is prepared once, for the many calls of an inversion."""
+
+    def __init__(self, field: np.ndarray, affine: np.ndarray) -> None:
+        import torch
+
+        self.to_index = np.linalg.inv(np.asarray(affine, float))
+        self.extent = np.array(field.shape[:3], dtype=np.float64) - 1
+        self.source = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(field, np.float64), -1, 0)))[None]
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        import torch
+
+        index = points @ self.to_index[:3, :3].T + self.to_index[:3, 3]
+        normalised = 2 * index / np.maximum(self.extent, 1) - 1
+        grid = torch.from_numpy(np.ascontiguousarray(normalised[:, ::-1]))[None, None, None]
+        sampled = torch.nn.functional.grid_sample(self.source, grid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=True)[0, :, 0, 0].T.numpy()
+        sampled[np.any((index < 0) | (index > self.extent), axis=1)] = 0.0
+        return np.asarray(sampled)
 
 
 def sample_field(field: np.ndarray, affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of a ``(I, J, K, 3)`` field at world points; zero displacement outside."""
-    from scipy import ndimage
-
-    index = (points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    return np.stack([ndimage.map_coordinates(field[..., c], index.T, order=1, mode="constant", cval=0.0)
-                     for c in range(3)], axis=-1)
+    """:class:`FieldSampler` for one call."""
+    return FieldSampler(field, affine)(points)
 
 
 def read_transform(path: Path) -> Transform:
@@ -103,7 +161,34 @@ def read_transform(path: Path) -> Transform:
         return Transform(matrix=require_invertible(matrix, path))
     if path.suffix.lower() in (".tfm", ".txt"):
         return Transform(matrix=require_invertible(FLIP @ _read_itk_text(path) @ FLIP, path))
-    raise InputError("unknown transform format (use .tfm, .txt, .json, .nii or .nii.gz)", path)
+    if path.suffix.lower() == ".mat":
+        return Transform(matrix=require_invertible(FLIP @ _read_itk_mat(path) @ FLIP, path))
+    raise InputError("unknown transform format (use .tfm, .txt, .mat, .json, .nii or .nii.gz)", path)
+
+
+def _read_itk_mat(path: Path) -> np.ndarray:
+    """The LPS 4×4 matrix of an ITK MATLAB transform file (ANTs' ``*GenericAffine.mat``): a variable named
+    after the transform type (``AffineTransform_double_3_3``, ``MatrixOffsetTransformBase_double_3_3`` …)
+    holding its parameters, and ``fixed`` holding its centre. Read with scipy's MATLAB reader (no pickle)."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        variables = loadmat(str(path))
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as error:
+        raise InputError(f"not an ITK MATLAB transform file ({error})", path) from None
+    kinds = [name for name in variables if not name.startswith("__") and name != "fixed"]
+    if len(kinds) != 1:
+        raise InputError(f"expected one transform variable beside 'fixed', found {kinds}", path)
+    try:
+        parameters = np.asarray(variables[kinds[0]], float).ravel()
+        centre = np.asarray(variables.get("fixed", np.zeros(3)), float).ravel()
+    except (TypeError, ValueError):
+        raise InputError("the transform's parameters are not numbers", path) from None
+    fields = {"Parameters": " ".join(repr(float(v)) for v in parameters),
+              "FixedParameters": " ".join(repr(float(v)) for v in centre)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _itk_matrix(kinds[0], fields, path)
 
 
 def _read_itk_text(path: Path) -> np.ndarray:

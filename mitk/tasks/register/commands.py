@@ -20,7 +20,12 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
         raise UsageError("--transform names one file; give one moving image")
     if values["moving_mask"] is not None and len(moving) > 1:
         raise UsageError("--moving-mask belongs to one moving image; give one moving image")
-    job = {name: values[name] for name in ("transform", "fixed_series", "fixed_mask", "moving_mask")}
+    if values["preview"]:
+        from mitk.preview import require_preview
+
+        require_preview("--preview")
+    job = {name: values[name] for name in ("transform", "fixed_series", "fixed_mask", "moving_mask",
+                                           "inverse_warped", "preview")}
     return VerbPlan(moving, {"fixed_path": fixed, **job}, also_inputs=(fixed, *masks))
 
 

@@ -170,25 +170,42 @@ class RegistrationRunner:
         return np.ascontiguousarray(np.moveaxis(np.asarray(field, dtype=np.float64), 0, -1))
 
 
+def inverse_warped_path(target: Path) -> Path:
+    """Where ``InverseWarped`` goes beside the warped image ``target``: ``ct_warped.nii.gz`` →
+    ``ct_inverse_warped.nii.gz``, ``out.nii.gz`` → ``out_inverse_warped.nii.gz``."""
+    from mitk.io.atomic import split_suffix
+
+    stem, _ = split_suffix(target)
+    stem = stem.removesuffix("_warped")
+    return target.with_name(f"{stem}_inverse_warped.nii.gz")
+
+
 def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path, *,
                       transform: Path | None = None, series: str | None = None, fixed_series: str | None = None,
                       allow_resample: bool = False, fixed_mask: Path | None = None,
-                      moving_mask: Path | None = None) -> CaseJob:
+                      moving_mask: Path | None = None, inverse_warped: bool = False,
+                      preview: bool = False) -> CaseJob:
     """The batch job of ``mitk register``: each moving image on the fixed grid, and its transform.
 
     ``series`` picks the series of each DICOM input, fixed and moving alike, unless ``fixed_series`` names
     the fixed image's own; ``allow_resample`` lets irregular DICOM stacks be resampled on reading.
     ``fixed_mask`` and ``moving_mask`` are label images that restrict the metric (see
-    :class:`RegistrationRunner`).
+    :class:`RegistrationRunner`). With ``transform``, its inverse is written beside it
+    (:func:`~mitk.io.transforms.inverse_path`); ``inverse_warped`` also writes the fixed image on the moving grid
+    (``<case>_inverse_warped.nii.gz``) and ``preview`` a checkerboard/edge PNG (``<case>_warped_preview.png``);
+    see :mod:`mitk.tasks.register.inverse` for the conventions.
     """
     import contextlib
 
     from mitk.errors import PluginError
     from mitk.io.atomic import atomic_path
+    from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image, require_volume
-    from mitk.io.transforms import is_field_path
+    from mitk.io.transforms import inverse_path, is_field_path
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.fit import check_fit
+    from mitk.runner.outputs import sibling
+    from mitk.tasks.register.inverse import inverse_displacement, inverse_warped_array, write_inverse_transform
 
     fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
                                       allow_resample=allow_resample))
@@ -203,28 +220,53 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
         target = policy.target(case, "_warped", ".nii.gz")
         if policy.should_skip(target, case, inputs=(fixed_path,)):
             return CaseOutcome(output=target, skipped=True)
-        if transform is not None:  # refuse before any compute or write, as for the image
-            policy.check_companion(transform, case, inputs=(fixed_path,))
+        companions: dict[str, Path] = {}
+        if transform is not None:
+            companions["transform"], companions["inverse"] = transform, inverse_path(transform)
+        if inverse_warped:
+            companions["inverse_warped"] = inverse_warped_path(target)
+        if preview:
+            companions["preview"] = sibling(target, "_preview", ".png")
+        for path in companions.values():  # refuse before any compute or write, as for the image
+            policy.check_companion(path, case, inputs=(fixed_path,))
         moving = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
         fit = check_fit(model.expects, moving)  # refuse or warn before the registration runs
         result = runner(fixed, moving)
         if transform is not None and not is_field_path(transform) and (
                 result.matrix is None or result.displacement is not None):
             raise PluginError(f"plugin {model.name!r} gave a displacement field; --transform needs a matrix "
-                              "for .tfm/.txt/.json (write .nii.gz for the field)")
+                              "for .tfm/.txt/.mat/.json (write .nii.gz for the field)")
         details: dict[str, Any] = {"matrix_ras": None if result.matrix is None else result.matrix.tolist(),
                                    "registration": result.metrics, **({"fit": fit} if fit else {})}
+        field = None  # the inverse displacement on the moving grid, computed once when a field needs it
+        if result.displacement is not None and ("inverse_warped" in companions or (
+                transform is not None and is_field_path(transform))):
+            field, report = inverse_displacement(result, moving)
+            details["inverse"] = report.as_dict()
         inputs = policy.inputs_for(case, fixed_path)
-        # The warped image and the transform, both or neither; the stack commits the warped image last, so that
-        # --skip-existing redoes a case interrupted between the two renames.
+        # The warped image and its companions, all or none; the stack commits the warped image last, so that
+        # --skip-existing redoes a case interrupted between the renames.
         with contextlib.ExitStack() as outputs:
             warped = outputs.enter_context(atomic_path(target, overwrite=policy.overwrite, inputs=inputs))
             write_warped(result, warped, like=fixed, plugin=model.name)  # as result.save()
+
+            def temporary(key: str) -> Path:
+                return outputs.enter_context(atomic_path(companions[key], overwrite=policy.companion_overwrite,
+                                                         inputs=inputs))
+
             if transform is not None:
-                temporary = outputs.enter_context(atomic_path(transform, overwrite=policy.companion_overwrite,
-                                                              inputs=inputs))
-                write_transform(result, temporary, fixed)
-                details["transform"] = str(transform)
+                write_transform(result, temporary("transform"), fixed)
+                write_inverse_transform(result, temporary("inverse"), moving, field)
+                details["transform"], details["inverse_transform"] = str(transform), str(companions["inverse"])
+            if "inverse_warped" in companions:
+                array = inverse_warped_array(result, fixed, moving, field)
+                write_nifti(array, temporary("inverse_warped"), like=moving, description="mitk inverse warped")
+                details["inverse_warped"] = str(companions["inverse_warped"])
+            if "preview" in companions:
+                from mitk.tasks.register.preview import save_registration_preview
+
+                save_registration_preview(fixed, result.warped, temporary("preview"))
+                details["preview"] = str(companions["preview"])
         return CaseOutcome(output=target, details=details)
 
     return process

@@ -15,8 +15,22 @@ OPTIONS = (
         ("--transform",),
         Path | None,
         None,
-        ("Write the transform: .tfm/.txt (ITK, LPS), .json (RAS and LPS matrices), or .nii.gz (ITK displacement field "
-         "on the fixed grid)."),
+        ("Write the transform: .tfm/.txt/.mat (ITK, LPS), .json (RAS and LPS matrices), or .nii.gz (ITK displacement "
+         "field on the fixed grid); its inverse goes beside it as <name>_inverse<ext> (a field: on the moving grid)."),
+    ),
+    Option(
+        "inverse_warped",
+        ("--inverse-warped",),
+        bool,
+        False,
+        "Also write the fixed image on the moving grid through the inverse (<out>_inverse_warped.nii.gz).",
+    ),
+    Option(
+        "preview",
+        ("--preview",),
+        bool,
+        False,
+        "Also write a checkerboard and edge overlay of fixed and warped images (<out>_preview.png).",
     ),
     Option(
         "fixed_series",
