@@ -232,3 +232,17 @@ def test_a_subject_onto_the_template_gains_over_its_affine_start(mni_t1_2mm: Pat
     inverse = report["inverse_displacement"]
     assert inverse.shape == result.displacement.shape and np.isfinite(inverse).all()
     assert report["jacobian_min"] > 0 and report["folded_percent"] == 0
+
+
+def test_the_syn_preset_stages_rigid_affine_deformable(mni_t1_2mm: Path, tmp_path: Path) -> None:
+    """The command of docs/registration.md § syn: rigid, then affine, then the dense stage."""
+    code, stdout, stderr = invoke(["register", str(DATA / "someones_anatomy.nii.gz"), str(mni_t1_2mm), "--plugin",
+                                   "syn", "-o", str(tmp_path / "warped.nii.gz"), "--transform",
+                                   str(tmp_path / "field.nii.gz"), "--json"])
+    assert code == 0, stderr
+    [record] = json.loads(stdout)["cases"]
+    report = record["registration"]
+    assert len(report["affine"]["rigid"]["similarity"]) == 3 and len(report["affine"]["similarity"]) == 3
+    assert report["similarity_final"] >= report["similarity_affine"] and report["folded_percent"] == 0
+    assert brain_dice(record, DATA / "someones_anatomy.nii.gz") > 0.95  # the affine part
+    assert (tmp_path / "warped.nii.gz").exists() and (tmp_path / "field.nii.gz").exists()

@@ -141,15 +141,17 @@ def dense_register(fixed: Volume, moved: Volume, fixed_inside: torch.Tensor | No
             current = regrid(velocity, flat, previous, factors, fixed.shape)
         with torch.no_grad():
             first = -float(energy(current))
+        rate = 0.0
         for number in range(count):
             current.requires_grad_(True)
             value = energy(current)
             (gradient,) = torch.autograd.grad(value, current)
             with torch.no_grad():
                 update = -smooth_field(gradient, update_sigma, flat)
-                largest = float(update.norm(dim=1).max())
-                scale = step * (0.5 + 0.5 * np.cos(np.pi * number / max(count, 1))) if count > 1 else step
-                current = current.detach() + update * (scale / largest if largest > 0 else 0.0)
+                if number == 0:  # the first update moves ``step`` voxels at most; later ones shrink with the gradient
+                    largest = float(update.norm(dim=1).max())
+                    rate = step / largest if largest > 0 else 0.0
+                current = current.detach() + update * rate
                 current = smooth_field(current, total_sigma, flat)
         with torch.no_grad():
             last = -float(energy(current)) if count else first
