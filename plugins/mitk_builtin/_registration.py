@@ -96,8 +96,8 @@ class DeformableRegistration(RegistrationPlugin):
             "update_sigma": "Gaussian σ (level voxels) smoothing each update (ANTs' update-field regularisation)",
             "total_sigma": "Gaussian σ (level voxels) smoothing the whole velocity after each step (0: none)",
             "symmetric": "also match the fixed image through the inverse field to the moving one (SyN's symmetry)",
-            "foreground_mm": "without masks, compare only where the moving image has signal, widened by this "
-                             "many mm (a skull-stripped template stays off the scalp); < 0: everywhere",
+            "foreground_mm": "without masks, compare only where the moving image has signal, widened by this many "
+                             "mm (< 0: everywhere)",
             "integration_steps": "scaling-and-squaring steps integrating the velocity (MONAI DVF2DDF)",
             "inverse": "also return the inverse displacement (report key inverse_displacement, an array)",
             "strict": "refuse an affine stage worse than identity or start, or scaled outside 0.7-1.4",
