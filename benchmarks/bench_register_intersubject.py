@@ -1,19 +1,25 @@
 """Inter-subject registration, mitk against ANTs (antspyx), side by side in one run.
 
-Each real subject T1 (a whole head: fixed) gets nilearn's MNI152 T1 at 2 mm (brain only: moving); the score is
-the Dice of the MNI152 brain mask carried onto the subject (linear interpolation, > 0.5) against the subject's
-reference brain mask. Pairs: nibabel's ``someones_anatomy`` (in ``tests/data/nibabel``, with the mask made by
-``bench_register.py:skull_strip``) and, when ``--data`` holds the extracted Debian ``insighttoolkit5-examples``,
-ITK's ``KmeansTest_T1UCharRaw`` with ITK's own ``KmeansTest_T1RawSkullStrip``.
+Pairs (fixed ← moving), each scored by the Dice of the moving image's brain mask carried onto the fixed grid
+(linear interpolation, > 0.5) against the fixed image's reference brain mask:
 
-Methods: the identity; mitk ``affine`` with its defaults and with the old default ``init=com``; mitk
-``deformable`` (defaults); ANTs ``Affine`` and ``SyN`` (``random_seed=1``). Every method runs in a fresh process
-with one thread (``OMP_NUM_THREADS=1``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``), so its wall time and peak
-resident memory are its own.
+- ``someones``: nibabel's ``someones_anatomy`` (a whole head; mask in ``tests/data/nibabel``, made by
+  ``bench_register.py:skull_strip``) ← nilearn's MNI152 T1 at 2 mm (brain only);
+- ``itk_kmeans_t1`` (when ``--data`` holds the extracted Debian ``insighttoolkit5-examples``): ITK's
+  ``KmeansTest_T1UCharRaw`` (mask: ITK's own ``KmeansTest_T1RawSkullStrip``) ← the MNI152 T1 at 2 mm;
+- ``mni_from_someones``: the MNI152 T1 at 2 mm (mask: nilearn's MNI152 brain mask) ← ``someones_anatomy`` (issue
+  26's direction: a subject onto the template).
+
+Methods: the identity; mitk ``affine``, ``deformable`` and ``syn`` with their defaults; ANTs ``Affine`` and ``SyN``
+(``random_seed=1``). Every method runs in a fresh process with one thread (``OMP_NUM_THREADS=1``,
+``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``), so its wall time (imports included) and peak resident memory are its
+own.
 
 Run: ``python benchmarks/bench_register_intersubject.py [--data DIR] [--methods ...]``; writes
 ``benchmarks/results/register_intersubject_ants.json``. ANTs needs ``pip install antspyx`` (not one of mitk's
-extras: its metadata asks for scipy < 1.16; it ran here with scipy 1.17); without it the ANTs methods are skipped.
+extras: its metadata asks for scipy < 1.16 and would change numpy; here it was installed with ``pip install --no-deps
+--target DIR antspyx statsmodels formulaic interface_meta patsy webcolors`` and found through ``PYTHONPATH``, and ran
+with scipy 1.17); without it the ANTs methods are skipped.
 """
 
 from __future__ import annotations
@@ -30,22 +36,26 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("identity", "mitk_affine", "mitk_affine_init_com", "mitk_deformable", "ants_affine", "ants_syn")
+METHODS = ("identity", "mitk_affine", "mitk_deformable", "mitk_syn", "ants_affine", "ants_syn")
+SOMEONES = (ROOT / "tests/data/nibabel/someones_anatomy.nii.gz",
+            ROOT / "tests/data/nibabel/someones_anatomy_brain.nii.gz")
 
 
-def pairs(data: Path | None) -> dict[str, tuple[Path, Path]]:
-    found = {"nibabel_someones_anatomy": (ROOT / "tests/data/nibabel/someones_anatomy.nii.gz",
-                                          ROOT / "tests/data/nibabel/someones_anatomy_brain.nii.gz")}
+def pairs(data: Path | None, template: Path, template_mask: Path) -> dict[str, tuple[Path, Path, Path, Path]]:
+    """Each pair as (fixed, fixed reference mask, moving, moving mask)."""
+    found = {"someones": (*SOMEONES, template, template_mask)}
     if data is not None and data.is_dir():
         image = next(iter(sorted(data.rglob("KmeansTest_T1UCharRaw.nii.gz"))), None)
         mask = next(iter(sorted(data.rglob("KmeansTest_T1RawSkullStrip.nii.gz"))), None)
         if image is not None and mask is not None:
-            found["itk_kmeans_t1"] = (image, mask)
+            found["itk_kmeans_t1"] = (image, mask, template, template_mask)
+    found["mni_from_someones"] = (template, template_mask, *SOMEONES)
     return found
 
 
 def run_method(method: str, subject: str, reference: str, template: str, template_mask: str) -> dict[str, Any]:
-    """One method on one pair, in this (fresh) process: Dice, seconds, peak memory."""
+    """One method on one pair (fixed ``subject`` ← moving ``template``), in this (fresh) process: Dice, seconds,
+    peak memory."""
     os.environ["OMP_NUM_THREADS"] = os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
     import nibabel as nib
@@ -54,6 +64,7 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
 
     torch.set_num_threads(1)
     reference_mask = np.asarray(nib.load(reference).dataobj) > 0
+    extra: dict[str, Any] = {}
     started = time.perf_counter()
     if method.startswith("ants"):
         import ants
@@ -68,6 +79,7 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
         from mitk_builtin._registration import (
             AffineRegistration,
             DeformableRegistration,
+            SyNRegistration,
             affine_register,
             deformable_register,
         )
@@ -80,14 +92,13 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
         moving_image.array = np.asarray(moving_image.array, np.float32)
         matrix, displacement = np.eye(4), None
         device = torch.device("cpu")
-        if method == "mitk_deformable":
-            matrix, displacement, _ = deformable_register(fixed_image, moving_image,
-                                                          DeformableRegistration().default_config(), device)
+        if method in ("mitk_deformable", "mitk_syn"):
+            plugin = DeformableRegistration() if method == "mitk_deformable" else SyNRegistration()
+            matrix, displacement, report = deformable_register(fixed_image, moving_image, plugin.default_config(),
+                                                               device)
+            extra = {key: report[key] for key in ("jacobian_min", "folded_percent", "field_scale")}
         elif method != "identity":
-            config = AffineRegistration().default_config()
-            if method == "mitk_affine_init_com":
-                config["init"] = "com"
-            matrix, _ = affine_register(fixed_image, moving_image, config, device)
+            matrix, _ = affine_register(fixed_image, moving_image, AffineRegistration().default_config(), device)
         seconds = time.perf_counter() - started
         mask = load_image(Path(template_mask))
         mask.array = (np.asarray(mask.array) > 0).astype(np.float32)
@@ -95,7 +106,7 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
     dice = float(2 * (carried & reference_mask).sum() / (carried.sum() + reference_mask.sum()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux → MiB
     return {"dice": round(dice, 4), "seconds": round(seconds, 1) if method != "identity" else None,
-            "peak_mib": round(peak)}
+            "peak_mib": round(peak), **extra}
 
 
 def main() -> None:
@@ -119,12 +130,13 @@ def main() -> None:
         template, template_mask = Path(folder) / "mni152_2mm.nii.gz", Path(folder) / "mni152_2mm_brain.nii.gz"
         datasets.load_mni152_template(resolution=2).to_filename(template)
         datasets.load_mni152_brain_mask(resolution=2).to_filename(template_mask)
-        for name, (subject, reference) in pairs(arguments.data).items():
+        for name, (subject, reference, moving, moving_mask) in pairs(arguments.data, template,
+                                                                     template_mask).items():
             results: dict[str, Any] = {}
             for method in methods:
                 with context.Pool(1) as pool:
-                    results[method] = pool.apply(run_method, (method, str(subject), str(reference), str(template),
-                                                              str(template_mask)))
+                    results[method] = pool.apply(run_method, (method, str(subject), str(reference), str(moving),
+                                                              str(moving_mask)))
                 print(name, method, json.dumps(results[method]), flush=True)
             document["pairs"][name] = results
     output = ROOT / "benchmarks/results/register_intersubject_ants.json"

@@ -99,7 +99,8 @@ def test_deformable_on_the_bspline_deformed_slice(tmp_path: Path) -> None:
     affine_settings = ["--set", "affine.iterations=[50,25,12]", "--set", "affine.samples=8000"]
     code, stdout, stderr = invoke(["register", str(fixed_path), str(moving_path), "--plugin", "deformable",
                                    "-o", str(tmp_path / "warped.nii.gz"), "--transform", str(tmp_path / "u.nii.gz"),
-                                   *affine_settings, "--set", "iterations=[60,30]", "--json"])
+                                   *affine_settings, "--set", "iterations=[60,30]", "--set", "levels=[4,2]",
+                                   "--json"])
     assert code == 0, stderr
     matrix = np.asarray(json.loads(stdout)["cases"][0]["matrix_ras"])
     fixed = sitk.GetArrayFromImage(sitk.ReadImage(str(fixed_path))).T.astype(float)

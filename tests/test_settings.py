@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 TINY_UNET = {"patch_size": [16, 16, 16], "spacing": None,
              "network": {"channels": [2, 4], "strides": [2], "num_res_units": 0}}
 BUILT_IN = ("threshold", "unet", "segresnet", "swinunetr", "densenet121", "resnet", "blob", "retinanet",
-            "affine", "deformable", "voxelmorph", "monai-bundle-segmentation", "monai-bundle-classes", "nnunet")
+            "affine", "deformable", "syn", "voxelmorph", "monai-bundle-segmentation", "monai-bundle-classes", "nnunet")
 
 
 def plugin(name: str) -> Any:

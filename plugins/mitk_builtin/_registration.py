@@ -1,16 +1,17 @@
-"""Classical registration by instance optimisation in torch: ``affine`` and ``deformable``.
+"""Classical registration by instance optimisation in torch: ``affine``, ``deformable`` and ``syn``.
 
 Both work in world millimetres (RAS), so flipped, permuted and oblique grids need no special case. The affine
 plugin follows ITK's recipe: a Gaussian pyramid, a metric evaluated on a random sample of fixed-image points
 (not the dense volume), and a centred transform started from the best (by the metric) of the identity, the grid
 centres and the centres of mass; it reports the metric at identity, start and end and warns when the result is
 worse than either or implausibly scaled. The deformable
-plugin starts from that affine and optimises a dense displacement field on a coarse grid with MONAI's ``Warp``,
-its local NCC (or MSE / mutual information) and a bending-energy or diffusion penalty.
+plugin starts from that affine and optimises a stationary velocity field greedily, as ANTs' SyN does (Gaussian-
+smoothed similarity gradients, one step scale for the whole field, a symmetric cost), in pure torch;
+``syn`` is the same with a rigid stage first (ANTs' ``antsRegistrationSyN`` schedule).
 
-This module holds the two plugin classes; the pyramid, metrics, transform model and optimisation loops live in
-:mod:`._registration_pyramid`, :mod:`._registration_metrics`, :mod:`._registration_transform` and
-:mod:`._registration_optimiser` (whose entry points it re-exports).
+This module holds the plugin classes; the pyramid, metrics, transform model, optimisation loops, dense stage and
+fields live in :mod:`._registration_pyramid`, :mod:`._registration_metrics`, :mod:`._registration_transform`,
+:mod:`._registration_optimiser`, :mod:`._registration_dense` and :mod:`._registration_field`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mitk.image import Image
 from mitk.tasks import RegistrationPlugin
 from mitk_builtin._registration_optimiser import affine_register, check_not_collapsed, deformable_register
 
-__all__ = ["AffineRegistration", "DeformableRegistration", "affine_register", "check_not_collapsed",
+__all__ = ["AffineRegistration", "DeformableRegistration", "SyNRegistration", "affine_register", "check_not_collapsed",
            "deformable_register", "device_of"]
 
 
@@ -70,31 +71,35 @@ class AffineRegistration(RegistrationPlugin):
 
 
 class DeformableRegistration(RegistrationPlugin):
-    """Affine, then a dense displacement field optimised with MONAI's Warp, LNCC and bending energy."""
+    """Affine, then a greedy, SyN-like diffeomorphic field: Gaussian-smoothed MI gradients on a velocity field."""
 
     needs_weights = False
     trainable = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"affine": AffineRegistration().default_config(), "loss": "lncc", "lncc_kernel": 5,
-                "regulariser": "bending", "regularisation": 1.0, "levels": [4, 2], "iterations": [100, 50],
-                "step_voxels": 0.1, "diffeomorphic": True, "integration_steps": 7, "strict": False,
-                "device": "auto"}
+        return {"affine": AffineRegistration().default_config(), "loss": "mi", "bins": 32, "lncc_kernel": 5,
+                "levels": [4, 2, 1], "iterations": [40, 20, 0], "step_voxels": 0.25, "update_sigma": 1.7,
+                "total_sigma": 0.0, "symmetric": True, "foreground_mm": 4.0, "integration_steps": 7,
+                "inverse": False, "strict": False, "device": "auto"}
 
     def settings_help(self) -> dict[str, str]:
         described = {f"affine.{key}": f"initial affine: {text}" for key, text in
                      AffineRegistration().settings_help().items()}
         return {
             **described,
-            "loss": "lncc (local normalised cross-correlation), mse, or mi (global mutual information)",
+            "loss": "mi (Mattes mutual information over the grid), lncc (local correlation) or mse",
+            "bins": "histogram bins of the mutual information",
             "lncc_kernel": "LNCC window, in voxels of each level",
-            "regulariser": "bending (bending energy: smooth fields) or diffusion (first derivatives)",
-            "regularisation": "weight of the regulariser against the similarity",
-            "levels": "field grid spacing at each level, as multiples of the fixed image's finest spacing",
-            "iterations": "Adam iterations at each level",
-            "step_voxels": "Adam step, in voxels of each level",
-            "diffeomorphic": "optimise a stationary velocity field, integrated by scaling and squaring",
-            "integration_steps": "scaling-and-squaring steps (MONAI DVF2DDF)",
+            "levels": "shrink factors of the pyramid, as multiples of the fixed image's finest spacing",
+            "iterations": "gradient steps at each level (0: the field is carried to the finer grid only)",
+            "step_voxels": "largest update of the velocity per step, in voxels of each level (ANTs' gradient step)",
+            "update_sigma": "Gaussian σ (level voxels) smoothing each update (ANTs' update-field regularisation)",
+            "total_sigma": "Gaussian σ (level voxels) smoothing the whole velocity after each step (0: none)",
+            "symmetric": "also match the fixed image through the inverse field to the moving one (SyN's symmetry)",
+            "foreground_mm": "without masks, compare only where the moving image has signal, widened by this many "
+                             "mm (< 0: everywhere)",
+            "integration_steps": "scaling-and-squaring steps integrating the velocity (MONAI DVF2DDF)",
+            "inverse": "also return the inverse displacement (report key inverse_displacement, an array)",
             "strict": "refuse an affine stage worse than identity or start, or scaled outside 0.7-1.4",
             "device": "auto (CUDA when available) or cpu",
         }
@@ -104,3 +109,13 @@ class DeformableRegistration(RegistrationPlugin):
                  ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
         device = device_of(config, model)
         return deformable_register(fixed, moving, config, device, fixed_mask, moving_mask)
+
+
+class SyNRegistration(DeformableRegistration):
+    """ANTs' ``antsRegistrationSyN`` schedule: rigid, then affine from where it ended, then the symmetric
+    diffeomorphic stage, all with the defaults of ``deformable``."""
+
+    def default_config(self) -> dict[str, Any]:
+        config = super().default_config()
+        config["affine"]["rigid_first"] = True
+        return config

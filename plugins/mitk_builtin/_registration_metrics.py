@@ -1,5 +1,5 @@
 """The similarity metrics of the classical registrations: Mattes mutual information on sampled points, NCC and
-MSE (affine stage), and the masked dense loss of the deformable stage."""
+MSE (affine stage), and the local correlation of the deformable stage."""
 
 from __future__ import annotations
 
@@ -56,19 +56,21 @@ def similarity(metric: str, fixed: torch.Tensor, fixed_bin: torch.Tensor | None,
     return -(((fixed - moving) ** 2) * weight).sum() / total
 
 
-def masked_loss(loss_name: str, loss: torch.nn.Module, warped: torch.Tensor, target: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-    """The dissimilarity of ``warped`` and ``target``, averaged over ``mask`` when given (the whole grid else)."""
-    if mask is None:
-        return loss(warped, target)
-    if loss_name == "mi":  # a global metric: the joint histogram of the voxels inside the mask
-        return loss(warped[mask].view(1, 1, -1), target[mask].view(1, 1, -1))
-    weight = mask.float()
-    if loss_name == "lncc":
-        # Both images are cut to the mask first, so that no window sees past it (the cut is made after
-        # warping, on the fixed grid: it does not move with the field). MONAI's pointwise LNCC is minus a
-        # squared correlation whose smoothing terms can exceed 1 in a flat window; clamp it to its true range.
-        pointwise = loss(warped * weight, target * weight).clamp(min=-1.0)
-    else:
-        pointwise = (warped - target) ** 2
-    return (pointwise * weight).sum() / weight.sum().clamp_min(1.0)
+def local_correlation(moving: torch.Tensor, fixed: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The squared local correlation of two ``(1, 1, …)`` 2-D or 3-D images in ``kernel``-voxel boxes (ANTs' CC
+    with radius ``kernel // 2``), per voxel, in [0, 1]."""
+    import torch.nn.functional as F
+
+    pool = F.avg_pool3d if moving.dim() == 5 else F.avg_pool2d
+    means = torch.cat([moving, fixed, moving * moving, fixed * fixed, moving * fixed], dim=1)
+    dims = moving.dim() - 2
+    for axis in range(dims):  # a separable box filter: one pass per axis
+        size = [1] * dims
+        size[axis] = kernel
+        padding = [0] * dims
+        padding[axis] = kernel // 2
+        means = pool(means, kernel_size=size, stride=1, padding=padding, count_include_pad=False)
+    mean_m, mean_f, mean_mm, mean_ff, mean_mf = means.unbind(1)
+    cross = mean_mf - mean_m * mean_f
+    variance = (mean_mm - mean_m**2).clamp_min(0) * (mean_ff - mean_f**2).clamp_min(0)
+    return (cross * cross / (variance + 1e-5)).clamp(0.0, 1.0)[:, None]

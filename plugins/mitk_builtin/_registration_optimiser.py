@@ -14,7 +14,7 @@ import torch
 
 from mitk.errors import MitkWarning, PluginError
 from mitk.image import Image
-from mitk_builtin._registration_metrics import fixed_bins, masked_loss, similarity
+from mitk_builtin._registration_metrics import fixed_bins, similarity
 from mitk_builtin._registration_pyramid import (
     Volume,
     inside,
@@ -31,14 +31,11 @@ from mitk_builtin._registration_pyramid import (
 from mitk_builtin._registration_transform import (
     CentredTransform,
     affine_resample,
-    as_volume,
     flat_axis,
     from_matrix,
-    in_plane,
     initial_transform,
     keep_in_plane,
     plane_normal,
-    resize_field,
 )
 
 TRANSFORMS = ("rigid", "similarity", "affine")
@@ -46,8 +43,6 @@ METRICS = ("mi", "ncc", "mse")
 INITIALISATIONS = ("auto", "com", "moments", "geometry", "identity")
 STARTS = ("identity", "geometry", "com")
 """The starts ``init=auto`` compares by the metric at the coarsest level."""
-DEFORMABLE_LOSSES = ("lncc", "mse", "mi")
-REGULARISERS = ("bending", "diffusion")
 
 
 class RegistrationQualityWarning(MitkWarning):
@@ -316,103 +311,42 @@ def check_not_collapsed(report: dict[str, Any]) -> None:
 def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device,
                         fixed_mask: Image | None = None, moving_mask: Image | None = None
                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Affine, then a dense (optionally diffeomorphic) displacement field on a coarse-to-fine pyramid.
+    """Affine, then a diffeomorphic displacement field on a coarse-to-fine pyramid (:mod:`._registration_dense`).
 
     The affine stage uses both masks; the dense stage's similarity is restricted to the fixed mask and to the
-    moving mask as the affine places it on the fixed grid (the regulariser still covers the whole field, which
-    carries the motion out of the masks smoothly). A 2-D image (one slice) gets an in-plane field: the dense
-    stage runs in 2-D and the field has no out-of-plane part.
+    moving mask as the affine places it on the fixed grid (the update smoothing still covers the whole field,
+    which carries the motion out of the masks smoothly). A 2-D image (one slice) gets an in-plane field: the
+    dense stage runs in 2-D and the field has no out-of-plane part.
 
     Returns the affine matrix, the displacement ``(I, J, K, 3)`` in RAS mm on the fixed grid (added after the
-    matrix, as :class:`~mitk.tasks.register.result.RegistrationResult` defines) and a report.
+    matrix, as :class:`~mitk.tasks.register.result.RegistrationResult` defines) and a report, which carries the
+    similarity before and after the dense stage, the field's Jacobian determinants and its inverse consistency;
+    with ``inverse=true`` also ``inverse_displacement`` (see :func:`._registration_field.fields`).
     """
-    from monai.losses import (
-        BendingEnergyLoss,
-        DiffusionLoss,
-        GlobalMutualInformationLoss,
-        LocalNormalizedCrossCorrelationLoss,
-    )
-    from monai.networks.blocks import DVF2DDF, Warp
+    from mitk_builtin._registration_dense import check_settings, dense_register, foreground
+    from mitk_builtin._registration_field import fields
 
     started = time.perf_counter()
-    loss_name, regulariser_name = config["loss"], config["regulariser"]
-    if loss_name not in DEFORMABLE_LOSSES:
-        raise PluginError(f"setting loss must be one of {', '.join(DEFORMABLE_LOSSES)}, not {loss_name!r}")
-    if regulariser_name not in REGULARISERS:
-        raise PluginError(f"setting regulariser must be one of {', '.join(REGULARISERS)}, "
-                          f"not {regulariser_name!r}")
-    levels = [float(f) for f in config["levels"]]
-    iterations = [int(n) for n in config["iterations"]]
-    if not levels or len(levels) != len(iterations) or any(f < 1 for f in levels):
-        raise PluginError("settings 'levels' (each ≥ 1) and 'iterations' must be lists of the same length")
-
+    check_settings(config)
     affine_config = {**config["affine"], "strict": bool(config.get("strict")) or bool(config["affine"].get("strict"))}
     matrix, affine_report = affine_register(fixed, moving, affine_config, device, fixed_mask, moving_mask)
     fixed_volume, moving_volume = to_volume(fixed, device), to_volume(moving, device)
     fixed_inside = to_mask(fixed_mask, fixed_volume)
-    fixed_window, moving_window = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
+    windows = intensity_window(fixed_volume.tensor), intensity_window(moving_volume.tensor)
     moved = Volume(affine_resample(moving_volume, fixed_volume, matrix), fixed_volume.affine)
     moving_inside = to_mask(moving_mask, moving_volume)
+    if moving_inside is None and float(config["foreground_mm"]) >= 0:
+        moving_inside = foreground(moving_volume, windows[1], float(config["foreground_mm"]))
     if moving_inside is not None:  # the moving mask as the affine places it on the fixed grid
         placed = affine_resample(Volume(moving_inside.float(), moving_volume.affine), fixed_volume, matrix) > 0.5
         fixed_inside = placed if fixed_inside is None else fixed_inside & placed
         if not bool(fixed_inside.any()):
             raise PluginError("after the affine stage, the fixed and moving masks do not overlap")
     flat = flat_axis(fixed_volume.shape)
-    in_plane_spacing = fixed_volume.spacing[[n > 1 for n in fixed_volume.shape]]
-    similarity_loss: torch.nn.Module
-    if loss_name == "lncc":
-        similarity_loss = LocalNormalizedCrossCorrelationLoss(spatial_dims=2 if flat is not None else 3,
-                                                              kernel_size=int(config["lncc_kernel"]),
-                                                              reduction="mean" if fixed_inside is None else "none")
-    elif loss_name == "mi":
-        similarity_loss = GlobalMutualInformationLoss(num_bins=32)
-    else:
-        similarity_loss = torch.nn.MSELoss()
-    regulariser = BendingEnergyLoss() if regulariser_name == "bending" else DiffusionLoss()
-    weight = float(config["regularisation"])
-    warp = Warp(mode="bilinear", padding_mode="border")
-    integrate = DVF2DDF(num_steps=int(config["integration_steps"])) if config["diffeomorphic"] else None
-
-    report: dict[str, Any] = {"affine": affine_report, "loss": loss_name, "iterations": [], "similarity": []}
-    field: torch.Tensor | None = None
-    previous = 0.0
-    level_shape: tuple[int, int, int] = fixed_volume.shape
-    level_affine = fixed_volume.affine
-    for factor, count in zip(levels, iterations, strict=True):
-        factors = shrink_factors(fixed_volume.spacing, factor * float(np.min(in_plane_spacing)), fixed_volume.shape)
-        fixed_level = shrink(fixed_volume, factors)
-        moving_level = shrink(moved, factors)
-        level_mask = None if fixed_inside is None else in_plane(shrink_mask(fixed_inside, factors), flat)
-        level_shape, level_affine = fixed_level.shape, fixed_level.affine
-        target = in_plane(normalise(fixed_level.tensor, fixed_window), flat)
-        source = in_plane(normalise(moving_level.tensor, moving_window), flat)
-        if field is None:
-            start = torch.zeros(1, 3, *level_shape, device=device)
-        else:
-            start = resize_field(field.detach(), previous / factor, level_shape)
-        parameters = torch.nn.Parameter(in_plane(start, flat, field=True).clone())
-        optimiser = torch.optim.Adam([parameters], lr=float(config["step_voxels"]))
-        value = torch.zeros(())
-        for _ in range(count):
-            optimiser.zero_grad(set_to_none=True)
-            ddf = integrate(parameters) if integrate is not None else parameters
-            warped = warp(source, ddf)
-            value = masked_loss(loss_name, similarity_loss, warped, target, level_mask)
-            (value + weight * regulariser(ddf)).backward()
-            optimiser.step()
-        field, previous = as_volume(parameters.detach(), flat), factor
-        report["iterations"].append(count)
-        report["similarity"].append(-float(value.detach()))
-    assert field is not None
-    velocity = in_plane(field, flat, field=True)
-    ddf = as_volume((integrate(velocity) if integrate is not None else velocity).detach(), flat)
-    # Level voxels → fixed-world mm, onto the fixed grid, then through the affine's linear part.
-    millimetres = torch.einsum("ij,bj...->bi...", torch.as_tensor(level_affine[:3, :3], dtype=torch.float32,
-                                                                     device=device), ddf)
-    fine = resize_field(millimetres, previous, fixed_volume.shape) / previous  # values are mm: undo the scaling
-    displacement = torch.einsum("ij,bj...->bi...", torch.as_tensor(matrix[:3, :3], dtype=torch.float32,
-                                                                    device=device), fine)
+    dense = dense_register(fixed_volume, moved, fixed_inside, flat, windows, config)
+    report: dict[str, Any] = {"affine": affine_report, **dense.report}
+    field, extra = fields(dense, fixed_volume, matrix, flat, int(config["integration_steps"]),
+                          bool(config.get("inverse", False)))
+    report.update(extra)
     report["seconds"] = time.perf_counter() - started
-    field_ras = np.ascontiguousarray(np.moveaxis(displacement[0].cpu().numpy(), 0, -1), dtype=np.float64)
-    return matrix, field_ras, report
+    return matrix, field, report

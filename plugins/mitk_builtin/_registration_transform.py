@@ -1,5 +1,5 @@
 """The transform model of the classical registrations: the centred rigid/similarity/affine transform, its
-initialisation (centres of mass, principal axes), 2-D (single-slice) plane handling, and dense-field resampling."""
+initialisation (centres of mass, principal axes), 2-D (single-slice) plane handling, and affine resampling."""
 
 from __future__ import annotations
 
@@ -172,20 +172,6 @@ def affine_resample(moving: Volume, fixed: Volume, matrix: np.ndarray) -> torch.
         slabs.append(F.grid_sample(moving.tensor, grid.flip(-1)[None], mode="bilinear", padding_mode="zeros",
                                    align_corners=True))
     return torch.cat(slabs, dim=2)
-
-
-def resize_field(field: torch.Tensor, factor: float, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Resample a voxel-unit field ``(1, 3, …)`` to a grid ``factor`` times finer (cell-centred, as the pyramid
-    pools), scaling its values to the new voxels, then crop or pad (replicate) to ``shape``."""
-    if factor != 1:
-        size = [max(1, round(n * factor)) for n in field.shape[2:]]
-        field = F.interpolate(field, size=size, mode="trilinear", align_corners=False) * factor
-    pad = []
-    for axis in (2, 1, 0):
-        pad += [0, max(0, shape[axis] - field.shape[2 + axis])]
-    if any(pad):
-        field = F.pad(field, pad, mode="replicate")
-    return field[:, :, : shape[0], : shape[1], : shape[2]]
 
 
 def flat_axis(shape: tuple[int, int, int]) -> int | None:
