@@ -103,13 +103,14 @@ def _anchor_ranking(detector: torch.nn.Module, patches: list[dict[str, object]])
 
 def test_short_training_on_real_anatomy_ranks_lesion_anchors_first(sample: Path) -> None:
     """A few dozen steps on box-centred patches: the anchors matched to lesions score above the background
-    (ranking near 0.5 before training, about 0.69 after 40 steps); most patches hold a lesion."""
+    (ranking near 0.5 before training, clearly above after 30 steps); most patches hold a lesion."""
     torch.manual_seed(0)
     plugin = RetinaNetDetectorPlugin()
     datalist = read_box_datalist(sample, seed=0, validation_fraction=0.2)
     config = plugin.resolve_config({"labels": {"1": "bright lesion", "2": "dark lesion"},
                                     "box_statistics": box_statistics(datalist.training),
-                                    "backbone": {"block_inplanes": [8, 16, 32, 64], "fpn_channels": 16},
+                                    "backbone": {"block_inplanes": [8, 16, 16, 16], "fpn_channels": 8,
+                                                 "returned_layers": [1]},
                                     "sampling": {"patch_size": [16, 16, 16], "per_case": 2, "box_fraction": 0.67}})
     transform = plugin.training_transforms(config)
     cases = [LoadBoxCase(1)(case) for case in datalist.training]
@@ -120,7 +121,7 @@ def test_short_training_on_real_anatomy_ranks_lesion_anchors_first(sample: Path)
     before = _anchor_ranking(detector, fixed)
     optimizer = torch.optim.AdamW(detector.parameters(), lr=3e-3)
     with_boxes = 0
-    for n in range(40):
+    for n in range(30):
         batch = [p for case in cases[n % len(cases): n % len(cases) + 2] for p in transform(case)]
         with_boxes += sum(len(p["box"]) > 0 for p in batch)
         loss = step.loss(detector, batch, torch.device("cpu"))
@@ -128,5 +129,5 @@ def test_short_training_on_real_anatomy_ranks_lesion_anchors_first(sample: Path)
         loss.backward()
         optimizer.step()
     after = _anchor_ranking(detector, fixed)
-    assert with_boxes >= 40  # most patches hold a lesion
+    assert with_boxes >= 30  # most patches hold a lesion
     assert abs(before - 0.5) < 0.15 and after > 0.65 and after - before > 0.08, (before, after)
