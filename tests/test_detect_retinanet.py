@@ -27,7 +27,8 @@ sys.modules["torchvision"] = None  # import torchvision now raises ImportError
 import torch
 from mitk_builtin._detect_retinanet import RetinaNetDetectorPlugin
 plugin = RetinaNetDetectorPlugin()
-config = plugin.resolve_config({"backbone": {"block_inplanes": [8, 16, 32, 64], "fpn_channels": 16}})
+config = plugin.resolve_config({"backbone": {"block_inplanes": [8, 16, 32, 64], "fpn_channels": 16},
+                                "sampler": {"name": "hard_negative"}})
 detector = plugin.network(config)
 image = torch.rand(1, 32, 32, 32)
 image[:, 10:16, 10:16, 10:16] += 2

@@ -26,6 +26,7 @@ import torch
 from mitk.errors import PluginError, UsageError
 from mitk.image import map_box_extents
 from mitk.tasks import DetectionPlugin, Transform
+from mitk_builtin._detect_sampling import RandBoxPatches, plan
 
 
 def _inert_torchvision_placeholders() -> None:
@@ -71,6 +72,25 @@ class ResNetFPN(torch.nn.Module):
         return result
 
 
+class FocalLossPerPositive(torch.nn.Module):
+    """RetinaNet's sigmoid focal loss over every anchor, summed and divided by the number of positive targets
+    (Lin et al.): dense gradients from all negatives, not a mean that drowns the few positives."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.25) -> None:
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from torch.nn.functional import binary_cross_entropy_with_logits
+
+        probability = torch.sigmoid(logits)
+        cross_entropy = binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        p_t = probability * targets + (1 - probability) * (1 - targets)
+        weight = self.alpha * targets + (1 - self.alpha) * (1 - targets) if self.alpha >= 0 else 1.0
+        loss = weight * cross_entropy * (1 - p_t) ** self.gamma
+        return loss.sum() / targets.sum().clamp(min=1.0)
+
+
 def build_detector(config: dict[str, Any]) -> torch.nn.Module:
     """The ``RetinaNetDetector`` of ``config``: network, anchors, ATSS matcher, hard-negative sampler, selector."""
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -98,14 +118,25 @@ def build_detector(config: dict[str, Any]) -> torch.nn.Module:
     num_classes = len({int(k) for k in config["labels"]})  # saved settings come back with text keys
     network = RetinaNet(spatial_dims=dims, num_classes=num_classes, num_anchors=generator.num_anchors_per_location()[0],
                         feature_extractor=extractor, size_divisible=size_divisible(config))
+    convs = int(backbone_settings.get("head_convs", 4))
+    if not 1 <= convs <= 4:
+        raise UsageError(f"backbone.head_convs must lie in 1..4, got {convs}")
+    for head in (network.classification_head, network.regression_head):  # MONAI builds 4 conv-norm-relu
+        head.conv = torch.nn.Sequential(*list(head.conv.children())[: 3 * convs])
     detector = RetinaNetDetector(network=network, anchor_generator=generator, spatial_dims=dims,
                                  num_classes=num_classes, size_divisible=size_divisible(config))
     detector.set_target_keys(box_key="box", label_key="label")
     detector.set_atss_matcher(num_candidates=int(config["matcher"]["num_candidates"]), center_in_gt=False)
     sampler = config["sampler"]
-    detector.set_hard_negative_sampler(batch_size_per_image=int(sampler["batch_size_per_image"]),
-                                       positive_fraction=float(sampler["positive_fraction"]),
-                                       pool_size=float(sampler["pool_size"]), min_neg=int(sampler["min_neg"]))
+    if str(sampler.get("name", "hard_negative")) == "focal":  # every anchor, focal loss per positive
+        detector.set_cls_loss(FocalLossPerPositive(float(sampler.get("gamma", 2.0)),
+                                                   float(sampler.get("alpha", 0.25))))
+        detector.fg_bg_sampler = None
+    else:
+        detector.set_hard_negative_sampler(batch_size_per_image=int(sampler["batch_size_per_image"]),
+                                           positive_fraction=float(sampler["positive_fraction"]),
+                                           pool_size=float(sampler["pool_size"]),
+                                           min_neg=int(sampler["min_neg"]))
     selector = config["selector"]
     detector.set_box_selector_parameters(score_thresh=float(selector["score_thresh"]),
                                          topk_candidates_per_level=int(selector["topk_candidates_per_level"]),
@@ -275,14 +306,18 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
         return {
             "spatial_dims": 3,
             "in_channels": 1,
-            "spacing": [4.0, 4.0, 4.0],
+            "spacing": "auto",
             "intensity_percentiles": [0.5, 99.5],
             "patch_size": [64, 64, 64],
             "backbone": {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128],
-                         "conv1_stride": 2, "conv1_size": 3, "returned_layers": [1, 2], "fpn_channels": 32},
-            "anchors": {"base_shapes": [[4, 4, 4], [6, 6, 6]]},
+                         "conv1_stride": 2, "conv1_size": 3, "returned_layers": [1, 2], "fpn_channels": 32,
+                         "head_convs": 2},
+            "anchors": {"base_shapes": "auto"},
             "matcher": {"num_candidates": 4},
-            "sampler": {"batch_size_per_image": 64, "positive_fraction": 0.3, "pool_size": 20, "min_neg": 16},
+            "sampler": {"name": "focal", "gamma": 2.0, "alpha": 0.25, "batch_size_per_image": 64,
+                        "positive_fraction": 0.3, "pool_size": 20, "min_neg": 16},
+            "sampling": {"patch_size": [32, 32, 32], "per_case": 2, "box_fraction": 0.67},
+            "box_statistics": {},
             "selector": {"score_thresh": 0.05, "topk_candidates_per_level": 1000, "nms_thresh": 0.22,
                          "detections_per_img": 100},
             "whole_image_voxels": 4_000_000,
@@ -299,13 +334,14 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             if override and override.get("labels"):
                 labels = override["labels"]
         config["labels"] = {str(int(k)): str(v) for k, v in dict(labels).items()}
-        return config
+        return plan(config)
 
     def settings_help(self) -> dict[str, str]:
         return {
             "spatial_dims": "2 or 3: the network's dimensions (2D takes the first two axes of one-slice images)",
             "in_channels": "image channels (found from the training data)",
-            "spacing": "network grid voxel size [x, y, z] mm (block means, then trilinear); boxes mapped back",
+            "spacing": ("network grid voxel size [x, y, z] mm (block means, then trilinear); boxes mapped back; "
+                        "auto: a quarter of the small (5th percentile) training box edge, isotropic"),
             "intensity_percentiles": "[low, high] percentiles of each image scaled to 0..1 (clipped)",
             "patch_size": "sliding-window size (network voxels) for grids beyond whole_image_voxels",
             "backbone.block": "ResNet block: basic or bottleneck",
@@ -315,8 +351,14 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "backbone.conv1_size": "kernel size of the first convolution",
             "backbone.returned_layers": "ResNet stages feeding the feature pyramid (1..4); one more level is pooled",
             "backbone.fpn_channels": "feature-pyramid channels",
-            "anchors.base_shapes": "anchor shapes (network voxels) at the finest pyramid level; doubled per level",
+            "backbone.head_convs": "conv-norm-ReLU layers in each head before its output (MONAI: 4)",
+            "anchors.base_shapes": ("anchor shapes (network voxels) at the finest pyramid level; doubled per level; "
+                                    "auto: from the training boxes' 5th percentile size on the network grid"),
             "matcher.num_candidates": "ATSS: candidate anchors per level and box",
+            "sampler.name": ("focal: every anchor, sigmoid focal loss per positive (RetinaNet); hard_negative: "
+                             "BCE on MONAI's hard-negative sample"),
+            "sampler.gamma": "focal: focusing exponent",
+            "sampler.alpha": "focal: weight of positives (negatives 1 - alpha; negative: no weighting)",
             "sampler.batch_size_per_image": "hard-negative sampler: anchors sampled per image",
             "sampler.positive_fraction": "hard-negative sampler: largest share of positives",
             "sampler.pool_size": "hard-negative sampler: negatives drawn from the hardest pool_size × needed",
@@ -327,11 +369,16 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "selector.detections_per_img": "boxes reported per image at most",
             "whole_image_voxels": "grids up to this many voxels run in one pass; larger ones by sliding window",
             "augment_flip": "training: random flips of image and boxes along each axis",
+            "sampling.patch_size": "training patch (network voxels); smaller images are padded",
+            "sampling.per_case": "training patches drawn from each case per epoch",
+            "sampling.box_fraction": "share of training patches centred on a box (random shift, box inside)",
+            "box_statistics": "training box sizes in mm (found from the data; plans spacing and anchors)",
             "labels": "label value → name of the detected classes",
         }
 
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
-        return {**super().settings_schema(), "spacing": (list,), "patch_size": (list,)}
+        return {**super().settings_schema(), "spacing": (list, str), "patch_size": (list,),
+                "anchors.base_shapes": (list, str), "sampling.patch_size": (list,), "box_statistics": (dict,)}
 
     def network(self, config: dict[str, Any]) -> torch.nn.Module:
         if int(config["spatial_dims"]) not in (2, 3):
@@ -354,11 +401,16 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
     def training_transforms(self, config: dict[str, Any]) -> Transform:
         from monai.transforms import Compose
 
-        targets = BoxTargets(self.inference_transforms(config), list(self.labels(config)),
-                             int(config["spatial_dims"]))
-        if not config.get("augment_flip", True):
-            return Compose([targets])
-        return Compose([targets, RandBoxFlip(int((config.get("training") or {}).get("seed", 0))).transform])
+        seed = int((config.get("training") or {}).get("seed", 0))
+        steps: list[Any] = [BoxTargets(self.inference_transforms(config), list(self.labels(config)),
+                                       int(config["spatial_dims"]))]
+        if config.get("augment_flip", True):
+            steps.append(RandBoxFlip(seed).transform)
+        sampling = config["sampling"]
+        if int(sampling.get("per_case", 0)) > 0:  # 0: whole images, as before
+            steps.append(RandBoxPatches(sampling["patch_size"], int(sampling["per_case"]),
+                                        float(sampling["box_fraction"]), seed))
+        return Compose(steps)
 
     def validation_transforms(self, config: dict[str, Any]) -> Transform:
         from monai.transforms import Compose

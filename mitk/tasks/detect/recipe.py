@@ -106,6 +106,54 @@ def check_boxes(case: dict[str, Any], source: Path) -> None:
     case.setdefault("name", Path(case["image"]).name)
 
 
+SMALLEST_VISIBLE_VOXELS = 3.0
+"""Lesions narrower than this on the network grid are below what its feature maps resolve."""
+FEW_CASES, FEW_BOXES = 20, 30
+"""Below these many training cases or boxes a detector trained from scratch rarely generalises."""
+
+
+def box_statistics(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Edge lengths (mm, world RAS extents) of the training boxes: 5th, 50th, 95th percentile per axis, the
+    smallest box's edges and the count (the plan for spacing and anchors is made from these)."""
+    sizes = []
+    for case in cases:
+        boxes = world_boxes(case, np.eye(4), case) if case.get("box_coordinates") != "voxel" else None
+        if boxes is None:  # voxel boxes need the image's affine: read its header only
+            from mitk.io.reader import load_image
+
+            boxes = world_boxes(case, load_image(case["image"]).affine, case)
+        sizes.extend((boxes[:, 3:] - boxes[:, :3]).tolist())
+    if not sizes:
+        return {"count": 0}
+    array = np.asarray(sizes, dtype=float)
+    smallest = array[np.argmin(array.min(axis=1))]
+    return {"count": len(array), "smallest_mm": np.round(smallest, 3).tolist(),
+            **{f"p{q}_mm": np.round(np.percentile(array, q, axis=0), 3).tolist() for q in (5, 50, 95)}}
+
+
+def size_warnings(datalist: Datalist, config: Mapping[str, Any]) -> list[str]:
+    """What a user should know before training: too few cases or boxes, boxes too small for the network grid
+    (with the spacing that would show them at :data:`SMALLEST_VISIBLE_VOXELS` voxels)."""
+    warnings = []
+    stats = dict(config.get("box_statistics") or box_statistics(datalist.training))
+    cases, boxes = len(datalist.training), int(stats.get("count", 0))
+    if cases < FEW_CASES or boxes < FEW_BOXES:
+        warnings.append(f"a small data set ({cases} training cases, {boxes} boxes): a detector trained from "
+                        f"scratch needs about {FEW_CASES} cases and {FEW_BOXES} boxes or more to generalise")
+    spacing = config.get("spacing")
+    if boxes and isinstance(spacing, list | tuple) and all(isinstance(v, int | float) for v in spacing):
+        grid = np.asarray(spacing, dtype=float)[:3]
+        low = np.asarray(stats["p5_mm"], dtype=float)[: len(grid)]
+        voxels = low / grid[: len(low)]
+        if voxels.min() < SMALLEST_VISIBLE_VOXELS:
+            visible = np.floor(low / SMALLEST_VISIBLE_VOXELS * 100) / 100
+            shown = ",".join(f"{v:g}" for v in visible)
+            warnings.append(f"lesions are small for the network grid: 5% of the boxes are under "
+                            f"{voxels.min():.1f} voxels across at spacing {list(map(float, grid))} mm; "
+                            f"--set spacing=[{shown}] would make them {SMALLEST_VISIBLE_VOXELS:g} voxels")
+    return warnings
+
+
 class LoadBoxCase:
     """Read one case: its image (channel first, with its affine) and its boxes as world RAS extents."""
 
@@ -121,8 +169,9 @@ class LoadBoxCase:
 
 
 def list_collate(batch: list[Any]) -> list[Any]:
-    """Detection batches stay lists: images differ in size, cases in box count."""
-    return list(batch)
+    """Detection batches stay lists: images differ in size, cases in box count; a case that became several
+    training patches contributes each of them."""
+    return [item for entry in batch for item in (entry if isinstance(entry, list) else [entry])]
 
 
 class DetectionRecipe(TrainingRecipe):
@@ -139,7 +188,8 @@ class DetectionRecipe(TrainingRecipe):
         check_boxes(dict(case), source)
 
     def found_config(self, datalist: Datalist) -> dict[str, Any]:
-        found: dict[str, Any] = {"in_channels": first_case_channels(datalist)}
+        found: dict[str, Any] = {"in_channels": first_case_channels(datalist),
+                                 "box_statistics": box_statistics(datalist.training)}
         labels = datalist.labels or {int(v): f"class {int(v)}" for case in datalist.training
                                      for v in case.get("label") or []}
         if labels:
@@ -161,4 +211,5 @@ class DetectionRecipe(TrainingRecipe):
     def describe(self, datalist: Datalist, config: dict[str, Any]) -> str:
         boxes = sum(len(case.get("box") or []) for case in datalist.training)
         labels = ", ".join(str(name) for name in (config.get("labels") or {}).values())
-        return f"{super().describe(datalist, config)}; {boxes} training boxes; labels: {labels}"
+        line = f"{super().describe(datalist, config)}; {boxes} training boxes; labels: {labels}"
+        return "\n".join([line, *(f"warning: {text}" for text in size_warnings(datalist, config))])
