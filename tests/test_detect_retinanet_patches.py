@@ -131,3 +131,25 @@ def test_short_training_on_real_anatomy_ranks_lesion_anchors_first(sample: Path)
     after = _anchor_ranking(detector, fixed)
     assert with_boxes >= 30  # most patches hold a lesion
     assert abs(before - 0.5) < 0.15 and after > 0.65 and after - before > 0.08, (before, after)
+
+
+def test_a_checkpoint_saved_before_head_convs_existed_still_loads(tmp_path: Path) -> None:
+    """Checkpoints of the earlier recipe store no ``backbone.head_convs``: they get MONAI's four head convolutions
+    they were trained with, and their weights load."""
+    import torch
+
+    from mitk.checkpoint import save_checkpoint
+    from mitk.runner.model import load_model
+    from mitk_builtin._detect_retinanet import RetinaNetDetectorPlugin
+
+    plugin = RetinaNetDetectorPlugin()
+    config = plugin.resolve_config({"spacing": [4.0, 4.0, 4.0], "anchors": {"base_shapes": [[6, 6, 6]]},
+                                    "backbone": {"head_convs": 4}, "sampler": {"name": "hard_negative"}})
+    torch.manual_seed(0)
+    state = plugin.network(config).state_dict()
+    saved = {**config, "backbone": {k: v for k, v in config["backbone"].items() if k != "head_convs"},
+             "sampler": {k: v for k, v in config["sampler"].items() if k != "name"}}
+    path = save_checkpoint(tmp_path / "old.safetensors", state, task="detect", plugin="retinanet",
+                           plugin_version=None, config=saved)
+    model = load_model("detect", None, path)
+    assert model.config["backbone"]["head_convs"] == 4 and model.config["sampler"]["name"] == "hard_negative"

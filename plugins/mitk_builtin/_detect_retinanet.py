@@ -296,6 +296,14 @@ class RandBoxFlip:
         return result
 
 
+def merge_legacy(legacy: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the ``legacy`` values filled in where it has none (one level of nesting)."""
+    merged = dict(saved)
+    for key, values in legacy.items():
+        merged[key] = {**values, **saved.get(key, {})}
+    return merged
+
+
 class RetinaNetDetectorPlugin(DetectionPlugin):
     """MONAI RetinaNet (ResNet-FPN, ATSS, hard negatives, NMS) on a fixed-spacing grid; trainable, 2D or 3D."""
 
@@ -327,7 +335,16 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
 
     def resolve_config(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         """As for every plugin, except that ``labels`` is replaced whole by the last override naming it (label
-        sets do not merge), with text keys as a saved checkpoint has them."""
+        sets do not merge), with text keys as a saved checkpoint has them. A checkpoint saved before
+        ``backbone.head_convs`` and ``sampler.name`` existed (its saved ``backbone`` lacks them) gets the values it
+        was trained with: MONAI's four head convolutions and hard-negative sampling, so its weights keep loading."""
+        saved = overrides[0] if overrides else None
+        if isinstance(saved, Mapping) and isinstance(saved.get("backbone"), Mapping) \
+                and "head_convs" not in saved["backbone"]:
+            legacy: dict[str, Any] = {"backbone": {"head_convs": 4}}
+            if isinstance(saved.get("sampler"), Mapping) and "name" not in saved["sampler"]:
+                legacy["sampler"] = {"name": "hard_negative"}
+            overrides = (merge_legacy(legacy, dict(saved)), *overrides[1:])
         config = super().resolve_config(*overrides)
         labels: Any = self.default_config()["labels"]
         for override in overrides:
