@@ -137,10 +137,10 @@ def test_a_checkpoint_saved_before_head_convs_existed_still_loads(tmp_path: Path
     """Checkpoints of the earlier recipe store no ``backbone.head_convs``: they get MONAI's four head convolutions
     they were trained with, and their weights load."""
     import torch
+    from mitk_builtin._detect_retinanet import RetinaNetDetectorPlugin
 
     from mitk.checkpoint import save_checkpoint
     from mitk.runner.model import load_model
-    from mitk_builtin._detect_retinanet import RetinaNetDetectorPlugin
 
     plugin = RetinaNetDetectorPlugin()
     config = plugin.resolve_config({"spacing": [4.0, 4.0, 4.0], "anchors": {"base_shapes": [[6, 6, 6]]},

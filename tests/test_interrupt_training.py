@@ -160,9 +160,10 @@ def test_sigterm_while_a_verb_starts_exits_143_with_the_line(module: str, anatom
     the verb imports torch to load its model (Typer used to turn that into a silent 130)."""
     launcher = tmp_path / "launcher.py"
     launcher.write_text(SIGNAL_AT_IMPORT)
+    # --probabilities: threshold's network path (its NumPy path imports no torch at all)
     done = subprocess.run([sys.executable, str(launcher), module, "segment", str(anatomical_t1), "--plugin",
-                           "threshold", "-d", str(tmp_path / "out")], capture_output=True, text=True,
-                          env=environment(), timeout=300)
+                           "threshold", "--probabilities", "-d", str(tmp_path / "out")], capture_output=True,
+                          text=True, env=environment(), timeout=300)
     assert done.returncode == 143, done.stderr
     assert done.stderr.startswith("mitk: interrupted (SIGTERM)") and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()

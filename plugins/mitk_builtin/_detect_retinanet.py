@@ -357,8 +357,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
         return {
             "spatial_dims": "2 or 3: the network's dimensions (2D takes the first two axes of one-slice images)",
             "in_channels": "image channels (found from the training data)",
-            "spacing": ("network grid voxel size [x, y, z] mm (block means, then trilinear); boxes mapped back; "
-                        "auto: a quarter of the small (5th percentile) training box edge, isotropic"),
+            "spacing": "network grid voxel size [x, y, z] mm; auto: a quarter of the 5th-percentile training box edge",
             "intensity_percentiles": "[low, high] percentiles of each image scaled to 0..1 (clipped)",
             "patch_size": "sliding-window size (network voxels) for grids beyond whole_image_voxels",
             "backbone.block": "ResNet block: basic or bottleneck",
@@ -369,11 +368,11 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
             "backbone.returned_layers": "ResNet stages feeding the feature pyramid (1..4); one more level is pooled",
             "backbone.fpn_channels": "feature-pyramid channels",
             "backbone.head_convs": "conv-norm-ReLU layers in each head before its output (MONAI: 4)",
-            "anchors.base_shapes": ("anchor shapes (network voxels) at the finest pyramid level; doubled per level; "
-                                    "auto: from the training boxes' 5th percentile size on the network grid"),
+            "anchors.base_shapes": ("anchor shapes (network voxels) at the finest level, doubled per level; "
+                                    "auto: from the boxes"),
             "matcher.num_candidates": "ATSS: candidate anchors per level and box",
-            "sampler.name": ("focal: every anchor, sigmoid focal loss per positive (RetinaNet); hard_negative: "
-                             "BCE on MONAI's hard-negative sample"),
+            "sampler.name": ("focal: sigmoid focal loss over every anchor (RetinaNet); "
+                             "hard_negative: MONAI's hard negatives"),
             "sampler.gamma": "focal: focusing exponent",
             "sampler.alpha": "focal: weight of positives (negatives 1 - alpha; negative: no weighting)",
             "sampler.batch_size_per_image": "hard-negative sampler: anchors sampled per image",

@@ -19,6 +19,10 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
     if output_format not in ("auto", "nifti", "dicom-seg", "dicom-seg-sr"):
         raise UsageError(f"--format must be auto, nifti, dicom-seg or dicom-seg-sr, not {output_format!r}")
     output = values.get("output")
+    if output is not None:
+        from mitk.io.atomic import model_files, refuse_inputs
+
+        refuse_inputs(output, model_files(values.get("weights")))  # the model is an input: said before the format
     if output is not None and not output_format.startswith("dicom"):
         from mitk.io.writer import check_target, output_kind
 
