@@ -448,3 +448,19 @@ def test_files_inside_an_image_folder_are_inputs(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is an input"):
         refuse_overwriting_inputs(tmp_path / "alias" / "sub" / "IM0001", "--csv", inputs)
     refuse_overwriting_inputs(tmp_path / "series" / "scores.csv", "--csv", inputs)  # a new file is fine
+
+
+def test_the_overlay_pictures_beside_the_predictions_are_not_predictions(lung_ct: Path, lung_ct_label: Path,
+                                                                         tmp_path: Path) -> None:
+    """`mitk segment --preview -d pred` writes `<case>_seg_preview.png` beside `<case>_seg.nii.gz`: evaluating
+    that folder (the README's main command) scores the label maps only."""
+    code, _, err = invoke(["segment", str(lung_ct), "--plugin", "threshold", "-d", str(tmp_path / "pred"),
+                           "--preview"])
+    assert code == 0, err
+    assert (tmp_path / "pred" / "lung1_image_seg_preview.png").is_file()
+    (tmp_path / "ref").mkdir()
+    shutil.copy(lung_ct_label, tmp_path / "ref" / "lung1_image.nii.gz")
+    code, out, err = invoke(["evaluate", "segment", "--pred", str(tmp_path / "pred"), "--ref",
+                             str(tmp_path / "ref"), "--json"])
+    assert code == 0, err
+    assert [case["case"] for case in json.loads(out)["cases"]] == ["lung1_image"]

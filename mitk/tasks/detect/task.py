@@ -67,6 +67,7 @@ TASK = TaskSpec(
     suffix="_boxes",
     extension=".json",
     image_output=False,
+    image_companions=("_preview",),
     verb=f"{HERE}.commands:prepare",
     verb_help=("Detect objects: boxes in voxel indices and world mm with scores (<input>_boxes.json with -o/-d or any "
                "file output)."),

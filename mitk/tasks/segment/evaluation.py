@@ -44,7 +44,7 @@ VOXEL_COUNTS = ("reference_voxels", "predicted_voxels")
 AFFINE_TOLERANCE = 1e-4
 PREDICTION_SUFFIX = "_seg"
 REFERENCE_SUFFIX = "_label"
-IGNORED_PREDICTION_SUFFIXES = ("_prob",)
+IGNORED_PREDICTION_SUFFIXES = ("_prob", "_preview")
 """Companion outputs of ``mitk segment`` (probability maps) that are not label maps."""
 
 MissingDistance = float | Literal["worst"] | None
@@ -235,7 +235,8 @@ def pair_files(pred: Path, ref: Path) -> Pairing:
     Two images (files, or DICOM folders) make one pair. Two folders of image files are matched per
     prediction, in this order: a reference with the same file name; else, with the prediction's name
     less a trailing ``_seg`` as the case, ``<case>_label.nii[.gz]``, then ``<case>.nii[.gz]``. Each
-    reference is used once. Predictions ending ``_prob`` (probability maps) are ignored.
+    reference is used once. Predictions ending ``_prob`` (probability maps) or ``_preview`` (overlay pictures)
+    are ignored.
     """
     for path, option in ((pred, "--pred"), (ref, "--ref")):
         if not path.exists():
