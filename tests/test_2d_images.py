@@ -204,3 +204,15 @@ def test_png_label_maps_round_trip_8_and_16_bit_and_refuse_other_values(tmp_path
         with pytest.raises(InputError):
             write_png(bad, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_detector_that_takes_one_channel_says_the_photo_is_colour(pictures: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    from helpers import invoke
+
+    code, _, err = invoke(["detect", str(pictures["colour"]), "--plugin", "blob", "-d", str(tmp_path / "out")])
+    assert code == 1
+    assert "fundus.jpg: a colour image (RGB, 3 channels): this command takes one channel" in err
+    assert "4-D" not in err
+    code, _, err = invoke(["detect", str(pictures["grey"]), "--plugin", "blob", "-d", str(tmp_path / "grey")])
+    assert code == 0, err

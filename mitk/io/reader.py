@@ -96,6 +96,10 @@ def require_volume(image: Image, channels: bool = False) -> Image:
     is finite and invertible."""
     require_invertible_affine(image)
     array = as_volume_array(image.array)
+    if array.ndim == 4 and not channels and array.shape[3] in (3, 4) and array.shape[2] == 1:
+        colour = "RGB" if array.shape[3] == 3 else "RGBA"
+        raise InputError(f"a colour image ({colour}, {array.shape[3]} channels): this command takes one channel; "
+                         "convert the image to greyscale first", image.path)
     if array.ndim != 3 and not (channels and array.ndim == 4):
         raise InputError(f"expected a 3-D volume, got {array.ndim}-D data of shape {array.shape}", image.path)
     if min(array.shape[:3]) < 1:
