@@ -101,3 +101,32 @@ def test_segment_array_must_fit_the_grid(lung_ct: Path, mitk_plugins) -> None:  
     code, _, err = invoke(["segment", str(lung_ct), "--plugin", "broken", "-o", str(target)])
     assert code == 1 and "returned a label map of shape (3, 3, 3)" in err
     assert not target.exists()
+
+
+def test_blob_detection_imports_neither_torch_nor_monai(tmp_path: Path, lung_ct: Path) -> None:
+    assert heavy_modules(tmp_path, "detect", str(lung_ct), "--plugin", "blob", "-d", str(tmp_path / "d"),
+                         "--csv") == []
+    assert (tmp_path / "d" / "lung1_image_boxes.json").is_file()
+
+
+@pytest.mark.parametrize("settings", [{}, {"spacing": None}, {"spacing": [2.0, 2.0, 5.0]},
+                                      {"polarity": "both", "threshold": 0.05}],
+                         ids=["auto", "native-grid", "blocks", "both-polarities"])
+def test_blob_numpy_path_gives_the_tensor_paths_boxes(settings: dict[str, object], lung_ct: Path,
+                                                      brain_mr: Path, anatomical_t1: Path) -> None:
+    from mitk.tasks.detect.runner import DetectionRunner
+
+    model = load_model("detect", "blob", None, overrides=dict(settings))
+    assert model.network is None and model.device == "cpu"
+    found = 0
+    for path in (lung_ct, brain_mr, anatomical_t1):
+        image = load_image(path)
+        fast = DetectionRunner(model)
+        assert fast.classical
+        slow = DetectionRunner(model)
+        slow.classical, slow.preprocess = False, model.plugin.inference_transforms(model.config)
+        a, b = fast(image), slow(image)
+        assert np.array_equal(a.boxes_voxel, b.boxes_voxel), path.name
+        assert np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
+        found += len(a.scores)
+    assert found > 0

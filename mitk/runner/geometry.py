@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def voxel_map(source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
@@ -46,6 +50,8 @@ def to_input_grid(values: torch.Tensor, source_affine: np.ndarray, target_affine
     A pure permutation/flip of axes (e.g. after an orientation change) is undone exactly, without
     interpolation; anything else is resampled once with ``mode`` (``bilinear`` or ``nearest``).
     """
+    import torch
+
     mapping = voxel_map(source_affine, target_affine)
     source_shape = tuple(int(n) for n in values.shape[1:])
     permutation = _as_axis_permutation(mapping, source_shape, target_shape)

@@ -146,26 +146,34 @@ class BlockMean:
         self.target = None if target_mm is None else [float(t) for t in target_mm]
         self.min_radius_mm = min_radius_mm
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        from monai.data import MetaTensor
-
-        image = data["image"]
-        affine = np.asarray(image.affine, dtype=float)
+    def arrays(self, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The block means of ``array`` (float32, one channel) and their grid's affine; None when no block
+        holds more than one voxel (the image is searched as it is)."""
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         target = self.target or [self.min_radius_mm / 2.0] * 3
         factors = block_factors(spacing, target)
         if all(f == 1 for f in factors):
-            return data
-        array = np.asarray(image.detach().cpu().numpy()[0], dtype=np.float32)
+            return None
         shape = [n // f for n, f in zip(array.shape, factors, strict=True)]
         if min(shape) < 1:
-            return data
+            return None
         cropped = array[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
         blocks = cropped.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
         coarse = blocks.mean(axis=(1, 3, 5), dtype=np.float32)
         scale = np.diag([*map(float, factors), 1.0])
         scale[:3, 3] = [(f - 1) / 2.0 for f in factors]
-        return {**data, "image": MetaTensor(coarse[None], affine=torch_tensor(affine @ scale))}
+        return coarse, affine @ scale
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from monai.data import MetaTensor
+
+        image = data["image"]
+        affine = np.asarray(image.affine, dtype=float)
+        found = self.arrays(np.asarray(image.detach().cpu().numpy()[0], dtype=np.float32), affine)
+        if found is None:
+            return data
+        coarse, grid_affine = found
+        return {**data, "image": MetaTensor(coarse[None], affine=torch_tensor(grid_affine))}
 
 
 def torch_tensor(array: np.ndarray) -> Any:
@@ -179,6 +187,7 @@ class BlobDetector(DetectionPlugin):
 
     needs_weights = False
     trainable = False
+    needs_torch = False
 
     def default_config(self) -> dict[str, Any]:
         return {
@@ -220,12 +229,28 @@ class BlobDetector(DetectionPlugin):
             raise UsageError(f"blob: spacing must be auto, null or [x, y, z] mm, got {spacing!r}")
         return BlockMean(None if spacing == "auto" else spacing, float(config["min_radius_mm"]))
 
+    def detect_array(self, image: Any, config: dict[str, Any]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`detect` on NumPy alone: the same float32 values, block means and search (no torch)."""
+        array = image.array if image.array.ndim == 4 else image.array[..., None]
+        volume = np.asarray(array[..., 0]).astype(np.float32)
+        affine = np.asarray(image.affine, dtype=float)
+        transform = self.inference_transforms(config)
+        found = transform.arrays(volume, affine) if isinstance(transform, BlockMean) else None
+        if found is not None:
+            volume, affine = found
+        boxes, scores, labels = self._search(volume, affine, config)
+        return boxes, affine, scores, labels
+
     def detect(self, image: Any, model: Any, config: dict[str, Any]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes in ``image``'s voxel indices (channel first, first channel searched); label 1 bright, 2 dark."""
-        affine = np.asarray(image.affine, dtype=float)
+        return self._search(np.asarray(image.detach().cpu().numpy())[0], np.asarray(image.affine, dtype=float),
+                            config)
+
+    def _search(self, volume: np.ndarray, affine: np.ndarray, config: dict[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spacing = [float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)]
-        volume = np.asarray(image.detach().cpu().numpy())[0]
         centres, radii, scores, signs = find_lesions(
             volume, spacing, min_radius_mm=float(config["min_radius_mm"]),
             max_radius_mm=float(config["max_radius_mm"]), num_scales=int(config["num_scales"]),

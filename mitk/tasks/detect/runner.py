@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from mitk.image import Image, map_box_extents
 from mitk.runner.batch import CaseJob
 from mitk.runner.geometry import voxel_map
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
-from mitk.runner.tensors import to_meta_tensor
 from mitk.tasks.detect.plugin import DetectionPlugin
 from mitk.tasks.detect.result import DetectionResult
 
@@ -36,15 +34,25 @@ class DetectionRunner:
         self.model = model
         self.plugin: DetectionPlugin = model.plugin
         self.labels = self.plugin.labels(model.config)
-        self.preprocess = self.plugin.inference_transforms(model.config)
         self.coordinate_system = coordinate_system
+        self.classical = model.network is None and not self.plugin.needs_torch
+        if not self.classical:
+            self.preprocess = self.plugin.inference_transforms(model.config)
 
-    @torch.inference_mode()
     def __call__(self, image: Image) -> DetectionResult:
-        data = self.preprocess({"image": to_meta_tensor(image)})
-        network_input = data["image"]
-        boxes, scores, labels = self.plugin.detect(network_input, self.model.network, self.model.config)
-        boxes = boxes_to_input_grid(np.asarray(boxes), np.asarray(network_input.affine, float), image.affine)
+        if self.classical:  # NumPy alone: no torch, no MONAI
+            boxes, grid_affine, scores, labels = self.plugin.detect_array(image, self.model.config)
+        else:
+            import torch
+
+            from mitk.runner.tensors import to_meta_tensor
+
+            with torch.inference_mode():
+                data = self.preprocess({"image": to_meta_tensor(image)})
+                network_input = data["image"]
+                boxes, scores, labels = self.plugin.detect(network_input, self.model.network, self.model.config)
+            grid_affine = np.asarray(network_input.affine, float)
+        boxes = boxes_to_input_grid(np.asarray(boxes), np.asarray(grid_affine, float), image.affine)
         return DetectionResult(boxes_voxel=boxes, affine=image.affine, scores=np.asarray(scores, float),
                                labels=np.asarray(labels, int), label_names=self.labels,
                                coordinate_system=self.coordinate_system)
