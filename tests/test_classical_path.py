@@ -130,3 +130,16 @@ def test_blob_numpy_path_gives_the_tensor_paths_boxes(settings: dict[str, object
         assert np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
         found += len(a.scores)
     assert found > 0
+
+
+@pytest.mark.parametrize("command", ["convert", "info", "boxes", "manifest"])
+def test_io_commands_import_neither_torch_nor_monai(command: str, tmp_path: Path, lung_ct: Path,
+                                                    lung_ct_label: Path) -> None:
+    if command == "manifest":  # the manifest of a classical batch, then `mitk manifest merge` over it
+        assert heavy_modules(tmp_path, "segment", str(lung_ct), "--plugin", "threshold", "-d",
+                             str(tmp_path / "seg"), "--manifest", str(tmp_path / "m.jsonl")) == []
+    args = {"convert": ["convert", str(lung_ct), str(tmp_path / "ct.nii.gz")],
+            "info": ["info", str(lung_ct), "--json"],
+            "boxes": ["boxes", str(lung_ct_label), "-o", str(tmp_path / "boxes")],
+            "manifest": ["manifest", "merge", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "all.jsonl")]}
+    assert heavy_modules(tmp_path, *args[command]) == []
