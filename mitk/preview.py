@@ -126,6 +126,16 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
     return float(low), float(high) if high > low else float(low) + 1.0
 
 
+def name_edges(ax: Any, view: str) -> None:
+    """Write the patient directions at the four edges of a view (``axial``, ``coronal`` or ``sagittal``)."""
+    left, right, top, bottom = EDGE_LETTERS[view]
+    style = {"color": "yellow", "fontsize": 9, "transform": ax.transAxes}
+    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+
+
 def _overlay(labels: np.ndarray) -> np.ndarray:
     """An RGBA layer: each label's colour, translucent, transparent on background."""
     rgba = np.zeros((*labels.shape, 4), dtype=np.float32)
@@ -152,12 +162,7 @@ def _draw_row(axes: Sequence[Any], image: Image, label_map: np.ndarray) -> set[i
         if image.meta.get("format") == "photo":
             continue  # a photograph has no patient directions to name
         ax.set_title(name if len(axes) > 1 else "slice", color="white", fontsize=10)
-        left, right, top, bottom = EDGE_LETTERS[name]
-        style = {"color": "yellow", "fontsize": 9, "transform": ax.transAxes}
-        ax.text(0.01, 0.5, left, ha="left", va="center", **style)
-        ax.text(0.99, 0.5, right, ha="right", va="center", **style)
-        ax.text(0.5, 0.99, top, ha="center", va="top", **style)
-        ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+        name_edges(ax, name)
     return {int(v) for v in np.unique(labels) if v > 0}
 
 

@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from helpers import invoke
+from test_startup import imported_heavy_modules
 
 from mitk.io.reader import load_image
 from mitk.runner.model import load_model
 
-CHILD = """
-import json, sys
-from mitk.cli import main
-code = 0
-try:
-    main(sys.argv[2:])
-except SystemExit as done:
-    code = done.code
-with open(sys.argv[1], "w") as report:
-    json.dump({"code": code, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "monai"))},
-              report)
-"""
-
 
 def heavy_modules(tmp_path: Path, *args: str) -> list[str]:
-    import json
-
-    report = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-c", CHILD, str(report), *args], capture_output=True, text=True,
-                          timeout=120)
-    document = json.loads(report.read_text())
-    assert document["code"] in (0, None), done.stderr
-    return list(document["heavy"])
+    """The torch/MONAI modules a command imports (the probe of tests/test_startup.py)."""
+    return imported_heavy_modules(tmp_path, *args)
 
 
 def test_threshold_segmentation_imports_neither_torch_nor_monai(tmp_path: Path, lung_ct: Path) -> None:

@@ -73,14 +73,7 @@ def test_json_names_and_refusals(tmp_path: Path) -> None:
 
 
 def test_preview_imports_neither_torch_nor_monai(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+    from test_startup import imported_heavy_modules
 
-    code = ("import sys; from mitk.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n    assert done.code in (0, None), done.code\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")
-    done = subprocess.run([sys.executable, "-c", code, "-q", "preview", str(DATA / "lung1_image.nii.gz"),
-                           str(DATA / "lung1_label.nii.gz"), "-o", str(tmp_path / "p.png")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert imported_heavy_modules(tmp_path, "-q", "preview", str(DATA / "lung1_image.nii.gz"),
+                                  str(DATA / "lung1_label.nii.gz"), "-o", str(tmp_path / "p.png")) == []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mitk.errors import CheckpointError
+from mitk.io.model_folder import folder_file, read_json_object
 
 METADATA = "configs/metadata.json"
 INFERENCE = "configs/inference.json"
@@ -68,14 +68,6 @@ def is_bundle(path: str | Path) -> bool:
     return path.is_dir() and (path / INFERENCE).is_file()
 
 
-def inside(root: Path, relative: str) -> Path:
-    """``root / relative``, refused when the name or a link on the way leads out of ``root``."""
-    base = root.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(base):
-        raise CheckpointError(f"{relative} leads outside the bundle folder; refused", root)
-    return path
-
 
 def read_bundle(path: str | Path) -> Bundle:
     """Read ``configs/metadata.json`` and ``configs/inference.json`` (JSON only; YAML bundles are refused)."""
@@ -86,21 +78,10 @@ def read_bundle(path: str | Path) -> Bundle:
         yaml = (root / "configs" / "inference.yaml").is_file()
         raise CheckpointError("configs/inference.yaml: only JSON bundle configs are read" if yaml else
                               "is a folder but not a MONAI bundle (no configs/inference.json)", root)
-    metadata = _read_json(root, METADATA) if (root / METADATA).exists() else {}
-    return Bundle(root=root, metadata=metadata, inference=_read_json(root, INFERENCE))
+    metadata = read_json(root, METADATA) if (root / METADATA).exists() else {}
+    return Bundle(root=root, metadata=metadata, inference=read_json(root, INFERENCE))
 
 
-def _read_json(root: Path, relative: str) -> dict[str, Any]:
-    path = inside(root, relative)
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{relative} is larger than {MAX_CONFIG_BYTES // 2**20} MiB", root)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{relative} is not readable JSON ({error})", root) from None
-    if not isinstance(document, dict):
-        raise CheckpointError(f"{relative} is not a JSON object", root)
-    return document
 
 
 def load_state_dict(bundle: Bundle, torchscript_sha256: str | None = None) -> dict[str, Any]:
@@ -140,3 +121,13 @@ def _tensors(loaded: Any, root: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{WEIGHTS} is not a state dict of tensors", root)
     return dict(loaded)
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refused when the name or a link on the way leads out of the bundle folder."""
+    return folder_file(root, relative, "bundle folder")
+
+
+def read_json(root: Path, relative: str) -> dict[str, Any]:
+    """A JSON object of the bundle folder, at most MAX_CONFIG_BYTES bytes."""
+    return read_json_object(root, relative, MAX_CONFIG_BYTES, "bundle folder")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mitk.errors import CheckpointError
+from mitk.io.model_folder import folder_file, read_json_object
 
 DATASET = "dataset.json"
 PLANS = "plans.json"
@@ -91,25 +91,14 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     if not root.is_dir():
         raise CheckpointError("no such nnU-Net model folder", root)
     root = find_training_folder(root)
-    return ModelFolder(root=root, dataset=_read_json(root, DATASET), plans=_read_json(root, PLANS))
+    return ModelFolder(root=root, dataset=read_json(root, DATASET), plans=read_json(root, PLANS))
 
 
 def inside(root: Path, relative: str) -> Path:
-    """``root / relative``, refused when a link on the way leads out of ``root``."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise CheckpointError(f"{relative} leads outside the model folder; refused", root)
-    return path
+    """``root / relative``, refused when the name or a link on the way leads out of the model folder."""
+    return folder_file(root, relative, "model folder")
 
 
-def _read_json(root: Path, name: str) -> dict[str, Any]:
-    path = inside(root, name)
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{name} is larger than {MAX_JSON_BYTES // 2**20} MiB", root)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{name} is not readable JSON ({error})", root) from None
-    if not isinstance(document, dict):
-        raise CheckpointError(f"{name} is not a JSON object", root)
-    return document
+def read_json(root: Path, relative: str) -> dict[str, Any]:
+    """A JSON object of the model folder, at most MAX_JSON_BYTES bytes."""
+    return read_json_object(root, relative, MAX_JSON_BYTES, "model folder")

@@ -88,7 +88,7 @@ def save_registration_preview(fixed: Image, warped: Image, path: str | Path, mod
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from mitk.preview import DPI, EDGE_LETTERS, PANEL_INCHES
+    from mitk.preview import DPI, PANEL_INCHES, name_edges
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -110,12 +110,7 @@ def save_registration_preview(fixed: Image, warped: Image, path: str | Path, mod
                 layer[edges(first)] = (*EDGE_COLOUR, 0.9)
                 ax.imshow(layer, aspect=aspect, interpolation="nearest")
             ax.set_title(f"{name}: {kind}" if column == 0 else name, color="white", fontsize=10)
-            left, right, top, bottom = EDGE_LETTERS[name]
-            style = {"color": "yellow", "fontsize": 9, "transform": ax.transAxes}
-            ax.text(0.01, 0.5, left, ha="left", va="center", **style)
-            ax.text(0.99, 0.5, right, ha="right", va="center", **style)
-            ax.text(0.5, 0.99, top, ha="center", va="top", **style)
-            ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+            name_edges(ax, name)
             ax.set_axis_off()
         label = "fixed | warped tiles" if kind == "checkerboard" else "warped, fixed edges in red"
         figure.text(0.015, 1 - (row + 0.5) / len(rows), label, color="white", fontsize=9, rotation=90,
