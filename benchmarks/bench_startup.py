@@ -28,6 +28,8 @@ def main() -> None:
             {"command": "mitk --help", **wall([mitk, "--help"])},
             {"command": "mitk plugins list", **wall([mitk, "plugins", "list"])},
             {"command": "mitk info small.nii.gz", **wall([mitk, "info", str(volume)])},
+            {"command": "mitk segment small.nii.gz --plugin threshold (no torch)",
+             **wall([mitk, "-q", "segment", str(volume), "--plugin", "threshold", "-d", tmp, "--overwrite"])},
             {"command": "python -c 'import torch'", **wall([sys.executable, "-c", "import torch"], repeats=3)},
         ]
     base = rows[0]["best_s"]

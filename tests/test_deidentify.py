@@ -204,3 +204,11 @@ def test_the_page_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(outputs(tmp_path / "shared")) == len(outputs(tmp_path / "shared_clean")) == 5
     assert sorted(path.name for path in outputs(tmp_path / "shared")) == \
         sorted(path.name for path in outputs(tmp_path / "shared_clean"))
+
+
+def test_a_folder_without_dicom_is_refused_and_writes_no_report(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    code, _, err = invoke(["deidentify", str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert code == 2 and "no DICOM file found" in err
+    assert not list((tmp_path / "out").glob("*"))

@@ -79,6 +79,8 @@ def deidentify(
 
     summary = deidentify_files(inputs, output, Keyed(secret), options, overwrite, on_result=report_line)
     counts = {status: summary.count(status) for status in ("written", "refused", "failed", "skipped")}
+    if counts["written"] + counts["refused"] + counts["failed"] == 0:  # before any report is written
+        raise UsageError("no DICOM file found in the inputs", inputs[0])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     document = {
         "mitk": "deidentify", "profile": table_edition(), "options": [meaning for _, meaning in options.codes()],
@@ -89,8 +91,6 @@ def deidentify(
     report = output / f"deidentify-report-{stamp}.json"
     write_text_atomic(report, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
     code = 0 if counts["refused"] + counts["failed"] == 0 else (1 if counts["written"] == 0 else 3)
-    if counts["written"] + counts["refused"] + counts["failed"] == 0:
-        raise UsageError("no DICOM file found in the inputs", inputs[0])
     if as_json:
         emit_json({**document, "report": str(report), "exit_code": code})
     else:
