@@ -44,6 +44,11 @@ class LoadedModel:
     expects: dict[str, Any] | None = None
     """What inputs the model was trained on or declares (:mod:`mitk.runner.fit`); None: not known, not checked."""
 
+    @property
+    def classical(self) -> bool:
+        """Loaded without torch: a plugin with ``needs_torch = False`` and no network (its array method runs)."""
+        return self.network is None and not self.plugin.needs_torch
+
 
 RUNNABLE_DEVICES = ("cpu", "cuda", "mps", "xpu")
 """Device types a model runs on; others (``meta`` holds no data, ``ipu``, ``hpu`` …) are refused by name."""

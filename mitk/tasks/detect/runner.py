@@ -35,7 +35,7 @@ class DetectionRunner:
         self.plugin: DetectionPlugin = model.plugin
         self.labels = self.plugin.labels(model.config)
         self.coordinate_system = coordinate_system
-        self.classical = model.network is None and not self.plugin.needs_torch
+        self.classical = model.classical
         if not self.classical:
             self.preprocess = self.plugin.inference_transforms(model.config)
 

@@ -51,10 +51,10 @@ class SegmentationRunner:
         self.labels = self.plugin.labels(self.config)
         self.keep_probabilities = probabilities
         self.network, self.device = model.network, model.device
-        self.classical = model.network is None and not self.plugin.needs_torch and not probabilities
+        self.classical = model.classical and not probabilities
         if self.classical:
             return
-        if self.network is None and not self.plugin.needs_torch:  # probabilities: only the network path has them
+        if model.classical:  # probabilities: only the network path has them, so it is built here
             import torch
 
             self.network, self.device = self.plugin.network(self.config).eval(), torch.device("cpu")
