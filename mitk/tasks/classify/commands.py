@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
 
 
 def evaluate(pred: Path, ref: Path, csv: Path | None = None, confusion_png: Path | None = None,
-             bins: int = 15, multi_label: bool | None = None, as_json: bool = False, overwrite: bool = False) -> int:
+             bins: int = 15, multi_label: bool | None = None, as_json: bool = False, overwrite: bool = False,
+             reliability_png: Path | None = None) -> int:
     """Accuracy, balanced accuracy, per-class sensitivity, specificity, PPV and one-vs-rest ROC AUC, the
     confusion matrix and the expected calibration error; multi-label predictions (a;b) one class at a time,
     with exact match and Hamming accuracy."""
@@ -72,16 +74,23 @@ def evaluate(pred: Path, ref: Path, csv: Path | None = None, confusion_png: Path
 
     if bins < 1:
         raise UsageError("--bins must be at least 1")
-    outputs = [(path, option) for path, option in ((csv, "--csv"), (confusion_png, "--confusion-png")) if path]
+    outputs = [(path, option) for path, option in ((csv, "--csv"), (confusion_png, "--confusion-png"),
+                                                   (reliability_png, "--reliability-png")) if path]
     for path, option in outputs:
         refuse_overwriting_inputs(path, option, [pred, ref])
-    if csv is not None and confusion_png is not None:
-        refuse_overwriting_inputs(confusion_png, "--confusion-png", [csv])
+    for number, (path, option) in enumerate(outputs):
+        refuse_overwriting_inputs(path, option, [earlier for earlier, _ in outputs[:number]])
+    if reliability_png is not None:
+        from mitk.extras import require_module
+
+        require_module("matplotlib", "--reliability-png")
     for path, _ in outputs:
         check_output(path, overwrite)
     metrics, pairing = evaluate_files(pred, ref, bins=bins, multi_label=multi_label)
     if confusion_png is not None and "confusion" not in metrics:
         raise UsageError("--confusion-png: multi-label predictions have no confusion matrix")
+    if reliability_png is not None and "calibration" not in metrics:
+        raise UsageError("--reliability-png: multi-label predictions have no top-class calibration")
     for paths, what in ((pairing.unpaired_predictions, "prediction(s) without a reference"),
                         (pairing.unpaired_references, "reference(s) without a prediction (not scored)")):
         if paths:
@@ -95,6 +104,8 @@ def evaluate(pred: Path, ref: Path, csv: Path | None = None, confusion_png: Path
     if confusion_png is not None:
         with atomic_path(confusion_png, overwrite=overwrite) as temporary:
             confusion_picture(metrics["confusion"], metrics["classes"]).save(temporary, format="PNG")
+    if reliability_png is not None:
+        _draw_reliability(metrics, reliability_png, overwrite)
     document = {**json_ready(metrics), "paired": len(pairing.predictions),
                 "unpaired_predictions": pairing.unpaired_predictions,
                 "unpaired_references": pairing.unpaired_references}
@@ -136,6 +147,28 @@ def _print(metrics: dict[str, Any]) -> None:
     console.print(f"cases {metrics['cases']}: accuracy {number(metrics['accuracy'])}, balanced accuracy "
                   f"{number(metrics['balanced_accuracy'])}, macro AUC {number(metrics['macro_auc'])}, "
                   f"ECE {number(metrics['ece'])} ({metrics['ece_bins']} bins)")
+    calibration = metrics.get("calibration") or {}
+    auc, mce = (calibration.get(key) for key in ("uncertainty_auc", "mce"))
+    console.print(f"uncertainty ({calibration.get('uncertainty')}) vs error: AUC "
+                  f"{number(math.nan if auc is None else auc)} over {calibration.get('errors', 0)} wrong case(s); "
+                  f"MCE {number(math.nan if mce is None else mce)}")
+
+
+def _draw_reliability(metrics: dict[str, Any], path: Path, overwrite: bool) -> None:
+    """The reliability diagram of the scored cases, from the bins in ``metrics["calibration"]``."""
+    import numpy as np
+
+    from mitk.evaluation.calibration import Reliability, write_reliability_png
+
+    rows = metrics["calibration"]["reliability"]
+    edges = np.asarray([rows[0]["lower"], *(row["upper"] for row in rows)])
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray([np.nan if row[name] is None else row[name] for row in rows], dtype=np.float64)
+
+    table = Reliability(edges, column("confidence"), column("accuracy"),
+                        np.asarray([row["count"] for row in rows], dtype=np.int64))
+    write_reliability_png(table, path, overwrite, title=f"Reliability diagram ({metrics['cases']} cases)")
 
 
 def _relative(path: Path, csv: Path) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mitk.errors import InputError, UsageError
+from mitk.evaluation import calibration
 
 PROBABILITY_PREFIX = "prob_"
 """Prediction CSV columns ``prob_<class>`` hold each class's probability (``mitk classify --csv``)."""
@@ -61,18 +62,9 @@ def confusion_matrix(reference: Sequence[int] | np.ndarray, predicted: Sequence[
 
 def expected_calibration_error(confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray,
                                bins: int = ECE_BINS) -> float:
-    """ECE over ``bins`` equal-width bins of (0, 1]: a case of confidence ``c`` falls in bin ``ceil(c·bins)``."""
-    conf = np.asarray(confidence, dtype=np.float64)
-    hits = np.asarray(correct, dtype=np.float64)
-    if conf.size == 0:
-        return math.nan
-    index = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            total += members.sum() / conf.size * abs(hits[members].mean() - conf[members].mean())
-    return float(total)
+    """ECE over ``bins`` equal-width bins of (0, 1]: a case of confidence ``c`` falls in bin ``ceil(c·bins)``
+    (:mod:`mitk.evaluation.calibration`)."""
+    return calibration.expected_calibration_error(confidence, correct, bins)
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -80,9 +72,12 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 
 def classification_metrics(reference: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str],
-                           predicted: Sequence[str] | None = None, bins: int = ECE_BINS) -> dict[str, Any]:
+                           predicted: Sequence[str] | None = None, bins: int = ECE_BINS,
+                           uncertainty: Sequence[float] | np.ndarray | None = None) -> dict[str, Any]:
     """Every metric of the module docstring for ``N`` cases: reference class names, an ``(N, K)`` array of
-    probabilities in ``class_names`` order, and the predicted names (default: the most probable class)."""
+    probabilities in ``class_names`` order, and the predicted names (default: the most probable class).
+    ``calibration`` adds the reliability bins, MCE and the AUC of ``uncertainty`` (per case; default
+    1 − the largest probability) for telling the wrong cases from the right ones."""
     names = list(class_names)
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({r for r in reference} - set(index))
@@ -120,6 +115,9 @@ def classification_metrics(reference: Sequence[str], probabilities: np.ndarray, 
         "ece_bins": bins,
         "per_class": per_class,
         "confusion": matrix.tolist(),
+        "calibration": calibration.calibration_summary(
+            confidence, guess == truth, 1.0 - probs.max(axis=1) if uncertainty is None and len(truth) else
+            uncertainty, bins, "1 - max probability" if uncertainty is None else "predictive_entropy"),
     }
 
 
@@ -184,6 +182,8 @@ class Prediction:
     input: str
     predicted: str
     probabilities: dict[str, float]
+    uncertainty: float | None = None
+    """The record's ``uncertainty.predictive_entropy`` (an ensemble's or TTA's), when it has one."""
 
 
 def _key(path: str, base: Path) -> str:
@@ -221,7 +221,8 @@ def read_predictions(path: Path) -> tuple[list[Prediction], list[str]]:
         if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities.values()):
             raise InputError(f"line {number}: probabilities must lie in [0, 1]", path)
         predicted = row["predicted"] if "predicted" in row else max(probabilities, key=lambda c: probabilities[c])
-        predictions.append(Prediction(_key(row[image_column], path.parent), predicted, probabilities))
+        predictions.append(Prediction(_key(row[image_column], path.parent), predicted, probabilities,
+                                      _entropy_cell(row.get(UNCERTAINTY_COLUMN), number, path)))
     return predictions, classes
 
 
@@ -231,10 +232,36 @@ def _predictions_from_json(path: Path) -> tuple[list[Prediction], list[str]]:
         cases = [c for c in document["cases"] if c.get("status") == "ok"]
         classes = list(cases[0]["probabilities"]) if cases else []
         predictions = [Prediction(_key(c["input"], Path.cwd()), str(c["predicted"]),
-                                  {k: float(v) for k, v in c["probabilities"].items()}) for c in cases]
+                                  {k: float(v) for k, v in c["probabilities"].items()}, _record_entropy(c))
+                       for c in cases]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
         raise InputError("not the JSON output of `mitk classify --json`", path) from None
     return predictions, classes
+
+
+UNCERTAINTY_COLUMN = "predictive_entropy"
+"""An optional predictions-CSV column with each case's predictive entropy."""
+
+
+def _record_entropy(case: dict[str, Any]) -> float | None:
+    """``uncertainty.predictive_entropy`` of a ``mitk classify --json`` case, when present and finite."""
+    block = case.get("uncertainty")
+    value = block.get("predictive_entropy") if isinstance(block, dict) else None
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("predictive_entropy must be a finite number >= 0")
+    return number
+
+
+def _entropy_cell(text: str | None, line: int, path: Path) -> float | None:
+    if not text:
+        return None
+    try:
+        return _record_entropy({"uncertainty": {"predictive_entropy": text}})
+    except ValueError:
+        raise InputError(f"line {line}: {UNCERTAINTY_COLUMN} must be a number >= 0", path) from None
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -310,8 +337,11 @@ def evaluate_files(pred: Path, ref: Path, bins: int = ECE_BINS, multi_label: boo
     if multi_label:
         return multi_label_metrics([split_classes(r) for r in pairing.reference], probabilities, classes,
                                    [split_classes(p.predicted) for p in pairing.predictions]), pairing
+    entropies = [p.uncertainty for p in pairing.predictions]
+    known = all(e is not None for e in entropies)
     metrics = classification_metrics(pairing.reference, probabilities, classes,
-                                      [p.predicted for p in pairing.predictions], bins=bins)
+                                      [p.predicted for p in pairing.predictions], bins=bins,
+                                      uncertainty=np.asarray(entropies, dtype=np.float64) if known else None)
     return metrics, pairing
 
 

@@ -82,6 +82,13 @@ EVALUATE_OPTIONS = (
     ),
     Option("csv", ("--csv",), Path | None, None, "Also write one row per class (and an (all) row) here."),
     Option("confusion_png", ("--confusion-png",), Path | None, None, "Also draw the confusion matrix as a PNG here."),
+    Option(
+        "reliability_png",
+        ("--reliability-png",),
+        Path | None,
+        None,
+        "Also draw the reliability diagram (accuracy against top-class confidence per bin) as a PNG here.",
+    ),
     Option("bins", ("--bins",), int, 15, "Equal-width confidence bins for the expected calibration error."),
     Option(
         "multi_label",
