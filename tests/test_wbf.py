@@ -111,3 +111,37 @@ def test_iou_and_bad_input() -> None:
         weighted_boxes_fusion([boxes], [np.ones(3)], [np.ones(3)], weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="3 boxes, 2 scores"):
         weighted_boxes_fusion([boxes], [np.ones(2)], [np.ones(3)])
+
+
+def test_ensemble_runner_fuses_models_and_flips(lung_ct: Path, tmp_path: Path) -> None:
+    """Two blob settings × (identity, flip along i) on the real CT: the runner's boxes are WBF of the four passes
+    computed here one by one (the flipped pass from a flipped file), and each box records its score spread."""
+    import mitk
+    from mitk.io.reader import load_image
+    from mitk.tasks.detect.runner import DetectionEnsembleRunner
+
+    models = [mitk.load("blob", settings=settings) for settings in MEMBER_SETTINGS[:2]]
+    source = nib.load(lung_ct)
+    n = source.shape[0]
+    flipped = tmp_path / "flipped.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[::-1].copy(), source.affine), flipped)
+    passes = []
+    for model in models:
+        for path, mirrored in ((lung_ct, False), (flipped, True)):
+            result = model.detect(path)
+            boxes = np.asarray(result.boxes_voxel).copy()
+            if mirrored:
+                boxes[:, [0, 3]] = n - boxes[:, [3, 0]]
+            passes.append((boxes, result.scores, result.labels))
+    expected = weighted_boxes_fusion([b for b, _, _ in passes], [s for _, s, _ in passes],
+                                     [lab for _, _, lab in passes])
+    runner = DetectionEnsembleRunner([m.loaded for m in models], flip_axes=(0,))
+    fused = runner(load_image(lung_ct))
+    assert runner.passes == 4
+    np.testing.assert_allclose(fused.boxes_voxel, expected.boxes, atol=1e-9)
+    np.testing.assert_allclose(fused.scores, expected.scores, atol=1e-12)
+    records = fused.to_dicts()
+    assert [r["uncertainty"]["members"] for r in records] == expected.members.tolist()
+    assert records[0]["uncertainty"]["passes"] == 4
+    assert records[0]["uncertainty"]["score_std"] == pytest.approx(expected.score_std[0], abs=1e-6)
+    assert any(r["uncertainty"]["members"] < 4 for r in records)  # the passes disagree on some boxes

@@ -32,6 +32,11 @@ class DetectionResult(RecordFiles):
     labels: IntArray
     label_names: dict[int, str]
     coordinate_system: str = "RAS"
+    score_std: FloatArray | None = None
+    """With several passes fused (:class:`mitk.tasks.detect.runner.DetectionEnsembleRunner`): the spread of the
+    passes' scores per box, the detection's uncertainty; ``members`` how many passes found each box."""
+    members: IntArray | None = None
+    passes: int = 1
 
     @property
     def boxes_world(self) -> FloatArray:
@@ -62,7 +67,16 @@ class DetectionResult(RecordFiles):
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """One record per box. ``box_world_mm`` is the axis-aligned world extent enclosing the box (exactly the
-        box when the grid is not oblique); ``centre_world_mm`` is exact on any grid."""
+        box when the grid is not oblique); ``centre_world_mm`` is exact on any grid. Fused passes add
+        ``uncertainty``: ``{"score_std", "members", "passes"}`` per box."""
+        boxes = self._box_dicts()
+        if self.score_std is not None and self.members is not None:
+            for box, spread, found in zip(boxes, self.score_std, self.members, strict=True):
+                box["uncertainty"] = {"score_std": round(float(spread), 6), "members": int(found),
+                                      "passes": self.passes}
+        return boxes
+
+    def _box_dicts(self) -> list[dict[str, Any]]:
         world = self.boxes_world
         return [
             {

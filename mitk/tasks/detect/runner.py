@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,7 @@ from mitk.runner.batch import CaseJob
 from mitk.runner.geometry import voxel_map
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
+from mitk.tasks.detect.fusion import weighted_boxes_fusion
 from mitk.tasks.detect.plugin import DetectionPlugin
 from mitk.tasks.detect.result import DetectionResult
 
@@ -56,6 +59,52 @@ class DetectionRunner:
         return DetectionResult(boxes_voxel=boxes, affine=image.affine, scores=np.asarray(scores, float),
                                labels=np.asarray(labels, int), label_names=self.labels,
                                coordinate_system=self.coordinate_system)
+
+
+def flip_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Boxes found on an image flipped along ``axes``, on the unflipped grid: voxels ``[a, b)`` of an axis of
+    ``n`` voxels are ``[n − b, n − a)``."""
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 6).copy()
+    for axis in axes:
+        out[:, [axis, axis + 3]] = shape[axis] - out[:, [axis + 3, axis]]
+    return out
+
+
+class DetectionEnsembleRunner:
+    """Several detectors (an ensemble: e.g. the best checkpoint of every fold) and/or test-time flips, their boxes
+    fused by weighted boxes fusion (:mod:`mitk.tasks.detect.fusion`); each box records the spread of the passes'
+    scores. ``flip_axes`` are voxel axes (0, 1, 2): each adds a pass per model on the image mirrored along it."""
+
+    def __init__(self, models: Sequence[LoadedModel], flip_axes: Sequence[int] = (), coordinate_system: str = "RAS",
+                 iou_threshold: float = 0.55, skip_score: float = 0.0) -> None:
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        if any(axis not in (0, 1, 2) for axis in flip_axes):
+            raise ValueError(f"flip axes are voxel axes 0, 1 or 2, not {list(flip_axes)}")
+        self.members = [DetectionRunner(model, coordinate_system) for model in models]
+        self.flips: list[tuple[int, ...]] = [(), *((axis,) for axis in dict.fromkeys(flip_axes))]
+        self.coordinate_system = coordinate_system
+        self.iou_threshold, self.skip_score = iou_threshold, skip_score
+
+    @property
+    def passes(self) -> int:
+        """Detector runs per image: models × (1 + flips); the cost of the ensemble and TTA."""
+        return len(self.members) * len(self.flips)
+
+    def __call__(self, image: Image) -> DetectionResult:
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for member in self.members:
+            for axes in self.flips:
+                view = replace(image, array=np.ascontiguousarray(np.flip(image.array, axis=axes))) if axes else image
+                result = member(view)
+                found.append((flip_boxes(result.boxes_voxel, axes, image.spatial_shape),
+                              np.asarray(result.scores, float), np.asarray(result.labels, int)))
+        fused = weighted_boxes_fusion([b for b, _, _ in found], [s for _, s, _ in found], [lab for _, _, lab in found],
+                                      iou_threshold=self.iou_threshold, skip_score=self.skip_score)
+        return DetectionResult(boxes_voxel=fused.boxes, affine=image.affine, scores=fused.scores,
+                               labels=fused.labels, label_names=self.members[0].labels,
+                               coordinate_system=self.coordinate_system, score_std=fused.score_std,
+                               members=fused.members, passes=self.passes)
 
 
 def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
