@@ -4,12 +4,14 @@ the options the task declares (:attr:`mitk.taskspec.TaskSpec.evaluation_options`
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from mitk.cli.params import command
-from mitk.taskspec import TaskSpec
+from mitk.options import JSON, OVERWRITE
+from mitk.taskspec import Option, TaskSpec
 from mitk.taskspecs import import_part, iter_tasks
 
 
@@ -17,6 +19,24 @@ def run_evaluation(spec: TaskSpec, values: dict[str, Any]) -> None:
     """Run the task's evaluation body and exit with the status it returns."""
     assert spec.evaluation is not None
     raise typer.Exit(import_part(spec.evaluation)(**values) or 0)
+
+
+CROSSVAL_OPTIONS = (
+    Option("run_dir", type=Path, argument=True, required=True,
+           help="A folds run folder (mitk train ... --folds K): folds.json and fold_0/ ... fold_<K-1>/."),
+    Option("monitor", ("--monitor",), str | None, None,
+           "Pick each fold's best epoch from its log by this validation metric (e.g. mean_dice) instead of the "
+           "metrics saved with its best checkpoint."),
+    Option("csv_path", ("--csv",), Path | None, None, "Also write one row per fold and metric, then mean and sd."),
+    JSON,
+    OVERWRITE,
+)
+
+
+def run_crossval(values: dict[str, Any]) -> None:
+    from mitk.evaluation.crossval import evaluate_crossval
+
+    raise typer.Exit(evaluate_crossval(**values) or 0)
 
 
 def build_app() -> typer.Typer:
@@ -30,4 +50,7 @@ def build_app() -> typer.Typer:
         doc = spec.evaluation_help or f"Evaluate {spec.name} results."
         verb = command(spec.name, spec.evaluation_options, body, doc)
         app.command(spec.name, epilog=spec.evaluation_epilog or None)(verb)
+    doc = "Cross-validated metrics of a folds run: each fold's best validation metrics, their mean ± sd."
+    app.command("crossval", epilog="Exit status: 0 scored; 1 failure; 2 usage error.")(
+        command("crossval", CROSSVAL_OPTIONS, run_crossval, doc))
     return app
