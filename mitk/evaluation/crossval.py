@@ -58,8 +58,8 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{run_dir} is not a folds run: no {FOLDS_NAME} (train with --folds K)")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        folds = [{"fold": int(f["fold"]), "train": list(f.get("train") or []), "val": list(f["val"])}
-                 for f in document["folds"]]
+        folds: list[dict[str, Any]] = [{"fold": int(f["fold"]), "train": list(f.get("train") or []),
+                                        "val": [str(case) for case in f["val"]]} for f in document["folds"]]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise InputError("not a folds file ({\"folds\": [{\"fold\", \"train\", \"val\"}, ...]})", path) from None
     if not folds:
@@ -69,7 +69,7 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
         raise InputError(f"fold numbers repeat: {sorted(numbers)}", path)
     seen: dict[str, int] = {}
     for fold in folds:
-        for case in map(str, fold["val"]):
+        for case in fold["val"]:
             if case in seen:
                 raise InputError(f"folds {seen[case]} and {fold['fold']} validate the same case; the validation "
                                  "sets of a cross-validation must not overlap", path)
