@@ -152,11 +152,15 @@ def evaluate(pred: Path, ref: Path, labels: str | None = None, tolerance: float 
     if not targets:
         raise UsageError(f"no prediction files in {pred}")
 
+    from mitk.tasks.segment.calibration import probability_map_for
+
     def process(case: Case) -> CaseOutcome:
         pair = targets[case.path]
         if pair is None:
             raise InputError(f"no reference for this prediction in {ref}", case.path)
-        return CaseOutcome(details=evaluate_files(pair, wanted, tolerance, resample_pred, penalty))
+        probabilities = probability_map_for(case.path) if case.path.is_file() else None
+        return CaseOutcome(details=evaluate_files(pair, wanted, tolerance, resample_pred, penalty,
+                                                  probabilities=probabilities))
 
     console = stderr_console()
 
@@ -197,13 +201,47 @@ def evaluate(pred: Path, ref: Path, labels: str | None = None, tolerance: float 
         "counts": report.summary(),
         "exit_code": report.exit_code,
     }
+    calibrated = [r for r in report.records if r.status == "ok" and "calibration" in r.details]
+    pooled: dict[str, Any] | None = None
+    if calibrated:
+        from mitk.tasks.segment.calibration import case_dice, pool
+
+        pooled = document["calibration"] = pool([(r.details["calibration"], case_dice(r.details["scores"]))
+                                                 for r in calibrated])
+        entropy_of = {r.input: r.details["calibration"]["mean_entropy"] for r in calibrated}
+        for case in cases:
+            if case["prediction"] in entropy_of:
+                case["mean_entropy"] = json_number(entropy_of[case["prediction"]])
+    for record, case in zip(report.records, cases, strict=True):
+        if "calibration_skipped" in record.details:
+            case["calibration_skipped"] = record.details["calibration_skipped"]
+            say(f"{record.details['calibration_skipped']} (left out of the calibration)", label="probabilities",
+                style="yellow")
     if as_json:
         emit_json(document)
     else:
         _print_table(rows, summary, tolerance, penalty_text)
         counts = report.summary()
+        if pooled is not None:
+            _print_calibration(pooled)
         say(f"evaluate: {counts['ok']} scored, {counts['failed']} failed of {counts['total']}")
     return report.exit_code
+
+
+def _print_calibration(summary: dict[str, Any]) -> None:
+    """One line per voxel sample and one for the case ranking (cases with probability maps)."""
+    from rich.console import Console
+
+    def text(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4f}"
+
+    console = Console(highlight=False)
+    for name, words in (("voxels", "all voxels"), ("foreground", "foreground voxels")):
+        part = summary[name]
+        console.print(f"calibration ({words}, {part['decisions']} sampled of {summary['cases']} case(s)): ECE "
+                      f"{text(part['ece'])}, entropy vs error AUC {text(part['uncertainty_auc'])}")
+    ranking = summary["mean_entropy_vs_1_minus_dice"]
+    console.print(f"mean entropy vs 1 - Dice over {ranking['cases']} case(s): Spearman {text(ranking['spearman'])}")
 
 
 CONVENTIONS = {

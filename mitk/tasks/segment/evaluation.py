@@ -44,8 +44,8 @@ VOXEL_COUNTS = ("reference_voxels", "predicted_voxels")
 AFFINE_TOLERANCE = 1e-4
 PREDICTION_SUFFIX = "_seg"
 REFERENCE_SUFFIX = "_label"
-IGNORED_PREDICTION_SUFFIXES = ("_prob", "_preview")
-"""Companion outputs of ``mitk segment`` (probability maps) that are not label maps."""
+IGNORED_PREDICTION_SUFFIXES = ("_prob", "_preview", "_entropy")
+"""Companion outputs of ``mitk segment`` (probability and entropy maps, previews) that are not label maps."""
 
 MissingDistance = float | Literal["worst"] | None
 """What HD95 and ASD are when exactly one mask is empty: ``None`` NaN (left out of means), ``"worst"``
@@ -312,8 +312,12 @@ def resample_to_reference(pred: Image, ref: Image) -> np.ndarray:
 
 
 def evaluate_files(pair: Pair, labels: Sequence[int] | None = None, tolerance: float = 2.0,
-                   resample_pred: bool = False, missing_distance: MissingDistance = None) -> dict[str, Any]:
-    """Read one pair, check (or resample) the grid, and compute :func:`evaluate_pair` on it."""
+                   resample_pred: bool = False, missing_distance: MissingDistance = None,
+                   probabilities: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Read one pair, check (or resample) the grid, and compute :func:`evaluate_pair` on it; with
+    ``probabilities`` (a map on the reference grid) also the voxel samples of
+    :func:`mitk.tasks.segment.calibration.case_calibration` under ``calibration`` (``calibration_skipped``: why a
+    map that is off the grid or not a probability map was left out)."""
     ref = read_label_map(pair.reference)
     pred = read_label_map(pair.prediction)
     resampled = False
@@ -330,5 +334,13 @@ def evaluate_files(pair: Pair, labels: Sequence[int] | None = None, tolerance: f
         pred_array = pred.array
     spacing = voxel_spacing(ref.affine)
     scores = evaluate_pair(pred_array, ref.array, spacing, labels, tolerance, missing_distance)
-    return {"scores": scores, "resampled": resampled, "spacing": list(spacing),
-            "field_of_view_diagonal_mm": field_of_view_diagonal_mm(ref.spatial_shape, spacing)}
+    details = {"scores": scores, "resampled": resampled, "spacing": list(spacing),
+               "field_of_view_diagonal_mm": field_of_view_diagonal_mm(ref.spatial_shape, spacing)}
+    if probabilities is not None and not resampled:
+        from mitk.tasks.segment.calibration import case_calibration
+
+        try:
+            details["calibration"] = case_calibration(probabilities, ref.array, ref.affine, seed)
+        except (GeometryError, InputError) as error:  # the label map is still scored; the map is left out
+            details["calibration_skipped"] = str(error)
+    return details
