@@ -145,3 +145,31 @@ def test_ensemble_runner_fuses_models_and_flips(lung_ct: Path, tmp_path: Path) -
     assert records[0]["uncertainty"]["passes"] == 4
     assert records[0]["uncertainty"]["score_std"] == pytest.approx(expected.score_std[0], abs=1e-6)
     assert any(r["uncertainty"]["members"] < 4 for r in records)  # the passes disagree on some boxes
+
+
+def test_detect_tta_fuses_the_flips_a_plugin_allows(lung_ct: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mitk detect --tta``: with a plugin that declares axis 0 safe, two passes fused, each box with its score
+    spread; without declared axes the plain pass alone (no uncertainty)."""
+    import json
+
+    from helpers import invoke
+
+    from mitk.tasks.detect.runner import DetectionEnsembleRunner, DetectionRunner, detection_runner
+
+    code, stdout, stderr = invoke(["detect", "--plugin", "blob", str(lung_ct), "--tta", "--json"])
+    assert code == 0, stderr
+    [plain] = json.loads(stdout)["cases"]
+    assert plain["boxes"] and "uncertainty" not in plain["boxes"][0]
+    from mitk_builtin._detect_blob import BlobDetector
+
+    monkeypatch.setattr(BlobDetector, "tta_axes", lambda self, config: (0,), raising=False)
+    code, stdout, stderr = invoke(["detect", "--plugin", "blob", str(lung_ct), "--tta", "--json"])
+    assert code == 0, stderr
+    [fused] = json.loads(stdout)["cases"]
+    assert {box["uncertainty"]["passes"] for box in fused["boxes"]} == {2}
+    assert max(box["uncertainty"]["members"] for box in fused["boxes"]) == 2
+    import mitk
+
+    model = mitk.load("blob").loaded
+    assert isinstance(detection_runner(model, tta=True), DetectionEnsembleRunner)
+    assert isinstance(detection_runner(model, tta=False), DetectionRunner)

@@ -29,7 +29,7 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
         require_module("highdicom", "--format dicom-sr")
     return VerbPlan(values["inputs"], {"csv": values["csv"], "preview": values["preview"],
                                        "output_format": output_format, "coordinate_system": system,
-                                       "deidentify": values["deidentify"]})
+                                       "deidentify": values["deidentify"], "tta": values["tta"]})
 
 
 def case_of_box_file(path: Path) -> str:

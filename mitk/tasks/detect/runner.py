@@ -85,6 +85,7 @@ class DetectionEnsembleRunner:
         self.flips: list[tuple[int, ...]] = [(), *((axis,) for axis in dict.fromkeys(flip_axes))]
         self.coordinate_system = coordinate_system
         self.iou_threshold, self.skip_score = iou_threshold, skip_score
+        self.labels = self.members[0].labels
 
     @property
     def passes(self) -> int:
@@ -102,9 +103,32 @@ class DetectionEnsembleRunner:
         fused = weighted_boxes_fusion([b for b, _, _ in found], [s for _, s, _ in found], [lab for _, _, lab in found],
                                       iou_threshold=self.iou_threshold, skip_score=self.skip_score)
         return DetectionResult(boxes_voxel=fused.boxes, affine=image.affine, scores=fused.scores,
-                               labels=fused.labels, label_names=self.members[0].labels,
+                               labels=fused.labels, label_names=self.labels,
                                coordinate_system=self.coordinate_system, score_std=fused.score_std,
                                members=fused.members, passes=self.passes)
+
+
+def member_models(model: LoadedModel) -> list[LoadedModel]:
+    """An ensemble's members as one model each (its ``members`` networks, when the loader gave several), else the
+    model itself."""
+    networks = tuple(getattr(model, "members", ()) or ())
+    return [replace(model, network=network) for network in networks] if len(networks) > 1 else [model]
+
+
+def safe_flip_axes(model: LoadedModel) -> tuple[int, ...]:
+    """The voxel axes the plugin declares safe to flip (its ``tta_axes(config)``; none when it declares none)."""
+    declared = getattr(model.plugin, "tta_axes", None)
+    return tuple(int(axis) for axis in declared(model.config)) if callable(declared) else ()
+
+
+def detection_runner(model: LoadedModel, tta: bool = False, coordinate_system: str = "RAS"
+                     ) -> DetectionRunner | DetectionEnsembleRunner:
+    """One detector, or, for an ensemble or with ``tta`` and flips the plugin allows, their fusion."""
+    members = member_models(model)
+    axes = safe_flip_axes(model) if tta else ()
+    if len(members) == 1 and not axes:
+        return DetectionRunner(model, coordinate_system=coordinate_system)
+    return DetectionEnsembleRunner(members, axes, coordinate_system=coordinate_system)
 
 
 def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -136,7 +160,8 @@ def box_masks(result: DetectionResult, shape: tuple[int, int, int], limit: int =
 
 def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
                     allow_resample: bool = False, csv: bool = False, preview: bool = False,
-                    output_format: str = "json", coordinate_system: str = "RAS", deidentify: bool = False) -> CaseJob:
+                    output_format: str = "json", coordinate_system: str = "RAS", deidentify: bool = False,
+                    tta: bool = False) -> CaseJob:
     """``process(case) -> CaseOutcome``: the boxes as a JSON record; written to ``<stem>_boxes.json`` with
     ``-o``/``--output-dir`` or whenever a file-only output (``csv``, ``preview``, a DICOM SR) is asked for."""
     import contextlib
@@ -149,7 +174,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
     from mitk.runner.fit import check_fit
     from mitk.runner.outputs import sibling, write_csv
 
-    runner = DetectionRunner(model, coordinate_system=coordinate_system)
+    runner = detection_runner(model, tta, coordinate_system)
     sr = output_format == "dicom-sr"
     writes = policy.output is not None or policy.output_dir is not None or csv or preview or sr
 

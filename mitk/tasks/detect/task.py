@@ -33,6 +33,9 @@ OPTIONS = (
         "World convention of the mm columns: RAS (NIfTI, default) or LPS (DICOM, ITK).",
     ),
     Option("deidentify", ("--deidentify",), bool, False, "Apply the DICOM PS3.15 basic profile to DICOM outputs."),
+    Option("tta", ("--tta",), bool, False, "Test-time augmentation: also detect on the image flipped along the axes "
+           "the plugin declares safe and fuse all passes (and an ensemble's members) by weighted boxes fusion; each "
+           "box records the spread of the passes' scores (docs/calibration.md)."),
 )
 """``mitk detect``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 
