@@ -115,3 +115,19 @@ def test_bad_folds_runs_are_refused(tmp_path: Path) -> None:
     (empty / "folds.json").write_text(json.dumps({"folds": [{"fold": 0, "train": [], "val": ["a"]}]}))
     code, _, stderr = invoke(["evaluate", "crossval", str(empty)])
     assert code == 2 and "no fold" in stderr
+
+
+def test_the_folds_count_and_cases_form_is_read(tmp_path: Path) -> None:
+    """``folds.json`` as ``mitk train --folds`` writes it in the ensemble code: ``"folds": K`` and ``"cases"``."""
+    run = _write_run(tmp_path / "run")
+    (run / "folds.json").write_text(json.dumps({"format": 1, "folds": 3, "seed": 0, "grouping": None,
+                                                "cases": [VAL[k] for k in range(3)]}))
+    folds = crossval.read_folds(run)
+    assert [f["val"] for f in folds] == [VAL[0], VAL[1], VAL[2]]
+    assert folds[2]["train"] == [*VAL[0], *VAL[1]]
+    document = crossval.crossval(run)
+    assert document["validation_cases"] == 6
+    assert document["summary"]["mean_dice"]["mean"] == pytest.approx(_expected("mean_dice")[1])
+    (run / "folds.json").write_text(json.dumps({"folds": 2, "cases": [VAL[0]]}))
+    with pytest.raises(Exception, match="not a folds file"):
+        crossval.read_folds(run)

@@ -1,9 +1,10 @@
 """Cross-validated metrics of a folds run (``mitk train … --folds K``), for ``mitk evaluate crossval RUN_DIR``.
 
 A folds run folder holds ``folds.json`` (``{"folds": [{"fold": 0, "train": [...], "val": [...]}, ...], "seed": int,
-"group_key": str | null}``) and one ordinary run folder per fold, ``fold_<k>/``. Each fold's score is its validation
-metrics at its best epoch: the metrics its ``best.safetensors`` was saved with (read from the file's JSON header,
-no tensors loaded), else the best validated row of its ``log.json`` (or ``log.csv``) by the monitor.
+"group_key": str | null}``, or ``{"folds": K, "cases": [[fold 0's validation cases], ...], ...}``) and one
+ordinary run folder per fold, ``fold_<k>/``. Each fold's score is its validation metrics at its best epoch: the
+metrics its ``best.safetensors`` was saved with (read from the file's JSON header, no tensors loaded),
+else the best validated row of its ``log.json`` (or ``log.csv``) by the monitor.
 
 Summary per metric over the folds that have it: ``mean``, ``sd`` (sample standard deviation, n − 1; NaN for one
 fold), ``min``, ``max``, ``folds`` and ``case_weighted_mean`` (each fold weighted by its validation cases, the mean
@@ -58,10 +59,10 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{run_dir} is not a folds run: no {FOLDS_NAME} (train with --folds K)")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        folds: list[dict[str, Any]] = [{"fold": int(f["fold"]), "train": list(f.get("train") or []),
-                                        "val": [str(case) for case in f["val"]]} for f in document["folds"]]
+        folds = _fold_list(document)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise InputError("not a folds file ({\"folds\": [{\"fold\", \"train\", \"val\"}, ...]})", path) from None
+        raise InputError("not a folds file ({\"folds\": [{\"fold\", \"train\", \"val\"}, ...]} or "
+                         "{\"folds\": K, \"cases\": [[fold 0's cases], ...]})", path) from None
     if not folds:
         raise InputError("lists no folds", path)
     numbers = [f["fold"] for f in folds]
@@ -75,6 +76,19 @@ def read_folds(run_dir: Path) -> list[dict[str, Any]]:
                                  "sets of a cross-validation must not overlap", path)
             seen[case] = fold["fold"]
     return sorted(folds, key=lambda f: f["fold"])
+
+
+def _fold_list(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Either form of ``folds.json``: a list of ``{"fold", "train", "val"}``, or ``"folds": K`` with ``"cases"``,
+    the validation cases of each fold in fold order (each fold trains on the others')."""
+    if isinstance(document["folds"], list):
+        return [{"fold": int(f["fold"]), "train": list(f.get("train") or []),
+                 "val": [str(case) for case in f["val"]]} for f in document["folds"]]
+    count, cases = int(document["folds"]), [[str(case) for case in fold] for fold in document["cases"]]
+    if len(cases) != count:
+        raise ValueError("cases per fold do not match the number of folds")
+    return [{"fold": k, "train": [c for j, fold in enumerate(cases) if j != k for c in fold], "val": cases[k]}
+            for k in range(count)]
 
 
 def checkpoint_metrics(path: Path) -> dict[str, Any] | None:
