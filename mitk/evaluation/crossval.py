@@ -251,21 +251,25 @@ def evaluate_crossval(run_dir: Path, monitor: str | None = None, csv_path: Path 
 
 
 def _print(document: dict[str, Any]) -> None:
+    """One row per metric: each scored fold's value (best epoch in the header), then mean and sd."""
     from rich.console import Console
     from rich.table import Table
 
     def text(value: float | None) -> str:
         return "—" if value is None else f"{value:.4f}"
 
-    names = list(document["summary"])
+    scored = [fold for fold in document["folds"] if fold["source"] is not None]
     table = Table(box=None, pad_edge=False)
-    for column in ("fold", "epoch", "cases", *names):
-        table.add_column(column, justify="left" if column == "fold" else "right")
-    for fold in document["folds"]:
-        if fold["source"] is not None:
-            table.add_row(str(fold["fold"]), str(fold["epoch"] if fold["epoch"] is not None else "—"),
-                          str(fold["validation_cases"]), *(text(fold["metrics"].get(n)) for n in names))
-    summary = document["summary"]
-    table.add_row("mean ± sd", "", str(document["validation_cases"]),
-                  *(f"{text(summary[n]['mean'])} ± {text(summary[n]['sd'])}" for n in names))
-    Console(highlight=False).print(table)
+    table.add_column("metric")
+    for fold in scored:
+        table.add_column(f"fold {fold['fold']} (ep {fold['epoch'] if fold['epoch'] is not None else '—'})",
+                         justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column("sd", justify="right")
+    for name, stats in document["summary"].items():
+        table.add_row(name, *(text(fold["metrics"].get(name)) for fold in scored), text(stats["mean"]),
+                      text(stats["sd"]))
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"{len(scored)} fold(s), {document['validation_cases']} validation cases"
+                  + (f"; missing folds {document['missing_folds']}" if document["missing_folds"] else ""))
