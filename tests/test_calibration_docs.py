@@ -18,10 +18,12 @@ from test_crossval import _write_run
 from mitk.evaluation.calibration import entropy
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "calibration.md"
+BLOCK = "calibration-page"
+"""The label of the page's ``<!-- docs-test: … -->`` block that this test runs."""
 
 
 def commands() -> list[str]:
-    block = re.search(r"<!-- docs-test: test_calibration_docs.py -->(.*?)<!-- /docs-test -->", PAGE.read_text(), re.S)
+    block = re.search(rf"<!-- docs-test: {BLOCK} -->(.*?)<!-- /docs-test -->", PAGE.read_text(), re.S)
     assert block is not None
     return [line[2:] for line in block.group(1).splitlines() if line.startswith("$ mitk ")]
 
