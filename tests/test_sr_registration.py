@@ -1,0 +1,79 @@
+"""TID 1500 SR of a registration's quality (``mitk register --dicom-sr``) on real anatomy written as DICOM: the
+moving series is the fixed one moved by a known shift, in another study; the figures say what happened, the
+SR references both series and passes dciodvfy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pytest
+from dicom_factory import load_nifti, orient_volume, write_series
+from helpers import invoke
+
+DCIODVFY = shutil.which("dciodvfy")
+SHIFT = np.array([6.0, -4.0, 2.0])  # mm, RAS: where the anatomy of the moving series lies
+
+
+@pytest.fixture(scope="module")
+def pair(anatomical_t1: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("register_sr")
+    array, affine = load_nifti(anatomical_t1)
+    oriented, oriented_affine = orient_volume(array, affine, "axial")
+    moved = oriented_affine.copy()
+    moved[:3, 3] += SHIFT
+    fixed = write_series(oriented, oriented_affine, folder / "fixed", series_number=1).directory
+    moving = write_series(oriented, moved, folder / "moving", series_number=2, seed=1).directory
+    mask = (oriented > np.percentile(oriented, 60)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, oriented_affine), folder / "fixed_mask.nii.gz")
+    nib.save(nib.Nifti1Image(mask, moved), folder / "moving_mask.nii.gz")
+    return {"fixed": fixed, "moving": moving, "fixed_mask": folder / "fixed_mask.nii.gz",
+            "moving_mask": folder / "moving_mask.nii.gz", "folder": folder}
+
+
+def figures_of(path: str | Path) -> dict[str, float]:
+    sr = hd.sr.srread(path)
+    [measurements] = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    [group] = measurements.ContentSequence
+    return {item.ConceptNameCodeSequence[0].CodeMeaning: float(item.MeasuredValueSequence[0].NumericValue)
+            for item in group.ContentSequence if item.ValueType == "NUM"}
+
+
+def test_register_dicom_sr(pair: dict[str, Path]) -> None:
+    out = pair["folder"] / "out"
+    code, _, stderr = invoke(["register", str(pair["fixed"]), str(pair["moving"]), "--plugin", "affine", "--set",
+                              "transform=rigid", "--fixed-mask",
+                              str(pair["fixed_mask"]), "--moving-mask", str(pair["moving_mask"]), "--dicom-sr",
+                              "-d", str(out), "--json"])
+    assert code == 0, stderr
+    [sr_path] = out.glob("*_sr.dcm")
+    figures = figures_of(sr_path)
+    assert figures["Displacement of the fixed image centre"] == pytest.approx(float(np.linalg.norm(SHIFT)), abs=1.0)
+    assert figures["Determinant of the linear part of the transform"] == pytest.approx(1.0, abs=1e-3)
+    assert figures["Rotation Angle"] < 1.0
+    assert figures["Normalized cross-correlation after registration"] > 0.95
+    assert figures["Normalized cross-correlation before registration"] < 0.9
+    assert figures["Dice of the masks after registration"] > 0.9 > figures["Dice of the masks before registration"]
+    sr = hd.sr.srread(sr_path)
+    fixed_study = hd.imread(next(pair["fixed"].iterdir())).StudyInstanceUID
+    assert sr.StudyInstanceUID == fixed_study
+    referenced = {item.ReferencedSOPInstanceUID for study in (
+        *sr.get("CurrentRequestedProcedureEvidenceSequence", []), *sr.get("PertinentOtherEvidenceSequence", []))
+        for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert len(referenced) == 2 * len(list(pair["fixed"].iterdir()))  # every fixed and moving instance
+    if DCIODVFY is not None:
+        run = subprocess.run([DCIODVFY, str(sr_path)], capture_output=True, text=True, timeout=60)
+        assert [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_a_nifti_fixed_image_is_refused(pair: dict[str, Path], anatomical_t1: Path) -> None:
+    out = pair["folder"] / "refused"
+    code, _, stderr = invoke(["register", str(anatomical_t1), str(pair["moving"]), "--plugin", "affine",
+                              "--dicom-sr", "-d", str(out)])
+    assert code == 2 and "--dicom-sr needs a DICOM fixed image" in stderr
+    assert not out.exists() or not list(out.iterdir())
