@@ -107,6 +107,8 @@ def test_segment_rtstruct_on_an_anonymised_series(ct: dict[str, object], tmp_pat
     if DCIODVFY is not None:
         run = subprocess.run([DCIODVFY, record["rtstruct"]], capture_output=True, text=True, timeout=60)
         assert [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")] == []
+    code, stdout, stderr = invoke(["replay", str(tmp_path / "m.jsonl")])  # UIDs and dates aside, the same file
+    assert code == 0 and "1 identical, 0 different" in stdout + stderr, stdout + stderr
     code, _, stderr = invoke(["segment", str(lung_ct), "--plugin", "threshold", "--rtstruct", "-d",
                               str(tmp_path / "nifti")])
     assert code == 1 and "--rtstruct needs a DICOM input" in stderr
