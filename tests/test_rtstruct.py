@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest

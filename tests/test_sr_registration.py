@@ -4,7 +4,6 @@ SR references both series and passes dciodvfy."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path

@@ -77,16 +77,10 @@ def build_report(sources: Sequence[Path], output: Path, *, evaluation: Sequence[
     from mitk.io.atomic import write_text_atomic
 
     sources = [Path(s) for s in sources]
-    cases: list[ReportCase] = []
-    source_problems: list[str] = []
-    runs: dict[str, dict[str, Any]] = {}
     for source in sources:
         if not source.exists():
             raise InputError("no such file or folder", source)
-        found, problems, found_runs = load_cases(source)
-        cases += found
-        source_problems += problems
-        runs.update(found_runs)
+    cases, source_problems, runs = load_cases(sources)
     groups = group_cases(cases)
     split = per_case if per_case is not None else len(groups) > PER_CASE_ABOVE
     case_folder = output.with_name(output.name.rsplit(".", 1)[0] + "_cases") if split else None
