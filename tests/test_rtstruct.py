@@ -111,3 +111,12 @@ def test_segment_rtstruct_on_an_anonymised_series(ct: dict[str, object], tmp_pat
     code, _, stderr = invoke(["segment", str(lung_ct), "--plugin", "threshold", "--rtstruct", "-d",
                               str(tmp_path / "nifti")])
     assert code == 1 and "--rtstruct needs a DICOM input" in stderr
+
+
+def test_without_rt_utils_the_extra_is_named(monkeypatch: pytest.MonkeyPatch, lung_ct: Path, tmp_path: Path) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rt_utils", None)  # not installed: import fails
+    code, _, stderr = invoke(["segment", str(lung_ct), "--plugin", "threshold", "--rtstruct", "-d", str(tmp_path)])
+    assert code == 2 and 'install it with: pip install "mitk[rtstruct]"' in stderr and "--rtstruct" in stderr
+    assert list(tmp_path.iterdir()) == []
