@@ -48,7 +48,7 @@ def test_register_dicom_sr(pair: dict[str, Path]) -> None:
     code, _, stderr = invoke(["register", str(pair["fixed"]), str(pair["moving"]), "--plugin", "affine", "--set",
                               "transform=rigid", "--fixed-mask",
                               str(pair["fixed_mask"]), "--moving-mask", str(pair["moving_mask"]), "--dicom-sr",
-                              "-d", str(out), "--json"])
+                              "-d", str(out), "--manifest", str(pair["folder"] / "register.jsonl")])
     assert code == 0, stderr
     [sr_path] = out.glob("*_sr.dcm")
     figures = figures_of(sr_path)
@@ -68,6 +68,11 @@ def test_register_dicom_sr(pair: dict[str, Path]) -> None:
     if DCIODVFY is not None:
         run = subprocess.run([DCIODVFY, str(sr_path)], capture_output=True, text=True, timeout=60)
         assert [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")] == []
+    report = pair["folder"] / "report.html"  # the report shows the SR's figures from the record
+    code, _, stderr = invoke(["report", str(pair["folder"] / "register.jsonl"), "-o", str(report)])
+    assert code == 0, stderr
+    html = report.read_text()
+    assert "measured by mitk (in the DICOM SR)" in html and "ncc_after" in html and "checkerboard" in html
 
 
 def test_a_nifti_fixed_image_is_refused(pair: dict[str, Path], anatomical_t1: Path) -> None:
