@@ -81,3 +81,34 @@ def test_a_nifti_fixed_image_is_refused(pair: dict[str, Path], anatomical_t1: Pa
                               "--dicom-sr", "-d", str(out)])
     assert code == 2 and "--dicom-sr needs a DICOM fixed image" in stderr
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_an_anonymised_fixed_series_gets_minted_uids(pair: dict[str, Path], tmp_path: Path) -> None:
+    import pydicom
+    from test_dicom_seg import image_from_series
+
+    from mitk.errors import MitkWarning
+    from mitk.tasks.register.dicom_sr import write_registration_sr
+
+    folder = tmp_path / "anonymised"
+    folder.mkdir()
+    for file in sorted(pair["fixed"].iterdir()):
+        dataset = pydicom.dcmread(file)
+        del dataset.StudyInstanceUID, dataset.FrameOfReferenceUID
+        dataset.save_as(folder / file.name)
+    series = type("Series", (), {})()
+    series.files = sorted(folder.iterdir())
+    series.series_uid = str(pydicom.dcmread(series.files[0]).SeriesInstanceUID)
+    array, affine = load_nifti(pair["fixed_mask"])  # any array on the grid: the writer reads only the headers
+    series.expected_array, series.expected_affine, series.directory = array, affine, folder
+    fixed = image_from_series(series)
+    with pytest.warns(MitkWarning, match="minted for the SR"):
+        path = write_registration_sr({"ncc_before": 0.2, "ncc_after": 0.9}, fixed, None, tmp_path / "sr.dcm",
+                                     plugin_name="affine")
+    assert figures_of(path) == {"Normalized cross-correlation before registration": 0.2,
+                                "Normalized cross-correlation after registration": 0.9}
+    if DCIODVFY is not None:
+        run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        assert [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")] == []
+    with pytest.raises(ValueError, match="not registration figures: dice"):
+        write_registration_sr({"dice": 1.0}, fixed, None, tmp_path / "x.dcm", plugin_name="affine")
