@@ -66,11 +66,13 @@ def test_rtstruct_contours_fill_back_to_the_labels(ct: dict[str, object], tmp_pa
     image = image_from_series(ct["series"])
     labels = ct["labels"]
     assert isinstance(labels, np.ndarray)
-    result = SegmentationResult(label_map=labels, affine=image.affine, labels={0: "background", 1: "body", 2: "lesion"})
+    label_names = {0: "background", 1: "body", 2: "lesion", 3: "nodule"}
+    result = SegmentationResult(label_map=labels, affine=image.affine, labels=label_names)
     path = write_rtstruct(result, image, tmp_path / "rt.dcm", plugin_name="threshold")
     structure = pydicom.dcmread(path)
     names = {int(r.ROINumber): r.ROIName for r in structure.StructureSetROISequence}
-    assert names == {1: "body", 2: "lesion"}
+    assert names == {1: "body", 2: "lesion", 3: "nodule"}  # a label absent from the case keeps its ROI
+    assert "ContourSequence" not in structure.ROIContourSequence[2]
     headers = image.meta["dicom"].headers
     assert {str(r.FrameOfReferenceUID) for r in structure.ReferencedFrameOfReferenceSequence} == {
         str(headers[0].FrameOfReferenceUID)}

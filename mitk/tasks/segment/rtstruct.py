@@ -80,8 +80,12 @@ def write_rtstruct(result: SegmentationResult, image: Image, path: str | Path, *
         structure = package.RTStruct(headers, dataset)
         for value in values:
             mask = (label_map == value).transpose(1, 0, 2)[:, :, order]  # (row j, column i, slice)
-            structure.add_roi(mask=np.ascontiguousarray(mask), name=str(result.labels[value])[:64],
-                              approximate_contours=False, roi_generation_algorithm=0)
+            name = str(result.labels[value])[:64]
+            if mask.any():
+                structure.add_roi(mask=np.ascontiguousarray(mask), name=name, approximate_contours=False,
+                                  roi_generation_algorithm=0)
+            else:  # absent from this case: the ROI without contours (add_roi would print on stdout)
+                _add_empty_roi(structure, ds_helper, mask, name)
     except Exception as error:  # rt-utils raises bare Exceptions
         raise InputError(f"cannot build an RTSTRUCT for this series ({type(error).__name__}: {error})",
                          image.path) from None
@@ -89,6 +93,22 @@ def write_rtstruct(result: SegmentationResult, image: Image, path: str | Path, *
     target = Path(path)
     dataset.save_as(target, enforce_file_format=True)
     return target
+
+
+def _add_empty_roi(structure: Any, ds_helper: Any, mask: np.ndarray, name: str) -> None:
+    """What rt-utils' ``add_roi`` adds for a mask, without contours: the ROI, its colour and its observation."""
+    from pydicom.dataset import Dataset
+    from rt_utils.utils import ROIData
+
+    dataset = structure.ds
+    roi = ROIData(mask, None, len(dataset.StructureSetROISequence) + 1, name, structure.frame_of_reference_uid,
+                  "", False, False, 0)
+    contour = Dataset()
+    contour.ROIDisplayColor = roi.color
+    contour.ReferencedROINumber = str(roi.number)
+    dataset.ROIContourSequence.append(contour)
+    dataset.StructureSetROISequence.append(ds_helper.create_structure_set_roi(roi))
+    dataset.RTROIObservationsSequence.append(ds_helper.create_rtroi_observation(roi))
 
 
 def _finish(dataset: Any, first: Any, plugin_name: str, deidentify: bool) -> None:
