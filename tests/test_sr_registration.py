@@ -112,3 +112,28 @@ def test_an_anonymised_fixed_series_gets_minted_uids(pair: dict[str, Path], tmp_
         assert [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")] == []
     with pytest.raises(ValueError, match="not registration figures: dice"):
         write_registration_sr({"dice": 1.0}, fixed, None, tmp_path / "x.dcm", plugin_name="affine")
+
+
+def test_figures_of_a_displacement_field(anatomical_t1: Path) -> None:
+    from mitk.io.reader import load_image
+    from mitk.tasks.register.dicom_sr import registration_figures
+    from mitk.tasks.register.result import RegistrationResult
+
+    image = load_image(anatomical_t1)
+    world = np.moveaxis(np.einsum("ij,j...->i...", image.affine[:3, :3],
+                                  np.indices(image.spatial_shape, dtype=float)), 0, -1)
+    flips = np.zeros((*image.spatial_shape, 3))
+    flips[..., 0] = -2.0 * world[..., 0]  # x ↦ -x: det(I + ∂u/∂x) = -1 everywhere
+    for field, folded in ((np.zeros_like(flips), 0.0), (flips, 100.0)):
+        result = RegistrationResult(warped=image, matrix=np.eye(4), displacement=field)
+        figures = registration_figures(image, image, result)
+        assert figures["folded_percent"] == pytest.approx(folded)
+        assert figures["jacobian_min"] == pytest.approx(1.0 if folded == 0 else -1.0)
+        assert figures["ncc_after"] == pytest.approx(1.0)  # warped is the fixed image itself
+    result = RegistrationResult(warped=image, matrix=np.eye(4), displacement=flips,
+                                metrics={"jacobian_min": 0.5, "folded_percent": 0.0, "similarity_affine": 0.1,
+                                         "similarity_final": 0.3})
+    figures = registration_figures(image, image, result)  # the plugin's own figures are taken as they are
+    assert (figures["jacobian_min"], figures["folded_percent"]) == (0.5, 0.0)
+    assert (figures["similarity_start"], figures["similarity_final"]) == (0.1, 0.3)
+    assert figures["rotation_deg"] == pytest.approx(0.0, abs=1e-6) and figures["determinant"] == 1.0

@@ -41,6 +41,10 @@ FIGURES: dict[str, tuple[str, str, str, str]] = {
 }
 """Every figure the SR can hold, in the order it lists them."""
 
+MAX_JACOBIAN_VOXELS = 16_000_000
+"""Above this many fixed voxels the Jacobian (9 float64 per voxel) is not computed here: the plugin's own figures
+are used when it reports them, else the SR leaves them out."""
+
 UNITS = {"1": "no units", "deg": "degree", "mm": "millimeter", "%": "percent"}
 
 
@@ -93,11 +97,15 @@ def registration_figures(fixed: Image, moving: Image, result: RegistrationResult
             figures["rotation_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))
         centre = fixed.affine @ np.append((np.asarray(fixed.spatial_shape) - 1) / 2, 1.0)
         figures["translation_mm"] = float(np.linalg.norm((matrix @ centre - centre)[:3]))
-    if result.displacement is not None:
+    if result.displacement is not None and {"jacobian_min", "folded_percent"} <= set(metrics):
+        figures["jacobian_min"] = metrics["jacobian_min"]  # the plugin's, on its field's own grid
+        figures["folded_percent"] = metrics["folded_percent"]
+    elif result.displacement is not None and int(np.prod(fixed.spatial_shape)) <= MAX_JACOBIAN_VOXELS:
         statistics = jacobian_statistics(total_displacement(result.matrix, result.displacement, fixed), fixed.affine)
         figures["jacobian_min"] = float(statistics["min"])
         figures["folded_percent"] = float(statistics["folding_percent"])
-    return {key: value for key, value in figures.items() if value is not None and np.isfinite(value)}
+    return {key: float(value) for key, value in figures.items()
+            if isinstance(value, int | float) and np.isfinite(value)}
 
 
 def write_registration_sr(figures: Mapping[str, float], fixed: Image, moving: Image | None, path: str | Path, *,
