@@ -92,4 +92,8 @@ def make_batch(root: Path) -> Batch:
     evaluation.mkdir()
     run("evaluate", "segment", "--pred", out / "brain1_image_seg.nii.gz", "--ref", DATA / "brain1_label.nii.gz",
         "--csv", evaluation / "per_case.csv", "--summary-csv", evaluation / "summary.csv")
+    boxes = out / "brain1_image_boxes.json"  # the blob boxes against themselves: a real FROC document, all hits
+    code, stdout, stderr = invoke(["evaluate", "detect", "--pred", str(boxes), "--ref", str(boxes), "--json"])
+    assert code == 0, stderr
+    (evaluation / "detect.json").write_text(stdout)
     return batch_in(root)

@@ -29,13 +29,18 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     moved = np.roll(np.asanyarray(image.dataobj), 3, axis=0)
     nib.save(nib.Nifti1Image(moved, image.affine, image.header), tmp_path / "brain_moved.nii.gz")
     (tmp_path / "out").mkdir()
+    from dicom_factory import series_from_nifti
+
+    series_from_nifti(tmp_path / "brain.nii.gz", tmp_path / "mr_series", "axial")
+    series_from_nifti(tmp_path / "brain_moved.nii.gz", tmp_path / "mr_moved_series", "axial", seed=1)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def test_the_page_shows_the_commands_it_promises() -> None:
     verbs = [command[1] for command in commands()]
-    assert verbs == ["segment", "detect", "register", "evaluate", "report", "report", "replay", "replay"]
+    assert verbs == ["segment", "detect", "register", "evaluate", "report", "report", "replay", "replay", "segment",
+                     "register"]
     assert (ROOT / "docs" / "images" / "report.png").stat().st_size > 10_000
 
 
@@ -47,3 +52,6 @@ def test_every_command_runs(workdir: Path, run_inprocess) -> None:
     assert "checkerboard" in page and "per_case.csv" in page and "1,070.06" in page
     assert len(list((workdir / "report_cases").glob("*.html"))) == 0  # the single-file report needs none
     assert len(list((workdir / "summary_cases").glob("case-*.html"))) == 3
+    dicom = workdir / "out" / "dicom"
+    assert {p.name for p in dicom.glob("*.dcm")} == {"mr_series_seg.dcm", "mr_series_seg_sr.dcm",
+                                                      "mr_series_seg_rtstruct.dcm", "mr_moved_series_warped_sr.dcm"}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mitk.errors import InputError, OutputExistsError, UsageError
-from mitk.report import figures
+from mitk.report import curves, figures
 from mitk.report.page import document, esc, figure, table
 from mitk.report.records import ReportCase, load_cases
 from mitk.report.sections import Section, section
@@ -77,16 +77,10 @@ def build_report(sources: Sequence[Path], output: Path, *, evaluation: Sequence[
     from mitk.io.atomic import write_text_atomic
 
     sources = [Path(s) for s in sources]
-    cases: list[ReportCase] = []
-    source_problems: list[str] = []
-    runs: dict[str, dict[str, Any]] = {}
     for source in sources:
         if not source.exists():
             raise InputError("no such file or folder", source)
-        found, problems, found_runs = load_cases(source)
-        cases += found
-        source_problems += problems
-        runs.update(found_runs)
+    cases, source_problems, runs = load_cases(sources)
     groups = group_cases(cases)
     split = per_case if per_case is not None else len(groups) > PER_CASE_ABOVE
     case_folder = output.with_name(output.name.rsplit(".", 1)[0] + "_cases") if split else None
@@ -213,11 +207,18 @@ def evaluation_html(folders: Sequence[Path]) -> str:
                         values = [[float(c) if i in numeric and c else c for i, c in enumerate(r)] for r in body]
                         parts.append(f"<h3>{esc(path.name)}</h3>" + table(rows[0], values, sortable=True,
                                                                           numeric=numeric))
+                        plot = curves.dice_plot(body, rows[0])
+                        if plot is not None:
+                            parts.append(f"<figure>{plot}<figcaption>per-case Dice of {esc(path.name)}"
+                                         "</figcaption></figure>")
                 elif path.suffix == ".png":
                     parts.append(figure(figures.data_uri(path.read_bytes()), path.name, width=480))
                 elif path.suffix == ".json":
-                    text = json.dumps(json.loads(path.read_text(encoding="utf-8")), indent=1)[:20000]
-                    parts.append(f"<h3>{esc(path.name)}</h3><pre>{esc(text)}</pre>")
+                    document = json.loads(path.read_text(encoding="utf-8"))
+                    parts.append(f"<h3>{esc(path.name)}</h3>")
+                    parts += [f"<figure>{svg}<figcaption>{esc(name)} of {esc(path.name)}</figcaption></figure>"
+                              for name, svg in curves.curves_in(document)]
+                    parts.append(f"<pre>{esc(json.dumps(document, indent=1)[:20000])}</pre>")
             except (OSError, ValueError, UnicodeDecodeError) as error:
                 parts.append(f'<div class="problem">{esc(path.name)} cannot be read ({esc(error)})</div>')
     return "".join(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,8 +203,13 @@ def mark_runs(cases: list[ReportCase]) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def load_cases(source: Path) -> tuple[list[ReportCase], list[str], dict[str, dict[str, Any]]]:
-    """The cases of a manifest file or an output folder, the problems of the source, and the runs found."""
-    cases, problems = read_folder(source) if source.is_dir() else read_manifest(source)
-    runs = mark_runs(cases)
-    return cases, problems, runs
+def load_cases(sources: Sequence[Path]) -> tuple[list[ReportCase], list[str], dict[str, dict[str, Any]]]:
+    """The cases of manifest files and output folders, the problems of the sources, and the runs found: runs are
+    told apart across all the sources, so that two manifests of different runs are said to be mixed."""
+    cases: list[ReportCase] = []
+    problems: list[str] = []
+    for source in sources:
+        found, said = read_folder(source) if source.is_dir() else read_manifest(source)
+        cases += found
+        problems += said
+    return cases, problems, mark_runs(cases)

@@ -112,6 +112,9 @@ def compare_files(recorded: Path, replayed: Path) -> list[str]:
         difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
         return [f"{name}: bytes differ; largest difference {float(difference.max()):.3g}, "
                 f"{float(np.mean(difference > 0)) * 100:.3g}% of voxels differ"]
+    if name.lower().endswith(".dcm"):
+        differences = compare_dicom(recorded, replayed)
+        return [f"{name}: {d}" for d in differences[:5]] if differences else []
     if name.endswith(".json"):
         try:  # a record file names its own run in its provenance: the findings must be the same
             return [f"{name}: {d}" for d in compare_values(results_of(json.loads(recorded.read_text())),
@@ -119,6 +122,42 @@ def compare_files(recorded: Path, replayed: Path) -> list[str]:
         except ValueError:
             pass
     return [f"{name}: bytes differ"]
+
+
+FRESH_VRS = ("UI", "DA", "TM", "DT")
+"""Values a DICOM writer makes new on every run (UIDs, creation dates and times): not findings."""
+
+
+def dicom_content(path: Path) -> list[tuple[str, str]]:
+    """Every element of a DICOM file but the UIDs, dates and times, as (keyword path, value) in file order."""
+    import pydicom
+
+    found: list[tuple[str, str]] = []
+
+    def walk(dataset: Any, prefix: str) -> None:
+        for element in dataset:
+            where = f"{prefix}{element.keyword or element.tag}"
+            if element.VR == "SQ":
+                for index, item in enumerate(element.value):
+                    walk(item, f"{where}.{index}.")
+            elif element.VR not in FRESH_VRS:
+                found.append((where, str(element.value)[:200]))
+
+    walk(pydicom.dcmread(path), "")
+    return found
+
+
+def compare_dicom(recorded: Path, replayed: Path) -> list[str]:
+    """Where two DICOM outputs (SEG, SR, RTSTRUCT) differ, their fresh UIDs, dates and times aside."""
+    try:
+        old, new = dicom_content(recorded), dicom_content(replayed)
+    except Exception as error:  # a damaged file: say so, as for bytes
+        return [f"cannot be compared as DICOM ({type(error).__name__})"]
+    if old == new:
+        return []
+    if len(old) != len(new):
+        return [f"{len(old)} → {len(new)} DICOM elements"]
+    return [f"{a[0]}: {a[1][:40]} → {b[1][:40]}" for a, b in zip(old, new, strict=True) if a != b]
 
 
 def recorded_files(record: dict[str, Any], resolve: Callable[[Any], Path | None]) -> dict[str, Path]:

@@ -178,6 +178,11 @@ def registration(case: ReportCase, problems: list[str], pictures: bool, thumbnai
                                               for n, v in rows], raw=(1,))
     for warning in quality.get("warnings") or []:
         html += f'<div class="problem">registration warning: {esc(warning)}</div>'
+    measured = case.record.get("sr_figures")
+    if isinstance(measured, dict) and measured:  # mitk register --dicom-sr: the figures of its SR
+        html += "<p class='small'>measured by mitk (in the DICOM SR):</p>" + table(
+            ["figure", "value"], [[esc(k), number(v, 4) if isinstance(v, float) else esc(v)]
+                                  for k, v in measured.items()], raw=(1,))
     matrix = case.record.get("matrix_ras")
     if matrix:
         html += "<details><summary>transform (RAS, moving from fixed)</summary><pre>" + esc(

@@ -193,13 +193,22 @@ def with_provenance(job: CaseJob, model: Any, task: str, invocation: dict[str, A
 
     def process(case: Case) -> CaseOutcome:
         provenance = case_provenance(run, case.path)
-        with recording(provenance):
-            outcome = job(case)
+        try:
+            with recording(provenance):
+                outcome = job(case)
+        except BaseException as error:  # a failed case's record carries it too (see run_case)
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(error, FAILED_PROVENANCE, provenance)
+            raise
         if not outcome.skipped:
             outcome.details.setdefault(PROVENANCE_KEY, provenance)
         return outcome
 
     return process
+
+
+FAILED_PROVENANCE = "mitk_provenance"
+"""Attribute under which :func:`with_provenance` hands a failed case's provenance to :func:`run_case`."""
 
 
 def run_batch(
@@ -285,7 +294,15 @@ def run_case(case: Case, process: Callable[[Case], CaseOutcome], debug: bool,
     started = time.perf_counter()
     record = CaseRecord(input=str(case.path))
     try:
-        outcome = process(case)
+        try:
+            outcome = process(case)
+        except BaseException as error:  # the record of a failed case keeps the provenance of its attempt
+            provenance = getattr(error, FAILED_PROVENANCE, None)
+            if isinstance(provenance, dict):
+                from mitk.provenance import PROVENANCE_KEY
+
+                record.details = {PROVENANCE_KEY: provenance}
+            raise
         record.output = str(outcome.output) if outcome.output is not None else None
         record.details = outcome.details
         record.status = "skipped" if outcome.skipped else "ok"

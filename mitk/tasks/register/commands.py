@@ -24,8 +24,12 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
         from mitk.preview import require_preview
 
         require_preview("--preview")
+    if values["dicom_sr"]:
+        from mitk.extras import require_module
+
+        require_module("highdicom", "--dicom-sr")
     job = {name: values[name] for name in ("transform", "fixed_series", "fixed_mask", "moving_mask",
-                                           "inverse_warped", "preview")}
+                                           "inverse_warped", "preview", "dicom_sr")}
     return VerbPlan(moving, {"fixed_path": fixed, **job}, also_inputs=(fixed, *masks))
 
 

@@ -170,6 +170,11 @@ class RegistrationRunner:
         return np.ascontiguousarray(np.moveaxis(np.asarray(field, dtype=np.float64), 0, -1))
 
 
+def masks_of(runner: RegistrationRunner, moving: Image) -> Image | None:
+    """The runner's moving mask on ``moving``'s grid, or None."""
+    return None if runner.moving_mask is None else mask_on(runner.moving_mask, moving, "moving")
+
+
 def inverse_warped_path(target: Path) -> Path:
     """Where ``InverseWarped`` goes beside the warped image ``target``: ``ct_warped.nii.gz`` →
     ``ct_inverse_warped.nii.gz``, ``out.nii.gz`` → ``out_inverse_warped.nii.gz``."""
@@ -184,7 +189,7 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
                       transform: Path | None = None, series: str | None = None, fixed_series: str | None = None,
                       allow_resample: bool = False, fixed_mask: Path | None = None,
                       moving_mask: Path | None = None, inverse_warped: bool = False,
-                      preview: bool = False) -> CaseJob:
+                      preview: bool = False, dicom_sr: bool = False) -> CaseJob:
     """The batch job of ``mitk register``: each moving image on the fixed grid, and its transform.
 
     ``series`` picks the series of each DICOM input, fixed and moving alike, unless ``fixed_series`` names
@@ -193,7 +198,8 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
     :class:`RegistrationRunner`). With ``transform``, its inverse is written beside it
     (:func:`~mitk.io.transforms.inverse_path`); ``inverse_warped`` also writes the fixed image on the moving grid
     (``<case>_inverse_warped.nii.gz``) and ``preview`` a checkerboard/edge PNG (``<case>_warped_preview.png``);
-    see :mod:`mitk.tasks.register.inverse` for the conventions.
+    see :mod:`mitk.tasks.register.inverse` for the conventions. ``dicom_sr`` (a DICOM fixed image) writes the
+    quality figures as a TID 1500 SR (``<case>_warped_sr.dcm``, :mod:`mitk.tasks.register.dicom_sr`).
     """
     import contextlib
 
@@ -210,6 +216,10 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
     fixed = require_volume(load_image(fixed_path, series=fixed_series if fixed_series is not None else series,
                                       allow_resample=allow_resample))
     refuse_constant(fixed, "fixed")  # before any case runs: every case would be refused
+    if dicom_sr and fixed.meta.get("dicom") is None:
+        from mitk.errors import UsageError
+
+        raise UsageError("--dicom-sr needs a DICOM fixed image", fixed_path)
     check_fit(model.expects, fixed)
     runner = RegistrationRunner(model, *(None if path is None else require_volume(load_image(path))
                                          for path in (fixed_mask, moving_mask)))
@@ -227,6 +237,8 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
             companions["inverse_warped"] = inverse_warped_path(target)
         if preview:
             companions["preview"] = sibling(target, "_preview", ".png")
+        if dicom_sr:
+            companions["sr"] = sibling(target, "_sr", ".dcm")
         for path in companions.values():  # refuse before any compute or write, as for the image
             policy.check_companion(path, case, inputs=(fixed_path,))
         moving = require_volume(load_image(case.path, series=series, allow_resample=allow_resample))
@@ -267,6 +279,13 @@ def make_register_job(model: LoadedModel, policy: OutputPolicy, fixed_path: Path
 
                 save_registration_preview(fixed, result.warped, temporary("preview"))
                 details["preview"] = str(companions["preview"])
+            if "sr" in companions:
+                from mitk.tasks.register.dicom_sr import registration_figures, write_registration_sr
+
+                figures = registration_figures(fixed, moving, result, fixed_mask=runner.fixed_mask,
+                                               moving_mask=masks_of(runner, moving))
+                write_registration_sr(figures, fixed, moving, temporary("sr"), plugin_name=model.name)
+                details["sr"], details["sr_figures"] = str(companions["sr"]), figures
         return CaseOutcome(output=target, details=details)
 
     return process

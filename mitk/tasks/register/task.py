@@ -53,6 +53,14 @@ OPTIONS = (
         None,
         "Label image on the moving image: only samples mapped inside it count (one moving image).",
     ),
+    Option(
+        "dicom_sr",
+        ("--dicom-sr",),
+        bool,
+        False,
+        ("Also write the registration's quality as a TID 1500 DICOM SR (<out>_sr.dcm; the fixed image must be "
+         "DICOM): similarity before/after, mask Dice, the affine's determinant and scales, folding."),
+    ),
 )
 """``mitk register``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 ARGUMENTS = (

@@ -31,6 +31,10 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
     from mitk.extras import require_segment_extras
 
     require_segment_extras(preview=values["preview"], dicom_seg=output_format.startswith("dicom"))
+    if values["rtstruct"]:
+        from mitk.extras import require_module
+
+        require_module("rt_utils", "--rtstruct")
     rows: list[dict[str, Any]] = []
 
     def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
@@ -42,7 +46,8 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
             print_label_table(rows)
 
     return VerbPlan(values["inputs"], {name: values[name] for name in
-                                       ("probabilities", "stats", "preview", "output_format", "deidentify")},
+                                       ("probabilities", "stats", "preview", "output_format", "deidentify",
+                                        "rtstruct")},
                     on_record=collect, finish=finish)
 
 

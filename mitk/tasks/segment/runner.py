@@ -163,7 +163,7 @@ def output_extension(path: Any, output_format: str) -> str:
 
 def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities: bool = False, stats: bool = False,
                      preview: bool = False, output_format: str = "nifti", series: str | None = None,
-                     allow_resample: bool = False, deidentify: bool = False) -> CaseJob:
+                     allow_resample: bool = False, deidentify: bool = False, rtstruct: bool = False) -> CaseJob:
     """Return ``process(case) -> CaseOutcome`` for the batch runner."""
     import contextlib
     from pathlib import Path
@@ -192,10 +192,16 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
             companions["preview"] = sibling(target, "_preview", ".png")
         if output_format == "dicom-seg-sr":
             companions["sr"] = sibling(target, "_sr", ".dcm")
+        if rtstruct:
+            companions["rtstruct"] = sibling(target, "_rtstruct", ".dcm")
         for path in companions.values():
             policy.check_companion(path, case)  # refuse before any compute
         image = require_volume(load_image(case.path, series=series, allow_resample=allow_resample), channels=True)
         fit = check_fit(model.expects, image)  # refuse or warn before the network runs
+        if rtstruct and image.meta.get("dicom") is None:
+            from mitk.errors import InputError
+
+            raise InputError("--rtstruct needs a DICOM input (this image was not read from DICOM)", case.path)
         result = runner(image)
         rows = result.statistics(image)
         planar = "area_mm2" in rows[0] if rows else is_planar(image)
@@ -219,6 +225,11 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
                                           plugin_name=model.name, deidentify=deidentify)
             else:
                 write_label_map(result, temporary(target), like=image, plugin=model.name)  # as result.save()
+            if "rtstruct" in companions:
+                from mitk.tasks.segment.rtstruct import write_rtstruct
+
+                write_rtstruct(result, image, temporary(companions["rtstruct"]), plugin_name=model.name,
+                               deidentify=deidentify)
             if "probabilities" in companions and result.probabilities is not None:
                 write_probabilities(result, temporary(companions["probabilities"]), like=image, plugin=model.name)
             if "stats" in companions:

@@ -20,6 +20,9 @@ OPTIONS = (
     Option("stats", ("--stats",), bool, False, "Also write per-label statistics (<out>_stats.csv)."),
     Option("preview", ("--preview",), bool, False, "Also write an overlay preview (<out>_preview.png)."),
     Option("deidentify", ("--deidentify",), bool, False, "Apply the DICOM PS3.15 basic profile to DICOM outputs."),
+    Option("rtstruct", ("--rtstruct",), bool, False,
+           "Also write a DICOM RT Structure Set (<out>_rtstruct.dcm; DICOM input only): one ROI per label, "
+           "contours in the series' frame of reference."),
 )
 """``mitk segment``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 
