@@ -42,7 +42,8 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
             print_label_table(rows)
 
     return VerbPlan(values["inputs"], {name: values[name] for name in
-                                       ("probabilities", "stats", "preview", "output_format", "deidentify")},
+                                       ("probabilities", "stats", "preview", "output_format", "deidentify",
+                                                        "tta", "uncertainty")},
                     on_record=collect, finish=finish)
 
 

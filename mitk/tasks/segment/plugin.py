@@ -47,6 +47,10 @@ class SegmentationPlugin(TaskPlugin):
         """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
         return None
 
+    def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """Every spatial axis (nnU-Net's mirroring): a label map flipped is the flipped label map."""
+        return tuple(range(int(config.get("spatial_dims") or 3)))
+
     def segment_array(self, image: Image, config: dict[str, Any]) -> np.ndarray:
         """For a plugin with ``needs_torch = False``: the integer label map on ``image``'s grid (its spatial
         shape), computed with NumPy/SciPy alone. The runner uses it instead of the network path, so it must give

@@ -20,6 +20,10 @@ OPTIONS = (
     Option("stats", ("--stats",), bool, False, "Also write per-label statistics (<out>_stats.csv)."),
     Option("preview", ("--preview",), bool, False, "Also write an overlay preview (<out>_preview.png)."),
     Option("deidentify", ("--deidentify",), bool, False, "Apply the DICOM PS3.15 basic profile to DICOM outputs."),
+    Option("tta", ("--tta",), bool, False, "Test-time augmentation: also run the flips the plugin declares safe "
+           "(every axis for 3-D: 8 passes per model) and average the probabilities (docs/precision.md)."),
+    Option("uncertainty", ("--uncertainty",), bool, False, "Also write the per-voxel entropy (<out>_entropy.nii.gz) "
+           "and its mean over the predicted foreground in the record."),
 )
 """``mitk segment``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 
@@ -78,7 +82,7 @@ TASK = TaskSpec(
     result=f"{HERE}.result:SegmentationResult",
     suffix="_seg",
     extension=".nii.gz",
-    image_companions=("_prob", "_preview"),
+    image_companions=("_prob", "_preview", "_entropy"),
     image_channels=True,  # colour reaches the plugins that take it (SegmentationPlugin.colour)
     verb=f"{HERE}.commands:prepare",
     verb_help="Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz; "
