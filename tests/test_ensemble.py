@@ -115,10 +115,19 @@ def test_tta_of_a_flip_equivariant_network_is_the_plain_output(fold_run: Path, b
     assert (flipped.label_map == plain.label_map).all()
 
 
-def test_flip_sets() -> None:
+def test_flip_sets_and_the_axes_kept(fold_run: Path) -> None:
+    from mitk.tasks.segment.runner import SegmentationRunner
+
     assert flips((0, 1, 2), (8, 8, 8)) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
     assert flips((0, 1, 2), (8, 8, 1)) == [(), (0,), (1,), (0, 1)]  # a one-slice axis is not flipped
     assert flips((), (8, 8)) == [()]
+    model = mitk.load(weights=fold_run / "fold_0" / "best.safetensors", device="cpu")
+    plugin, settings = model.loaded.plugin, model.settings
+    assert plugin.tta_axes(settings) == (0, 1, 2)
+    sided = {**settings, "labels": {"0": "background", "1": "left kidney", "2": "right_kidney"}}
+    assert plugin.tta_axes(sided) == (1, 2)  # mirroring would swap the sides
+    runner = SegmentationRunner(model.loaded, tta=True)
+    assert runner.tta_axes((8, 8, 8)) == (0, 1, 2) and runner.tta_axes((8, 8, 1)) == (1, 2)  # a radiograph
 
 
 class HalfMeans(torch.nn.Module):

@@ -20,8 +20,6 @@ from mitk.training.data import Datalist
 from mitk.training.folds import assign_folds, fold_split
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
-TINY_DENSENET = ["--set", "image_size=[32,32]", "--set", "network.block_config=[2,2]",
-                 "--set", "network.init_features=8", "--set", "network.growth_rate=8"]
 
 
 def test_groups_stay_in_one_fold_and_classes_spread() -> None:
@@ -66,49 +64,40 @@ def test_the_same_picture_under_two_names_is_warned_and_kept_in_one_fold(brain_m
                for s in splits)
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/precision.md's example, with the checks a job array needs between its commands."""
     pytest.importorskip("nilearn")
-    from mitk.sample import make_classification_sample
+    from test_boxes_docs import docs_commands
 
-    folder = tmp_path_factory.mktemp("sample")
-    make_classification_sample(folder, cases=15, size=32, seed=0, dims=2)
-    return folder
-
-
-def train(sample: Path, run: Path, *extra: str) -> tuple[int, str, str]:
-    return invoke(["train", "classify", "--plugin", "densenet121", "--data", str(sample / "train.csv"), "-d",
-                   str(run), "--epochs", "1", "--batch-size", "8", "--device", "cpu", *TINY_DENSENET, *extra])
-
-
-def test_fold_jobs_share_one_split_and_ensemble(sample: Path, tmp_path: Path) -> None:
+    sample_command, fold_0, fold_1, classify = docs_commands("precision.md", "precision-folds")
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    code, _, stderr = train(sample, run, "--folds", "2", "--fold", "1")
-    assert code == 0, stderr
+    for command in (sample_command, fold_1):  # the jobs of an array run in any order
+        code, _, stderr = invoke(command)
+        assert code == 0, stderr
     assert (run / "fold_1" / "best.safetensors").is_file() and not (run / "fold_0").exists()
     document = json.loads((run / "folds.json").read_text())
     assert document["folds"] == 2 and document["seed"] == 0 and len(document["cases"]) == 2
     split = json.loads((run / "fold_1" / "split.json").read_text())
     assert sorted(Path(c["image"]).name for c in split["validation"]) == \
         sorted(Path(name).name for name in document["cases"][1])
-    code, _, stderr = invoke(["classify", str(sample / "images" / "case_000.nii.gz"), "-w", str(run)])
+    code, _, stderr = invoke(classify)
     assert code != 0 and "fold_0" in stderr  # an unfinished run is not an ensemble
-    code, _, stderr = train(sample, run, "--folds", "2", "--fold", "0", "--seed", "1")
+    code, _, stderr = invoke([*fold_0, "--seed", "1"])
     assert code != 0 and "another cross-validation split" in stderr
-    code, stdout, stderr = train(sample, run, "--folds", "2", "--fold", "0", "--json")
+    code, stdout, stderr = invoke([*fold_0, "--json"])
     assert code == 0, stderr
     assert json.loads(stdout)["runs"][0]["output_dir"].endswith("fold_0")
     assert json.loads((run / "folds.json").read_text()) == document  # the second job drew the same split
-    tests = [sample / row["image"] for row in csv.DictReader((sample / "test.csv").open())]
-    table = tmp_path / "pred.csv"
-    code, stdout, stderr = invoke(["classify", *map(str, tests), "-w", str(run), "--tta", "--uncertainty",
-                                   "--csv", str(table), "--json"])
+    code, stdout, stderr = invoke([*classify, "--json"])
     assert code == 0, stderr
     records = json.loads(stdout)["cases"]
+    assert len(records) == 2
     assert all(r["passes"] == {"members": 2, "flips": 2, "total": 4} for r in records)
     assert all(r["uncertainty"]["passes"] == 4 and r["uncertainty"]["mutual_information"] >= 0 for r in records)
-    rows = list(csv.DictReader(table.open()))
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert list(rows[0])[-2:] == ["predictive_entropy", "mutual_information"]
+    assert all(float(row["predictive_entropy"]) > 0 for row in rows)
 
 
 def test_fold_options_are_checked_first(tmp_path: Path) -> None:

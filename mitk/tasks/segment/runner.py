@@ -126,7 +126,7 @@ class SegmentationRunner:
         network = self.network
         assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
         networks = self.model.members or (network,)
-        flip_sets = flips(self.plugin.tta_axes(self.config), batch.shape[2:]) if self.tta else [()]
+        flip_sets = flips(self.tta_axes(batch.shape[2:]), batch.shape[2:]) if self.tta else [()]
         grid = image.spatial_shape[:3]
         if len(networks) == 1 and len(flip_sets) == 1:
             logits = self.inferer(batch, network)[0].float().cpu()  # one pass: exactly the single model's path
@@ -155,6 +155,12 @@ class SegmentationRunner:
         if self.keep_probabilities:
             result.probabilities = np.ascontiguousarray(np.moveaxis(scores.numpy(), 0, -1))
         return result
+
+    def tta_axes(self, spatial_shape: Any) -> tuple[int, ...]:
+        """The plugin's flip axes; of a one-slice image (a radiograph, a picture) never the first: left-right."""
+        axes = self.plugin.tta_axes(self.config)
+        planar = len(spatial_shape) == 3 and int(spatial_shape[2]) == 1
+        return tuple(axis for axis in axes if not (planar and axis == 0))
 
     def _averaged(self, batch: torch.Tensor, networks: tuple[Any, ...], flip_sets: list[Flip]) -> torch.Tensor:
         """The softmax probabilities ``(C, I, J, K)`` averaged over every member and flip (flipped back)."""
