@@ -225,12 +225,13 @@ def run_fold_training(task: str, *, plugin: str | None, data: Path | None, outpu
                                        on_fold=lambda index: say(f"fold {index} of {folds}"))
     except KeyboardInterrupt as stop:
         _interrupted(task, output_dir, stop, console, as_json)
+    summaries = [run.to_dict() for run in runs]
     document = {"task": task, "output_dir": str(output_dir), "folds": folds, "folds_file": str(folds_file),
-                "runs": [run.to_dict() for run in runs]}
+                "runs": summaries}
     if as_json:
         emit_json(document)
         return
-    for run in document["runs"]:
+    for run in summaries:
         best = run["best_metric"]
         value = "n/a" if best["value"] is None else f"{best['value']:.4f}"
         say(f"best {best['name']} {value} at epoch {best['epoch']} → {run['checkpoint']}")

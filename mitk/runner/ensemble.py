@@ -29,7 +29,7 @@ EPSILON = 1e-12
 """Probabilities are clipped here before a logarithm (0 log 0 = 0)."""
 
 
-def is_fold_run(weights: str | os.PathLike[str] | None) -> bool:
+def is_fold_run(weights: Any) -> bool:
     """True for a cross-validation run folder (one with ``folds.json``)."""
     return weights is not None and not isinstance(weights, (list, tuple)) and \
         (Path(weights) / FOLDS_NAME).is_file()

@@ -254,7 +254,7 @@ def resolve_task(plugin: str | None, weights: str | Path | Sequence[str | Path] 
         described = checkpoint_task(members[0]) if members else None
         if described is None:
             raise UsageError("the checkpoint does not say which plugin made it: give the plugin name "
-                             "(mitk.load(\"unet\", weights=...))", weights)
+                             "(mitk.load(\"unet\", weights=...))", members[0] if members else None)
         return get_task(described).name
     raise UsageError("give a plugin name or weights= (a mitk checkpoint names its plugin)")
 

@@ -126,7 +126,7 @@ class SegmentationRunner:
         network = self.network
         assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
         networks = self.model.members or (network,)
-        flip_sets = flips(self.tta_axes(batch.shape[2:]), batch.shape[2:]) if self.tta else [()]
+        flip_sets: list[Flip] = flips(self.tta_axes(batch.shape[2:]), batch.shape[2:]) if self.tta else [()]
         grid = image.spatial_shape[:3]
         if len(networks) == 1 and len(flip_sets) == 1:
             logits = self.inferer(batch, network)[0].float().cpu()  # one pass: exactly the single model's path
