@@ -188,3 +188,33 @@ def test_classification_ensemble_and_uncertainty(photograph: Path, tmp_path: Pat
     one = mitk.load(weights=paths[0], device="cpu").classify(photograph, uncertainty=True).record()["uncertainty"]
     assert one["mutual_information"] is None and one["passes"] == 1
     assert one["predictive_entropy"] == pytest.approx(entropy(rows[0]), abs=1e-6)
+
+
+def test_registration_ensemble_averages_fields_and_reports_their_spread(anatomical_t1: Path) -> None:
+    """Two members predicting constant fields: the mean field, and a spread of half their distance."""
+    from test_register_learned import ConstantDisplacement, Learned
+
+    from mitk.enums import Task
+    from mitk.io.nifti import read_nifti
+    from mitk.runner.model import LoadedModel
+    from mitk.tasks.register.runner import RegistrationRunner
+
+    class Shifted(ConstantDisplacement):
+        def forward(self, pair: torch.Tensor) -> torch.Tensor:
+            return super().forward(pair) + torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1, 1)
+
+    fixed = read_nifti(anatomical_t1)
+    plugin = Learned()
+    members = (ConstantDisplacement().eval(), Shifted().eval())
+    single = [RegistrationRunner(LoadedModel(name="learned", task=Task.REGISTER, plugin=plugin, config={},
+                                             network=m, device=torch.device("cpu")))(fixed, fixed).displacement
+              for m in members]
+    model = LoadedModel(name="learned", task=Task.REGISTER, plugin=plugin, config={}, network=members[0],
+                        device=torch.device("cpu"), members=members)
+    result = RegistrationRunner(model)(fixed, fixed)
+    assert single[0] is not None and single[1] is not None and result.displacement is not None
+    np.testing.assert_allclose(result.displacement, (single[0] + single[1]) / 2, atol=1e-9)
+    half = np.linalg.norm(single[1] - single[0], axis=-1) / 2  # each member is half the gap from the mean
+    spread = result.metrics["spread"]
+    assert spread["members"] == 2 and spread["mean_mm"] == pytest.approx(float(half.mean()), abs=1e-5)
+    assert spread["max_mm"] == pytest.approx(float(half.max()), abs=1e-5) and spread["mean_mm"] > 1.0
