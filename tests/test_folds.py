@@ -67,7 +67,7 @@ def test_the_same_picture_under_two_names_is_warned_and_kept_in_one_fold(brain_m
 def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/precision.md's example, with the checks a job array needs between its commands."""
     pytest.importorskip("nilearn")
-    from test_boxes_docs import docs_commands
+    from test_boxes_docs import ROOT, docs_commands
 
     sample_command, fold_0, fold_1, classify = docs_commands("precision.md", "precision-folds")
     monkeypatch.chdir(tmp_path)
@@ -98,6 +98,11 @@ def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert list(rows[0])[-2:] == ["predictive_entropy", "mutual_information"]
     assert all(float(row["predictive_entropy"]) > 0 for row in rows)
+    page = (ROOT / "docs" / "precision.md").read_text(encoding="utf-8")
+    block = page.split("<!-- docs-test: precision-python -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(block, "docs/precision.md", "exec"), namespace)  # the documented example
+    assert namespace["result"].passes["total"] == 4  # type: ignore[attr-defined]
 
 
 def test_fold_options_are_checked_first(tmp_path: Path) -> None:
