@@ -80,6 +80,11 @@ def test_checkpoints_given_as_a_comma_list_are_an_ensemble(fold_run: Path) -> No
     assert [p.parent.name for p in model.loaded.member_checkpoints] == ["fold_0", "fold_1"]
 
 
+def test_a_run_folder_is_its_best_checkpoint(fold_run: Path) -> None:
+    model = mitk.load(weights=fold_run / "fold_1", device="cpu")
+    assert model.loaded.checkpoint == fold_run / "fold_1" / "best.safetensors" and not model.loaded.members
+
+
 def test_members_of_other_settings_are_refused(fold_run: Path, tmp_path: Path) -> None:
     other = unet_checkpoint(tmp_path / "other.safetensors", seed=0, spacing=[3.0, 3.0, 3.0])
     with pytest.raises(CheckpointError, match="spacing"):

@@ -52,8 +52,9 @@ def fold_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def member_weights(weights: Any) -> list[Path]:
-    """The checkpoints a ``weights`` value names: a fold run's folds, a list's items, a comma-separated list
-    (when the text is not itself an existing path), else the one path (or none)."""
+    """The checkpoints a ``weights`` value names: a fold run's folds, a run folder's ``best.safetensors``, a
+    list's items, a comma-separated list (when the text is not itself an existing path), else the one path (or
+    none)."""
     if weights is None or weights == "":
         return []
     if isinstance(weights, (list, tuple)):
@@ -63,6 +64,8 @@ def member_weights(weights: Any) -> list[Path]:
         return found
     if is_fold_run(weights):
         return fold_checkpoints(weights)
+    if (Path(weights) / BEST_NAME).is_file():  # a run folder of `mitk train`: its best checkpoint
+        return [Path(weights) / BEST_NAME]
     text = os.fspath(weights)
     if "," in text and not Path(text).exists():
         return [Path(part.strip()) for part in text.split(",") if part.strip()]
