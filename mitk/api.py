@@ -36,13 +36,16 @@ INPUT_OPTIONS = ("affine", "series", "allow_resample")
 """Keyword arguments of a task call that say how to read an input (the rest go to the task's runner)."""
 
 
-def load(plugin: str | None = None, *, weights: str | Path | None = None, task: str | None = None,
+def load(plugin: str | None = None, *, weights: str | Path | list[str | Path] | None = None, task: str | None = None,
          device: str | None = "auto", settings: Mapping[str, Any] | None = None) -> Model:
     """Load a plugin (and its weights) once, for any number of images.
 
     ``plugin`` names a registered plugin (``mitk plugins list``); with ``weights`` alone, the mitk checkpoint
-    names its plugin and task, as on the command line. ``task`` is needed only for a checkpoint that does not
-    describe itself. ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    names its plugin and task, as on the command line. ``weights`` may be an ensemble: a fold run folder
+    (``mitk train ... --folds K``: every fold's best checkpoint) or a list of checkpoints, their probabilities
+    averaged (``model.segment(image, tta=True)`` adds flips; see docs/precision.md). ``task`` is needed only
+    for a checkpoint that does not describe itself. ``device``: ``"auto"`` (CUDA when available), ``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``.
     ``settings`` override the plugin's settings, nested (``{"network": {"channels": [8, 16]}}``) or with
     dotted keys (``{"network.channels": [8, 16]}``), like ``--set``. Raises the classes of :mod:`mitk.errors`.
     """

@@ -135,6 +135,12 @@ class TaskPlugin:
         the task recipe's default step (:mod:`mitk.training.recipe`)."""
         return None
 
+    def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """The spatial axes of the network's input (0 = the first after the channel) that test-time augmentation
+        (``--tta``) may flip: the answer must not depend on a flip of any of them. Every combination is run and
+        averaged (:mod:`mitk.runner.tta`). Default: none (``--tta`` then runs the plain pass only)."""
+        return ()
+
     def settings_help(self) -> dict[str, str]:
         """One line describing each setting, by dotted key (``"network.channels"``); shown by
         ``mitk plugins info NAME``."""

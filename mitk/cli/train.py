@@ -91,6 +91,12 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
         log: Annotated[str | None, typer.Option("--log", help="Also log each epoch to tensorboard and/or mlflow "
                                                 "(comma-separated; extras mitk[tensorboard], mitk[mlflow]).")]
         = None,
+        folds: Annotated[int | None, typer.Option("--folds", help="Cross-validation: deal the cases into K folds "
+                                                  "(a group or the same image content kept in one) and train "
+                                                  "RUN/fold_0 … fold_K-1, the split in RUN/folds.json; "
+                                                  "`--weights RUN` then averages the folds.")] = None,
+        fold: Annotated[int | None, typer.Option("--fold", help="With --folds K: train fold I only (job arrays; "
+                                                 "every job draws the same split).")] = None,
         as_json: JsonOption = False,
     ) -> None:
         if resume and overwrite:
@@ -127,6 +133,16 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
                    "val_every": val_every, "validation_fraction": val_fraction, "num_workers": num_workers,
                    "cache": cache, "loggers": log}
 
+        folds, fold = pick(folds, "folds"), pick(fold, "fold")
+        if folds is not None or fold is not None:
+            from mitk.training.folds import check_run_dir, chosen_folds
+
+            chosen = chosen_folds(folds, fold)
+            check_run_dir(output_dir, int(folds or 0), chosen, resume, overwrite)  # before loading torch
+            run_fold_training(task, plugin=plugin, data=data, output_dir=output_dir, folds=int(folds or 0),
+                              fold=fold, options=options, overrides=overrides, resume=resume, overwrite=overwrite,
+                              as_json=as_json)
+            return
         from mitk.training.folder import check_output_dir
 
         check_output_dir(output_dir, resume, overwrite)  # refuse a bad run folder before loading torch
@@ -182,6 +198,44 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
         value = "n/a" if best["value"] is None else f"{best['value']:.4f}"
         console.print(f"best {best['name']} {value} at epoch {best['epoch']} → {document['checkpoint']}",
                       markup=False)
+
+
+def run_fold_training(task: str, *, plugin: str | None, data: Path | None, output_dir: Path, folds: int,
+                      fold: int | None, options: dict[str, Any], overrides: dict[str, Any], resume: bool,
+                      overwrite: bool, as_json: bool) -> None:
+    """``--folds K`` (``--fold I``): train the folds one after the other, reporting each as :func:`run_training`."""
+    from mitk.cli.common import stderr_console
+    from mitk.runner.allocator import keep_freed_memory
+    from mitk.training.folds import train_folds
+
+    console, quiet = stderr_console(), STATE.quiet
+
+    def say(line: str) -> None:
+        if not quiet:
+            console.print(line, markup=False)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        say(f"epoch {row['epoch']}: loss {row['loss']:.4f} ({row['seconds']:.1f} s)")
+
+    keep_freed_memory()
+    try:
+        runs, folds_file = train_folds(task, plugin=plugin, data=data, output_dir=output_dir, folds=folds, fold=fold,
+                                       options=options, overrides=overrides, resume=resume, overwrite=overwrite,
+                                       console=console, on_epoch=on_epoch, on_ready=say,
+                                       on_fold=lambda index: say(f"fold {index} of {folds}"))
+    except KeyboardInterrupt as stop:
+        _interrupted(task, output_dir, stop, console, as_json)
+    summaries = [run.to_dict() for run in runs]
+    document = {"task": task, "output_dir": str(output_dir), "folds": folds, "folds_file": str(folds_file),
+                "runs": summaries}
+    if as_json:
+        emit_json(document)
+        return
+    for run in summaries:
+        best = run["best_metric"]
+        value = "n/a" if best["value"] is None else f"{best['value']:.4f}"
+        say(f"best {best['name']} {value} at epoch {best['epoch']} → {run['checkpoint']}")
+    say(f"folds: {folds_file}; use `mitk {task} --weights {output_dir}` for their ensemble")
 
 
 def _interrupted(task: str, output_dir: Path, stop: KeyboardInterrupt, console: Any, as_json: bool) -> NoReturn:

@@ -19,7 +19,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "plugin": (str,), "data": (str,), "epochs": (int,), "batch_size": (int,), "patch_size": (str, int, list),
     "lr": (float, int), "seed": (int,), "device": (str,), "amp": (bool,), "val_every": (int,),
     "val_fraction": (float, int), "labels": (str, list), "num_workers": (int,), "cache": (bool,),
-    "log": (str, list), "set": (dict,),
+    "log": (str, list), "set": (dict,), "folds": (int,), "fold": (int,),
 }
 """Keys a config file may hold and the JSON/YAML types each takes."""
 ALIASES = {"settings": "set", "learning_rate": "lr", "loggers": "log", "validation_fraction": "val_fraction"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from mitk.nnunet.folder import is_model_folder
 from mitk.nnunet.loading import nnunet_checkpoint, nnunet_task
 from mitk.plugin import TaskPlugin
 from mitk.plugin_manager import get_registry
+from mitk.runner.ensemble import check_members_agree, is_fold_run, member_weights
 from mitk.runner.fit import model_expectations
 from mitk.settings import check_overrides, check_saved_config, settings_errors
 from mitk.taskspecs import get_task
@@ -43,6 +44,15 @@ class LoadedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     expects: dict[str, Any] | None = None
     """What inputs the model was trained on or declares (:mod:`mitk.runner.fit`); None: not known, not checked."""
+    members: tuple[Any, ...] = ()
+    """An ensemble's networks (:mod:`mitk.runner.ensemble`), the first being :attr:`network`; empty for one model."""
+    member_checkpoints: tuple[Path, ...] = ()
+    """The checkpoint of each member of an ensemble."""
+
+    @property
+    def networks(self) -> tuple[Any, ...]:
+        """Every network the model averages: the members of an ensemble, else the one network."""
+        return self.members or ((self.network,) if self.network is not None else ())
 
     @property
     def classical(self) -> bool:
@@ -80,14 +90,20 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def load_model(task: Any, plugin: str | None, weights: str | Path | None,
+def load_model(task: Any, plugin: str | None, weights: str | Path | Sequence[str | Path] | None,
                overrides: dict[str, Any] | None = None, device: str | None = None,
                caller: str = "cli") -> LoadedModel:
     """Load the plugin named by ``plugin`` or by the checkpoint, apply the weights, and return it.
 
-    ``caller`` (``"cli"`` or ``"api"``) words the errors for who asked: ``--weights FILE`` or ``weights=``.
+    ``weights`` may name an ensemble: a fold run folder (``folds.json``), a list of checkpoints, or their names
+    comma-separated (:mod:`mitk.runner.ensemble`). ``caller`` (``"cli"`` or ``"api"``) words the errors for who
+    asked: ``--weights FILE`` or ``weights=``.
     """
     api = caller == "api"
+    members = member_weights(weights)
+    if len(members) > 1 or is_fold_run(weights):
+        return _load_ensemble(task, plugin, weights, members, overrides, device, caller)
+    weights = members[0] if members else None
     task = task_name(get_task(task).name)
     checkpoint: Checkpoint | None = None
     if weights and is_model_folder(weights):
@@ -151,6 +167,23 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | None,
                        expects=model_expectations(config, checkpoint.expects if checkpoint else None, instance))
 
 
+def _load_ensemble(task: Any, plugin: str | None, weights: Any, members: list[Path],
+                   overrides: dict[str, Any] | None, device: str | None, caller: str) -> LoadedModel:
+    """Each member loaded as one model, checked to agree (:func:`check_members_agree`), returned as the first
+    with every member's network in :attr:`LoadedModel.members`."""
+    loaded = [load_model(task, plugin, member, overrides, device, caller) for member in members]
+    if any(model.network is None for model in loaded):
+        raise CheckpointError("an ensemble needs networks: a member loaded without one", members[0])
+    check_members_agree([model.config for model in loaded], [model.name for model in loaded], members)
+    first = loaded[0]
+    first.members = tuple(model.network for model in loaded)
+    first.member_checkpoints = tuple(members)
+    if is_fold_run(weights):
+        first.checkpoint = Path(weights)  # the run folder: its files are the model's (provenance, never overwritten)
+    first.metrics = {"members": [model.metrics for model in loaded]}
+    return first
+
+
 def _classical(instance: TaskPlugin, plugin: str, task: str, version: str | None, saved: dict[str, Any] | None,
                overrides: dict[str, Any] | None, source: str) -> LoadedModel:
     """A plugin that runs without torch (``needs_torch = False``) on the CPU: its settings, no network. (Asked
@@ -210,17 +243,18 @@ def _compatible(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tup
     return missing, unexpected
 
 
-def resolve_task(plugin: str | None, weights: str | Path | None, task: Any = None) -> str:
+def resolve_task(plugin: str | None, weights: str | Path | Sequence[str | Path] | None, task: Any = None) -> str:
     """The task to load for: as given, else the plugin's, else the one the checkpoint names."""
     if task is not None:
         return get_task(task).name
     if plugin:
         return get_registry().get(plugin).task
     if weights:
-        described = checkpoint_task(Path(weights))
+        members = member_weights(weights)
+        described = checkpoint_task(members[0]) if members else None
         if described is None:
             raise UsageError("the checkpoint does not say which plugin made it: give the plugin name "
-                             "(mitk.load(\"unet\", weights=...))", weights)
+                             "(mitk.load(\"unet\", weights=...))", members[0] if members else None)
         return get_task(described).name
     raise UsageError("give a plugin name or weights= (a mitk checkpoint names its plugin)")
 

@@ -34,6 +34,11 @@ class TrainingRecipe:
         """Read the training data description; hold out a seeded validation set when none is given."""
         raise NotImplementedError
 
+    def stratum(self, case: dict[str, Any]) -> str:
+        """The stratum a case belongs to, spread evenly over cross-validation folds (classification: its
+        class); one stratum by default."""
+        return ""
+
     def check_case(self, case: Mapping[str, Any], source: Path) -> None:
         """Refuse a case whose files are missing (used again when a run resumes from its saved split)."""
 

@@ -45,7 +45,7 @@ _NOT_PATHS = ("name",)
 def train(task: Task | str, *, plugin: str | None, data: str | Path | None, output_dir: str | Path,
           options: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, resume: bool = False,
           overwrite: bool = False, console: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_ready: Callable[[str], None] | None = None) -> TrainingRun:
+          on_ready: Callable[[str], None] | None = None, datalist: Datalist | None = None) -> TrainingRun:
     """Train ``plugin`` for ``task`` on ``data`` and write the run folder ``output_dir``.
 
     ``options`` holds :class:`~mitk.training.loop.TrainingOptions` fields (``None`` = not given: the default,
@@ -53,6 +53,7 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
     settings, options, data and split; flags that contradict them are refused (``epochs``, ``device``,
     ``num_workers`` and ``cache`` may change). ``on_ready(line)`` reports the data once loaded, ``on_epoch(row)``
     each epoch. Under torchrun, ``options["batch_size"]`` is the global batch (divisible by ``WORLD_SIZE``).
+    ``datalist``: the split to train on instead of the one the recipe draws (a fold, :mod:`mitk.training.folds`).
     """
     from mitk.runner.model import resolve_device
 
@@ -89,8 +90,9 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
         config = instance.resolve_config(point.checkpoint.config)
     else:
         _check_settings(instance, plugin, overrides)
-        datalist = recipe.read_datalist(Path(data), seed=training_options.seed,
-                                        validation_fraction=training_options.validation_fraction)
+        if datalist is None:
+            datalist = recipe.read_datalist(Path(data), seed=training_options.seed,
+                                            validation_fraction=training_options.validation_fraction)
         config = instance.resolve_config(recipe.found_config(datalist), overrides)
     check_optimisation(config)
     _refuse_writing_over_data(output_dir, Path(data), datalist)

@@ -13,6 +13,8 @@ from mitk.evaluation.outputs import write_table
 from mitk.taskspec import VerbPlan
 
 PROBABILITY_PREFIX = "prob_"
+UNCERTAINTY_COLUMNS = ("predictive_entropy", "mutual_information")
+"""``--uncertainty``: the record's values that are also ``--csv`` columns (after the probabilities)."""
 
 
 def prepare(values: dict[str, Any]) -> VerbPlan:
@@ -36,8 +38,10 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
 
     def collect(record: Any) -> None:  # from the records, wherever the executor ran the cases
         if record.status == "ok":
+            uncertainty = record.details.get("uncertainty") or {}
             rows.append({"input": record.input, "predicted": record.details["predicted"],
-                         **{PROBABILITY_PREFIX + name: p for name, p in record.details["probabilities"].items()}})
+                         **{PROBABILITY_PREFIX + name: p for name, p in record.details["probabilities"].items()},
+                         **{name: uncertainty[name] for name in UNCERTAINTY_COLUMNS if name in uncertainty}})
 
     def finish() -> None:
         if csv is not None and rows:
@@ -52,7 +56,7 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
             raise UsageError("--dicom-sr writes beside the JSON record: add -o or --output-dir")
         require_module("highdicom", "--dicom-sr")
     return VerbPlan(values["inputs"], {name: values[name] for name in ("multi_label", "threshold", "explain",
-                                                                      "dicom_sr")},
+                                                                      "dicom_sr", "tta", "uncertainty")},
                     on_record=collect, finish=finish)
 
 
@@ -184,7 +188,7 @@ def _relative(path: Path, csv: Path) -> str:
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     names = list(dict.fromkeys(key for row in rows for key in row if key.startswith(PROBABILITY_PREFIX)))
-    return ["input", "predicted", *names]
+    return ["input", "predicted", *names, *(name for name in UNCERTAINTY_COLUMNS if any(name in r for r in rows))]
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path, overwrite: bool) -> None:
@@ -199,7 +203,7 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
     from mitk.console import PathCell
 
-    columns = _columns(rows)
+    columns = [column for column in _columns(rows) if column not in UNCERTAINTY_COLUMNS]
     table = Table(box=None, pad_edge=False)
     table.add_column("input")  # a long path loses its middle, never its file name
     table.add_column("predicted")

@@ -18,3 +18,8 @@ class ClassificationPlugin(TaskPlugin):
 
     def class_names(self, config: dict[str, Any]) -> list[str]:
         return list(config.get("class_names") or [])
+
+    def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """Every spatial axis but the first (the image's columns: left-right in a radiograph and in most
+        volumes), so that ``--tta`` never mirrors a side-dependent finding; 2-D: the up-down axis alone."""
+        return tuple(range(1, int(config.get("spatial_dims") or 3)))

@@ -20,6 +20,7 @@ balanced accuracy.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -277,8 +278,11 @@ class ClassificationRecipe(TrainingRecipe):
             self.check_case(case, source)
         held_out = not validation
         groups = None
+        content_groups: dict[str, str] | None = None
         if not any(case_group(c) for c in training + validation):  # look for one picture under several names
             found = same_content_groups(training + validation, lambda image: read_case_image(image).array, source)
+            content_groups = {json.dumps(c["image"]): g for c, g in zip(training + validation, found, strict=True)
+                              if g is not None}  # for cross-validation folds (mitk.training.folds)
             if held_out:
                 groups = found[: len(training)]
             else:
@@ -294,7 +298,12 @@ class ClassificationRecipe(TrainingRecipe):
         return Datalist(source=source, training=training, validation=validation, held_out=held_out,
                         labels=dict(enumerate(names)),
                         extra={"multi_label": any(len(case_classes(c)) != 1 or isinstance(c["label"], list)
-                                                  for c in training + validation)})
+                                                  for c in training + validation),
+                               **({"content_groups": content_groups} if content_groups is not None else {})})
+
+    def stratum(self, case: dict[str, Any]) -> str:
+        """A case's (first) class: folds get each class in proportion."""
+        return case_classes(case)[0]
 
     def check_case(self, case: Mapping[str, Any], source: Path) -> None:
         if not isinstance(case, dict) or "image" not in case or "label" not in case:

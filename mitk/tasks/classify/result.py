@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,11 @@ class ClassificationResult(RecordFiles):
 
     class_names: list[str]
     probabilities: list[float]
+    uncertainty: dict[str, Any] | None = field(default=None, kw_only=True)
+    """With ``uncertainty=True``: ``{"predictive_entropy": float, "mutual_information": float | None,
+    "passes": int}`` (nats; mutual information needs two passes or more: an ensemble or ``tta``)."""
+    passes: dict[str, int] | None = field(default=None, kw_only=True)
+    """With an ensemble or ``tta``: ``{"members", "flips", "total"}``, the network passes averaged."""
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.probabilities):
@@ -30,11 +35,16 @@ class ClassificationResult(RecordFiles):
         return self.class_names[self.predicted_index]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "predicted": self.predicted,
             # Full precision: ``--csv`` and ``--json`` feed ``mitk evaluate classify``, whose AUC must be training's.
             "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probabilities, strict=True)},
         }
+        if self.passes is not None:
+            record["passes"] = dict(self.passes)
+        if self.uncertainty is not None:
+            record["uncertainty"] = dict(self.uncertainty)
+        return record
 
     def record(self) -> dict[str, Any]:
         """``{"predicted": name, "probabilities": {name: p}}``."""

@@ -22,10 +22,12 @@ from mitk.image import Image
 from mitk.io.atomic import InputFiles
 from mitk.io.inputs import Case, output_for
 from mitk.runner.batch import CaseJob, CaseOutcome
+from mitk.runner.ensemble import entropy, mutual_information
 from mitk.runner.fit import check_fit
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
 from mitk.runner.tensors import to_meta_tensor
+from mitk.runner.tta import flips, passes, tensor_dims
 from mitk.tasks.classify.explain import display_values
 from mitk.tasks.classify.plugin import ClassificationPlugin
 from mitk.tasks.classify.result import ClassificationResult
@@ -97,7 +99,7 @@ class ClassificationRunner:
     """
 
     def __init__(self, model: LoadedModel, *, multi_label: bool | None = None,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, tta: bool = False, uncertainty: bool = False) -> None:
         if not isinstance(model.plugin, ClassificationPlugin):
             raise TypeError("ClassificationRunner needs a classification plugin")
         if model.network is None:
@@ -112,6 +114,9 @@ class ClassificationRunner:
         self.spatial_dims = int(config.get("spatial_dims") or 3)
         self.in_channels = int(config.get("in_channels") or 1)
         self.preprocess = self.plugin.inference_transforms(config)
+        self.tta, self.uncertainty = tta, uncertainty
+        """``tta``: also run the flips of :meth:`ClassificationPlugin.tta_axes`; ``uncertainty``: the record's
+        predictive entropy (and, with two passes or more, mutual information)."""
         self._cams: dict[str, Any] = {}
 
     def prepare(self, image: Image) -> Any:
@@ -120,13 +125,19 @@ class ClassificationRunner:
                                                        in_channels=self.in_channels)})
         return data["image"]
 
-    def result(self, logits: torch.Tensor) -> ClassificationResult:
-        """Probabilities from one row of logits."""
+    def probabilities(self, logits: torch.Tensor) -> list[float]:
+        """Per-class probabilities from one row of logits (sigmoid when multi-label, else softmax)."""
         logits = logits.float().reshape(-1)
         if self.multi_label:
-            probabilities = torch.sigmoid(logits).cpu().tolist()
-        else:
-            probabilities = torch.softmax(logits, dim=0).cpu().tolist()
+            return list(torch.sigmoid(logits).cpu().tolist())
+        return list(torch.softmax(logits, dim=0).cpu().tolist())
+
+    def result(self, logits: torch.Tensor) -> ClassificationResult:
+        """Probabilities from one row of logits."""
+        return self.from_probabilities(self.probabilities(logits))
+
+    def from_probabilities(self, probabilities: list[float]) -> ClassificationResult:
+        """The result of per-class probabilities."""
         names = self.class_names or [str(i) for i in range(len(probabilities))]
         if len(names) != len(probabilities):
             raise InputError(f"the network gives {len(probabilities)} outputs for {len(names)} class names")
@@ -137,7 +148,20 @@ class ClassificationRunner:
     @torch.inference_mode()
     def __call__(self, image: Image) -> ClassificationResult:
         batch = self.prepare(image).as_tensor().unsqueeze(0).to(self.model.device)
-        return self.result(self.network(batch)[0])
+        networks = self.model.members or (self.network,)
+        flip_sets = flips(self.plugin.tta_axes(self.model.config), batch.shape[2:]) if self.tta else [()]
+        if len(networks) == 1 and len(flip_sets) == 1 and not self.uncertainty:
+            return self.result(self.network(batch)[0])  # one pass: exactly the single model's path
+        rows = []
+        for member, flip in passes(len(networks), flip_sets):
+            dims = tensor_dims(flip, leading=2)
+            rows.append(self.probabilities(networks[member](batch.flip(dims) if flip else batch)[0]))
+        table = np.asarray(rows, dtype=np.float64)
+        result = self.from_probabilities(table.mean(axis=0).tolist() if len(rows) > 1 else rows[0])
+        result.passes = {"members": len(networks), "flips": len(flip_sets), "total": len(rows)}
+        if self.uncertainty:
+            result.uncertainty = case_uncertainty(table, binary=self.multi_label)
+        return result
 
     def explain(self, image: Image, class_index: int | None = None) -> tuple[ClassificationResult, np.ndarray]:
         """The result and a Grad-CAM map (MONAI ``GradCAM`` on the plugin's ``cam_layer``) for ``class_index``
@@ -198,6 +222,16 @@ class ClassificationRunner:
         return np.clip(array, 0.0, 1.0)
 
 
+def case_uncertainty(passes: np.ndarray, binary: bool = False) -> dict[str, Any]:
+    """The record's ``uncertainty`` of one case from its passes' probabilities (one row per pass): the predictive
+    entropy ``H[mean p]`` (nats; multi-label: the classes' binary entropies summed) and, with two passes or more,
+    the mutual information (BALD) ``H[mean p] − mean H[p]``."""
+    mean = passes.mean(axis=0)
+    return {"predictive_entropy": float(entropy(mean, axis=-1, binary=binary)),
+            "mutual_information": mutual_information(passes, binary=binary) if len(passes) > 1 else None,
+            "passes": len(passes)}
+
+
 def _unit_range(heat: torch.Tensor) -> torch.Tensor:
     """Each map of a batch ``(B, 1, ...)`` scaled to ``[0, 1]`` (largest 1); a constant map becomes 0."""
     flat = heat.reshape(heat.shape[0], -1)
@@ -225,7 +259,7 @@ def _smooth_resize(operation: Any) -> Any:
 def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str | None = None,
                       allow_resample: bool = False, multi_label: bool | None = None, threshold: float | None = None,
                       explain: bool = False, on_result: Callable[[Case, dict[str, Any]], None] | None = None,
-                      dicom_sr: bool = False) -> CaseJob:
+                      dicom_sr: bool = False, tta: bool = False, uncertainty: bool = False) -> CaseJob:
     """The batch job of ``mitk classify``: the record (predicted class, probability per class) goes to the
     batch report, and with ``-o``/``--output-dir`` to ``<input>_class.json``. ``explain`` also writes
     ``<input>_gradcam.png`` (an overlay in the input's pixel geometry; for a volume, the slice where the map
@@ -235,7 +269,8 @@ def make_classify_job(model: LoadedModel, policy: OutputPolicy, *, series: str |
     from mitk.io.reader import load_image
     from mitk.results import record_text
 
-    runner = ClassificationRunner(model, multi_label=multi_label, threshold=threshold)
+    runner = ClassificationRunner(model, multi_label=multi_label, threshold=threshold, tta=tta,
+                                  uncertainty=uncertainty)
 
     def process(case: Case) -> CaseOutcome:
         target = None

@@ -55,6 +55,10 @@ OPTIONS = (
         False,
         "Also write a TID 1500 SR of the probabilities, <input>_class_sr.dcm (DICOM input; needs -o or -d).",
     ),
+    Option("tta", ("--tta",), bool, False, "Test-time augmentation: also run the flips the plugin declares safe "
+           "(never left-right: 2-D images flip up-down only) and average the probabilities (docs/precision.md)."),
+    Option("uncertainty", ("--uncertainty",), bool, False, "Also report the predictive entropy and, with an "
+           "ensemble or --tta, the mutual information (BALD) in the record and --csv."),
 )
 """``mitk classify``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 ARGUMENTS = (

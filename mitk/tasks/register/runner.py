@@ -124,7 +124,11 @@ class RegistrationRunner:
         displacement: np.ndarray | None
         report: dict[str, Any] = {}
         if self.learned:
-            matrix, displacement = None, self.learned_displacement(fixed, moving)
+            networks = self.model.members or (self.model.network,)
+            fields = [self.learned_displacement(fixed, moving, network) for network in networks]
+            matrix, displacement = None, (fields[0] if len(fields) == 1 else np.mean(fields, axis=0))
+            if len(fields) > 1:  # an ensemble: the mean field, and how far the members stray from it
+                report["spread"] = displacement_spread(fields)
         else:
             outcome = self.plugin.register(fixed, moving, self.model.network, self.model.config, **masks)
             matrix, displacement = outcome[0], outcome[1]
@@ -138,7 +142,7 @@ class RegistrationRunner:
         return RegistrationResult(warped=warped, matrix=matrix, displacement=displacement, metrics=report)
 
     @torch.inference_mode()
-    def learned_displacement(self, fixed: Image, moving: Image) -> np.ndarray:
+    def learned_displacement(self, fixed: Image, moving: Image, network: Any = None) -> np.ndarray:
         """The network's displacement, as ``(I, J, K, 3)`` RAS millimetres on the fixed grid.
 
         The moving image is first sampled on the fixed grid (world coordinates unchanged), so both pass through
@@ -148,7 +152,8 @@ class RegistrationRunner:
         from mitk.runner.geometry import to_input_grid
         from mitk.runner.tensors import network_batch, to_meta_tensor
 
-        assert self.preprocess is not None and self.model.network is not None
+        network = self.model.network if network is None else network
+        assert self.preprocess is not None and network is not None
         on_fixed_grid = Image(array=warp(moving, fixed, None), affine=fixed.affine)
         fixed_input = self.preprocess({"image": to_meta_tensor(fixed)})["image"]
         moving_input = self.preprocess({"image": to_meta_tensor(on_fixed_grid)})["image"]
@@ -158,7 +163,7 @@ class RegistrationRunner:
             raise PluginError(f"plugin {self.model.name!r}: its transforms put the fixed and moving images on "
                               "different grids (use deterministic spatial transforms)")
         device = self.model.device
-        ddf = self.plugin.predict_displacement(self.model.network, network_batch(fixed_input, device),
+        ddf = self.plugin.predict_displacement(network, network_batch(fixed_input, device),
                                                network_batch(moving_input, device), self.model.config)
         spatial = tuple(int(n) for n in fixed_input.shape[1:])
         if tuple(ddf.shape) != (1, 3, *spatial):
@@ -173,6 +178,15 @@ class RegistrationRunner:
 def masks_of(runner: RegistrationRunner, moving: Image) -> Image | None:
     """The runner's moving mask on ``moving``'s grid, or None."""
     return None if runner.moving_mask is None else mask_on(runner.moving_mask, moving, "moving")
+
+def displacement_spread(fields: list[np.ndarray]) -> dict[str, Any]:
+    """How an ensemble's displacement fields ``(I, J, K, 3)`` (RAS mm) disagree: per voxel the root mean square
+    distance of the members' displacements from their mean (mm), summarised as its mean, 95th percentile and
+    maximum over the fixed grid (the record's ``registration.spread``)."""
+    stack = np.asarray(fields, dtype=np.float64)
+    distance = np.sqrt(((stack - stack.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
+    return {"members": len(fields), "mean_mm": round(float(distance.mean()), 6),
+            "p95_mm": round(float(np.percentile(distance, 95)), 6), "max_mm": round(float(distance.max()), 6)}
 
 
 def inverse_warped_path(target: Path) -> Path:

@@ -47,7 +47,7 @@ def prepare(values: dict[str, Any]) -> VerbPlan:
 
     return VerbPlan(values["inputs"], {name: values[name] for name in
                                        ("probabilities", "stats", "preview", "output_format", "deidentify",
-                                        "rtstruct")},
+                                        "rtstruct", "tta", "uncertainty")},
                     on_record=collect, finish=finish)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -46,6 +47,16 @@ class SegmentationPlugin(TaskPlugin):
     def postprocess(self, config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """Applied to the discrete label map ``(1, I, J, K)`` on the network grid, e.g. largest component."""
         return None
+
+    def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """Every spatial axis (nnU-Net's mirroring): a label map flipped is the flipped label map; but not the
+        first (left-right on a RAS grid) when a label names a side (``left kidney``): mirroring would swap
+        them, as TotalSegmentator's models avoid. The runner also keeps left-right of a one-slice image."""
+        axes = tuple(range(int(config.get("spatial_dims") or 3)))
+        names = " ".join(self.labels(config).values()).lower().replace("_", " ")
+        if re.search(r"\b(left|right)\b", names):
+            return axes[1:]
+        return axes
 
     def segment_array(self, image: Image, config: dict[str, Any]) -> np.ndarray:
         """For a plugin with ``needs_torch = False``: the integer label map on ``image``'s grid (its spatial

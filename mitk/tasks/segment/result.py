@@ -35,6 +35,15 @@ def write_probabilities(result: SegmentationResult, path: Path, like: Image, plu
                 description=description(plugin, "probabilities"))
 
 
+def write_entropy(result: SegmentationResult, path: Path, like: Image, plugin: str | None) -> None:
+    """Write the per-voxel entropy (float32 NIfTI) on ``like``'s exact grid."""
+    from mitk.io.writer import write_image
+
+    if result.entropy is None:
+        raise UsageError("this result has no entropy map (run with uncertainty=True)")
+    write_image(result.entropy.astype(np.float32), path, like=like, description=description(plugin, "entropy"))
+
+
 @dataclass
 class SegmentationResult(ResultFiles):
     """An integer label map on the input's exact voxel grid, with label names."""
@@ -44,6 +53,12 @@ class SegmentationResult(ResultFiles):
     labels: dict[int, str]
     probabilities: FloatArray | None = None
     """Optional per-class probabilities, channel last, on the same grid."""
+    entropy: FloatArray | None = None
+    """With ``uncertainty=True``: the per-voxel entropy (nats, float32) of the averaged probabilities, same grid."""
+    uncertainty: dict[str, Any] | None = None
+    """With ``uncertainty=True``: ``{"mean_entropy", "passes", "entropy_map", "region"}`` (the record's)."""
+    passes: dict[str, int] | None = None
+    """Network passes averaged: ``{"members", "flips", "total"}`` (an ensemble's members × TTA flips)."""
 
     def statistics(self, image: Image | None = None) -> list[dict[str, Any]]:
         """Per-label voxel count, volume in mL and (given the image) mean intensity (of an RGB image: its

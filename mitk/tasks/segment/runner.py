@@ -9,8 +9,10 @@ import numpy as np
 from mitk.errors import InputError, PluginError
 from mitk.image import Image
 from mitk.runner.batch import CaseJob
+from mitk.runner.ensemble import EPSILON, RunningMean
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tta import Flip, flips, passes, tensor_dims
 from mitk.tasks.segment.plugin import SegmentationPlugin
 from mitk.tasks.segment.result import SegmentationResult
 
@@ -42,7 +44,8 @@ def label_dtype(max_label: int) -> np.dtype[Any]:
 class SegmentationRunner:
     """Applies a loaded segmentation model to images, one at a time, with the model loaded once."""
 
-    def __init__(self, model: LoadedModel, probabilities: bool = False) -> None:
+    def __init__(self, model: LoadedModel, probabilities: bool = False, tta: bool = False,
+                 uncertainty: bool = False) -> None:
         if not isinstance(model.plugin, SegmentationPlugin):
             raise TypeError("SegmentationRunner needs a segmentation plugin")
         self.model = model
@@ -50,8 +53,11 @@ class SegmentationRunner:
         self.config = model.config
         self.labels = self.plugin.labels(self.config)
         self.keep_probabilities = probabilities
+        self.tta, self.uncertainty = tta, uncertainty
+        """``tta``: also run the flips of :meth:`SegmentationPlugin.tta_axes` and average; ``uncertainty``: keep
+        the per-voxel entropy of the averaged probabilities (:attr:`SegmentationResult.entropy`)."""
         self.network, self.device = model.network, model.device
-        self.classical = model.classical and not probabilities
+        self.classical = model.classical and not (probabilities or tta or uncertainty)
         if self.classical:
             return
         if model.classical:  # probabilities: only the network path has them, so it is built here
@@ -119,14 +125,21 @@ class SegmentationRunner:
         batch = network_input.as_tensor().unsqueeze(0).to(self.device)
         network = self.network
         assert network is not None, "segmentation plugins supply a network (classical ones a torch module)"
-        logits = self.inferer(batch, network)[0].float().cpu()
-        del batch
+        networks = self.model.members or (network,)
+        flip_sets: list[Flip] = flips(self.tta_axes(batch.shape[2:]), batch.shape[2:]) if self.tta else [()]
         grid = image.spatial_shape[:3]
-        if self.keep_probabilities or not is_axis_permutation(source_affine, image.affine, logits.shape[1:], grid):
-            scores = torch.softmax(logits, dim=0)  # probabilities are what gets interpolated or kept
+        if len(networks) == 1 and len(flip_sets) == 1:
+            logits = self.inferer(batch, network)[0].float().cpu()  # one pass: exactly the single model's path
+            del batch
+            if self.keep_probabilities or self.uncertainty or \
+                    not is_axis_permutation(source_affine, image.affine, logits.shape[1:], grid):
+                scores = torch.softmax(logits, dim=0)  # probabilities are what gets interpolated or kept
+            else:
+                scores = logits  # an exact axis permutation: the argmax of logits is the argmax of probabilities
+            del logits
         else:
-            scores = logits  # an exact axis permutation: the argmax of logits is the argmax of probabilities
-        del logits
+            scores = self._averaged(batch, networks, flip_sets)  # on the network grid, as nnU-Net averages
+            del batch
         scores = to_input_grid(scores, source_affine, image.affine, grid)
         label_map = argmax_channels(scores)
         if self.postprocess is not None:
@@ -135,9 +148,50 @@ class SegmentationRunner:
         if image.array.flags.f_contiguous:
             labels = np.asfortranarray(labels)  # the source's order: statistics pair voxels, writers copy once
         result = SegmentationResult(label_map=labels, affine=image.affine, labels=dict(self.labels))
+        result.passes = {"members": len(networks), "flips": len(flip_sets), "total": len(networks) * len(flip_sets)}
+        if self.uncertainty:
+            result.entropy = voxel_entropy(scores, image.array.flags.f_contiguous)
+            result.uncertainty = entropy_summary(result.entropy, labels, result.passes["total"])
         if self.keep_probabilities:
             result.probabilities = np.ascontiguousarray(np.moveaxis(scores.numpy(), 0, -1))
         return result
+
+    def tta_axes(self, spatial_shape: Any) -> tuple[int, ...]:
+        """The plugin's flip axes; of a one-slice image (a radiograph, a picture) never the first: left-right."""
+        axes = self.plugin.tta_axes(self.config)
+        planar = len(spatial_shape) == 3 and int(spatial_shape[2]) == 1
+        return tuple(axis for axis in axes if not (planar and axis == 0))
+
+    def _averaged(self, batch: torch.Tensor, networks: tuple[Any, ...], flip_sets: list[Flip]) -> torch.Tensor:
+        """The softmax probabilities ``(C, I, J, K)`` averaged over every member and flip (flipped back)."""
+        import torch
+
+        mean = RunningMean()
+        for member, flip in passes(len(networks), flip_sets):
+            dims = tensor_dims(flip, leading=2)
+            logits = self.inferer(batch.flip(dims) if flip else batch, networks[member])
+            if flip:
+                logits = logits.flip(dims)
+            mean.add(torch.softmax(logits[0].float(), dim=0).cpu())
+        return mean.mean()
+
+
+def voxel_entropy(probabilities: torch.Tensor, fortran: bool = False) -> np.ndarray:
+    """Per-voxel entropy (nats) of probabilities ``(C, I, J, K)``, as float32 ``(I, J, K)``."""
+    import torch
+
+    clipped = probabilities.float().clamp_min(EPSILON)
+    values = (-(clipped * torch.log(clipped)).sum(dim=0)).clamp_min(0.0).numpy().astype(np.float32)
+    return np.asfortranarray(values) if fortran else values
+
+
+def entropy_summary(entropy: np.ndarray, labels: np.ndarray, passes: int) -> dict[str, Any]:
+    """The record's summary: mean entropy over the predicted foreground (over the whole image when nothing is
+    predicted: ``region`` says which) and the passes averaged."""
+    foreground = np.asarray(labels) != 0
+    region = "foreground" if foreground.any() else "image"
+    values = entropy[foreground] if region == "foreground" else entropy
+    return {"mean_entropy": float(values.mean()), "passes": int(passes), "entropy_map": None, "region": region}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,8 +217,10 @@ def output_extension(path: Any, output_format: str) -> str:
 
 def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities: bool = False, stats: bool = False,
                      preview: bool = False, output_format: str = "nifti", series: str | None = None,
-                     allow_resample: bool = False, deidentify: bool = False, rtstruct: bool = False) -> CaseJob:
-    """Return ``process(case) -> CaseOutcome`` for the batch runner."""
+                     allow_resample: bool = False, deidentify: bool = False, rtstruct: bool = False,
+                     tta: bool = False, uncertainty: bool = False) -> CaseJob:
+    """Return ``process(case) -> CaseOutcome`` for the batch runner; ``uncertainty`` also writes
+    ``<case>_entropy.nii.gz`` and the record's ``uncertainty`` summary."""
     import contextlib
     from pathlib import Path
 
@@ -173,9 +229,9 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.fit import check_fit
     from mitk.runner.outputs import sibling, write_csv
-    from mitk.tasks.segment.result import write_label_map, write_probabilities
+    from mitk.tasks.segment.result import write_entropy, write_label_map, write_probabilities
 
-    runner = SegmentationRunner(model, probabilities=probabilities)
+    runner = SegmentationRunner(model, probabilities=probabilities, tta=tta, uncertainty=uncertainty)
 
     def process(case: Any) -> CaseOutcome:
         target = policy.target(case, "_seg", output_extension(case.path, output_format))
@@ -186,6 +242,8 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
             extension = split_suffix(target)[1].lower()
             companions["probabilities"] = sibling(target, "_prob", ".nii.gz" if extension in (".png", ".dcm")
                                                   else extension)
+        if uncertainty:
+            companions["entropy"] = sibling(target, "_entropy", ".nii.gz")
         if stats:
             companions["stats"] = sibling(target, "_stats", ".csv")
         if preview:
@@ -232,6 +290,8 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
                                deidentify=deidentify)
             if "probabilities" in companions and result.probabilities is not None:
                 write_probabilities(result, temporary(companions["probabilities"]), like=image, plugin=model.name)
+            if "entropy" in companions and result.entropy is not None:
+                write_entropy(result, temporary(companions["entropy"]), like=image, plugin=model.name)
             if "stats" in companions:
                 write_csv(rows, temporary(companions["stats"]), PLANAR_STATS_COLUMNS if planar else STATS_COLUMNS)
             if "preview" in companions:
@@ -240,6 +300,11 @@ def make_segment_job(model: LoadedModel, policy: OutputPolicy, *, probabilities:
                 save_overlay_png(image, result.label_map, result.labels, temporary(companions["preview"]))
         details: dict[str, Any] = {"labels": rows, "shape": list(image.spatial_shape),
                                    **{k: str(v) for k, v in companions.items()}, **({"fit": fit} if fit else {})}
+        if result.passes is not None and (tta or uncertainty or result.passes["members"] > 1):
+            details["passes"] = result.passes  # the cost: members × flips
+        if result.uncertainty is not None:
+            details["uncertainty"] = {**result.uncertainty, "entropy_map": companions["entropy"].name
+                                      if "entropy" in companions else None}
         return CaseOutcome(output=target, details=details)
 
     return process

@@ -23,6 +23,10 @@ OPTIONS = (
     Option("rtstruct", ("--rtstruct",), bool, False,
            "Also write a DICOM RT Structure Set (<out>_rtstruct.dcm; DICOM input only): one ROI per label, "
            "contours in the series' frame of reference."),
+    Option("tta", ("--tta",), bool, False, "Test-time augmentation: also run the flips the plugin declares safe "
+           "(every axis for 3-D: 8 passes per model) and average the probabilities (docs/precision.md)."),
+    Option("uncertainty", ("--uncertainty",), bool, False, "Also write the per-voxel entropy (<out>_entropy.nii.gz) "
+           "and its mean over the predicted foreground in the record."),
 )
 """``mitk segment``'s own options (the shared batch options are declared in :mod:`mitk.options`)."""
 
@@ -81,7 +85,7 @@ TASK = TaskSpec(
     result=f"{HERE}.result:SegmentationResult",
     suffix="_seg",
     extension=".nii.gz",
-    image_companions=("_prob", "_preview"),
+    image_companions=("_prob", "_preview", "_entropy"),
     image_channels=True,  # colour reaches the plugins that take it (SegmentationPlugin.colour)
     verb=f"{HERE}.commands:prepare",
     verb_help="Segment images into integer label maps on each input's exact grid (default <input>_seg.nii.gz; "
