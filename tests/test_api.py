@@ -23,7 +23,7 @@ import mitk
 from mitk.errors import InputError, OutputExistsError, PluginError, UsageError
 from mitk.tasks import ClassificationPlugin, DetectionPlugin, RegistrationPlugin
 from mitk.types import Image, SegmentationResult
-from tests.helpers import invoke
+from helpers import invoke
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 

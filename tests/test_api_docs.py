@@ -1,6 +1,6 @@
 """docs/python-api.md: every Python example runs, and the reference is the docstrings' current text.
 
-``python -m tests.test_api_docs`` rewrites the reference section of the page (like ``cog -r``); the test fails
+``python tests/test_api_docs.py`` rewrites the reference section of the page (like ``cog -r``); the test fails
 when the page differs from what that would write (like ``cog --check``).
 """
 
@@ -104,7 +104,7 @@ def page_with_reference(page: str) -> str:
 def test_reference_is_current() -> None:
     page = PAGE.read_text(encoding="utf-8")
     assert START in page and END in page
-    assert page == page_with_reference(page), "the reference is stale: run `python -m tests.test_api_docs`"
+    assert page == page_with_reference(page), "the reference is stale: run `python tests/test_api_docs.py`"
 
 
 def test_reference_names_every_task_call_and_result_method() -> None:
