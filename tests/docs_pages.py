@@ -1,0 +1,163 @@
+"""Read the shell commands a docs page shows, and run them in order in one subprocess (tests/docs_driver.py).
+
+A command is a ``$ …`` line inside a fenced block (continued with a trailing backslash); the lines under it up
+to the next command or the end of the block are its transcript (what the page says it prints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = Path(__file__).resolve().parent / "docs_driver.py"
+MARKED = re.compile(r"<!-- (?:docs-test: ([\w-]+)|([\w-]+):start) -->(.*?)<!-- (?:/docs-test|[\w-]+:end) -->",
+                    re.DOTALL)
+
+
+@dataclass
+class Command:
+    """One ``$`` line of a page: its text (continuations joined), line number, transcript and marked block."""
+
+    page: str
+    line: int
+    text: str
+    transcript: list[str] = field(default_factory=list)
+    block: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What one command did: exit status and its output."""
+
+    text: str
+    code: int
+    stdout: str
+    stderr: str
+    cpu_seconds: float = 0.0
+
+
+def fenced_blocks(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(offset, first line number, lines)`` of every fenced code block (a ``````` line opens and closes)."""
+    blocks: list[tuple[int, int, list[str]]] = []
+    offset, inside, opened = 0, False, (0, 0)
+    body: list[str] = []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        if line.strip().startswith("```"):
+            if inside:
+                blocks.append((opened[0], opened[1], body))
+            inside, opened, body = not inside, (offset, number + 1), []
+        elif inside:
+            body.append(line.rstrip("\n"))
+        offset += len(line)
+    return blocks
+
+
+def page_commands(page: Path, name: str | None = None) -> list[Command]:
+    """Every ``$`` command of ``page`` in order, with the ``<!-- docs-test: X -->`` block it sits in, if any."""
+    text = page.read_text(encoding="utf-8")
+    name = name or page.name
+    marked = [(m.start(), m.end(), m.group(1) or m.group(2)) for m in MARKED.finditer(text)]
+    commands: list[Command] = []
+    for offset, start_line, lines in fenced_blocks(text):
+        current: Command | None = None
+        index = 0
+        while index < len(lines):
+            line = lines[index].strip()
+            if line.startswith("$ "):
+                number = start_line + index
+                joined = line[2:]
+                while joined.endswith("\\") and index + 1 < len(lines):
+                    index += 1
+                    joined = joined[:-1].rstrip() + " " + lines[index].strip()
+                block = next((label for begin, end, label in marked if begin <= offset < end), None)
+                current = Command(name, number, joined, block=block)
+                commands.append(current)
+            elif current is not None and line:
+                current.transcript.append(line)
+            index += 1
+    return commands
+
+
+def run_page(commands: list[str], folder: Path, timeout: float = 300.0,
+             env: dict[str, str] | None = None) -> list[Outcome]:
+    """Run ``commands`` in order in ``folder``, ``mitk`` ones in one Python process (tests/docs_driver.py): stops
+    at the first that fails. Returns one outcome per command run."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400", "MPLBACKEND": "Agg", **(env or {})}
+    paths = [str(ROOT), str(ROOT / "plugins"), environment.get("PYTHONPATH", "")]
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    result = subprocess.run([sys.executable, str(DRIVER)], input=json.dumps(commands), cwd=folder,
+                            capture_output=True, text=True, timeout=timeout, env=environment)
+    if result.returncode != 0:
+        raise AssertionError(f"the docs driver failed (exit {result.returncode}): {result.stderr[-3000:]}")
+    return [Outcome(**item) for item in json.loads(result.stdout)]
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """How a page's commands are run and checked.
+
+    ``stage`` puts the user's own files that the page takes as given (real images from tests/data) into the
+    folder; ``before`` maps the start of a page command to shell lines run just before it (files a user would
+    have made between the page's commands); ``skip`` maps the start of a command to the reason it is not run
+    here; ``files`` must exist afterwards; ``printed`` are transcript lines of the page that must also be
+    printed, verbatim, by the command they stand under.
+    """
+
+    stage: Callable[[Path], None] | None = None
+    before: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    skip: dict[str, str] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    printed: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+
+def skip_reason(command: Command, skip: dict[str, str], covered_blocks: set[str]) -> str | None:
+    """Why ``command`` is not run by this harness, or ``None``."""
+    if command.block is not None and command.block in covered_blocks:
+        return f"block {command.block!r}: run by the test that reads that block"
+    return next((reason for start, reason in skip.items() if command.text.startswith(start)), None)
+
+
+def check_page(page: Path, run: PageRun, folder: Path, covered_blocks: Iterable[str] = (),
+               never: dict[str, str] | None = None) -> list[Outcome]:
+    """Run every command of ``page`` that is not skipped (``run.skip``, ``never`` on any page, or in a block of
+    ``covered_blocks``), in order, in ``folder``; assert each exits 0, that the promised files exist and the
+    promised lines are printed. Returns the outcomes."""
+    commands = page_commands(page)
+    for start in [*run.skip, *run.before]:
+        assert any(c.text.startswith(start) for c in commands), f"{page.name}: no command starts {start!r}"
+    for line in run.printed:
+        assert any(line in c.transcript for c in commands), f"{page.name} does not show {line!r}"
+    if run.stage is not None:
+        run.stage(folder)
+    lines: list[str] = []
+    shown: list[Command] = []
+    pending = dict(run.before)
+    for command in commands:
+        if skip_reason(command, {**(never or {}), **run.skip}, set(covered_blocks)) is not None:
+            continue
+        for start in [start for start in pending if command.text.startswith(start)][:1]:
+            lines.extend(pending.pop(start))  # before the first command that starts so
+        lines.append(command.text)
+        shown.append(command)
+    assert shown, f"{page.name}: no command to run"
+    outcomes = run_page(lines, folder, run.timeout)
+    by_text = {o.text: o for o in outcomes}
+    for outcome in outcomes:
+        assert outcome.code == 0, f"{page.name}: `{outcome.text}` exited {outcome.code}:\n{outcome.stderr[-3000:]}"
+    assert len(outcomes) == len(lines), f"{page.name}: stopped after `{outcomes[-1].text}`"
+    for name in run.files:
+        assert (folder / name).exists(), f"{page.name}: the page says {name} is written; it is not"
+    for line in run.printed:
+        command = next(c for c in shown if line in c.transcript)
+        printed = by_text[command.text].stdout + by_text[command.text].stderr
+        assert line in [row.strip() for row in printed.splitlines()], \
+            f"{page.name}: `{command.text}` did not print {line!r}:\n{printed[-2000:]}"
+    return outcomes
