@@ -33,6 +33,10 @@ NOT_HERE = {
     "torchrun": "several processes; tests/test_distributed_training.py runs 2-rank CPU training",
 }
 """Command starts that are never run here, on any page, and why."""
+HDBET = ("needs the mitk-hdbet plugin installed: tests/test_hdbet.py installs plugins/mitk-hdbet with pip into a "
+         "private folder and runs these commands (the README's, one fold and five)")
+BLOBS = ("needs the tutorial's package installed: tests/test_example_plugin.py builds plugins/mitk-example-blobs "
+         "with pip into a private folder and runs `plugins list` and `detect --plugin blobs` through it")
 
 
 def copy(source: Path, target: Path) -> None:
@@ -78,6 +82,57 @@ def stage_detection(folder: Path) -> None:
     series_from_nifti(DATA / "brain1_image.nii.gz", folder / "dicom_series", modality="MR")
 
 
+def moved(source: Path, target: Path, shift: int = 3, step: int = 1) -> None:
+    """``source`` with its voxels shifted along the first axis (a misaligned follow-up); ``step`` > 1 keeps every
+    step-th voxel in-plane (a coarser grid, same field of view)."""
+    import nibabel as nib
+
+    image = nib.load(source)
+    array = np.roll(np.asanyarray(image.dataobj), shift, axis=0)[::step, ::step]
+    affine = image.affine @ np.diag([step, step, 1, 1])
+    nib.save(nib.Nifti1Image(array, affine), target)
+
+
+def stage_registration(folder: Path) -> None:
+    import json
+
+    import nibabel as nib
+
+    for source, name in (("image", ""), ("label", "_labels")):  # a 64 × 64 × 25 grid: seconds, not minutes
+        moved(DATA / f"brain1_{source}.nii.gz", folder / f"fixed{name}.nii.gz", shift=0, step=2)
+        moved(DATA / f"brain1_{source}.nii.gz", folder / f"moving{name}.nii.gz", shift=4, step=2)
+    for name in ("fixed", "moving"):
+        image = nib.load(folder / f"{name}.nii.gz")
+        array = np.asanyarray(image.dataobj)
+        brain = (array > np.percentile(array, 40)).astype(np.uint8)
+        nib.Nifti1Image(brain, image.affine).to_filename(folder / f"{name}_brain.nii.gz")
+    pair = {"fixed": "fixed.nii.gz", "moving": "moving.nii.gz", "fixed_label": "fixed_labels.nii.gz",
+            "moving_label": "moving_labels.nii.gz"}
+    (folder / "pairs.json").write_text(json.dumps({"labels": {"0": "background", "1": "tumour"},
+                                                   "training": [pair], "validation": [pair]}))
+
+
+def stage_dicom(folder: Path) -> None:
+    import zipfile
+
+    from dicom_factory import series_from_nifti
+
+    series_from_nifti(DATA / "lung1_image.nii.gz", folder / "study" / "ct", modality="CT", series_number=1)
+    series_from_nifti(DATA / "brain1_image.nii.gz", folder / "study" / "flair", modality="MR", series_number=2,
+                      description="FLAIR axial")
+    series_from_nifti(DATA / "nibabel" / "someones_anatomy.nii.gz", folder / "study" / "t1", modality="MR",
+                      series_number=3, description="T1 axial")
+    with zipfile.ZipFile(folder / "ct.zip", "w") as archive:
+        for path in sorted((folder / "study" / "ct").iterdir()):
+            archive.write(path, f"ct/{path.name}")
+
+
+def stage_cohort(folder: Path) -> None:
+    for case in ("brain1", "lung1"):
+        copy(DATA / f"{case}_image.nii.gz", folder / "cohort" / f"{case}.nii.gz")
+        moved(DATA / f"{case}_image.nii.gz", folder / "cohort" / f"{case}_moved.nii.gz")
+
+
 PAGES: dict[str, PageRun] = {
     "classification.md": PageRun(
         stage=stage_classification,
@@ -89,8 +144,35 @@ PAGES: dict[str, PageRun] = {
                  " → sample/train.csv, sample/test.csv",)),
     "detection.md": PageRun(
         stage=stage_detection,
-        files=("boxes/brain1_boxes.json", "boxes/brain1_boxes.csv", "boxes/brain1_preview.png",
-               "run/best.safetensors", "froc.png")),
+        files=("boxes/brain1_boxes.json", "boxes/brain1_boxes.csv", "boxes/brain1_boxes_preview.png",
+               "run/best.safetensors", "pred/case_010_boxes.json", "froc.png", "out/dicom_series_boxes.dcm",
+               "out/dicom_series_boxes.json")),
+    "dicom.md": PageRun(stage=stage_dicom, files=("t1.nii.gz", "t1.json", "ct.nii.gz", "ct.json")),
+    "evaluation.md": PageRun(files=("out/case_010_seg.nii.gz", "scores.csv", "scores.json", "means.csv")),
+    "python-api.md": PageRun(files=("sample/dataset.json", "run/best.safetensors")),
+    "registration.md": PageRun(
+        stage=stage_registration,
+        skip={"mitk register anatomical.nii mni152_t1_2mm.nii.gz": "run as written by "
+              "tests/test_registration_intersubject.py (the MNI152 template is made there from nilearn)",
+              "mitk register fixed.nii.gz moving.nii.gz --plugin syn": "run as written by "
+              "tests/test_registration_intersubject.py on nibabel's anatomical.nii against MNI152",
+              "mitk warp INPUT --transform T": "a synopsis (INPUT, T, FIXED are placeholders), not a command"},
+        files=("warped.nii.gz", "t.tfm", "labels_on_fixed.nii.gz", "warped_dense.nii.gz", "field.nii.gz",
+               "warped_masked.nii.gz", "t_masked.tfm", "run/best.safetensors", "warped_learned.nii.gz")),
+    "sample-data.md": PageRun(files=("sample/dataset.json", "sample/imagesTs/case_010.nii.gz"),
+                              printed=("sample brain: 8 training, 2 validation, 2 test cases → sample/dataset.json",)),
+    "scale-out.md": PageRun(
+        stage=stage_cohort,
+        before={"mitk manifest merge": tuple(
+            f"mitk segment cohort/ --plugin threshold -d derivatives/mitk-seg --shard {k}/3 "
+            f"--manifest derivatives/mitk-seg/runs/seg-{k}.jsonl" for k in range(3))},
+        files=("derivatives/mitk-seg/runs.jsonl",)),
+    "training.md": PageRun(
+        files=("run/best.safetensors", "run/last.safetensors", "run/log.csv", "pred/case_010_seg.nii.gz"),
+        printed=("sample brain: 8 training, 2 validation, 2 test cases → sample/dataset.json",)),
+    "hdbet.md": PageRun(skip={"mitk segment t1.nii.gz --plugin hdbet": HDBET}),
+    "writing-plugins.md": PageRun(
+        skip={"mitk plugins list": BLOBS, "mitk plugins info blobs": BLOBS, "mitk detect --plugin blobs": BLOBS}),
 }
 
 
