@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from docs_pages import ROOT, PageRun, check_page, page_commands
+from docs_pages import ROOT, PageRun, check_page, page_commands, unrun_pages
 
 DATA = ROOT / "tests" / "data"
 DOCS = ROOT / "docs"
@@ -163,7 +163,7 @@ PAGES: dict[str, PageRun] = {
                               printed=("sample brain: 8 training, 2 validation, 2 test cases → sample/dataset.json",)),
     "scale-out.md": PageRun(
         stage=stage_cohort,
-        before={"mitk manifest merge": tuple(
+        before={"mitk manifest merge": ("mkdir -p derivatives/mitk-seg/runs",) + tuple(
             f"mitk segment cohort/ --plugin threshold -d derivatives/mitk-seg --shard {k}/3 "
             f"--manifest derivatives/mitk-seg/runs/seg-{k}.jsonl" for k in range(3))},
         files=("derivatives/mitk-seg/runs.jsonl",)),
@@ -184,10 +184,6 @@ def covered_blocks(page: Path) -> set[str]:
     return {label for label in labels if f'"{label}"' in sources or f"<!-- {label}:start -->" in sources}
 
 
-def shown_pages() -> list[str]:
-    return sorted(p.name for p in DOCS.glob("*.md") if page_commands(p))
-
-
 @pytest.mark.parametrize("name", sorted(PAGES))
 def test_the_page_runs_as_written(name: str, tmp_path: Path) -> None:
     check_page(DOCS / name, PAGES[name], tmp_path, covered_blocks(DOCS / name), NOT_HERE)
@@ -195,7 +191,7 @@ def test_the_page_runs_as_written(name: str, tmp_path: Path) -> None:
 
 def test_every_page_with_commands_is_run() -> None:
     """A page that shows commands has an entry here, or a test that reads it (named in ELSEWHERE)."""
-    missing = [name for name in shown_pages() if name not in PAGES and name not in ELSEWHERE]
+    missing = unrun_pages(DOCS, PAGES, ELSEWHERE)
     assert not missing, f"docs pages whose commands no test runs: {missing}"
     for name, module in ELSEWHERE.items():
         assert name in (ROOT / "tests" / module).read_text(encoding="utf-8"), f"{module} does not read {name}"
