@@ -1,8 +1,9 @@
-"""Run shell command lines (a JSON list on stdin) in the current folder, as a shell would, and print one JSON list
-of ``{"text", "code", "stdout", "stderr", "cpu_seconds"}`` (this process's CPU time); stops after the first command that fails.
+"""Run the shell command lines of docs pages as a shell would: stdin is a JSON list of ``{"folder", "lines"}``, one
+per page; each page's lines run in order in its folder and stop after the first that fails. Prints one JSON list
+per page of ``{"text", "code", "stdout", "stderr", "cpu_seconds"}`` (this process's CPU time per command).
 
-``mitk …`` (and ``python -m mitk …``) runs in this process, so torch is imported once per page, not once per
-command; other programs run as subprocesses. Supported shell: ``VAR=value`` prefixes, ``> file`` redirection,
+``mitk …`` (and ``python -m mitk …``) runs in this process, so torch and MONAI are imported once for all pages;
+other programs run as subprocesses. Supported shell: ``VAR=value`` prefixes, ``> file`` redirection,
 ``*``/``?`` globs (a glob with no match stays as written, as in bash), ``#`` comments.
 """
 
@@ -81,13 +82,17 @@ def run_line(line: str) -> dict[str, object]:
 
 
 def main() -> None:
-    outcomes = []
-    for line in json.loads(sys.stdin.read()):
-        outcome = run_line(line)
-        outcomes.append(outcome)
-        if outcome["code"] != 0:
-            break
-    sys.stdout.write(json.dumps(outcomes))
+    results = []
+    for page in json.loads(sys.stdin.read()):
+        os.chdir(page["folder"])
+        outcomes = []
+        for line in page["lines"]:
+            outcome = run_line(line)
+            outcomes.append(outcome)
+            if outcome["code"] != 0:
+                break
+        results.append(outcomes)
+    sys.stdout.write(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -85,18 +85,20 @@ def page_commands(page: Path, name: str | None = None) -> list[Command]:
     return commands
 
 
-def run_page(commands: list[str], folder: Path, timeout: float = 300.0,
-             env: dict[str, str] | None = None) -> list[Outcome]:
-    """Run ``commands`` in order in ``folder``, ``mitk`` ones in one Python process (tests/docs_driver.py): stops
-    at the first that fails. Returns one outcome per command run."""
+def run_pages(pages: list[tuple[list[str], Path]], timeout: float = 600.0,
+              env: dict[str, str] | None = None) -> list[list[Outcome]]:
+    """Run each page's command lines in order in its folder, all pages in one Python process
+    (tests/docs_driver.py: ``mitk`` runs in-process, so torch and MONAI are imported once, not once per page or
+    command); a page stops at its first failing command. Returns the outcomes of each page."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400", "MPLBACKEND": "Agg", **(env or {})}
     paths = [str(ROOT), str(ROOT / "plugins"), environment.get("PYTHONPATH", "")]
     environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    result = subprocess.run([sys.executable, str(DRIVER)], input=json.dumps(commands), cwd=folder,
-                            capture_output=True, text=True, timeout=timeout, env=environment)
+    request = [{"folder": str(folder), "lines": lines} for lines, folder in pages]
+    result = subprocess.run([sys.executable, str(DRIVER)], input=json.dumps(request), capture_output=True,
+                            text=True, timeout=timeout, env=environment)
     if result.returncode != 0:
         raise AssertionError(f"the docs driver failed (exit {result.returncode}): {result.stderr[-3000:]}")
-    return [Outcome(**item) for item in json.loads(result.stdout)]
+    return [[Outcome(**item) for item in page] for page in json.loads(result.stdout)]
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,21 @@ def skip_reason(command: Command, skip: dict[str, str], covered_blocks: set[str]
     return next((reason for start, reason in skip.items() if bare(command.text).startswith(start)), None)
 
 
-def check_page(page: Path, run: PageRun, folder: Path, covered_blocks: Iterable[str] = (),
-               never: dict[str, str] | None = None) -> list[Outcome]:
-    """Run every command of ``page`` that is not skipped (``run.skip``, ``never`` on any page, or in a block of
-    ``covered_blocks``), in order, in ``folder``; assert each exits 0, that the promised files exist and the
-    promised lines are printed. Returns the outcomes."""
+@dataclass
+class PagePlan:
+    """A page's commands to run (with the ``before`` lines put in) and the commands of the page among them."""
+
+    page: Path
+    run: PageRun
+    folder: Path
+    lines: list[str]
+    shown: list[Command]
+
+
+def plan_page(page: Path, run: PageRun, folder: Path, covered_blocks: Iterable[str] = (),
+              never: dict[str, str] | None = None) -> PagePlan:
+    """Check that the page still has the commands ``run`` names, stage the folder, and list what to run: every
+    command not skipped (``run.skip``, ``never`` on any page, or in a block of ``covered_blocks``)."""
     commands = page_commands(page)
     for start in [*run.skip, *run.before]:
         assert any(bare(c.text).startswith(start) for c in commands), f"{page.name}: no command starts {start!r}"
@@ -152,21 +164,44 @@ def check_page(page: Path, run: PageRun, folder: Path, covered_blocks: Iterable[
             lines.extend(pending.pop(start))  # before the first command that starts so
         lines.append(command.text)
         shown.append(command)
-    if not shown:
-        return []  # every command is skipped with its reason (or run by a test that reads its block)
-    outcomes = run_page(lines, folder, run.timeout)
-    by_text = {o.text: o for o in outcomes}
+    return PagePlan(page, run, folder, lines, shown)
+
+
+def page_failures(plan: PagePlan, outcomes: list[Outcome]) -> list[str]:
+    """What went wrong on one page: a command that failed or never ran, a promised file or line missing."""
+    name = plan.page.name
     for outcome in outcomes:
-        assert outcome.code == 0, f"{page.name}: `{outcome.text}` exited {outcome.code}:\n{outcome.stderr[-3000:]}"
-    assert len(outcomes) == len(lines), f"{page.name}: stopped after `{outcomes[-1].text}`"
-    for name in run.files:
-        assert (folder / name).exists(), f"{page.name}: the page says {name} is written; it is not"
-    for line in run.printed:
-        command = next(c for c in shown if line in c.transcript)
+        if outcome.code != 0:
+            return [f"{name}: `{outcome.text}` exited {outcome.code}:\n{outcome.stderr[-3000:]}"]
+    if len(outcomes) != len(plan.lines):
+        return [f"{name}: ran {len(outcomes)} of {len(plan.lines)} commands"]
+    failures = [f"{name}: the page says {file} is written; it is not" for file in plan.run.files
+                if not (plan.folder / file).exists()]
+    by_text = {o.text: o for o in outcomes}
+    for line in plan.run.printed:
+        command = next(c for c in plan.shown if line in c.transcript)
         printed = by_text[command.text].stdout + by_text[command.text].stderr
-        assert line in [row.strip() for row in printed.splitlines()], \
-            f"{page.name}: `{command.text}` did not print {line!r}:\n{printed[-2000:]}"
-    return outcomes
+        if line not in [row.strip() for row in printed.splitlines()]:
+            failures.append(f"{name}: `{command.text}` did not print {line!r}:\n{printed[-2000:]}")
+    return failures
+
+
+def check_pages(plans: list[PagePlan], timeout: float = 600.0) -> list[list[Outcome]]:
+    """Run the planned pages (one process) and assert that each ran as its page says."""
+    runnable = [plan for plan in plans if plan.lines]  # a page whose every command is skipped runs nothing
+    results = run_pages([(plan.lines, plan.folder) for plan in runnable], timeout)
+    failures = [failure for plan, outcomes in zip(runnable, results, strict=True)
+                for failure in page_failures(plan, outcomes)]
+    assert not failures, "\n\n".join(failures)
+    return results
+
+
+def check_page(page: Path, run: PageRun, folder: Path, covered_blocks: Iterable[str] = (),
+               never: dict[str, str] | None = None) -> list[Outcome]:
+    """:func:`plan_page` and :func:`check_pages` for one page; returns its outcomes."""
+    plan = plan_page(page, run, folder, covered_blocks, never)
+    results = check_pages([plan], run.timeout)
+    return results[0] if results else []
 
 
 def unrun_pages(docs: Path, pages: Iterable[str], elsewhere: Iterable[str]) -> list[str]:

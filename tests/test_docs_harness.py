@@ -73,7 +73,7 @@ def test_a_block_nobody_reads_is_run_and_fails(tmp_path: Path) -> None:
 
 def test_a_removed_command_fails_on_the_file_it_promised(tmp_path: Path) -> None:
     page = write_page(tmp_path, PAGE.replace("$ mitk info scan.nrrd --json > info.json   # the header, as JSON\n", ""))
-    with pytest.raises(AssertionError, match="info.json is written; it is not"):
+    with pytest.raises(AssertionError, match=r"info\.json is written; it is not"):
         check_page(page, RUN, tmp_path / "run", covered_blocks={"elsewhere"})
 
 

@@ -265,7 +265,8 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
 
     from mitk.console import PathCell
 
-    columns = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
+    columns: tuple[tuple[str, str, int], ...] = (
+               ("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
                ("surface_dice_voxel", "NSD voxel", 4), ("reference_volume_ml", "Ref mL", 1),
                ("predicted_volume_ml", "Pred mL", 1), ("reference_area_mm2", "Ref mm²", 1),
                ("predicted_area_mm2", "Pred mm²", 1))
