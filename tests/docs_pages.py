@@ -109,7 +109,7 @@ class PageRun:
     folder; ``before`` maps the start of a page command to shell lines run just before it (files a user would
     have made between the page's commands); ``skip`` maps the start of a command to the reason it is not run
     here; ``files`` must exist afterwards; ``printed`` are transcript lines of the page that must also be
-    printed, verbatim, by the command they stand under.
+    printed, verbatim, by the command they stand under; ``check(folder)`` asserts what else the page promises.
     """
 
     stage: Callable[[Path], None] | None = None
@@ -118,6 +118,7 @@ class PageRun:
     files: tuple[str, ...] = ()
     printed: tuple[str, ...] = ()
     timeout: float = 300.0
+    check: Callable[[Path], None] | None = None
 
 
 def bare(text: str) -> str:
@@ -183,6 +184,11 @@ def page_failures(plan: PagePlan, outcomes: list[Outcome]) -> list[str]:
         printed = by_text[command.text].stdout + by_text[command.text].stderr
         if line not in [row.strip() for row in printed.splitlines()]:
             failures.append(f"{name}: `{command.text}` did not print {line!r}:\n{printed[-2000:]}")
+    if plan.run.check is not None and not failures:
+        try:
+            plan.run.check(plan.folder)
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
     return failures
 
 
