@@ -153,6 +153,17 @@ def check_shard(folder: Path) -> None:
     assert all((folder / "out" / f"{Path(row['input']).name[:-7]}_seg.nii.gz").exists() for row in done)
 
 
+def check_evaluation(folder: Path) -> None:
+    """What the page says of its example: label 2 (white matter) is missing from every threshold prediction."""
+    import json
+
+    cases = json.loads((folder / "scores.json").read_text())["cases"]
+    rows = {(case["case"], row["label"]): row for case in cases for row in case["labels"]}
+    assert sorted(rows) == [("case_010", 1), ("case_010", 2), ("case_011", 1), ("case_011", 2)], sorted(rows)
+    assert all(rows[case, 2]["empty"] == "prediction" for case in ("case_010", "case_011"))
+    assert all(rows[case, 1]["dice"] > 0.5 for case in ("case_010", "case_011"))
+
+
 TRAINED = "needs the model that the skipped training line above it makes"
 
 
@@ -171,7 +182,8 @@ PAGES: dict[str, PageRun] = {
                "run/best.safetensors", "pred/case_010_boxes.json", "froc.png", "out/dicom_series_boxes.dcm",
                "out/dicom_series_boxes.json")),
     "dicom.md": PageRun(stage=stage_dicom, files=("t1.nii.gz", "t1.json", "ct.nii.gz", "ct.json")),
-    "evaluation.md": PageRun(files=("out/case_010_seg.nii.gz", "scores.csv", "scores.json", "means.csv")),
+    "evaluation.md": PageRun(files=("out/case_010_seg.nii.gz", "scores.csv", "scores.json", "means.csv"),
+                             check=check_evaluation),
     "python-api.md": PageRun(files=("sample/dataset.json", "run/best.safetensors")),
     "registration.md": PageRun(
         stage=stage_registration,
