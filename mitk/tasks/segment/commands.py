@@ -81,7 +81,8 @@ def print_label_table(rows: list[dict[str, Any]]) -> None:
 
 
 COLUMNS = ("case", "prediction", "reference", "label", "empty", "dice", "iou", "hd95_mm", "asd_mm",
-           "surface_dice_voxel", "tolerance_mm", "missing_distance", "reference_volume_ml", "predicted_volume_ml")
+           "surface_dice_voxel", "tolerance_mm", "missing_distance", "reference_volume_ml", "predicted_volume_ml",
+           "reference_area_mm2", "predicted_area_mm2")
 SUMMARY_COLUMNS = ("label", "metric", "mean", "std", "median", "n", "cases", "empty_prediction",
                    "empty_reference", "both_empty", "missing", "penalised", "tolerance_mm", "missing_distance")
 
@@ -188,6 +189,7 @@ def evaluate(pred: Path, ref: Path, labels: str | None = None, tolerance: float 
         cases.append({**identity, "status": record.status, "error": record.error, "seconds": record.seconds,
                       "resampled": record.details.get("resampled", False),
                       "spacing_mm": record.details.get("spacing"),
+                      "spacing_source": record.details.get("spacing_source"),
                       "field_of_view_diagonal_mm": json_number(record.details.get("field_of_view_diagonal_mm")),
                       "labels": rows})
     rows = [row for case in cases for row in case["labels"]]
@@ -226,6 +228,10 @@ def evaluate(pred: Path, ref: Path, labels: str | None = None, tolerance: float 
         emit_json(document)
     else:
         _print_table(rows, summary, tolerance, penalty_text)
+        for case in cases:
+            if str(case.get("spacing_source") or "").startswith("unknown"):
+                say(f"{case['reference']}: no pixel spacing in the file; 1 mm assumed for areas and distances",
+                    label="note", style="yellow")
         counts = report.summary()
         if pooled is not None:
             _print_calibration(pooled)
@@ -302,9 +308,13 @@ def _print_table(rows: list[dict[str, Any]], summary: dict[int, dict[str, dict[s
 
     from mitk.console import PathCell
 
-    columns = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
+    columns: tuple[tuple[str, str, int], ...] = (
+               ("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95_mm", "HD95 mm", 2), ("asd_mm", "ASD mm", 2),
                ("surface_dice_voxel", "NSD voxel", 4), ("reference_volume_ml", "Ref mL", 1),
-               ("predicted_volume_ml", "Pred mL", 1))
+               ("predicted_volume_ml", "Pred mL", 1), ("reference_area_mm2", "Ref mm²", 1),
+               ("predicted_area_mm2", "Pred mm²", 1))
+    # volumes for 3-D cases, areas for one-slice ones (PNG masks): a column only where some case has it
+    columns = tuple(c for c in columns if not c[0].endswith(("_ml", "_mm2")) or any(r[c[0]] is not None for r in rows))
     table = Table(box=None, pad_edge=False)
     table.add_column("case")  # a long case name loses its middle, never its end (PathCell)
     table.add_column("label", justify="right")

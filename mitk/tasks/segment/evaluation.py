@@ -38,7 +38,10 @@ from mitk.io.atomic import split_suffix
 OVERLAP_METRICS = ("dice", "iou", "surface_dice_voxel")
 DISTANCE_METRICS = ("hd95_mm", "asd_mm")
 VOLUME_METRICS = ("reference_volume_ml", "predicted_volume_ml")
-METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "surface_dice_voxel", *VOLUME_METRICS)
+AREA_METRICS = ("reference_area_mm2", "predicted_area_mm2")
+"""For a one-slice grid (a PNG mask, a radiograph's label map) instead of the volumes, which are then NaN."""
+SIZE_METRICS = (*VOLUME_METRICS, *AREA_METRICS)
+METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "surface_dice_voxel", *VOLUME_METRICS, *AREA_METRICS)
 VOXEL_COUNTS = ("reference_voxels", "predicted_voxels")
 """Also in each label's scores: what :func:`summarise` counts empty masks from."""
 AFFINE_TOLERANCE = 1e-4
@@ -92,7 +95,9 @@ def evaluate_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         penalty = float(missing_distance)
     else:
         raise ValueError(f"missing_distance must be None, 'worst' or a number of mm >= 0, not {missing_distance!r}")
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    planar = ref.ndim == 2 or (ref.ndim == 3 and ref.shape[2] == 1)
+    voxel_ml = math.nan if planar else float(np.prod(spacing)) / 1000.0
+    pixel_mm2 = float(spacing[0] * spacing[1]) if planar else math.nan
     if labels is None:
         labels = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
     results: dict[int, dict[str, float]] = {}
@@ -107,6 +112,8 @@ def evaluate_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
             scores = _monai_scores(pred_mask, ref_mask, spacing, tolerance)
         scores["reference_volume_ml"] = ref_count * voxel_ml
         scores["predicted_volume_ml"] = pred_count * voxel_ml
+        scores["reference_area_mm2"] = ref_count * pixel_mm2
+        scores["predicted_area_mm2"] = pred_count * pixel_mm2
         scores["reference_voxels"] = float(ref_count)
         scores["predicted_voxels"] = float(pred_count)
         results[int(label)] = scores
@@ -167,7 +174,7 @@ def summarise(cases: Iterable[dict[int, dict[str, float]]]) -> Summary:
         summary[label] = {"cases": {"scored": len(scored), "empty_prediction": empty.count("prediction"),
                                     "empty_reference": empty.count("reference"), "both_empty": empty.count("both")}}
         for metric in METRICS:
-            values = [s[metric] for s, e in zip(scored, empty, strict=True) if e != "both" or metric in VOLUME_METRICS]
+            values = [s[metric] for s, e in zip(scored, empty, strict=True) if e != "both" or metric in SIZE_METRICS]
             finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
             stats: dict[str, float | int | None] = {
                 "mean": json_number(finite.mean()) if finite.size else None,
@@ -317,7 +324,10 @@ def evaluate_files(pair: Pair, labels: Sequence[int] | None = None, tolerance: f
     """Read one pair, check (or resample) the grid, and compute :func:`evaluate_pair` on it; with
     ``probabilities`` (a map on the reference grid) also the voxel samples of
     :func:`mitk.tasks.segment.calibration.case_calibration` under ``calibration`` (``calibration_skipped``: why a
-    map that is off the grid or not a probability map was left out)."""
+    map that is off the grid or not a probability map was left out). A one-slice pair also says where its pixel
+    spacing came from (``unknown (1 mm assumed)`` for a PNG)."""
+    from mitk.io.reader import spacing_source
+
     ref = read_label_map(pair.reference)
     pred = read_label_map(pair.prediction)
     resampled = False
@@ -334,7 +344,9 @@ def evaluate_files(pair: Pair, labels: Sequence[int] | None = None, tolerance: f
         pred_array = pred.array
     spacing = voxel_spacing(ref.affine)
     scores = evaluate_pair(pred_array, ref.array, spacing, labels, tolerance, missing_distance)
+    planar = len(ref.spatial_shape) == 2 or ref.spatial_shape[2] == 1
     details = {"scores": scores, "resampled": resampled, "spacing": list(spacing),
+               "spacing_source": spacing_source(ref) if planar else None,
                "field_of_view_diagonal_mm": field_of_view_diagonal_mm(ref.spatial_shape, spacing)}
     if probabilities is not None and not resampled:
         from mitk.tasks.segment.calibration import case_calibration
