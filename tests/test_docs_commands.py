@@ -24,6 +24,8 @@ ELSEWHERE = {
     "deidentify.md": "test_deidentify.py",
     "pretrained-models.md": "test_bundle_docs.py",
     "serve.md": "test_serve.py",
+    "precision.md": "test_folds.py",
+    "calibration.md": "test_calibration_docs.py",
 }
 """Pages whose every command a test runs by reading the page itself (the test file names the page)."""
 
