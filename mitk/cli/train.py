@@ -91,10 +91,24 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
         log: Annotated[str | None, typer.Option("--log", help="Also log each epoch to tensorboard and/or mlflow "
                                                 "(comma-separated; extras mitk[tensorboard], mitk[mlflow]).")]
         = None,
+        plan: Annotated[Path | None, typer.Option("--plan", help="Train with this plan file (`mitk plan`); "
+                                                  "default: mitk-plan.json beside the data when it exists.")]
+        = None,
+        no_plan: Annotated[bool, typer.Option("--no-plan", help="Ignore mitk-plan.json beside the data.")] = False,
+        init: Annotated[Path | None, typer.Option("--init", help="Start from the weights of this checkpoint (or "
+                                                  "MONAI bundle folder), matched by layer name and shape.")]
+        = None,
+        init_skip_mismatched: Annotated[bool, typer.Option("--init-skip-mismatched", help="With --init: start "
+                                                           "layers that do not match afresh instead of "
+                                                           "refusing.")] = False,
         as_json: JsonOption = False,
     ) -> None:
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other")
+        if plan is not None and no_plan:
+            raise UsageError("--plan and --no-plan contradict each other")
+        if init_skip_mismatched and init is None:
+            raise UsageError("--init-skip-mismatched needs --init CHECKPOINT")
         from mitk.cli.train_config import merge_settings, read_config
 
         given = read_config(config) if config is not None else {}
@@ -131,7 +145,9 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
 
         check_output_dir(output_dir, resume, overwrite)  # refuse a bad run folder before loading torch
         run_training(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
-                     resume=resume, overwrite=overwrite, as_json=as_json)
+                     resume=resume, overwrite=overwrite, as_json=as_json,
+                     start={"plan": False if no_plan else plan, "init": init,
+                            "init_skip_mismatched": init_skip_mismatched})
 
     command.__name__ = task
     command.__doc__ = (f"Train a {task} plugin's network on a datalist; the best checkpoint by validation score "
@@ -140,8 +156,10 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
 
 
 def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir: Path, options: dict[str, Any],
-                 overrides: dict[str, Any], resume: bool, overwrite: bool, as_json: bool) -> None:
-    """Train, reporting progress to stderr and the outcome as text or JSON."""
+                 overrides: dict[str, Any], resume: bool, overwrite: bool, as_json: bool,
+                 start: dict[str, Any] | None = None) -> None:
+    """Train, reporting progress to stderr and the outcome as text or JSON; ``start`` holds the ``plan``,
+    ``init`` and ``init_skip_mismatched`` arguments of :func:`mitk.training.train.train`."""
     from mitk.cli.common import stderr_console
     from mitk.runner.allocator import keep_freed_memory
     from mitk.training.distributed import is_main_process
@@ -169,7 +187,8 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
     keep_freed_memory()
     try:
         run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
-                    resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
+                    resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready,
+                    **(start or {}))
     except KeyboardInterrupt as stop:
         _interrupted(task, output_dir, stop, console if main_process else None, as_json and main_process)
     document = {"task": task, **run.to_dict()}
