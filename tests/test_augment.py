@@ -51,7 +51,7 @@ def test_settings_reach_the_segmentation_chain():
     flip = next(step for step in chain.transforms if type(step).__name__ == "RandFlipd")
     assert flip.flipper.spatial_axis == 2
     assert "RandGibbsNoised" in names
-    with pytest.raises(PluginError, match="augmentation.gamma"):
+    with pytest.raises(PluginError, match=r"augmentation\.gamma"):
         plugin.training_transforms(_segmenter(augmentation={"gamma": 2.0})[1])
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -20,14 +18,10 @@ STILL = {**TINY, "optimizer": {"lr": 1e-12, "weight_decay": 0.0}}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from test_train import LABELS, build_cases
+    """Three real MR cases with three label names (the tumour is label 1; label 2 names no voxel)."""
+    from test_plan import brain_cases
 
-    root = tmp_path_factory.mktemp("init_cases")
-    pairs = build_cases(root, 3, seed=5)
-    listed = [{"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"} for image, label in pairs]
-    (root / "dataset.json").write_text(json.dumps({"labels": {str(i): n for i, n in enumerate(LABELS)},
-                                                   "training": listed[:2], "validation": listed[2:]}))
-    return root / "dataset.json"
+    return brain_cases(tmp_path_factory.mktemp("init_cases"), 3, ["background", "tumour", "oedema"])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,11 @@ def source(data, tmp_path_factory):
     """A trained three-label run to start from."""
     run = train("segment", plugin="unet", data=data, output_dir=tmp_path_factory.mktemp("init") / "source",
                 options={"epochs": 1, "device": "cpu", "seed": 1}, overrides={**TINY, "optimizer": {"lr": 0.01}})
-    return run.checkpoint
+    return run.output_dir / "last.safetensors"
+
+
+class Payload:
+    """Any Python object: pickling it into a checkpoint makes the file unsafe to load."""
 
 
 def _run(data, output_dir, overrides, **arguments):
@@ -45,7 +43,7 @@ def _run(data, output_dir, overrides, **arguments):
 
 def test_init_starts_from_the_checkpoints_weights(data, source, tmp_path, single_threaded_torch):
     start = load_checkpoint(source).state_dict
-    run = _run(data, tmp_path / "tuned", STILL, init=source)
+    _run(data, tmp_path / "tuned", STILL, init=source)
     tuned = load_checkpoint(tmp_path / "tuned" / "last.safetensors")
     assert tuned.config["init"] == {"checkpoint": str(source), "loaded": len(start), "reinitialised": [],
                                     "unused": 0}
@@ -53,13 +51,13 @@ def test_init_starts_from_the_checkpoints_weights(data, source, tmp_path, single
     assert weights
     for name in weights:
         torch.testing.assert_close(tuned.state_dict[name], start[name], atol=1e-6, rtol=0)
-    fresh = _run(data, tmp_path / "fresh", STILL)  # the same run without --init starts elsewhere
-    assert not torch.allclose(load_checkpoint(fresh.checkpoint).state_dict[weights[0]], start[weights[0]])
-    assert run.checkpoint.name == "best.safetensors"
+    _run(data, tmp_path / "fresh", STILL)  # the same run without --init starts elsewhere
+    fresh = load_checkpoint(tmp_path / "fresh" / "last.safetensors").state_dict
+    assert not torch.allclose(fresh[weights[0]], start[weights[0]])
 
 
 def test_mismatched_layers_are_listed_then_refused_or_skipped(data, source, tmp_path, single_threaded_torch):
-    two_labels = {**STILL, "labels": ["background", "tissue"]}  # one output class fewer than the checkpoint
+    two_labels = {**STILL, "labels": ["background", "tumour"]}  # one output class fewer than the checkpoint
     with pytest.raises(CheckpointError) as refused:
         _run(data, tmp_path / "refused", two_labels, init=source)
     message = str(refused.value)
@@ -81,9 +79,6 @@ def test_unrelated_or_unsafe_weights_are_refused(tmp_path, source):
     network = {"layer.weight": torch.zeros(2, 2)}
     with pytest.raises(CheckpointError, match="no layer of the checkpoint matches"):
         match_weights(source, network)
-
-    class Payload:
-        pass
 
     pickled = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(1), "payload": Payload()}, pickled)

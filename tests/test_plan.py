@@ -35,12 +35,30 @@ def nnunet_target_spacing(spacings: list[list[float]], shapes: list[list[float]]
     return [float(v) for v in ExperimentPlanner.determine_fullres_target_spacing(planner)[::-1]]
 
 
-@pytest.mark.parametrize("name", ["brain", "lung"])
-def test_case_fingerprint_equals_nnunets_analyse_case(name, brain_mr, brain_mr_label, lung_ct, lung_ct_label):
+def _padded(image: Path, label: Path, folder: Path) -> tuple[Path, Path]:
+    """The real MR case inside a zero border (as a skull-stripped or masked image has), to exercise the crop."""
+    import nibabel as nib
+
+    written = []
+    for path in (image, label):
+        source = nib.load(path)
+        array = np.pad(np.asarray(source.dataobj), ((7, 3), (0, 12), (2, 0)))
+        target = folder / path.name
+        nib.Nifti1Image(array, source.affine).to_filename(target)
+        written.append(target)
+    return written[0], written[1]
+
+
+@pytest.mark.parametrize("name", ["brain", "lung", "padded"])
+def test_case_fingerprint_equals_nnunets_analyse_case(name, brain_mr, brain_mr_label, lung_ct, lung_ct_label,
+                                                      tmp_path):
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    image, label = (brain_mr, brain_mr_label) if name == "brain" else (lung_ct, lung_ct_label)
+    image, label = {"brain": (brain_mr, brain_mr_label), "lung": (lung_ct, lung_ct_label),
+                    "padded": (brain_mr, brain_mr_label)}[name]
+    if name == "padded":
+        image, label = _padded(image, label, tmp_path)
     shape, spacing, _, statistics, relative = DatasetFingerprintExtractor.analyze_case(
         [str(image)], str(label), SimpleITKIO)
     ours = analyse_case(str(image), str(label))
@@ -49,8 +67,8 @@ def test_case_fingerprint_equals_nnunets_analyse_case(name, brain_mr, brain_mr_l
     assert ours["relative_size_after_crop"] == pytest.approx(relative)
     for key in STATISTICS:
         assert ours["intensity"][0][key] == pytest.approx(float(statistics[0][key]), rel=1e-5, abs=1e-4), key
-    if name == "brain":  # MR with zero background: the crop really removes something
-        assert ours["relative_size_after_crop"] < 1
+    if name == "padded":  # the crop removes the border again
+        assert ours["shape_after_crop"] == [128, 128, 25] and ours["shape"] == [138, 140, 27]
     assert ours["label_voxels"]["1"] > 0 and len(ours["samples"][0]) == 10_000
 
 
@@ -114,17 +132,42 @@ def test_budget_picks_the_network_size():
         make_plan(fingerprint, "swinunetr", Budget("cpu", 4.0, 50.0))
 
 
+def brain_cases(root: Path, count: int, labels: list[str]) -> Path:
+    """``count`` real MR cases (the tests/data brain and its tumour label at a quarter of the in-plane
+    resolution, 3.125 × 3.125 × 6.5 mm, cropped in x at different places, every other one stored with x
+    reversed) and their ``dataset.json``."""
+    import nibabel as nib
+
+    from conftest import data_file
+
+    image, label = (nib.load(data_file(name)) for name in ("brain1_image.nii.gz", "brain1_label.nii.gz"))
+    arrays = [np.asarray(source.dataobj)[::4, ::4] for source in (image, label)]
+    coarse = image.affine @ np.diag([4.0, 4.0, 1.0, 1.0])
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    listed = []
+    for n in range(count):
+        shift = np.eye(4)
+        shift[0, 3] = n
+        affine = coarse @ shift
+        cropped = [a[n:n + 28] for a in arrays]
+        if n % 2:
+            flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+            flip[0, 3] = 27
+            cropped, affine = [a[::-1] for a in cropped], affine @ flip
+        entry = {"image": f"./imagesTr/brain{n}.nii.gz", "label": f"./labelsTr/brain{n}.nii.gz"}
+        for array, key in zip(cropped, ("image", "label"), strict=True):
+            nib.Nifti1Image(np.ascontiguousarray(array), affine).to_filename(root / entry[key])
+        listed.append(entry)
+    document = {"labels": {str(i): name for i, name in enumerate(labels)}, "modality": {"0": "MRI"},
+                "training": listed[:-1], "validation": listed[-1:]}
+    (root / "dataset.json").write_text(json.dumps(document))
+    return root / "dataset.json"
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    from test_train import LABELS, build_cases
-
-    root = tmp_path_factory.mktemp("plan_cases")
-    pairs = build_cases(root, 4, seed=3)
-    listed = [{"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"} for image, label in pairs]
-    (root / "dataset.json").write_text(json.dumps({"labels": {str(i): n for i, n in enumerate(LABELS)},
-                                                   "modality": {"0": "MRI"}, "training": listed[:3],
-                                                   "validation": listed[3:]}))
-    return root
+    return brain_cases(tmp_path_factory.mktemp("plan_cases"), 3, ["background", "tumour"]).parent
 
 
 def test_plan_then_train_uses_the_plan_and_records_it(planned, run_inprocess, tmp_path, single_threaded_torch):
@@ -136,8 +179,9 @@ def test_plan_then_train_uses_the_plan_and_records_it(planned, run_inprocess, tm
     summary = json.loads(out)
     plan = read_plan(default_plan_path(planned / "dataset.json"))
     assert summary["plan"] == str(planned / "mitk-plan.json")
-    assert plan["settings"]["spacing"] == pytest.approx([4.0, 4.0, 4.0], abs=1e-3)  # the cases' voxel size
-    assert plan["settings"]["intensity"] == {"mode": "mr"} and plan["fingerprint"]["cases"] == 4
+    # the cases' voxel size (LAS and RAS storage alike: reorienting keeps the axis order)
+    assert plan["settings"]["spacing"] == pytest.approx([3.125, 3.125, 6.5])
+    assert plan["settings"]["intensity"] == {"mode": "mr"} and plan["fingerprint"]["cases"] == 3
     strides = plan["settings"]["network"]["strides"]
     assert all(side % 2 ** len(strides) == 0 for side in plan["settings"]["patch_size"])
     code, _, err = run_inprocess("plan", planned, "--device", "cpu")
@@ -146,9 +190,9 @@ def test_plan_then_train_uses_the_plan_and_records_it(planned, run_inprocess, tm
     plan["settings"]["network"]["num_res_units"] = 1  # a plan is human-editable: the edit is used
     (planned / "mitk-plan.json").write_text(json.dumps(plan))
     patch = [4 * 2 ** len(strides)] * 3
-    run = train("segment", plugin="unet", data=planned / "dataset.json", output_dir=tmp_path / "run",
-                options={"epochs": 1, "device": "cpu", "seed": 0}, overrides={"patch_size": patch})
-    config = load_checkpoint(run.checkpoint).config
+    train("segment", plugin="unet", data=planned / "dataset.json", output_dir=tmp_path / "run",
+          options={"epochs": 1, "device": "cpu", "seed": 0}, overrides={"patch_size": patch, "samples_per_case": 1})
+    config = load_checkpoint(tmp_path / "run" / "last.safetensors").config
     assert config["plan"]["file"] == str((planned / "mitk-plan.json").resolve())
     assert config["spacing"] == plan["settings"]["spacing"]
     assert config["network"]["channels"] == plan["settings"]["network"]["channels"]
