@@ -4,6 +4,7 @@ settings, and the plan → train round trip."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,7 +138,6 @@ def brain_cases(root: Path, count: int, labels: list[str]) -> Path:
     resolution, 3.125 × 3.125 × 6.5 mm, cropped in x at different places, every other one stored with x
     reversed) and their ``dataset.json``."""
     import nibabel as nib
-
     from conftest import data_file
 
     image, label = (nib.load(data_file(name)) for name in ("brain1_image.nii.gz", "brain1_label.nii.gz"))
@@ -171,7 +171,10 @@ def planned(tmp_path_factory):
 
 
 def test_plan_then_train_uses_the_plan_and_records_it(planned, run_inprocess, tmp_path, single_threaded_torch):
+    from mitk_builtin._segment_networks import UNetSegmenter
+
     from mitk.checkpoint import load_checkpoint
+    from mitk.settings import check_saved_config
     from mitk.training.train import train
 
     code, out, err = run_inprocess("plan", planned, "--device", "cpu", "--gflop", "1", "--json")
@@ -199,6 +202,9 @@ def test_plan_then_train_uses_the_plan_and_records_it(planned, run_inprocess, tm
     assert config["network"]["num_res_units"] == 1
     assert config["patch_size"] == patch  # --set / --patch-size still win over the plan
     assert config["training"]["batch_size"] == plan["training"]["batch_size"]
+    with warnings.catch_warnings():  # `mitk segment` reads the recorded plan without a warning
+        warnings.simplefilter("error")
+        assert check_saved_config(UNetSegmenter(), config, source="run")["plan"] == config["plan"]
 
     with pytest.raises(UsageError, match="is for plugin 'unet'"):
         train("segment", plugin="segresnet", data=planned / "dataset.json", output_dir=tmp_path / "other",
