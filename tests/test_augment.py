@@ -55,11 +55,24 @@ def test_settings_reach_the_segmentation_chain():
         plugin.training_transforms(_segmenter(augmentation={"gamma": 2.0})[1])
 
 
-def test_bias_field_default_follows_the_modality():
-    mr_plugin, mr = _segmenter()
-    ct_plugin, ct = _segmenter(intensity={"mode": "ct"})
+def test_bias_field_follows_the_modality():
+    from mitk.training.planning import Budget, make_plan
+
+    fingerprint = {"spacings": [[2.0, 2.0, 2.0]] * 3, "shapes_after_crop": [[40, 40, 40]] * 3, "cases": 3}
+    budget = Budget("cpu", 4.0, 50.0)
+    mr_plan = make_plan({**fingerprint, "intensity": [{"modality": "MR"}]}, "unet", budget)
+    ct_plan = make_plan({**fingerprint, "intensity": [{"modality": "CT", "mean": 40.0, "std": 50.0,
+                                                       "percentile_00_5": -100.0, "percentile_99_5": 200.0}]},
+                        "unet", budget)
+    assert mr_plan["settings"]["augmentation"] == {"bias_field": 0.3}
+    assert ct_plan["settings"]["augmentation"] == {"bias_field": 0.0}
+    mr_plugin, mr = _segmenter(**mr_plan["settings"])
+    ct_plugin, ct = _segmenter(**ct_plan["settings"])
     assert "RandBiasFieldd" in _names(mr_plugin.training_transforms(mr))
     assert "RandBiasFieldd" not in _names(ct_plugin.training_transforms(ct))
+    auto_plugin, auto = _segmenter(augmentation={"bias_field": "auto"})  # "auto" reads intensity.mode
+    assert "RandBiasFieldd" in _names(auto_plugin.training_transforms(auto))
+    assert "RandBiasFieldd" not in _names(_segmenter()[0].training_transforms(_segmenter()[1]))  # default off
     plugin, classify = _classifier()
     assert "RandBiasFieldd" not in _names(plugin.training_transforms(classify))
     assert "RandBiasFieldd" in _names(plugin.training_transforms(_classifier(augmentation={"bias_field": 0.5})[1]))

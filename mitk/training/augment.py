@@ -3,7 +3,8 @@ for motion and ghosting, which MONAI lacks), built from a plugin's ``augmentatio
 
 Every entry without a unit is a probability per sample (0 turns it off; a disabled augmentation adds no
 transform, so the training input is exactly the preprocessed patch). ``bias_field: "auto"`` is on (0.3) for MR
-(a segmentation plugin's ``intensity.mode: mr``) and off for CT and everything else. Flips are per axis, on
+(a segmentation plugin's ``intensity.mode: mr``) and off for CT and everything else; ``mitk plan`` sets it from
+the data's modality (0.3 for MR, 0 for CT). Flips are per axis, on
 the axes in ``flip_axes`` (``null``: the plugin's own choice; the classifiers never flip a 2-D image by default,
 since a flipped radiograph swaps its patient's sides).
 """

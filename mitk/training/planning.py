@@ -13,6 +13,7 @@
   its side largest relative to the median shape.
 - **Batch size**: 2 (nnU-Net's minimum); on CUDA more while the memory budget allows, at most 5% of the data
   set's voxels per batch.
+- **Augmentation**: a bias field (probability 0.3) when every channel is MR, none otherwise.
 - **Intensity**: CT clips to the foreground 0.5/99.5 percentiles and z-scores with the foreground mean and
   std (as one linear map); MR z-scores each image over its non-zero voxels.
 """
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mitk.errors import UsageError
+from mitk.training.augment import AUTO_BIAS_FIELD
 
 PLAN_FORMAT = 1
 ANISOTROPY_THRESHOLD = 3.0
@@ -205,6 +207,8 @@ def make_plan(fingerprint: Mapping[str, Any], plugin: str, budget: Budget) -> di
     }
     if len(channels) > 1 and any(c["modality"] == "CT" for c in channels):
         settings["intensity"] = {"mode": "mr"}  # one normalisation for all channels: per-image z-score
+    mr = all(c["modality"] == "MR" for c in channels)
+    settings["augmentation"] = {"bias_field": AUTO_BIAS_FIELD if mr else 0.0}  # MRI artefacts for MR only
     return {
         "format": PLAN_FORMAT,
         "task": "segment",

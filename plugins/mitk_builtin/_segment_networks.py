@@ -96,7 +96,7 @@ class MonaiSegmenter(SegmentationPlugin):
             "positive": 1.0,
             "negative": 1.0,
             "augmentation": {**AUGMENTATION_DEFAULTS, "flip": 0.5, "rotate90": 0.2, "intensity": 0.5, "scale": 0.1,
-                             "shift": 0.1},
+                             "shift": 0.1, "bias_field": 0.0},
             "sw_batch_size": "auto",
             "overlap": 0.25,
             "mode": "gaussian",
