@@ -34,8 +34,10 @@ def plan(
 ) -> None:
     """Fingerprint a data set as nnU-Net does and derive the training settings from it."""
     from mitk.errors import OutputExistsError, UsageError
-    from mitk.training.planning import default_plan_path
+    from mitk.training.planning import PLANNED_PLUGINS, default_plan_path
 
+    if plugin not in PLANNED_PLUGINS:  # refused before the data is read
+        raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
     if (memory_gb is not None and memory_gb <= 0) or (gflop is not None and gflop <= 0):
         raise UsageError("--memory-gb and --gflop must be positive")
     target = output or default_plan_path(data)
