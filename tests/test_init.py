@@ -96,3 +96,20 @@ def test_cli_init_options(data, run_inprocess, tmp_path):
     code, _, err = run_inprocess("train", "segment", "--plugin", "unet", "--data", data, "-d", tmp_path / "r",
                                  "--init", tmp_path / "missing.safetensors", "--no-plan")
     assert code != 0 and "missing.safetensors" in err and "Traceback" not in err
+
+
+def test_a_monai_bundles_weights_start_a_plugin_network(tmp_path):
+    """The spleen CT bundle's UNet (batch norm) into the unet plugin's (instance norm, no parameters): every
+    convolution matches by name and shape; the bundle's norm statistics are unused."""
+    from bundle_factory import make_bundle
+    from mitk_builtin._segment_networks import UNetSegmenter
+
+    bundle = make_bundle("spleen_ct_segmentation", tmp_path, seed=4)
+    plugin = UNetSegmenter()
+    network = plugin.network(plugin.resolve_config({"patch_size": [32, 32, 32]}))
+    initial = match_weights(bundle, network.state_dict())
+    saved = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert set(initial.state) == set(network.state_dict())
+    assert any(name.endswith("running_mean") for name in initial.unused)  # batch-norm statistics
+    for name, tensor in initial.state.items():
+        assert torch.equal(tensor, saved[name])
