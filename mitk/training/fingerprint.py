@@ -134,6 +134,8 @@ def fingerprint_cases(cases: Sequence[Mapping[str, Any]], modality: Mapping[str,
     if not labelled:
         raise InputError("no labelled cases to fingerprint")
     results = [analyse_case(case["image"], str(case["label"])) for case in labelled]
+    if not any(int(c) for r in results for v, c in r["label_voxels"].items() if v != "0"):
+        raise InputError("no case has a foreground label (label > 0): nothing to fingerprint the foreground of")
     n_channels = {len(result["intensity"]) for result in results}
     if len(n_channels) != 1:
         raise InputError(f"cases have different channel counts {sorted(n_channels)}")
