@@ -228,3 +228,13 @@ def test_no_plan_and_a_bad_plan(planned, tmp_path, run_inprocess):
 
 def test_plan_paths():
     assert default_plan_path(Path("/data/set/dataset.json")) == Path("/data/set/mitk-plan.json")
+
+
+def test_a_data_set_without_foreground_is_refused(brain_mr, tmp_path):
+    import nibabel as nib
+
+    source = nib.load(brain_mr)
+    empty = tmp_path / "empty_label.nii.gz"
+    nib.Nifti1Image(np.zeros(source.shape, np.uint8), source.affine).to_filename(empty)
+    with pytest.raises(InputError, match="no case has a foreground label"):
+        fingerprint_cases([{"image": str(brain_mr), "label": str(empty)}])
