@@ -11,7 +11,7 @@ from mitk.errors import UsageError
 
 EXTRA_OF_MODULE = {"matplotlib": "preview", "highdicom": "dicom", "nilearn": "sample",
                    "dicomanonymizer": "dicom", "SimpleITK": "itk", "tensorboard": "tensorboard", "mlflow": "mlflow",
-                   "yaml": "yaml", "nnunetv2": "nnunet", "rt_utils": "rtstruct"}
+                   "yaml": "yaml", "nnunetv2": "nnunet", "rt_utils": "rtstruct", "torchio": "augment"}
 """The extra that installs each optional module mitk imports (the pylibjpeg decoders: see io/dicom/pixels)."""
 
 

@@ -16,8 +16,9 @@ with dots (``network.channels``). The rules, checked by :func:`check_overrides` 
   names, say). Schema keys need not be in the defaults.
 
 Settings saved in a checkpoint (:func:`check_saved_config`) are the plugin's own, perhaps from another
-version: keys this version does not know are dropped with one warning, types are not checked. The key
-``training`` is the core's (the training options ``mitk train`` records) and is kept.
+version: keys this version does not know are dropped with one warning, types are not checked. The keys
+``training``, ``plan`` and ``init`` are the core's (what ``mitk train`` records: its options, the plan it used
+and the weights it started from) and are kept.
 
 The settings a plugin builds its pieces from can still be wrong in ways types do not show (a list of the
 wrong length, a negative probability); :func:`settings_errors` turns what the plugin or MONAI raises then
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from mitk.plugin import TaskPlugin
 
-CORE_KEYS = frozenset({"training"})
+CORE_KEYS = frozenset({"training", "plan", "init"})
 """Top-level keys the core adds to a checkpoint's config; not plugin settings."""
 
 NoneType = type(None)

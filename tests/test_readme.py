@@ -36,3 +36,12 @@ def test_readme_train_and_evaluate_columns_match_the_task_table() -> None:
         spec = TASKS[next(t for t in TASKS if t.value == task)]
         assert (train == f"`mitk train {task}`") == spec.trainable, task
         assert (evaluate == f"`mitk evaluate {task}`") == (spec.evaluation is not None), task
+
+
+def test_main_command_plans_instead_of_hand_setting_spacing_patch_and_channels() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = text.split("<!-- main-command -->", 1)[1].split("<!-- /main-command -->", 1)[0]
+    assert "mitk plan demo/data" in block and "mitk train segment" in block
+    assert block.index("mitk plan") < block.index("mitk train")
+    for hand_set in ("--patch-size", "spacing=", "network.channels", "network.strides"):
+        assert hand_set not in block, hand_set

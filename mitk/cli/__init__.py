@@ -16,6 +16,7 @@ from mitk.cli import deidentify as deidentify_cmd
 from mitk.cli import evaluate as evaluate_cmd
 from mitk.cli import info, plugins_cmd, tasks
 from mitk.cli import manifest as manifest_cmd
+from mitk.cli import plan as plan_cmd
 from mitk.cli import preview as preview_cmd
 from mitk.cli import replay as replay_cmd
 from mitk.cli import report as report_cmd
@@ -64,6 +65,7 @@ def build_app() -> typer.Typer:
     tasks.add_task_commands(app)
     app.add_typer(evaluate_cmd.build_app(), name="evaluate")
     app.add_typer(sample_cmd.app, name="sample")
+    app.command("plan", epilog=plan_cmd.EPILOG)(plan_cmd.plan)
     app.add_typer(train_cmd.build_app(), name="train")
     app.add_typer(manifest_cmd.app, name="manifest")
     app.command("convert")(convert_cmd.convert)

@@ -97,10 +97,24 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
                                                   "`--weights RUN` then averages the folds.")] = None,
         fold: Annotated[int | None, typer.Option("--fold", help="With --folds K: train fold I only (job arrays; "
                                                  "every job draws the same split).")] = None,
+        plan: Annotated[Path | None, typer.Option("--plan", help="Train with this plan file (`mitk plan`); "
+                                                  "default: mitk-plan.json beside the data when it exists.")]
+        = None,
+        no_plan: Annotated[bool, typer.Option("--no-plan", help="Ignore mitk-plan.json beside the data.")] = False,
+        init: Annotated[Path | None, typer.Option("--init", help="Start from the weights of this checkpoint (or "
+                                                  "MONAI bundle folder), matched by layer name and shape.")]
+        = None,
+        init_skip_mismatched: Annotated[bool, typer.Option("--init-skip-mismatched", help="With --init: start "
+                                                           "layers that do not match afresh instead of "
+                                                           "refusing.")] = False,
         as_json: JsonOption = False,
     ) -> None:
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other")
+        if plan is not None and no_plan:
+            raise UsageError("--plan and --no-plan contradict each other")
+        if init_skip_mismatched and init is None:
+            raise UsageError("--init-skip-mismatched needs --init CHECKPOINT")
         from mitk.cli.train_config import merge_settings, read_config
 
         given = read_config(config) if config is not None else {}
@@ -133,6 +147,7 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
                    "val_every": val_every, "validation_fraction": val_fraction, "num_workers": num_workers,
                    "cache": cache, "loggers": log}
 
+        start = {"plan": False if no_plan else plan, "init": init, "init_skip_mismatched": init_skip_mismatched}
         folds, fold = pick(folds, "folds"), pick(fold, "fold")
         if folds is not None or fold is not None:
             from mitk.training.folds import check_run_dir, chosen_folds
@@ -141,13 +156,13 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
             check_run_dir(output_dir, int(folds or 0), chosen, resume, overwrite)  # before loading torch
             run_fold_training(task, plugin=plugin, data=data, output_dir=output_dir, folds=int(folds or 0),
                               fold=fold, options=options, overrides=overrides, resume=resume, overwrite=overwrite,
-                              as_json=as_json)
+                              as_json=as_json, start=start)
             return
         from mitk.training.folder import check_output_dir
 
         check_output_dir(output_dir, resume, overwrite)  # refuse a bad run folder before loading torch
         run_training(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
-                     resume=resume, overwrite=overwrite, as_json=as_json)
+                     resume=resume, overwrite=overwrite, as_json=as_json, start=start)
 
     command.__name__ = task
     command.__doc__ = (f"Train a {task} plugin's network on a datalist; the best checkpoint by validation score "
@@ -156,8 +171,10 @@ def _train_command(spec: TaskSpec) -> Callable[..., None]:
 
 
 def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir: Path, options: dict[str, Any],
-                 overrides: dict[str, Any], resume: bool, overwrite: bool, as_json: bool) -> None:
-    """Train, reporting progress to stderr and the outcome as text or JSON."""
+                 overrides: dict[str, Any], resume: bool, overwrite: bool, as_json: bool,
+                 start: dict[str, Any] | None = None) -> None:
+    """Train, reporting progress to stderr and the outcome as text or JSON; ``start`` holds the ``plan``,
+    ``init`` and ``init_skip_mismatched`` arguments of :func:`mitk.training.train.train`."""
     from mitk.cli.common import stderr_console
     from mitk.runner.allocator import keep_freed_memory
     from mitk.training.distributed import is_main_process
@@ -185,7 +202,8 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
     keep_freed_memory()
     try:
         run = train(task, plugin=plugin, data=data, output_dir=output_dir, options=options, overrides=overrides,
-                    resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready)
+                    resume=resume, overwrite=overwrite, console=console, on_epoch=on_epoch, on_ready=on_ready,
+                    **(start or {}))
     except KeyboardInterrupt as stop:
         _interrupted(task, output_dir, stop, console if main_process else None, as_json and main_process)
     document = {"task": task, **run.to_dict()}
@@ -202,7 +220,7 @@ def run_training(task: str, *, plugin: str | None, data: Path | None, output_dir
 
 def run_fold_training(task: str, *, plugin: str | None, data: Path | None, output_dir: Path, folds: int,
                       fold: int | None, options: dict[str, Any], overrides: dict[str, Any], resume: bool,
-                      overwrite: bool, as_json: bool) -> None:
+                      overwrite: bool, as_json: bool, start: dict[str, Any] | None = None) -> None:
     """``--folds K`` (``--fold I``): train the folds one after the other, reporting each as :func:`run_training`."""
     from mitk.cli.common import stderr_console
     from mitk.runner.allocator import keep_freed_memory
@@ -222,7 +240,7 @@ def run_fold_training(task: str, *, plugin: str | None, data: Path | None, outpu
         runs, folds_file = train_folds(task, plugin=plugin, data=data, output_dir=output_dir, folds=folds, fold=fold,
                                        options=options, overrides=overrides, resume=resume, overwrite=overwrite,
                                        console=console, on_epoch=on_epoch, on_ready=say,
-                                       on_fold=lambda index: say(f"fold {index} of {folds}"))
+                                       on_fold=lambda index: say(f"fold {index} of {folds}"), start=start)
     except KeyboardInterrupt as stop:
         _interrupted(task, output_dir, stop, console, as_json)
     summaries = [run.to_dict() for run in runs]

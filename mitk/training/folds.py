@@ -160,9 +160,12 @@ def train_folds(task: str, *, plugin: str | None, data: str | Path | None, outpu
                 overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
                 console: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
                 on_ready: Callable[[str], None] | None = None,
-                on_fold: Callable[[int], None] | None = None) -> tuple[list[Any], Path]:
+                on_fold: Callable[[int], None] | None = None,
+                start: dict[str, Any] | None = None) -> tuple[list[Any], Path]:
     """Train the chosen folds (all, or ``fold``) into ``output_dir/fold_i`` and write ``folds.json``; returns
-    the :class:`~mitk.training.loop.TrainingRun` of each fold trained and the ``folds.json`` path."""
+    the :class:`~mitk.training.loop.TrainingRun` of each fold trained and the ``folds.json`` path. ``start``:
+    the ``plan``/``init``/``init_skip_mismatched`` arguments of :func:`~mitk.training.train.train` for every
+    fold that starts afresh."""
     from mitk.taskspecs import get_task
     from mitk.training.loop import TrainingOptions
     from mitk.training.train import train
@@ -187,7 +190,7 @@ def train_folds(task: str, *, plugin: str | None, data: str | Path | None, outpu
         runs.append(train(task, plugin=plugin, data=data, output_dir=fold_dir(run_dir, index), options=options,
                           overrides=None if again else overrides, resume=again, overwrite=overwrite,
                           console=console, on_epoch=on_epoch, on_ready=on_ready,
-                          datalist=None if again else splits[index]))
+                          datalist=None if again else splits[index], **({} if again else dict(start or {}))))
     return runs, folds_file
 
 

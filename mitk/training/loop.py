@@ -274,8 +274,10 @@ class Trainer:
                  extra_state: dict[str, Any] | None = None, console: Any = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
                  collate: Callable[[list[Any]], Any] | None = None, world: World | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, initial_state: dict[str, torch.Tensor] | None = None) -> None:
         self.spec = spec
+        self.initial_state = initial_state
+        """Weights a new run starts from (``--init``), matched to the network by name and shape."""
         self.step = step
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
@@ -365,6 +367,8 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         best = _Best()
         start = 1
+        if resume is None and self.initial_state:
+            network.load_state_dict(self.initial_state, strict=False)
         if resume is not None:
             network.load_state_dict(resume.state_dict, strict=True)
             optimizer.load_state_dict(resume.state["optimizer"])

@@ -45,7 +45,9 @@ _NOT_PATHS = ("name",)
 def train(task: Task | str, *, plugin: str | None, data: str | Path | None, output_dir: str | Path,
           options: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, resume: bool = False,
           overwrite: bool = False, console: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_ready: Callable[[str], None] | None = None, datalist: Datalist | None = None) -> TrainingRun:
+          on_ready: Callable[[str], None] | None = None, datalist: Datalist | None = None,
+          plan: str | Path | bool | None = None, init: str | Path | None = None,
+          init_skip_mismatched: bool = False) -> TrainingRun:
     """Train ``plugin`` for ``task`` on ``data`` and write the run folder ``output_dir``.
 
     ``options`` holds :class:`~mitk.training.loop.TrainingOptions` fields (``None`` = not given: the default,
@@ -54,6 +56,12 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
     ``num_workers`` and ``cache`` may change). ``on_ready(line)`` reports the data once loaded, ``on_epoch(row)``
     each epoch. Under torchrun, ``options["batch_size"]`` is the global batch (divisible by ``WORLD_SIZE``).
     ``datalist``: the split to train on instead of the one the recipe draws (a fold, :mod:`mitk.training.folds`).
+
+    ``plan``: a plan file (:mod:`mitk.training.planning`) whose settings lie between the plugin's defaults and
+    ``overrides`` and whose batch size applies when none is given; ``None`` uses ``mitk-plan.json`` beside the
+    data when it exists and is for this plugin, ``False`` none. ``init``: a checkpoint (or bundle folder) whose
+    layers start the network (:mod:`mitk.training.finetune`); mismatched layers are refused unless
+    ``init_skip_mismatched``.
     """
     from mitk.runner.model import resolve_device
 
@@ -71,7 +79,13 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
         if training_options.epochs <= point.epoch:
             raise UsageError(f"the run has finished {point.epoch} epochs already; give a larger --epochs "
                              "to continue it")
+        if init is not None:
+            raise UsageError("a resumed run continues from its own weights: drop --init")
+        plan_document = None
     else:
+        plan_document = _plan_for(plan, data, plugin, on_ready)
+        if plan_document is not None and given.get("batch_size") is None:
+            given["batch_size"] = plan_document.get("training", {}).get("batch_size")
         training_options = TrainingOptions.from_dict(given)
     if world is not None:
         distributed.per_rank_batch(training_options.batch_size, world)
@@ -90,16 +104,26 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
         config = instance.resolve_config(point.checkpoint.config)
     else:
         _check_settings(instance, plugin, overrides)
+        planned = _planned_settings(instance, plugin, plan_document)
         if datalist is None:
             datalist = recipe.read_datalist(Path(data), seed=training_options.seed,
                                             validation_fraction=training_options.validation_fraction)
-        config = instance.resolve_config(recipe.found_config(datalist), overrides)
+        config = instance.resolve_config(recipe.found_config(datalist), planned, overrides)
+        if plan_document is not None:
+            config["plan"] = {"file": plan_document["path"], "settings": planned,
+                              "training": plan_document.get("training", {})}
     check_optimisation(config)
     _refuse_writing_over_data(output_dir, Path(data), datalist)
     config["training"] = {k: v for k, v in vars(training_options).items()
                           if k not in ("device", "num_workers", "loggers")}
     device = (resolve_device(training_options.device) if world is None
               else distributed.rank_device(world, training_options.device))
+    initial = None
+    if init is not None:
+        from mitk.training.finetune import match_weights
+
+        initial = match_weights(init, instance.network(config).state_dict(), init_skip_mismatched)
+        config["init"] = initial.record()
     with distributed.process_group(world, device) as backend:  # no group for a single process
         loader = recipe.case_loader(instance, config)
         step = instance.training_step(config) or recipe.training_step(instance, config)
@@ -126,7 +150,8 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
                           config=config, expects=expects)
         trainer = Trainer(model, step, train_dataset, val_dataset, training_options, output_dir, device=device,
                           extra_state={"data": str(Path(data).resolve())}, console=console, on_epoch=on_epoch,
-                          collate=recipe.collate(), world=world, backend=backend)
+                          collate=recipe.collate(), world=world, backend=backend,
+                          initial_state=initial.state if initial is not None else None)
         return trainer.fit(point)
 
 
@@ -186,6 +211,41 @@ def _refuse_writing_over_data(output_dir: Path, data: Path, datalist: Datalist) 
     inputs = InputFiles.of(files)
     for name in RUN_FILES:
         refuse_inputs(output_dir / name, inputs)
+
+
+def _plan_for(plan: str | Path | bool | None, data: str | Path | None, plugin: str | None,
+              on_ready: Callable[[str], None] | None) -> dict[str, Any] | None:
+    """The plan to train with: ``plan`` itself, or (``None``) ``mitk-plan.json`` beside the data when it is for
+    ``plugin``; its path under ``"path"``."""
+    from mitk.training.planning import default_plan_path, read_plan
+
+    if plan is False or (plan is None and not data):
+        return None
+    explicit = plan is not None and plan is not True
+    path = Path(str(plan)) if explicit else default_plan_path(str(data))
+    if not explicit and not path.is_file():
+        return None
+    document = read_plan(path)
+    if plugin and document["plugin"] != plugin:
+        if explicit:
+            raise UsageError(f"the plan {path} is for plugin {document['plugin']!r}, not {plugin!r}")
+        if on_ready is not None:
+            on_ready(f"not using {path}: it plans for plugin {document['plugin']!r} (--no-plan hides this)")
+        return None
+    if on_ready is not None:
+        on_ready(f"using the plan {path} (--no-plan to train without it)")
+    return {**document, "path": str(path.resolve())}
+
+
+def _planned_settings(plugin: Any, name: str, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """The plan's plugin settings, checked like ``--set`` (unknown or mistyped names refused)."""
+    if plan is None:
+        return {}
+    from mitk.settings import check_overrides
+
+    settings = dict(plan["settings"])
+    check_overrides(plugin, settings, source=plan["path"], name=name)
+    return settings
 
 
 def _check_settings(plugin: Any, name: str, overrides: dict[str, Any] | None) -> None:

@@ -11,7 +11,6 @@ radiograph or volume has its patient's sides swapped, which corrupts the label o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,13 @@ import torch
 
 from mitk.errors import PluginError
 from mitk.tasks import ClassificationPlugin, Transform
+from mitk.training.augment import (
+    AUGMENTATION_DEFAULTS,
+    AUGMENTATION_HELP,
+    AUGMENTATION_SCHEMA,
+    intensity_steps,
+    spatial_steps,
+)
 
 SIZE_MODES = ("resize", "crop")
 INTENSITY_MODES = ("zscore", "minmax", "range", "none")
@@ -50,8 +56,9 @@ class MonaiClassifier(ClassificationPlugin):
             "multi_label": False,
             "threshold": 0.5,
             "class_weights": None,
-            "augmentation": {"flip": 0.0, "rotate": 0.3, "rotate_deg": 10.0, "zoom": 0.3, "zoom_range": 0.1,
-                             "intensity": 0.5, "scale": 0.1, "shift": 0.1, "noise": 0.1, "noise_std": 0.05},
+            "augmentation": {**AUGMENTATION_DEFAULTS, "flip": 0.0, "rotate": 0.3, "rotate_deg": 10.0, "zoom": 0.3,
+                             "zoom_range": 0.1, "intensity": 0.5, "scale": 0.1, "shift": 0.1, "noise": 0.1,
+                             "noise_std": 0.05, "bias_field": 0.0},
             "optimizer": {"lr": 1e-3, "weight_decay": 1e-4},
             "network": self.network_defaults(),
         }
@@ -70,16 +77,10 @@ class MonaiClassifier(ClassificationPlugin):
             "multi_label": "true: independent sigmoid per class (labels may name several classes)",
             "threshold": "probability at or above which a class is predicted when multi_label",
             "class_weights": "loss weight per class; found as inverse class frequency from the training labels",
-            "augmentation.flip": "flip probability per axis (2-D: left-right only); 0 by default: a flip swaps sides",
-            "augmentation.rotate": "probability of a small random rotation",
-            "augmentation.rotate_deg": "largest rotation angle in degrees",
-            "augmentation.zoom": "probability of a random zoom",
-            "augmentation.zoom_range": "zoom by up to ±this fraction",
-            "augmentation.intensity": "probability of a random intensity scale and shift",
-            "augmentation.scale": "intensity scale by up to ±this fraction",
-            "augmentation.shift": "intensity shift by up to ±this much (normalised units)",
-            "augmentation.noise": "probability of additive Gaussian noise",
-            "augmentation.noise_std": "standard deviation of that noise (normalised units)",
+            **{f"augmentation.{key}": text for key, text in AUGMENTATION_HELP.items()},
+            "augmentation.flip": "flip probability per axis of flip_axes (null: 2-D left-right only, 3-D all); "
+                                 "0 by default: a flip swaps sides",
+            "augmentation.bias_field": "MRI: probability of a smooth multiplicative bias field (0 by default)",
             "optimizer.name": "adamw (default), adam or sgd",
             "optimizer.lr": "peak learning rate",
             "optimizer.weight_decay": "weight decay",
@@ -93,6 +94,9 @@ class MonaiClassifier(ClassificationPlugin):
 
     def network_help(self) -> dict[str, str]:
         return {}
+
+    def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
+        return {**super().settings_schema(), **AUGMENTATION_SCHEMA}
 
     # -- sizes -------------------------------------------------------------------------------------
 
@@ -155,41 +159,16 @@ class MonaiClassifier(ClassificationPlugin):
         return self.inference_transforms(config)
 
     def training_transforms(self, config: dict[str, Any]) -> Transform:
-        from monai.transforms import (
-            Compose,
-            RandFlipd,
-            RandGaussianNoised,
-            RandRotated,
-            RandScaleIntensityd,
-            RandShiftIntensityd,
-            RandZoomd,
-        )
+        """Preprocessing, then the ``augmentation`` settings (:mod:`mitk.training.augment`)."""
+        from monai.transforms import Compose
 
         dims = self.spatial_dims(config)
         augmentation = dict(config.get("augmentation") or {})
         steps = self._preprocessing(config)
-        flip = float(augmentation.get("flip", 0.0))
-        if flip > 0:  # opt-in; 2-D: left-right only (an upside-down radiograph or fundus photo is not a sample)
-            steps += [RandFlipd(keys="image", prob=flip, spatial_axis=axis) for axis in range(1 if dims == 2 else 3)]
-        rotate = float(augmentation.get("rotate", 0.0))
-        if rotate > 0:
-            angle = math.radians(float(augmentation.get("rotate_deg", 10.0)))
-            ranges = {"range_x": angle} if dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
-            steps.append(RandRotated(keys="image", prob=rotate, padding_mode="border", **ranges))
-        zoom = float(augmentation.get("zoom", 0.0))
-        if zoom > 0:
-            spread = float(augmentation.get("zoom_range", 0.1))
-            steps.append(RandZoomd(keys="image", prob=zoom, min_zoom=1.0 - spread, max_zoom=1.0 + spread,
-                                   padding_mode="edge", keep_size=True))
-        intensity = float(augmentation.get("intensity", 0.0))
-        if intensity > 0:
-            steps += [RandScaleIntensityd(keys="image", factors=float(augmentation.get("scale", 0.1)),
-                                          prob=intensity),
-                      RandShiftIntensityd(keys="image", offsets=float(augmentation.get("shift", 0.1)),
-                                          prob=intensity)]
-        noise = float(augmentation.get("noise", 0.0))
-        if noise > 0:
-            steps.append(RandGaussianNoised(keys="image", prob=noise, std=float(augmentation.get("noise_std", 0.05))))
+        # flips are opt-in; 2-D: left-right only (an upside-down radiograph or fundus photo is not a sample)
+        steps += spatial_steps(augmentation, keys=("image",), modes=("bilinear",), dims=dims,
+                               flip_axes=(0,) if dims == 2 else (0, 1, 2), padding="border")
+        steps += intensity_steps(augmentation)
         return Compose(steps)
 
     # -- training ----------------------------------------------------------------------------------

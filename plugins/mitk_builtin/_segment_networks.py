@@ -16,6 +16,13 @@ import torch
 
 from mitk.errors import PluginError
 from mitk.tasks import SegmentationPlugin, Transform
+from mitk.training.augment import (
+    AUGMENTATION_DEFAULTS,
+    AUGMENTATION_HELP,
+    AUGMENTATION_SCHEMA,
+    intensity_steps,
+    spatial_steps,
+)
 
 INTENSITY_MODES = ("ct", "mr", "none")
 METRIC_NAMES = ("dice", "hd95", "surface_dice")
@@ -82,13 +89,14 @@ class MonaiSegmenter(SegmentationPlugin):
             "in_channels": 1,
             "orientation": "RAS",
             "spacing": [1.5, 1.5, 1.5],
-            "intensity": {"mode": "mr", "a_min": -1000.0, "a_max": 1000.0},
+            "intensity": {"mode": "mr", "a_min": -1000.0, "a_max": 1000.0, "b_min": 0.0, "b_max": 1.0},
             "crop_foreground": False,
             "patch_size": [96, 96, 96],
             "samples_per_case": 2,
             "positive": 1.0,
             "negative": 1.0,
-            "augmentation": {"flip": 0.5, "rotate90": 0.2, "intensity": 0.5, "scale": 0.1, "shift": 0.1},
+            "augmentation": {**AUGMENTATION_DEFAULTS, "flip": 0.5, "rotate90": 0.2, "intensity": 0.5, "scale": 0.1,
+                             "shift": 0.1, "bias_field": 0.0},
             "sw_batch_size": "auto",
             "overlap": 0.25,
             "mode": "gaussian",
@@ -105,20 +113,19 @@ class MonaiSegmenter(SegmentationPlugin):
             "in_channels": "image channels the network takes (set from the training data)",
             "orientation": "reorient to these RAS+ axis codes first (e.g. RAS); null or \"keep\": as stored",
             "spacing": "resample to this voxel size [x, y, z] (mm) first; null or \"keep\": as stored",
-            "intensity.mode": "intensity normalisation: ct (window a_min..a_max to 0..1), mr (z-score of "
+            "intensity.mode": "intensity normalisation: ct (window a_min..a_max to b_min..b_max), mr (z-score of "
                               "non-zero voxels) or none",
             "intensity.a_min": "lower end of the CT window (HU)",
             "intensity.a_max": "upper end of the CT window (HU)",
+            "intensity.b_min": "ct: value a_min maps to (0; a plan sets (a_min - mean) / std: clip and z-score)",
+            "intensity.b_max": "ct: value a_max maps to (1; a plan sets (a_max - mean) / std)",
             "crop_foreground": "training: crop each case to its non-zero voxels before sampling patches",
             "patch_size": "network input patch (voxels): training crops and sliding-window size",
             "samples_per_case": "training: patches sampled from each case per epoch",
             "positive": "training: relative weight of patches centred on a foreground voxel",
             "negative": "training: relative weight of patches centred on a background voxel",
-            "augmentation.flip": "training: probability of a flip along each axis",
+            **{f"augmentation.{key}": f"training: {text}" for key, text in AUGMENTATION_HELP.items()},
             "augmentation.rotate90": "training: probability of an in-plane quarter turn",
-            "augmentation.intensity": "training: probability of intensity scaling and shifting",
-            "augmentation.scale": "training: intensities are scaled by up to 1 ± this",
-            "augmentation.shift": "training: intensities are shifted by up to ± this (normalised units)",
             "sw_batch_size": "sliding windows per network call; \"auto\": 4 on CUDA, up to 4 CPU threads",
             "overlap": "sliding-window overlap, 0 to below 1",
             "mode": "blending of overlapping windows: gaussian or constant",
@@ -138,6 +145,7 @@ class MonaiSegmenter(SegmentationPlugin):
     def settings_schema(self) -> dict[str, tuple[type | None, ...]]:
         return {
             **super().settings_schema(),
+            **AUGMENTATION_SCHEMA,
             "labels": (dict, list),  # a list of names numbers them 0..N-1
             "orientation": (str, None),
             "spacing": (list, float, str, None),
@@ -194,7 +202,9 @@ class MonaiSegmenter(SegmentationPlugin):
         mode = str(intensity.get("mode", "none")).lower()
         if mode == "ct":
             steps.append(ScaleIntensityRanged(keys="image", a_min=float(intensity["a_min"]),
-                                              a_max=float(intensity["a_max"]), b_min=0.0, b_max=1.0,
+                                              a_max=float(intensity["a_max"]),
+                                              b_min=float(intensity.get("b_min", 0.0)),
+                                              b_max=float(intensity.get("b_max", 1.0)),
                                               clip=True))
         elif mode == "mr":
             steps.append(ZScoreNonzerod(keys="image"))
@@ -214,16 +224,7 @@ class MonaiSegmenter(SegmentationPlugin):
         return Compose(self._preprocessing(config, ("image", "label")))
 
     def training_transforms(self, config: dict[str, Any]) -> Transform:
-        from monai.transforms import (
-            Compose,
-            CropForegroundd,
-            RandCropByPosNegLabeld,
-            RandFlipd,
-            RandRotate90d,
-            RandScaleIntensityd,
-            RandShiftIntensityd,
-            SpatialPadd,
-        )
+        from monai.transforms import Compose, CropForegroundd, RandCropByPosNegLabeld, RandRotate90d, SpatialPadd
 
         keys = ("image", "label")
         patch = self.patch_size(config)
@@ -237,18 +238,12 @@ class MonaiSegmenter(SegmentationPlugin):
                                    pos=float(config["positive"]), neg=float(config["negative"]),
                                    num_samples=int(config["samples_per_case"])),
         ]
-        flip = float(augmentation.get("flip", 0.0))
-        if flip > 0:
-            steps += [RandFlipd(keys=keys, prob=flip, spatial_axis=axis) for axis in range(3)]
+        steps += spatial_steps(augmentation, keys=keys, modes=("bilinear", "nearest"), dims=3, flip_axes=(0, 1, 2))
         rotate = float(augmentation.get("rotate90", 0.0))
         if rotate > 0 and patch[0] == patch[1]:  # a quarter turn in-plane keeps the patch shape
             steps.append(RandRotate90d(keys=keys, prob=rotate, max_k=3, spatial_axes=(0, 1)))
-        intensity = float(augmentation.get("intensity", 0.0))
-        if intensity > 0:
-            steps += [RandScaleIntensityd(keys="image", factors=float(augmentation.get("scale", 0.1)),
-                                          prob=intensity),
-                      RandShiftIntensityd(keys="image", offsets=float(augmentation.get("shift", 0.1)),
-                                          prob=intensity)]
+        mode = str(dict(config.get("intensity") or {}).get("mode", "none")).lower()
+        steps += intensity_steps(augmentation, modality={"mr": "MR", "ct": "CT"}.get(mode))
         return Compose(steps)
 
     # -- inference ---------------------------------------------------------------------------------
