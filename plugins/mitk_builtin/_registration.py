@@ -77,8 +77,8 @@ class DeformableRegistration(RegistrationPlugin):
     trainable = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"affine": AffineRegistration().default_config(), "loss": "mi", "bins": 32, "lncc_kernel": 5,
-                "levels": [4, 2, 1], "iterations": [40, 20, 0], "step_voxels": 0.25, "update_sigma": 1.7,
+        return {"affine": AffineRegistration().default_config(), "loss": "lncc", "bins": 32, "lncc_kernel": 5,
+                "levels": [2, 1], "iterations": [20, 0], "step_voxels": 0.25, "update_sigma": 1.7,
                 "total_sigma": 0.0, "symmetric": True, "foreground_mm": 4.0, "integration_steps": 7,
                 "inverse": False, "strict": False, "device": "auto"}
 

@@ -1,9 +1,11 @@
 """The dense stage of ``deformable``: a greedy, SyN-like optimisation of a stationary velocity field.
 
 ANTs' recipe (``SyN[gradientStep, updateFieldVariance, totalFieldVariance]``), in torch: at each level of a
-shrink-and-smooth pyramid, the gradient of the similarity (Mattes mutual information over the whole grid, local
-NCC or MSE) with respect to the velocity is smoothed by a Gaussian (the update field), scaled so that its largest
-vector moves ``step_voxels`` voxels, and added to the velocity, which may itself be smoothed (the total field).
+shrink-and-smooth pyramid, the gradient of the similarity (local correlation in 5-voxel boxes, ANTs' ``CC`` of
+radius 2, by default; Mattes mutual information or MSE) with respect to the displacements is smoothed by a
+Gaussian (the update field), scaled so that its largest vector moves ``step_voxels`` voxels at every step, and
+added to the velocity, which may itself be smoothed (the total field). The gradient is not carried back through
+the integration (ANTs' and log-demons' force): a fraction of the cost, the same direction for small steps.
 The velocity is integrated by scaling and squaring (MONAI's ``DVF2DDF``), so the map is diffeomorphic and its
 inverse is the negated velocity integrated. Unlike Adam, whose per-parameter step moves the weakly-driven
 background (a template's empty surround against a subject's scalp) as far as the brain's edge, the step is one
@@ -12,6 +14,7 @@ scale for the whole field: regions without evidence barely move.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,20 +75,51 @@ class Dissimilarity:
 
 class Energy:
     """The loss of a velocity on one level: the moving image through its flow against the fixed one and, when
-    ``symmetric``, the fixed image through the inverse flow against the moving one (SyN's symmetry)."""
+    ``symmetric``, the fixed image through the inverse flow against the moving one (SyN's symmetry).
+
+    ``carry`` (the velocity's level factors, this level's, the fixed shape and the flat axis) evaluates a velocity
+    left on a coarser grid: it is integrated there and its displacements resized to this level, which costs a
+    fraction of integrating it on this level's grid (what ANTs does with a level of no iterations)."""
 
     def __init__(self, config: dict[str, Any], target: torch.Tensor, source: torch.Tensor,
-                 mask: torch.Tensor | None) -> None:
+                 mask: torch.Tensor | None, carry: tuple[Any, ...] | None = None) -> None:
         name, bins, kernel = config["loss"], int(config["bins"]), int(config["lncc_kernel"])
-        self.target, self.source, self.steps = target, source, int(config["integration_steps"])
+        self.target, self.source, self.steps, self.carry = target, source, int(config["integration_steps"]), carry
         self.forward = Dissimilarity(name, target, mask, bins, kernel)
         self.backward = Dissimilarity(name, source, mask, bins, kernel) if config["symmetric"] else None
 
-    def __call__(self, velocity: torch.Tensor) -> torch.Tensor:
-        value = self.forward(warp(self.source, integrate(velocity, self.steps)))
-        if self.backward is not None:
-            value = 0.5 * (value + self.backward(warp(self.target, integrate(-velocity, self.steps))))
+    def displacements(self, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        forward = integrate(velocity, self.steps)
+        backward = integrate(-velocity, self.steps) if self.backward is not None else None
+        if self.carry is not None:
+            source_factors, level_factors, shape, flat = self.carry
+            forward = regrid(forward, flat, source_factors, level_factors, shape)
+            if backward is not None:
+                backward = regrid(backward, flat, source_factors, level_factors, shape)
+        return forward, backward
+
+    def of_displacements(self, forward: torch.Tensor, backward: torch.Tensor | None) -> torch.Tensor:
+        value = self.forward(warp(self.source, forward))
+        if self.backward is not None and backward is not None:
+            value = 0.5 * (value + self.backward(warp(self.target, backward)))
         return value
+
+    def __call__(self, velocity: torch.Tensor) -> torch.Tensor:
+        return self.of_displacements(*self.displacements(velocity))
+
+    def gradient(self, velocity: torch.Tensor) -> torch.Tensor:
+        """The loss's gradient with respect to the displacements (not through the integration), taken as the
+        velocity's: ANTs' and log-demons' force, a fraction of the cost of differentiating the squarings."""
+        with torch.no_grad():
+            forward, backward = self.displacements(velocity)
+        forward.requires_grad_(True)
+        if backward is None:
+            (gradient,) = torch.autograd.grad(self.of_displacements(forward, None), forward)
+            return gradient
+        backward.requires_grad_(True)
+        forward_gradient, backward_gradient = torch.autograd.grad(self.of_displacements(forward, backward),
+                                                                  (forward, backward))
+        return forward_gradient - backward_gradient
 
 
 def foreground(volume: Volume, window: tuple[float, float], margin_mm: float) -> torch.Tensor:
@@ -133,29 +167,26 @@ def dense_register(fixed: Volume, moved: Volume, fixed_inside: torch.Tensor | No
         mask = None if fixed_inside is None else in_plane(shrink_mask(fixed_inside, factors), flat)
         target = in_plane(normalise(fixed_level.tensor, windows[0]), flat)
         source = in_plane(normalise(moving_level.tensor, windows[1]), flat)
-        energy = Energy(config, target, source, mask)
-
         if velocity is None:
-            current = torch.zeros(1, 2 if flat is not None else 3, *target.shape[2:], device=target.device)
-        else:
-            current = regrid(velocity, flat, previous, factors, fixed.shape)
+            current, carry = torch.zeros(1, 2 if flat is not None else 3, *target.shape[2:], device=target.device), None
+        elif count > 0:
+            current, carry = regrid(velocity, flat, previous, factors, fixed.shape), None
+        else:  # no steps here: the velocity stays on its grid, its displacements are resized
+            current, carry = velocity, (previous, factors, fixed.shape, flat)
+        energy = Energy(config, target, source, mask, carry)
         with torch.no_grad():
             first = -float(energy(current))
-        rate = 0.0
         for number in range(count):
-            current.requires_grad_(True)
-            value = energy(current)
-            (gradient,) = torch.autograd.grad(value, current)
+            gradient = energy.gradient(current)
             with torch.no_grad():
                 update = -smooth_field(gradient, update_sigma, flat)
-                if number == 0:  # the first update moves ``step`` voxels at most; later ones shrink with the gradient
-                    largest = float(update.norm(dim=1).max())
-                    rate = step / largest if largest > 0 else 0.0
-                current = current.detach() + update * rate
+                largest = float(update.norm(dim=1).max())  # each update moves at most ``step`` voxels, as in ANTs,
+                decay = 0.5 * (1.0 + math.cos(math.pi * number / count))  # cosine-decayed over the level
+                current = current + update * (step * decay / largest if largest > 0 else 0.0)
                 current = smooth_field(current, total_sigma, flat)
         with torch.no_grad():
             last = -float(energy(current)) if count else first
-        velocity, previous = current.detach(), factors
+        velocity, previous = current, factors if carry is None else previous
         report["iterations"].append(count)
         report["similarity_start"].append(round(first, 6))
         report["similarity"].append(round(last, 6))
