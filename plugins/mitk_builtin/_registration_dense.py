@@ -58,15 +58,18 @@ class Dissimilarity:
     minus the squared local correlation, or of the squared difference."""
 
     def __init__(self, name: str, reference: torch.Tensor, mask: torch.Tensor | None, bins: int,
-                 kernel: int) -> None:
+                 kernel: int, blank: bool = False) -> None:
         self.name, self.reference, self.bins, self.kernel = name, reference, bins, kernel
         self.weight = torch.ones_like(reference) if mask is None else mask.float().view_as(reference)
+        self.blank = blank and mask is not None
         self.reference_bin = fixed_bins(reference.flatten(), bins) if name == "mi" else None
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if self.reference_bin is not None:
             return -mutual_information(self.reference_bin, image.flatten(), self.weight.flatten(), self.bins)
-        if self.name == "lncc":
+        if self.name == "lncc" and self.blank:  # a user's masks: no window sees what they leave out (a scalp)
+            pointwise = -local_correlation(image * self.weight, self.reference * self.weight, self.kernel)
+        elif self.name == "lncc":
             pointwise = -local_correlation(image, self.reference, self.kernel)
         else:
             pointwise = (image - self.reference) ** 2
@@ -82,11 +85,11 @@ class Energy:
     fraction of integrating it on this level's grid (what ANTs does with a level of no iterations)."""
 
     def __init__(self, config: dict[str, Any], target: torch.Tensor, source: torch.Tensor,
-                 mask: torch.Tensor | None, carry: tuple[Any, ...] | None = None) -> None:
+                 mask: torch.Tensor | None, carry: tuple[Any, ...] | None = None, blank: bool = False) -> None:
         name, bins, kernel = config["loss"], int(config["bins"]), int(config["lncc_kernel"])
         self.target, self.source, self.steps, self.carry = target, source, int(config["integration_steps"]), carry
-        self.forward = Dissimilarity(name, target, mask, bins, kernel)
-        self.backward = Dissimilarity(name, source, mask, bins, kernel) if config["symmetric"] else None
+        self.forward = Dissimilarity(name, target, mask, bins, kernel, blank)
+        self.backward = Dissimilarity(name, source, mask, bins, kernel, blank) if config["symmetric"] else None
 
     def displacements(self, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         forward = integrate(velocity, self.steps)
@@ -151,10 +154,11 @@ def check_settings(config: dict[str, Any]) -> tuple[list[float], list[int]]:
 
 
 def dense_register(fixed: Volume, moved: Volume, fixed_inside: torch.Tensor | None, flat: int | None,
-                   windows: tuple[tuple[float, float], tuple[float, float]], config: dict[str, Any]
-                   ) -> DenseResult:
+                   windows: tuple[tuple[float, float], tuple[float, float]], config: dict[str, Any],
+                   blank: bool = False) -> DenseResult:
     """Greedy velocity-field optimisation of ``moved`` (the moving image already on the fixed grid through the
-    affine) against ``fixed``, coarse to fine; the similarity counts only inside ``fixed_inside`` when given."""
+    affine) against ``fixed``, coarse to fine; the similarity counts only inside ``fixed_inside`` when given, and
+    with ``blank`` (masks from the user) the local correlation sees both images as zero outside it."""
     levels, iterations = check_settings(config)
     step, update_sigma, total_sigma = (float(config[key]) for key in ("step_voxels", "update_sigma", "total_sigma"))
     in_plane_spacing = fixed.spacing[[n > 1 for n in fixed.shape]]
@@ -173,16 +177,20 @@ def dense_register(fixed: Volume, moved: Volume, fixed_inside: torch.Tensor | No
             current, carry = regrid(velocity, flat, previous, factors, fixed.shape), None
         else:  # no steps here: the velocity stays on its grid, its displacements are resized
             current, carry = velocity, (previous, factors, fixed.shape, flat)
-        energy = Energy(config, target, source, mask, carry)
+        energy = Energy(config, target, source, mask, carry, blank)
         with torch.no_grad():
             first = -float(energy(current))
+        first_largest = 0.0
         for number in range(count):
             gradient = energy.gradient(current)
             with torch.no_grad():
                 update = -smooth_field(gradient, update_sigma, flat)
-                largest = float(update.norm(dim=1).max())  # each update moves at most ``step`` voxels, as in ANTs,
-                decay = 0.5 * (1.0 + math.cos(math.pi * number / count))  # cosine-decayed over the level
-                current = current + update * (step * decay / largest if largest > 0 else 0.0)
+                # Each update moves at most ``step`` voxels (ANTs), less as the force falls below its first
+                # size (converging where ANTs would stop), cosine-decayed over the level.
+                largest = float(update.norm(dim=1).max())
+                first_largest = first_largest or largest
+                decay = 0.5 * (1.0 + math.cos(math.pi * number / count))
+                current = current + update * (step * decay / max(largest, first_largest) if largest > 0 else 0.0)
                 current = smooth_field(current, total_sigma, flat)
         with torch.no_grad():
             last = -float(energy(current)) if count else first

@@ -372,7 +372,8 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
         if not bool(fixed_inside.any()):
             raise PluginError("after the affine stage, the fixed and moving masks do not overlap")
     flat = flat_axis(fixed_volume.shape)
-    dense = dense_register(fixed_volume, moved, fixed_inside, flat, windows, config)
+    dense = dense_register(fixed_volume, moved, fixed_inside, flat, windows, config,
+                           blank=fixed_mask is not None or moving_mask is not None)
     report: dict[str, Any] = {"affine": affine_report, **dense.report}
     field, extra = fields(dense, fixed_volume, matrix, flat, int(config["integration_steps"]),
                           bool(config.get("inverse", False)))
