@@ -121,7 +121,7 @@ class AffineProblem:
             candidates = torch.nonzero(shrink_mask(self.fixed_inside, fixed_factors).flatten()).squeeze(1)
             samples = min(candidates.numel(), self.samples)
             chosen = candidates[torch.randint(candidates.numel(), (samples,), generator=self.generator).to(device)]
-        rows, columns, slices = fixed_level.shape  # not torch.unravel_index: it imports sympy (2-3 s)
+        _, columns, slices = fixed_level.shape  # not torch.unravel_index: it imports sympy (2-3 s)
         index = torch.stack([chosen // (columns * slices), (chosen // slices) % columns, chosen % slices],
                             dim=-1).double()
         world = index @ torch.as_tensor(fixed_level.affine[:3, :3].T, device=device) + torch.as_tensor(
@@ -199,7 +199,7 @@ def optimise(problem: AffineProblem, transform: CentredTransform, levels: list[t
         value = torch.zeros(())
         valid = torch.ones(1, dtype=torch.bool)
         done = 0
-        for done in range(1, level.iterations + 1):  # noqa: B007 - the count is reported
+        for done in range(1, level.iterations + 1):
             optimiser.zero_grad()
             value, valid = problem.similarity(transform.matrix(), samples)
             if "counted_share" in report and "counted_share_start" not in report:
