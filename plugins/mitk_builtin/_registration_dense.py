@@ -28,7 +28,7 @@ from mitk_builtin._registration_pyramid import Volume, gaussian_smooth, normalis
 from mitk_builtin._registration_transform import in_plane
 
 LOSSES = ("mi", "lncc", "mse")
-SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
+SCALES = (1.0, 0.5, 0.0)
 """The shares of the optimised velocity compared at the finest level."""
 
 
@@ -201,8 +201,8 @@ def dense_register(fixed: Volume, moved: Volume, fixed_inside: torch.Tensor | No
     assert velocity is not None
     # The coarse levels' optimum need not be the finest level's: scale the field back where that scores better
     # there, so that the stage never ends below its affine start by its own measure.
-    with torch.no_grad():
-        scored = {scale: -float(energy(scale * velocity)) for scale in SCALES}
+    with torch.no_grad():  # the whole field's score is the last level's
+        scored = {scale: last if scale == 1.0 else -float(energy(scale * velocity)) for scale in SCALES}
     best = max(SCALES, key=lambda scale: (scored[scale], scale))
     report.update({"similarity_affine": round(scored[0.0], 6), "similarity_final": round(scored[best], 6),
                    "field_scale": best})
