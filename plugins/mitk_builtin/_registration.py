@@ -88,18 +88,17 @@ class DeformableRegistration(RegistrationPlugin):
                      AffineRegistration().settings_help().items()}
         return {
             **described,
-            "loss": "lncc (local correlation in lncc_kernel boxes, ANTs' CC), mi (Mattes mutual information) or mse",
+            "loss": "lncc (local correlation in lncc_kernel boxes, ANTs' CC), mi (Mattes MI) or mse",
             "bins": "histogram bins of the mutual information",
             "lncc_kernel": "LNCC window, in voxels of each level",
             "levels": "shrink factors of the pyramid, as multiples of the fixed image's finest spacing",
             "iterations": "gradient steps at each level (0: the field is carried to the finer grid only)",
-            "step_voxels": "largest update of the velocity per step, in voxels of each level (ANTs' gradient step), "
-                           "cosine-decayed over the level",
+            "step_voxels": "largest update per step, in voxels of each level (ANTs' gradient step), cosine-decayed",
             "update_sigma": "Gaussian σ (level voxels) smoothing each update (ANTs' update-field regularisation)",
             "total_sigma": "Gaussian σ (level voxels) smoothing the whole velocity after each step (0: none)",
             "symmetric": "also match the fixed image through the inverse field to the moving one (SyN's symmetry)",
             "foreground_mm": "without masks, compare only where both images have signal, widened by this many mm "
-                             "(< 0: everywhere)",
+                             "(< 0: all)",
             "integration_steps": "scaling-and-squaring steps integrating the velocity (MONAI DVF2DDF)",
             "inverse": "also return the inverse displacement (report key inverse_displacement, an array)",
             "strict": "refuse an affine stage worse than identity or start, or scaled outside 0.7-1.4",
