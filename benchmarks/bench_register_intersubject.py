@@ -96,7 +96,8 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
             plugin = DeformableRegistration() if method == "mitk_deformable" else SyNRegistration()
             matrix, displacement, report = deformable_register(fixed_image, moving_image, plugin.default_config(),
                                                                device)
-            extra = {key: report[key] for key in ("jacobian_min", "folded_percent", "field_scale")}
+            extra = {key: report[key] for key in ("jacobian_min", "folded_percent", "field_scale",
+                                                  "inverse_consistency_mm")}
         elif method != "identity":
             matrix, _ = affine_register(fixed_image, moving_image, AffineRegistration().default_config(), device)
         seconds = time.perf_counter() - started

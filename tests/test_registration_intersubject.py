@@ -173,7 +173,8 @@ def mask_dice(carried: np.ndarray, reference: np.ndarray) -> float:
 def deformable_result(mni_t1_2mm: Path) -> Any:
     """The ``deformable`` plugin with its defaults, MNI152 (brain only) onto someones (a whole head). Before the
     greedy SyN-like stage, the dense LNCC stage dragged the template brain out to the skull: brain-mask Dice
-    0.963 after the affine stage, 0.731 after the dense one."""
+    0.963 after the affine stage, 0.731 after the dense one; the greedy stage with mutual information over the
+    moving image's foreground ended at 0.956, below its affine start."""
     import mitk
 
     return mitk.register(DATA / "someones_anatomy.nii.gz", mni_t1_2mm, plugin="deformable")
@@ -200,7 +201,7 @@ def test_the_deformable_defaults_keep_the_brain_on_the_brain(deformable_result: 
     reference = np.asarray(nib.load(DATA / "someones_anatomy_brain.nii.gz").dataobj) > 0
     affine_only, deformed = carried_dice(deformable_result, moving, DATA / "someones_anatomy.nii.gz", reference)
     assert affine_only > 0.95
-    assert deformed > 0.95 and deformed > affine_only - 0.01, (affine_only, deformed)
+    assert deformed > affine_only + 0.004, (affine_only, deformed)  # 0.963 → 0.971 (the MI stage: 0.956)
 
 
 def test_the_deformable_report_shows_its_gain_folding_and_inverse(deformable_result: Any) -> None:

@@ -71,14 +71,15 @@ class AffineRegistration(RegistrationPlugin):
 
 
 class DeformableRegistration(RegistrationPlugin):
-    """Affine, then a greedy, SyN-like diffeomorphic field: Gaussian-smoothed MI gradients on a velocity field."""
+    """Affine, then a greedy, SyN-like diffeomorphic field: Gaussian-smoothed local-correlation forces on a velocity
+    field."""
 
     needs_weights = False
     trainable = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"affine": AffineRegistration().default_config(), "loss": "mi", "bins": 32, "lncc_kernel": 5,
-                "levels": [4, 2, 1], "iterations": [40, 20, 0], "step_voxels": 0.25, "update_sigma": 1.7,
+        return {"affine": AffineRegistration().default_config(), "loss": "lncc", "bins": 32, "lncc_kernel": 5,
+                "levels": [2, 1], "iterations": [20, 0], "step_voxels": 0.25, "update_sigma": 1.7,
                 "total_sigma": 0.0, "symmetric": True, "foreground_mm": 4.0, "integration_steps": 7,
                 "inverse": False, "strict": False, "device": "auto"}
 
@@ -87,17 +88,17 @@ class DeformableRegistration(RegistrationPlugin):
                      AffineRegistration().settings_help().items()}
         return {
             **described,
-            "loss": "mi (Mattes mutual information over the grid), lncc (local correlation) or mse",
+            "loss": "lncc (local correlation in lncc_kernel boxes, ANTs' CC), mi (Mattes MI) or mse",
             "bins": "histogram bins of the mutual information",
             "lncc_kernel": "LNCC window, in voxels of each level",
             "levels": "shrink factors of the pyramid, as multiples of the fixed image's finest spacing",
             "iterations": "gradient steps at each level (0: the field is carried to the finer grid only)",
-            "step_voxels": "largest update of the velocity per step, in voxels of each level (ANTs' gradient step)",
+            "step_voxels": "largest update per step, in voxels of each level (ANTs' gradient step), cosine-decayed",
             "update_sigma": "Gaussian σ (level voxels) smoothing each update (ANTs' update-field regularisation)",
             "total_sigma": "Gaussian σ (level voxels) smoothing the whole velocity after each step (0: none)",
             "symmetric": "also match the fixed image through the inverse field to the moving one (SyN's symmetry)",
-            "foreground_mm": "without masks, compare only where the moving image has signal, widened by this many "
-                             "mm (< 0: everywhere)",
+            "foreground_mm": "without masks, compare only where both images have signal, widened by this many mm "
+                             "(< 0: all)",
             "integration_steps": "scaling-and-squaring steps integrating the velocity (MONAI DVF2DDF)",
             "inverse": "also return the inverse displacement (report key inverse_displacement, an array)",
             "strict": "refuse an affine stage worse than identity or start, or scaled outside 0.7-1.4",

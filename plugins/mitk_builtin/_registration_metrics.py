@@ -56,20 +56,29 @@ def similarity(metric: str, fixed: torch.Tensor, fixed_bin: torch.Tensor | None,
     return -(((fixed - moving) ** 2) * weight).sum() / total
 
 
+def box_mean(tensor: torch.Tensor, kernel: int, axis: int) -> torch.Tensor:
+    """The mean over ``kernel`` neighbours along one axis (fewer at the edges, as ``avg_pool`` with
+    ``count_include_pad=False``, to the bit), as a sum of shifted copies: faster than ``avg_pool3d`` on CPU."""
+    import torch.nn.functional as F
+
+    size, radius = tensor.shape[axis], kernel // 2
+    pad = [0] * (2 * (tensor.dim() - 2))
+    pad[2 * (tensor.dim() - 1 - axis)] = pad[2 * (tensor.dim() - 1 - axis) + 1] = radius
+    padded = F.pad(tensor, pad)
+    total = padded.narrow(axis, 0, size)
+    for shift in range(1, kernel):
+        total = total + padded.narrow(axis, shift, size)
+    position = torch.arange(size, device=tensor.device)
+    count = (position + radius + 1).clamp(max=size) - (position - radius).clamp(min=0)
+    return total / count.to(tensor.dtype).view([-1 if d == axis else 1 for d in range(tensor.dim())])
+
+
 def local_correlation(moving: torch.Tensor, fixed: torch.Tensor, kernel: int) -> torch.Tensor:
     """The squared local correlation of two ``(1, 1, …)`` 2-D or 3-D images in ``kernel``-voxel boxes (ANTs' CC
     with radius ``kernel // 2``), per voxel, in [0, 1]."""
-    import torch.nn.functional as F
-
-    pool = F.avg_pool3d if moving.dim() == 5 else F.avg_pool2d
     means = torch.cat([moving, fixed, moving * moving, fixed * fixed, moving * fixed], dim=1)
-    dims = moving.dim() - 2
-    for axis in range(dims):  # a separable box filter: one pass per axis
-        size = [1] * dims
-        size[axis] = kernel
-        padding = [0] * dims
-        padding[axis] = kernel // 2
-        means = pool(means, kernel_size=size, stride=1, padding=padding, count_include_pad=False)
+    for axis in range(2, moving.dim()):  # a separable box filter: one running sum per axis
+        means = box_mean(means, kernel, axis)
     mean_m, mean_f, mean_mm, mean_ff, mean_mf = means.unbind(1)
     cross = mean_mf - mean_m * mean_f
     variance = (mean_mm - mean_m**2).clamp_min(0) * (mean_ff - mean_f**2).clamp_min(0)

@@ -4,6 +4,7 @@ Adam) and ``deformable_register`` (affine, then a dense field with MONAI's Warp)
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,6 +44,32 @@ METRICS = ("mi", "ncc", "mse")
 INITIALISATIONS = ("auto", "com", "moments", "geometry", "identity")
 STARTS = ("identity", "geometry", "com")
 """The starts ``init=auto`` compares by the metric at the coarsest level."""
+
+
+class Adam:
+    """Adam (β = 0.9, 0.999; ε = 1e-8), as ``torch.optim.Adam`` computes it, with the learning rate given at each
+    step: ``torch.optim`` imports ``torch._dynamo`` on first use, about 5 s of a few-second registration."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter]) -> None:
+        self.parameters, self.count = parameters, 0
+        self.first = [torch.zeros_like(p) for p in parameters]
+        self.second = [torch.zeros_like(p) for p in parameters]
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self, rate: float) -> None:
+        self.count += 1
+        first_bias, second_bias = 1 - 0.9**self.count, 1 - 0.999**self.count
+        for parameter, first, second in zip(self.parameters, self.first, self.second, strict=True):
+            if parameter.grad is None:
+                continue
+            first.lerp_(parameter.grad, 0.1)
+            second.mul_(0.999).addcmul_(parameter.grad, parameter.grad, value=0.001)
+            denominator = (second.sqrt() / math.sqrt(second_bias)).add_(1e-8)
+            parameter.addcdiv_(first, denominator, value=-rate / first_bias)
 
 
 class RegistrationQualityWarning(MitkWarning):
@@ -94,7 +121,9 @@ class AffineProblem:
             candidates = torch.nonzero(shrink_mask(self.fixed_inside, fixed_factors).flatten()).squeeze(1)
             samples = min(candidates.numel(), self.samples)
             chosen = candidates[torch.randint(candidates.numel(), (samples,), generator=self.generator).to(device)]
-        index = torch.stack(torch.unravel_index(chosen, fixed_level.shape), dim=-1).double()
+        _, columns, slices = fixed_level.shape  # not torch.unravel_index: it imports sympy (2-3 s)
+        index = torch.stack([chosen // (columns * slices), (chosen // slices) % columns, chosen % slices],
+                            dim=-1).double()
         world = index @ torch.as_tensor(fixed_level.affine[:3, :3].T, device=device) + torch.as_tensor(
             fixed_level.affine[:3, 3], device=device)
         points = torch.cat([world, torch.ones(samples, 1, dtype=torch.float64, device=device)], dim=1).float()
@@ -166,22 +195,20 @@ def optimise(problem: AffineProblem, transform: CentredTransform, levels: list[t
                 else:
                     report.setdefault("restarted", []).append(number)
         step = float(config["step_voxels"]) * level.spacing_mm
-        optimiser = torch.optim.Adam(transform.trainable(), lr=step)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, level.iterations),
-                                                              eta_min=step * 0.01)
+        optimiser = Adam(list(transform.trainable()))
         value = torch.zeros(())
         valid = torch.ones(1, dtype=torch.bool)
         done = 0
-        for done in range(1, level.iterations + 1):  # noqa: B007 - the count is reported
-            optimiser.zero_grad(set_to_none=True)
+        for done in range(1, level.iterations + 1):
+            optimiser.zero_grad()
             value, valid = problem.similarity(transform.matrix(), samples)
             if "counted_share" in report and "counted_share_start" not in report:
                 report["counted_share_start"] = round(float(valid.float().mean()), 4)
             (-value).backward()
             if normal is not None:
                 keep_in_plane(transform, normal)
-            optimiser.step()
-            schedule.step()
+            fraction = (done - 1) / max(1, level.iterations)  # cosine decay to 1 % of the step
+            optimiser.step(step * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * fraction))))
         report["iterations"].append(done)
         report["similarity"].append(float(value.detach()))
         if "counted_share" in report:
@@ -337,13 +364,16 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     moving_inside = to_mask(moving_mask, moving_volume)
     if moving_inside is None and float(config["foreground_mm"]) >= 0:
         moving_inside = foreground(moving_volume, windows[1], float(config["foreground_mm"]))
+    if fixed_inside is None and float(config["foreground_mm"]) >= 0:
+        fixed_inside = foreground(fixed_volume, windows[0], float(config["foreground_mm"]))
     if moving_inside is not None:  # the moving mask as the affine places it on the fixed grid
         placed = affine_resample(Volume(moving_inside.float(), moving_volume.affine), fixed_volume, matrix) > 0.5
         fixed_inside = placed if fixed_inside is None else fixed_inside & placed
         if not bool(fixed_inside.any()):
             raise PluginError("after the affine stage, the fixed and moving masks do not overlap")
     flat = flat_axis(fixed_volume.shape)
-    dense = dense_register(fixed_volume, moved, fixed_inside, flat, windows, config)
+    dense = dense_register(fixed_volume, moved, fixed_inside, flat, windows, config,
+                           blank=fixed_mask is not None or moving_mask is not None)
     report: dict[str, Any] = {"affine": affine_report, **dense.report}
     field, extra = fields(dense, fixed_volume, matrix, flat, int(config["integration_steps"]),
                           bool(config.get("inverse", False)))
