@@ -6,7 +6,12 @@ the classical `threshold` plugin. Contenders, each timed end to end in the same 
 - one call: `mitk segment DIR --weights W -d OUT` over N files (the fastest way: one start-up, one model load);
 - cold per-file: N calls `mitk segment FILE ...`, each paying Python, torch and MONAI imports;
 - warm per-file: the same N calls with MITK_SERVE=1 and a worker started beforehand (its start-up is reported
-  separately, as a script would pay it once).
+  separately, as a script would pay it once; from the second call on, the UNet is kept loaded in the worker).
+
+``--rounds R`` alternates one call and the warm loop R times (the ratio of each round is reported, and that of
+the medians); ``--no-cold`` leaves out the cold loop (N fresh processes: minutes on a loaded machine);
+``--threads T`` sets OMP_NUM_THREADS for every contender alike (OpenMP threads that spin while the machine is
+oversubscribed make single timings swing by several times). The load average is recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,8 +55,13 @@ def timed(commands: list[list[str]], env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--plugins", default="unet,threshold")
+    parser.add_argument("--no-cold", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     mitk = [sys.executable, "-m", "mitk"]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         scans = directory / "scans"
@@ -62,29 +73,47 @@ def main() -> None:
         sock.parent.mkdir(mode=0o700)
         env = {key: value for key, value in os.environ.items() if not key.startswith("MITK_SERVE")}
         env["MITK_SERVE_SOCKET"] = str(sock)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         files = sorted(scans.iterdir())
         rows = []
-        for plugin, extra in (("unet", ["--weights", str(weights)]), ("threshold", ["--plugin", "threshold"])):
-            one = timed([[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]], env)
-            cold = timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_cold")]
-                          for path in files], env)
+        for plugin in args.plugins.split(","):
+            extra = ["--weights", str(weights)] if plugin == "unet" else ["--plugin", plugin]
+            cold = None if args.no_cold else timed(
+                [[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_cold")] for path in files],
+                env)
             started = time.perf_counter()
-            subprocess.run([*mitk, "serve", "--detach", "--idle-timeout", "300"], check=True, env=env,
+            subprocess.run([*mitk, "serve", "--detach", "--idle-timeout", "600"], check=True, env=env,
                            capture_output=True)
             worker_start = time.perf_counter() - started
-            warm = timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
-                          for path in files], {**env, "MITK_SERVE": "1"})
-            subprocess.run([*mitk, "serve", "--stop"], env=env, capture_output=True)
-            for name in ("cold", "warm"):
-                first = sorted((directory / f"{plugin}_one").glob("*.nii.gz"))
-                other = sorted((directory / f"{plugin}_{name}").glob("*.nii.gz"))
-                assert [a.read_bytes() for a in first] == [b.read_bytes() for b in other], name
-            rows.append({"plugin": plugin, "files": args.files, "one_call_s": round(one, 2),
-                         "cold_per_file_s": round(cold, 2), "warm_per_file_s": round(warm, 2),
-                         "worker_start_s": round(worker_start, 2), "warm_over_one_call": round(warm / one, 2),
-                         "cold_over_one_call": round(cold / one, 2)})
+            ones, warms = [], []
+            try:
+                for _ in range(args.rounds):
+                    for folder in (f"{plugin}_one", f"{plugin}_warm"):
+                        shutil.rmtree(directory / folder, ignore_errors=True)
+                    ones.append(timed([[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]],
+                                      env))
+                    warms.append(timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
+                                        for path in files], {**env, "MITK_SERVE": "1"}))
+                    first = sorted((directory / f"{plugin}_one").glob("*.nii.gz"))
+                    other = sorted((directory / f"{plugin}_warm").glob("*.nii.gz"))
+                    assert [a.read_bytes() for a in first] == [b.read_bytes() for b in other], plugin
+            finally:
+                status = subprocess.run([*mitk, "serve", "--status"], env=env, capture_output=True, text=True)
+                subprocess.run([*mitk, "serve", "--stop"], env=env, capture_output=True)
+            one, warm = statistics.median(ones), statistics.median(warms)
+            row = {"plugin": plugin, "files": args.files, "rounds": args.rounds, "one_call_s": round(one, 2),
+                   "warm_per_file_s": round(warm, 2), "worker_start_s": round(worker_start, 2),
+                   "warm_over_one_call": round(warm / one, 2),
+                   "per_round": [round(w / o, 2) for o, w in zip(ones, warms, strict=True)],
+                   "worker": status.stderr.strip().split("; ", 1)[-1]}
+            if cold is not None:
+                row.update(cold_per_file_s=round(cold, 2), cold_over_one_call=round(cold / one, 2))
+            rows.append(row)
+    load = {"before": [round(v, 1) for v in load_before], "after": [round(v, 1) for v in os.getloadavg()]}
     print(table(rows, list(rows[0])))
-    save("serve", {"rows": rows})
+    print("load average (1, 5, 15 min) before", load["before"], "after", load["after"])
+    save("serve", {"rows": rows, "load_average": load, "threads": args.threads or "default"})
 
 
 if __name__ == "__main__":

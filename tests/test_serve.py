@@ -125,6 +125,52 @@ def test_one_calls_settings_never_reach_the_next(warm: tuple[subprocess.Popen[st
     assert not np.array_equal(first_labels, second_labels)
 
 
+def write_unet(path: Path, seed: int) -> None:
+    """A small UNet checkpoint with seeded weights (a rewrite keeps its size: only its contents change)."""
+    import torch
+
+    from mitk.checkpoint import save_checkpoint
+    from mitk.plugin_manager import get_registry
+
+    plugin = get_registry().get("unet", "segment").load()
+    config = plugin.resolve_config({"spacing": [4.0, 4.0, 8.0], "network": {"channels": [4, 8, 16], "strides": [2, 2]},
+                                    "patch_size": [32, 32, 16]})
+    torch.manual_seed(seed)
+    save_checkpoint(path, plugin.network(config).state_dict(), task="segment", plugin="unet", plugin_version=None,
+                    config=config)
+
+
+@pytest.mark.timeout(600)
+def test_kept_models_are_reused_and_reloaded_when_their_weights_file_is_rewritten(
+        warm: tuple[subprocess.Popen[str], Path, Path]) -> None:
+    """The first call's model stays loaded in the worker and the second call finds it; the same file rewritten
+    with other weights is loaded afresh: its outputs are the local call's, not the kept model's."""
+    _, sock, root = warm
+    (root / "kept").mkdir(exist_ok=True)
+    weights = root / "kept" / "unet.safetensors"
+    write_unet(weights, seed=0)
+    image = str(DATA / "brain1_image.nii.gz")
+
+    def call(folder: str, **extra: str) -> dict[str, bytes]:
+        done = mitk(["segment", image, "--weights", str(weights), "--device", "cpu", "--probabilities", "-d",
+                     folder], sock, root, **extra)
+        assert done.returncode == 0, done.stderr
+        return {path.name: path.read_bytes() for path in sorted((root / folder).iterdir())}
+
+    def status() -> str:
+        return mitk(["serve", "--status"], sock, root).stderr
+
+    first = call("kept_1", MITK_SERVE="1")
+    assert "models kept: 1 of 4, calls that found theirs loaded: 0" in status()
+    assert call("kept_2", MITK_SERVE="1") == first
+    assert "calls that found theirs loaded: 1" in status()
+    write_unet(weights, seed=1)
+    rewritten = call("kept_3", MITK_SERVE="1")
+    assert "models kept: 2 of 4, calls that found theirs loaded: 1" in status()  # loaded afresh, kept too
+    assert rewritten != first
+    assert rewritten == call("kept_local")
+
+
 def test_control_messages_and_version_check(warm: tuple[subprocess.Popen[str], Path, Path]) -> None:
     worker, sock, root = warm
     status = mitk(["serve", "--status"], sock, root)

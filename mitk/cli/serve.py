@@ -42,7 +42,9 @@ def serve(
         if stop:
             _wait_gone(socket_path())
         say("stopped the warm worker" if stop else
-            f"a warm worker (pid {answer.get('pid')}, mitk {answer.get('version')}) listens at {socket_path()}")
+            f"a warm worker (pid {answer.get('pid')}, mitk {answer.get('version')}) listens at {socket_path()}; "
+            f"models kept: {answer.get('models', 0)} of {answer.get('model_capacity', 0)}, calls that found "
+            f"theirs loaded: {answer.get('model_hits', 0)}")
         return
     if detach:
         raise typer.Exit(_detach(idle_timeout))
@@ -60,12 +62,14 @@ def _wait_gone(path: object, seconds: float = 10.0) -> None:
 
 
 def _run(idle_timeout: float, ready: object) -> None:
+    from mitk.serve.models import ModelCache, capacity
     from mitk.serve.protocol import socket_path
     from mitk.serve.worker import AlreadyRunning
     from mitk.serve.worker import serve as serve_forever
 
     try:
-        serve_forever(_job, socket_path(), idle_timeout, _preload, ready)  # type: ignore[arg-type]
+        serve_forever(_job, socket_path(), idle_timeout, _preload, ready,  # type: ignore[arg-type]
+                      ModelCache(capacity()))
     except AlreadyRunning as running:
         raise UsageError(str(running)) from None
     except PermissionError as refused:

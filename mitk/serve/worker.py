@@ -7,6 +7,10 @@ call prints, writes and exits exactly as it would have in the caller's own proce
 relayed to it. The child dies with the worker (``PR_SET_PDEATHSIG``), and atomic writes mean a killed job
 leaves no finished-looking output. The worker stops after ``idle_timeout`` seconds without a call, on
 ``mitk serve --stop``, or on SIGTERM/SIGINT.
+
+A :class:`Keeper` (:class:`mitk.serve.models.ModelCache`) keeps recently used models in the worker: each child
+writes notes (what it loaded) on a pipe, and once the call has answered the worker acts on them; forks and the
+keeper's work take one lock, so no child is forked in the middle of a load.
 """
 
 from __future__ import annotations
@@ -24,11 +28,21 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mitk.serve.protocol import identity, peer_uid, private_folder, receive, send
 
 Job = Callable[[list[str]], None]
+
+
+class Keeper(Protocol):
+    """What the worker keeps between calls (models), fed by the notes of its children."""
+
+    def install(self, notes_fd: int | None) -> None: ...
+
+    def take_notes(self, notes: bytes) -> None: ...
+
+    def describe(self) -> dict[str, int]: ...
 
 
 class AlreadyRunning(Exception):
@@ -62,10 +76,13 @@ def claim_socket(path: Path) -> socket.socket:
 class Worker:
     """Accepts calls until stopped or idle; one thread and one forked child per call."""
 
-    def __init__(self, server: socket.socket, path: Path, job: Job, idle_timeout: float) -> None:
+    def __init__(self, server: socket.socket, path: Path, job: Job, idle_timeout: float,
+                 keeper: Keeper | None = None) -> None:
         self.server, self.path, self.job, self.idle_timeout = server, path, job, idle_timeout
+        self.keeper = keeper
         self.stopping = threading.Event()
         self.lock = threading.Lock()
+        self.fork_lock = threading.Lock()
         self.active = 0
         self.last = time.monotonic()
         self.inode = path.stat().st_ino
@@ -120,7 +137,8 @@ class Worker:
             send(connection, {"exit": 0})
             return
         if message.get("status"):
-            send(connection, {"exit": 0, "pid": os.getpid(), **identity()})
+            send(connection, {"exit": 0, "pid": os.getpid(), **identity(),
+                              **(self.keeper.describe() if self.keeper else {})})
             return
         mine = identity()
         if {key: message.get(key) for key in mine} != mine:
@@ -134,14 +152,43 @@ class Worker:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        notes_read, notes_write = os.pipe()
+        with self.fork_lock:
+            pid = os.fork()
         if pid == 0:
             connection.close()
+            os.close(notes_read)
+            if self.keeper is not None:
+                self.keeper.install(notes_write)
             _child(message, fds, self.job)  # never returns
+        os.close(notes_write)
         for fd in fds:
             os.close(fd)
         fds.clear()
-        send(connection, {"exit": _wait(connection, pid)})
+        try:
+            send(connection, {"exit": _wait(connection, pid)})
+        finally:
+            notes = _drain(notes_read)
+        if self.keeper is not None and notes:
+            with self.fork_lock:
+                self.keeper.take_notes(notes)
+
+
+def _drain(fd: int) -> bytes:
+    """What a finished child wrote on its notes pipe (without waiting for a descendant that still holds it)."""
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _wait(connection: socket.socket, pid: int) -> int:
@@ -214,13 +261,13 @@ def _child(message: dict[str, Any], fds: list[int], job: Job) -> None:
 
 
 def serve(job: Job, path: Path, idle_timeout: float, preload: Callable[[], None],
-          ready: Callable[[str], None]) -> None:
+          ready: Callable[[str], None], keeper: Keeper | None = None) -> None:
     """Bind ``path``, run ``preload`` (the imports to keep warm), say ``ready``, then serve until stopped."""
     server = claim_socket(path)
     worker: Worker | None = None
     try:
         preload()
-        worker = Worker(server, path, job, idle_timeout)
+        worker = Worker(server, path, job, idle_timeout, keeper)
 
         def stop(signum: int, frame: Any) -> None:
             assert worker is not None

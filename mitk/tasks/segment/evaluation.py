@@ -1,6 +1,8 @@
-"""Segmentation metrics per label (MONAI, in millimetres), file pairing, and summaries over cases.
+"""Segmentation metrics per label (MONAI's definitions, in millimetres), file pairing, and summaries over cases.
 
-Definitions (all from :mod:`monai.metrics`, distances on the voxel grid scaled by the spacing):
+Definitions (those of :mod:`monai.metrics`, distances on the voxel grid scaled by the spacing), computed on
+NumPy/SciPy by :mod:`mitk.evaluation.surface` so that ``mitk evaluate segment`` imports neither torch nor MONAI
+(tests/test_lean_surface.py compares the values with MONAI's functions):
 
 - ``dice`` = 2|P∩R| / (|P|+|R|), ``iou`` = |P∩R| / |P∪R|.
 - The surface of a mask is its voxels that a 6-connected erosion removes. For each surface voxel of one
@@ -23,7 +25,6 @@ Empty masks (counted by :func:`summarise`):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mitk.errors import GeometryError, InputError, UsageError
+from mitk.evaluation.surface import overlap_scores, surface_scores
 from mitk.image import Image, voxel_spacing
 from mitk.io.atomic import split_suffix
 
@@ -109,7 +111,7 @@ def evaluate_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         elif pred_count == 0 or ref_count == 0:
             scores = {**dict.fromkeys(OVERLAP_METRICS, 0.0), **dict.fromkeys(DISTANCE_METRICS, penalty)}
         else:
-            scores = _monai_scores(pred_mask, ref_mask, spacing, tolerance)
+            scores = _mask_scores(pred_mask, ref_mask, spacing, tolerance)
         scores["reference_volume_ml"] = ref_count * voxel_ml
         scores["predicted_volume_ml"] = pred_count * voxel_ml
         scores["reference_area_mm2"] = ref_count * pixel_mm2
@@ -120,35 +122,10 @@ def evaluate_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     return results
 
 
-def _monai_scores(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: tuple[float, ...],
-                  tolerance: float) -> dict[str, float]:
-    """MONAI's metrics for two non-empty boolean masks, as a (batch 1, channel 1) one-hot pair."""
-    import torch
-    from monai.metrics import (
-        compute_average_surface_distance,
-        compute_dice,
-        compute_hausdorff_distance,
-        compute_iou,
-        compute_surface_dice,
-    )
-
-    y_pred = torch.from_numpy(np.ascontiguousarray(pred_mask)[None, None]).float()
-    y = torch.from_numpy(np.ascontiguousarray(ref_mask)[None, None]).float()
-    space = list(spacing)
-    with warnings.catch_warnings():  # MONAI warns about its own deprecated internals
-        warnings.simplefilter("ignore", FutureWarning)
-        return {
-            "dice": float(compute_dice(y_pred, y, include_background=True)[0, 0]),
-            "iou": float(compute_iou(y_pred, y, include_background=True)[0, 0]),
-            "hd95_mm": float(compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
-                                                        spacing=space)[0, 0]),
-            "asd_mm": float(compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
-                                                             spacing=space)[0, 0]),
-            # Boundary voxels, not area-weighted surface elements (use_subvoxels=False).
-            "surface_dice_voxel": float(compute_surface_dice(y_pred, y, class_thresholds=[tolerance],
-                                                             include_background=True, spacing=space,
-                                                             use_subvoxels=False)[0, 0]),
-        }
+def _mask_scores(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: tuple[float, ...],
+                 tolerance: float) -> dict[str, float]:
+    """Overlap and surface metrics of two non-empty boolean masks (MONAI's definitions, on NumPy/SciPy)."""
+    return {**overlap_scores(pred_mask, ref_mask), **surface_scores(pred_mask, ref_mask, spacing, tolerance)}
 
 
 Summary = dict[int, dict[str, dict[str, float | int | None]]]
