@@ -116,3 +116,16 @@ def test_a_2d_model_refuses_a_volume_and_a_3d_model_a_slice(trained: tuple[Path,
     code, _, stderr = invoke(["detect", str(scan), "--weights", str(weights)])
     assert code != 0 and "but this model is 3-D (spatial_dims=3)" in stderr and str(scan) in stderr
     assert "Traceback" not in stderr and len([line for line in stderr.splitlines() if "spatial_dims" in line]) == 1
+
+
+def test_the_too_small_warning_looks_in_plane_and_names_a_2d_spacing(trained: tuple[Path, Path]) -> None:
+    from mitk.tasks.detect.recipe import box_statistics, read_box_datalist, size_warnings
+
+    sample, _ = trained
+    datalist = read_box_datalist(sample, seed=0, validation_fraction=0.2)
+    stats = box_statistics(datalist.training)
+    fine = {"spatial_dims": 2, "spacing": [1.0, 1.0, 50.0], "box_statistics": stats}  # the third value is unused
+    assert not any("lesions are small" in w for w in size_warnings(datalist, fine))
+    [small] = [w for w in size_warnings(datalist, {**fine, "spacing": [20.0, 20.0, 1.0]}) if "lesions are small" in w]
+    suggested = [float(v) for v in small.split("spacing=[")[1].split("]")[0].split(",")]
+    assert suggested == pytest.approx([v / 3 for v in stats["p5_mm"][:2]], abs=0.011)
