@@ -117,6 +117,8 @@ def main() -> None:
         extra = [item for setting in args.set for item in ("--set", setting)]
         progress, prior = run / "bench_cpu.json", None
         if args.resume:
+            if not progress.is_file():
+                raise SystemExit(f"--resume: no {progress} (the CPU and wall seconds of the earlier part)")
             prior = json.loads(progress.read_text())
             options = ["--resume", "--epochs", str(args.epochs)]
         else:
