@@ -356,11 +356,12 @@ DETECTION_LABELS = {1: "bright lesion", 2: "dark lesion"}
 LESION_RADIUS_MM = (6.0, 12.0)
 
 
-def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, count: int
+def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, count: int, planar: bool = False
                   ) -> tuple[Image, list[dict[str, Any]]]:
     """Plant ``count`` spheres (bright or dark, random radius) inside the mask ``inside``; return the new image
     and one record per lesion: its world centre and radius, its label, and its box in world mm (RAS, the
-    sphere's axis-aligned extent) and in the image's voxel indices."""
+    sphere's axis-aligned extent) and in the image's voxel indices. ``planar`` (a one-slice image): the sphere
+    is centred in the slice, and the box is the disc's, one slice deep (its world box encloses that)."""
     from scipy import ndimage
 
     from mitk.image import map_box_extents
@@ -379,6 +380,7 @@ def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, co
         if len(candidates) == 0:
             break
         voxel = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, size=3)
+        voxel[2] = 0.0 if planar else voxel[2]
         centre = image.affine[:3, :3] @ voxel + image.affine[:3, 3]
         label = 1 if rng.random() < 0.7 else 2
         sphere = np.linalg.norm(world - centre, axis=-1) <= radius
@@ -387,6 +389,10 @@ def plant_lesions(image: Image, inside: np.ndarray, rng: np.random.Generator, co
         inverse = np.linalg.inv(image.affine)
         box_world = np.concatenate([centre - radius, centre + radius])
         extent = map_box_extents(box_world + np.array([0.5] * 6), inverse)  # world extent → voxel extent
+        if planar:  # the disc in the slice: radius / pixel spacing along each in-plane axis
+            reach = np.array([radius / spacing[0], radius / spacing[1], 0.5])
+            extent = np.concatenate([voxel - reach, voxel + reach])
+            box_world = map_box_extents(extent + 0.5, image.affine)[0]
         lesions.append({"label": label, "name": DETECTION_LABELS[label],
                         "centre_world_mm": np.round(centre, 4).tolist(), "radius_mm": round(radius, 4),
                         "box_world_mm": np.round(box_world, 4).tolist(),
@@ -422,19 +428,32 @@ def real_pairs(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def brain_in_slice(image: Image) -> np.ndarray:
+    """The brain of a sample slice: pixels above a quarter of its 99th percentile, holes filled."""
+    from scipy import ndimage
+
+    plane = image.array[:, :, 0].astype(float)
+    mask = ndimage.binary_fill_holes(plane > 0.25 * np.percentile(plane, 99))
+    return np.asarray(ndimage.binary_opening(mask, iterations=2))[:, :, None]
+
+
 def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 48, seed: int = 0,
-                          overwrite: bool = False, real: str | Path | None = None) -> Path:
+                          overwrite: bool = False, real: str | Path | None = None, dims: int = 3) -> Path:
     """A detection set: the MNI152 T1 under random affines (as the segmentation sample) with 1–3 bright or dark
     spheres of known centre and radius planted in the brain. Writes ``imagesTr``/``imagesTs``, one reference
     ``<case>_boxes.json`` per case in ``boxesTr``/``boxesTs`` (the format ``mitk evaluate detect`` reads) and
     ``dataset.json``: a box datalist (MONAI box mode ``xyzxyz``, world RAS mm). With ``real``, a folder of
     ``<case>_image.nii.gz`` / ``<case>_label.nii.gz`` pairs (real lesions: a brain tumour, a lung nodule), each
     pair is added to the training list, stored in a random axis order and direction, with one box per
-    connected lesion component. Returns ``dataset.json``."""
+    connected lesion component. ``dims=2``: axial slices of the template (as the 2-D classification sample)
+    with discs, boxes in pixel indices (``box_coordinates: voxel``, one slice deep); ``real`` is then not
+    used. Returns ``dataset.json``."""
     from mitk.io.nifti import write_nifti
     from mitk.io.reader import load_image
 
     check_sample_options(size, seed)
+    if dims not in (2, 3):
+        raise UsageError(f"--dims must be 2 or 3, not {dims}")
     n_training, n_validation, _ = split_counts(cases)
     output_dir = Path(output_dir)
     dataset_path = sample_target(output_dir / "dataset.json", overwrite)
@@ -444,12 +463,17 @@ def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 4
         name = f"case_{index:03d}"
         split = "training" if index < n_training else "validation" if index < n_training + n_validation else "test"
         folder = "Ts" if split == "test" else "Tr"
-        rng = np.random.default_rng([seed, index, 7])  # each case depends only on (seed, index)
-        image, brain, _ = make_case(atlas, size, rng)
-        image, lesions = plant_lesions(image, brain > 0, rng, int(rng.integers(1, 4)))
+        if dims == 2:
+            rng = np.random.default_rng([seed, index, 2])
+            image = make_slice_case(atlas, str(rng.choice(list(SLICE_LEVELS))), size, rng)
+            image, lesions = plant_lesions(image, brain_in_slice(image), rng, int(rng.integers(1, 4)), planar=True)
+        else:
+            rng = np.random.default_rng([seed, index, 7])  # each case depends only on (seed, index)
+            image, brain, _ = make_case(atlas, size, rng)
+            image, lesions = plant_lesions(image, brain > 0, rng, int(rng.integers(1, 4)))
         image_path = f"./images{folder}/{name}.nii.gz"
         entry: dict[str, Any] = {"image": image_path,
-                 "box": [lesion["box_world_mm"] for lesion in lesions],
+                 "box": [lesion["box_voxel" if dims == 2 else "box_world_mm"] for lesion in lesions],
                  "label": [lesion["label"] for lesion in lesions]}
         with atomic_path(output_dir / image_path, overwrite=overwrite) as temporary:
             write_nifti(image.array, temporary, like=image, description="mitk sample MNI152 T1 with lesions")
@@ -457,7 +481,8 @@ def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 4
                           json.dumps({"input": image_path, "coordinate_system": "RAS", "boxes": lesions},
                                      indent=2) + "\n", overwrite=overwrite)
         lists[split].append(entry)
-    for index, (image_file, label_file) in enumerate(real_pairs(Path(real)) if real is not None else []):
+    for index, (image_file, label_file) in enumerate(real_pairs(Path(real)) if real is not None and dims == 3
+                                                     else []):
         rng = np.random.default_rng([seed, 1000 + index])
         orientation = np.column_stack([rng.permutation(3), rng.choice([-1, 1], size=3)]).astype(float)
         image, label = (_restored(load_image(path), orientation) for path in (image_file, label_file))
@@ -476,11 +501,11 @@ def make_detection_sample(output_dir: str | Path, cases: int = 12, size: int = 4
         "description": "bright and dark spheres planted in the MNI152 T1 under random affines (mitk sample)",
         "reference": "MNI152 template shipped with nilearn",
         "box_mode": "xyzxyz",
-        "box_coordinates": "world",
+        "box_coordinates": "voxel" if dims == 2 else "world",
         "coordinate_system": "RAS",
         "labels": {str(value): name for value, name in DETECTION_LABELS.items()},
         **lists,
-        "mitk_sample": {"task": "detect", "seed": seed, "size": size},
+        "mitk_sample": {"task": "detect", "seed": seed, "size": size, "dims": dims},
     }
     write_text_atomic(dataset_path, json.dumps(document, indent=2) + "\n", overwrite=overwrite)
     return dataset_path

@@ -148,7 +148,8 @@ def test_retinanet_in_2d_trains_and_detects() -> None:
     from monai.data import MetaTensor
 
     plugin = RetinaNetDetectorPlugin()
-    config = plugin.resolve_config({"spatial_dims": 2, "backbone": {"block_inplanes": [8, 16, 32, 64],
+    config = plugin.resolve_config({"spatial_dims": 2, "spacing": [1.0, 1.0, 1.0],
+                                    "backbone": {"block_inplanes": [8, 16, 32, 64],
                                                                     "fpn_channels": 16}})
     detector = plugin.network(config)
     image = torch.rand(1, 48, 48, 1)

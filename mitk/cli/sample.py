@@ -97,11 +97,14 @@ def detect(
     real: Annotated[Path | None, typer.Option("--real", help="Also add the real lesions of a folder of "
                                               "<case>_image.nii.gz / <case>_label.nii.gz pairs (boxes from the "
                                               "labels' connected components).")] = None,
+    dims: Annotated[int, typer.Option("--dims", help="3: volumes (boxes in world mm); 2: axial slices with "
+                                      "discs (2-D NIfTI, boxes in pixel indices); --real is for 3 only.")] = 3,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """A detection training set: bright and dark spheres of known centre and radius planted in the MNI152 T1
-    under random affines; boxes in world mm (RAS, MONAI box mode xyzxyz) in dataset.json and per case."""
+    under random affines (or discs in its axial slices, --dims 2); boxes in world mm (RAS, MONAI box mode
+    xyzxyz) or pixel indices (2-D) in dataset.json, and per case."""
     import json
 
     from mitk.extras import require_module
@@ -113,7 +116,8 @@ def detect(
         from mitk.errors import UsageError
 
         raise UsageError("--real: not a folder", real)
-    dataset = make_detection_sample(output_dir, cases=cases, size=size, seed=seed, overwrite=overwrite, real=real)
+    dataset = make_detection_sample(output_dir, cases=cases, size=size, seed=seed, overwrite=overwrite, real=real,
+                                    dims=dims)
     document = json.loads(dataset.read_text(encoding="utf-8"))
     boxes = sum(len(entry["box"]) for split in ("training", "validation", "test") for entry in document[split])
     summary = {"dataset": str(dataset), "task": "detect", "labels": document["labels"], "boxes": boxes,

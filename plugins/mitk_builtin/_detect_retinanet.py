@@ -158,10 +158,11 @@ class ResampleToSpacing:
     anti-aliased: whole-voxel block means first (each block at most the target size), then trilinear
     interpolation (``align_corners=False``) to the nearest whole number of target voxels. The affine follows
     both steps exactly, so the runner maps boxes back exactly; the spacing reached differs from ``spacing`` by
-    the rounding of the grid size only."""
+    the rounding of the grid size only. ``planar``: a one-slice image keeps its third axis as it is (2-D)."""
 
-    def __init__(self, spacing: Sequence[float]) -> None:
+    def __init__(self, spacing: Sequence[float], planar: bool = False) -> None:
         self.spacing = np.asarray([float(s) for s in spacing])
+        self.planar = planar
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         from monai.data import MetaTensor
@@ -171,7 +172,8 @@ class ResampleToSpacing:
         tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
         tensor = tensor.float()
         current = np.linalg.norm(affine[:3, :3], axis=0)
-        factors = [max(1, int(np.floor(t / s + 1e-6))) for s, t in zip(current, self.spacing, strict=True)]
+        target = np.array([*self.spacing[:2], current[2]]) if self.planar else self.spacing
+        factors = [max(1, int(np.floor(t / s + 1e-6))) for s, t in zip(current, target, strict=True)]
         if any(f > 1 for f in factors):
             shape = [n // f for n, f in zip(tensor.shape[1:], factors, strict=True)]
             tensor = tensor[:, : shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
@@ -180,8 +182,7 @@ class ResampleToSpacing:
             step[:3, 3] = [(f - 1) / 2.0 for f in factors]
             affine = affine @ step
             current = current * np.asarray(factors)
-        sizes = [max(1, round(n * s / t)) for n, s, t in zip(tensor.shape[1:], current, self.spacing,
-                                                                   strict=True)]
+        sizes = [max(1, round(n * s / t)) for n, s, t in zip(tensor.shape[1:], current, target, strict=True)]
         if sizes != list(tensor.shape[1:]):
             scale = np.asarray(tensor.shape[1:], dtype=float) / np.asarray(sizes, dtype=float)
             tensor = torch.nn.functional.interpolate(tensor[None], size=sizes, mode="trilinear",
@@ -190,6 +191,26 @@ class ResampleToSpacing:
             step[:3, 3] = (scale - 1) / 2.0
             affine = affine @ step
         return {**data, "image": MetaTensor(tensor.contiguous(), affine=torch.as_tensor(affine))}
+
+
+def as_3d_boxes(boxes: np.ndarray, dims: int) -> np.ndarray:
+    """MONAI boxes ``(N, 2·dims)`` as ``(N, 6)``: a 2-D box spans the one slice (extent −0.5..0.5)."""
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 2 * dims)
+    if dims == 3:
+        return boxes
+    depth = np.full((len(boxes), 1), 0.5)
+    return np.concatenate([boxes[:, :2], -depth, boxes[:, 2:], depth], axis=1)
+
+
+def check_dimensions(shape: Sequence[int], spatial_dims: int, name: str = "the image") -> None:
+    """Refuse a one-slice (2-D) image for a 3-D model and a volume for a 2-D model, in one line."""
+    planar = int(shape[-1]) == 1
+    if spatial_dims == 2 and not planar:
+        raise PluginError(f"{name} is a volume ({'×'.join(map(str, shape))} network voxels) but this model is 2-D "
+                          "(spatial_dims=2): give one-slice images (PNG, 2-D NIfTI) or a 3-D model")
+    if spatial_dims == 3 and planar:
+        raise PluginError(f"{name} is one slice ({'×'.join(map(str, shape))} network voxels) but this model is "
+                          "3-D (spatial_dims=3): give volumes, or train a 2-D model (2-D training images make one)")
 
 
 def needs_sliding_window(shape: Sequence[int], config: dict[str, Any]) -> bool:
@@ -230,10 +251,10 @@ class RetinaNetTrainingStep:
                 use_inferer = needs_sliding_window(image.shape[1:], self.config)
                 with autocast():
                     [output] = network([image], use_inferer=use_inferer)
-                predictions.append(CaseBoxes(output["box"].float().cpu().numpy().reshape(-1, 6),
+                predictions.append(CaseBoxes(as_3d_boxes(output["box"].float().cpu().numpy(), image.ndim - 1),
                                              output["label"].cpu().numpy().astype(int),
                                              output["label_scores"].float().cpu().numpy(), "voxel"))
-                references.append(CaseBoxes(np.asarray(case["box"], float).reshape(-1, 6),
+                references.append(CaseBoxes(as_3d_boxes(np.asarray(case["box"], float), image.ndim - 1),
                                             np.asarray(case["label"], int), np.ones(len(case["label"])), "voxel"))
         network.train()
         scores = coco_metrics(predictions, references, list(range(len(self.labels))))
@@ -256,9 +277,14 @@ class BoxTargets:
 
     def __call__(self, case: dict[str, Any]) -> dict[str, Any]:
         image = self.preprocess({"image": case["image"]})["image"]
+        check_dimensions(image.shape[1:], self.dims, case.get("name") or "a training image")
         affine = np.asarray(image.affine, dtype=float)
-        world = np.asarray(case["boxes_world"], dtype=float).reshape(-1, 6)
-        boxes = map_box_extents(world + 0.5, np.linalg.inv(affine))  # world extent → network voxel extent
+        if case.get("boxes_voxel") is not None:  # input voxel extent → network voxel extent in one step (exact)
+            source = np.asarray(case["image"].affine, dtype=float)
+            boxes = map_box_extents(case["boxes_voxel"], np.linalg.inv(affine) @ source)
+        else:
+            world = np.asarray(case["boxes_world"], dtype=float).reshape(-1, 6)
+            boxes = map_box_extents(world + 0.5, np.linalg.inv(affine))  # world extent → network voxel extent
         unknown = sorted({int(v) for v in case["labels"]} - set(self.index))
         if unknown:
             raise PluginError(f"{case.get('name', 'a case')}: box labels {unknown} are not among the model's "
@@ -355,9 +381,11 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
 
     def settings_help(self) -> dict[str, str]:
         return {
-            "spatial_dims": "2 or 3: the network's dimensions (2D takes the first two axes of one-slice images)",
+            "spatial_dims": ("2 or 3: the network's dimensions (found from the training images: one-slice "
+                             "images such as PNG or 2-D NIfTI make a 2-D model)"),
             "in_channels": "image channels (found from the training data)",
-            "spacing": "network grid voxel size [x, y, z] mm; auto: a quarter of the 5th-percentile training box edge",
+            "spacing": ("network grid voxel size [x, y, z] mm (2-D: z unused); auto: a quarter of the "
+                        "5th-percentile training box edge"),
             "intensity_percentiles": "[low, high] percentiles of each image scaled to 0..1 (clipped)",
             "patch_size": "sliding-window size (network voxels) for grids beyond whole_image_voxels",
             "backbone.block": "ResNet block: basic or bottleneck",
@@ -407,9 +435,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
         low, high = (float(p) for p in config["intensity_percentiles"])
         dims = int(config["spatial_dims"])
         spacing = [float(s) for s in config["spacing"]]
-        steps: list[Any] = []
-        if dims == 3:
-            steps.append(ResampleToSpacing(spacing))
+        steps: list[Any] = [ResampleToSpacing(spacing, planar=dims == 2)]
         steps.append(ScaleIntensityRangePercentilesd(keys="image", lower=low, upper=high, b_min=0.0, b_max=1.0,
                                                      clip=True))
         return Compose(steps)
@@ -445,15 +471,13 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
         tensor = torch.as_tensor(image).float()
         device = next(model.parameters()).device
         dims = int(config["spatial_dims"])
+        check_dimensions(tensor.shape[1:], dims)
         if dims == 2:
             tensor = tensor[..., 0]
         use_inferer = needs_sliding_window(tensor.shape[1:], config)
         with torch.no_grad():
             [output] = model([tensor.to(device)], use_inferer=use_inferer)
-        boxes = output["box"].float().cpu().numpy().reshape(-1, 2 * dims)
-        if dims == 2:  # one-slice image: the box spans its only slice
-            boxes = np.concatenate([boxes[:, :2], np.full((len(boxes), 1), -0.5), boxes[:, 2:],
-                                    np.full((len(boxes), 1), 0.5)], axis=1)
+        boxes = as_3d_boxes(output["box"].float().cpu().numpy(), dims)  # 2-D: the box spans the only slice
         names = sorted(int(k) for k in self.labels(config))
         labels = np.array([names[int(n)] for n in output["label"].cpu().numpy()], dtype=int)
         return boxes + 0.5, output["label_scores"].float().cpu().numpy(), labels

@@ -104,16 +104,12 @@ def plan(config: dict[str, Any]) -> dict[str, Any]:
         edge = float(np.min(stats["p5_mm"][:dims])) / 4.0 if has_boxes else 4.0
         config["spacing"] = [round(max(edge, 0.1), 2)] * 3
     if config["anchors"].get("base_shapes") == "auto":
-        if has_boxes and dims == 3:
-            grid = np.asarray(config["spacing"], dtype=float)
-            low = np.asarray(stats["p5_mm"], dtype=float) / grid
-            high = np.asarray(stats["p95_mm"], dtype=float) / grid
-            config["anchors"]["base_shapes"] = anchor_shapes(np.maximum(low, 1.0), np.maximum(high, 1.0))
-        elif has_boxes:  # 2-D: the network sees the image's own pixels; sizes in mm are taken as pixels
-            low = np.asarray(stats["p5_mm"][:2], dtype=float)
-            high = np.asarray(stats["p95_mm"][:2], dtype=float)
-            config["anchors"]["base_shapes"] = [[*s, 1.0] for s in anchor_shapes(np.maximum(low, 1.0),
-                                                                                 np.maximum(high, 1.0))]
+        if has_boxes:  # 2-D: the in-plane axes (x, y) only; the third anchor size is unused
+            grid = np.asarray(config["spacing"], dtype=float)[:dims]
+            low = np.asarray(stats["p5_mm"][:dims], dtype=float) / grid
+            high = np.asarray(stats["p95_mm"][:dims], dtype=float) / grid
+            shapes = anchor_shapes(np.maximum(low, 1.0), np.maximum(high, 1.0))
+            config["anchors"]["base_shapes"] = [[*s, 1.0] if dims == 2 else s for s in shapes]
         else:
             config["anchors"]["base_shapes"] = [[4.0, 4.0, 4.0], [6.0, 6.0, 6.0]]
     return config

@@ -26,9 +26,10 @@ import numpy as np
 from mitk.enums import Task
 from mitk.errors import InputError, PluginError
 from mitk.image import map_box_extents
+from mitk.io.reader import is_planar
 from mitk.plugin import TaskPlugin
 from mitk.tasks.detect.plugin import DetectionPlugin
-from mitk.training.data import Datalist, first_case_channels, hold_out, read_case_input
+from mitk.training.data import Datalist, channel_count, hold_out, read_case_image, read_case_input
 from mitk.training.recipe import TrainingRecipe, TrainingStep
 
 BOX_MODES = ("xyzxyz", "xxyyzz", "cccwhd")
@@ -142,7 +143,7 @@ def size_warnings(datalist: Datalist, config: Mapping[str, Any]) -> list[str]:
                         f"scratch needs about {FEW_CASES} cases and {FEW_BOXES} boxes or more to generalise")
     spacing = config.get("spacing")
     if boxes and isinstance(spacing, list | tuple) and all(isinstance(v, int | float) for v in spacing):
-        grid = np.asarray(spacing, dtype=float)[:3]
+        grid = np.asarray(spacing, dtype=float)[: int(config.get("spatial_dims", 3))]  # 2-D: in-plane axes
         low = np.asarray(stats["p5_mm"], dtype=float)[: len(grid)]
         voxels = low / grid[: len(low)]
         if voxels.min() < SMALLEST_VISIBLE_VOXELS:
@@ -164,8 +165,12 @@ class LoadBoxCase:
         from mitk.runner.tensors import to_meta_tensor
 
         image = read_case_input(case["image"], self.in_channels)
+        voxel = None
+        if case.get("box_coordinates") == "voxel":  # kept as given: mapped to the network grid in one step
+            voxel = to_corners(np.asarray(case.get("box") or [], dtype=float).reshape(-1, 6), case["box_mode"])
         return {"image": to_meta_tensor(image), "boxes_world": world_boxes(case, image.affine, case),
-                "labels": np.asarray(case.get("label") or [], dtype=np.int64), "name": case.get("name", "")}
+                "boxes_voxel": voxel, "labels": np.asarray(case.get("label") or [], dtype=np.int64),
+                "name": case.get("name", "")}
 
 
 def list_collate(batch: list[Any]) -> list[Any]:
@@ -188,8 +193,11 @@ class DetectionRecipe(TrainingRecipe):
         check_boxes(dict(case), source)
 
     def found_config(self, datalist: Datalist) -> dict[str, Any]:
-        found: dict[str, Any] = {"in_channels": first_case_channels(datalist),
+        first = read_case_image(datalist.training[0]["image"])
+        found: dict[str, Any] = {"in_channels": channel_count(first),
                                  "box_statistics": box_statistics(datalist.training)}
+        if is_planar(first):  # one-slice training images (PNG, 2-D NIfTI) make a 2-D model
+            found["spatial_dims"] = 2
         labels = datalist.labels or {int(v): f"class {int(v)}" for case in datalist.training
                                      for v in case.get("label") or []}
         if labels:

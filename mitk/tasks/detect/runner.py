@@ -168,7 +168,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
     from pathlib import Path
 
     from mitk.io.atomic import atomic_path
-    from mitk.io.reader import load_image, require_volume
+    from mitk.io.reader import load_image, require_volume, spacing_source
     from mitk.results import record_text
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.fit import check_fit
@@ -202,6 +202,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
         result = runner(image)
         records = result.to_dicts()
         details: dict[str, Any] = result.record()  # what the Python API's result.save() writes too
+        details["spacing_source"] = spacing_source(image)  # a PNG: "unknown (1 mm assumed)" for the mm columns
         if fit:
             details["fit"] = fit
         if target is not None:
