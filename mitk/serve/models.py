@@ -42,8 +42,8 @@ def switches() -> dict[str, str]:
 def model_key(task: Any, plugin: str | None, weights: str | Path | None, overrides: dict[str, Any] | None,
               device: str | None, caller: str) -> str | None:
     """The cache key of one ``load_model`` call, or None when such a model is not kept."""
-    if not weights or device not in (None, "", "auto", "cpu"):
-        return None
+    if not isinstance(weights, (str, Path)) or not weights or device not in (None, "", "auto", "cpu"):
+        return None  # an ensemble (a list of checkpoints) is loaded per call
     path = Path(weights).absolute()
     try:
         status = path.stat()
@@ -81,7 +81,7 @@ class ModelCache:
         self.notes_fd = notes_fd
         load = runner_model.load_model
 
-        def load_model(task: Any, plugin: str | None, weights: str | Path | None,
+        def load_model(task: Any, plugin: str | None, weights: Any,
                        overrides: dict[str, Any] | None = None, device: str | None = None,
                        caller: str = "cli") -> Any:
             key = model_key(task, plugin, weights, overrides, device, caller) if self.size else None
