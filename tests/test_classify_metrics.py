@@ -80,6 +80,13 @@ def test_metrics_match_scikit_learn() -> None:
             sklearn_metrics.precision_score(truth == c, predicted == c))
     assert metrics["macro_auc"] == pytest.approx(
         sklearn_metrics.roc_auc_score(truth, probabilities, multi_class="ovr", average="macro"))
+    for c, name in enumerate(CLASSES):  # the ROC curve mitk report draws, point for point
+        fpr, tpr, thresholds = sklearn_metrics.roc_curve(truth == c, probabilities[:, c], drop_intermediate=False)
+        curve = metrics["roc"][name]
+        np.testing.assert_allclose(curve["fpr"], fpr)
+        np.testing.assert_allclose(curve["tpr"], tpr)
+        np.testing.assert_allclose(curve["threshold"][1:], thresholds[1:])
+        assert curve["threshold"][0] is None and len(curve["fpr"]) == len(set(probabilities[:, c])) + 1
 
 
 def test_confusion_and_calibration_edges() -> None:
@@ -121,6 +128,11 @@ def test_evaluate_cli_json_csv_and_png(prediction_files: tuple[Path, Path], tmp_
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["class"] for r in rows] == [*CLASSES, "(all)"]
     assert float(rows[1]["specificity"]) == pytest.approx(0.75)
+    from mitk.report.curves import curves_in
+
+    assert document["roc"]["tumour"] == {"fpr": [0.0, 0.0, 0.2, 1.0], "tpr": [0.0, 1.0, 1.0, 1.0],
+                                         "threshold": [None, 0.6, 0.3, 0.1]}
+    assert "ROC" in dict(curves_in(document))  # mitk report draws the curves of this output
     from PIL import Image
 
     with Image.open(out_png) as picture:

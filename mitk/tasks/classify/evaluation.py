@@ -12,6 +12,8 @@ Definitions (single-label, ``K`` classes, ``N`` cases; class ``c`` positive, eve
 - ``ece``: expected calibration error of the top-class probability, ``Σ_b (n_b / N) · |acc_b − conf_b|``
   over ``bins`` equal-width bins of (0, 1] (Guo et al., 2017).
 - ``confusion``: rows are reference classes, columns predicted classes, in class order.
+- ``roc``: per class, the one-vs-rest ROC curve (``fpr``, ``tpr``, ``threshold``; as scikit-learn's
+  ``roc_curve(drop_intermediate=False)``), which ``mitk report`` draws; null where ``auc`` is undefined.
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ def roc_auc(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.
         return math.nan
     ranks = rankdata(values)
     return float((ranks[mask].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_points(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray
+               ) -> dict[str, list[float]] | None:
+    """The ROC curve of ``scores`` for the ``positive`` cases: false and true positive rates at every distinct
+    score taken as the threshold (highest first), from (0, 0); scikit-learn's ``roc_curve`` with
+    ``drop_intermediate=False``. None when the reference lacks positives or negatives."""
+    values = np.asarray(scores, dtype=np.float64)
+    mask = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(mask.sum()), int((~mask).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-values, kind="mergesort")
+    ranked, hits = values[order], mask[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # the last case of each distinct score
+    tps, fps = np.cumsum(hits)[last], np.cumsum(~hits)[last]
+    return {"fpr": [0.0, *(fps / n_neg).tolist()], "tpr": [0.0, *(tps / n_pos).tolist()],
+            "threshold": [None, *ranked[last].tolist()]}
 
 
 def confusion_matrix(reference: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray, classes: int
@@ -115,6 +135,7 @@ def classification_metrics(reference: Sequence[str], probabilities: np.ndarray, 
         "ece_bins": bins,
         "per_class": per_class,
         "confusion": matrix.tolist(),
+        "roc": {name: roc_points(probs[:, c], truth == c) for c, name in enumerate(names)},
         "calibration": calibration.calibration_summary(
             confidence, guess == truth, 1.0 - probs.max(axis=1) if uncertainty is None and len(truth) else
             uncertainty, bins, "1 - max probability" if uncertainty is None else "predictive_entropy"),
@@ -153,6 +174,7 @@ def multi_label_metrics(reference: Sequence[Sequence[str]], probabilities: np.nd
         "balanced_accuracy": float(np.mean(present)) if present else math.nan,
         "macro_auc": float(np.mean(aucs)) if aucs else math.nan,
         "per_class": per_class,
+        "roc": {name: roc_points(probs[:, c], truth[:, c]) for c, name in enumerate(names)},
     }
 
 
