@@ -381,8 +381,7 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
 
     def settings_help(self) -> dict[str, str]:
         return {
-            "spatial_dims": ("2 or 3: the network's dimensions (found from the training images: one-slice "
-                             "images such as PNG or 2-D NIfTI make a 2-D model)"),
+            "spatial_dims": "2 or 3 (found from the training images: one-slice images, PNG or 2-D NIfTI, make 2-D)",
             "in_channels": "image channels (found from the training data)",
             "spacing": ("network grid voxel size [x, y, z] mm (2-D: z unused); auto: a quarter of the "
                         "5th-percentile training box edge"),

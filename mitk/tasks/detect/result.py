@@ -36,6 +36,8 @@ class DetectionResult(RecordFiles):
     """With several passes fused (:class:`mitk.tasks.detect.runner.DetectionEnsembleRunner`): the spread of the
     passes' scores per box, the detection's uncertainty; ``members`` how many passes found each box."""
     members: IntArray | None = None
+    spacing_source: str | None = None
+    """Where the mm figures' pixel spacing came from (``"unknown (1 mm assumed)"`` for a PNG); in the record."""
     passes: int = 1
 
     @property
@@ -99,8 +101,11 @@ class DetectionResult(RecordFiles):
         """``{"coordinate_system", "convention", "boxes": [{label, name, score, box_voxel, box_world_mm,
         centre_world_mm, size_mm, …}, …], "affine"}``; ``affine`` (voxel → RAS mm of the input) lets
         ``mitk evaluate detect`` turn voxel boxes into world boxes."""
-        return {"coordinate_system": self.coordinate_system, "convention": BOX_CONVENTION, "boxes": self.to_dicts(),
-                "affine": np.asarray(self.affine, float).tolist()}
+        record = {"coordinate_system": self.coordinate_system, "convention": BOX_CONVENTION, "boxes": self.to_dicts(),
+                  "affine": np.asarray(self.affine, float).tolist()}
+        if self.spacing_source is not None:
+            record["spacing_source"] = self.spacing_source
+        return record
 
     def to_numpy(self) -> np.ndarray:
         """The boxes, ``(N, 6)`` voxel indices ``(i0, j0, k0, i1, j1, k1)``; world mm: ``boxes_world``."""

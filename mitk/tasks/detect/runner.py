@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mitk.image import Image, map_box_extents
+from mitk.io.reader import spacing_source
 from mitk.runner.batch import CaseJob
 from mitk.runner.geometry import voxel_map
 from mitk.runner.model import LoadedModel
@@ -58,7 +59,7 @@ class DetectionRunner:
         boxes = boxes_to_input_grid(np.asarray(boxes), np.asarray(grid_affine, float), image.affine)
         return DetectionResult(boxes_voxel=boxes, affine=image.affine, scores=np.asarray(scores, float),
                                labels=np.asarray(labels, int), label_names=self.labels,
-                               coordinate_system=self.coordinate_system)
+                               coordinate_system=self.coordinate_system, spacing_source=spacing_source(image))
 
 
 def flip_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -105,7 +106,7 @@ class DetectionEnsembleRunner:
         return DetectionResult(boxes_voxel=fused.boxes, affine=image.affine, scores=fused.scores,
                                labels=fused.labels, label_names=self.labels,
                                coordinate_system=self.coordinate_system, score_std=fused.score_std,
-                               members=fused.members, passes=self.passes)
+                               members=fused.members, passes=self.passes, spacing_source=spacing_source(image))
 
 
 def member_models(model: LoadedModel) -> list[LoadedModel]:
@@ -168,7 +169,7 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
     from pathlib import Path
 
     from mitk.io.atomic import atomic_path
-    from mitk.io.reader import load_image, require_volume, spacing_source
+    from mitk.io.reader import load_image, require_volume
     from mitk.results import record_text
     from mitk.runner.batch import CaseOutcome
     from mitk.runner.fit import check_fit
@@ -202,7 +203,6 @@ def make_detect_job(model: LoadedModel, policy: OutputPolicy, *, series: str | N
         result = runner(image)
         records = result.to_dicts()
         details: dict[str, Any] = result.record()  # what the Python API's result.save() writes too
-        details["spacing_source"] = spacing_source(image)  # a PNG: "unknown (1 mm assumed)" for the mm columns
         if fit:
             details["fit"] = fit
         if target is not None:
