@@ -65,6 +65,23 @@ def wall(command: list[str], repeats: int = 5, env: dict[str, str] | None = None
     return {"best_s": round(times[0], 4), "median_s": round(times[len(times) // 2], 4)}
 
 
+_TIMED_PARENT = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+subprocess.run(json.loads(sys.argv[1]), check=True, capture_output=True)
+print(json.dumps({"seconds": time.perf_counter() - started,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def whole_process(command: list[str]) -> dict[str, float]:
+    """One run of ``command`` as its own process, imports included: ``{"seconds", "peak_mib"}`` (the peak
+    resident set of the command and what it started, measured by a parent that does nothing else)."""
+    done = subprocess.run([sys.executable, "-c", _TIMED_PARENT, json.dumps(command)], capture_output=True,
+                          text=True, check=True)
+    return dict(json.loads(done.stdout))
+
+
 def machine() -> dict[str, Any]:
     import torch
 

@@ -10,30 +10,16 @@ command's own (``RUSAGE_CHILDREN`` of a fresh parent per run). MONAI runs on the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _harness import SHARED, save, table
+from _harness import SHARED, save, table, whole_process
 
 ROOT = Path(__file__).resolve().parents[1]
-PARENT = """
-import json, resource, subprocess, sys, time
-started = time.perf_counter()
-subprocess.run(json.loads(sys.argv[1]), check=True, capture_output=True)
-print(json.dumps({"seconds": time.perf_counter() - started,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
 
-
-def once(command: list[str]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", PARENT, json.dumps(command)], capture_output=True, text=True,
-                          check=True)
-    return json.loads(done.stdout)
 
 
 def main() -> None:
@@ -64,7 +50,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
         for _ in range(arguments.repeats):
             for name, command in contenders.items():
-                runs[name].append(once(command))
+                runs[name].append(whole_process(command))
     rows = []
     reference = min(r["seconds"] for r in runs["python -m monai.bundle run"])
     reference_peak = max(r["peak_mib"] for r in runs["python -m monai.bundle run"])

@@ -12,33 +12,18 @@ imports, model load, every case, writing), in turns (A B A B …); peak RSS is t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _harness import save, table
+from _harness import save, table, whole_process
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "data" / "nnunet" / "Dataset990_LungCrop" / "nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres"
 SOURCE = ROOT / "tests" / "data" / "lung1_image.nii.gz"
-PARENT = """
-import json, resource, subprocess, sys, time
-started = time.perf_counter()
-subprocess.run(json.loads(sys.argv[1]), check=True, capture_output=True)
-print(json.dumps({"seconds": time.perf_counter() - started,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
 NNUNET = "nnUNetPredictor (nnUNetv2_predict_from_modelfolder)"
-
-
-def once(command: list[str]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", PARENT, json.dumps(command)], capture_output=True, text=True,
-                          check=True)
-    return json.loads(done.stdout)
 
 
 def main() -> None:
@@ -60,7 +45,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
         for _ in range(arguments.repeats):
             for name, command in contenders.items():
-                runs[name].append(once(command))
+                runs[name].append(whole_process(command))
     rows = []
     reference = min(r["seconds"] for r in runs[NNUNET])
     reference_peak = max(r["peak_mib"] for r in runs[NNUNET])

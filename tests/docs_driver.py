@@ -9,9 +9,7 @@ other programs run as subprocesses. Supported shell: ``VAR=value`` prefixes, ``>
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import io
 import json
 import os
 import shlex
@@ -19,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from helpers import invoke  # this script's folder (tests/) is first on sys.path
 
 TIMEOUT = 300.0
 
@@ -42,23 +42,6 @@ def words(line: str) -> tuple[dict[str, str], list[str], str | None]:
     return env, argv, redirect
 
 
-def run_mitk(argv: list[str]) -> tuple[int, str, str]:
-    """``mitk.cli.main(argv)`` in this process."""
-    from mitk.cli import main
-    from mitk.cli.common import STATE
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            main(argv)
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    finally:
-        STATE.debug = STATE.quiet = False
-    return code, stdout.getvalue(), stderr.getvalue()
-
-
 def run_line(line: str) -> dict[str, object]:
     started = time.process_time()
     env, argv, redirect = words(line)
@@ -66,7 +49,7 @@ def run_line(line: str) -> dict[str, object]:
     os.environ.update(env)
     try:
         if argv[:1] == ["mitk"] or argv[:3] == ["python", "-m", "mitk"]:
-            code, out, err = run_mitk(argv[1:] if argv[0] == "mitk" else argv[3:])
+            code, out, err = invoke(argv[1:] if argv[0] == "mitk" else argv[3:])
         else:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
             code, out, err = done.returncode, done.stdout, done.stderr

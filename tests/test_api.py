@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers import invoke
 
 import mitk
 from mitk.errors import InputError, OutputExistsError, PluginError, UsageError
 from mitk.tasks import ClassificationPlugin, DetectionPlugin, RegistrationPlugin
 from mitk.types import Image, SegmentationResult
-from helpers import invoke
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 

@@ -46,7 +46,8 @@ def test_cli_verbs_train_and_evaluate_commands_come_from_the_table() -> None:
 
 
 def test_derived_suffixes_are_the_image_outputs() -> None:
-    assert set(derived_suffixes()) == {"_seg", "_prob", "_entropy", "_preview", "_warped", "_gradcam"}  # previews are PNGs
+    # previews are PNGs
+    assert set(derived_suffixes()) == {"_seg", "_prob", "_entropy", "_preview", "_warped", "_gradcam"}
 
 
 def test_unknown_task_is_a_usage_error() -> None:
