@@ -75,6 +75,22 @@ def test_mismatched_layers_are_listed_then_refused_or_skipped(data, source, tmp_
             torch.testing.assert_close(tuned.state_dict[name], start[name], atol=1e-6, rtol=0)
 
 
+def test_overwrite_never_removes_the_init_checkpoint(data, source, tmp_path):
+    """``--init RUN/last.safetensors -d RUN --overwrite`` would delete the weights it starts from: refused."""
+    import shutil
+
+    from mitk.errors import UsageError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(source, run / "last.safetensors")
+    before = (run / "last.safetensors").read_bytes()
+    with pytest.raises(UsageError, match="refusing to write over the input"):
+        train("segment", plugin="unet", data=data, output_dir=run, overwrite=True, init=run / "last.safetensors",
+              options={"epochs": 1, "device": "cpu"}, overrides=STILL)
+    assert (run / "last.safetensors").read_bytes() == before
+
+
 def test_unrelated_or_unsafe_weights_are_refused(tmp_path, source):
     network = {"layer.weight": torch.zeros(2, 2)}
     with pytest.raises(CheckpointError, match="no layer of the checkpoint matches"):

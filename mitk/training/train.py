@@ -113,7 +113,7 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
             config["plan"] = {"file": plan_document["path"], "settings": planned,
                               "training": plan_document.get("training", {})}
     check_optimisation(config)
-    _refuse_writing_over_data(output_dir, Path(data), datalist)
+    _refuse_writing_over_data(output_dir, Path(data), datalist, [Path(init)] if init is not None else [])
     config["training"] = {k: v for k, v in vars(training_options).items()
                           if k not in ("device", "num_workers", "loggers")}
     device = (resolve_device(training_options.device) if world is None
@@ -198,11 +198,13 @@ def _resumed_identity(point: ResumePoint, task: str, plugin: str | None, data: s
     return saved.plugin, saved_data
 
 
-def _refuse_writing_over_data(output_dir: Path, data: Path, datalist: Datalist) -> None:
-    """No file of the run folder may be the datalist or a case file (with or without ``--overwrite``)."""
+def _refuse_writing_over_data(output_dir: Path, data: Path, datalist: Datalist, others: list[Path]) -> None:
+    """No file of the run folder may be the datalist, a case file or one of ``others`` (the ``--init``
+    checkpoint), with or without ``--overwrite``."""
     from mitk.io.atomic import InputFiles, refuse_inputs
 
     files = [data] if data.is_file() else []
+    files += [path for path in others if path.is_file()]
     for case in datalist.training + datalist.validation:
         for key, value in case.items():
             for item in value if isinstance(value, list) else [value]:
