@@ -15,7 +15,6 @@ from helpers import invoke
 from mitk.evaluation.calibration import (
     average_ranks,
     calibration_summary,
-    entropy,
     expected_calibration_error,
     reliability,
     spearman,
@@ -23,6 +22,7 @@ from mitk.evaluation.calibration import (
     uncertainty_auc,
     write_reliability_png,
 )
+from mitk.runner.ensemble import entropy
 
 
 def _cases(n: int = 400, classes: int = 4, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +92,7 @@ def test_uncertainty_auc_matches_sklearn() -> None:
 
     probs, truth = _cases(seed=7)
     confidence, correct = top_label(probs, truth)
-    spread = entropy(probs)
+    spread = entropy(probs, axis=1)
     assert uncertainty_auc(spread, ~correct) == pytest.approx(roc_auc_score(~correct, spread), abs=1e-12)
     rounded = np.round(1 - confidence, 1)  # many ties
     assert uncertainty_auc(rounded, ~correct) == pytest.approx(roc_auc_score(~correct, rounded), abs=1e-12)
@@ -109,7 +109,7 @@ def test_ranks_spearman_and_entropy_against_scipy() -> None:
     other = np.asarray([0.5, 0.1, 0.2, 0.9, 0.4, 0.3])
     assert spearman(values, other) == pytest.approx(spearmanr(values, other).statistic)
     probs, _ = _cases(n=20)
-    np.testing.assert_allclose(entropy(probs), scipy_entropy(probs, axis=1))
+    np.testing.assert_allclose(entropy(probs, axis=1), scipy_entropy(probs, axis=1))
     assert entropy(np.asarray([1.0, 0.0])) == 0.0
 
 
@@ -171,7 +171,7 @@ def test_evaluate_classify_reports_calibration(tmp_path: Path, with_entropy: boo
     calibration = document["calibration"]
     assert calibration["ece"] == pytest.approx(_torchmetrics_l1_ece(probs, truth, 10), abs=1e-9)
     assert calibration["ece"] == pytest.approx(document["ece"])
-    score = entropy(probs) if with_entropy else 1 - probs.max(axis=1)
+    score = entropy(probs, axis=1) if with_entropy else 1 - probs.max(axis=1)
     assert calibration["uncertainty_auc"] == pytest.approx(roc_auc_score(wrong, score), abs=1e-9)
     assert calibration["uncertainty"] == ("predictive_entropy" if with_entropy else "1 - max probability")
     assert calibration["errors"] == int(wrong.sum())

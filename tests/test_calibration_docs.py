@@ -15,7 +15,7 @@ from test_calibration import _cases
 from test_calibration_segment import BRAIN, LUNG, _case
 from test_crossval import _write_run
 
-from mitk.evaluation.calibration import entropy
+from mitk.runner.ensemble import entropy
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "calibration.md"
 BLOCK = "calibration-page"

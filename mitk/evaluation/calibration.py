@@ -118,14 +118,6 @@ def top_label(probabilities: np.ndarray, reference: Sequence[int] | np.ndarray
     return probs[np.arange(len(probs)), guess], guess == truth
 
 
-def entropy(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Shannon entropy in nats of probability vectors along ``axis`` (0 · log 0 = 0)."""
-    probs = np.asarray(probabilities, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0)
-    return np.asarray(-terms.sum(axis=axis))
-
-
 def average_ranks(values: ArrayLike) -> np.ndarray:
     """1-based ranks with ties given their mean rank (as ``scipy.stats.rankdata``)."""
     data = np.asarray(values, dtype=np.float64).ravel()

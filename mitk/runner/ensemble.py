@@ -96,13 +96,13 @@ def check_members_agree(configs: Sequence[dict[str, Any]], names: Sequence[str],
 
 
 def entropy(probabilities: np.ndarray, axis: int = 0, binary: bool = False) -> np.ndarray:
-    """Shannon entropy in nats along ``axis`` (``-Σ p log p``); ``binary``: each value is its own Bernoulli
-    (independent sigmoid outputs), their entropies summed."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1.0)
-    if binary:
-        q = np.clip(1.0 - np.asarray(probabilities, dtype=np.float64), EPSILON, 1.0)
-        return -(p * np.log(p) + q * np.log(q)).sum(axis=axis)
-    return -(p * np.log(p)).sum(axis=axis)
+    """Shannon entropy in nats along ``axis`` (``-Σ p log p``, with 0 · log 0 = 0); ``binary``: each value is its
+    own Bernoulli (independent sigmoid outputs), their entropies summed."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    values = np.concatenate([p, 1.0 - p], axis=axis) if binary else p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(values > 0, values * np.log(np.where(values > 0, values, 1.0)), 0.0)
+    return np.asarray(-terms.sum(axis=axis))
 
 
 def mutual_information(passes: np.ndarray, binary: bool = False) -> float:

@@ -25,6 +25,7 @@ import numpy as np
 
 from mitk.evaluation import calibration
 from mitk.io.atomic import split_suffix
+from mitk.runner.ensemble import entropy as channel_entropy
 
 PROBABILITY_SUFFIX = "_prob"
 SAMPLE_VOXELS = 10_000
@@ -83,7 +84,7 @@ def case_calibration(path: Path, reference: np.ndarray, affine: np.ndarray, seed
         raise InputError(f"probability map has {probabilities.shape[1]} channels but the reference has label "
                          f"{int(truth.max())}", path)
     predicted = probabilities.argmax(axis=1)
-    entropy = calibration.entropy(probabilities, axis=1)
+    entropy = channel_entropy(probabilities, axis=1)
     foreground = predicted != 0
     region = "foreground" if foreground.any() else "image"
     mean_entropy = float(entropy[foreground].mean() if foreground.any() else entropy.mean())
