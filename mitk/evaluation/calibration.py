@@ -118,25 +118,25 @@ def top_label(probabilities: np.ndarray, reference: Sequence[int] | np.ndarray
     return probs[np.arange(len(probs)), guess], guess == truth
 
 
-def average_ranks(values: ArrayLike) -> np.ndarray:
-    """1-based ranks with ties given their mean rank (as ``scipy.stats.rankdata``)."""
-    data = np.asarray(values, dtype=np.float64).ravel()
-    _, inverse, counts = np.unique(data, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)
-    return np.asarray((upper - (counts - 1) / 2.0)[inverse], dtype=np.float64)
+def mann_whitney_auc(scores: ArrayLike, positive: Sequence[bool] | np.ndarray) -> float:
+    """ROC AUC of ``scores`` for the ``positive`` cases: Mann–Whitney U / (n⁺ n⁻), tied scores counted one half
+    (as scikit-learn's ``roc_auc_score``); NaN without positives or negatives, or with a non-finite score."""
+    from scipy.stats import rankdata
+
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    mask = np.asarray(positive, dtype=bool).ravel()
+    if values.shape != mask.shape:
+        raise ValueError(f"{values.size} scores but {mask.size} outcomes")
+    n_pos, n_neg = int(mask.sum()), int((~mask).sum())
+    if n_pos == 0 or n_neg == 0 or not np.all(np.isfinite(values)):
+        return math.nan
+    ranks = rankdata(values)
+    return float((ranks[mask].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def uncertainty_auc(uncertainty: ArrayLike, error: Sequence[bool] | np.ndarray) -> float:
-    """ROC AUC of ``uncertainty`` for the wrong decisions (``error`` True): Mann–Whitney U / (n⁺ n⁻)."""
-    scores = np.asarray(uncertainty, dtype=np.float64).ravel()
-    wrong = np.asarray(error, dtype=bool).ravel()
-    if scores.shape != wrong.shape:
-        raise ValueError(f"{scores.size} uncertainties but {wrong.size} outcomes")
-    n_pos, n_neg = int(wrong.sum()), int((~wrong).sum())
-    if n_pos == 0 or n_neg == 0 or not np.all(np.isfinite(scores)):
-        return math.nan
-    ranks = average_ranks(scores)
-    return float((ranks[wrong].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """Does uncertainty rank the wrong decisions (``error`` True) first: :func:`mann_whitney_auc`."""
+    return mann_whitney_auc(uncertainty, error)
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
@@ -146,7 +146,9 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float:
         raise ValueError(f"{a.size} values against {b.size}")
     if a.size < 3 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return math.nan
-    ra, rb = average_ranks(a) - (a.size + 1) / 2.0, average_ranks(b) - (b.size + 1) / 2.0
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a) - (a.size + 1) / 2.0, rankdata(b) - (b.size + 1) / 2.0
     norm = math.sqrt(float(np.sum(ra * ra) * np.sum(rb * rb)))
     return float(np.sum(ra * rb) / norm) if norm > 0 else math.nan
 

@@ -41,17 +41,8 @@ ECE_BINS = 15
 # ---------------------------------------------------------------------------------------------------
 
 
-def roc_auc(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> float:
-    """ROC AUC of ``scores`` for the ``positive`` cases (Mann–Whitney U / (n⁺ n⁻), ties averaged)."""
-    from scipy.stats import rankdata
-
-    values = np.asarray(scores, dtype=np.float64)
-    mask = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(mask.sum()), int((~mask).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(values)
-    return float((ranks[mask].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+roc_auc = calibration.mann_whitney_auc
+"""ROC AUC of ``scores`` for the ``positive`` cases (Mann–Whitney U / (n⁺ n⁻), ties averaged)."""
 
 
 def roc_points(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray
