@@ -77,11 +77,21 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
-def _distribution_of(entry_point: metadata.EntryPoint) -> tuple[str | None, str | None]:
+def _distribution_of(entry_point: metadata.EntryPoint, seen: dict[int, tuple[str | None, str | None]] | None = None
+                     ) -> tuple[str | None, str | None]:
+    """The name and version of the distribution that declares ``entry_point``. Each ``metadata`` access parses
+    the distribution's METADATA file again: ``seen`` keeps each distribution's answer (mitk's own built-ins
+    are seven entry points of one distribution)."""
     dist = entry_point.dist
     if dist is None:
         return None, None
-    return dist.metadata["Name"], dist.version
+    if seen is not None and id(dist) in seen:
+        return seen[id(dist)]
+    found = dist.metadata
+    answer: tuple[str | None, str | None] = (found["Name"], found["Version"])
+    if seen is not None:
+        seen[id(dist)] = answer
+    return answer
 
 
 def _fail(registry: Registry, broken: BrokenPlugin) -> None:
@@ -164,8 +174,9 @@ def build_plugin_manager(extra_plugins: tuple[Any, ...] = (), autoload: bool | N
 
     origins: dict[str, tuple[str | None, str | None]] = {}
     builtin_modules: set[str] = set()
+    seen: dict[int, tuple[str | None, str | None]] = {}
     for entry_point in _entry_points():
-        distribution, version = _distribution_of(entry_point)
+        distribution, version = _distribution_of(entry_point, seen)
         is_builtin = distribution == BUILTIN_DISTRIBUTION
         if is_builtin:
             builtin_modules.add(entry_point.value)

@@ -63,7 +63,8 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     subprocess.run([sys.executable, "-c", CHILD, str(report), "segment", "--plugin", "threshold", "--device", "cpu",
                     "--probabilities", str(tmp_path / "missing.nii.gz")], capture_output=True, text=True, timeout=120,
-                   env={**os.environ, "PYTHONPATH": str(stand_in)})
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                       [str(stand_in), *filter(None, [os.environ.get("PYTHONPATH")])])})
     assert "torch" in json.loads(report.read_text())["heavy"]
 
 

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
 import traceback
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 
-from mitk.cli import boxes as boxes_cmd
-from mitk.cli import convert as convert_cmd
-from mitk.cli import deidentify as deidentify_cmd
-from mitk.cli import evaluate as evaluate_cmd
-from mitk.cli import info, plugins_cmd, tasks
-from mitk.cli import manifest as manifest_cmd
-from mitk.cli import plan as plan_cmd
-from mitk.cli import preview as preview_cmd
-from mitk.cli import replay as replay_cmd
-from mitk.cli import report as report_cmd
-from mitk.cli import sample as sample_cmd
-from mitk.cli import serve as serve_cmd
-from mitk.cli import train as train_cmd
-from mitk.cli import warp as warp_cmd
 from mitk.cli.common import STATE
 from mitk.constants import __version__
 from mitk.errors import MitkError
@@ -47,9 +36,67 @@ def root(
     STATE.quiet = quiet
 
 
-def build_app() -> typer.Typer:
+def _module(name: str) -> ModuleType:
+    """``mitk.cli.<name>``, imported when its command is registered (a call builds only the verb it runs)."""
+    return importlib.import_module(f"mitk.cli.{name}")
+
+
+def _command(name: str, module: str, function: str, epilog: str | None = None) -> Callable[[typer.Typer], None]:
+    def add(app: typer.Typer) -> None:
+        found = _module(module)
+        app.command(name, epilog=getattr(found, epilog) if epilog else None)(getattr(found, function))
+    return add
+
+
+def _group(name: str, module: str, built: bool = False) -> Callable[[typer.Typer], None]:
+    def add(app: typer.Typer) -> None:
+        found = _module(module)
+        app.add_typer(found.build_app() if built else found.app, name=name)
+    return add
+
+
+TASKS = "<tasks>"
+"""Where the task verbs (one per row of the task table) go among the commands."""
+COMMANDS: dict[str, Callable[[typer.Typer], None]] = {
+    "plugins": _group("plugins", "plugins_cmd"),
+    "info": _command("info", "info", "info"),
+    TASKS: lambda app: _module("tasks").add_task_commands(app),
+    "evaluate": _group("evaluate", "evaluate", built=True),
+    "sample": _group("sample", "sample"),
+    "plan": _command("plan", "plan", "plan", epilog="EPILOG"),
+    "train": _group("train", "train", built=True),
+    "manifest": _group("manifest", "manifest"),
+    "convert": _command("convert", "convert", "convert"),
+    "warp": _command("warp", "warp", "warp"),
+    "deidentify": _command("deidentify", "deidentify", "deidentify", epilog="EPILOG"),
+    "preview": _command("preview", "preview", "preview"),
+    "serve": _command("serve", "serve", "serve", epilog="EPILOG"),
+    "boxes": _command("boxes", "boxes", "boxes"),
+    "report": _command("report", "report", "report"),
+    "replay": _command("replay", "replay", "replay"),
+}
+"""The commands in the order ``mitk --help`` lists them, each added by a function that imports its module."""
+ROOT_FLAGS = ("--debug", "--quiet", "-q")
+
+
+def invoked_command(argv: Sequence[str]) -> str | None:
+    """The command a call names (its first word after the root flags), or None where the call needs the whole
+    command tree: ``--help``, ``--version``, no command, an unknown option before the command."""
+    for token in argv:
+        if token in ROOT_FLAGS:
+            continue
+        return None if token.startswith("-") else token
+    return None
+
+
+def build_app(only: str | None = None) -> typer.Typer:
     """The ``mitk`` command: the hand-written command groups, and a verb, a train and an evaluate command for
-    each task of the task table (read from the registry in use, so a task a plugin adds gets them too)."""
+    each task of the task table (read from the registry in use, so a task a plugin adds gets them too).
+
+    With ``only`` naming a command (or a task verb), just that command is built under the root: what a call
+    that runs it needs, without importing the modules of the others. Any other name builds them all (click
+    then reports the unknown command as ever).
+    """
     app = typer.Typer(
         name="mitk",
         help="Classify, detect, segment and register NIfTI and DICOM volumes with MONAI plugins.",
@@ -60,22 +107,16 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(root)
-    app.add_typer(plugins_cmd.app, name="plugins")
-    app.command("info")(info.info)
-    tasks.add_task_commands(app)
-    app.add_typer(evaluate_cmd.build_app(), name="evaluate")
-    app.add_typer(sample_cmd.app, name="sample")
-    app.command("plan", epilog=plan_cmd.EPILOG)(plan_cmd.plan)
-    app.add_typer(train_cmd.build_app(), name="train")
-    app.add_typer(manifest_cmd.app, name="manifest")
-    app.command("convert")(convert_cmd.convert)
-    app.command("warp")(warp_cmd.warp)
-    app.command("deidentify", epilog=deidentify_cmd.EPILOG)(deidentify_cmd.deidentify)
-    app.command("preview")(preview_cmd.preview)
-    app.command("serve", epilog=serve_cmd.EPILOG)(serve_cmd.serve)
-    app.command("boxes")(boxes_cmd.boxes)
-    app.command("report")(report_cmd.report)
-    app.command("replay")(replay_cmd.replay)
+    if only is not None and only != TASKS and only in COMMANDS:
+        COMMANDS[only](app)
+        return app
+    if only is not None:
+        tasks = _module("tasks")
+        if only in tasks.task_names():
+            tasks.add_task_commands(app, only=only)
+            return app
+    for add in COMMANDS.values():
+        add(app)
     return app
 
 
@@ -119,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     from mitk.cli.common import library_warnings, plain
+    from mitk.cli.lean_imports import lean_nibabel_import
     from mitk.runner.batch import Interrupted, describe_error, is_ordinary, stop_on_signals
 
     def fail(message: str, code: int) -> int:
@@ -130,13 +172,15 @@ def main(argv: list[str] | None = None) -> None:
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
         return fail(f"mitk: interrupted ({signal.Signals(signum).name})", 128 + signum)
 
+    lean_nibabel_import()  # nibabel without the pydicom import it makes for NIfTI DICOM extensions
     hidden: list[str] = []
     logger, shown = logging.getLogger("mitk"), logging.StreamHandler(sys.stderr)  # the library's log warnings
     shown.setLevel(logging.WARNING)
     logger.addHandler(shown)
     try:
         with stop_on_signals(), library_warnings() as hidden:
-            result = interrupts_reach_main(typer.main.get_command(build_app()))(args=argv, standalone_mode=False)
+            command = typer.main.get_command(build_app(invoked_command(sys.argv[1:] if argv is None else argv)))
+            result = interrupts_reach_main(command)(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:
         code = done.exit_code

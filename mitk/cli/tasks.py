@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -76,9 +76,9 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
     if executor.name == DEFAULT_EXECUTOR and (executor.scheduler is not None or executor.workers is not None):
         raise UsageError("--scheduler and --workers choose where another executor runs: add --executor dask")
     executor_entry = get_registry().executor(executor.name)
-    console = stderr_console()
+    console = cache(stderr_console)  # made when something is printed: a quiet call that prints nothing skips rich
     options = ExecutorOptions(workers=executor.workers, scheduler=executor.scheduler, debug=STATE.debug,
-                              log_error=lambda text: console.print(text, markup=False, emoji=False))  # --debug
+                              log_error=lambda text: console().print(text, markup=False, emoji=False))  # --debug
     request = {"plugin": plugin, "weights_path": str(weights.absolute()) if weights else None, "device": device,
                "overrides": overrides}  # kept in each record's provenance, for mitk replay
     plain_build: Any = build
@@ -134,13 +134,13 @@ def run_task_batch(task: str, inputs: list[str], policy: Any, build: Callable[[A
         document["executor"] = executor.name
     if interrupted is not None:
         document.update(interrupted=report.interrupted, not_done=report.not_done)
-        console.print(message_text(f"mitk: interrupted ({report.interrupted}): {len(report.not_done)} of "
+        console().print(message_text(f"mitk: interrupted ({report.interrupted}): {len(report.not_done)} of "
                                    f"{len(cases)} inputs not done; run again with --skip-existing to finish"))
     if as_json:
         emit_json(document)
     if not STATE.quiet or interrupted is not None:
         label = task if part is None else f"{task} shard {part}"
-        console.print(message_text(f"{label}: {summary['ok']} ok, {summary['skipped']} skipped, "
+        console().print(message_text(f"{label}: {summary['ok']} ok, {summary['skipped']} skipped, "
                                    f"{summary['failed']} failed of {summary['total']}"))
     raise typer.Exit(exit_code)
 
@@ -156,25 +156,25 @@ def _empty_shard(task: str, part: Shard, total: int, plugin: str | None, as_json
     raise typer.Exit(0)
 
 
-def _progress(console: Any, total: int, task: str, stack: contextlib.ExitStack) -> Any:
-    if STATE.quiet or not console.is_terminal or total < 2:
+def _progress(console: Callable[[], Any], total: int, task: str, stack: contextlib.ExitStack) -> Any:
+    if STATE.quiet or not console().is_terminal or total < 2:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console(), transient=True)
     stack.enter_context(progress)
     progress.add_task(task, total=total)
     return progress
 
 
-def _on_record(console: Any, record: Any, progress: Any) -> None:
+def _on_record(console: Callable[[], Any], record: Any, progress: Any) -> None:
     """One line per finished input, as plain text: file names are never read as markup."""
     if record.status == "failed":
-        console.print(message_text(record.error or "failed", label="failed", style="red"))
+        console().print(message_text(record.error or "failed", label="failed", style="red"))
     elif not STATE.quiet:
         target = f" → {record.output}" if record.output else ""
-        console.print(message_text(f"{record.input}{target} ({record.seconds:.1f} s)", label=record.status,
+        console().print(message_text(f"{record.input}{target} ({record.seconds:.1f} s)", label=record.status,
                                    style="green"))
     if progress is not None:
         progress.advance(progress.task_ids[0])
@@ -220,9 +220,16 @@ def verb_options(spec: TaskSpec) -> list[Option]:
     return [*head, *own.values(), *tail]
 
 
-def add_task_commands(app: typer.Typer) -> None:
-    """One verb per task of the task table."""
+def task_names() -> list[str]:
+    """The task verbs of the task table in use."""
+    return [spec.name for spec in iter_tasks()]
+
+
+def add_task_commands(app: typer.Typer, only: str | None = None) -> None:
+    """One verb per task of the task table (with ``only``, that task's verb alone)."""
     for spec in iter_tasks():
+        if only is not None and spec.name != only:
+            continue
         body = partial(run_verb, spec)
         verb = command(spec.name, verb_options(spec), body, spec.verb_help or spec.summary)
         app.command(spec.name, epilog=BATCH_EPILOG, rich_help_panel="Tasks")(verb)

@@ -40,10 +40,11 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 6-connected component of ``mask`` (ties as MONAI's ``KeepLargestConnectedComponent`` breaks
-    them: the same scikit-image labelling and the same ranking)."""
-    from skimage import measure
+    them: the same labelling as scikit-image's ``measure.label``, which for a boolean mask is
+    ``scipy.ndimage.label``, and the same ranking)."""
+    from mitk_builtin._labelling import label
 
-    features, count = measure.label(np.ascontiguousarray(mask), connectivity=1, return_num=True)
+    features, count = label(mask)
     if count <= 1:
         return mask.astype(bool)
     counts = np.bincount(features.reshape(-1))
