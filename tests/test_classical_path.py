@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -123,3 +124,58 @@ def test_io_commands_import_neither_torch_nor_monai(command: str, tmp_path: Path
             "boxes": ["boxes", str(lung_ct_label), "-o", str(tmp_path / "boxes")],
             "manifest": ["manifest", "merge", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "all.jsonl")]}
     assert heavy_modules(tmp_path, *args[command]) == []
+
+
+def test_numpy_labelling_equals_scipy(lung_ct: Path, brain_mr: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NumPy 6-connected labelling of small masks gives scipy.ndimage.label's array and count exactly
+    (scikit-image's ``measure.label`` of a boolean mask, which MONAI's largest-component transform uses)."""
+    import mitk_builtin._labelling as labelling
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random(tuple(rng.integers(1, 12, rng.integers(1, 4)))) < rng.random() for _ in range(150)]
+    masks += [np.zeros((4, 5, 6), bool), np.ones((4, 5, 6), bool), rng.random((64, 64, 64)) < 0.3]
+    for path, cuts in ((lung_ct, (-500, 0, 300)), (brain_mr, (100, 400))):
+        array = np.asarray(nib.load(path).dataobj)
+        masks += [array > cut for cut in cuts] + [(array > cuts[0])[:, :, 10]]  # 3-D and a 2-D slice
+    counts = []
+    for mask in masks:
+        ours, count = labelling.label(mask)
+        theirs, expected = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
+        assert count == expected and ours.dtype == theirs.dtype and np.array_equal(ours, theirs), mask.shape
+        counts.append(count)
+    assert max(counts[-7:]) > 100  # the real masks have many structures
+    monkeypatch.setattr(labelling, "NUMPY_LIMIT", 100)  # a larger mask goes to scipy: the same answer
+    assert np.array_equal(labelling.label(masks[-1])[0], ndimage.label(masks[-1])[0])
+
+
+LEAN_PROBE = """
+import json, sys
+from mitk.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit:
+    pass
+json.dump(sorted(m for m in ("pydicom", "scipy.ndimage", "skimage", "rich.console", "mitk.cli.train")
+                 if m in sys.modules), open(sys.argv[1], "w"))
+"""
+
+
+def test_a_small_threshold_call_imports_only_what_it_uses(tmp_path: Path, anatomical_t1: Path) -> None:
+    """`mitk -q segment` of a small volume with `threshold`: no pydicom (nibabel asks for it), no scipy.ndimage
+    or scikit-image (the labelling is NumPy's below 2M voxels), no rich (nothing printed), no other command."""
+    import subprocess
+    import sys
+
+    report = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", LEAN_PROBE, str(report), "-q", "segment", str(anatomical_t1),
+                           "--plugin", "threshold", "-d", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert report.exists(), done.stderr
+    assert (tmp_path / "out" / "anatomical_seg.nii.gz").is_file()
+    assert json.loads(report.read_text()) == []
+
+
+def test_evaluate_register_imports_neither_torch_nor_monai(tmp_path: Path, lung_ct_label: Path) -> None:
+    assert heavy_modules(tmp_path, "evaluate", "register", "--warped-labels", str(lung_ct_label),
+                         "--fixed-labels", str(lung_ct_label), "--json") == []

@@ -1,16 +1,16 @@
-"""Detection metrics: COCO-style mAP / mAR over IoU 0.1–0.5 (MONAI's ``COCOMetric``) and FROC sensitivities.
+"""Detection metrics: COCO-style mAP / mAR over IoU 0.1–0.5 (pycocotools' algorithm, as MONAI's ``COCOMetric``,
+in NumPy: :mod:`mitk.tasks.detect.coco`) and FROC sensitivities.
 
 Boxes are compared as axis-aligned corner boxes ``(x0, y0, z0, x1, y1, z1)`` (MONAI's ``xyzxyz`` mode) in world
 millimetres when both sides carry them in the same convention (RAS or LPS; LPS is turned to RAS), otherwise in
-voxel extents. A class without reference boxes scores -1 in MONAI's ``COCOMetric``; such classes are left out of
-every mean here, never averaged in.
+voxel extents. A class without reference boxes scores -1 in pycocotools and MONAI's ``COCOMetric``; such classes
+are left out of every mean here, never averaged in.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +20,14 @@ import numpy as np
 
 from mitk.errors import InputError
 from mitk.image import map_box_extents
+from mitk.tasks.detect.coco import box_iou, coco_scores
 
 IOU_RANGE = (0.1, 0.5, 0.05)
 """COCO-style thresholds: IoU 0.10, 0.15, …, 0.50."""
+IOU_THRESHOLDS = np.linspace(IOU_RANGE[0], IOU_RANGE[1],
+                             int(np.round((IOU_RANGE[1] - IOU_RANGE[0]) / IOU_RANGE[2])) + 1)
+"""The thresholds themselves, as ``np.linspace`` gives them (the values MONAI's ``COCOMetric`` uses); AP_0.1 and
+AR_0.1 are read at the first."""
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per scan at which FROC sensitivities are read."""
 FROC_IOU = 0.1
@@ -206,45 +211,24 @@ def common_space(prediction: CaseBoxes, reference: CaseBoxes, affine: np.ndarray
                      "known: give --images DIR (the images the boxes were found on)")
 
 
-def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """IoU of every pair of corner boxes ``(N, 6)`` × ``(M, 6)`` (MONAI's ``box_iou``)."""
-    from monai.data.box_utils import box_iou as monai_box_iou
-
-    if len(first) == 0 or len(second) == 0:
-        return np.zeros((len(first), len(second)))
-    return np.asarray(monai_box_iou(np.asarray(first, float), np.asarray(second, float)), dtype=float)
-
-
 def coco_metrics(predictions: Sequence[CaseBoxes], references: Sequence[CaseBoxes], classes: Sequence[int]
                  ) -> dict[str, Any]:
     """mAP and mAR over IoU 0.1–0.5 (step 0.05) and AP/AR at IoU 0.1, per class and averaged over the classes
-    that have reference boxes."""
-    from monai.apps.detection.metrics.coco import COCOMetric
-    from monai.apps.detection.metrics.matching import matching_batch
-
-    names = [str(c) for c in classes]
-    index = {c: n for n, c in enumerate(classes)}
-    metric = COCOMetric(classes=names, iou_list=(IOU_RANGE[0],), iou_range=IOU_RANGE,
-                        max_detection=(MAX_DETECTIONS,), per_class=True, verbose=False)
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # MONAI logs a warning per class without references on the root logger
-    try:
-        matches = matching_batch(
-            box_iou, list(metric.iou_thresholds),
-            [p.boxes for p in predictions], [np.array([index[int(v)] for v in p.labels], int) for p in predictions],
-            [p.scores for p in predictions], [r.boxes for r in references],
-            [np.array([index[int(v)] for v in r.labels], int) for r in references], max_detections=MAX_DETECTIONS)
-        values = metric(matches)[0]
-    finally:
-        logger.setLevel(level)
-    suffix_m = f"IoU_{IOU_RANGE[0]:.2f}_{IOU_RANGE[1]:.2f}_{IOU_RANGE[2]:.2f}_MaxDet_{MAX_DETECTIONS}"
-    suffix_1 = f"IoU_{IOU_RANGE[0]:.2f}_MaxDet_{MAX_DETECTIONS}"
+    that have reference boxes (:mod:`mitk.tasks.detect.coco`: pycocotools' algorithm, as MONAI's
+    ``COCOMetric`` with ``iou_list=(0.1,)``, ``max_detection=(100,)``)."""
+    precision, recall = coco_scores([p.boxes for p in predictions], [p.labels for p in predictions],
+                                    [p.scores for p in predictions], [r.boxes for r in references],
+                                    [r.labels for r in references], [int(c) for c in classes],
+                                    IOU_THRESHOLDS.tolist(), MAX_DETECTIONS)
     per_class: dict[str, dict[str, float | None]] = {}
-    for name in names:
-        row = {"mAP": values[f"{name}_mAP_{suffix_m}"], "mAR": values[f"{name}_mAR_{suffix_m}"],
-               "AP_0.1": values[f"{name}_AP_{suffix_1}"], "AR_0.1": values[f"{name}_AR_{suffix_1}"]}
-        per_class[name] = {k: (None if v < 0 else float(v)) for k, v in row.items()}  # -1: no references
+    for column, label in enumerate(classes):
+        if recall[0, column] < 0:  # no reference boxes of this class
+            per_class[str(label)] = {"mAP": None, "mAR": None, "AP_0.1": None, "AR_0.1": None}
+            continue
+        per_class[str(label)] = {"mAP": float(np.mean(precision[:, :, column])),
+                                 "mAR": float(np.mean(recall[:, column])),
+                                 "AP_0.1": float(np.mean(precision[0, :, column])),
+                                 "AR_0.1": float(recall[0, column])}
     summary: dict[str, Any] = {}
     for key in ("mAP", "mAR", "AP_0.1", "AR_0.1"):
         scored = [value for row in per_class.values() if (value := row[key]) is not None]
