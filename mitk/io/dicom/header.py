@@ -68,6 +68,11 @@ _BY_TAG = {tag: (keyword, vr) for keyword, (tag, vr) in ATTRIBUTES.items()}
 _REFUSED_TAGS = {0x52009229, 0x52009230}  # Shared and Per-frame Functional Groups: enhanced objects
 _PIXEL_DATA = 0x7FE00010
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_VRS = {code.encode() for code in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH",
+                                    "SL", "SS", "ST", "SV", "TM", "UI", "UL", "US", "UV")} | _LONG_VRS
+_EXPLICIT = struct.Struct("<HH2sH")
+_IMPLICIT = struct.Struct("<HHI")
+_LENGTH = struct.Struct("<I")
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}  # as mitk.io.dicom.pixels.raw_value reads them
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -104,7 +109,10 @@ class FileMeta:
 
 class ParsedHeader:
     """The attributes of :data:`ATTRIBUTES` that one file has: ``get``/attribute access give the value pydicom
-    would (int, float, str, or a list of them), :meth:`raw` what :func:`mitk.io.dicom.pixels.raw_value` gives."""
+    would (int, float, str, or a list of them), :meth:`raw` what :func:`mitk.io.dicom.pixels.raw_value` gives.
+
+    Values are converted when first asked for (a series' later slices are asked for a few only); one that this
+    reader cannot convert as pydicom would raises :class:`Unsupported` then."""
 
     def __init__(self, path: Path, syntax: str, elements: dict[str, tuple[str, bytes]], pixel_offset: int) -> None:
         self.path = path
@@ -112,27 +120,39 @@ class ParsedHeader:
         self.file_meta = FileMeta(NamedUID(syntax, SYNTAX_NAMES[syntax]))
         self.pixel_offset = pixel_offset
         """File offset of the (7FE0,0010) element."""
-        self._values = {keyword: _convert(keyword, vr, data) for keyword, (vr, data) in elements.items()}
-        self._raw = {keyword: _raw(vr, data, self._values[keyword]) for keyword, (vr, data) in elements.items()}
-        sop_class = self._values.get("SOPClassUID")
+        self._elements = elements
+        self._values: dict[str, Any] = {}
+        sop_class = self._value("SOPClassUID")
         if sop_class not in SOP_CLASS_NAMES:
             raise Unsupported(f"SOP class {sop_class}")
         self._values["SOPClassUID"] = NamedUID(sop_class, SOP_CLASS_NAMES[sop_class])
 
+    def _value(self, keyword: str) -> Any:
+        if keyword not in self._values:
+            found = self._elements.get(keyword)
+            self._values[keyword] = None if found is None else _convert(keyword, *found)
+        return self._values[keyword]
+
     def get(self, keyword: str, default: Any = None) -> Any:
-        value = self._values.get(keyword)
+        value = self._value(keyword) if keyword in ATTRIBUTES else None
         return default if value is None else value
 
     def raw(self, keyword: str) -> Any:
-        return self._raw.get(keyword)
+        found = self._elements.get(keyword)
+        if found is None or not found[1]:
+            return None
+        if found[0] in _TEXT_VRS:  # read from the bytes, as raw_value reads a pydicom header's raw element
+            parts = [part.strip(" \x00") for part in found[1].decode("ascii").split("\\")]
+            return (parts[0] or None) if len(parts) == 1 else parts
+        return self._value(keyword)  # numbers as raw_value unpacks them; other VRs as pydicom converts them
 
     def __contains__(self, keyword: object) -> bool:
-        return keyword in self._values
+        return keyword in self._elements
 
     def __getattr__(self, keyword: str) -> Any:
-        if keyword.startswith("_") or keyword not in self._values:
+        if keyword.startswith("_") or keyword not in self._elements:
             raise AttributeError(keyword)
-        return self._values[keyword]
+        return self._value(keyword)
 
 
 def parse_header(path: Path) -> ParsedHeader:
@@ -167,29 +187,43 @@ def _parse(path: Path, data: bytes) -> ParsedHeader:
         raise Unsupported(f"transfer syntax {syntax}")
     explicit = syntax == EXPLICIT_VR_LITTLE_ENDIAN
     elements: dict[str, tuple[str, bytes]] = {}
-    while True:
-        if position + 8 > len(data):
+    end = len(data)
+    vr: str | None = None
+    while True:  # the top level, inline: most of the time of reading a series goes here
+        if position + 12 > end:
             raise _NeedMore
-        tag, vr, length, start = _element(data, position, explicit)
+        if explicit:
+            group, element, code, length = _EXPLICIT.unpack_from(data, position)
+            if code in _LONG_VRS:
+                length, start = _LENGTH.unpack_from(data, position + 8)[0], position + 12
+            elif code in _VRS:
+                start = position + 8
+            else:
+                raise Unsupported("malformed VR")
+            vr = code.decode()
+        else:
+            group, element, length = _IMPLICIT.unpack_from(data, position)
+            start, vr = position + 8, None
+        tag = group << 16 | element
         if tag == _PIXEL_DATA:
             if length == 0xFFFFFFFF:
                 raise Unsupported("encapsulated pixel data")
             return ParsedHeader(path, syntax, elements, position)
-        if tag >> 16 >= 0x7FE0 or tag in _REFUSED_TAGS:
-            raise Unsupported(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        if group >= 0x7FE0 or tag in _REFUSED_TAGS:
+            raise Unsupported(f"element ({group:04X},{element:04X})")
         if length == 0xFFFFFFFF:
             if vr not in (None, "SQ"):
                 raise Unsupported(f"undefined length {vr}")
             position = _skip_sequence(data, start, explicit, 1)
             continue
-        if start + length > len(data):
-            raise _NeedMore
+        position = start + length
         known = _BY_TAG.get(tag)
         if known is not None:
+            if position > end:
+                raise _NeedMore
             if vr is not None and vr != known[1]:
                 raise Unsupported(f"{known[0]} has VR {vr}")
-            elements[known[0]] = (known[1], data[start:start + length])
-        position = start + length
+            elements[known[0]] = (known[1], data[start:position])
 
 
 def _element(data: bytes, position: int, explicit: bool) -> tuple[int, str | None, int, int]:
@@ -280,13 +314,3 @@ def _one_or_list(values: list[Any], count: int) -> Any:
             raise Unsupported("empty value among several")
         return None
     return values[0] if count == 1 else values
-
-
-def _raw(vr: str, data: bytes, value: Any) -> Any:
-    """What ``raw_value`` reads from a pydicom header: numbers and the ASCII VRs from the bytes, others converted."""
-    if not data:
-        return None
-    if vr in _TEXT_VRS:
-        parts = [part.strip(" \x00") for part in data.decode("ascii").split("\\")]
-        return (parts[0] or None) if len(parts) == 1 else parts
-    return value

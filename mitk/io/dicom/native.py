@@ -38,10 +38,13 @@ def read_native_series(path: str | Path) -> Image | None:
         if len(found) != 1:
             return None
         records.extend(found)
-    series = _group(records)
-    if len(series) != 1 or series[0].kind != "volume" or series[0].problem is not None:
+    try:
+        series = _group(records)
+        if len(series) != 1 or series[0].kind != "volume" or series[0].problem is not None:
+            return None
+        return read_series(series[0], path)
+    except Unsupported:  # a value (of the sidecar's, say) that only pydicom converts as pydicom does
         return None
-    return read_series(series[0], path)
 
 
 def _files(path: Path) -> list[tuple[Path, str]]:
