@@ -179,7 +179,7 @@ def _parse(path: Path, data: bytes) -> ParsedHeader:
         raise Unsupported("not DICOM")
     position, syntax = 132, None
     while position + 8 <= len(data) and data[position:position + 2] == b"\x02\x00":  # group 0002, explicit VR
-        tag, vr, length, start = _element(data, position, explicit=True)
+        tag, _, length, start = _element(data, position, explicit=True)
         if tag == 0x00020010:
             syntax = data[start:start + length].decode("ascii").strip(" \x00")
         position = start + length
@@ -188,7 +188,6 @@ def _parse(path: Path, data: bytes) -> ParsedHeader:
     explicit = syntax == EXPLICIT_VR_LITTLE_ENDIAN
     elements: dict[str, tuple[str, bytes]] = {}
     end = len(data)
-    vr: str | None = None
     while True:  # the top level, inline: most of the time of reading a series goes here
         if position + 12 > end:
             raise _NeedMore
@@ -200,7 +199,7 @@ def _parse(path: Path, data: bytes) -> ParsedHeader:
                 start = position + 8
             else:
                 raise Unsupported("malformed VR")
-            vr = code.decode()
+            vr: str | None = code.decode()
         else:
             group, element, length = _IMPLICIT.unpack_from(data, position)
             start, vr = position + 8, None
