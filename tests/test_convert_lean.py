@@ -174,3 +174,20 @@ def test_convert_imports_neither_pydicom_nor_nibabel_and_writes_the_same_bytes(l
                                     include_descriptions=True)
         assert json.loads(output.with_name(f"out{len(suffix)}.json").read_text()) == expected
         assert expected["ProtocolName"] == "chest" and expected["slices"] == 12
+
+
+@pytest.mark.parametrize("message", ["wrote /tmp/x.nii (362×434×120, LPS) and /tmp/x.json",
+                                     "tab\there [bold]x[/] \x1b[31m :smile: 漢字\r\nend", "a" * 300])
+@pytest.mark.parametrize("terminal", [False, True])
+def test_plain_messages_print_as_rich_prints_them(message, terminal, capsys):
+    import io
+
+    from rich.console import Console
+
+    from mitk.console import message_text, say
+
+    rendered = io.StringIO()
+    Console(file=rendered, highlight=False, soft_wrap=True, force_terminal=terminal, width=80).print(
+        message_text(message))
+    say(message)  # without rich: convert's last line costs no rich import
+    assert capsys.readouterr().err == rendered.getvalue()
