@@ -76,6 +76,11 @@ _LENGTH = struct.Struct("<I")
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}  # as mitk.io.dicom.pixels.raw_value reads them
 _INTEGER = re.compile(r"[+-]?\d+")
+_MAX_LENGTH = {"AE": 16, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "LT": 10240, "SH": 16, "ST": 1024, "UI": 64}
+_FORMS = {vr: re.compile(form) for vr, form in (  # pydicom's checks of these VRs (pydicom.valuerep)
+    ("CS", r"[A-Z0-9 _]*"), ("DS", r" *[+\-]?(\d+|\d+\.\d*|\.\d+)([eE][+\-]?\d+)? *|"),
+    ("IS", r" *[+\-]?\d+ *|"), ("UI", r"((0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*)?"), ("AE", r"[\x20-\x7e]*"))}
+"""Longest value and form per VR that pydicom accepts without a warning (``pydicom.valuerep``)."""
 _NOT_TEXT = re.compile(rb"[^\x00\x20-\x7e]")  # text outside printable ASCII (NUL pads UIDs)
 _FIRST_READ = 1 << 16
 _MAX_DEPTH = 8
@@ -283,7 +288,10 @@ def _convert(keyword: str, vr: str, data: bytes) -> Any:
         return None if not values else values[0] if len(values) == 1 else values
     if _NOT_TEXT.search(data):
         raise Unsupported(f"{keyword}: text outside ASCII")
-    parts = [part.strip(" \x00") for part in data.decode("ascii").split("\\")]
+    texts = data.decode("ascii").split("\\")
+    for text in texts:
+        _check_valid(keyword, vr, text)
+    parts = [part.strip(" \x00") for part in texts]
     if vr == "DS":
         numbers = [_decimal(keyword, part) for part in parts if part]
         return _one_or_list(numbers, len(parts))
@@ -295,6 +303,18 @@ def _convert(keyword: str, vr: str, data: bytes) -> Any:
                                       "StudyInstanceUID", "PhotometricInterpretation"):
         raise Unsupported(f"{keyword}: several values")
     return (parts[0] or None) if len(parts) == 1 else parts  # pydicom keeps empty values among several
+
+
+def _check_valid(keyword: str, vr: str, text: str) -> None:
+    """Unsupported for a value pydicom would warn about when converting it (too long, or not of its VR's form):
+    the pydicom path then reads it, and its warning is counted as ever."""
+    if len(text) > _MAX_LENGTH.get(vr, 1 << 16):
+        raise Unsupported(f"{keyword}: value longer than {vr} allows")
+    form = _FORMS.get(vr)
+    if form is not None and not form.fullmatch(text.rstrip("\x00" if vr != "UI" else "\x00 ")):
+        raise Unsupported(f"{keyword}: not a valid {vr}")
+    if vr == "IS" and text.strip(" \x00") and not -(1 << 31) <= int(text.strip(" \x00")) < (1 << 31):
+        raise Unsupported(f"{keyword}: IS out of range")
 
 
 def _decimal(keyword: str, text: str) -> float:
