@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from dicom_factory import load_nifti, series_from_nifti, write_series
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.uid import UID, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from test_dicom_read import assert_matches_simpleitk
 
 from mitk.image import Image
@@ -58,11 +58,25 @@ def assert_same_as_pydicom_path(directory: Path) -> Image:
     return lean
 
 
-def as_implicit_vr(directory: Path) -> None:
-    """Rewrite every file of ``directory`` in Implicit VR Little Endian."""
+def rewrite(directory: Path, implicit: bool) -> None:
+    """Rewrite every file of ``directory`` with nested undefined-length sequences and a 10 kB comment (a header
+    past the first read), in Implicit VR Little Endian if ``implicit``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     for file in directory.iterdir():
         dataset = pydicom.dcmread(file)
-        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        inner = Dataset()
+        inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D3000", "SRT", "Chest"
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = dataset.SOPClassUID, "1.2.3.4"
+        item.PurposeOfReferenceCodeSequence = Sequence([inner])
+        dataset.ReferencedImageSequence = Sequence([item, item])
+        for element in (dataset["ReferencedImageSequence"], item["PurposeOfReferenceCodeSequence"]):
+            element.is_undefined_length = True
+        dataset.ImageComments = "c" * 10000
+        if implicit:
+            dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         dataset.save_as(file, enforce_file_format=True)
 
 
@@ -70,9 +84,10 @@ def as_implicit_vr(directory: Path) -> None:
 def test_real_mr_series_reads_as_with_pydicom(anatomical_t1, tmp_path, orientation, implicit):
     series_from_nifti(anatomical_t1, tmp_path, orientation, modality="MR", order="shuffled",
                       shuffle_instance_numbers=True, attributes=MR_ATTRIBUTES)
-    if implicit:
-        as_implicit_vr(tmp_path)
-        assert pydicom.dcmread(next(tmp_path.iterdir())).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    rewrite(tmp_path, implicit)
+    written = pydicom.dcmread(next(tmp_path.iterdir()))
+    assert written.file_meta.TransferSyntaxUID == (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
+    assert written["ReferencedImageSequence"].is_undefined_length
     image = assert_same_as_pydicom_path(tmp_path)
     summary = image.meta["dicom_summary"]
     assert summary["ImageType"] == ["ORIGINAL", "PRIMARY"] and summary["EchoTime"] == 30.5

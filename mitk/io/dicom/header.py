@@ -82,7 +82,8 @@ _FORMS = {vr: re.compile(form) for vr, form in (  # pydicom's checks of these VR
     ("IS", r" *[+\-]?\d+ *|"), ("UI", r"((0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*)?"), ("AE", r"[\x20-\x7e]*"))}
 """Longest value and form per VR that pydicom accepts without a warning (``pydicom.valuerep``)."""
 _NOT_TEXT = re.compile(rb"[^\x00\x20-\x7e]")  # text outside printable ASCII (NUL pads UIDs)
-_FIRST_READ = 1 << 16
+_READS = (1 << 13, 1 << 18, -1)
+"""Bytes read before each try: most headers fit in 8 KiB, large private ones in 256 KiB more, then the rest."""
 _MAX_DEPTH = 8
 _DELIMITERS = {"item": 0xFFFEE000, "item end": 0xFFFEE00D, "sequence end": 0xFFFEE0DD}
 
@@ -164,13 +165,17 @@ def parse_header(path: Path) -> ParsedHeader:
     """Read ``path``'s header up to its pixel data; :class:`Unsupported` for anything beyond the plain case."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(_FIRST_READ)
-            try:
-                return _parse(path, data)
-            except _NeedMore:
-                return _parse(path, data + handle.read())
-    except _NeedMore:
-        raise Unsupported("no pixel data") from None
+            data = b""
+            for size in _READS:
+                more = handle.read(size)
+                if not more and data:
+                    break
+                data += more
+                try:
+                    return _parse(path, data)
+                except _NeedMore:
+                    continue
+        raise Unsupported("no pixel data")
     except (OSError, struct.error, UnicodeDecodeError) as error:
         raise Unsupported(str(error)) from None
 
