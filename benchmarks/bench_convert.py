@@ -15,8 +15,12 @@ mitk's own modules are byte-compiled first (``compileall`` into the git-ignored 
 ``pip install`` does: this machine sets PYTHONDONTWRITEBYTECODE, so without it every call would compile mitk's
 sources again (about 0.3 s), a cost no installed mitk pays. ``--no-compile`` skips that step.
 
+A plain series like these is read without importing pydicom and written without importing nibabel (see
+``mitk.io.dicom.native`` and ``mitk.io.nifti_plain``); after the timings, each of mitk's outputs is checked
+against SimpleITK's (the same voxels, affines within 1e-4 mm) and the result recorded.
+
 Best and median of ``--repeats`` runs, their ratio, and the load average go to ``benchmarks/results/convert.json``.
-Run: ``python benchmarks/bench_convert.py [--repeats 3] [--sizes 362x434x120,512x512x300]``.
+Run: ``python benchmarks/bench_convert.py [--repeats 5] [--sizes 362x434x120,512x512x300] [--suffixes .nii]``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,17 @@ def make_series(shape: tuple[int, int, int], directory: Path) -> Path:
     return series
 
 
+def same_image(mitk_output: Path, simpleitk_output: Path) -> bool:
+    """Whether two NIfTI files hold the same voxels on the same grid (affines within 1e-4 mm)."""
+    import nibabel as nib
+    import numpy as np
+
+    ours: Any = nib.load(mitk_output)
+    theirs: Any = nib.load(simpleitk_output)
+    return bool(ours.shape == theirs.shape and np.allclose(ours.affine, theirs.affine, atol=1e-4)
+                and np.array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj)))
+
+
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -68,7 +83,7 @@ def timed(command: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="362x434x120,512x512x300")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--suffixes", default=".nii.gz,.nii", help="output formats, each measured for both")
@@ -98,12 +113,15 @@ def main() -> None:
                 for name, command in contenders.items():
                     times[name].append(timed(command))
             for name, values in times.items():
-                reference = times["SimpleITK script → " + name.split(" → ")[1]]
+                suffix = name.split(" → ")[1]
+                reference = times["SimpleITK script → " + suffix]
+                same = same_image(directory / f"mitk{suffix}", directory / f"sitk{suffix}") \
+                    if name.startswith("mitk") else None
                 rows.append({"series": "×".join(map(str, shape)), "contender": name,
                              "best_s": round(min(values), 2), "median_s": round(statistics.median(values), 2),
                              "best_vs_simpleitk": round(min(values) / min(reference), 2),
                              "median_vs_simpleitk": round(statistics.median(values) / statistics.median(reference),
-                                                          2)})
+                                                          2), "same_as_simpleitk": same})
     load = {"before": [round(v, 1) for v in load_before], "after": [round(v, 1) for v in os.getloadavg()]}
     print(table(rows, list(rows[0])))
     print("load average (1, 5, 15 min) before", load["before"], "after", load["after"])

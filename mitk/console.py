@@ -67,8 +67,12 @@ def message_text(message: str, *, label: str | None = None, style: str | None = 
 
 def say(message: str, *, label: str | None = None, style: str | None = None) -> None:
     """A message for the human at the terminal (stderr), printed as plain text (see :func:`message_text`)."""
-    if not STATE.quiet:
-        stderr_console().print(message_text(message, label=label, style=style))
+    if STATE.quiet:
+        return
+    if label is None and style is None:  # unstyled: the line rich would print, without importing rich
+        sys.stderr.write(plain(message) + "\n")
+        return
+    stderr_console().print(message_text(message, label=label, style=style))
 
 
 @contextlib.contextmanager

@@ -41,14 +41,14 @@ def convert(
 
     from mitk.io.atomic import atomic_path, check_output
     from mitk.io.dicom.sidecar import descriptions, sidecar_document, sidecar_path
-    from mitk.io.reader import load_image
+    from mitk.io.reader import load_for_conversion
     from mitk.io.writer import check_target, write_image
 
     check_target(output)  # a name mitk cannot write (or SimpleITK missing) is refused before anything is read
     sidecar = sidecar_path(output)
     inputs = (input_path,)
     check_output(output, overwrite, inputs)
-    image = load_image(input_path, series=series, allow_resample=allow_resample)
+    image = load_for_conversion(input_path, series=series, allow_resample=allow_resample)
     summary = image.meta.get("dicom_summary")
     if summary is not None:
         check_output(sidecar, overwrite, inputs)

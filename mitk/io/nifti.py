@@ -17,9 +17,10 @@ import numpy as np
 from mitk.errors import InputError, MitkError
 from mitk.image import Image
 from mitk.io.limits import allocate, array_bytes, check_image_bytes
+from mitk.io.nifti_plain import NIFTI_SUFFIXES as NIFTI_SUFFIXES  # re-exported: mitk.io.nifti names them too
+from mitk.io.nifti_plain import is_nifti as is_nifti
 
 LOG = logging.getLogger("mitk.io.nifti")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NIFTI1_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
 READ_STEP = 1 << 24
@@ -40,10 +41,6 @@ except ImportError:  # pragma: no cover - optional speed-up
     _gzip = gzip
     _GZIP_ERRORS = zlib.error
 _T = TypeVar("_T")
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def read_nifti(path: str | Path) -> Image:

@@ -10,7 +10,7 @@ import numpy as np
 from mitk.errors import InputError
 from mitk.image import Image
 from mitk.io.itk import is_itk_file
-from mitk.io.nifti import is_nifti, read_nifti
+from mitk.io.nifti_plain import is_nifti
 from mitk.io.photo import is_photo, read_photo
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip")
@@ -34,6 +34,8 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
     if not path.exists():
         raise InputError("broken symlink or symlink loop" if path.is_symlink() else "no such file or directory", path)
     if is_nifti(path):
+        from mitk.io.nifti import read_nifti
+
         return read_nifti(path)
     if not path.is_dir() and is_itk_file(path):
         from mitk.io.itk import read_itk
@@ -47,6 +49,22 @@ def load_image(path: str | Path, series: str | None = None, allow_resample: bool
         return read_photo(path)
     raise InputError("not a NIfTI (.nii, .nii.gz), DICOM, NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), other ITK "
                      "format, PNG or JPEG image", path)
+
+
+def load_for_conversion(path: str | Path, series: str | None = None, allow_resample: bool = False) -> Image:
+    """:func:`load_image` for ``mitk convert``: a plain DICOM series (one regular CT, MR or PET volume in a native
+    little-endian syntax) is read without importing pydicom (:mod:`mitk.io.dicom.native`), with the same array,
+    affine and summary; its ``meta["dicom"].headers`` then hold only the attributes mitk reads, not pydicom
+    datasets. Everything else goes to :func:`load_image`."""
+    path = Path(path)
+    if series is None and path.exists() and not is_nifti(path) and (path.is_dir() or not is_itk_file(path)) \
+            and looks_like_dicom(path):
+        from mitk.io.dicom.native import read_native_series
+
+        image = read_native_series(path)
+        if image is not None:
+            return image
+    return load_image(path, series=series, allow_resample=allow_resample)
 
 
 def is_planar(image: Image) -> bool:

@@ -72,6 +72,10 @@ def write_image(array: np.ndarray, path: str | Path, like: Image, *, intent: str
     path = Path(path)
     kind = output_kind(path, "label map" if intent == "label" else "image")
     if kind == "nifti":
+        from mitk.io.nifti_plain import plain_nifti_possible, write_plain_nifti
+
+        if plain_nifti_possible(array, like, intent):  # the same bytes as nibabel's, without importing it
+            return write_plain_nifti(array, path, like.affine, description)
         from mitk.io.nifti import write_nifti
 
         return write_nifti(array, path, like=like, intent=intent, description=description)

@@ -13,10 +13,9 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError, MitkWarning
 from mitk.image import Image, orientation_code, ras_to_lps
@@ -25,6 +24,11 @@ from mitk.io.dicom.series import SeriesInfo, SeriesListing, SliceRecord, list_se
 from mitk.io.dicom.sidecar import summarize
 from mitk.io.dicom.source import DicomSource
 from mitk.io.dicom.volume import assemble, resample_stack
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from mitk.io.dicom.header import ParsedHeader
 
 __all__ = ["DicomSource", "SeriesInfo", "SeriesListing", "list_series", "read_dicom", "read_series"]
 
@@ -94,7 +98,7 @@ def _read_image(info: SeriesInfo, path: Path) -> Image:
     return image
 
 
-def _image_spacing(record: SliceRecord, header: Dataset) -> tuple[tuple[float, float], str]:
+def _image_spacing(record: SliceRecord, header: Dataset | ParsedHeader) -> tuple[tuple[float, float], str]:
     """PixelSpacing, else ImagerPixelSpacing, else one ultrasound region's physical deltas (cm → mm).
 
     A spacing element that has a value but not two positive finite numbers (``0\\0``, negative, NaN) is
@@ -110,7 +114,7 @@ def _image_spacing(record: SliceRecord, header: Dataset) -> tuple[tuple[float, f
     return spacing, source
 
 
-def _usable_spacing(header: Dataset, keyword: str) -> bool:
+def _usable_spacing(header: Dataset | ParsedHeader, keyword: str) -> bool:
     try:
         numbers = [float(v) for v in _values(header, keyword)]
     except (TypeError, ValueError):
@@ -118,17 +122,17 @@ def _usable_spacing(header: Dataset, keyword: str) -> bool:
     return len(numbers) == 2 and all(math.isfinite(v) and v > 0 for v in numbers)
 
 
-def _values(header: Dataset, keyword: str) -> list[Any]:
+def _values(header: Dataset | ParsedHeader, keyword: str) -> list[Any]:
     value = raw_value(header, keyword)
     return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
 
 
-def _spacing_text(header: Dataset, keyword: str) -> str:
+def _spacing_text(header: Dataset | ParsedHeader, keyword: str) -> str:
     text = "\\".join(str(v) for v in _values(header, keyword))
     return f"'{text if len(text) <= 40 else text[:37] + '...'}'"
 
 
-def _found_spacing(record: SliceRecord, header: Dataset) -> tuple[tuple[float, float], str]:
+def _found_spacing(record: SliceRecord, header: Dataset | ParsedHeader) -> tuple[tuple[float, float], str]:
     spacing = record.pixel_spacing
     if spacing is not None:
         source = "PixelSpacing" if _usable_spacing(header, "PixelSpacing") else "ImagerPixelSpacing"

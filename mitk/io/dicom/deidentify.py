@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.uid import UID_dictionary
+from typing import TYPE_CHECKING
 
 from mitk.constants import __version__
+
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
 
 DUMMY_DATE = "20000101"
 """The dummy value of dates with action ``D`` (never a real date of the patient's)."""
@@ -224,6 +225,8 @@ def _action(element: DataElement) -> str | None:
     action = ACTIONS.get(element.keyword)
     if action is None and element.VR == "UI" and element.keyword not in KEEP_UIDS:
         values = element.value if isinstance(element.value, (list, tuple)) else [element.value]
+        from pydicom.uid import UID_dictionary
+
         if any(v and str(v) not in UID_dictionary for v in values):
             action = "U"
     return action
@@ -255,6 +258,8 @@ def _apply_profile(dataset: Dataset, keep: Collection[str], salt: str, seen: set
 
 
 def _code_item(code: tuple[str, str, str]) -> Dataset:
+    from pydicom.dataset import Dataset
+
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
     return item

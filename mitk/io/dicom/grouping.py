@@ -11,15 +11,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError, InputError, UsageError
 from mitk.image import orientation_code, ras_to_lps
 from mitk.io.dicom.pixels import FrameRef
 from mitk.io.dicom.volume import StackPlan, plan_stack
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from mitk.io.dicom.header import ParsedHeader
 
 LOG = logging.getLogger("mitk.io.dicom")
 
@@ -73,7 +77,7 @@ class SeriesInfo:
         return len(self.records)
 
     @property
-    def header(self) -> Dataset:
+    def header(self) -> Dataset | ParsedHeader:
         return self.records[0].ref.header
 
     @property

@@ -20,21 +20,23 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-import pydicom.pixels
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mitk.errors import InputError
+from mitk.io.dicom.header import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, ParsedHeader
 from mitk.io.limits import read_member
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 INSTALL_HINT = 'pip install "mitk[dicom]"'
+ImplicitVRLittleEndian, ExplicitVRLittleEndian = IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
+ExplicitVRBigEndian = "1.2.840.10008.1.2.2"
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+"""Native (uncompressed, not deflated) transfer syntaxes, read here without pydicom's decoders; pydicom itself is
+imported only where a header or pixel data needs it (``mitk convert`` of a plain series never does)."""
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _FAST_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR")
@@ -71,7 +73,7 @@ class PixelLayout:
         return f"{self.columns}×{self.rows}" + (f"×{self.samples}" if self.samples > 1 else "") + f" {self.dtype}"
 
 
-def pixel_layout(header: Dataset) -> PixelLayout:
+def pixel_layout(header: Dataset | ParsedHeader) -> PixelLayout:
     """The layout of ``header``'s frames."""
 
     def number(keyword: str, default: int) -> int:
@@ -94,7 +96,7 @@ class FrameRef:
 
     path: Path
     """The file on disk, or the zip archive that holds ``member``."""
-    header: Dataset
+    header: Dataset | ParsedHeader
     """The file's dataset without pixel data (shared by all frames of a multi-frame file)."""
     member: str | None = None
     frame: int | None = None
@@ -104,13 +106,19 @@ class FrameRef:
     slope: float = 1.0
     intercept: float = 0.0
     layout: PixelLayout = field(default_factory=lambda: PixelLayout(0, 0))
-    transfer_syntax: UID = ImplicitVRLittleEndian
+    transfer_syntax: str = ImplicitVRLittleEndian
+    """The transfer syntax UID (a pydicom ``UID`` when the header was read by pydicom)."""
 
     def __post_init__(self) -> None:
         if self.layout.rows == 0:
             self.layout = pixel_layout(self.header)
+        if isinstance(self.header, ParsedHeader):
+            self.transfer_syntax = self.header.transfer_syntax
+            return
         meta = getattr(self.header, "file_meta", None)
         if meta is not None and meta.get("TransferSyntaxUID"):
+            from pydicom.uid import UID
+
             self.transfer_syntax = UID(str(meta.TransferSyntaxUID))
 
     @property
@@ -129,13 +137,19 @@ _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 _TAGS: dict[str, tuple[int, str]] = {}
 
 
-def raw_value(dataset: Dataset, keyword: str) -> Any:
+def raw_value(dataset: Dataset | ParsedHeader, keyword: str) -> Any:
     """A top-level value read without pydicom's element conversion (fast, for scanning many headers).
 
     Binary numbers come back as int/float, ASCII VRs (CS, DS, IS, UI...) as a stripped str, multi-valued
     ones as a list; other VRs go through pydicom. ``None`` when absent or empty.
     """
+    if isinstance(dataset, ParsedHeader):
+        return dataset.raw(keyword)
+    from pydicom.dataelem import RawDataElement
+
     if keyword not in _TAGS:
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise KeyError(keyword)
@@ -185,6 +199,7 @@ def apply_palette(ref: FrameRef, indices: np.ndarray) -> np.ndarray:
     """PALETTE COLOR indices through the file's red, green and blue tables: RGB on a new last axis."""
     from pydicom.pixels import apply_color_lut
 
+    assert not isinstance(ref.header, ParsedHeader)  # that reader leaves PALETTE COLOR to pydicom
     try:
         return np.asarray(apply_color_lut(indices, ref.header))
     except Exception as error:  # pydicom raises several types for inconsistent tables
@@ -197,6 +212,10 @@ def check_decoder(ref: FrameRef) -> None:
     syntax = ref.transfer_syntax
     if syntax in NATIVE_SYNTAXES:
         return
+    import pydicom.pixels
+    from pydicom.uid import UID
+
+    syntax = UID(syntax)
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
     except NotImplementedError:
@@ -244,6 +263,8 @@ def mask_unused_bits(layout: PixelLayout, out: np.ndarray) -> None:
 
 def decode_frame(ref: FrameRef, source: Dataset | None = None) -> np.ndarray:
     """Decode one frame with pydicom (any transfer syntax with an installed decoder)."""
+    import pydicom.pixels
+
     check_decoder(ref)
     dataset = source if source is not None else load_dataset(ref)
     try:
@@ -255,6 +276,8 @@ def decode_frame(ref: FrameRef, source: Dataset | None = None) -> np.ndarray:
 
 def load_dataset(ref: FrameRef) -> Dataset:
     """The whole dataset of ``ref``'s file, pixel data included (for decoding many frames of one file)."""
+    import pydicom
+
     try:
         if ref.member is not None:
             return pydicom.dcmread(io.BytesIO(ref.read_bytes()))
@@ -266,6 +289,9 @@ def load_dataset(ref: FrameRef) -> Dataset:
 
 def decode_frames(dataset: Dataset | str | Path, frames: Iterable[int] | None = None) -> np.ndarray:
     """All (or the listed) frames of one object as stored values, shape ``(frames, rows, columns[, samples])``."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
     if not isinstance(dataset, Dataset):
         dataset = pydicom.dcmread(dataset)
     count = int(dataset.get("NumberOfFrames", 1) or 1)

@@ -14,16 +14,18 @@ import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
 
 from mitk.errors import InputError, MitkError
 from mitk.io.dicom.grouping import SPLIT_KEYS, SeriesInfo, SeriesListing, SliceRecord, _group, select_series
+from mitk.io.dicom.header import ParsedHeader
 from mitk.io.dicom.pixels import FrameRef, PixelLayout, pixel_layout, raw_value
 from mitk.io.limits import check_image_bytes, check_inflated_size, open_member, zip_members
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["NotDicomError", "SeriesInfo", "SeriesListing", "SliceRecord", "list_series", "read_header",
            "select_series"]
@@ -110,6 +112,8 @@ def read_header(file: Path, opener: Callable[[], io.RawIOBase] | None = None) ->
     ``opener`` opens a zip member instead of ``file``; only the first 132 bytes are read to tell a DICOM
     file from any other, and the header up to the pixel data after that.
     """
+    import pydicom
+
     try:
         handle: Any = opener() if opener is not None else open(file, "rb")  # noqa: SIM115
     except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as error:
@@ -144,6 +148,8 @@ def read_header(file: Path, opener: Callable[[], io.RawIOBase] | None = None) ->
 
 def _check_deflated(handle: Any, file: Path) -> None:
     """pydicom inflates a deflated dataset in one call: count its inflated size in bounded steps first."""
+    import pydicom
+
     handle.seek(132)  # after the preamble and 'DICM'
     meta = pydicom.filereader._read_file_meta_info(handle)
     syntax = meta.get("TransferSyntaxUID")
@@ -154,6 +160,12 @@ def _check_deflated(handle: Any, file: Path) -> None:
 def _read_records(file: Path, member: str | None, opener: Callable[[], io.RawIOBase] | None, name: str,
                   size: int | None = None) -> list[SliceRecord]:
     dataset, offset = read_header(file, opener)
+    return header_records(dataset, offset, file, member, name, size)
+
+
+def header_records(dataset: Dataset | ParsedHeader, offset: int | None, file: Path, member: str | None, name: str,
+                   size: int | None = None) -> list[SliceRecord]:
+    """The slice records of one file's header (one per frame); NotDicomError for a non-image object."""
     layout = pixel_layout(dataset)
     if layout.rows == 0 or layout.columns == 0:
         raise NotDicomError(f"DICOM object without an image ({_sop_name(dataset)})")
@@ -166,7 +178,8 @@ def _read_records(file: Path, member: str | None, opener: Callable[[], io.RawIOB
     frames = _integer(raw_value(dataset, "NumberOfFrames"), 1)
     _check_frames(dataset, layout, frames, file.stat().st_size if size is None else size, file)
     common: dict[str, Any] = {"series_key": series_key, "sop_class": sop_class}
-    if "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset:
+    if not isinstance(dataset, ParsedHeader) and ("PerFrameFunctionalGroupsSequence" in dataset
+                                                  or "SharedFunctionalGroupsSequence" in dataset):
         return [_enhanced_record(dataset, file, member, offset, f, f"{name} frame {f + 1}", layout, common)
                 for f in range(frames)]
     slope, intercept = _rescale(dataset)
@@ -194,10 +207,10 @@ def _read_records(file: Path, member: str | None, opener: Callable[[], io.RawIOB
                         keys, **common)]
 
 
-def _check_frames(dataset: Dataset, layout: PixelLayout, frames: int, size: int, file: Path) -> None:
+def _check_frames(dataset: Dataset | ParsedHeader, layout: PixelLayout, frames: int, size: int, file: Path) -> None:
     """Refuse, before any record or array exists, frames that no file of ``size`` bytes can hold or
     whose pixel data would exceed ``MITK_MAX_IMAGE_BYTES``."""
-    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    syntax = None if isinstance(dataset, ParsedHeader) else dataset.file_meta.get("TransferSyntaxUID")
     # Every frame takes at least one bit of native data or one 8-byte item of encapsulated data; deflate
     # packs at most 1032 bytes into one.
     most = 8 * size * (1032 if syntax is not None and syntax.is_deflated else 1)
@@ -266,7 +279,7 @@ def _grid_frame_position(position: tuple[float, ...], orientation: tuple[float, 
     return origin + normal * offsets[frame]
 
 
-def _rescale(dataset: Dataset) -> tuple[float, float]:
+def _rescale(dataset: Dataset | ParsedHeader) -> tuple[float, float]:
     """RescaleSlope/Intercept (DoseGridScaling for RT Dose); a zero or unreadable slope counts as 1."""
     slope = _number(raw_value(dataset, "RescaleSlope"))
     intercept = _number(raw_value(dataset, "RescaleIntercept"))
@@ -287,8 +300,8 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
     if value is None or value == "":
         return None
     try:
-        numbers = tuple(float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
-                                           else [value]))
+        numbers = tuple(float(v) for v in (value if isinstance(value, (list, tuple))
+                                           or type(value).__name__ == "MultiValue" else [value]))
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == count and all(np.isfinite(numbers)) else None
@@ -298,7 +311,7 @@ def _positive(spacing: tuple[float, ...] | None) -> tuple[float, float] | None:
     return (spacing[0], spacing[1]) if spacing is not None and min(spacing) > 0 else None
 
 
-def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
+def _pixel_spacing(dataset: Dataset | ParsedHeader) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = _positive(_floats(raw_value(dataset, keyword), 2))
         if spacing is not None:
@@ -306,7 +319,7 @@ def _pixel_spacing(dataset: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _sop_name(dataset: Dataset) -> str:
+def _sop_name(dataset: Dataset | ParsedHeader) -> str:
     meta = getattr(dataset, "file_meta", None)
     uid = dataset.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
     return getattr(uid, "name", str(uid)) if uid else "no SOP class"

@@ -11,13 +11,17 @@ removes because they can hold a name, are left out too unless a caller asks for 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from mitk.io.atomic import split_suffix
 from mitk.io.dicom.deidentify import ACTIONS
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from mitk.io.dicom.header import ParsedHeader
 
 DESCRIPTION_KEYWORDS = ("SeriesDescription", "ProtocolName", "StudyDescription")
 """Free text that PS3.15's basic profile removes; copied only on request (:func:`descriptions`)."""
@@ -50,7 +54,7 @@ FORBIDDEN_KEYWORDS = frozenset(ACTIONS) | frozenset({
 _FUNCTIONAL_DEPTH = 3
 
 
-def summarize(header: Dataset, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(header: Dataset | ParsedHeader, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Allow-listed acquisition parameters of ``header`` (looked up in enhanced functional groups too).
 
     Never a description: see :func:`descriptions`.
@@ -72,7 +76,7 @@ def summarize(header: Dataset, extra: dict[str, Any] | None = None) -> dict[str,
     return summary
 
 
-def descriptions(header: Dataset) -> dict[str, str]:
+def descriptions(header: Dataset | ParsedHeader) -> dict[str, str]:
     """The free-text SeriesDescription, ProtocolName and StudyDescription of ``header`` that are present.
 
     PS3.15's basic profile removes them (a technologist may type a name into them), so mitk shows or
@@ -86,7 +90,7 @@ def descriptions(header: Dataset) -> dict[str, str]:
     return found
 
 
-def _lookup(header: Dataset, keyword: str) -> Any:
+def _lookup(header: Dataset | ParsedHeader, keyword: str) -> Any:
     value = _plain(header.get(keyword))
     if value is not None:
         return value
@@ -115,7 +119,7 @@ def _plain(value: Any) -> Any:
     """A JSON-friendly copy of an element value; ``None`` when empty or of a type not summarised."""
     if value is None or value == "":
         return None
-    if isinstance(value, (bytes, Dataset)) or type(value).__name__ in ("Sequence", "PersonName"):
+    if isinstance(value, bytes) or type(value).__name__ in ("Sequence", "PersonName") or _is_dataset(value):
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         items = [_plain(v) for v in value]
@@ -125,6 +129,12 @@ def _plain(value: Any) -> Any:
         return int(number) if number.is_integer() and not isinstance(value, float) else round(number, 6)
     text = str(value).strip()
     return text or None
+
+
+def _is_dataset(value: Any) -> bool:
+    """Whether ``value`` is a pydicom ``Dataset`` (there is none unless pydicom was imported)."""
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(value, module.Dataset)
 
 
 def sidecar_path(nifti: str | Path) -> Path:

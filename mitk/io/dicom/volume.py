@@ -14,15 +14,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset
 
 from mitk.errors import GeometryError, InputError
 from mitk.io.dicom.pixels import (
+    ExplicitVRLittleEndian,
     FrameRef,
+    ImplicitVRLittleEndian,
     apply_palette,
     check_decoder,
     check_layout,
@@ -30,6 +31,9 @@ from mitk.io.dicom.pixels import (
     load_dataset,
 )
 from mitk.io.limits import allocate, check_image_bytes
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 LOG = logging.getLogger("mitk.io.dicom")
 
@@ -197,8 +201,8 @@ def _multiframe_sources(refs: Sequence[FrameRef]) -> dict[tuple[Path, str | None
         key = (ref.path, ref.member)
         if ref.frame is None or key in sources:
             continue
-        native = ref.pixel_offset is not None and ref.member is None and ref.transfer_syntax.is_little_endian \
-            and not ref.transfer_syntax.is_encapsulated and not ref.transfer_syntax.is_deflated
+        native = ref.pixel_offset is not None and ref.member is None \
+            and ref.transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
         if not native:
             dataset = load_dataset(ref)
             _ = dataset.PixelData  # convert the raw element once, before threads share the dataset
