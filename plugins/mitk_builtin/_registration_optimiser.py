@@ -18,6 +18,7 @@ from mitk.image import Image
 from mitk_builtin._registration_metrics import fixed_bins, similarity
 from mitk_builtin._registration_pyramid import (
     Volume,
+    foreground,
     inside,
     intensity_window,
     normalise,
@@ -103,6 +104,11 @@ class AffineProblem:
         self.fixed_inside, self.moving_inside = to_mask(fixed_mask, self.fixed), to_mask(moving_mask, self.moving)
         self.fixed_window, self.moving_window = intensity_window(self.fixed.tensor), intensity_window(
             self.moving.tensor)
+        # Without a moving mask, only points landing on the moving image's signal count: a skull-stripped
+        # template's brain then matches the brain of a whole head, not the head (the scalp against its edge).
+        self.auto_foreground = self.moving_inside is None and bool(config.get("foreground", True))
+        if self.auto_foreground:
+            self.moving_inside = foreground(self.moving, self.moving_window, 0.0)
         self.moving_mask_grid = None if self.moving_inside is None else world_to_grid(
             self.moving.affine, self.moving.shape, device).double()
 
@@ -242,7 +248,9 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
     if problem.fixed_inside is not None or problem.moving_inside is not None:
         report["masks"] = [name for name, mask in (("fixed", problem.fixed_inside), ("moving", problem.moving_inside))
-                           if mask is not None]
+                           if mask is not None and not (name == "moving" and problem.auto_foreground)]
+        if problem.auto_foreground:
+            report["moving_foreground"] = True
         report["counted_share"] = []  # of the sampled points, the share the metric counted at each level's end
     staged = bool(config.get("rigid_first", False)) and kind != "rigid"
     transform, scored = choose_start(problem, "rigid" if staged else kind, init, sampled[0][1])
@@ -323,7 +331,8 @@ def check_not_collapsed(report: dict[str, Any]) -> None:
     start, shares = report.get("counted_share_start"), report.get("counted_share")
     if not shares:
         return  # no masks
-    final, masks = shares[-1], ", ".join(report.get("masks", []))
+    final = shares[-1]
+    masks = ", ".join([*report.get("masks", []), *(["moving foreground"] if report.get("moving_foreground") else [])])
     if final == 0:  # masks that never met, or a transform that left them
         raise PluginError(f"the {report['transform']} registration counted no sampled fixed point at the end "
                           f"({start or 0:.1%} at the start; masks: {masks}): check that the masks cover the same "
@@ -350,7 +359,7 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     similarity before and after the dense stage, the field's Jacobian determinants and its inverse consistency;
     with ``inverse=true`` also ``inverse_displacement`` (see :func:`._registration_field.fields`).
     """
-    from mitk_builtin._registration_dense import check_settings, dense_register, foreground
+    from mitk_builtin._registration_dense import check_settings, dense_register
     from mitk_builtin._registration_field import fields
 
     started = time.perf_counter()
