@@ -231,6 +231,8 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     are taken inside the masks too (the intensity windows stay those of the whole images, so that one
     intensity keeps one normalised value in both). With ``rigid_first``, a similarity or affine transform is
     preceded by a rigid stage through the same pyramid, and starts where it ended (ANTs' staged schedule).
+    Without a moving mask and with ``foreground`` (the default), the moving image's own signal is the moving
+    mask (``report["moving_foreground"]``); a fit that slides off it is done again on all points.
     The report carries the quality checks of :func:`check_quality`.
     """
     started = time.perf_counter()
@@ -241,11 +243,43 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         raise PluginError(f"setting metric must be one of {', '.join(METRICS)}, not {metric!r}")
     if init not in INITIALISATIONS:
         raise PluginError(f"setting init must be one of {', '.join(INITIALISATIONS)}, not {init!r}")
+    matrix, report = None, None
+    if moving_mask is None and bool(config.get("foreground", True)):
+        try:
+            matrix, report = fit(fixed, moving, config, device, fixed_mask, None)
+        except PluginError:  # the foreground-restricted fit collapsed: fall back to all points
+            report = None
+        else:
+            start, shares = report.get("counted_share_start"), report.get("counted_share") or [0.0]
+            if not start or shares[-1] < FOREGROUND_SHARE * start:
+                report = None
+    if matrix is None or report is None:
+        matrix, report = fit(fixed, moving, {**config, "foreground": False}, device, fixed_mask, moving_mask)
+        if moving_mask is None and bool(config.get("foreground", True)):
+            report["moving_foreground"] = False  # tried, and left: the fit moved off the moving image's signal
+    check_quality(report, strict=bool(config.get("strict", False)))
+    if "warnings" in report:
+        warnings.warn(RegistrationQualityWarning(f"registration result is suspect: {'; '.join(report['warnings'])}"),
+                      stacklevel=2)
+    report["seconds"] = time.perf_counter() - started
+    return matrix, report
+
+
+FOREGROUND_SHARE = 0.5
+"""A fit on the moving image's foreground that ends counting less than this fraction of the sampled points it
+counted at the start has slid off the moving image's signal (masked MI's collapse) and is done again on all
+points."""
+
+
+def fit(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device, fixed_mask: Image | None,
+        moving_mask: Image | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One affine fit (see :func:`affine_register`), without the quality verdict."""
+    kind, init = config["transform"], config["init"]
     problem = AffineProblem(fixed, moving, config, device, fixed_mask, moving_mask)
     levels = resolve_levels(config, problem.fixed.spacing[[n > 1 for n in problem.fixed.shape]])
     sampled = [(level, problem.level(level.spacing_mm)) for level in levels]
     normal = plane_normal(problem.fixed, device)
-    report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
+    report: dict[str, Any] = {"metric": config["metric"], "transform": kind, "iterations": [], "similarity": []}
     if problem.fixed_inside is not None or problem.moving_inside is not None:
         report["masks"] = [name for name, mask in (("fixed", problem.fixed_inside), ("moving", problem.moving_inside))
                            if mask is not None and not (name == "moving" and problem.auto_foreground)]
@@ -268,11 +302,6 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     check_not_collapsed(report)
     matrix = transform.matrix().detach()
     report.update(quality(problem, sampled[-1][1], initial, matrix, kind))
-    check_quality(report, strict=bool(config.get("strict", False)))
-    if "warnings" in report:
-        warnings.warn(RegistrationQualityWarning(f"registration result is suspect: {'; '.join(report['warnings'])}"),
-                      stacklevel=2)
-    report["seconds"] = time.perf_counter() - started
     return matrix.cpu().numpy(), report
 
 
