@@ -52,8 +52,7 @@ class AffineRegistration(RegistrationPlugin):
             "transform": "rigid (6 dof), similarity (7 dof) or affine (12 dof)",
             "metric": "mi (mutual information: any modality pair), ncc (correlation) or mse (same intensities)",
             "init": "auto (best of identity, geometry, com by the metric), com, moments, geometry or identity",
-            "foreground": "without a moving mask, count only points that land on the moving image's signal (> 2 % "
-                          "of its intensity window): a brain-only template then matches a whole head's brain",
+            "foreground": "no moving mask: count only points on the moving image's signal (> 2 % of its window)",
             "rigid_first": "for similarity/affine: a rigid stage through the pyramid first, then the full transform",
             "levels": "pyramid levels as multiples of the fixed image's finest spacing, coarse to fine",
             "iterations": "optimiser iterations at each pyramid level",
