@@ -7,6 +7,7 @@ Pairs (fixed ← moving), each scored by the Dice of the moving image's brain ma
   ``bench_register.py:skull_strip``) ← nilearn's MNI152 T1 at 2 mm (brain only);
 - ``itk_kmeans_t1`` (when ``--data`` holds the extracted Debian ``insighttoolkit5-examples``): ITK's
   ``KmeansTest_T1UCharRaw`` (mask: ITK's own ``KmeansTest_T1RawSkullStrip``) ← the MNI152 T1 at 2 mm;
+- ``itk_from_someones`` (with ``--data``): ITK's subject ← ``someones_anatomy``, two whole heads;
 - ``mni_from_someones``: the MNI152 T1 at 2 mm (mask: nilearn's MNI152 brain mask) ← ``someones_anatomy`` (issue
   26's direction: a subject onto the template).
 
@@ -49,6 +50,7 @@ def pairs(data: Path | None, template: Path, template_mask: Path) -> dict[str, t
         mask = next(iter(sorted(data.rglob("KmeansTest_T1RawSkullStrip.nii.gz"))), None)
         if image is not None and mask is not None:
             found["itk_kmeans_t1"] = (image, mask, template, template_mask)
+            found["itk_from_someones"] = (image, mask, *SOMEONES)
     found["mni_from_someones"] = (template, template_mask, *SOMEONES)
     return found
 

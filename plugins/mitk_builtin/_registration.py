@@ -43,15 +43,16 @@ class AffineRegistration(RegistrationPlugin):
     trainable = False
 
     def default_config(self) -> dict[str, Any]:
-        return {"transform": "affine", "metric": "mi", "init": "auto", "rigid_first": False, "levels": [4, 2, 1],
-                "iterations": [100, 50, 25], "samples": 20000, "bins": 32, "step_voxels": 0.5, "seed": 0,
-                "strict": False, "device": "auto"}
+        return {"transform": "affine", "metric": "mi", "init": "auto", "foreground": True, "rigid_first": False,
+                "levels": [4, 2, 1], "iterations": [100, 50, 25], "samples": 20000, "bins": 32, "step_voxels": 0.5,
+                "seed": 0, "strict": False, "device": "auto"}
 
     def settings_help(self) -> dict[str, str]:
         return {
             "transform": "rigid (6 dof), similarity (7 dof) or affine (12 dof)",
             "metric": "mi (mutual information: any modality pair), ncc (correlation) or mse (same intensities)",
             "init": "auto (best of identity, geometry, com by the metric), com, moments, geometry or identity",
+            "foreground": "no moving mask: count only points on the moving image's signal (> 2 % of its window)",
             "rigid_first": "for similarity/affine: a rigid stage through the pyramid first, then the full transform",
             "levels": "pyramid levels as multiples of the fixed image's finest spacing, coarse to fine",
             "iterations": "optimiser iterations at each pyramid level",
@@ -80,7 +81,7 @@ class DeformableRegistration(RegistrationPlugin):
     def default_config(self) -> dict[str, Any]:
         return {"affine": AffineRegistration().default_config(), "loss": "lncc", "bins": 32, "lncc_kernel": 5,
                 "levels": [2, 1], "iterations": [20, 0], "step_voxels": 0.25, "update_sigma": 1.7,
-                "total_sigma": 0.0, "symmetric": True, "foreground_mm": 4.0, "integration_steps": 7,
+                "total_sigma": 0.0, "symmetric": True, "foreground_mm": 0.0, "integration_steps": 7,
                 "inverse": False, "strict": False, "device": "auto"}
 
     def settings_help(self) -> dict[str, str]:

@@ -125,18 +125,6 @@ class Energy:
         return forward_gradient - backward_gradient
 
 
-def foreground(volume: Volume, window: tuple[float, float], margin_mm: float) -> torch.Tensor:
-    """The voxels above 2 % of the intensity window, dilated by ``margin_mm``: a skull-stripped template's brain
-    (and a margin of its edge), a whole head's head."""
-    import torch.nn.functional as F
-
-    inside = (normalise(volume.tensor, window) > 0.02).float()
-    radius = [int(np.ceil(margin_mm / s)) if n > 1 else 0 for s, n in zip(volume.spacing, volume.shape, strict=True)]
-    if any(radius):
-        inside = F.max_pool3d(inside, kernel_size=[2 * r + 1 for r in radius], stride=1, padding=radius)
-    return inside > 0.5
-
-
 def check_settings(config: dict[str, Any]) -> tuple[list[float], list[int]]:
     if config["loss"] not in LOSSES:
         raise PluginError(f"setting loss must be one of {', '.join(LOSSES)}, not {config['loss']!r}")

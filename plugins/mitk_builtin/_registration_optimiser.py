@@ -18,6 +18,7 @@ from mitk.image import Image
 from mitk_builtin._registration_metrics import fixed_bins, similarity
 from mitk_builtin._registration_pyramid import (
     Volume,
+    foreground,
     inside,
     intensity_window,
     normalise,
@@ -103,6 +104,11 @@ class AffineProblem:
         self.fixed_inside, self.moving_inside = to_mask(fixed_mask, self.fixed), to_mask(moving_mask, self.moving)
         self.fixed_window, self.moving_window = intensity_window(self.fixed.tensor), intensity_window(
             self.moving.tensor)
+        # Without a moving mask, only points landing on the moving image's signal count: a skull-stripped
+        # template's brain then matches the brain of a whole head, not the head (the scalp against its edge).
+        self.auto_foreground = self.moving_inside is None and bool(config.get("foreground", True))
+        if self.auto_foreground:
+            self.moving_inside = foreground(self.moving, self.moving_window, 0.0)
         self.moving_mask_grid = None if self.moving_inside is None else world_to_grid(
             self.moving.affine, self.moving.shape, device).double()
 
@@ -225,6 +231,8 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     are taken inside the masks too (the intensity windows stay those of the whole images, so that one
     intensity keeps one normalised value in both). With ``rigid_first``, a similarity or affine transform is
     preceded by a rigid stage through the same pyramid, and starts where it ended (ANTs' staged schedule).
+    Without a moving mask and with ``foreground`` (the default), the moving image's own signal is the moving
+    mask (``report["moving_foreground"]``); a fit that slides off it is done again on all points.
     The report carries the quality checks of :func:`check_quality`.
     """
     started = time.perf_counter()
@@ -235,14 +243,48 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
         raise PluginError(f"setting metric must be one of {', '.join(METRICS)}, not {metric!r}")
     if init not in INITIALISATIONS:
         raise PluginError(f"setting init must be one of {', '.join(INITIALISATIONS)}, not {init!r}")
+    matrix, report = None, None
+    if moving_mask is None and bool(config.get("foreground", True)):
+        try:
+            matrix, report = fit(fixed, moving, config, device, fixed_mask, None)
+        except PluginError:  # the foreground-restricted fit collapsed: fall back to all points
+            report = None
+        else:
+            start, shares = report.get("counted_share_start"), report.get("counted_share") or [0.0]
+            if not start or shares[-1] < FOREGROUND_SHARE * start:
+                report = None
+    if matrix is None or report is None:
+        matrix, report = fit(fixed, moving, {**config, "foreground": False}, device, fixed_mask, moving_mask)
+        if moving_mask is None and bool(config.get("foreground", True)):
+            report["moving_foreground"] = False  # tried, and left: the fit moved off the moving image's signal
+    check_quality(report, strict=bool(config.get("strict", False)))
+    if "warnings" in report:
+        warnings.warn(RegistrationQualityWarning(f"registration result is suspect: {'; '.join(report['warnings'])}"),
+                      stacklevel=2)
+    report["seconds"] = time.perf_counter() - started
+    return matrix, report
+
+
+FOREGROUND_SHARE = 0.5
+"""A fit on the moving image's foreground that ends counting less than this fraction of the sampled points it
+counted at the start has slid off the moving image's signal (masked MI's collapse) and is done again on all
+points."""
+
+
+def fit(fixed: Image, moving: Image, config: dict[str, Any], device: torch.device, fixed_mask: Image | None,
+        moving_mask: Image | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One affine fit (see :func:`affine_register`), without the quality verdict."""
+    kind, init = config["transform"], config["init"]
     problem = AffineProblem(fixed, moving, config, device, fixed_mask, moving_mask)
     levels = resolve_levels(config, problem.fixed.spacing[[n > 1 for n in problem.fixed.shape]])
     sampled = [(level, problem.level(level.spacing_mm)) for level in levels]
     normal = plane_normal(problem.fixed, device)
-    report: dict[str, Any] = {"metric": metric, "transform": kind, "iterations": [], "similarity": []}
+    report: dict[str, Any] = {"metric": config["metric"], "transform": kind, "iterations": [], "similarity": []}
     if problem.fixed_inside is not None or problem.moving_inside is not None:
         report["masks"] = [name for name, mask in (("fixed", problem.fixed_inside), ("moving", problem.moving_inside))
-                           if mask is not None]
+                           if mask is not None and not (name == "moving" and problem.auto_foreground)]
+        if problem.auto_foreground:
+            report["moving_foreground"] = True
         report["counted_share"] = []  # of the sampled points, the share the metric counted at each level's end
     staged = bool(config.get("rigid_first", False)) and kind != "rigid"
     transform, scored = choose_start(problem, "rigid" if staged else kind, init, sampled[0][1])
@@ -260,11 +302,6 @@ def affine_register(fixed: Image, moving: Image, config: dict[str, Any], device:
     check_not_collapsed(report)
     matrix = transform.matrix().detach()
     report.update(quality(problem, sampled[-1][1], initial, matrix, kind))
-    check_quality(report, strict=bool(config.get("strict", False)))
-    if "warnings" in report:
-        warnings.warn(RegistrationQualityWarning(f"registration result is suspect: {'; '.join(report['warnings'])}"),
-                      stacklevel=2)
-    report["seconds"] = time.perf_counter() - started
     return matrix.cpu().numpy(), report
 
 
@@ -323,7 +360,8 @@ def check_not_collapsed(report: dict[str, Any]) -> None:
     start, shares = report.get("counted_share_start"), report.get("counted_share")
     if not shares:
         return  # no masks
-    final, masks = shares[-1], ", ".join(report.get("masks", []))
+    final = shares[-1]
+    masks = ", ".join([*report.get("masks", []), *(["moving foreground"] if report.get("moving_foreground") else [])])
     if final == 0:  # masks that never met, or a transform that left them
         raise PluginError(f"the {report['transform']} registration counted no sampled fixed point at the end "
                           f"({start or 0:.1%} at the start; masks: {masks}): check that the masks cover the same "
@@ -350,7 +388,7 @@ def deformable_register(fixed: Image, moving: Image, config: dict[str, Any], dev
     similarity before and after the dense stage, the field's Jacobian determinants and its inverse consistency;
     with ``inverse=true`` also ``inverse_displacement`` (see :func:`._registration_field.fields`).
     """
-    from mitk_builtin._registration_dense import check_settings, dense_register, foreground
+    from mitk_builtin._registration_dense import check_settings, dense_register
     from mitk_builtin._registration_field import fields
 
     started = time.perf_counter()

@@ -146,3 +146,15 @@ def shrink_mask(mask: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tens
     share = F.avg_pool3d(F.pad(mask.float(), pads, mode="replicate"), kernel_size=factors, stride=factors)
     level = share >= 0.5
     return level if bool(level.any()) else share > 0
+
+
+def foreground(volume: Volume, window: tuple[float, float], margin_mm: float) -> torch.Tensor:
+    """The voxels above 2 % of the intensity window, dilated by ``margin_mm``: a skull-stripped template's brain
+    (and a margin of its edge), a whole head's head."""
+    import torch.nn.functional as F
+
+    inside = (normalise(volume.tensor, window) > 0.02).float()
+    radius = [int(np.ceil(margin_mm / s)) if n > 1 else 0 for s, n in zip(volume.spacing, volume.shape, strict=True)]
+    if any(radius):
+        inside = F.max_pool3d(inside, kernel_size=[2 * r + 1 for r in radius], stride=1, padding=radius)
+    return inside > 0.5
