@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,9 @@ DICOM_GEOMETRY = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "Photo
 that names the patient, the study or the institution."""
 
 _digests: dict[tuple[str, int, int], dict[str, Any]] = {}
+_weights_digests: dict[tuple[str, int, int, int, int], dict[str, Any]] = {}
+"""A weights file's digest by its absolute path and identity (device, inode, size, modification time): a file
+rewritten in place is hashed again. The warm worker (:mod:`mitk.serve`) fills it for the models it keeps."""
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("mitk_provenance", default=None)
 
 
@@ -121,14 +125,19 @@ def weights_digest(path: str | os.PathLike[str] | None) -> dict[str, Any] | None
     if not target.exists():
         return None
     if target.is_file():
-        return {"kind": "file", "sha256": sha256_file(target), "bytes": target.stat().st_size}
+        stat = target.stat()
+        key = (str(target.absolute()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _weights_digests:
+            _weights_digests[key] = {"kind": "file", "sha256": sha256_file(target), "bytes": stat.st_size}
+        return dict(_weights_digests[key])
     lines = [f"{p.relative_to(target).as_posix()} {sha256_file(p)}"
              for p in sorted(target.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     return {"kind": "folder", "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(), "files": len(lines)}
 
 
+@functools.lru_cache(maxsize=64)
 def package_version(name: str) -> str | None:
-    """The installed version of a distribution, without importing it."""
+    """The installed version of a distribution, without importing it (read once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

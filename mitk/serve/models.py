@@ -204,6 +204,11 @@ class ModelCache:
             except Exception:  # the child loaded it; if the worker cannot, calls just load it themselves
                 return False
         self.models[key] = model
+        from mitk.provenance import weights_digest
+
+        for member in json.loads(key)[3]:  # the calls' provenance: each member file hashed once, here
+            with contextlib.suppress(OSError):
+                weights_digest(member[0])
         while len(self.models) > self.size:
             self.models.popitem(last=False)
         return True

@@ -212,10 +212,9 @@ class Worker:
                 self.waiting -= 1
 
     def _done(self, child: Child) -> None:
-        """After the call has answered: reap the child, then let the keeper act on its notes."""
+        """After the call has answered: let the keeper act on the child's notes, let the forker fork the next
+        spare, and reap the child meanwhile (its exit, unmapping a large process, takes as long as a fork)."""
         try:
-            if not child.reaped:
-                child.reap()
             if self.keeper is not None and child.notes:
                 with self.fork_lock:
                     if self.keeper.take_notes(child.notes):
@@ -223,10 +222,14 @@ class Worker:
                         gc.freeze()  # what the keeper added, left alone by the children's collections
                         self.generation += 1
         finally:
-            child.close()
             with self.spares:
                 self.running -= 1
                 self.spares.notify_all()
+            try:
+                if not child.reaped:
+                    child.reap()
+            finally:
+                child.close()
 
     # --- the calls -------------------------------------------------------------------------------------------
 
