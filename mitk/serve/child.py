@@ -116,6 +116,7 @@ def run_call(message: dict[str, Any], fds: list[int], job: Job, channel: socket.
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding=sys.stderr.encoding,
                                       errors="backslashreplace", line_buffering=True)
         sys.argv = ["mitk", *message["argv"]]
+        _fresh_random_state()
         try:
             job(list(message["argv"]))
             code = 0
@@ -139,6 +140,15 @@ def run_call(message: dict[str, Any], fds: list[int], job: Job, channel: socket.
         with contextlib.suppress(Exception):
             send(channel, {"exit": code})
         os._exit(code)
+
+
+def _fresh_random_state() -> None:
+    """NumPy's global random state seeded afresh, as in a new process (Python's ``random`` reseeds itself in a
+    forked child; torch's default generator starts from the same seed in every process anyway)."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        with contextlib.suppress(Exception):
+            numpy_random.seed()
 
 
 def _exit_code(done: SystemExit) -> int:

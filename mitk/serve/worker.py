@@ -338,13 +338,14 @@ def _wait(connection: socket.socket, child: Child) -> int:
 
 
 def serve(job: Job, path: Path, idle_timeout: float, preload: Callable[[], None],
-          ready: Callable[[str], None], keeper: Keeper | None = None) -> None:
-    """Bind ``path``, run ``preload`` (the imports to keep warm), say ``ready``, then serve until stopped."""
+          ready: Callable[[str], None], keeper: Keeper | None = None, owner: int | None = None) -> None:
+    """Bind ``path``, run ``preload`` (the imports to keep warm), say ``ready``, then serve ``owner`` (this
+    user unless told) until stopped."""
     server = claim_socket(path)
     worker: Worker | None = None
     try:
         preload()
-        worker = Worker(server, path, job, idle_timeout, keeper)
+        worker = Worker(server, path, job, idle_timeout, keeper, owner)
 
         def stop(signum: int, frame: Any) -> None:
             assert worker is not None
