@@ -152,15 +152,16 @@ def library_versions() -> dict[str, str | None]:
             "numpy": package_version("numpy"), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def runtime_state() -> dict[str, Any]:
+def runtime_state(torch_used: bool = True) -> dict[str, Any]:
     """Threads, seed and determinism flags in force. Read from torch only when it is imported already (a classical
-    plugin's run does not import it for this)."""
+    plugin's run does not import it for this) and the run uses it (``torch_used``: in the warm worker of
+    :mod:`mitk.serve`, torch is imported for every call, and a classical call records what a local one does)."""
     state: dict[str, Any] = {"threads": None, "interop_threads": None, "seed": None,
                              "deterministic": {"MITK_CPU_KERNELS": os.environ.get("MITK_CPU_KERNELS", "1"),
                                                "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
                                                "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED")},
                              "cpu_count": os.cpu_count()}
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch") if torch_used else None
     if torch is not None:
         with contextlib.suppress(Exception):
             state["threads"] = torch.get_num_threads()
@@ -194,7 +195,7 @@ def run_provenance(model: Any, task: str, distribution: str | None = None) -> di
         "weights_digest": weights_digest(source),
         "settings": jsonable(model.config),
         "device": str(model.device),
-        **runtime_state(),
+        **runtime_state(torch_used=not getattr(model, "classical", False)),
         "versions": library_versions(),
     }
 

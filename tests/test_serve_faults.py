@@ -108,9 +108,9 @@ def test_a_crashing_job_takes_only_its_child(worker: tuple[subprocess.Popen[str]
 
 @pytest.mark.timeout(300)
 def test_one_jobs_settings_never_reach_the_next(worker: tuple[subprocess.Popen[str], Path], tmp_path: Path) -> None:
-    """torch's default dtype, seed and threads, the environment, the folder and the imported modules that one job
-    changes are back as they were for the next one; NumPy's and Python's random states are fresh in each call,
-    as in a new process, whatever a job seeded."""
+    """torch's default dtype and threads, the environment, the folder and the imported modules that one job
+    changes are back as they were for the next one; torch's, NumPy's and Python's random states are fresh in each
+    call, as in a new process, whatever a job seeded."""
     _, sock = worker
     (tmp_path / "here").mkdir()
     first = json.loads(call(sock, ["show"], tmp_path / "here")[1])
@@ -118,7 +118,7 @@ def test_one_jobs_settings_never_reach_the_next(worker: tuple[subprocess.Popen[s
     after = json.loads(call(sock, ["show"], tmp_path / "here")[1])
     assert changed["dtype"] == "torch.float64" and changed["env"] == "1" and changed["cwd"] == "/"
     assert changed["seed"] == 1234 and changed["threads"] == 1 and changed["module"]
-    randoms = ("numpy", "random")
+    randoms = ("seed", "numpy", "random")
     assert {key: value for key, value in after.items() if key not in randoms} == \
         {key: value for key, value in first.items() if key not in randoms}
     for key in randoms:

@@ -143,12 +143,13 @@ def run_call(message: dict[str, Any], fds: list[int], job: Job, channel: socket.
 
 
 def _fresh_random_state() -> None:
-    """NumPy's global random state seeded afresh, as in a new process (Python's ``random`` reseeds itself in a
-    forked child; torch's default generator starts from the same seed in every process anyway)."""
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        with contextlib.suppress(Exception):
-            numpy_random.seed()
+    """torch's default generator and NumPy's global random state seeded afresh, from the system's entropy, as in a
+    new process (the manifest records torch's seed); Python's ``random`` reseeds itself in a forked child."""
+    for name, reseed in (("torch", "seed"), ("numpy.random", "seed")):
+        module = sys.modules.get(name)
+        if module is not None:
+            with contextlib.suppress(Exception):
+                getattr(module, reseed)()
 
 
 def _exit_code(done: SystemExit) -> int:
