@@ -8,8 +8,8 @@ the classical `threshold` plugin. Contenders, each timed end to end in the same 
 - warm per-file: the same N calls with MITK_SERVE=1 and a worker started beforehand (its start-up is reported
   separately, as a script would pay it once; from the second call on, the UNet is kept loaded in the worker).
 
-``--rounds R`` alternates one call and the warm loop R times (the ratio of each round is reported, and that of
-the medians); ``--no-cold`` leaves out the cold loop (N fresh processes: minutes on a loaded machine);
+``--rounds R`` alternates one call and the warm loop R times, in turn first (the ratio of each round is reported,
+and that of the medians); ``--no-cold`` leaves out the cold loop (N fresh processes: minutes on a loaded machine);
 ``--threads T`` sets OMP_NUM_THREADS for every contender alike (OpenMP threads that spin while the machine is
 oversubscribed make single timings swing by several times). The load average is recorded.
 """
@@ -88,13 +88,18 @@ def main() -> None:
             worker_start = time.perf_counter() - started
             ones, warms = [], []
             try:
-                for _ in range(args.rounds):
+                for round_ in range(args.rounds):
                     for folder in (f"{plugin}_one", f"{plugin}_warm"):
                         shutil.rmtree(directory / folder, ignore_errors=True)
-                    ones.append(timed([[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]],
-                                      env))
-                    warms.append(timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
-                                        for path in files], {**env, "MITK_SERVE": "1"}))
+                    one_call = [[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]]
+                    per_file = [[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
+                                for path in files]
+                    if round_ % 2 == 0:  # the order alternates, so that neither always runs second
+                        ones.append(timed(one_call, env))
+                        warms.append(timed(per_file, {**env, "MITK_SERVE": "1"}))
+                    else:
+                        warms.append(timed(per_file, {**env, "MITK_SERVE": "1"}))
+                        ones.append(timed(one_call, env))
                     first = sorted((directory / f"{plugin}_one").glob("*.nii.gz"))
                     other = sorted((directory / f"{plugin}_warm").glob("*.nii.gz"))
                     assert [a.read_bytes() for a in first] == [b.read_bytes() for b in other], plugin

@@ -78,6 +78,8 @@ def spare(channel: socket.socket, parent: int, job: Job, keeper: Keeper | None) 
     run it, with the ``keeper``'s things at hand, and exit. Never returns."""
     try:
         die_with_parent(parent)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's handler: a spare stops when told
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the worker's terminal is the worker's
         let_go_of_inherited({channel.fileno()})
         message, fds = receive(channel, with_fds=True)
     except BaseException:  # a spare must never run on as a second worker
