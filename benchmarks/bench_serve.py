@@ -8,8 +8,10 @@ the classical `threshold` plugin. Contenders, each timed end to end in the same 
 - warm per-file: the same N calls with MITK_SERVE=1 and a worker started beforehand (its start-up is reported
   separately, as a script would pay it once; from the second call on, the UNet is kept loaded in the worker).
 
-``--rounds R`` alternates one call and the warm loop R times (the ratio of each round is reported, and that of
-the medians); ``--no-cold`` leaves out the cold loop (N fresh processes: minutes on a loaded machine);
+``--rounds R`` alternates one call and the warm loop R times, in turn first (the ratio of each round is reported,
+and that of the medians); ``--no-cold`` leaves out the cold loop (N fresh processes: minutes on a loaded machine);
+``--baseline DIR`` adds the warm loop through a worker run from another source tree (the worker of an older
+commit, checked out with ``git worktree``), interleaved with the others; ``--save NAME`` names the results file;
 ``--threads T`` sets OMP_NUM_THREADS for every contender alike (OpenMP threads that spin while the machine is
 oversubscribed make single timings swing by several times). The load average is recorded.
 """
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument("--plugins", default="unet,threshold")
     parser.add_argument("--no-cold", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--baseline", type=Path, help="another mitk source tree (a `git worktree` of an older "
+                        "commit): its worker's warm loop runs too, interleaved")
+    parser.add_argument("--save", default="serve", help="the results file's name (results/NAME.json)")
     args = parser.parse_args()
     mitk = [sys.executable, "-m", "mitk"]
     load_before = os.getloadavg()
@@ -75,6 +80,9 @@ def main() -> None:
         env["MITK_SERVE_SOCKET"] = str(sock)
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
+        baseline_env = None if args.baseline is None else {
+            **env, "MITK_SERVE_SOCKET": str(sock.parent / "baseline.sock"),
+            "PYTHONPATH": os.pathsep.join([str(args.baseline), str(args.baseline / "plugins")])}
         files = sorted(scans.iterdir())
         rows = []
         for plugin in args.plugins.split(","):
@@ -86,34 +94,53 @@ def main() -> None:
             subprocess.run([*mitk, "serve", "--detach", "--idle-timeout", "600"], check=True, env=env,
                            capture_output=True)
             worker_start = time.perf_counter() - started
-            ones, warms = [], []
+            if baseline_env is not None:
+                subprocess.run([*mitk, "serve", "--detach", "--idle-timeout", "600"], check=True, env=baseline_env,
+                               capture_output=True)
+            contenders = {"one": ([[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]],
+                                  env),
+                          "warm": ([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
+                                    for path in files], {**env, "MITK_SERVE": "1"})}
+            if baseline_env is not None:
+                contenders["baseline"] = ([[*mitk, "segment", str(path), *extra, "-d",
+                                            str(directory / f"{plugin}_baseline")] for path in files],
+                                          {**baseline_env, "MITK_SERVE": "1"})
+            times: dict[str, list[float]] = {name: [] for name in contenders}
             try:
-                for _ in range(args.rounds):
-                    for folder in (f"{plugin}_one", f"{plugin}_warm"):
-                        shutil.rmtree(directory / folder, ignore_errors=True)
-                    ones.append(timed([[*mitk, "segment", str(scans), *extra, "-d", str(directory / f"{plugin}_one")]],
-                                      env))
-                    warms.append(timed([[*mitk, "segment", str(path), *extra, "-d", str(directory / f"{plugin}_warm")]
-                                        for path in files], {**env, "MITK_SERVE": "1"}))
+                for round_ in range(args.rounds):
+                    names = list(contenders)
+                    names = names[round_ % len(names):] + names[:round_ % len(names)]  # each goes first in turn
+                    for name in names:
+                        shutil.rmtree(directory / f"{plugin}_{name}", ignore_errors=True)
+                        times[name].append(timed(*contenders[name]))
                     first = sorted((directory / f"{plugin}_one").glob("*.nii.gz"))
-                    other = sorted((directory / f"{plugin}_warm").glob("*.nii.gz"))
-                    assert [a.read_bytes() for a in first] == [b.read_bytes() for b in other], plugin
+                    for name in contenders:
+                        other = sorted((directory / f"{plugin}_{name}").glob("*.nii.gz"))
+                        assert [a.read_bytes() for a in first] == [b.read_bytes() for b in other], (plugin, name)
             finally:
                 status = subprocess.run([*mitk, "serve", "--status"], env=env, capture_output=True, text=True)
-                subprocess.run([*mitk, "serve", "--stop"], env=env, capture_output=True)
+                for worker_env in (env, baseline_env):
+                    if worker_env is not None:
+                        subprocess.run([*mitk, "serve", "--stop"], env=worker_env, capture_output=True)
+            ones, warms = times["one"], times["warm"]
             one, warm = statistics.median(ones), statistics.median(warms)
             row = {"plugin": plugin, "files": args.files, "rounds": args.rounds, "one_call_s": round(one, 2),
                    "warm_per_file_s": round(warm, 2), "worker_start_s": round(worker_start, 2),
                    "warm_over_one_call": round(warm / one, 2),
                    "per_round": [round(w / o, 2) for o, w in zip(ones, warms, strict=True)],
                    "worker": status.stderr.strip().split("; ", 1)[-1]}
+            if "baseline" in times:
+                base = statistics.median(times["baseline"])
+                row.update(baseline_per_file_s=round(base, 2), baseline_over_one_call=round(base / one, 2),
+                           warm_over_baseline=round(warm / base, 2))
             if cold is not None:
                 row.update(cold_per_file_s=round(cold, 2), cold_over_one_call=round(cold / one, 2))
             rows.append(row)
     load = {"before": [round(v, 1) for v in load_before], "after": [round(v, 1) for v in os.getloadavg()]}
     print(table(rows, list(rows[0])))
     print("load average (1, 5, 15 min) before", load["before"], "after", load["after"])
-    save("serve", {"rows": rows, "load_average": load, "threads": args.threads or "default"})
+    save(args.save, {"rows": rows, "load_average": load, "threads": args.threads or "default",
+                     "baseline": None if args.baseline is None else str(args.baseline)})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,9 @@ DICOM_GEOMETRY = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "Photo
 that names the patient, the study or the institution."""
 
 _digests: dict[tuple[str, int, int], dict[str, Any]] = {}
+_weights_digests: dict[tuple[str, int, int, int, int], dict[str, Any]] = {}
+"""A weights file's digest by its absolute path and identity (device, inode, size, modification time): a file
+rewritten in place is hashed again. The warm worker (:mod:`mitk.serve`) fills it for the models it keeps."""
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("mitk_provenance", default=None)
 
 
@@ -121,14 +125,19 @@ def weights_digest(path: str | os.PathLike[str] | None) -> dict[str, Any] | None
     if not target.exists():
         return None
     if target.is_file():
-        return {"kind": "file", "sha256": sha256_file(target), "bytes": target.stat().st_size}
+        stat = target.stat()
+        key = (str(target.absolute()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _weights_digests:
+            _weights_digests[key] = {"kind": "file", "sha256": sha256_file(target), "bytes": stat.st_size}
+        return dict(_weights_digests[key])
     lines = [f"{p.relative_to(target).as_posix()} {sha256_file(p)}"
              for p in sorted(target.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     return {"kind": "folder", "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(), "files": len(lines)}
 
 
+@functools.lru_cache(maxsize=64)
 def package_version(name: str) -> str | None:
-    """The installed version of a distribution, without importing it."""
+    """The installed version of a distribution, without importing it (read once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -143,15 +152,16 @@ def library_versions() -> dict[str, str | None]:
             "numpy": package_version("numpy"), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def runtime_state() -> dict[str, Any]:
+def runtime_state(torch_used: bool = True) -> dict[str, Any]:
     """Threads, seed and determinism flags in force. Read from torch only when it is imported already (a classical
-    plugin's run does not import it for this)."""
+    plugin's run does not import it for this) and the run uses it (``torch_used``: in the warm worker of
+    :mod:`mitk.serve`, torch is imported for every call, and a classical call records what a local one does)."""
     state: dict[str, Any] = {"threads": None, "interop_threads": None, "seed": None,
                              "deterministic": {"MITK_CPU_KERNELS": os.environ.get("MITK_CPU_KERNELS", "1"),
                                                "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
                                                "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED")},
                              "cpu_count": os.cpu_count()}
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch") if torch_used else None
     if torch is not None:
         with contextlib.suppress(Exception):
             state["threads"] = torch.get_num_threads()
@@ -185,7 +195,7 @@ def run_provenance(model: Any, task: str, distribution: str | None = None) -> di
         "weights_digest": weights_digest(source),
         "settings": jsonable(model.config),
         "device": str(model.device),
-        **runtime_state(),
+        **runtime_state(torch_used=not getattr(model, "classical", False)),
         "versions": library_versions(),
     }
 

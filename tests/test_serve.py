@@ -82,6 +82,18 @@ def without_timings(text: str) -> str:
     return re.sub(r"\(\d+\.\d s\)", "(T s)", text)
 
 
+def manifest(path: Path, folder: str, *random: str) -> list[dict[str, object]]:
+    """A manifest's records, less their timings and the ``random`` provenance fields (torch's seed: drawn afresh
+    by each process, and by each call through the worker), with the output ``folder`` named D."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert records
+    for record in records:
+        record.pop("seconds")
+        for key in random:
+            record["provenance"].pop(key)
+    return list(json.loads(json.dumps(records).replace(folder, "D")))
+
+
 @pytest.mark.timeout(600)
 def test_a_call_through_the_worker_is_the_local_call(warm: tuple[subprocess.Popen[str], Path, Path]) -> None:
     _, sock, root = warm
@@ -99,6 +111,7 @@ def test_a_call_through_the_worker_is_the_local_call(warm: tuple[subprocess.Pope
     assert (root / "local" / "lung1_image_seg_stats.csv").read_bytes() == \
         (root / "warm" / "lung1_image_seg_stats.csv").read_bytes()
     assert without_timings(results["local"].stdout) == without_timings(results["warm"].stdout)
+    assert manifest(root / "local.jsonl", "local") == manifest(root / "warm.jsonl", "warm")
     assert without_timings(results["local"].stderr).replace("local", "D") == \
         without_timings(results["warm"].stderr).replace("warm", "D")
     # a failing call: the same line and exit status
@@ -169,6 +182,39 @@ def test_kept_models_are_reused_and_reloaded_when_their_weights_file_is_rewritte
     assert "models kept: 2 of 4, calls that found theirs loaded: 1" in status()  # loaded afresh, kept too
     assert rewritten != first
     assert rewritten == call("kept_local")
+
+
+@pytest.mark.timeout(600)
+def test_an_ensemble_is_kept_as_one_model(warm: tuple[subprocess.Popen[str], Path, Path]) -> None:
+    """Two checkpoints named as one ensemble (``--weights A,B``) are kept as one model: the second call finds it,
+    and its outputs and manifest are the local call's."""
+    _, sock, root = warm
+    folder = root / "ensemble"
+    folder.mkdir(exist_ok=True)
+    for seed in (2, 3):
+        write_unet(folder / f"member_{seed}.safetensors", seed=seed)
+    weights = ",".join(str(folder / f"member_{seed}.safetensors") for seed in (2, 3))
+    image = str(DATA / "brain1_image.nii.gz")
+
+    def call(name: str, **extra: str) -> dict[str, bytes]:
+        done = mitk(["segment", image, "--weights", weights, "--device", "cpu", "--probabilities", "-d", name,
+                     "--manifest", f"{name}.jsonl"], sock, root, **extra)
+        assert done.returncode == 0, done.stderr
+        return {path.name: path.read_bytes() for path in sorted((root / name).iterdir())}
+
+    def kept() -> tuple[int, int]:
+        found = re.search(r"models kept: (\d+) of \d+, calls that found theirs loaded: (\d+)",
+                          mitk(["serve", "--status"], sock, root).stderr)
+        assert found is not None
+        return int(found[1]), int(found[2])
+
+    models, hits = kept()
+    first = call("ens_1", MITK_SERVE="1")
+    assert kept() == (min(models + 1, 4), hits)  # one model for the two members
+    assert call("ens_2", MITK_SERVE="1") == first
+    assert kept()[1] == hits + 1
+    assert call("ens_local") == first
+    assert manifest(root / "ens_2.jsonl", "ens_2", "seed") == manifest(root / "ens_local.jsonl", "ens_local", "seed")
 
 
 def test_control_messages_and_version_check(warm: tuple[subprocess.Popen[str], Path, Path]) -> None:

@@ -5,5 +5,7 @@ forked child with the caller's terminal, folder and environment, exactly as the 
 - :mod:`mitk.serve.protocol`: where the socket lives, who may use it, and the messages (light imports only:
   the client runs before anything heavy).
 - :mod:`mitk.serve.client`: hands a call to the worker, or says to run it here.
-- :mod:`mitk.serve.worker`: the server loop, one forked child per call.
+- :mod:`mitk.serve.worker`: the server loop, one forked child per call (forked ahead, between calls).
+- :mod:`mitk.serve.child`: a call in its child: the caller's terminal, folder and environment, then the job.
+- :mod:`mitk.serve.models`: the models (and mitk's modules) the worker keeps loaded between calls.
 """

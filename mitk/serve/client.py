@@ -57,7 +57,8 @@ def _run(connection: socket.socket, argv: list[str]) -> int:
         if signal.getsignal(number) is not signal.SIG_IGN:
             previous[number] = signal.signal(number, relay)
     try:
-        send(connection, job, fds=[0, 1, 2])
+        with contextlib.suppress(OSError):  # a worker that refuses this caller may have answered and closed
+            send(connection, job, fds=[0, 1, 2])
         while True:
             try:
                 message, _ = receive(connection)
