@@ -154,7 +154,7 @@ def _built_once(app: Any, command: Any) -> None:
 
     build_app, get_command = mitk.cli.build_app, typer.main.get_command
 
-    def built_app() -> Any:
+    def built_app(only: str | None = None) -> Any:  # the whole command line serves any verb named
         mitk.cli.build_app = build_app
         return app
 
