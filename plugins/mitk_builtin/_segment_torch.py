@@ -134,8 +134,10 @@ def torch_preprocessing(config: dict[str, Any], monai: Callable[[], Any]) -> Tor
         from nibabel import orientations
 
         try:
-            orientations.axcodes2ornt(orientation, labels=RAS_AXIS_LABELS)
+            axes = orientations.axcodes2ornt(orientation, labels=RAS_AXIS_LABELS)[:, 0]
         except Exception:  # MONAI's transform reports it, as before
+            return None
+        if sorted(axes.tolist()) != [0, 1, 2]:  # e.g. "SIL" names one axis twice: left to MONAI, as before
             return None
     intensity = dict(config.get("intensity") or {})
     mode = str(intensity.get("mode", "none")).lower()
