@@ -12,6 +12,7 @@ one tensor of the window's size.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -118,10 +119,8 @@ class SlidingWindow:
         for first in range(0, windows * batch_size, self.sw_batch_size):
             chosen = range(first, min(first + self.sw_batch_size, windows * batch_size))
             places = [(slice(i // windows, i // windows + 1), slice(None), *slices[i % windows]) for i in chosen]
-            if self.sw_batch_size > 1:
-                window = torch.cat([inputs[place] for place in places])
-            else:
-                window = inputs[places[0]]
+            # MONAI concatenates (a copy) when it may batch windows, and passes the view when it never does
+            window = torch.cat([inputs[place] for place in places]) if self.sw_batch_size > 1 else inputs[places[0]]
             predicted = network(window)
             if type(predicted) is not torch.Tensor or predicted.dim() != dims + 2 \
                     or tuple(predicted.shape[2:]) != roi:
@@ -130,7 +129,8 @@ class SlidingWindow:
                 output = torch.zeros([batch_size, predicted.shape[1], *image_size], dtype=dtype, device=device)
                 count = torch.zeros([1, 1, *image_size], dtype=dtype, device=device)
                 for place in slices:
-                    count[(slice(None), slice(None), *place)] += weights
+                    index: tuple[slice, ...] = (slice(None), slice(None), *place)
+                    count[index] += weights
             predicted *= weights.to(dtype=dtype, device=predicted.device)
             predicted = predicted.to(device)
             for place, values in zip(places, predicted, strict=True):
@@ -140,7 +140,8 @@ class SlidingWindow:
         if any(pad_size):
             crop = [slice(pad_size[2 * (dims - 1 - axis)], pad_size[2 * (dims - 1 - axis)] + image_size_[axis])
                     for axis in range(dims)]
-            output = output[(slice(None), slice(None), *crop)]
+            cropped: tuple[slice, ...] = (slice(None), slice(None), *crop)
+            output = output[cropped]
         return output
 
 
@@ -148,8 +149,6 @@ def _autocast() -> bool:
     """Autocast on any device: MONAI's inferer runs then (training's validation), as before."""
     checks = [torch.is_autocast_enabled()]
     for device in ("cpu", "cuda"):
-        try:
+        with contextlib.suppress(TypeError):  # torch < 2.4 takes no device
             checks.append(torch.is_autocast_enabled(device))
-        except TypeError:  # torch < 2.4 takes no device
-            pass
     return any(checks)

@@ -66,7 +66,7 @@ def _norm_layer(norm: tuple[str, dict[str, Any]], dims: int, channels: int) -> n
     name, kwargs = norm
     stem, channel_argument = NORMS[name]
     layer_type = getattr(nn, stem if name == "group" else f"{stem}{dims}d")
-    return layer_type(**{channel_argument: channels, **kwargs})  # type: ignore[no-any-return]
+    return layer_type(**{channel_argument: channels, **kwargs})
 
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -192,8 +192,8 @@ class TorchUNet(nn.Module):
 
 def _odd(kernel: Any, dims: int) -> bool:
     values = [kernel] if isinstance(kernel, int) else list(kernel)
-    return (len(values) == (1 if isinstance(kernel, int) else dims) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 2
-                                               for v in values))
+    odd = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 2 for v in values)
+    return odd and len(values) == (1 if isinstance(kernel, int) else dims)
 
 
 def torch_unet(spatial_dims: int, in_channels: int, out_channels: int, channels: Sequence[int],
