@@ -1,12 +1,13 @@
-"""The MONAI-free inference path of the built-in ``unet`` gives MONAI's answer, bit for bit.
+"""The MONAI-free inference path of the built-in ``unet`` (and ``segresnet``) gives MONAI's answer, bit for bit.
 
-:mod:`mitk.runner.unet_torch` (the network), :mod:`mitk.runner.sliding_window` (the inferer) and
-:mod:`mitk_builtin._segment_torch` (orientation and intensity) are each compared with MONAI's own piece on the
-same weights and input — UNet configurations of channels, strides, residual units 0/1/2, instance/batch/group
-norm, kernels 3/5, 2-D and 3-D; sliding windows over odd sizes, images smaller than the window, overlaps, batch
-sizes, gaussian and constant blending; real MR and CT volumes in LAS/LPS — and end to end through
-``load_model`` and the runner against ``MITK_TORCH_INFERENCE=0`` (MONAI's pieces). ``mitk segment --plugin
-unet`` must then run without importing MONAI; settings the lean path does not reproduce fall back to MONAI.
+:mod:`mitk.runner.unet_torch` and :mod:`mitk.runner.segresnet_torch` (the networks),
+:mod:`mitk.runner.sliding_window` (the inferer) and :mod:`mitk_builtin._segment_torch` (orientation and
+intensity) are each compared with MONAI's own piece on the same weights and input — UNet configurations of
+channels, strides, residual units 0/1/2, instance/batch/group norm, kernels 3/5, 2-D and 3-D; sliding windows over
+odd sizes, images smaller than the window, overlaps, batch sizes, gaussian and constant blending; real MR and CT
+volumes in LAS/LPS — and end to end through ``load_model`` and the runner against ``MITK_TORCH_INFERENCE=0``
+(MONAI's pieces). ``mitk segment --plugin unet`` must then run without importing MONAI; settings the lean path
+does not reproduce fall back to MONAI.
 """
 
 from __future__ import annotations
@@ -74,6 +75,32 @@ def test_torch_unet_is_monai_unet_bit_for_bit(case: tuple[Any, ...]) -> None:
         apply_cpu_kernels(reference)
         apply_cpu_kernels(lean)
         assert {n: k.kind for n, k in rewritten(lean).items()} == {n: k.kind for n, k in rewritten(reference).items()}
+        assert torch.equal(lean(x), reference(x))
+
+
+@pytest.mark.parametrize("case", [(3, 8, (1, 2), (1,), None), (3, 16, (1, 2, 2), (1, 2), 0.2),
+                                  (2, 8, (1, 1, 1), (2, 1), None)], ids=lambda c: f"{c[0]}d-{c[1]}-{c[2]}")
+def test_torch_segresnet_is_monai_segresnet_bit_for_bit(case: tuple[Any, ...]) -> None:
+    from monai.networks.nets import SegResNet
+
+    from mitk.runner.segresnet_torch import TorchSegResNet
+
+    dims, filters, down, up, dropout = case
+    torch.manual_seed(0)
+    reference = SegResNet(spatial_dims=dims, init_filters=filters, in_channels=2, out_channels=3, blocks_down=down,
+                          blocks_up=up, dropout_prob=dropout).eval()
+    with torch.no_grad():
+        for value in reference.state_dict().values():
+            value.copy_(torch.randn_like(value) * 0.3)
+    lean = TorchSegResNet(dims, filters, 2, 3, dropout, 8, down, up).eval()
+    lean.load_state_dict(reference.state_dict(), strict=True)
+    assert structure(lean) == structure(reference)
+    x = torch.randn(1, 2, *([8 * 2 ** (len(down) - 1)] * dims))
+    with torch.inference_mode():
+        assert torch.equal(lean(x), reference(x))
+        apply_cpu_kernels(reference)
+        apply_cpu_kernels(lean)
+        assert sorted(rewritten(lean)) == sorted(rewritten(reference))
         assert torch.equal(lean(x), reference(x))
 
 

@@ -382,17 +382,29 @@ class SegResNetSegmenter(MonaiSegmenter):
     def size_divisor(self, config: dict[str, Any]) -> int:
         return 2 ** (len(config["network"]["blocks_down"]) - 1)
 
-    def network(self, config: dict[str, Any]) -> torch.nn.Module:
-        from monai.networks.nets import SegResNet
-
+    def _segresnet_arguments(self, config: dict[str, Any]) -> dict[str, Any]:
         settings = config["network"]
         self.patch_size(config)
         dropout = float(settings.get("dropout") or 0.0)
-        return SegResNet(spatial_dims=3, in_channels=int(config["in_channels"]),
-                         out_channels=self.out_channels(config), init_filters=int(settings["init_filters"]),
-                         blocks_down=tuple(int(b) for b in settings["blocks_down"]),
-                         blocks_up=tuple(int(b) for b in settings["blocks_up"]),
-                         dropout_prob=dropout or None)
+        return {"spatial_dims": 3, "in_channels": int(config["in_channels"]),
+                "out_channels": self.out_channels(config), "init_filters": int(settings["init_filters"]),
+                "blocks_down": tuple(int(b) for b in settings["blocks_down"]),
+                "blocks_up": tuple(int(b) for b in settings["blocks_up"]), "dropout_prob": dropout or None}
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(**self._segresnet_arguments(config))
+
+    def inference_network(self, config: dict[str, Any]) -> torch.nn.Module:
+        """MONAI's SegResNet rebuilt in plain torch (:mod:`mitk.runner.segresnet_torch`: same modules, weights
+        and output), unless ``MITK_TORCH_INFERENCE=0``."""
+        arguments = self._segresnet_arguments(config)
+        if not torch_inference():
+            return self.network(config)
+        from mitk.runner.segresnet_torch import TorchSegResNet
+
+        return TorchSegResNet(**arguments)
 
 
 class SwinUNETRSegmenter(MonaiSegmenter):
