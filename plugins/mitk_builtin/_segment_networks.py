@@ -263,10 +263,6 @@ class MonaiSegmenter(SegmentationPlugin):
         inferer = SlidingWindow(self.patch_size(config), sw_batch_size(config), overlap, mode)
         return inferer if torch_inference() else inferer.monai()
 
-    def inference_network(self, config: dict[str, Any]) -> torch.nn.Module:
-        """The network for inference: :meth:`network` (subclasses may build a MONAI-free equal of it)."""
-        return self.network(config)
-
     def postprocess(self, config: dict[str, Any]) -> Any:
         choice = config.get("largest_component")
         if not choice:
