@@ -118,9 +118,13 @@ def make_mr_1mm(directory: Path) -> Path:
     return path
 
 
-def whole_process(repeats: int) -> None:
+PLAIN_NAME = "plain MONAI script (python -c)"
+
+
+def whole_process(repeats: int, name: str = "segment_whole_process") -> None:
     """Cold whole process on a 1 mm brain MR: `mitk segment` (a fresh Python: start-up, imports, reading,
-    inference, writing) against `python -c` of the plain MONAI script (its imports inside the clock too)."""
+    inference, writing) against `python -c` of the plain MONAI script (its imports inside the clock too), and
+    `mitk segment` with MITK_TORCH_INFERENCE=0 (MONAI's UNet, transforms and inferer: MONAI imported)."""
     import os
     import statistics
     import subprocess
@@ -135,28 +139,55 @@ def whole_process(repeats: int) -> None:
         directory = Path(tmp)
         checkpoint, path = make_checkpoint(directory), make_mr_1mm(directory)
         values = (f"PATH = {str(path)!r}\nCKPT = {str(checkpoint)!r}\nOUT = {str(directory)!r}\nMODE = 'mr'\n")
-        contenders = {
-            "plain MONAI script (python -c)": [sys.executable, "-c", values + PLAIN],
-            "mitk segment (CLI)": [sys.executable, "-m", "mitk", "segment", str(path), "--weights", str(checkpoint),
-                                   "--set", "intensity.mode=mr", "--device", "cpu", "-o",
-                                   str(directory / "cli_seg.nii.gz"), "--overwrite"],
+        cli = [sys.executable, "-m", "mitk", "segment", str(path), "--weights", str(checkpoint), "--set",
+               "intensity.mode=mr", "--device", "cpu", "--overwrite", "-o"]
+        contenders: dict[str, tuple[list[str], dict[str, str]]] = {
+            PLAIN_NAME: ([sys.executable, "-c", values + PLAIN], {}),
+            "mitk segment (CLI)": ([*cli, str(directory / "cli_seg.nii.gz")], {}),
+            "mitk segment (CLI), MITK_TORCH_INFERENCE=0": ([*cli, str(directory / "cli_monai_seg.nii.gz")],
+                                                          {"MITK_TORCH_INFERENCE": "0"}),
         }
-        times: dict[str, list[float]] = {name: [] for name in contenders}
+        times: dict[str, list[float]] = {contender: [] for contender in contenders}
+        cpu: dict[str, list[float]] = {contender: [] for contender in contenders}
         for _ in range(repeats):
-            for name, command in contenders.items():
+            for contender, (command, extra) in contenders.items():
+                used = _children_cpu()
                 started = time.perf_counter()
-                subprocess.run(command, check=True, capture_output=True, env=env)
-                times[name].append(time.perf_counter() - started)
-    plain = times["plain MONAI script (python -c)"]
-    rows = [{"volume": "197×233×189 MR 1 mm (MNI152 T1)", "contender": name, "best_s": round(min(v), 2),
+                subprocess.run(command, check=True, capture_output=True, env={**env, **extra})
+                times[contender].append(time.perf_counter() - started)
+                cpu[contender].append(_children_cpu() - used)
+        same = _same_labels(directory / "cli_seg.nii.gz", directory / "cli_monai_seg.nii.gz")
+    plain = times[PLAIN_NAME]
+    rows = [{"volume": "197×233×189 MR 1 mm (MNI152 T1)", "contender": contender, "best_s": round(min(v), 2),
              "median_s": round(statistics.median(v), 2), "runs_s": [round(t, 2) for t in v],
              "best_ratio": round(min(v) / min(plain), 2),
-             "median_ratio": round(statistics.median(v) / statistics.median(plain), 2)} for name, v in times.items()]
+             "median_ratio": round(statistics.median(v) / statistics.median(plain), 2),
+             "cpu_median_s": round(statistics.median(cpu[contender]), 2),
+             "cpu_median_ratio": round(statistics.median(cpu[contender]) / statistics.median(cpu[PLAIN_NAME]), 2)}
+            for contender, v in times.items()]
     load = {"before": [round(v, 1) for v in load_before], "after": [round(v, 1) for v in os.getloadavg()]}
     print(table(rows, list(rows[0])))
     print("load average (1, 5, 15 min) before", load["before"], "after", load["after"])
-    save("segment_whole_process", {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters",
-                                   "settings": SETTINGS, "rows": rows, "load_average": load})
+    print("label maps of the MONAI-free and the MONAI path identical:", same)
+    save(name, {"network": "MONAI UNet (16,32,64,128,256), 2 res units, 4.8 M parameters",
+                "settings": SETTINGS, "rows": rows, "load_average": load, "same_labels_as_monai_path": same})
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (less sensitive to load than wall time)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _same_labels(first: Path, second: Path) -> bool:
+    import nibabel as nib
+    import numpy as np
+
+    a, b = nib.load(first), nib.load(second)
+    return bool(np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)) and
+                np.array_equal(a.affine, b.affine))
 
 
 def main() -> None:
@@ -165,9 +196,11 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="only the 256×256×160 case")
     parser.add_argument("--whole-process", action="store_true",
                         help="only the cold whole-process comparison on a 1 mm brain MR (imports in the clock)")
+    parser.add_argument("--name", default="segment_whole_process",
+                        help="--whole-process: results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     if args.whole_process:
-        whole_process(args.repeats)
+        whole_process(args.repeats, args.name)
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -137,8 +137,8 @@ def load_model(task: Any, plugin: str | None, weights: str | Path | Sequence[str
                           f"(train one with `mitk train {task} --plugin {plugin}`)")
     with settings_errors(plugin, overrides, source=source, checkpoint=weights if checkpoint else None):
         config = instance.resolve_config(saved, overrides)
-        try:
-            network = instance.network(config)
+        try:  # a plugin's inference_network (e.g. a MONAI-free equal of its network), else its network
+            network = getattr(instance, "inference_network", instance.network)(config)
         except NotImplementedError:
             network = None
         _build_inference_pieces(instance, config)

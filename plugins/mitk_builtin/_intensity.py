@@ -16,18 +16,7 @@ import torch
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
-
-def zscore_nonzero_(channels: torch.Tensor) -> torch.Tensor:
-    """Normalise each channel of a float tensor in place over its non-zero voxels; returns it."""
-    for channel in channels:
-        mask = channel != 0
-        count = int(torch.count_nonzero(mask))
-        if count == 0:
-            continue
-        channel.sub_(float(channel.sum()) / count).masked_fill_(~mask, 0.0)  # zeros add nothing to the sum
-        std = float(torch.linalg.vector_norm(channel)) / count ** 0.5  # two-pass: centred before squaring
-        channel.div_(std or 1.0)
-    return channels
+from mitk_builtin._segment_torch import zscore_nonzero_
 
 
 class ZScoreNonzerod(MapTransform):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mitk.errors import PluginError
+from mitk.runner.sliding_window import SlidingWindow
 from mitk.tasks import SegmentationPlugin, Transform
 from mitk.training.augment import (
     AUGMENTATION_DEFAULTS,
@@ -23,14 +24,12 @@ from mitk.training.augment import (
     intensity_steps,
     spatial_steps,
 )
+from mitk_builtin._segment_torch import KEEP, RAS_AXIS_LABELS, torch_inference, torch_preprocessing
 
 INTENSITY_MODES = ("ct", "mr", "none")
 METRIC_NAMES = ("dice", "hd95", "surface_dice")
 BLEND_MODES = ("gaussian", "constant")
 """How MONAI's sliding-window inferer blends overlapping windows."""
-KEEP = (None, "keep", "none", "")
-RAS_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-"""Axis letters for ``orientation`` codes in the RAS+ world the affines live in."""
 
 
 def normalise_labels(raw: Mapping[Any, Any] | Sequence[str]) -> dict[str, str]:
@@ -213,10 +212,15 @@ class MonaiSegmenter(SegmentationPlugin):
         return steps
 
     def inference_transforms(self, config: dict[str, Any]) -> Transform:
-        """Orientation, spacing and intensity only: no crop, so the affine maps straight back."""
-        from monai.transforms import Compose
+        """Orientation, spacing and intensity only: no crop, so the affine maps straight back. Without a spacing
+        change, the same steps without MONAI (:mod:`mitk_builtin._segment_torch`)."""
+        def monai() -> Transform:
+            from monai.transforms import Compose
 
-        return Compose(self._preprocessing(config, ("image",)))
+            return Compose(self._preprocessing(config, ("image",)))
+
+        lean = torch_preprocessing(config, monai)
+        return lean if lean is not None else monai()
 
     def validation_transforms(self, config: dict[str, Any]) -> Transform:
         from monai.transforms import Compose
@@ -249,15 +253,15 @@ class MonaiSegmenter(SegmentationPlugin):
     # -- inference ---------------------------------------------------------------------------------
 
     def inferer(self, config: dict[str, Any]) -> Any:
-        from monai.inferers import SlidingWindowInferer
-
+        """MONAI's ``SlidingWindowInferer`` with these settings; on plain tensors mitk's MONAI-free copy of it
+        (:mod:`mitk.runner.sliding_window`: the same output bit for bit; MONAI's for anything else)."""
         overlap, mode = float(config["overlap"]), str(config["mode"])
         if not 0 <= overlap < 1:
             raise PluginError(f"overlap must be at least 0 and below 1, got {overlap}")
         if mode not in BLEND_MODES:
             raise PluginError(f"mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}")
-        return SlidingWindowInferer(roi_size=self.patch_size(config), sw_batch_size=sw_batch_size(config),
-                                    overlap=overlap, mode=mode)
+        inferer = SlidingWindow(self.patch_size(config), sw_batch_size(config), overlap, mode)
+        return inferer if torch_inference() else inferer.monai()
 
     def postprocess(self, config: dict[str, Any]) -> Any:
         choice = config.get("largest_component")
@@ -323,18 +327,33 @@ class UNetSegmenter(MonaiSegmenter):
     def size_divisor(self, config: dict[str, Any]) -> int:
         return int(math.prod(int(s) for s in config["network"]["strides"]))
 
-    def network(self, config: dict[str, Any]) -> torch.nn.Module:
-        from monai.networks.nets import UNet
-
+    def _unet_arguments(self, config: dict[str, Any]) -> dict[str, Any]:
         settings = config["network"]
         self.patch_size(config)
         if len(settings["channels"]) != len(settings["strides"]) + 1:
             raise PluginError("network.channels needs exactly one more entry than network.strides")
-        return UNet(spatial_dims=3, in_channels=int(config["in_channels"]), out_channels=self.out_channels(config),
-                    channels=tuple(int(c) for c in settings["channels"]),
-                    strides=tuple(int(s) for s in settings["strides"]),
-                    num_res_units=int(settings["num_res_units"]), dropout=float(settings["dropout"]),
-                    norm=settings["norm"])
+        return {"spatial_dims": 3, "in_channels": int(config["in_channels"]),
+                "out_channels": self.out_channels(config), "channels": tuple(int(c) for c in settings["channels"]),
+                "strides": tuple(int(s) for s in settings["strides"]),
+                "num_res_units": int(settings["num_res_units"]), "dropout": float(settings["dropout"]),
+                "norm": settings["norm"]}
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        from monai.networks.nets import UNet
+
+        return UNet(**self._unet_arguments(config))
+
+    def inference_network(self, config: dict[str, Any]) -> torch.nn.Module:
+        """MONAI's UNet rebuilt in plain torch (:mod:`mitk.runner.unet_torch`: same modules, same weights, same
+        output) where it can be, else :meth:`network`."""
+        arguments = self._unet_arguments(config)
+        if torch_inference():
+            from mitk.runner.unet_torch import torch_unet
+
+            network = torch_unet(**arguments)
+            if network is not None:
+                return network
+        return self.network(config)
 
 
 class SegResNetSegmenter(MonaiSegmenter):
@@ -359,17 +378,29 @@ class SegResNetSegmenter(MonaiSegmenter):
     def size_divisor(self, config: dict[str, Any]) -> int:
         return 2 ** (len(config["network"]["blocks_down"]) - 1)
 
-    def network(self, config: dict[str, Any]) -> torch.nn.Module:
-        from monai.networks.nets import SegResNet
-
+    def _segresnet_arguments(self, config: dict[str, Any]) -> dict[str, Any]:
         settings = config["network"]
         self.patch_size(config)
         dropout = float(settings.get("dropout") or 0.0)
-        return SegResNet(spatial_dims=3, in_channels=int(config["in_channels"]),
-                         out_channels=self.out_channels(config), init_filters=int(settings["init_filters"]),
-                         blocks_down=tuple(int(b) for b in settings["blocks_down"]),
-                         blocks_up=tuple(int(b) for b in settings["blocks_up"]),
-                         dropout_prob=dropout or None)
+        return {"spatial_dims": 3, "in_channels": int(config["in_channels"]),
+                "out_channels": self.out_channels(config), "init_filters": int(settings["init_filters"]),
+                "blocks_down": tuple(int(b) for b in settings["blocks_down"]),
+                "blocks_up": tuple(int(b) for b in settings["blocks_up"]), "dropout_prob": dropout or None}
+
+    def network(self, config: dict[str, Any]) -> torch.nn.Module:
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(**self._segresnet_arguments(config))
+
+    def inference_network(self, config: dict[str, Any]) -> torch.nn.Module:
+        """MONAI's SegResNet rebuilt in plain torch (:mod:`mitk.runner.segresnet_torch`: same modules, weights
+        and output), unless ``MITK_TORCH_INFERENCE=0``."""
+        arguments = self._segresnet_arguments(config)
+        if not torch_inference():
+            return self.network(config)
+        from mitk.runner.segresnet_torch import TorchSegResNet
+
+        return TorchSegResNet(**arguments)
 
 
 class SwinUNETRSegmenter(MonaiSegmenter):

@@ -33,6 +33,12 @@ class SegmentationPlugin(TaskPlugin):
         """How many image channels the network takes: ``in_channels`` of the config, else 1."""
         return int(config.get("in_channels") or 1)
 
+    def inference_network(self, config: dict[str, Any]) -> torch.nn.Module:
+        """The network ``load_model`` builds for inference: :meth:`network` unless a plugin builds an equal of it
+        that is cheaper to import (the built-in ``unet``: MONAI's UNet in plain torch, same weights and output).
+        Training always builds :meth:`network`."""
+        return self.network(config)
+
     def labels(self, config: dict[str, Any]) -> dict[int, str]:
         """Label value → name, background (0) included."""
         raw = config.get("labels") or {0: "background", 1: "foreground"}

@@ -117,9 +117,11 @@ class SegmentationRunner:
         import torch
 
         from mitk.runner.geometry import is_axis_permutation, to_input_grid
-        from mitk.runner.tensors import to_meta_tensor
+        from mitk.runner.tensors import to_affine_tensor, to_meta_tensor
 
-        data = self.preprocess({"image": to_meta_tensor(image)})
+        # MONAI's transforms take a MetaTensor; a plugin's MONAI-free preprocessing takes an AffineTensor
+        convert = to_affine_tensor if getattr(self.preprocess, "takes_affine_tensor", False) else to_meta_tensor
+        data = self.preprocess({"image": convert(image)})
         network_input = data["image"]
         source_affine = np.asarray(network_input.affine, dtype=np.float64)
         batch = network_input.as_tensor().unsqueeze(0).to(self.device)
