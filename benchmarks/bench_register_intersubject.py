@@ -7,7 +7,12 @@ Pairs (fixed ← moving), each scored by the Dice of the moving image's brain ma
   ``bench_register.py:skull_strip``) ← nilearn's MNI152 T1 at 2 mm (brain only);
 - ``itk_kmeans_t1`` (when ``--data`` holds the extracted Debian ``insighttoolkit5-examples``): ITK's
   ``KmeansTest_T1UCharRaw`` (mask: ITK's own ``KmeansTest_T1RawSkullStrip``) ← the MNI152 T1 at 2 mm;
-- ``itk_from_someones`` (with ``--data``): ITK's subject ← ``someones_anatomy``, two whole heads;
+- ``itk_from_someones`` (with ``--data``): ITK's subject ← ``someones_anatomy``, two whole heads. The two
+  reference masks are drawn differently (ITK's reaches out to the inner skull, taking in the CSF around the
+  cortex; ``skull_strip`` follows the tissue's edge), so this pair is also scored beside the original Dice
+  against ``skull_strip`` of the fixed image (``dice_skull_strip``: both masks made the same way) and by the
+  Dice of the white matter (``dice_white_matter``: each image's voxels above Otsu's threshold inside its own
+  ``skull_strip`` mask, the moving image's warped, linear), which no mask's edge decides;
 - ``mni_from_someones``: the MNI152 T1 at 2 mm (mask: nilearn's MNI152 brain mask) ← ``someones_anatomy`` (issue
   26's direction: a subject onto the template).
 
@@ -16,11 +21,12 @@ Methods: the identity; mitk ``affine``, ``deformable`` and ``syn`` with their de
 ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``), so its wall time (imports included) and peak resident memory are its
 own.
 
-Run: ``python benchmarks/bench_register_intersubject.py [--data DIR] [--methods ...]``; writes
-``benchmarks/results/register_intersubject_ants.json``. ANTs needs ``pip install antspyx`` (not one of mitk's
-extras: its metadata asks for scipy < 1.16 and would change numpy; here it was installed with ``pip install --no-deps
---target DIR antspyx statsmodels formulaic interface_meta patsy webcolors`` and found through ``PYTHONPATH``, and ran
-with scipy 1.17); without it the ANTs methods are skipped.
+Run: ``python benchmarks/bench_register_intersubject.py [--data DIR] [--methods ...] [--pairs ...]``; writes
+``benchmarks/results/register_intersubject_ants.json`` (with ``--pairs``, the pairs' names appended to its name).
+ANTs needs ``pip install antspyx`` (not one of mitk's extras: its metadata asks for scipy < 1.16 and would change
+numpy; here it was installed with ``pip install --no-deps --target DIR antspyx statsmodels formulaic interface_meta
+patsy webcolors`` and found through ``PYTHONPATH``, and ran with scipy 1.17); without it the ANTs methods are
+skipped.
 """
 
 from __future__ import annotations
@@ -55,11 +61,28 @@ def pairs(data: Path | None, template: Path, template_mask: Path) -> dict[str, t
     return found
 
 
-def run_method(method: str, subject: str, reference: str, template: str, template_mask: str) -> dict[str, Any]:
+def same_method_scores(fixed: Any, moving: Any, carried: Any, warped: Any, moving_mask: Any) -> dict[str, float]:
+    """Dice of the carried mask against ``skull_strip`` of the fixed image, and the white matter's Dice (see the
+    module's docstring); ``warped`` is the moving image resampled on the fixed grid."""
+    import numpy as np
+    from bench_register import skull_strip
+    from skimage.filters import threshold_otsu
+
+    def dice(first: Any, second: Any) -> float:
+        return round(float(2 * (first & second).sum() / (first.sum() + second.sum())), 4)
+
+    brain, values, moving_values = skull_strip(fixed), np.asarray(fixed.array, float), np.asarray(moving.array, float)
+    white = brain & (values > threshold_otsu(values[brain]))
+    moved_white = carried & (np.asarray(warped) > threshold_otsu(moving_values[np.asarray(moving_mask) > 0]))
+    return {"dice_skull_strip": dice(carried, brain), "dice_white_matter": dice(moved_white, white)}
+
+
+def run_method(method: str, subject: str, reference: str, template: str, template_mask: str,
+               same_method: bool = False) -> dict[str, Any]:
     """One method on one pair (fixed ``subject`` ← moving ``template``), in this (fresh) process: Dice, seconds,
-    peak memory."""
+    peak memory; with ``same_method`` also :func:`same_method_scores`."""
     os.environ["OMP_NUM_THREADS"] = os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "benchmarks")]
     import nibabel as nib
     import numpy as np
     import torch
@@ -77,6 +100,7 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
         seconds = time.perf_counter() - started
         carried = ants.apply_transforms(fixed, ants.image_read(template_mask), outcome["fwdtransforms"],
                                         interpolator="linear").numpy() > 0.5
+        warped = outcome["warpedmovout"].numpy()
     else:
         from mitk_builtin._registration import (
             AffineRegistration,
@@ -106,6 +130,12 @@ def run_method(method: str, subject: str, reference: str, template: str, templat
         mask = load_image(Path(template_mask))
         mask.array = (np.asarray(mask.array) > 0).astype(np.float32)
         carried = warp(mask, fixed_image, matrix, displacement) > 0.5
+        warped = warp(moving_image, fixed_image, matrix, displacement)
+    if same_method:
+        from mitk.io.reader import load_image as load
+
+        extra.update(same_method_scores(load(Path(subject)), load(Path(template)), carried, warped,
+                                        load(Path(template_mask)).array))
     dice = float(2 * (carried & reference_mask).sum() / (carried.sum() + reference_mask.sum()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux → MiB
     return {"dice": round(dice, 4), "seconds": round(seconds, 1) if method != "identity" else None,
@@ -116,6 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="folder holding the extracted insighttoolkit5-examples")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--pairs", nargs="+", help="run only these pairs (the JSON then gets their names in its own)")
     arguments = parser.parse_args()
     import importlib.util
 
@@ -135,14 +166,17 @@ def main() -> None:
         datasets.load_mni152_brain_mask(resolution=2).to_filename(template_mask)
         for name, (subject, reference, moving, moving_mask) in pairs(arguments.data, template,
                                                                      template_mask).items():
+            if arguments.pairs and name not in arguments.pairs:
+                continue
             results: dict[str, Any] = {}
             for method in methods:
                 with context.Pool(1) as pool:
                     results[method] = pool.apply(run_method, (method, str(subject), str(reference), str(moving),
-                                                              str(moving_mask)))
+                                                              str(moving_mask), name == "itk_from_someones"))
                 print(name, method, json.dumps(results[method]), flush=True)
             document["pairs"][name] = results
-    output = ROOT / "benchmarks/results/register_intersubject_ants.json"
+    suffix = "".join(f"_{name}" for name in arguments.pairs or [])
+    output = ROOT / f"benchmarks/results/register_intersubject_ants{suffix}.json"
     output.write_text(json.dumps(document, indent=1) + "\n")
     print(f"wrote {output}")
 
