@@ -46,7 +46,12 @@ BYTES_PER_ACTIVATION = 4 * 24
 """fp32 bytes kept per feature-map voxel and channel for the backward pass (convolutions, norms, activations
 and residual units of encoder and decoder)."""
 MAX_BATCH_SHARE = 0.05
-PLANNED_PLUGINS = ("unet", "segresnet")
+PLANNED_TASKS = {"unet": "segment", "segresnet": "segment", "densenet121": "classify", "resnet": "classify",
+                 "retinanet": "detect"}
+"""The plugins `mitk plan` configures, and their tasks (classify: :mod:`mitk.training.planning_classify`,
+detect: :mod:`mitk.training.planning_detect`)."""
+PLANNED_PLUGINS = tuple(PLANNED_TASKS)
+SEGMENT_PLUGINS = ("unet", "segresnet")
 
 
 @dataclass(frozen=True)
@@ -190,9 +195,35 @@ def network_settings(plugin: str, plan: Mapping[str, Any]) -> dict[str, Any]:
     raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
 
 
+def planned_task(plugin: str) -> str:
+    """The task of a plugin `mitk plan` configures; a usage error names those it does."""
+    if plugin not in PLANNED_TASKS:
+        raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
+    return PLANNED_TASKS[plugin]
+
+
+def plan_data(data: str | Path, plugin: str, budget: Budget) -> dict[str, Any]:
+    """Fingerprint the data set ``data`` (a datalist or folder of ``plugin``'s task) and plan ``plugin``."""
+    task = planned_task(plugin)
+    if task == "segment":
+        from mitk.training.fingerprint import fingerprint_datalist
+
+        return make_plan(fingerprint_datalist(data), plugin, budget)
+    from mitk.plugin_manager import get_registry
+
+    instance = get_registry().get(plugin, task).load()
+    if task == "classify":
+        from mitk.training.planning_classify import plan_classify
+
+        return plan_classify(data, plugin, instance, budget)
+    from mitk.training.planning_detect import plan_detect
+
+    return plan_detect(data, plugin, instance, budget)
+
+
 def make_plan(fingerprint: Mapping[str, Any], plugin: str, budget: Budget) -> dict[str, Any]:
-    """The plan document: the plugin's settings, the batch size, the reasons and the fingerprint itself."""
-    if plugin not in PLANNED_PLUGINS:
+    """The segmentation plan document: the plugin's settings, the batch size, the reasons and the fingerprint."""
+    if plugin not in SEGMENT_PLUGINS:
         raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
     spacing = target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     median_shape = resampled_median_shape(fingerprint, spacing)
@@ -227,6 +258,7 @@ def make_plan(fingerprint: Mapping[str, Any], plugin: str, budget: Budget) -> di
 # The plan file
 # -------------------------------------------------------------------------------------------------
 
+PLAN_TASKS = ("segment", "classify", "detect")
 PLAN_NAME = "mitk-plan.json"
 """The plan `mitk plan DATA` writes beside the data, and `mitk train` picks up from there by default."""
 
@@ -267,6 +299,6 @@ def read_plan(path: str | Path) -> dict[str, Any]:
         raise InputError(f"not a mitk plan (format {PLAN_FORMAT})", path)
     if not isinstance(document.get("settings"), dict) or not isinstance(document.get("training", {}), dict):
         raise InputError("a plan needs a `settings` object (and optionally `training`)", path)
-    if not isinstance(document.get("plugin"), str) or document.get("task") != "segment":
-        raise InputError("a plan names its task (segment) and plugin", path)
+    if not isinstance(document.get("plugin"), str) or document.get("task") not in PLAN_TASKS:
+        raise InputError(f"a plan names its task ({', '.join(PLAN_TASKS)}) and plugin", path)
     return document
