@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mitk.errors import UsageError
-from mitk.training.planning import Budget, plan_data, read_plan
+from mitk.training.plan_data import plan_data
+from mitk.training.planning import Budget, read_plan
 
 CPU = Budget("cpu", 4.0, 50.0)
 
@@ -99,7 +100,7 @@ def test_detect_plan_follows_the_boxes(spheres: Path, tmp_path: Path) -> None:
         settings, boxes = plan["settings"], plan["fingerprint"]["boxes"]
         spacing = np.asarray(settings["spacing"])
         p5 = min(boxes["p5_mm"])
-        assert p5 / 4 - 1e-3 <= spacing.min() and spacing.max() <= p5 / 3 + 1e-3 or np.allclose(
+        assert (p5 / 4 - 1e-3 <= spacing.min() and spacing.max() <= p5 / 3 + 1e-3) or np.allclose(
             spacing, plan["fingerprint"]["median_spacing"], rtol=0.05)
         # the patch holds the largest box with context, and divides by the network's stride
         patch = np.asarray(settings["sampling"]["patch_size"])

@@ -48,7 +48,8 @@ def plan(
     if target.exists() and not overwrite:  # refused before the data is read
         raise OutputExistsError("a plan exists already (use --overwrite to replace it)", target)
 
-    from mitk.training.planning import device_budget, plan_data, write_plan
+    from mitk.training.plan_data import plan_data
+    from mitk.training.planning import device_budget, write_plan
 
     budget = device_budget(device, memory_gb, gflop)
     document = plan_data(data, plugin, budget)
@@ -88,7 +89,7 @@ def _summary_line(task: str, plugin: str, document: dict[str, Any], device: str,
     patch = "×".join(str(v) for v in settings["sampling"]["patch_size"][: settings["spatial_dims"]])
     anchors = " ".join("×".join(f"{v:g}" for v in s[: settings["spatial_dims"]])
                        for s in settings["anchors"]["base_shapes"])
+    levels, width = len(settings["backbone"]["returned_layers"]) + 1, settings["backbone"]["block_inplanes"][0]
     return (f"{head}, {settings['spatial_dims']}-D, {document['fingerprint']['boxes']['count']} boxes): spacing "
-            f"{spacing} mm, patch {patch}, anchors {anchors} voxels × {len(settings['backbone']['returned_layers']) + 1}"
-            f" levels, width {settings['backbone']['block_inplanes'][0]}, batch {batch}, flips "
-            f"{'on' if settings['augment_flip'] else 'off'} {cost}")
+            f"{spacing} mm, patch {patch}, anchors {anchors} voxels × {levels} levels, width {width}, batch {batch}, "
+            f"flips {'on' if settings['augment_flip'] else 'off'} {cost}")

@@ -95,7 +95,7 @@ def box_fingerprint(boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -
         raise InputError("no case has a box: nothing to plan anchors and patches from")
     edges = np.concatenate([b[:, 3:] - b[:, :3] for b in sizes])
     counts = Counter(int(v) for label in labels for v in np.asarray(label).ravel())
-    return {"count": int(len(edges)), "per_case_median": float(np.median(per_case)), "per_case_max": max(per_case),
+    return {"count": len(edges), "per_case_median": float(np.median(per_case)), "per_case_max": max(per_case),
             **{f"p{q}_mm": np.round(np.percentile(edges, q, axis=0), 3).tolist() for q in BOX_PERCENTILES},
             "min_mm": np.round(edges.min(axis=0), 3).tolist(), "max_mm": np.round(edges.max(axis=0), 3).tolist(),
             "per_label": {str(k): int(v) for k, v in sorted(counts.items())}}

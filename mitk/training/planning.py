@@ -202,25 +202,6 @@ def planned_task(plugin: str) -> str:
     return PLANNED_TASKS[plugin]
 
 
-def plan_data(data: str | Path, plugin: str, budget: Budget) -> dict[str, Any]:
-    """Fingerprint the data set ``data`` (a datalist or folder of ``plugin``'s task) and plan ``plugin``."""
-    task = planned_task(plugin)
-    if task == "segment":
-        from mitk.training.fingerprint import fingerprint_datalist
-
-        return make_plan(fingerprint_datalist(data), plugin, budget)
-    from mitk.plugin_manager import get_registry
-
-    instance = get_registry().get(plugin, task).load()
-    if task == "classify":
-        from mitk.training.planning_classify import plan_classify
-
-        return plan_classify(data, plugin, instance, budget)
-    from mitk.training.planning_detect import plan_detect
-
-    return plan_detect(data, plugin, instance, budget)
-
-
 def make_plan(fingerprint: Mapping[str, Any], plugin: str, budget: Budget) -> dict[str, Any]:
     """The segmentation plan document: the plugin's settings, the batch size, the reasons and the fingerprint."""
     if plugin not in SEGMENT_PLUGINS:

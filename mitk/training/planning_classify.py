@@ -37,9 +37,10 @@ MAX_SIDE = {2: 512, 3: 160}
 MIN_BATCH = 8
 MAX_BATCH = 32
 FLIP = 0.5
-WIDTHS = {"resnet": [{"widen_factor": 1.0}, {"widen_factor": 0.5}, {"widen_factor": 0.25}],
-          "densenet121": [{"init_features": 64, "growth_rate": 32}, {"init_features": 32, "growth_rate": 16},
-                          {"init_features": 16, "growth_rate": 8}]}
+WIDTHS: dict[str, list[dict[str, Any]]] = {
+    "resnet": [{"widen_factor": 1.0}, {"widen_factor": 0.5}, {"widen_factor": 0.25}],
+    "densenet121": [{"init_features": 64, "growth_rate": 32}, {"init_features": 32, "growth_rate": 16},
+                    {"init_features": 16, "growth_rate": 8}]}
 SEPARATOR = ";"
 
 
@@ -60,7 +61,7 @@ def native_size(extent_mm: Sequence[float], shape: Sequence[float], dims: int) -
 
 
 def rounded(sides: Sequence[float]) -> list[int]:
-    return [max(MIN_SIDE, int(round(s / SIZE_DIVISOR)) * SIZE_DIVISOR) for s in sides]
+    return [max(MIN_SIDE, round(s / SIZE_DIVISOR) * SIZE_DIVISOR) for s in sides]
 
 
 def _cost(plugin: Any, config: dict[str, Any]) -> Any:

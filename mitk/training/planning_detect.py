@@ -59,7 +59,7 @@ def anchor_plan(low: np.ndarray, high: np.ndarray, largest: np.ndarray, dims: in
 
 
 def _round_up(side: float, divisor: int) -> int:
-    return max(divisor, int(math.ceil(side / divisor)) * divisor)
+    return max(divisor, math.ceil(side / divisor) * divisor)
 
 
 def _cost(plugin: Any, config: dict[str, Any]) -> Any:
