@@ -5,7 +5,7 @@
 - **Input size** (``image_size``; the plugins resize the whole image to it): shaped like the median field of
   view in mm, so the network sees square (cubic) pixels, at the data's median resolution (never upsampled),
   at most :data:`MAX_SIDE` per side, sides multiples of 32 (the networks' total stride), at least 32. It
-  shrinks (largest side first) until a batch of :data:`MIN_BATCH` fits the budget; when even 32 does not,
+  shrinks as a whole (aspect kept) until a batch of :data:`MIN_BATCH` fits the budget; when even 32 does not,
   the network narrows (``resnet``: ``widen_factor`` 1, ½, ¼; ``densenet121``: ``init_features`` /
   ``growth_rate`` 64/32, 32/16, 16/8). ``resnet`` keeps its first convolution unstrided for inputs of 64
   or less, so the last feature map is not a single pixel.
@@ -34,9 +34,10 @@ from mitk.training.fingerprint_images import class_counts, fingerprint_images, i
 SIZE_DIVISOR = 32
 MIN_SIDE = 32
 MAX_SIDE = {2: 512, 3: 160}
-MIN_BATCH = 8
+MIN_BATCH = 4
 MAX_BATCH = 32
 FLIP = 0.5
+SHRINK = 0.8
 WIDTHS: dict[str, list[dict[str, Any]]] = {
     "resnet": [{"widen_factor": 1.0}, {"widen_factor": 0.5}, {"widen_factor": 0.25}],
     "densenet121": [{"init_features": 64, "growth_rate": 32}, {"init_features": 32, "growth_rate": 16},
@@ -75,33 +76,29 @@ def plan_network(plugin: Any, name: str, base: dict[str, Any], sides: Sequence[f
     """``image_size``, network widths and batch size under ``budget`` (see the module docstring)."""
     cap = max(2, min(MAX_BATCH, cases // 5))
     wanted = min(MIN_BATCH, cap)
-    size = rounded(sides)
-    network: dict[str, Any] = {}
-    if name == "resnet":
-        network["first_stride"] = 1 if min(size) <= 64 else 2
     widths = WIDTHS.get(name, [{}]) if budget.gflop_per_step is not None else WIDTHS.get(name, [{}])[:1]
-    chosen = None
+    chosen: tuple[dict[str, Any], list[int], int] | None = None
     for width in widths:
-        config = plugin.resolve_config(base, {"image_size": size, "network": {**network, **width}})
-        cost = _cost(plugin, config)
-        trial = list(size)
-        while True:
-            scale = float(np.prod(trial)) / float(np.prod(size))
-            batch = _batch(budget, cost.gflop * scale, cost.memory_gb * scale, cap)
-            if batch >= wanted or max(trial) <= MIN_SIDE:
+        scale = 1.0
+        while True:  # the whole image shrinks, its aspect kept
+            size = rounded([s * scale for s in sides])
+            network = {**_stride(name, size), **width}
+            cost = _cost(plugin, plugin.resolve_config(base, {"image_size": size, "network": network}))
+            batch = _batch(budget, cost.gflop, cost.memory_gb, cap)
+            if batch >= wanted or max(size) <= MIN_SIDE:
                 break
-            axis = int(np.argmax(trial))
-            trial[axis] = max(MIN_SIDE, trial[axis] - SIZE_DIVISOR)
-        chosen = (width, trial, batch)
+            scale *= SHRINK
+        chosen = (network, size, batch)
         if batch >= wanted:
             break
     assert chosen is not None
-    width, size, batch = chosen
-    network.update(width)
-    config = plugin.resolve_config(base, {"image_size": size, "network": network})
-    cost = _cost(plugin, config)
-    return {"image_size": size, "network": network, "batch_size": max(2, batch),
-            "estimate": cost.times(max(2, batch))}
+    network, size, batch = chosen
+    return {"image_size": size, "network": network, "batch_size": max(2, batch), "estimate": cost.times(max(2, batch))}
+
+
+def _stride(name: str, size: Sequence[int]) -> dict[str, Any]:
+    """``resnet``: an unstrided first convolution for inputs of 64 or less."""
+    return {"first_stride": 1 if min(size) <= 64 else 2} if name == "resnet" else {}
 
 
 def _batch(budget: Any, gflop: float, memory_gb: float, cap: int) -> int:
