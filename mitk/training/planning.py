@@ -1,4 +1,6 @@
-"""From a fingerprint to a plugin's training settings, following nnU-Net's ``ExperimentPlanner``.
+"""From a fingerprint to a segmentation plugin's training settings, following nnU-Net's ``ExperimentPlanner``
+(classification: :mod:`mitk.training.planning_classify`; detection: :mod:`mitk.training.planning_detect`;
+any of them from the data: :mod:`mitk.training.plan_data`). The plan file and its checks are here.
 
 - **Target spacing**: the median spacing; when one axis is more than 3× coarser than the others and has
   more than 3× fewer voxels, that axis takes the 10th percentile of its spacings instead (nnU-Net's

@@ -131,8 +131,7 @@ def plan_detect(data: str | Path, name: str, plugin: Any, budget: Any) -> dict[s
     recipe = get_recipe()
     listed = recipe.read_datalist(Path(data), seed=0, validation_fraction=0.2)
     cases = listed.training + listed.validation
-    found = recipe.found_config(Datalist(source=listed.source, training=cases[:1], validation=[],
-                                         labels=listed.labels))
+    found = recipe.found_config(Datalist(source=listed.source, training=cases, validation=[], labels=listed.labels))
     found.pop("box_statistics", None)  # found again from each run's own training cases
     loader = recipe.case_loader(plugin, {"in_channels": found["in_channels"]})
     images, boxes, labels = [], [], []
