@@ -1,7 +1,7 @@
 """What one training sample costs a network: counted, not guessed.
 
 The network is built on PyTorch's ``meta`` device (no memory, no arithmetic) and run forward and backward on
-one input of the planned size under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the
+two inputs of the planned size (batch norms need two) under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the
 floating-point operations of every convolution and matrix product. The activation memory is the size of every
 leaf module's output, kept for the backward pass and matched by its gradient (fp32).
 """
@@ -44,7 +44,7 @@ def sample_cost(build: Callable[[], Any], shape: Sequence[int],
                 values[0] += tensor.numel()
 
     hooks = [m.register_forward_hook(count) for m in network.modules() if not list(m.children())]
-    batch = torch.empty((1, *[int(n) for n in shape]), device="meta")
+    batch = torch.empty((2, *[int(n) for n in shape]), device="meta")  # 2: batch norms need more than one value
     try:
         with FlopCounterMode(display=False) as counter:
             outputs = forward(network, batch) if forward is not None else network(batch)
@@ -53,4 +53,4 @@ def sample_cost(build: Callable[[], Any], shape: Sequence[int],
     finally:
         for hook in hooks:
             hook.remove()
-    return SampleCost(counter.get_total_flops() / 1e9, values[0] * BYTES_PER_VALUE / 2 ** 30)
+    return SampleCost(counter.get_total_flops() / 2e9, values[0] * BYTES_PER_VALUE / 2 ** 31)
