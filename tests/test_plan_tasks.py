@@ -169,3 +169,15 @@ def test_detect_train_reads_the_plan(spheres: Path, tmp_path: Path, run_inproces
     assert config["backbone"]["returned_layers"] == plan["settings"]["backbone"]["returned_layers"]
     with pytest.raises(UsageError, match="configures the plugins"):
         plan_data(spheres, "blob", CPU)
+
+
+def test_no_left_right_flips_for_radiograph_like_slices_or_sided_labels(tmp_path: Path) -> None:
+    pytest.importorskip("nilearn")
+    from mitk.sample import make_detection_sample
+    from mitk.training.planning_detect import sided
+
+    plan = plan_data(make_detection_sample(tmp_path, cases=4, size=32, seed=1, dims=2), "retinanet", CPU)
+    settings = plan["settings"]
+    assert settings["spatial_dims"] == 2 and settings["augment_flip"] is False  # one-slice images: never mirrored
+    assert settings["sampling"]["patch_size"][2] == 1 and all(s[2] == 1.0 for s in settings["anchors"]["base_shapes"])
+    assert sided({"1": "left_kidney", "2": "right kidney"}) and not sided({"1": "lesion", "2": "cleft"})
