@@ -1,19 +1,19 @@
 """The plan of the ``retinanet`` detector from its data set's fingerprint (nnDetection's idea, counted).
 
-- **Grid** (``spacing``): nnU-Net's target spacing of the images, kept between a quarter and a third of the
-  small boxes' edge (5th percentile): coarsened to a quarter when the scans are finer (most lesions
-  :data:`BOX_VOXELS` voxels across are enough), refined to a third when they are coarser (a lesion under
-  :data:`MIN_BOX_VOXELS` voxels is below what the feature maps resolve, as the recipe warns).
+- **Grid** (``spacing``): a quarter of the small boxes' edge (5th percentile) on every axis, so that most lesions
+  are :data:`BOX_VOXELS` voxels across (the plugin's own measured rule), except an axis that nnU-Net's
+  target spacing keeps coarse (over 3× the others, with 3× fewer voxels: thick slices), which keeps that
+  spacing rather than being interpolated.
 - **Anchors** (``anchors.base_shapes``, network voxels at the finest pyramid level, doubled per level): two
   geometric steps from the small boxes' size on that grid towards the large ones (95th percentile), per axis;
   **pyramid levels** (``backbone.returned_layers``): enough doublings that the coarsest anchors reach the
   largest box (2 to 5 levels).
-- **Patch** (``sampling.patch_size``, and ``patch_size`` for sliding windows): the median image on the grid,
-  shrunk (its side largest relative to the median image first) until a step fits the budget, but never below
-  :data:`CONTEXT` × the largest box, sides multiples of the network's size divisor.
 - **Network width** (``backbone.block_inplanes``, ``backbone.fpn_channels``): base 32, 16 or 8 channels, the
-  widest that fits the budget (CUDA: 32). **Batch size** 2 (nnU-Net's minimum); on CUDA more while memory
-  allows, at most a fifth of the cases.
+  widest for which a patch of at least :data:`MIN_PATCH` voxels (and :data:`CONTEXT` × the largest box) fits
+  the budget (CUDA: 32); **patch** (``sampling.patch_size``, and ``patch_size`` for sliding windows): the
+  median image on the grid, shrunk (its side largest relative to the median image first) until a step fits,
+  sides multiples of the network's size divisor. **Batch size** 2 (nnU-Net's minimum); on CUDA more while
+  memory allows, at most a fifth of the cases.
 - **Flips** (``augment_flip``, every axis): on for volumes whose labels name no side; off for one-slice images
   (radiographs: left-right is not a symmetry) and for sided labels, as test-time augmentation rules.
 """
@@ -32,20 +32,27 @@ from mitk.errors import UsageError
 from mitk.training.fingerprint_images import box_fingerprint, fingerprint_images, image_statistics
 
 BOX_VOXELS = 4.0
-MIN_BOX_VOXELS = 3.0
+MIN_PATCH = 32
 CONTEXT = 1.5
 MIN_LEVELS, MAX_LEVELS = 2, 5
 BASE_WIDTHS = (32, 16, 8)
 CONV1_STRIDE = 2
 
 
-def grid_spacing(native: Sequence[float], p5_mm: Sequence[float], dims: int) -> list[float]:
-    """The native target spacing, each in-plane (2-D) or every (3-D) axis between a quarter and a third of the
-    small boxes' smallest edge."""
-    edge = float(np.min(np.asarray(p5_mm[:dims], dtype=float)))
-    low, high = edge / BOX_VOXELS, edge / MIN_BOX_VOXELS
-    return [round(min(max(float(s), low), high), 4) if axis < dims else round(float(s), 4)
-            for axis, s in enumerate(native)]
+def grid_spacing(native: Sequence[float], spacings: Sequence[Sequence[float]], p5_mm: Sequence[float],
+                 dims: int) -> list[float]:
+    """A quarter of the small boxes' smallest edge on each in-plane (2-D) or every (3-D) axis; an axis the
+    target spacing ``native`` keeps anisotropic (over 3× the others) keeps it when coarser."""
+    from mitk.training.planning import ANISOTROPY_THRESHOLD
+
+    edge = float(np.min(np.asarray(p5_mm[:dims], dtype=float))) / BOX_VOXELS
+    median = np.median(np.asarray(spacings, dtype=float), axis=0)
+    grid = []
+    for axis, value in enumerate(native):
+        others = [float(median[a]) for a in range(dims) if a != axis]
+        thick = axis < dims and others and float(value) > ANISOTROPY_THRESHOLD * max(others)
+        grid.append(round(max(edge, float(value)) if thick else edge if axis < dims else float(value), 4))
+    return grid
 
 
 def anchor_plan(low: np.ndarray, high: np.ndarray, largest: np.ndarray, dims: int) -> tuple[list[list[float]], int]:
@@ -82,31 +89,33 @@ def _cost(plugin: Any, config: dict[str, Any]) -> Any:
 
 def plan_network(plugin: Any, base: dict[str, Any], shape: Sequence[float], need: Sequence[float], budget: Any,
                  cases: int, patches_per_case: int) -> dict[str, Any]:
-    """Patch, widths and batch size under ``budget`` (see the module docstring)."""
+    """Widths, patch and batch size under ``budget`` (see the module docstring)."""
     dims = int(base["spatial_dims"])
     levels = len(base["backbone"]["returned_layers"]) + 1
     divisor = CONV1_STRIDE * 2 ** (levels - 1)
-    floor = [_round_up(n, divisor) for n in need[:dims]]
-    patch = [max(f, _round_up(n, divisor)) for f, n in zip(floor, shape[:dims], strict=True)]
+    start = [_round_up(max(n, m, MIN_PATCH), divisor) for n, m in zip(shape[:dims], need[:dims], strict=True)]
+    floor = [min(s, _round_up(max(m, MIN_PATCH), divisor)) for s, m in zip(start, need[:dims], strict=True)]
     widths = [w for w in BASE_WIDTHS if budget.gflop_per_step is not None or w == BASE_WIDTHS[0]]
-    while True:
-        for width in widths:
-            config = _with(plugin, base, patch, width, dims)
-            cost = _cost(plugin, config)
+    for width in widths:
+        patch = list(start)
+        while True:
+            cost = _cost(plugin, _with(plugin, base, patch, width, dims))
             memory, gflop = 2 * patches_per_case * cost.memory_gb, 2 * patches_per_case * cost.gflop
             fits = memory <= budget.memory_gb and (budget.gflop_per_step is None or gflop <= budget.gflop_per_step)
-            at_floor = patch == floor
-            if fits or (at_floor and width == widths[-1]):
-                batch = 2
-                if budget.gflop_per_step is None:
-                    per_case = patches_per_case * cost.memory_gb
-                    batch = max(2, min(max(2, cases // 5), int(budget.memory_gb / max(per_case, 1e-9))))
-                return {"patch": patch, "width": width, "batch_size": batch, "fits": fits,
-                        "estimate": cost.times(batch * patches_per_case)}
-        ratios = np.asarray(patch, dtype=float) / np.maximum(np.asarray(shape[:dims], dtype=float), 1.0)
-        ratios[np.asarray(patch) <= np.asarray(floor)] = -1.0
-        axis = int(np.argmax(ratios))
-        patch[axis] = max(floor[axis], patch[axis] - divisor)
+            if fits or patch == floor:
+                break
+            ratios = np.asarray(patch, dtype=float) / np.maximum(np.asarray(shape[:dims], dtype=float), 1.0)
+            ratios[np.asarray(patch) <= np.asarray(floor)] = -1.0
+            axis = int(np.argmax(ratios))
+            patch[axis] = max(floor[axis], patch[axis] - divisor)
+        if fits:
+            break
+    batch = 2
+    if budget.gflop_per_step is None:
+        per_case = patches_per_case * cost.memory_gb
+        batch = max(2, min(max(2, cases // 5), int(budget.memory_gb / max(per_case, 1e-9))))
+    return {"patch": patch, "width": width, "batch_size": batch, "fits": fits,
+            "estimate": cost.times(batch * patches_per_case)}
 
 
 def _with(plugin: Any, base: dict[str, Any], patch: Sequence[int], width: int, dims: int) -> dict[str, Any]:
@@ -147,7 +156,7 @@ def plan_detect(data: str | Path, name: str, plugin: Any, budget: Any) -> dict[s
     dims = int(fingerprint["spatial_dims"])
     stats = fingerprint["boxes"]
     native = target_spacing(fingerprint["spacings"], fingerprint["shapes"])
-    spacing = grid_spacing(native, stats["p5_mm"], dims)
+    spacing = grid_spacing(native, fingerprint["spacings"], stats["p5_mm"], dims)
     grid = np.asarray(spacing[:dims], dtype=float)
     low = np.maximum(np.asarray(stats["p5_mm"][:dims], dtype=float) / grid, 1.0)
     high = np.maximum(np.asarray(stats["p95_mm"][:dims], dtype=float) / grid, 1.0)
