@@ -2,8 +2,8 @@
 
 The network is built on PyTorch's ``meta`` device (no memory, no arithmetic) and run forward and backward on
 two inputs of the planned size (batch norms need two) under :class:`torch.utils.flop_counter.FlopCounterMode`,
-which counts the floating-point operations of every convolution and matrix product. The activation memory is the size of every
-leaf module's output, kept for the backward pass and matched by its gradient (fp32).
+which counts the floating-point operations of every convolution and matrix product. The activation memory is
+the size of every leaf module's output, kept for the backward pass and matched by its gradient (fp32).
 """
 
 from __future__ import annotations
