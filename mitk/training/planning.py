@@ -1,4 +1,6 @@
-"""From a fingerprint to a plugin's training settings, following nnU-Net's ``ExperimentPlanner``.
+"""From a fingerprint to a segmentation plugin's training settings, following nnU-Net's ``ExperimentPlanner``
+(classification: :mod:`mitk.training.planning_classify`; detection: :mod:`mitk.training.planning_detect`;
+any of them from the data: :mod:`mitk.training.plan_data`). The plan file and its checks are here.
 
 - **Target spacing**: the median spacing; when one axis is more than 3× coarser than the others and has
   more than 3× fewer voxels, that axis takes the 10th percentile of its spacings instead (nnU-Net's
@@ -46,7 +48,12 @@ BYTES_PER_ACTIVATION = 4 * 24
 """fp32 bytes kept per feature-map voxel and channel for the backward pass (convolutions, norms, activations
 and residual units of encoder and decoder)."""
 MAX_BATCH_SHARE = 0.05
-PLANNED_PLUGINS = ("unet", "segresnet")
+PLANNED_TASKS = {"unet": "segment", "segresnet": "segment", "densenet121": "classify", "resnet": "classify",
+                 "retinanet": "detect"}
+"""The plugins `mitk plan` configures, and their tasks (classify: :mod:`mitk.training.planning_classify`,
+detect: :mod:`mitk.training.planning_detect`)."""
+PLANNED_PLUGINS = tuple(PLANNED_TASKS)
+SEGMENT_PLUGINS = ("unet", "segresnet")
 
 
 @dataclass(frozen=True)
@@ -190,9 +197,16 @@ def network_settings(plugin: str, plan: Mapping[str, Any]) -> dict[str, Any]:
     raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
 
 
+def planned_task(plugin: str) -> str:
+    """The task of a plugin `mitk plan` configures; a usage error names those it does."""
+    if plugin not in PLANNED_TASKS:
+        raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
+    return PLANNED_TASKS[plugin]
+
+
 def make_plan(fingerprint: Mapping[str, Any], plugin: str, budget: Budget) -> dict[str, Any]:
-    """The plan document: the plugin's settings, the batch size, the reasons and the fingerprint itself."""
-    if plugin not in PLANNED_PLUGINS:
+    """The segmentation plan document: the plugin's settings, the batch size, the reasons and the fingerprint."""
+    if plugin not in SEGMENT_PLUGINS:
         raise UsageError(f"mitk plan configures the plugins {', '.join(PLANNED_PLUGINS)}, not {plugin!r}")
     spacing = target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     median_shape = resampled_median_shape(fingerprint, spacing)
@@ -227,6 +241,7 @@ def make_plan(fingerprint: Mapping[str, Any], plugin: str, budget: Budget) -> di
 # The plan file
 # -------------------------------------------------------------------------------------------------
 
+PLAN_TASKS = ("segment", "classify", "detect")
 PLAN_NAME = "mitk-plan.json"
 """The plan `mitk plan DATA` writes beside the data, and `mitk train` picks up from there by default."""
 
@@ -267,6 +282,6 @@ def read_plan(path: str | Path) -> dict[str, Any]:
         raise InputError(f"not a mitk plan (format {PLAN_FORMAT})", path)
     if not isinstance(document.get("settings"), dict) or not isinstance(document.get("training", {}), dict):
         raise InputError("a plan needs a `settings` object (and optionally `training`)", path)
-    if not isinstance(document.get("plugin"), str) or document.get("task") != "segment":
-        raise InputError("a plan names its task (segment) and plugin", path)
+    if not isinstance(document.get("plugin"), str) or document.get("task") not in PLAN_TASKS:
+        raise InputError(f"a plan names its task ({', '.join(PLAN_TASKS)}) and plugin", path)
     return document

@@ -83,7 +83,7 @@ def train(task: Task | str, *, plugin: str | None, data: str | Path | None, outp
             raise UsageError("a resumed run continues from its own weights: drop --init")
         plan_document = None
     else:
-        plan_document = _plan_for(plan, data, plugin, on_ready)
+        plan_document = _plan_for(plan, data, plugin, on_ready, spec.name)
         if plan_document is not None and given.get("batch_size") is None:
             given["batch_size"] = plan_document.get("training", {}).get("batch_size")
         training_options = TrainingOptions.from_dict(given)
@@ -216,9 +216,9 @@ def _refuse_writing_over_data(output_dir: Path, data: Path, datalist: Datalist, 
 
 
 def _plan_for(plan: str | Path | bool | None, data: str | Path | None, plugin: str | None,
-              on_ready: Callable[[str], None] | None) -> dict[str, Any] | None:
+              on_ready: Callable[[str], None] | None, task: str = "segment") -> dict[str, Any] | None:
     """The plan to train with: ``plan`` itself, or (``None``) ``mitk-plan.json`` beside the data when it is for
-    ``plugin``; its path under ``"path"``."""
+    ``task`` and ``plugin``; its path under ``"path"``. An explicit plan for another task or plugin is refused."""
     from mitk.training.planning import default_plan_path, read_plan
 
     if plan is False or (plan is None and not data):
@@ -228,6 +228,13 @@ def _plan_for(plan: str | Path | bool | None, data: str | Path | None, plugin: s
     if not explicit and not path.is_file():
         return None
     document = read_plan(path)
+    if document["task"] != task:
+        if explicit:
+            raise UsageError(f"the plan {path} is for {document['task']} (plugin {document['plugin']!r}), not "
+                             f"{task}")
+        if on_ready is not None:
+            on_ready(f"not using {path}: it plans {document['task']} (--no-plan hides this)")
+        return None
     if plugin and document["plugin"] != plugin:
         if explicit:
             raise UsageError(f"the plan {path} is for plugin {document['plugin']!r}, not {plugin!r}")
