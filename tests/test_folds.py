@@ -69,7 +69,7 @@ def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
     pytest.importorskip("nilearn")
     from test_boxes_docs import ROOT, docs_commands
 
-    sample_command, fold_0, fold_1, classify = docs_commands("precision.md", "precision-folds")
+    sample_command, fold_0, fold_1, classify, crossval = docs_commands("precision.md", "precision-folds")
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     for command in (sample_command, fold_1):  # the jobs of an array run in any order
@@ -98,6 +98,18 @@ def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert list(rows[0])[-2:] == ["predictive_entropy", "mutual_information"]
     assert all(float(row["predictive_entropy"]) > 0 for row in rows)
+    code, stdout, stderr = invoke([*crossval, "--json", "--csv", "crossval.csv"])
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    pooled = document["out_of_fold"]
+    cases = sum(len(fold) for fold in json.loads((run / "folds.json").read_text())["cases"])
+    assert pooled["task"] == "classify" and pooled["cases"] == pooled["scores"]["cases"] == cases
+    assert pooled["scores"]["uncertainty"] == "predictive_entropy"
+    assert 0 <= pooled["scores"]["ece"] <= 1 and 0 <= pooled["scores"]["accuracy"] <= 1
+    fold_accuracy = [f["metrics"]["accuracy"] * f["validation_cases"] for f in document["folds"]]
+    assert pooled["scores"]["accuracy"] == pytest.approx(sum(fold_accuracy) / cases)  # each case by its own fold
+    pooled_rows = [r for r in csv.DictReader((tmp_path / "crossval.csv").open()) if r["fold"] == "pooled"]
+    assert {"macro_auc", "ece", "accuracy"} <= {r["metric"] for r in pooled_rows}
     page = (ROOT / "docs" / "precision.md").read_text(encoding="utf-8")
     block = page.split("<!-- docs-test: precision-python -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, object] = {}

@@ -16,23 +16,22 @@ from helpers import invoke
 
 pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
-TINY = ["--plugin", "retinanet", "--epochs", "1", "--set", "spacing=[9,9,9]", "--set", "patch_size=[32,32,32]",
-        "--set", "backbone.block_inplanes=[8,16,32,64]", "--set", "backbone.fpn_channels=16",
-        "--set", "selector.score_thresh=0.01"]  # one epoch: keep its weak boxes to fuse and score
 
 
 @pytest.fixture(scope="module")
 def fold_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A detection sample and a 2-fold run trained one fold per command (a job array)."""
+    """docs/precision.md's detection example up to the training: a sample and a 2-fold run trained one fold per
+    command (a job array, in reverse order); the sample and the run folder."""
+    from test_boxes_docs import docs_commands
+
     folder = tmp_path_factory.mktemp("detect_folds")
-    sample, run = folder / "sample", folder / "run"
-    code, _, stderr = invoke(["sample", "detect", "-d", str(sample), "--cases", "6", "--size", "24", "--seed", "2"])
-    assert code == 0, stderr
-    for fold in ("1", "0"):
-        code, _, stderr = invoke(["train", "detect", "--data", str(sample), "-d", str(run), "--folds", "2",
-                                  "--fold", fold, *TINY])
-        assert code == 0, stderr
-    return sample, run
+    sample_command, fold_0, fold_1, _, _ = docs_commands("precision.md", "precision-detect")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for command in (sample_command, fold_1, fold_0):
+            code, _, stderr = invoke(command)
+            assert code == 0, f"{command}: {stderr}"
+    return folder / "boxes", folder / "boxrun"
 
 
 def test_fold_ensemble_with_tta_fuses_every_member_with_its_own_settings(fold_run: tuple[Path, Path]) -> None:
@@ -58,16 +57,30 @@ def test_fold_ensemble_with_tta_fuses_every_member_with_its_own_settings(fold_ru
     assert flipped["uncertainty"]["passes"] == 16 and flipped["uncertainty"]["boxes"] == len(flipped["boxes"])
     spreads = [box["uncertainty"]["score_std"] for box in flipped["boxes"]]
     assert spreads and flipped["uncertainty"]["max_score_std"] == pytest.approx(max(spreads), abs=1e-6)
-    code, stdout, stderr = invoke(["detect", str(scan), "--weights", str(run), "--tta", "--json"])
+    from test_boxes_docs import docs_commands
+
+    command = docs_commands("precision.md", "precision-detect")[3]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(sample.parent)
+        code, stdout, stderr = invoke([*command, "--json"])
     assert code == 0, stderr
     [record] = json.loads(stdout)["cases"]
     assert record["passes"] == flipped["passes"] and len(record["boxes"]) == len(flipped["boxes"])
+    saved = json.loads((sample.parent / "boxpred" / f"{scan.name.split('.')[0]}_boxes.json").read_text())
+    assert saved["uncertainty"] == record["uncertainty"]
 
 
 def test_crossval_predict_scores_the_out_of_fold_boxes_as_evaluate_detect(fold_run: tuple[Path, Path],
                                                                           tmp_path: Path) -> None:
+    from test_boxes_docs import docs_commands
+
     sample, run = fold_run
-    code, stdout, stderr = invoke(["evaluate", "crossval", str(run), "--predict", "--tta", "--json"])
+    command = docs_commands("precision.md", "precision-detect")[4]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(sample.parent)
+        code, stdout, stderr = invoke(command)
+        assert code == 0 and "out of fold (5 cases" in stdout, stderr
+        code, stdout, stderr = invoke([*command, "--json"])
     assert code == 0, stderr
     document = json.loads(stdout)
     pooled = document["out_of_fold"]

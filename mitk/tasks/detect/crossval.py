@@ -35,13 +35,14 @@ def score_out_of_fold(cases: Sequence[dict[str, Any]], results: Sequence[Detecti
     if results and all(spread is not None for spread in spreads):
         from mitk.evaluation.calibration import uncertainty_auc
 
-        hits, spread = [], []
+        hits: list[bool] = []
+        spread: list[float] = []
         for prediction, reference, result in zip(predictions, references, results, strict=True):
             found, _ = match_case(prediction, reference)
             order = np.argsort(-prediction.scores, kind="stable")
             hits.extend(bool(h) for h in found)
             spread.extend(np.asarray(result.score_std, float)[order].tolist())
-        value = uncertainty_auc(spread, ~np.asarray(hits, bool)) if hits else float("nan")
+        value = uncertainty_auc(spread, [not hit for hit in hits]) if hits else float("nan")
         scores["uncertainty_auc"] = value if np.isfinite(value) else None
         scores["uncertainty"] = "per-box score spread"
     return scores
