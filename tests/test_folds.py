@@ -126,3 +126,32 @@ def test_fold_options_are_checked_first(tmp_path: Path) -> None:
     (tmp_path / "other" / "best.safetensors").write_bytes(b"")
     code, _, stderr = invoke(["train", "classify", "-d", str(tmp_path / "other"), "--folds", "2"])
     assert code != 0 and "not a fold run" in stderr
+
+
+def test_four_encodings_of_one_radiograph_land_in_one_fold(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24's leak: pydicom-data's RG1 chest radiograph as _UNCR, _J2KR, _J2KI (lossy) and _UNCI, without a
+    group column, is found and dealt into one fold, with a warning; so is RG3 under two encodings."""
+    import functools
+
+    pydicom_data = pytest.importorskip("pydicom.data")
+    from mitk.tasks.classify import recipe
+    from mitk.tasks.classify.recipe import ClassificationRecipe
+
+    try:
+        files = {name: str(pydicom_data.get_testdata_file(name)) for name in (
+            "RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_UNCI.dcm", "RG3_UNCR.dcm", "RG3_J2KI.dcm",
+            "CT_small.dcm", "MR_small.dcm")}
+    except (ValueError, OSError, TypeError):
+        pytest.skip("needs pydicom-data's radiographs")
+    monkeypatch.setattr(recipe, "read_case_image", functools.lru_cache(recipe.read_case_image))  # decode once
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(
+        f"{path},{'xr' if name.startswith('RG') else 'other'}\n" for name, path in files.items()))
+    with caplog.at_level(logging.WARNING, logger="mitk.training"):
+        datalist = ClassificationRecipe().read_datalist(labels, seed=0, validation_fraction=0.2)
+        _, document = fold_split(datalist, 2, seed=0, stratum=ClassificationRecipe().stratum)
+    assert "6 images show the same picture" in caplog.text and document["grouping"] == "same-content"
+    for stem in ("RG1", "RG3"):
+        holding = [fold for fold, cases in enumerate(document["cases"]) if any(stem in case for case in cases)]
+        assert len(holding) == 1, (stem, document["cases"])
