@@ -114,6 +114,9 @@ class TaskSpec:
     evaluation_options: tuple[Option, ...] = ()
     """The options of ``mitk evaluate <task>``; the shared ``--json`` and ``--overwrite`` are
     :data:`mitk.options.JSON` and :data:`mitk.options.OVERWRITE`, listed here by the tasks that take them."""
+    out_of_fold: str | None = None
+    """``score(cases, results, config) -> dict``: the pooled scores of a fold run's out-of-fold predictions
+    (``mitk evaluate crossval RUN --predict``, :mod:`mitk.training.out_of_fold`), or None."""
 
     @property
     def task(self) -> str:

@@ -69,7 +69,7 @@ def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
     pytest.importorskip("nilearn")
     from test_boxes_docs import ROOT, docs_commands
 
-    sample_command, fold_0, fold_1, classify = docs_commands("precision.md", "precision-folds")
+    sample_command, fold_0, fold_1, classify, crossval = docs_commands("precision.md", "precision-folds")
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     for command in (sample_command, fold_1):  # the jobs of an array run in any order
@@ -98,6 +98,18 @@ def test_the_documented_fold_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert list(rows[0])[-2:] == ["predictive_entropy", "mutual_information"]
     assert all(float(row["predictive_entropy"]) > 0 for row in rows)
+    code, stdout, stderr = invoke([*crossval, "--json", "--csv", "crossval.csv"])
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    pooled = document["out_of_fold"]
+    cases = sum(len(fold) for fold in json.loads((run / "folds.json").read_text())["cases"])
+    assert pooled["task"] == "classify" and pooled["cases"] == pooled["scores"]["cases"] == cases
+    assert pooled["scores"]["uncertainty"] == "predictive_entropy"
+    assert 0 <= pooled["scores"]["ece"] <= 1 and 0 <= pooled["scores"]["accuracy"] <= 1
+    fold_accuracy = [f["metrics"]["accuracy"] * f["validation_cases"] for f in document["folds"]]
+    assert pooled["scores"]["accuracy"] == pytest.approx(sum(fold_accuracy) / cases)  # each case by its own fold
+    pooled_rows = [r for r in csv.DictReader((tmp_path / "crossval.csv").open()) if r["fold"] == "pooled"]
+    assert {"macro_auc", "ece", "accuracy"} <= {r["metric"] for r in pooled_rows}
     page = (ROOT / "docs" / "precision.md").read_text(encoding="utf-8")
     block = page.split("<!-- docs-test: precision-python -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, object] = {}
@@ -114,3 +126,32 @@ def test_fold_options_are_checked_first(tmp_path: Path) -> None:
     (tmp_path / "other" / "best.safetensors").write_bytes(b"")
     code, _, stderr = invoke(["train", "classify", "-d", str(tmp_path / "other"), "--folds", "2"])
     assert code != 0 and "not a fold run" in stderr
+
+
+def test_four_encodings_of_one_radiograph_land_in_one_fold(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24's leak: pydicom-data's RG1 chest radiograph as _UNCR, _J2KR, _J2KI (lossy) and _UNCI, without a
+    group column, is found and dealt into one fold, with a warning; so is RG3 under two encodings."""
+    import functools
+
+    pydicom_data = pytest.importorskip("pydicom.data")
+    from mitk.tasks.classify import recipe
+    from mitk.tasks.classify.recipe import ClassificationRecipe
+
+    try:
+        files = {name: str(pydicom_data.get_testdata_file(name)) for name in (
+            "RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_UNCI.dcm", "RG3_UNCR.dcm", "RG3_J2KI.dcm",
+            "CT_small.dcm", "MR_small.dcm")}
+    except (ValueError, OSError, TypeError):
+        pytest.skip("needs pydicom-data's radiographs")
+    monkeypatch.setattr(recipe, "read_case_image", functools.lru_cache(recipe.read_case_image))  # decode once
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(
+        f"{path},{'xr' if name.startswith('RG') else 'other'}\n" for name, path in files.items()))
+    with caplog.at_level(logging.WARNING, logger="mitk.training"):
+        datalist = ClassificationRecipe().read_datalist(labels, seed=0, validation_fraction=0.2)
+        _, document = fold_split(datalist, 2, seed=0, stratum=ClassificationRecipe().stratum)
+    assert "6 images show the same picture" in caplog.text and document["grouping"] == "same-content"
+    for stem in ("RG1", "RG3"):
+        holding = [fold for fold, cases in enumerate(document["cases"]) if any(stem in case for case in cases)]
+        assert len(holding) == 1, (stem, document["cases"])

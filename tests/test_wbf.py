@@ -135,9 +135,9 @@ def test_ensemble_runner_fuses_models_and_flips(lung_ct: Path, tmp_path: Path) -
             passes.append((boxes, result.scores, result.labels))
     expected = weighted_boxes_fusion([b for b, _, _ in passes], [s for _, s, _ in passes],
                                      [lab for _, _, lab in passes])
-    runner = DetectionEnsembleRunner([m.loaded for m in models], flip_axes=(0,))
+    runner = DetectionEnsembleRunner([m.loaded for m in models], flip_axes=(0,))  # world x: voxel i on this CT
     fused = runner(load_image(lung_ct))
-    assert runner.passes == 4
+    assert fused.record()["passes"] == {"members": 2, "flips": 2, "total": 4}
     np.testing.assert_allclose(fused.boxes_voxel, expected.boxes, atol=1e-9)
     np.testing.assert_allclose(fused.scores, expected.scores, atol=1e-12)
     records = fused.to_dicts()

@@ -28,15 +28,28 @@ CROSSVAL_OPTIONS = (
            "Pick each fold's best epoch from its log by this validation metric (e.g. mean_dice) instead of the "
            "metrics saved with its best checkpoint."),
     Option("csv_path", ("--csv",), Path | None, None, "Also write one row per fold and metric, then mean and sd."),
+    Option("predict", ("--predict",), bool, False, "Also predict every case with the fold that validated it (its "
+           "best checkpoint) and score the pooled out-of-fold predictions as `mitk evaluate <task>` does "
+           "(classify: AUC, accuracy, ECE, uncertainty vs error; detect: mAP, FROC)."),
+    Option("tta", ("--tta",), bool, False, "With --predict: test-time augmentation in every prediction."),
     JSON,
     OVERWRITE,
 )
 
 
 def run_crossval(values: dict[str, Any]) -> None:
+    from mitk.errors import UsageError
     from mitk.evaluation.crossval import evaluate_crossval
 
-    raise typer.Exit(evaluate_crossval(**values) or 0)
+    predict, tta = values.pop("predict"), values.pop("tta")
+    if tta and not predict:
+        raise UsageError("--tta needs --predict (the fold scores saved by training had no TTA)")
+    pooled = None
+    if predict:
+        from mitk.training.out_of_fold import out_of_fold
+
+        pooled = partial(out_of_fold, values["run_dir"], tta=tta)
+    raise typer.Exit(evaluate_crossval(**values, out_of_fold=pooled) or 0)
 
 
 def build_app() -> typer.Typer:

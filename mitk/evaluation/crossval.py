@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,9 +228,12 @@ CSV_COLUMNS = ["fold", "metric", "value", "epoch", "validation_cases"]
 
 
 def evaluate_crossval(run_dir: Path, monitor: str | None = None, csv_path: Path | None = None,
-                      as_json: bool = False, overwrite: bool = False) -> int:
+                      as_json: bool = False, overwrite: bool = False,
+                      out_of_fold: Callable[[], dict[str, Any]] | None = None) -> int:
     """``mitk evaluate crossval RUN_DIR``: print (or ``--json``) every fold's best validation metrics and their
-    mean ± sd; ``--csv`` writes the rows of :func:`summary_rows`."""
+    mean ± sd; ``--csv`` writes the rows of :func:`summary_rows`. ``out_of_fold`` (``--predict``): computes the
+    pooled out-of-fold scores (:mod:`mitk.training.out_of_fold`), added as ``out_of_fold`` (CSV rows
+    ``fold`` = ``pooled``)."""
     from mitk.console import STATE, emit_json, say
     from mitk.evaluation.outputs import refuse_overwriting_inputs, write_table
     from mitk.io.atomic import check_output
@@ -238,11 +242,19 @@ def evaluate_crossval(run_dir: Path, monitor: str | None = None, csv_path: Path 
         refuse_overwriting_inputs(csv_path, "--csv", [run_dir / FOLDS_NAME])
         check_output(csv_path, overwrite)
     document = crossval(run_dir, monitor)
+    if out_of_fold is not None:
+        document["out_of_fold"] = out_of_fold()
     for fold in document["folds"]:
         if fold["source"] is None:
             say(f"fold {fold['fold']}: {fold['problem']} (left out of the summary)", label="missing", style="yellow")
     if csv_path is not None:
-        write_table(summary_rows(document), csv_path, overwrite, CSV_COLUMNS)
+        rows = summary_rows(document)
+        pooled = document.get("out_of_fold")
+        if pooled:
+            rows += [{"fold": "pooled", "metric": name, "value": value, "epoch": None,
+                      "validation_cases": pooled["cases"]}
+                     for name, value in pooled["scores"].items() if isinstance(value, (int, float)) or value is None]
+        write_table(rows, csv_path, overwrite, CSV_COLUMNS)
     if as_json:
         emit_json(document)
     elif not STATE.quiet:
@@ -273,3 +285,10 @@ def _print(document: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"{len(scored)} fold(s), {document['validation_cases']} validation cases"
                   + (f"; missing folds {document['missing_folds']}" if document["missing_folds"] else ""))
+    pooled = document.get("out_of_fold")
+    if pooled:
+        numbers = {k: v for k, v in pooled["scores"].items() if isinstance(v, (int, float)) or v is None}
+        console.print(f"out of fold ({pooled['cases']} cases, each predicted by the fold that did not train on it"
+                      + (", with TTA" if pooled["tta"] else "") + "): "
+                      + ", ".join(f"{k} {text(v) if isinstance(v, float) or v is None else v}"
+                                  for k, v in numbers.items()))

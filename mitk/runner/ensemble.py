@@ -73,14 +73,19 @@ def member_weights(weights: Any) -> list[Path]:
 
 
 TRAINING_ONLY = ("training", "optimizer", "schedule", "augmentation", "class_weights", "samples_per_case",
-                 "positive", "negative", "metrics", "loss", "init", "plan")
-"""Settings that only training reads: they may differ between members (a fold's class weights); every other
-setting (labels, spacing, intensity, patch …) must agree, since one preprocessing serves every member."""
+                 "positive", "negative", "metrics", "loss", "init", "plan", "box_statistics")
+"""Settings that only training reads: they may differ between members (a fold's class weights, the sizes of its
+training boxes); every other setting (labels, spacing, intensity, patch …) must agree, since one preprocessing
+serves every member."""
+PER_MEMBER = ("anchors",)
+"""Settings of a member's own network that each member keeps: a detector's anchor shapes, found from its fold's
+training boxes. Only a runner that fuses the members' outputs on the input grid (detection: boxes) meets them;
+it runs each member with its own settings (:attr:`mitk.runner.model.LoadedModel.member_configs`)."""
 
 
 def inference_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a member's inference (:data:`TRAINING_ONLY` left out)."""
-    return {key: value for key, value in config.items() if key not in TRAINING_ONLY}
+    """The settings that must agree between members (:data:`TRAINING_ONLY` and :data:`PER_MEMBER` left out)."""
+    return {key: value for key, value in config.items() if key not in TRAINING_ONLY + PER_MEMBER}
 
 
 def check_members_agree(configs: Sequence[dict[str, Any]], names: Sequence[str], paths: Sequence[Path]) -> None:

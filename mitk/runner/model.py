@@ -48,6 +48,9 @@ class LoadedModel:
     """An ensemble's networks (:mod:`mitk.runner.ensemble`), the first being :attr:`network`; empty for one model."""
     member_checkpoints: tuple[Path, ...] = ()
     """The checkpoint of each member of an ensemble."""
+    member_configs: tuple[dict[str, Any], ...] = ()
+    """The settings of each member of an ensemble: equal but for :data:`~mitk.runner.ensemble.PER_MEMBER` ones
+    (a detector's anchors), which a runner that fuses the members' outputs gives each member."""
 
     @property
     def networks(self) -> tuple[Any, ...]:
@@ -178,6 +181,7 @@ def _load_ensemble(task: Any, plugin: str | None, weights: Any, members: list[Pa
     first = loaded[0]
     first.members = tuple(model.network for model in loaded)
     first.member_checkpoints = tuple(members)
+    first.member_configs = tuple(model.config for model in loaded)
     if is_fold_run(weights):
         first.checkpoint = Path(weights)  # the run folder: its files are the model's (provenance, never overwritten)
     first.metrics = {"members": [model.metrics for model in loaded]}

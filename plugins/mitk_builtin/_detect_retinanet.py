@@ -16,6 +16,7 @@ In monai 1.6.1 two pieces reach into torchvision even on the ATSS / hard-negativ
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -461,6 +462,12 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
 
     def training_step(self, config: dict[str, Any]) -> RetinaNetTrainingStep:
         return RetinaNetTrainingStep(config)
+
+    def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """World axes ``--tta`` may flip (0 = left-right, 1, 2): all three, as training's flips; not left-right
+        when a label names a side. The runner never mirrors left-right on a one-slice image."""
+        names = " ".join(self.labels(config).values()).lower().replace("_", " ")
+        return (1, 2) if re.search(r"\b(left|right)\b", names) else (0, 1, 2)
 
     def detect(self, image: Any, model: Any, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes in ``image``'s voxel indices: MONAI's extents (voxel centres at integers) plus one half."""

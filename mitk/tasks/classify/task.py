@@ -136,4 +136,5 @@ TASK = TaskSpec(
     ),
     evaluation_options=EVALUATE_OPTIONS,
     evaluation_epilog=EVALUATE_EPILOG,
+    out_of_fold=f"{HERE}.crossval:score_out_of_fold",
 )

@@ -39,6 +39,8 @@ class DetectionResult(RecordFiles):
     spacing_source: str | None = None
     """Where the mm figures' pixel spacing came from (``"unknown (1 mm assumed)"`` for a PNG); in the record."""
     passes: int = 1
+    pass_counts: dict[str, int] | None = None
+    """With several passes fused: ``{"members", "flips", "total"}``, the record's ``passes`` (the cost)."""
 
     @property
     def boxes_world(self) -> FloatArray:
@@ -100,11 +102,21 @@ class DetectionResult(RecordFiles):
     def record(self) -> dict[str, Any]:
         """``{"coordinate_system", "convention", "boxes": [{label, name, score, box_voxel, box_world_mm,
         centre_world_mm, size_mm, …}, …], "affine"}``; ``affine`` (voxel → RAS mm of the input) lets
-        ``mitk evaluate detect`` turn voxel boxes into world boxes."""
+        ``mitk evaluate detect`` turn voxel boxes into world boxes. Fused passes (an ensemble, ``--tta``) add
+        ``passes`` (``{"members", "flips", "total"}``) and ``uncertainty`` (``{"boxes", "mean_score_std",
+        "max_score_std", "passes"}``: the spread of the passes' scores over the boxes)."""
         record = {"coordinate_system": self.coordinate_system, "convention": BOX_CONVENTION, "boxes": self.to_dicts(),
                   "affine": np.asarray(self.affine, float).tolist()}
         if self.spacing_source is not None:
             record["spacing_source"] = self.spacing_source
+        if self.pass_counts is not None:
+            record["passes"] = dict(self.pass_counts)
+        if self.score_std is not None:
+            spread = np.asarray(self.score_std, float)
+            record["uncertainty"] = {"boxes": int(spread.size),
+                                     "mean_score_std": round(float(spread.mean()), 6) if spread.size else None,
+                                     "max_score_std": round(float(spread.max()), 6) if spread.size else None,
+                                     "passes": self.passes}
         return record
 
     def to_numpy(self) -> np.ndarray:

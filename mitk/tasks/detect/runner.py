@@ -14,6 +14,7 @@ from mitk.runner.batch import CaseJob
 from mitk.runner.geometry import voxel_map
 from mitk.runner.model import LoadedModel
 from mitk.runner.outputs import OutputPolicy
+from mitk.runner.tta import flips, passes
 from mitk.tasks.detect.fusion import weighted_boxes_fusion
 from mitk.tasks.detect.plugin import DetectionPlugin
 from mitk.tasks.detect.result import DetectionResult
@@ -32,6 +33,8 @@ def boxes_to_input_grid(boxes: np.ndarray, source_affine: np.ndarray, target_aff
 
 
 class DetectionRunner:
+    """One detector, one pass: boxes on the input grid (the network or the classical array method)."""
+
     def __init__(self, model: LoadedModel, coordinate_system: str = "RAS") -> None:
         if not isinstance(model.plugin, DetectionPlugin):
             raise TypeError("DetectionRunner needs a detection plugin")
@@ -71,60 +74,81 @@ def flip_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -> 
     return out
 
 
+def voxel_flip_axes(world_axes: Sequence[int], affine: np.ndarray, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+    """The voxel axes to flip for ``world_axes`` (0 = x, left-right; 1 = y; 2 = z): each world axis's voxel axis
+    is the one that runs most along it on this grid (a scan stored sagittally flips the right axes). Axes one
+    voxel long are left out, and so is left-right on a one-slice image (a radiograph or picture: never mirrored)."""
+    direction = np.abs(np.asarray(affine, float)[:3, :3])
+    direction = direction / np.maximum(direction.sum(axis=0, keepdims=True), 1e-12)
+    along = [int(np.argmax(direction[:, voxel])) for voxel in range(3)]  # world axis each voxel axis runs along
+    planar = int(spatial_shape[2]) == 1
+    return tuple(voxel for voxel in range(3) if along[voxel] in set(world_axes) and int(spatial_shape[voxel]) > 1
+                 and not (planar and along[voxel] == 0))
+
+
 class DetectionEnsembleRunner:
-    """Several detectors (an ensemble: e.g. the best checkpoint of every fold) and/or test-time flips, their boxes
-    fused by weighted boxes fusion (:mod:`mitk.tasks.detect.fusion`); each box records the spread of the passes'
-    scores. ``flip_axes`` are voxel axes (0, 1, 2): each adds a pass per model on the image mirrored along it."""
+    """Several detectors (an ensemble: e.g. the best checkpoint of every fold) and/or test-time flips: every
+    combination of ``flip_axes``, world axes (0 = x, left-right; :func:`voxel_flip_axes` finds their voxel axes).
+    The passes' boxes are fused by weighted boxes fusion (:mod:`mitk.tasks.detect.fusion`); each box records the
+    spread of the passes' scores, the record the passes run."""
 
     def __init__(self, models: Sequence[LoadedModel], flip_axes: Sequence[int] = (), coordinate_system: str = "RAS",
                  iou_threshold: float = 0.55, skip_score: float = 0.0) -> None:
         if not models:
             raise ValueError("an ensemble needs at least one model")
         if any(axis not in (0, 1, 2) for axis in flip_axes):
-            raise ValueError(f"flip axes are voxel axes 0, 1 or 2, not {list(flip_axes)}")
+            raise ValueError(f"flip axes are world axes 0, 1 or 2, not {list(flip_axes)}")
         self.members = [DetectionRunner(model, coordinate_system) for model in models]
-        self.flips: list[tuple[int, ...]] = [(), *((axis,) for axis in dict.fromkeys(flip_axes))]
-        self.coordinate_system = coordinate_system
-        self.iou_threshold, self.skip_score = iou_threshold, skip_score
         self.labels = self.members[0].labels
+        self.coordinate_system = coordinate_system
+        self.world_axes = tuple(dict.fromkeys(int(axis) for axis in flip_axes))
+        self.iou_threshold, self.skip_score = iou_threshold, skip_score
 
-    @property
-    def passes(self) -> int:
-        """Detector runs per image: models × (1 + flips); the cost of the ensemble and TTA."""
-        return len(self.members) * len(self.flips)
+    def flip_sets(self, image: Image) -> list[tuple[int, ...]]:
+        """The voxel flips run on ``image`` (the plain pass first)."""
+        return flips(voxel_flip_axes(self.world_axes, image.affine, image.spatial_shape)) if self.world_axes \
+            else [()]
 
     def __call__(self, image: Image) -> DetectionResult:
+        flip_sets = self.flip_sets(image)
+        if len(self.members) == 1 and len(flip_sets) == 1:
+            return self.members[0](image)
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for member in self.members:
-            for axes in self.flips:
-                view = replace(image, array=np.ascontiguousarray(np.flip(image.array, axis=axes))) if axes else image
-                result = member(view)
-                found.append((flip_boxes(result.boxes_voxel, axes, image.spatial_shape),
-                              np.asarray(result.scores, float), np.asarray(result.labels, int)))
+        for member, axes in passes(len(self.members), flip_sets):
+            view = replace(image, array=np.ascontiguousarray(np.flip(image.array, axis=axes))) if axes else image
+            result = self.members[member](view)
+            found.append((flip_boxes(result.boxes_voxel, axes, image.spatial_shape),
+                          np.asarray(result.scores, float), np.asarray(result.labels, int)))
         fused = weighted_boxes_fusion([b for b, _, _ in found], [s for _, s, _ in found], [lab for _, _, lab in found],
                                       iou_threshold=self.iou_threshold, skip_score=self.skip_score)
         return DetectionResult(boxes_voxel=fused.boxes, affine=image.affine, scores=fused.scores,
                                labels=fused.labels, label_names=self.labels,
                                coordinate_system=self.coordinate_system, score_std=fused.score_std,
-                               members=fused.members, passes=self.passes, spacing_source=spacing_source(image))
+                               members=fused.members, passes=len(found), spacing_source=spacing_source(image),
+                               pass_counts={"members": len(self.members), "flips": len(flip_sets),
+                                            "total": len(found)})
 
 
 def member_models(model: LoadedModel) -> list[LoadedModel]:
-    """An ensemble's members as one model each (its ``members`` networks, when the loader gave several), else the
-    model itself."""
+    """An ensemble's members as one model each (its ``members`` networks, each with its own settings: a fold's
+    anchors are found from its training boxes), else the model itself."""
     networks = tuple(getattr(model, "members", ()) or ())
-    return [replace(model, network=network) for network in networks] if len(networks) > 1 else [model]
+    if len(networks) < 2:
+        return [model]
+    configs = tuple(getattr(model, "member_configs", ()) or ()) or (model.config,) * len(networks)
+    return [replace(model, network=network, config=config) for network, config in zip(networks, configs, strict=True)]
 
 
 def safe_flip_axes(model: LoadedModel) -> tuple[int, ...]:
-    """The voxel axes the plugin declares safe to flip (its ``tta_axes(config)``; none when it declares none)."""
+    """The world axes the plugin declares safe to flip (its ``tta_axes(config)``; none when it declares none)."""
     declared = getattr(model.plugin, "tta_axes", None)
     return tuple(int(axis) for axis in declared(model.config)) if callable(declared) else ()
 
 
 def detection_runner(model: LoadedModel, tta: bool = False, coordinate_system: str = "RAS"
                      ) -> DetectionRunner | DetectionEnsembleRunner:
-    """One detector, or, for an ensemble or with ``tta`` and flips the plugin allows, their fusion."""
+    """The task's runner (``mitk detect`` and ``model.detect(image, tta=...)``): one detector, or, for an ensemble
+    or with ``tta`` and flips the plugin allows, their fusion."""
     members = member_models(model)
     axes = safe_flip_axes(model) if tta else ()
     if len(members) == 1 and not axes:

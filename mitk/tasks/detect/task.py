@@ -64,7 +64,7 @@ TASK = TaskSpec(
     name="detect",
     summary="Detect objects: boxes in voxel indices and world millimetres, with scores.",
     plugin_base=f"{HERE}.plugin:DetectionPlugin",
-    runner=f"{HERE}.runner:DetectionRunner",
+    runner=f"{HERE}.runner:detection_runner",
     job=f"{HERE}.runner:make_detect_job",
     result=f"{HERE}.result:DetectionResult",
     suffix="_boxes",
@@ -81,4 +81,5 @@ TASK = TaskSpec(
                      "1/8 to 8 false positives per scan."),
     evaluation_options=EVALUATE_OPTIONS,
     evaluation_epilog=EVALUATE_EPILOG,
+    out_of_fold=f"{HERE}.crossval:score_out_of_fold",
 )
