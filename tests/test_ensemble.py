@@ -131,6 +131,8 @@ def test_flip_sets_and_the_axes_kept(fold_run: Path) -> None:
     assert plugin.tta_axes(settings) == (0, 1, 2)
     sided = {**settings, "labels": {"0": "background", "1": "left kidney", "2": "right_kidney"}}
     assert plugin.tta_axes(sided) == (1, 2)  # mirroring would swap the sides
+    assert plugin.tta_axes({**settings, "augmentation": {**settings["augmentation"], "flip": 0.0}}) == ()
+    assert plugin.tta_axes({**settings, "augmentation": {**settings["augmentation"], "flip_axes": [1]}}) == (1,)
     runner = SegmentationRunner(model.loaded, tta=True)
     assert runner.tta_axes((8, 8, 8)) == (0, 1, 2) and runner.tta_axes((8, 8, 1)) == (1, 2)  # a radiograph
 
@@ -143,13 +145,13 @@ class HalfMeans(torch.nn.Module):
         return torch.stack([batch[:, :, :half].mean(dim=(1, 2, 3)), batch[:, :, half:].mean(dim=(1, 2, 3))], 1)
 
 
-def classifier_checkpoint(path: Path, seed: int) -> Path:
+def classifier_checkpoint(path: Path, seed: int, augmentation: dict[str, object] | None = None) -> Path:
     from mitk.checkpoint import save_checkpoint
     from mitk.plugin_manager import get_registry
 
     plugin = get_registry().get("resnet", "classify").load()
     config = plugin.resolve_config({"class_names": ["left", "right"], "spatial_dims": 2, "in_channels": 1,
-                                    "image_size": [64, 64]})
+                                    "image_size": [64, 64], **({"augmentation": augmentation} if augmentation else {})})
     torch.manual_seed(seed)
     return save_checkpoint(path, plugin.network(config).state_dict(), task="classify", plugin="resnet",
                            plugin_version=None, config=config)
@@ -166,9 +168,20 @@ def photograph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_classification_tta_flips_only_what_training_flipped(photograph: Path, tmp_path: Path) -> None:
+    """A classifier trained without flips gets the plain pass only (a flip it never saw changes its answer)."""
+    untrained = mitk.load(weights=classifier_checkpoint(tmp_path / "plain.safetensors", 0), device="cpu")
+    assert untrained.loaded.plugin.tta_axes(untrained.settings) == ()
+    assert untrained.classify(photograph, tta=True).probabilities == untrained.classify(photograph).probabilities
+    left_right = mitk.load(weights=classifier_checkpoint(tmp_path / "lr.safetensors", 0, {"flip": 0.5}),
+                           device="cpu")  # 2-D default: trained to flip left-right, which TTA must not
+    assert left_right.loaded.plugin.tta_axes(left_right.settings) == ()
+
+
 def test_2d_classification_tta_never_flips_left_right(photograph: Path, tmp_path: Path) -> None:
-    model = mitk.load(weights=classifier_checkpoint(tmp_path / "c.safetensors", 0), device="cpu")
-    assert model.loaded.plugin.tta_axes(model.settings) == (1,)  # up-down only
+    both = {"flip": 0.5, "flip_axes": [0, 1]}
+    model = mitk.load(weights=classifier_checkpoint(tmp_path / "c.safetensors", 0, both), device="cpu")
+    assert model.loaded.plugin.tta_axes(model.settings) == (1,)  # up-down only, although trained on both
     model.loaded.network = HalfMeans()
     plain = model.classify(photograph)
     flipped = model.classify(photograph, tta=True)

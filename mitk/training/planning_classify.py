@@ -14,9 +14,8 @@
   or more) and :data:`MAX_BATCH`.
 - **Intensity**: CT: the fixed window of the data set's 0.5/99.5 intensity percentiles (``intensity.mode
   range``); otherwise a z-score per image and channel (``zscore``).
-- **Augmentation**: flips (probability ½) on exactly the axes test-time augmentation flips
-  (the plugin's ``tta_axes``: never the first, left-right; 2-D: up-down only), and the MRI bias field
-  (0.3) for MR volumes; the plugin's rotation, zoom and intensity defaults are kept.
+- **Augmentation**: flips (probability ½) on the plugin's ``side_safe_axes`` (never the first, left-right; 2-D:
+  up-down only), which are then the axes ``--tta`` flips; the MRI bias field (0.3) for MR volumes; the plugin's rotation, zoom and intensity defaults are kept.
 """
 
 from __future__ import annotations
@@ -139,7 +138,7 @@ def plan_classify(data: str | Path, name: str, plugin: Any, budget: Any) -> dict
     sides = native_size(fingerprint["median_extent_mm"], fingerprint["median_shape"], dims)
     network = plan_network(plugin, name, base, sides, budget, len(listed.training))
     channels = fingerprint["intensity"]
-    flip_axes = [int(a) for a in plugin.tta_axes({"spatial_dims": dims})]
+    flip_axes = [int(a) for a in plugin.side_safe_axes({"spatial_dims": dims})]
     mr_volumes = dims == 3 and all(c["modality"] == "MR" for c in channels)
     settings = {**found, "image_size": network["image_size"], "intensity": intensity_settings(channels),
                 "network": network["network"],

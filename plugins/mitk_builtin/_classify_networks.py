@@ -167,7 +167,7 @@ class MonaiClassifier(ClassificationPlugin):
         steps = self._preprocessing(config)
         # flips are opt-in; 2-D: left-right only (an upside-down radiograph or fundus photo is not a sample)
         steps += spatial_steps(augmentation, keys=("image",), modes=("bilinear",), dims=dims,
-                               flip_axes=(0,) if dims == 2 else (0, 1, 2), padding="border")
+                               flip_axes=self.default_flip_axes(dims), padding="border")
         steps += intensity_steps(augmentation)
         return Compose(steps)
 

@@ -465,7 +465,10 @@ class RetinaNetDetectorPlugin(DetectionPlugin):
 
     def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
         """World axes ``--tta`` may flip (0 = left-right, 1, 2): all three, as training's flips; not left-right
-        when a label names a side. The runner never mirrors left-right on a one-slice image."""
+        when a label names a side; none when trained without flips (``augment_flip`` off). The runner never mirrors
+        left-right on a one-slice image."""
+        if not config.get("augment_flip", True):
+            return ()
         names = " ".join(self.labels(config).values()).lower().replace("_", " ")
         return (1, 2) if re.search(r"\b(left|right)\b", names) else (0, 1, 2)
 

@@ -57,11 +57,18 @@ class SegmentationPlugin(TaskPlugin):
     def tta_axes(self, config: dict[str, Any]) -> tuple[int, ...]:
         """Every spatial axis (nnU-Net's mirroring): a label map flipped is the flipped label map; but not the
         first (left-right on a RAS grid) when a label names a side (``left kidney``): mirroring would swap
-        them, as TotalSegmentator's models avoid. The runner also keeps left-right of a one-slice image."""
+        them, as TotalSegmentator's models avoid. The runner also keeps left-right of a one-slice image. A model
+        mitk trained flips only the axes its ``augmentation`` flipped (none with ``augmentation.flip`` 0)."""
         axes = tuple(range(int(config.get("spatial_dims") or 3)))
+        augmentation = config.get("augmentation")
+        if isinstance(augmentation, dict) and "flip" in augmentation:  # mitk's training settings: what it flipped
+            if not float(augmentation["flip"] or 0.0) > 0:
+                return ()  # trained without flips: a flip it never saw may change its answer
+            if augmentation.get("flip_axes") is not None:
+                axes = tuple(a for a in axes if a in {int(b) for b in augmentation["flip_axes"]})
         names = " ".join(self.labels(config).values()).lower().replace("_", " ")
         if re.search(r"\b(left|right)\b", names):
-            return axes[1:]
+            return tuple(a for a in axes if a != 0)
         return axes
 
     def segment_array(self, image: Image, config: dict[str, Any]) -> np.ndarray:
