@@ -15,7 +15,8 @@
 - **Intensity**: CT: the fixed window of the data set's 0.5/99.5 intensity percentiles (``intensity.mode
   range``); otherwise a z-score per image and channel (``zscore``).
 - **Augmentation**: flips (probability ½) on the plugin's ``side_safe_axes`` (never the first, left-right; 2-D:
-  up-down only), which are then the axes ``--tta`` flips; the MRI bias field (0.3) for MR volumes; the plugin's rotation, zoom and intensity defaults are kept.
+  up-down only), which are then the axes ``--tta`` flips; the MRI bias field (0.3) for MR volumes; the plugin's
+  rotation, zoom and intensity defaults are kept.
 """
 
 from __future__ import annotations
