@@ -77,7 +77,8 @@ class TaskSpec:
     plugin_base: str
     """The class every plugin of this task subclasses."""
     runner: str
-    """A class built from a ``LoadedModel``; calling it maps an :class:`~mitk.image.Image` (two for
+    """A class (or a function returning one of several classes, as detection picks a fused runner for an ensemble
+    or ``tta``) built from a ``LoadedModel``; calling the runner maps an :class:`~mitk.image.Image` (two for
     registration: fixed, moving) to the task's result type. The Python API's call for the task."""
     job: str
     """``make_job(model, policy, **job_options) -> process(case) -> CaseOutcome``: the batch job of the verb."""
