@@ -45,8 +45,10 @@ from _harness import save
 SEGMENT_TRAIN = ["--plugin", "unet", "--patch-size", "48", "--set", "spacing=[4.5,4.5,4.5]",
                  "--set", "network.channels=[8,16,32,64]", "--set", "network.strides=[2,2,2]"]
 """The README's / docs/training.md's main command's settings."""
-CLASSIFY_TRAIN = ["--plugin", "resnet", "--batch-size", "8", "--set", "image_size=[64,64]"]
-"""docs/classification.md's main command's settings."""
+CLASSIFY_TRAIN = ["--plugin", "resnet", "--batch-size", "8", "--set", "image_size=[64,64]",
+                  "--set", "augmentation.flip=0.5", "--set", "augmentation.flip_axes=[1]"]
+"""docs/classification.md's main command's settings, trained with the up-down flips that ``mitk plan`` sets and
+``--tta`` then uses (a classifier trained without flips runs the plain pass only under ``--tta``)."""
 
 
 def mitk(*arguments: str, stdout: Path | None = None) -> dict[str, float]:

@@ -6,6 +6,7 @@ name it by its token. A worker loads the model on the first case and keeps it fo
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from distributed import get_worker
@@ -81,4 +82,24 @@ def run_on_worker(token: str, case: Case, debug: bool, index: int) -> CaseRecord
         worker.log_event(records_topic(token), {"index": index, "record": asdict(record)})
     except TypeError:  # details the event channel cannot carry: say so, and the client fetches the result
         worker.log_event(records_topic(token), {"index": index, "record": None})
+    _wait_until_sent(worker)
     return record
+
+
+SENT_MARGIN_S = 0.05
+"""Time for the socket write of a small batch, once the worker's stream has taken it from its buffer."""
+
+
+def _wait_until_sent(worker: Any, timeout: float = 2.0) -> None:
+    """Return once the worker's batched stream has taken the record's event out of its buffer and had time to
+    write it. The stream sends every few milliseconds in the background; a worker with one thread starts its
+    next case at once, and if that case ends the process (a crash in plugin code) before the send, the record
+    is lost and the scheduler runs this finished case again, over its own output. Without the stream's
+    attributes (another ``distributed``), nothing is waited for."""
+    stream: Any = getattr(worker, "batched_stream", None)
+    if not isinstance(getattr(stream, "buffer", None), list):
+        return
+    deadline = time.monotonic() + timeout
+    while stream.buffer and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(SENT_MARGIN_S)
