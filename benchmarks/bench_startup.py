@@ -26,7 +26,7 @@ from pathlib import Path
 from _harness import save, table
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAN_NIBABEL = "from mitk.cli.lean_imports import lean_nibabel_import; lean_nibabel_import(); import nibabel"
+LEAN_NIBABEL = "from mitk.runner.imports import lean_nibabel_import; lean_nibabel_import(); import nibabel"
 
 
 def path_to(checkout: Path) -> str:

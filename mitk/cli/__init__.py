@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     from mitk.cli.common import library_warnings, plain
-    from mitk.cli.lean_imports import lean_nibabel_import
     from mitk.runner.batch import Interrupted, describe_error, is_ordinary, stop_on_signals
+    from mitk.runner.imports import lean_nibabel_import
 
     def fail(message: str, code: int) -> int:
         sys.stderr.write(plain(message) + "\n")
