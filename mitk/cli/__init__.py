@@ -9,13 +9,16 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mitk.cli.common import STATE
 from mitk.constants import __version__
 from mitk.errors import MitkError
+
+if TYPE_CHECKING:
+    import click
 
 
 def _version(value: bool) -> None:
@@ -150,12 +153,13 @@ def interrupts_reach_main(command: Any) -> Any:
     return command
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, command: click.Command | None = None) -> None:
     """Run the CLI, turning expected errors into one line on stderr and an exit status.
 
     SIGTERM is handled like Ctrl-C (exit 143 instead of 130), whether a command reports the interruption itself
     (a batch, training) or not (one line here); warnings from libraries are hidden unless
-    ``--debug`` and counted in one line at the end.
+    ``--debug`` and counted in one line at the end. ``command``: a command line already built (the warm worker
+    builds it once); by default the one the invoked verb needs is built here.
     """
     import click
 
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.addHandler(shown)
     try:
         with stop_on_signals(), library_warnings() as hidden:
-            command = typer.main.get_command(build_app(invoked_command(sys.argv[1:] if argv is None else argv)))
+            if command is None:  # the warm worker passes the command line it built once
+                command = typer.main.get_command(build_app(invoked_command(sys.argv[1:] if argv is None else argv)))
             result = interrupts_reach_main(command)(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:

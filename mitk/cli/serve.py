@@ -96,8 +96,7 @@ def _preload() -> None:
     from mitk.provenance import library_versions
 
     get_registry()
-    app = build_app()
-    _COMMAND.extend([app, _parsed_once(typer.main.get_command(app))])
+    _COMMAND.append(_parsed_once(typer.main.get_command(build_app())))
     _SNAPSHOT.update({key: value for key, value in os.environ.items() if key.startswith("MITK_")})
     _THREADS.append(torch.get_num_threads())
     library_versions()  # read once here, not by each call's provenance
@@ -114,16 +113,16 @@ def _job(argv: list[str]) -> None:
     from mitk.plugin_manager import forget_installed_plugins
 
     switches = {key: value for key, value in os.environ.items() if key.startswith("MITK_")}
+    command = _COMMAND[0] if _COMMAND else None
     if {key: value for key, value in switches.items() if not key.startswith("MITK_SERVE")} != {
             key: value for key, value in _SNAPSHOT.items() if not key.startswith("MITK_SERVE")}:
         forget_installed_plugins()
-    elif _COMMAND:
-        _built_once(*_COMMAND)
+        command = None  # other plugin switches: another task table, so the command line is built afresh
     threads = os.environ.get("OMP_NUM_THREADS", "")
     wanted = int(threads) if threads.isdigit() and int(threads) > 0 else _THREADS[0]
     if torch.get_num_threads() != wanted:  # setting it again costs a new thread pool, as a local call does not
         torch.set_num_threads(wanted)
-    main(argv)
+    main(argv, command=command)
 
 
 def _parsed_once(command: Any) -> Any:
@@ -144,26 +143,6 @@ def _parsed_once_under(command: Any, name: str, parent: Any, click: Any) -> None
             for sub_name, sub in command.commands.items():
                 with contextlib.suppress(Exception):
                     _parsed_once_under(sub, sub_name, context, click)
-
-
-def _built_once(app: Any, command: Any) -> None:
-    """Let this child's :func:`mitk.cli.main` take the command line built at start-up instead of building it
-    again (a tenth of a second: Typer reads every option of every command). Only this child's first build is
-    replaced, and the child runs one call and exits."""
-    import mitk.cli
-
-    build_app, get_command = mitk.cli.build_app, typer.main.get_command
-
-    def built_app(only: str | None = None) -> Any:  # the whole command line serves any verb named
-        mitk.cli.build_app = build_app
-        return app
-
-    def built_command(given: Any) -> Any:
-        typer.main.get_command = get_command
-        return command if given is app else get_command(given)
-
-    mitk.cli.build_app = built_app
-    typer.main.get_command = built_command  # type: ignore[assignment]
 
 
 def _detach(idle_timeout: float) -> int:
